@@ -1,0 +1,398 @@
+//! The disjoint batch: node features, block-diagonal CSR adjacency and the
+//! segment layout, validated once so that every layer can trust them.
+
+mod segments;
+
+pub use segments::{SegmentChunk, Segments};
+
+use ndarray::{s, Array2, ArrayView2};
+use sprs::{CsMat, CsMatView};
+
+use crate::error::{PoolError, Result};
+use crate::scalar::Scalar;
+
+/// A batch of graphs in disjoint mode.
+///
+/// * `x`: node features, $N \times F$, the nodes of graph 0 first, then graph 1, …
+/// * `a`: weighted adjacency, $N \times N$, CSR, block-diagonal (no edge joins two graphs);
+/// * `segments`: the node range of each of the $B$ graphs.
+///
+/// Every constructor validates all of it and returns a typed [`PoolError`]
+/// naming the first offending index; nothing is modified or dropped silently.
+///
+/// ```
+/// use graphpool::{DisjointBatch, Segments};
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// // two graphs: a 2-node edge and a single node
+/// let x = array![[1.0_f32, 0.0], [0.0, 1.0], [2.0, 2.0]];
+/// let mut t = TriMat::new((3, 3));
+/// t.add_triplet(0, 1, 1.0);
+/// t.add_triplet(1, 0, 1.0);
+/// let batch = DisjointBatch::from_graph_ids(x, t.to_csr(), &[0, 0, 1], 2)?;
+/// assert_eq!(batch.num_graphs(), 2);
+/// assert_eq!(batch.split().len(), 2);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DisjointBatch<T: Scalar> {
+    x: Array2<T>,
+    a: CsMat<T>,
+    segments: Segments,
+}
+
+impl<T: Scalar> DisjointBatch<T> {
+    /// Validates and builds a batch.
+    ///
+    /// # Errors
+    /// * [`PoolError::ShapeMismatch`] if `x` has not `segments.num_nodes()` rows;
+    /// * [`PoolError::NotCsr`], [`PoolError::AdjacencyShape`] for a CSC or non-`N x N` adjacency;
+    /// * [`PoolError::EdgeBetweenGraphs`] for an edge across graphs;
+    /// * [`PoolError::NonFinite`] for a NaN or infinite feature or edge weight.
+    pub fn new(x: Array2<T>, a: CsMat<T>, segments: Segments) -> Result<Self> {
+        validate_x(&x.view(), &segments)?;
+        validate_adjacency(&a.view(), &segments)?;
+        Ok(Self { x, a, segments })
+    }
+
+    /// Builds a batch from per-node graph ids and an explicit number of graphs
+    /// (so that trailing empty graphs are representable).
+    ///
+    /// # Errors
+    /// Those of [`Segments::from_graph_ids`] and [`DisjointBatch::new`], and a
+    /// [`PoolError::ShapeMismatch`] if `ids` has not one entry per row of `x`.
+    pub fn from_graph_ids(
+        x: Array2<T>,
+        a: CsMat<T>,
+        ids: &[usize],
+        num_graphs: usize,
+    ) -> Result<Self> {
+        if ids.len() != x.nrows() {
+            return Err(PoolError::ShapeMismatch {
+                what: "graph ids".into(),
+                expected: format!("one per node ({})", x.nrows()),
+                got: ids.len().to_string(),
+            });
+        }
+        Self::new(x, a, Segments::from_graph_ids(ids, num_graphs)?)
+    }
+
+    /// Builds a batch from `B + 1` segment offsets.
+    ///
+    /// # Errors
+    /// Those of [`Segments::from_offsets`] and [`DisjointBatch::new`].
+    pub fn from_offsets(x: Array2<T>, a: CsMat<T>, offsets: Vec<usize>) -> Result<Self> {
+        Self::new(x, a, Segments::from_offsets(offsets)?)
+    }
+
+    /// Builds a batch from raw CSR parts (`indptr`, `indices`, `data`), as read
+    /// from files. The parts are checked by sprs (monotone `indptr`, sorted,
+    /// in-range, unique `indices`) before the batch checks.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidCsr`] for a malformed structure, then those of [`DisjointBatch::new`].
+    pub fn from_csr_parts(
+        x: Array2<T>,
+        indptr: Vec<usize>,
+        indices: Vec<usize>,
+        data: Vec<T>,
+        segments: Segments,
+    ) -> Result<Self> {
+        let n = x.nrows();
+        let a = CsMat::try_new((n, n), indptr, indices, data)
+            .map_err(|(_, _, _, e)| PoolError::InvalidCsr(e.to_string()))?;
+        Self::new(x, a, segments)
+    }
+
+    /// A batch holding one graph.
+    ///
+    /// # Errors
+    /// Those of [`DisjointBatch::new`].
+    pub fn single(x: Array2<T>, a: CsMat<T>) -> Result<Self> {
+        let n = x.nrows();
+        Self::new(x, a, Segments::single(n))
+    }
+
+    /// Stacks single graphs `(x_g, a_g)` into one batch (block-diagonal `a`).
+    ///
+    /// # Errors
+    /// [`PoolError::ShapeMismatch`] if the graphs do not share one feature
+    /// width, and those of [`DisjointBatch::new`] for each graph.
+    pub fn stack(graphs: &[(Array2<T>, CsMat<T>)]) -> Result<Self> {
+        let f = graphs.first().map_or(0, |(x, _)| x.ncols());
+        let mut sizes = Vec::with_capacity(graphs.len());
+        for (g, (x, a)) in graphs.iter().enumerate() {
+            if x.ncols() != f {
+                return Err(PoolError::ShapeMismatch {
+                    what: format!("features of graph {g}"),
+                    expected: format!("{f} columns (as graph 0)"),
+                    got: x.ncols().to_string(),
+                });
+            }
+            let seg = Segments::single(x.nrows());
+            validate_x(&x.view(), &seg)?;
+            validate_adjacency(&a.view(), &seg)?;
+            sizes.push(x.nrows());
+        }
+        let segments = Segments::from_sizes(&sizes);
+        let n = segments.num_nodes();
+        let mut x = Array2::zeros((n, f));
+        let mut indptr = Vec::with_capacity(n + 1);
+        let nnz: usize = graphs.iter().map(|(_, a)| a.nnz()).sum();
+        let mut indices = Vec::with_capacity(nnz);
+        let mut data = Vec::with_capacity(nnz);
+        indptr.push(0);
+        for (g, (xg, ag)) in graphs.iter().enumerate() {
+            let r = segments.range(g);
+            x.slice_mut(s![r.clone(), ..]).assign(xg);
+            for row in ag.outer_iterator() {
+                for (c, &v) in row.iter() {
+                    indices.push(c + r.start);
+                    data.push(v);
+                }
+                indptr.push(indices.len());
+            }
+        }
+        let a = CsMat::new((n, n), indptr, indices, data);
+        Ok(Self { x, a, segments })
+    }
+
+    /// Builds a batch without validation. For results computed by this crate
+    /// from a validated batch; the invariants are still checked in debug builds.
+    pub fn new_unchecked(x: Array2<T>, a: CsMat<T>, segments: Segments) -> Self {
+        debug_assert!(validate_x(&x.view(), &segments).is_ok());
+        debug_assert!(validate_adjacency(&a.view(), &segments).is_ok());
+        Self { x, a, segments }
+    }
+
+    /// Splits the batch back into its graphs `(x_g, a_g)`, local node ids.
+    pub fn split(&self) -> Vec<(Array2<T>, CsMat<T>)> {
+        (0..self.num_graphs()).map(|g| self.graph(g)).collect()
+    }
+
+    /// Graph `g` alone, with local node ids.
+    ///
+    /// # Panics
+    /// If `g >= num_graphs()`.
+    pub fn graph(&self, g: usize) -> (Array2<T>, CsMat<T>) {
+        let r = self.segments.range(g);
+        let x = self.x.slice(s![r.clone(), ..]).to_owned();
+        let ip = self.a.indptr();
+        let ip = ip.raw_storage();
+        let (lo, hi) = (ip[r.start], ip[r.end]);
+        let indptr: Vec<usize> = ip[r.start..=r.end].iter().map(|p| p - lo).collect();
+        let indices: Vec<usize> = self.a.indices()[lo..hi]
+            .iter()
+            .map(|c| c - r.start)
+            .collect();
+        let data = self.a.data()[lo..hi].to_vec();
+        let n = r.len();
+        (x, CsMat::new((n, n), indptr, indices, data))
+    }
+
+    /// A batch with the same graphs and new features (same number of rows; any width).
+    ///
+    /// # Errors
+    /// Those of `x`'s validation in [`DisjointBatch::new`].
+    pub fn with_x(&self, x: Array2<T>) -> Result<Self> {
+        validate_x(&x.view(), &self.segments)?;
+        Ok(Self {
+            x,
+            a: self.a.clone(),
+            segments: self.segments.clone(),
+        })
+    }
+
+    /// A batch with the same structure and new edge weights (aligned with `a().data()`).
+    ///
+    /// # Errors
+    /// [`PoolError::ShapeMismatch`] for a wrong length, [`PoolError::NonFinite`].
+    pub fn with_edge_weights(&self, w: Vec<T>) -> Result<Self> {
+        if w.len() != self.a.nnz() {
+            return Err(PoolError::ShapeMismatch {
+                what: "edge weights".into(),
+                expected: self.a.nnz().to_string(),
+                got: w.len().to_string(),
+            });
+        }
+        let (indptr, indices, _) = self.a.clone().into_raw_storage();
+        let n = self.num_nodes();
+        let a = CsMat::new((n, n), indptr, indices, w);
+        validate_adjacency(&a.view(), &self.segments)?;
+        Ok(Self {
+            x: self.x.clone(),
+            a,
+            segments: self.segments.clone(),
+        })
+    }
+
+    /// Node features, $N \times F$.
+    #[inline]
+    pub fn x(&self) -> &Array2<T> {
+        &self.x
+    }
+    /// Adjacency, $N \times N$ CSR.
+    #[inline]
+    pub fn a(&self) -> &CsMat<T> {
+        &self.a
+    }
+    /// Segment layout.
+    #[inline]
+    pub fn segments(&self) -> &Segments {
+        &self.segments
+    }
+    /// Number of graphs $B$.
+    #[inline]
+    pub fn num_graphs(&self) -> usize {
+        self.segments.num_graphs()
+    }
+    /// Number of nodes $N$.
+    #[inline]
+    pub fn num_nodes(&self) -> usize {
+        self.x.nrows()
+    }
+    /// Number of features $F$.
+    #[inline]
+    pub fn num_features(&self) -> usize {
+        self.x.ncols()
+    }
+    /// The graph id of every node.
+    pub fn graph_ids(&self) -> Vec<usize> {
+        self.segments.graph_ids()
+    }
+    /// Takes the batch apart.
+    pub fn into_parts(self) -> (Array2<T>, CsMat<T>, Segments) {
+        (self.x, self.a, self.segments)
+    }
+}
+
+fn validate_x<T: Scalar>(x: &ArrayView2<T>, segments: &Segments) -> Result<()> {
+    if x.nrows() != segments.num_nodes() {
+        return Err(PoolError::ShapeMismatch {
+            what: "x".into(),
+            expected: format!(
+                "{} rows (one per node of the segments)",
+                segments.num_nodes()
+            ),
+            got: format!("{} rows", x.nrows()),
+        });
+    }
+    check_finite_2d(x, "x")
+}
+
+/// Checks that every entry of a matrix is finite; names the first bad one.
+pub(crate) fn check_finite_2d<T: Scalar>(x: &ArrayView2<T>, what: &str) -> Result<()> {
+    for ((r, c), v) in x.indexed_iter() {
+        if !v.is_finite() {
+            return Err(PoolError::NonFinite {
+                what: what.into(),
+                index: format!("({r}, {c})"),
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_adjacency<T: Scalar>(a: &CsMatView<T>, segments: &Segments) -> Result<()> {
+    let n = segments.num_nodes();
+    if !a.is_csr() {
+        return Err(PoolError::NotCsr);
+    }
+    if a.rows() != n || a.cols() != n {
+        return Err(PoolError::AdjacencyShape {
+            n,
+            rows: a.rows(),
+            cols: a.cols(),
+        });
+    }
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    for (g, r) in segments.ranges().enumerate() {
+        for row in r.clone() {
+            for e in ip[row] - base..ip[row + 1] - base {
+                let col = a.indices()[e];
+                let w = a.data()[e];
+                if col < r.start || col >= r.end {
+                    return Err(PoolError::EdgeBetweenGraphs {
+                        row,
+                        col,
+                        row_graph: g,
+                        col_graph: segments.graph_of(col),
+                    });
+                }
+                if !w.is_finite() {
+                    return Err(PoolError::NonFinite {
+                        what: "edge weights".into(),
+                        index: format!("edge {e} ({row}, {col})"),
+                        value: w.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl<T: Scalar> DisjointBatch<T> {
+    /// Relabels nodes: node `perm[j]` of `self` becomes node `j` of the result.
+    /// `perm` must map every graph's node range onto itself (a permutation
+    /// *within* graphs), so the segments are unchanged.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] if `perm` is not such a permutation.
+    pub fn permute_nodes(&self, perm: &[usize]) -> Result<Self> {
+        let n = self.num_nodes();
+        let bad = |why: String| PoolError::InvalidConfig {
+            name: "perm".into(),
+            value: format!("{} entries", perm.len()),
+            expected: why,
+        };
+        if perm.len() != n {
+            return Err(bad(format!("a permutation of the {n} nodes")));
+        }
+        let mut inverse = vec![usize::MAX; n];
+        for (j, &old) in perm.iter().enumerate() {
+            if old >= n || inverse[old] != usize::MAX {
+                return Err(bad("each node exactly once".into()));
+            }
+            if self.segments.graph_of(old) != self.segments.graph_of(j) {
+                return Err(bad(format!("node {old} moved out of its graph")));
+            }
+            inverse[old] = j;
+        }
+        let x = self.x.select(ndarray::Axis(0), perm);
+        let mut tri = sprs::TriMat::with_capacity((n, n), self.a.nnz());
+        for (&v, (r, c)) in self.a.iter() {
+            tri.add_triplet(inverse[r], inverse[c], v);
+        }
+        Ok(Self {
+            x,
+            a: tri.to_csr(),
+            segments: self.segments.clone(),
+        })
+    }
+
+    /// The batch of graphs `order[0], order[1], …` of `self` (graphs may be
+    /// repeated or left out).
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] if a graph index is out of range.
+    pub fn select_graphs(&self, order: &[usize]) -> Result<Self> {
+        if let Some(&g) = order.iter().find(|&&g| g >= self.num_graphs()) {
+            return Err(PoolError::InvalidConfig {
+                name: "graph order".into(),
+                value: g.to_string(),
+                expected: format!("graph indices below {}", self.num_graphs()),
+            });
+        }
+        let graphs: Vec<_> = order.iter().map(|&g| self.graph(g)).collect();
+        let mut out = Self::stack(&graphs)?;
+        if graphs.is_empty() {
+            out.x = Array2::zeros((0, self.num_features()));
+        }
+        Ok(out)
+    }
+}

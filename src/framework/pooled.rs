@@ -1,0 +1,107 @@
+//! The result of an SRC pool: a new disjoint batch plus selection, scores and losses.
+
+use std::collections::BTreeMap;
+
+use ndarray::{Array1, Array2};
+
+use super::layer::{pair_arrays, random_like, Differentiable};
+use super::Selection;
+use crate::batch::DisjointBatch;
+use crate::error::{PoolError, Result};
+use crate::nn::ParamRng;
+use crate::scalar::Scalar;
+
+/// Named auxiliary losses (`"mincut"`, `"ortho"`, …), each already the mean
+/// over the graphs of the batch of the per-graph losses.
+pub type Losses<T> = BTreeMap<String, T>;
+
+/// What an SRC pool returns.
+///
+/// `batch` is again a [`DisjointBatch`] (pooled features $X'$, pooled
+/// adjacency $A'$, pooled segments), so pools stack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pooled<T: Scalar> {
+    /// The pooled graphs.
+    pub batch: DisjointBatch<T>,
+    /// How input nodes map to output nodes (Spektral's `return_selection`).
+    pub selection: Selection<T>,
+    /// The raw score of every input node for the selection pools (TopK, SAG); `None` otherwise.
+    pub score: Option<Array1<T>>,
+    /// Auxiliary losses by name.
+    pub losses: Losses<T>,
+}
+
+/// The gradient of a scalar loss with respect to a [`Pooled`] output.
+///
+/// The selection and score are not differentiated through (they feed the
+/// outputs, and their influence is counted there); a missing loss gradient
+/// counts as 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PooledGrad<T: Scalar> {
+    /// $\partial L / \partial X'$.
+    pub x: Array2<T>,
+    /// $\partial L / \partial a'_{ij}$ aligned with `pooled.batch.a().data()`.
+    pub edge_weights: Array1<T>,
+    /// $\partial L / \partial \ell$ for each auxiliary loss $\ell$.
+    pub losses: Losses<T>,
+}
+
+impl<T: Scalar> PooledGrad<T> {
+    /// Zero gradients matching `pooled`.
+    pub fn zeros(pooled: &Pooled<T>) -> Self {
+        Self {
+            x: Array2::zeros(pooled.batch.x().raw_dim()),
+            edge_weights: Array1::zeros(pooled.batch.a().nnz()),
+            losses: pooled
+                .losses
+                .keys()
+                .map(|k| (k.clone(), T::zero()))
+                .collect(),
+        }
+    }
+
+    /// The gradient of loss `name` (0 when absent).
+    pub fn loss(&self, name: &str) -> T {
+        self.losses.get(name).copied().unwrap_or_else(T::zero)
+    }
+}
+
+impl<T: Scalar> Differentiable<T> for Pooled<T> {
+    type Grad = PooledGrad<T>;
+
+    fn pair(&self, grad: &PooledGrad<T>) -> Result<T> {
+        let mut acc = pair_arrays("pooled x", self.batch.x(), &grad.x)?;
+        let w = Array1::from(self.batch.a().data().to_vec());
+        acc += pair_arrays("pooled edge weights", &w, &grad.edge_weights)?;
+        for (name, g) in &grad.losses {
+            let v = self
+                .losses
+                .get(name)
+                .ok_or_else(|| PoolError::GradientShape {
+                    what: format!("loss `{name}`"),
+                    expected: format!("{:?}", self.losses.keys().collect::<Vec<_>>()),
+                    got: name.clone(),
+                })?;
+            acc += *v * *g;
+        }
+        Ok(acc)
+    }
+
+    fn random_cotangent(&self, rng: &mut ParamRng) -> PooledGrad<T> {
+        let w = Array1::from(self.batch.a().data().to_vec());
+        PooledGrad {
+            x: random_like(self.batch.x(), rng),
+            edge_weights: random_like(&w, rng),
+            losses: self
+                .losses
+                .keys()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        random_like(&Array1::from_elem(1, T::one()), rng)[0],
+                    )
+                })
+                .collect(),
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The three forms a selection takes, with the generic reduce / connect /
+//! reduce_index of each and their vector-Jacobian products.
+
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
+use sprs::{CsMat, CsMatView};
+
+use crate::batch::Segments;
+use crate::kernels::for_each_node_row;
+use crate::kernels::segment::{segment_matmul_tn, segment_matmul_tn_vjp};
+use crate::kernels::sparse::{
+    block_diag, induced_subgraph, scatter_values, spmm, spmm_vjp_values, spmm_vjp_x, Induced,
+};
+use crate::scalar::Scalar;
+
+/// How the nodes of the input map to the nodes of the pooled graphs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection<T: Scalar> {
+    /// A kept subset of nodes with a gate per kept node (TopKPool, SAGPool).
+    Subset(Subset<T>),
+    /// A dense soft assignment of every node to the $K$ clusters of its own
+    /// graph (MinCut, DiffPool, DMoN, JustBalance, AsymCheegerCut, MemPooling).
+    Dense(DenseAssignment<T>),
+    /// A sparse soft assignment of nodes to leader nodes (LaPool).
+    Sparse(SparseAssignment<T>),
+}
+
+/// Kept nodes and their gates: $X' = (X \odot \mathrm{gate})_{\text{kept}}$,
+/// $A' = A_{\text{kept},\text{kept}}$.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subset<T: Scalar> {
+    /// Kept node indices into the input batch, sorted ascending (input order).
+    pub kept: Vec<usize>,
+    /// The gate $\sigma(y)$ or $\tanh(y)$ of each kept node, aligned with `kept`.
+    pub gate: Array1<T>,
+}
+
+impl<T: Scalar> Subset<T> {
+    /// Reduce: row $j$ of the result is $\mathrm{gate}_j \, x_{\text{kept}_j}$.
+    pub fn reduce(&self, x: ArrayView2<T>) -> Array2<T> {
+        let mut out = Array2::zeros((self.kept.len(), x.ncols()));
+        let segs = Segments::single(self.kept.len());
+        for_each_node_row(out.view_mut(), &segs, |_, j, mut row| {
+            let g = self.gate[j];
+            Zip::from(&mut row)
+                .and(&x.row(self.kept[j]))
+                .for_each(|o, &v| *o = g * v);
+        });
+        out
+    }
+
+    /// VJP of [`Subset::reduce`]: $(\bar X, \bar{\mathrm{gate}})$, with
+    /// $\bar X_{\text{kept}_j} = \mathrm{gate}_j \bar X'_j$ (0 for dropped nodes)
+    /// and $\bar{\mathrm{gate}}_j = \langle x_{\text{kept}_j}, \bar X'_j\rangle$.
+    pub fn reduce_vjp(&self, x: ArrayView2<T>, grad: ArrayView2<T>) -> (Array2<T>, Array1<T>) {
+        let mut gx = Array2::zeros(x.raw_dim());
+        let mut ggate = Array1::zeros(self.kept.len());
+        for (j, &n) in self.kept.iter().enumerate() {
+            let g = grad.row(j);
+            gx.row_mut(n).scaled_add(self.gate[j], &g);
+            ggate[j] = g.dot(&x.row(n));
+        }
+        (gx, ggate)
+    }
+
+    /// Connect: the induced subgraph on the kept nodes, never densified.
+    pub fn connect(&self, a: CsMatView<T>) -> Induced<T> {
+        induced_subgraph(a, &self.kept)
+    }
+
+    /// VJP of [`Subset::connect`]: scatters the gradient of each kept edge back
+    /// to its source edge; dropped edges get 0.
+    pub fn connect_vjp(induced: &Induced<T>, grad: ArrayView1<T>, nnz: usize) -> Array1<T> {
+        let g: Vec<T> = grad.to_vec();
+        scatter_values(&g, &induced.source, nnz)
+    }
+
+    /// Reduce index: the pooled segments (kept nodes per graph).
+    pub fn reduce_index(&self, segments: &Segments) -> Segments {
+        let mut sizes = vec![0usize; segments.num_graphs()];
+        let mut g = 0;
+        for &n in &self.kept {
+            while n >= segments.offsets()[g + 1] {
+                g += 1;
+            }
+            sizes[g] += 1;
+        }
+        Segments::from_sizes(&sizes)
+    }
+}
+
+/// A dense per-graph soft assignment $S$ ($N \times K$): row $n$ holds node
+/// $n$'s weights over the $K$ clusters of its own graph.
+///
+/// $X'_g = S_g^\top X_g$, $A'_g = S_g^\top A_g S_g$, stacked over graphs;
+/// $A'$ is block-diagonal with dense $K \times K$ blocks (all $K^2$ entries
+/// stored, so that its sparsity structure is fixed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseAssignment<T: Scalar> {
+    /// $S$, $N \times K$.
+    pub s: Array2<T>,
+}
+
+/// What [`DenseAssignment::connect`] keeps for its VJP.
+#[derive(Debug, Clone)]
+pub struct DenseConnectCache<T: Scalar> {
+    /// $A S$, $N \times K$.
+    pub a_s: Array2<T>,
+}
+
+impl<T: Scalar> DenseAssignment<T> {
+    /// Number of clusters per graph.
+    pub fn k(&self) -> usize {
+        self.s.ncols()
+    }
+
+    /// Reduce: $X'_g = S_g^\top X_g$, a $(B K) \times F$ matrix.
+    pub fn reduce(&self, x: ArrayView2<T>, segments: &Segments) -> Array2<T> {
+        segment_matmul_tn(self.s.view(), x, segments)
+    }
+
+    /// VJP of [`DenseAssignment::reduce`]: $(\bar S, \bar X)$.
+    pub fn reduce_vjp(
+        &self,
+        x: ArrayView2<T>,
+        segments: &Segments,
+        grad: ArrayView2<T>,
+    ) -> (Array2<T>, Array2<T>) {
+        segment_matmul_tn_vjp(self.s.view(), x, segments, grad)
+    }
+
+    /// Connect: the stacked blocks $S_g^\top A_g S_g$ as a $(B K) \times K$
+    /// matrix, computed as $S_g^\top (A S)_g$ with one sparse product.
+    pub fn connect_blocks(
+        &self,
+        a: CsMatView<T>,
+        segments: &Segments,
+    ) -> (Array2<T>, DenseConnectCache<T>) {
+        let a_s = spmm(a, self.s.view());
+        let blocks = segment_matmul_tn(self.s.view(), a_s.view(), segments);
+        (blocks, DenseConnectCache { a_s })
+    }
+
+    /// VJP of [`DenseAssignment::connect_blocks`] given the gradient of the
+    /// stacked blocks: $(\bar S, \bar a)$, the latter aligned with `a.data()`.
+    pub fn connect_blocks_vjp(
+        &self,
+        a: CsMatView<T>,
+        segments: &Segments,
+        cache: &DenseConnectCache<T>,
+        grad_blocks: ArrayView2<T>,
+    ) -> (Array2<T>, Array1<T>) {
+        let (mut gs, g_as) =
+            segment_matmul_tn_vjp(self.s.view(), cache.a_s.view(), segments, grad_blocks);
+        gs += &spmm_vjp_x(a, g_as.view());
+        let ga = spmm_vjp_values(a, self.s.view(), g_as.view());
+        (gs, ga)
+    }
+
+    /// The block-diagonal CSR matrix of stacked $K \times K$ blocks.
+    pub fn blocks_to_csr(blocks: ArrayView2<T>) -> CsMat<T> {
+        block_diag(blocks)
+    }
+
+    /// Reduce index: $B$ graphs of $K$ nodes.
+    pub fn reduce_index(&self, segments: &Segments) -> Segments {
+        Segments::uniform(segments.num_graphs(), self.k())
+    }
+}
+
+/// A sparse assignment of nodes to leader nodes (LaPool): $S$ is $N \times L$,
+/// column $l$ belongs to leader node `leaders[l]`, and a node's weights on
+/// leaders of other graphs are 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseAssignment<T: Scalar> {
+    /// $S$ in CSR storage, $N \times L$.
+    pub s: CsMat<T>,
+    /// The node index of each leader (sorted ascending).
+    pub leaders: Vec<usize>,
+}
+
+impl<T: Scalar> SparseAssignment<T> {
+    /// Reduce index: the pooled segments (leaders per graph).
+    pub fn reduce_index(&self, segments: &Segments) -> Segments {
+        Subset::<T> {
+            kept: self.leaders.clone(),
+            gate: Array1::zeros(self.leaders.len()),
+        }
+        .reduce_index(segments)
+    }
+}

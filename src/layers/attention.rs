@@ -1,0 +1,274 @@
+//! Attention-weighted global pools: GlobalAttentionPool (gated) and
+//! GlobalAttnSumPool (softmax over nodes).
+
+use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
+
+use crate::batch::DisjointBatch;
+use crate::error::{PoolError, Result};
+use crate::framework::layer::check_grad_shape;
+use crate::framework::{Gradients, Layer};
+use crate::kernels::map_nodes;
+use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum, segment_sum_vjp};
+use crate::nn::{
+    matmul, matmul_vjp, rng_from_seed, Activation, Dense, DenseCache, Initializer, Params,
+};
+use crate::scalar::Scalar;
+
+/// Gated attention pool (Li et al., *Gated Graph Sequence Neural Networks*,
+/// ICLR 2016; Spektral `GlobalAttentionPool`):
+/// $$X'_g = \sum_{n \in g} \big(\sigma(X W_2 + b_2) \odot (X W_1 + b_1)\big)_n,$$
+/// output $B \times C$. Parameters `features.kernel` $(F, C)$, `features.bias`
+/// $(C)$, `attention.kernel` $(F, C)$, `attention.bias` $(C)$; kernels
+/// glorot-uniform, biases zero. An empty graph gives a zero row.
+///
+/// ```
+/// use graphpool::{layers::GlobalAttentionPool, framework::Layer, DisjointBatch};
+/// use ndarray::array;
+/// let pool = GlobalAttentionPool::<f64>::new(2, 3, 42)?;
+/// let b = DisjointBatch::from_graph_ids(array![[1.0, 0.0], [0.0, 1.0]], sprs::CsMat::zero((2, 2)), &[0, 1], 2)?;
+/// assert_eq!(pool.call(&b)?.dim(), (2, 3));
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalAttentionPool<T: Scalar> {
+    channels: usize,
+    params: Params<T>,
+    features: Dense,
+    attention: Dense,
+}
+
+/// Saved state of [`GlobalAttentionPool`]'s forward pass.
+#[derive(Debug, Clone)]
+pub struct GlobalAttentionCache<T: Scalar> {
+    features: DenseCache<T>,
+    attention: DenseCache<T>,
+    out_shape: [usize; 2],
+}
+
+impl<T: Scalar> GlobalAttentionPool<T> {
+    /// A pool from `in_features` to `channels`, weights drawn from `seed`.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] if `channels` is 0.
+    pub fn new(in_features: usize, channels: usize, seed: u64) -> Result<Self> {
+        if channels == 0 {
+            return Err(PoolError::InvalidConfig {
+                name: "channels".into(),
+                value: "0".into(),
+                expected: "a positive number of output channels".into(),
+            });
+        }
+        let features = Dense::new("features.", true, Activation::Linear);
+        let attention = Dense::new("attention.", true, Activation::Sigmoid);
+        let mut rng = rng_from_seed(seed);
+        let mut params = Params::new();
+        features.init_params(&mut params, in_features, channels, &mut rng);
+        attention.init_params(&mut params, in_features, channels, &mut rng);
+        Ok(Self {
+            channels,
+            params,
+            features,
+            attention,
+        })
+    }
+
+    /// Number of output channels $C$.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+}
+
+impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
+    type Output = Array2<T>;
+    type Cache = GlobalAttentionCache<T>;
+
+    fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Array2<T>, Self::Cache)> {
+        let x = batch.x().view();
+        let features = self.features.forward(&self.params, x)?;
+        let attention = self.attention.forward(&self.params, x)?;
+        let gated = &features.out * &attention.out;
+        let out = segment_sum(gated.view(), batch.segments());
+        let out_shape = [out.nrows(), out.ncols()];
+        Ok((
+            out,
+            GlobalAttentionCache {
+                features,
+                attention,
+                out_shape,
+            },
+        ))
+    }
+
+    fn backward(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &Self::Cache,
+        grad: &Array2<T>,
+    ) -> Result<Gradients<T>> {
+        check_grad_shape("pooled x", &cache.out_shape, grad)?;
+        let g_gated = segment_sum_vjp(grad.view(), batch.segments());
+        let g_feat = &g_gated * &cache.attention.out;
+        let g_attn = &g_gated * &cache.features.out;
+        let mut params = self.params.zeros_like();
+        let x = batch.x().view();
+        let gx1 =
+            self.features
+                .backward(&self.params, x, &cache.features, g_feat.view(), &mut params)?;
+        let gx2 = self.attention.backward(
+            &self.params,
+            x,
+            &cache.attention,
+            g_attn.view(),
+            &mut params,
+        )?;
+        Ok(Gradients {
+            x: gx1 + gx2,
+            edge_weights: Array1::zeros(batch.a().nnz()),
+            params,
+        })
+    }
+
+    fn params(&self) -> &Params<T> {
+        &self.params
+    }
+
+    fn set_param(&mut self, name: &str, value: ArrayD<T>) -> Result<()> {
+        self.params.set(name, value)
+    }
+}
+
+/// Node-attention sum pool (Spektral `GlobalAttnSumPool`, formerly
+/// `NodeAttentionPool`):
+/// $$\alpha = \operatorname{softmax}_g(X a), \qquad X'_g = \sum_{n \in g} \alpha_n X_n,$$
+/// the softmax taken over the nodes of each graph with Spektral's
+/// denominator $\sum e + 10^{-9}$ (PyG's `softmax` uses $10^{-16}$: see
+/// [`GlobalAttnSumPool::with_eps`]). Output $B \times F$; parameter
+/// `attn_kernel` $(F, 1)$, glorot-uniform. An empty graph gives a zero row.
+///
+/// ```
+/// use graphpool::{layers::GlobalAttnSumPool, framework::Layer, DisjointBatch};
+/// use ndarray::array;
+/// let pool = GlobalAttnSumPool::<f64>::new(2, 7);
+/// // a single node gets weight 1 (up to the 1e-9 of the denominator)
+/// let b = DisjointBatch::single(array![[1.0, 2.0]], sprs::CsMat::zero((1, 1)))?;
+/// let y = pool.call(&b)?;
+/// assert!((y[[0, 1]] - 2.0).abs() < 1e-8);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalAttnSumPool<T: Scalar> {
+    params: Params<T>,
+    eps: T,
+}
+
+/// Spektral's former name for [`GlobalAttnSumPool`].
+pub type NodeAttentionPool<T> = GlobalAttnSumPool<T>;
+
+/// Saved state of [`GlobalAttnSumPool`]'s forward pass.
+#[derive(Debug, Clone)]
+pub struct GlobalAttnSumCache<T: Scalar> {
+    alpha: Array1<T>,
+    out_shape: [usize; 2],
+}
+
+impl<T: Scalar> GlobalAttnSumPool<T> {
+    /// Spektral's epsilon in the softmax denominator.
+    pub const SPEKTRAL_EPS: f64 = 1e-9;
+    /// PyG's epsilon in `torch_geometric.utils.softmax`.
+    pub const PYG_EPS: f64 = 1e-16;
+
+    /// A pool for `in_features` features, weights drawn from `seed`.
+    pub fn new(in_features: usize, seed: u64) -> Self {
+        let mut params = Params::new();
+        let mut rng = rng_from_seed(seed);
+        params.insert(
+            "attn_kernel",
+            Initializer::GlorotUniform.sample(&[in_features, 1], &mut rng),
+        );
+        Self {
+            params,
+            eps: T::c(Self::SPEKTRAL_EPS),
+        }
+    }
+
+    /// Uses `eps` in the softmax denominator instead of Spektral's $10^{-9}$.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] unless `eps` is finite and $\ge 0$.
+    pub fn with_eps(mut self, eps: f64) -> Result<Self> {
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(PoolError::InvalidConfig {
+                name: "eps".into(),
+                value: eps.to_string(),
+                expected: "a finite value >= 0".into(),
+            });
+        }
+        self.eps = T::c(eps);
+        Ok(self)
+    }
+}
+
+impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
+    type Output = Array2<T>;
+    type Cache = GlobalAttnSumCache<T>;
+
+    fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Array2<T>, Self::Cache)> {
+        let w = self.params.matrix("attn_kernel")?;
+        let x = batch.x().view();
+        if w.nrows() != x.ncols() {
+            return Err(PoolError::ShapeMismatch {
+                what: "x for attn_kernel".into(),
+                expected: format!("{} columns", w.nrows()),
+                got: format!("{} columns", x.ncols()),
+            });
+        }
+        let v = matmul(x, w, None).remove_axis(Axis(1));
+        let alpha = segment_softmax(v.view(), batch.segments(), self.eps);
+        let mut weighted = x.to_owned();
+        Zip::from(weighted.rows_mut())
+            .and(&alpha)
+            .par_for_each(|mut r, &a| r.mapv_inplace(|v| v * a));
+        let out = segment_sum(weighted.view(), batch.segments());
+        let out_shape = [out.nrows(), out.ncols()];
+        Ok((out, GlobalAttnSumCache { alpha, out_shape }))
+    }
+
+    fn backward(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &Self::Cache,
+        grad: &Array2<T>,
+    ) -> Result<Gradients<T>> {
+        check_grad_shape("pooled x", &cache.out_shape, grad)?;
+        let x = batch.x().view();
+        let w = self.params.matrix("attn_kernel")?;
+        let g_weighted = segment_sum_vjp(grad.view(), batch.segments());
+        // d alpha_n = <x_n, g_out[g]>
+        let g_alpha = Array1::from(map_nodes(batch.segments(), |_, n| {
+            x.row(n).dot(&g_weighted.row(n))
+        }));
+        let gv = segment_softmax_vjp(cache.alpha.view(), g_alpha.view(), batch.segments());
+        let gv2 = gv.view().insert_axis(Axis(1));
+        let (gx_score, gw, _) = matmul_vjp(x, w, gv2);
+        let mut gx = g_weighted;
+        Zip::from(gx.rows_mut())
+            .and(&cache.alpha)
+            .par_for_each(|mut r, &a| r.mapv_inplace(|v| v * a));
+        gx += &gx_score;
+        let mut params = self.params.zeros_like();
+        params.accumulate_dim("attn_kernel", gw.view())?;
+        Ok(Gradients {
+            x: gx,
+            edge_weights: Array1::zeros(batch.a().nnz()),
+            params,
+        })
+    }
+
+    fn params(&self) -> &Params<T> {
+        &self.params
+    }
+
+    fn set_param(&mut self, name: &str, value: ArrayD<T>) -> Result<()> {
+        self.params.set(name, value)
+    }
+}

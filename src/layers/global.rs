@@ -1,0 +1,116 @@
+//! Global pools: one vector per graph by sum, mean or max over its nodes.
+
+use ndarray::Array2;
+
+use crate::batch::DisjointBatch;
+use crate::error::Result;
+use crate::framework::layer::check_grad_shape;
+use crate::framework::{Gradients, Layer};
+use crate::kernels::segment::{
+    segment_extremum_vjp, segment_max, segment_mean, segment_mean_vjp, segment_sum, segment_sum_vjp,
+};
+use crate::nn::Params;
+use crate::scalar::Scalar;
+
+/// Implements [`Layer`] for a parameterless global pool given its forward
+/// and its VJP (which may use the input and the forward's output).
+macro_rules! parameterless_global_pool {
+    ($name:ident, $fwd:expr, $vjp:expr) => {
+        impl<T: Scalar> Layer<T> for $name {
+            type Output = Array2<T>;
+            type Cache = Array2<T>;
+
+            fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Array2<T>, Array2<T>)> {
+                let out = $fwd(batch.x().view(), batch.segments());
+                Ok((out.clone(), out))
+            }
+
+            fn backward(
+                &self,
+                batch: &DisjointBatch<T>,
+                out: &Array2<T>,
+                grad: &Array2<T>,
+            ) -> Result<Gradients<T>> {
+                check_grad_shape("pooled x", out.shape(), grad)?;
+                let gx = $vjp(batch, out, grad);
+                Ok(Gradients {
+                    x: gx,
+                    edge_weights: ndarray::Array1::zeros(batch.a().nnz()),
+                    params: Params::new(),
+                })
+            }
+
+            fn params(&self) -> &Params<T> {
+                T::no_params()
+            }
+        }
+    };
+}
+
+/// Sum of each graph's node features (Spektral `GlobalSumPool`, PyG `global_add_pool`):
+/// $$X'_g = \sum_{n \in g} X_n,$$
+/// output $B \times F$; an empty graph gives a zero row.
+///
+/// ```
+/// use graphpool::{layers::GlobalSumPool, framework::Layer, DisjointBatch};
+/// use ndarray::array;
+/// let b = DisjointBatch::from_graph_ids(array![[1.0_f64], [2.0], [4.0]], sprs::CsMat::zero((3, 3)), &[0, 0, 2], 3)?;
+/// assert_eq!(GlobalSumPool.call(&b)?, array![[3.0], [0.0], [4.0]]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalSumPool;
+
+parameterless_global_pool!(
+    GlobalSumPool,
+    segment_sum,
+    |b: &DisjointBatch<T>, _out: &Array2<T>, g: &Array2<T>| segment_sum_vjp(g.view(), b.segments())
+);
+
+/// Mean of each graph's node features (Spektral `GlobalAvgPool`, PyG `global_mean_pool`):
+/// $$X'_g = \frac{1}{\max(n_g, 1)} \sum_{n \in g} X_n,$$
+/// output $B \times F$; an empty graph gives a zero row.
+///
+/// ```
+/// use graphpool::{layers::GlobalAvgPool, framework::Layer, DisjointBatch};
+/// use ndarray::array;
+/// let b = DisjointBatch::from_graph_ids(array![[1.0_f64], [2.0], [4.0]], sprs::CsMat::zero((3, 3)), &[0, 0, 1], 2)?;
+/// assert_eq!(GlobalAvgPool.call(&b)?, array![[1.5], [4.0]]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalAvgPool;
+
+parameterless_global_pool!(
+    GlobalAvgPool,
+    segment_mean,
+    |b: &DisjointBatch<T>, _out: &Array2<T>, g: &Array2<T>| segment_mean_vjp(
+        g.view(),
+        b.segments()
+    )
+);
+
+/// Feature-wise max over each graph's nodes (Spektral `GlobalMaxPool`, PyG `global_max_pool`):
+/// $$X'_{gf} = \max_{n \in g} X_{nf},$$
+/// output $B \times F$; an empty graph gives a zero row.
+///
+/// **Gradient at ties**: split equally among the nodes attaining the max,
+/// as TensorFlow and PyTorch do.
+///
+/// ```
+/// use graphpool::{layers::GlobalMaxPool, framework::Layer, DisjointBatch};
+/// use ndarray::array;
+/// let b = DisjointBatch::from_graph_ids(array![[1.0_f64, -1.0], [2.0, -3.0]], sprs::CsMat::zero((2, 2)), &[0, 0], 1)?;
+/// assert_eq!(GlobalMaxPool.call(&b)?, array![[2.0, -1.0]]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GlobalMaxPool;
+
+parameterless_global_pool!(
+    GlobalMaxPool,
+    segment_max,
+    |b: &DisjointBatch<T>, out: &Array2<T>, g: &Array2<T>| {
+        segment_extremum_vjp(b.x().view(), b.segments(), out.view(), g.view())
+    }
+);

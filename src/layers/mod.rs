@@ -1,0 +1,12 @@
+//! The pooling layers, one module per layer or family. Names follow Spektral.
+
+mod attention;
+mod global;
+mod sort_pool;
+
+pub use attention::{
+    GlobalAttentionCache, GlobalAttentionPool, GlobalAttnSumCache, GlobalAttnSumPool,
+    NodeAttentionPool,
+};
+pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};
+pub use sort_pool::{SortPool, SortPoolCache};

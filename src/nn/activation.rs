@@ -1,0 +1,207 @@
+//! Element-wise activations by their Keras names, and the row-wise softmax.
+
+use ndarray::{Array2, ArrayView2, Axis, Zip};
+
+use crate::error::{PoolError, Result};
+use crate::scalar::Scalar;
+
+const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+
+/// An element-wise activation, named as in Keras.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Activation {
+    /// $x$ (`"linear"`, also `None` in Keras).
+    #[default]
+    Linear,
+    /// $\max(x, 0)$.
+    Relu,
+    /// $\tanh x$.
+    Tanh,
+    /// $1 / (1 + e^{-x})$.
+    Sigmoid,
+    /// $x$ if $x > 0$ else $e^x - 1$.
+    Elu,
+    /// $\lambda x$ if $x > 0$ else $\lambda\alpha(e^x - 1)$, Keras' constants.
+    Selu,
+    /// $\ln(1 + e^x)$.
+    Softplus,
+    /// $x / (1 + |x|)$.
+    Softsign,
+    /// $x \sigma(x)$ (`"swish"` or `"silu"`).
+    Swish,
+    /// $e^x$.
+    Exponential,
+}
+
+impl Activation {
+    /// Parses a Keras activation name (`None`/`"linear"` is the identity).
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] listing the known names.
+    pub fn from_name(name: Option<&str>) -> Result<Self> {
+        Ok(match name.unwrap_or("linear") {
+            "linear" | "none" | "identity" => Activation::Linear,
+            "relu" => Activation::Relu,
+            "tanh" => Activation::Tanh,
+            "sigmoid" => Activation::Sigmoid,
+            "elu" => Activation::Elu,
+            "selu" => Activation::Selu,
+            "softplus" => Activation::Softplus,
+            "softsign" => Activation::Softsign,
+            "swish" | "silu" => Activation::Swish,
+            "exponential" => Activation::Exponential,
+            other => {
+                return Err(PoolError::InvalidConfig {
+                    name: "activation".into(),
+                    value: other.into(),
+                    expected: "one of linear, relu, tanh, sigmoid, elu, selu, softplus, softsign, swish, exponential".into(),
+                })
+            }
+        })
+    }
+
+    /// The activation of one value.
+    #[inline]
+    pub fn apply<T: Scalar>(self, x: T) -> T {
+        let one = T::one();
+        match self {
+            Activation::Linear => x,
+            Activation::Relu => x.max(T::zero()),
+            Activation::Tanh => x.tanh(),
+            Activation::Sigmoid => sigmoid(x),
+            Activation::Elu => {
+                if x > T::zero() {
+                    x
+                } else {
+                    x.exp_m1()
+                }
+            }
+            Activation::Selu => {
+                if x > T::zero() {
+                    T::c(SELU_SCALE) * x
+                } else {
+                    T::c(SELU_SCALE * SELU_ALPHA) * x.exp_m1()
+                }
+            }
+            Activation::Softplus => {
+                // stable: max(x, 0) + ln(1 + e^-|x|)
+                x.max(T::zero()) + (-x.abs()).exp().ln_1p()
+            }
+            Activation::Softsign => x / (one + x.abs()),
+            Activation::Swish => x * sigmoid(x),
+            Activation::Exponential => x.exp(),
+        }
+    }
+
+    /// The derivative at pre-activation `x` (with `y = apply(x)`).
+    /// At the kink of relu the derivative is taken as 0, as in TensorFlow.
+    #[inline]
+    pub fn derivative<T: Scalar>(self, x: T, y: T) -> T {
+        let one = T::one();
+        match self {
+            Activation::Linear => one,
+            Activation::Relu => {
+                if x > T::zero() {
+                    one
+                } else {
+                    T::zero()
+                }
+            }
+            Activation::Tanh => one - y * y,
+            Activation::Sigmoid => y * (one - y),
+            Activation::Elu => {
+                if x > T::zero() {
+                    one
+                } else {
+                    y + one
+                }
+            }
+            Activation::Selu => {
+                if x > T::zero() {
+                    T::c(SELU_SCALE)
+                } else {
+                    y + T::c(SELU_SCALE * SELU_ALPHA)
+                }
+            }
+            Activation::Softplus => sigmoid(x),
+            Activation::Softsign => {
+                let d = one + x.abs();
+                one / (d * d)
+            }
+            Activation::Swish => {
+                let s = sigmoid(x);
+                s + x * s * (one - s)
+            }
+            Activation::Exponential => y,
+        }
+    }
+
+    /// Applies the activation to every entry (row-parallel).
+    pub fn forward<T: Scalar>(self, x: ArrayView2<T>) -> Array2<T> {
+        let mut y = x.to_owned();
+        if self != Activation::Linear {
+            Zip::from(&mut y).par_for_each(|v| *v = self.apply(*v));
+        }
+        y
+    }
+
+    /// VJP: $\bar x = \bar y \odot f'(x)$.
+    pub fn vjp<T: Scalar>(
+        self,
+        x: ArrayView2<T>,
+        y: ArrayView2<T>,
+        grad: ArrayView2<T>,
+    ) -> Array2<T> {
+        let mut g = grad.to_owned();
+        if self != Activation::Linear {
+            Zip::from(&mut g)
+                .and(&x)
+                .and(&y)
+                .par_for_each(|g, &x, &y| *g *= self.derivative(x, y));
+        }
+        g
+    }
+}
+
+#[inline]
+pub(crate) fn sigmoid<T: Scalar>(x: T) -> T {
+    let one = T::one();
+    if x >= T::zero() {
+        one / (one + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (one + e)
+    }
+}
+
+/// Softmax over each row (max-shifted): $s_{nk} = e^{z_{nk}} / \sum_j e^{z_{nj}}$.
+pub fn softmax_rows<T: Scalar>(z: ArrayView2<T>) -> Array2<T> {
+    let mut s = z.to_owned();
+    s.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .for_each(|mut row| {
+            let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+            row.mapv_inplace(|v| (v - m).exp());
+            let z: T = row.iter().copied().sum();
+            row.mapv_inplace(|v| v / z);
+        });
+    s
+}
+
+/// VJP of [`softmax_rows`] given its output $S$:
+/// $\bar z_{n} = s_n \odot (\bar s_n - \langle s_n, \bar s_n\rangle)$.
+pub fn softmax_rows_vjp<T: Scalar>(s: ArrayView2<T>, grad: ArrayView2<T>) -> Array2<T> {
+    let mut g = grad.to_owned();
+    Zip::from(g.rows_mut())
+        .and(s.rows())
+        .par_for_each(|mut g, s| {
+            let d = g.dot(&s);
+            Zip::from(&mut g)
+                .and(&s)
+                .for_each(|g, &s| *g = s * (*g - d));
+        });
+    g
+}
+
+use ndarray::parallel::prelude::*;

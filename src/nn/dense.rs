@@ -1,0 +1,164 @@
+//! Dense (fully connected) layers $y = f(xW + b)$ and the row-parallel matmul.
+
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use super::{Activation, Params};
+use crate::error::{PoolError, Result};
+use crate::kernels::{reduce_chunked, ROW_BLOCK};
+use crate::scalar::Scalar;
+
+/// Row-parallel $X W$ ($N \times F$ times $F \times C$), optionally plus a bias
+/// row. Rows are computed in fixed blocks; each row's value does not depend
+/// on the block it falls in, so results are thread-count independent.
+pub fn matmul<T: Scalar>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    bias: Option<ArrayView1<T>>,
+) -> Array2<T> {
+    let mut out = Array2::zeros((x.nrows(), w.ncols()));
+    out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            let r0 = b * ROW_BLOCK;
+            let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
+            ndarray::linalg::general_mat_mul(T::one(), &xb, &w, T::zero(), &mut block);
+            if let Some(bias) = bias {
+                block += &bias;
+            }
+        });
+    out
+}
+
+/// VJP of [`matmul`]: returns $(\bar X = \bar Y W^\top,\ \bar W = X^\top \bar Y,\ \bar b = \sum_n \bar Y_n)$.
+/// The reductions over rows use fixed chunks (deterministic).
+pub fn matmul_vjp<T: Scalar>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    grad: ArrayView2<T>,
+) -> (Array2<T>, Array2<T>, Array1<T>) {
+    let gx = matmul(grad, w.t(), None);
+    let (f, c) = (x.ncols(), w.ncols());
+    let (gw, gb) = reduce_chunked(
+        0..x.nrows(),
+        |r| {
+            let xs = x.slice(s![r.clone(), ..]);
+            let gs = grad.slice(s![r, ..]);
+            (xs.t().dot(&gs), gs.sum_axis(Axis(0)))
+        },
+        |(a, b), (c2, d)| (a + c2, b + d),
+    );
+    debug_assert_eq!(gw.dim(), (f, c));
+    (gx, gw, gb)
+}
+
+/// A dense layer whose weights live in a [`Params`] under
+/// `{prefix}kernel` $(F, C)$ and, if it has a bias, `{prefix}bias` $(C)$.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dense {
+    /// Parameter-name prefix, e.g. `"mlp.0."` or `""`.
+    pub prefix: String,
+    /// Whether a bias is added.
+    pub use_bias: bool,
+    /// The activation applied to $xW + b$.
+    pub activation: Activation,
+}
+
+/// What [`Dense::forward`] keeps for the backward pass.
+#[derive(Debug, Clone)]
+pub struct DenseCache<T: Scalar> {
+    /// Pre-activation $xW + b$.
+    pub pre: Array2<T>,
+    /// Output $f(xW + b)$.
+    pub out: Array2<T>,
+}
+
+impl Dense {
+    /// A dense layer reading its weights under `prefix`.
+    pub fn new(prefix: &str, use_bias: bool, activation: Activation) -> Self {
+        Self {
+            prefix: prefix.into(),
+            use_bias,
+            activation,
+        }
+    }
+
+    fn kernel_name(&self) -> String {
+        format!("{}kernel", self.prefix)
+    }
+    fn bias_name(&self) -> String {
+        format!("{}bias", self.prefix)
+    }
+
+    /// Registers this layer's parameters (kernel glorot-uniform, bias zeros).
+    pub fn init_params<T: Scalar>(
+        &self,
+        params: &mut Params<T>,
+        fan_in: usize,
+        units: usize,
+        rng: &mut super::ParamRng,
+    ) {
+        params.insert(
+            &self.kernel_name(),
+            super::Initializer::GlorotUniform.sample(&[fan_in, units], rng),
+        );
+        if self.use_bias {
+            params.insert(
+                &self.bias_name(),
+                super::Initializer::Zeros.sample(&[units], rng),
+            );
+        }
+    }
+
+    /// $f(xW + b)$.
+    ///
+    /// # Errors
+    /// [`PoolError::ShapeMismatch`] if `x` has not as many columns as the kernel has rows.
+    pub fn forward<T: Scalar>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+    ) -> Result<DenseCache<T>> {
+        let w = params.matrix(&self.kernel_name())?;
+        if w.nrows() != x.ncols() {
+            return Err(PoolError::ShapeMismatch {
+                what: format!("input of `{}`", self.kernel_name()),
+                expected: format!("{} columns", w.nrows()),
+                got: format!("{} columns", x.ncols()),
+            });
+        }
+        let b = if self.use_bias {
+            Some(params.vector(&self.bias_name())?)
+        } else {
+            None
+        };
+        let pre = matmul(x, w, b);
+        let out = self.activation.forward(pre.view());
+        Ok(DenseCache { pre, out })
+    }
+
+    /// Backward: accumulates $\bar W, \bar b$ into `grads` and returns $\bar x$.
+    ///
+    /// # Errors
+    /// Parameter look-up errors only (shapes were checked by the forward).
+    pub fn backward<T: Scalar>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        cache: &DenseCache<T>,
+        grad_out: ArrayView2<T>,
+        grads: &mut Params<T>,
+    ) -> Result<Array2<T>> {
+        let w = params.matrix(&self.kernel_name())?;
+        let gpre = self
+            .activation
+            .vjp(cache.pre.view(), cache.out.view(), grad_out);
+        let (gx, gw, gb) = matmul_vjp(x, w, gpre.view());
+        grads.accumulate_dim(&self.kernel_name(), gw.view())?;
+        if self.use_bias {
+            grads.accumulate_dim(&self.bias_name(), gb.view())?;
+        }
+        Ok(gx)
+    }
+}

@@ -1,0 +1,105 @@
+//! The multi-layer perceptron that computes cluster logits in the
+//! dense-assignment pools (MinCut, DMoN, JustBalance, AsymCheegerCut).
+
+use ndarray::{Array2, ArrayView2};
+
+use super::{Activation, Dense, DenseCache, ParamRng, Params};
+use crate::error::Result;
+use crate::scalar::Scalar;
+
+/// Hidden dense layers with a shared activation, then a linear output layer:
+/// parameters `mlp.{j}.kernel` / `mlp.{j}.bias` for `j = 0..=hidden.len()`
+/// (the last is the output layer), as Spektral's `mlp_hidden` /
+/// `mlp_activation` build it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mlp {
+    layers: Vec<Dense>,
+    sizes: Vec<usize>,
+}
+
+/// Intermediate values of an [`Mlp`] forward pass.
+#[derive(Debug, Clone)]
+pub struct MlpCache<T: Scalar> {
+    layers: Vec<DenseCache<T>>,
+}
+
+impl<T: Scalar> MlpCache<T> {
+    /// The MLP's output (linear logits).
+    pub fn output(&self) -> &Array2<T> {
+        &self.layers[self.layers.len() - 1].out
+    }
+}
+
+impl Mlp {
+    /// An MLP `in_features → hidden[0] → … → out`, under the prefix `mlp.`.
+    pub fn new(hidden: &[usize], activation: Activation, in_features: usize, out: usize) -> Self {
+        let mut sizes = vec![in_features];
+        sizes.extend_from_slice(hidden);
+        sizes.push(out);
+        let n = hidden.len();
+        let layers = (0..=n)
+            .map(|j| {
+                let act = if j < n {
+                    activation
+                } else {
+                    Activation::Linear
+                };
+                Dense::new(&format!("mlp.{j}."), true, act)
+            })
+            .collect();
+        Self { layers, sizes }
+    }
+
+    /// Registers the parameters (glorot-uniform kernels, zero biases).
+    pub fn init_params<T: Scalar>(&self, params: &mut Params<T>, rng: &mut ParamRng) {
+        for (j, l) in self.layers.iter().enumerate() {
+            l.init_params(params, self.sizes[j], self.sizes[j + 1], rng);
+        }
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.sizes[0]
+    }
+
+    /// Runs the MLP on `x`.
+    ///
+    /// # Errors
+    /// Shape errors from [`Dense::forward`].
+    pub fn forward<T: Scalar>(&self, params: &Params<T>, x: ArrayView2<T>) -> Result<MlpCache<T>> {
+        let mut caches: Vec<DenseCache<T>> = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let c = match caches.last() {
+                None => l.forward(params, x)?,
+                Some(prev) => l.forward(params, prev.out.view())?,
+            };
+            caches.push(c);
+        }
+        Ok(MlpCache { layers: caches })
+    }
+
+    /// Backward from the gradient of the output; accumulates parameter
+    /// gradients into `grads` and returns $\bar x$.
+    ///
+    /// # Errors
+    /// Parameter look-up errors.
+    pub fn backward<T: Scalar>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        cache: &MlpCache<T>,
+        grad_out: ArrayView2<T>,
+        grads: &mut Params<T>,
+    ) -> Result<Array2<T>> {
+        let mut g = grad_out.to_owned();
+        for j in (0..self.layers.len()).rev() {
+            let input = if j == 0 {
+                x
+            } else {
+                cache.layers[j - 1].out.view()
+            };
+            g = self.layers[j].backward(params, input, &cache.layers[j], g.view(), grads)?;
+        }
+        Ok(g)
+    }
+}

@@ -1,0 +1,14 @@
+//! Trainable building blocks: named parameters, Keras-style initialisers,
+//! dense layers, activations and MLPs, each with its vector-Jacobian product.
+
+mod activation;
+mod dense;
+mod init;
+mod mlp;
+pub(crate) mod params;
+
+pub use activation::{softmax_rows, softmax_rows_vjp, Activation};
+pub use dense::{matmul, matmul_vjp, Dense, DenseCache};
+pub use init::{rng_from_seed, Initializer, ParamRng};
+pub use mlp::{Mlp, MlpCache};
+pub use params::Params;
