@@ -14,13 +14,11 @@ use graphpool::DisjointBatch;
 use ndarray::{Array2, Array3, Axis};
 use proptest::prelude::*;
 
-/// Every global pool as a function of the batch, flattened to B x (rest).
-fn all_pools(
-    f: usize,
-) -> Vec<(
-    &'static str,
-    Box<dyn Fn(&DisjointBatch<f64>) -> Array2<f64> + Send + Sync>,
-)> {
+/// A pool as a function of the batch, its output flattened to B x (rest).
+type Pool = Box<dyn Fn(&DisjointBatch<f64>) -> Array2<f64> + Send + Sync>;
+
+/// Every global pool, by name.
+fn all_pools(f: usize) -> Vec<(&'static str, Pool)> {
     let attn = GlobalAttentionPool::<f64>::new(f, 3, 7).unwrap();
     let attn_sum = GlobalAttnSumPool::<f64>::new(f, 9);
     let sort = SortPool::new(3).unwrap();

@@ -304,6 +304,11 @@ pub fn sparse_to_dense(a: &sprs::CsMat<f32>) -> Array2<f64> {
     d
 }
 
+/// `|got - want| <= atol + rtol * |want|`, false for NaN.
+fn within(g: f64, w: f64, tol: Tolerance) -> bool {
+    (g - w).abs() <= tol.atol + tol.rtol * w.abs()
+}
+
 fn close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, tol: Tolerance) -> Result<(), String> {
     if got.shape() != want.shape() {
         return Err(format!(
@@ -313,7 +318,7 @@ fn close(what: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, tol: Tolerance) -> R
         ));
     }
     for ((idx, g), w) in got.indexed_iter().zip(want.iter()) {
-        if !((g - w).abs() <= tol.atol + tol.rtol * w.abs()) {
+        if !within(*g, *w, tol) {
             return Err(format!("{what}{:?}: got {g}, expected {w}", idx.slice()));
         }
     }
@@ -359,7 +364,7 @@ fn compare(case: &Case, got: &Got) -> Result<(), String> {
                 .losses
                 .get(name)
                 .ok_or_else(|| format!("no loss `{name}` computed"))?;
-            if !((g - w).abs() <= tol.atol + tol.rtol * w.abs()) {
+            if !within(*g, *w, tol) {
                 return Err(format!("loss {name}: got {g}, expected {w}"));
             }
         }
