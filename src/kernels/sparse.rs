@@ -228,3 +228,135 @@ pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
     }
     CsMat::new((a.rows(), b.cols()), indptr, indices, data)
 }
+
+/// The GCN filter $\hat A = \hat D^{-1/2} (A + I) \hat D^{-1/2}$ with
+/// $\hat D_{ii} = \sum_j (A + I)_{ij}$ (row sums), built sparse, as Spektral's
+/// `normalize_A(a + I)` and `gcn_filter`. An existing diagonal entry gets
+/// $+1$. A node whose degree $\hat D_{ii} \le 0$ (possible only with
+/// negative weights) gets $\hat D_{ii}^{-1/2} = 0$ instead of NaN.
+#[derive(Debug, Clone)]
+pub struct GcnFilter<T: Scalar> {
+    /// $\hat A$, CSR, sorted indices; the structure of $A$ plus the diagonal.
+    pub matrix: CsMat<T>,
+    /// $(A + I)$'s stored values, aligned with `matrix`.
+    pub with_loops: Vec<T>,
+    /// `source[e]`: position in `a.data()` of the $A$ entry that entry `e`
+    /// of `matrix` comes from, or `usize::MAX` for an added diagonal entry.
+    pub source: Vec<usize>,
+    /// $\hat D^{-1/2}$ per node.
+    pub deg_inv_sqrt: Array1<T>,
+}
+
+/// Builds the [`GcnFilter`] of `a` (square).
+pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
+    let n = a.rows();
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let mut indptr = Vec::with_capacity(n + 1);
+    let mut indices = Vec::with_capacity(a.nnz() + n);
+    let mut vals = Vec::with_capacity(a.nnz() + n);
+    let mut source = Vec::with_capacity(a.nnz() + n);
+    indptr.push(0);
+    for r in 0..n {
+        let mut placed = false;
+        for e in ip[r] - base..ip[r + 1] - base {
+            let c = a.indices()[e];
+            if !placed && c >= r {
+                if c == r {
+                    indices.push(r);
+                    vals.push(a.data()[e] + T::one());
+                    source.push(e);
+                    placed = true;
+                    continue;
+                }
+                indices.push(r);
+                vals.push(T::one());
+                source.push(usize::MAX);
+                placed = true;
+            }
+            indices.push(c);
+            vals.push(a.data()[e]);
+            source.push(e);
+        }
+        if !placed {
+            indices.push(r);
+            vals.push(T::one());
+            source.push(usize::MAX);
+        }
+        indptr.push(indices.len());
+    }
+    let deg_inv_sqrt = Array1::from(
+        (0..n)
+            .into_par_iter()
+            .map(|r| {
+                let d: T = vals[indptr[r]..indptr[r + 1]].iter().copied().sum();
+                if d > T::zero() {
+                    T::one() / d.sqrt()
+                } else {
+                    T::zero()
+                }
+            })
+            .collect::<Vec<T>>(),
+    );
+    let data: Vec<T> = (0..n)
+        .into_par_iter()
+        .flat_map_iter(|r| {
+            let (idx, vals, dis) = (&indices, &vals, &deg_inv_sqrt);
+            (indptr[r]..indptr[r + 1]).map(move |e| dis[r] * vals[e] * dis[idx[e]])
+        })
+        .collect();
+    GcnFilter {
+        matrix: CsMat::new((n, n), indptr, indices.clone(), data),
+        with_loops: vals,
+        source,
+        deg_inv_sqrt,
+    }
+}
+
+impl<T: Scalar> GcnFilter<T> {
+    /// VJP: the gradient with respect to $A$'s stored values (aligned with
+    /// `a.data()`, length `nnz`) from the gradient $\bar{\hat a}$ of the
+    /// filter's stored values.
+    ///
+    /// With $u = \hat D^{-1/2}$ and $b$ the values of $A + I$:
+    /// $\bar b_{ij} = \bar{\hat a}_{ij} u_i u_j + \bar d_i$, where
+    /// $\bar d_i = -\tfrac12 u_i^3 \big(\sum_j \bar{\hat a}_{ij} b_{ij} u_j + \sum_r \bar{\hat a}_{ri} b_{ri} u_r\big)$
+    /// (0 where $u_i = 0$).
+    pub fn vjp(&self, grad: &[T], nnz: usize) -> Array1<T> {
+        let m = &self.matrix;
+        let n = m.rows();
+        let ip = m.indptr();
+        let ip = ip.raw_storage();
+        let idx = m.indices();
+        let u = &self.deg_inv_sqrt;
+        let b = &self.with_loops;
+        // row part of dL/du_i
+        let mut gu: Vec<T> = (0..n)
+            .into_par_iter()
+            .map(|r| {
+                (ip[r]..ip[r + 1])
+                    .map(|e| grad[e] * b[e] * u[idx[e]])
+                    .fold(T::zero(), |s, v| s + v)
+            })
+            .collect();
+        // column part, scattered in entry order (deterministic)
+        for r in 0..n {
+            for e in ip[r]..ip[r + 1] {
+                gu[idx[e]] += grad[e] * b[e] * u[r];
+            }
+        }
+        let half = T::c(0.5);
+        let gd: Vec<T> = (0..n).map(|i| -half * u[i] * u[i] * u[i] * gu[i]).collect();
+        let mut out = Array1::zeros(nnz);
+        for r in 0..n {
+            for e in ip[r]..ip[r + 1] {
+                let s = self.source[e];
+                if s != usize::MAX {
+                    out[s] += grad[e] * u[r] * u[idx[e]] + gd[r];
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,135 @@
+//! Kernel properties: sparse kernels against dense oracles (test-only), exact
+//! on integer values, and thread-count independence on graphs larger than a chunk.
+
+mod common;
+
+use common::with_threads;
+use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
+use graphpool::kernels::sparse::{gcn_filter, induced_subgraph, spgemm, spmm, transpose};
+use graphpool::Segments;
+use ndarray::{Array1, Array2};
+use proptest::prelude::*;
+use sprs::{CsMat, TriMat};
+
+fn dense(a: &CsMat<f64>) -> Array2<f64> {
+    let mut d = Array2::zeros((a.rows(), a.cols()));
+    for (&v, (r, c)) in a.iter() {
+        d[[r, c]] += v;
+    }
+    d
+}
+
+fn int_sparse() -> impl Strategy<Value = CsMat<f64>> {
+    (1usize..9, 1usize..9).prop_flat_map(|(r, c)| int_matrix(r, c))
+}
+
+fn int_square() -> impl Strategy<Value = CsMat<f64>> {
+    (1usize..9).prop_flat_map(|n| int_matrix(n, n))
+}
+
+fn int_matrix(r: usize, c: usize) -> impl Strategy<Value = CsMat<f64>> {
+    {
+        proptest::collection::vec((0..r, 0..c, -3i32..4), 0..20).prop_map(move |t| {
+            let mut tri = TriMat::new((r, c));
+            let mut seen = std::collections::BTreeSet::new();
+            for (i, j, v) in t {
+                if seen.insert((i, j)) {
+                    tri.add_triplet(i, j, v as f64);
+                }
+            }
+            tri.to_csr()
+        })
+    }
+}
+
+proptest! {
+    #[test]
+    fn spmm_equals_dense_product_exactly_on_integers(a in int_sparse(), f in 1usize..4, seed in 0i64..100) {
+        let x = Array2::from_shape_fn((a.cols(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 5 - 2) as f64);
+        prop_assert_eq!(spmm(a.view(), x.view()), dense(&a).dot(&x));
+    }
+
+    #[test]
+    fn transpose_equals_dense_transpose_and_tracks_sources(a in int_sparse()) {
+        let t = transpose(a.view());
+        prop_assert_eq!(dense(&t.matrix), dense(&a).t().to_owned());
+        for (e, &s) in t.source.iter().enumerate() {
+            prop_assert_eq!(t.matrix.data()[e], a.data()[s]);
+        }
+    }
+
+    #[test]
+    fn spgemm_equals_dense_product_exactly_on_integers(a in int_sparse(), seed in 0i64..50) {
+        let b = Array2::from_shape_fn((a.cols(), 3), |(i, j)| ((i as i64 * 5 + j as i64 + seed) % 3 - 1) as f64);
+        let mut tri = TriMat::new(b.dim());
+        for ((i, j), &v) in b.indexed_iter() { if v != 0.0 { tri.add_triplet(i, j, v); } }
+        let bs: CsMat<f64> = tri.to_csr();
+        prop_assert_eq!(dense(&spgemm(a.view(), bs.view())), dense(&a).dot(&b));
+    }
+
+    #[test]
+    fn induced_subgraph_equals_dense_submatrix(a in int_square(), mask in proptest::collection::vec(any::<bool>(), 9)) {
+        let kept: Vec<usize> = (0..a.rows()).filter(|&i| mask[i]).collect();
+        let sub = induced_subgraph(a.view(), &kept);
+        let d = dense(&a);
+        let want = Array2::from_shape_fn((kept.len(), kept.len()), |(i, j)| d[[kept[i], kept[j]]]);
+        prop_assert_eq!(dense(&sub.matrix), want);
+    }
+
+    #[test]
+    fn gcn_filter_equals_dense_normalisation(a in int_square()) {
+        let a = a.map(|v| v.abs() + 0.5);
+        let f = gcn_filter(a.view());
+        let b = dense(&a) + Array2::<f64>::eye(a.rows());
+        let d: Array1<f64> = b.sum_axis(ndarray::Axis(1)).mapv(|v| 1.0 / v.sqrt());
+        let want = Array2::from_shape_fn(b.dim(), |(i, j)| d[i] * b[[i, j]] * d[j]);
+        let got = dense(&f.matrix);
+        for (g, w) in got.iter().zip(want.iter()) { prop_assert!((g - w).abs() < 1e-12); }
+    }
+
+    #[test]
+    fn gcn_filter_vjp_matches_finite_differences(a in int_square(), seed in 0u64..100) {
+        prop_assume!(a.nnz() > 0);
+        let a = a.map(|v| v.abs() + 0.5);
+        let f = gcn_filter(a.view());
+        let g: Vec<f64> = (0..f.matrix.nnz()).map(|e| (((e as u64 * 2654435761 + seed) % 1000) as f64) / 500.0 - 1.0).collect();
+        let loss = |w: &[f64]| -> f64 {
+            let (ip, ix, _) = a.clone().into_raw_storage();
+            let aw = CsMat::new((a.rows(), a.cols()), ip, ix, w.to_vec());
+            gcn_filter(aw.view()).matrix.data().iter().zip(&g).map(|(x, y)| x * y).sum()
+        };
+        let an = f.vjp(&g, a.nnz());
+        let w0 = a.data().to_vec();
+        for e in 0..a.nnz() {
+            let (mut wp, mut wm) = (w0.clone(), w0.clone());
+            wp[e] += 1e-6; wm[e] -= 1e-6;
+            let num = (loss(&wp) - loss(&wm)) / 2e-6;
+            prop_assert!((num - an[e]).abs() < 1e-6 * (1.0 + num.abs()), "edge {}: {} vs {}", e, an[e], num);
+        }
+    }
+}
+
+/// Reductions over a graph larger than a chunk (so partials are combined),
+/// next to many small graphs: the same bits on 1, 2, 3 and 8 threads.
+#[test]
+fn chunked_reductions_are_identical_on_any_thread_count() {
+    let mut sizes = vec![10_000usize];
+    sizes.extend(std::iter::repeat_n(7, 300));
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    let x = Array2::from_shape_fn((n, 5), |(i, j)| {
+        ((i * 31 + j * 17) % 101) as f64 / 7.3 - 6.0
+    });
+    let s = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 13 + j) % 11) as f64 / 11.0);
+    let run = || {
+        (
+            segment_sum(x.view(), &seg),
+            segment_max(x.view(), &seg),
+            segment_matmul_tn(s.view(), x.view(), &seg),
+        )
+    };
+    let base = with_threads(1, run);
+    for t in [2, 3, 8] {
+        assert_eq!(with_threads(t, run), base, "{t} threads");
+    }
+}
