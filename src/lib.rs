@@ -52,5 +52,10 @@ pub mod scalar;
 pub mod proptest;
 
 pub use batch::{DisjointBatch, Segments};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use error::{PoolError, Result};
 pub use scalar::Scalar;

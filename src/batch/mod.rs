@@ -396,3 +396,90 @@ impl<T: Scalar> DisjointBatch<T> {
         Ok(out)
     }
 }
+
+impl<T: Scalar> DisjointBatch<T> {
+    /// Builds a batch from a PyG-style edge list (`edge_index[0]` sources,
+    /// `edge_index[1]` targets, `i64` as read from `.npy`), optional edge
+    /// weights (all 1 if `None`) and per-node `i64` graph ids.
+    ///
+    /// ```
+    /// use graphpool::DisjointBatch;
+    /// use ndarray::array;
+    /// let x = array![[1.0_f32], [2.0], [3.0]];
+    /// let ei = array![[0_i64, 1], [1, 0]];
+    /// let b = DisjointBatch::from_edge_index(x, ei.view(), None, &[0, 0, 1], 2)?;
+    /// assert_eq!(b.a().nnz(), 2);
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`PoolError::ShapeMismatch`] if `edge_index` is not `2 x E` or the
+    /// weights are not `E`; [`PoolError::InvalidCsr`] for a negative or
+    /// out-of-range node id or a duplicate edge (never summed silently); then
+    /// those of [`Segments::from_graph_ids_i64`] and [`DisjointBatch::new`].
+    pub fn from_edge_index(
+        x: Array2<T>,
+        edge_index: ndarray::ArrayView2<i64>,
+        weights: Option<&[T]>,
+        graph_ids: &[i64],
+        num_graphs: usize,
+    ) -> Result<Self> {
+        let n = x.nrows();
+        if edge_index.nrows() != 2 {
+            return Err(PoolError::ShapeMismatch {
+                what: "edge_index".into(),
+                expected: "2 rows (sources, targets)".into(),
+                got: format!("{} rows", edge_index.nrows()),
+            });
+        }
+        let e = edge_index.ncols();
+        if let Some(w) = weights {
+            if w.len() != e {
+                return Err(PoolError::ShapeMismatch {
+                    what: "edge weights".into(),
+                    expected: format!("{e} (one per edge)"),
+                    got: w.len().to_string(),
+                });
+            }
+        }
+        if graph_ids.len() != n {
+            return Err(PoolError::ShapeMismatch {
+                what: "graph ids".into(),
+                expected: format!("one per node ({n})"),
+                got: graph_ids.len().to_string(),
+            });
+        }
+        let node = |v: i64, k: usize| -> Result<usize> {
+            usize::try_from(v).ok().filter(|&u| u < n).ok_or_else(|| {
+                PoolError::InvalidCsr(format!("edge {k} has node id {v}, outside 0..{n}"))
+            })
+        };
+        let mut edges = Vec::with_capacity(e);
+        for k in 0..e {
+            let (r, c) = (node(edge_index[[0, k]], k)?, node(edge_index[[1, k]], k)?);
+            let w = weights.map_or(T::one(), |w| w[k]);
+            edges.push((r, c, w, k));
+        }
+        edges.sort_unstable_by_key(|&(r, c, _, k)| (r, c, k));
+        if let Some(w) = edges
+            .windows(2)
+            .find(|w| (w[0].0, w[0].1) == (w[1].0, w[1].1))
+        {
+            return Err(PoolError::InvalidCsr(format!(
+                "duplicate edge ({}, {}) at positions {} and {}",
+                w[0].0, w[0].1, w[0].3, w[1].3
+            )));
+        }
+        let mut indptr = vec![0usize; n + 1];
+        for &(r, ..) in &edges {
+            indptr[r + 1] += 1;
+        }
+        for r in 0..n {
+            indptr[r + 1] += indptr[r];
+        }
+        let indices = edges.iter().map(|e| e.1).collect();
+        let data = edges.iter().map(|e| e.2).collect();
+        let segments = Segments::from_graph_ids_i64(graph_ids, num_graphs)?;
+        Self::from_csr_parts(x, indptr, indices, data, segments)
+    }
+}
