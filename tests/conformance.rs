@@ -38,7 +38,7 @@ fn check_dir(dir: &Path) {
         .collect();
     let skipped: Vec<&String> = verdicts
         .iter()
-        .filter_map(|(n, v)| match v {
+        .filter_map(|(_, v)| match v {
             Verdict::Skip(why) => Some(why),
             _ => None,
         })
