@@ -1,6 +1,7 @@
 //! The pooling layers, one module per layer or family. Names follow Spektral.
 
 mod attention;
+mod diff_pool;
 mod global;
 mod sort_pool;
 
@@ -8,5 +9,6 @@ pub use attention::{
     GlobalAttentionCache, GlobalAttentionPool, GlobalAttnSumCache, GlobalAttnSumPool,
     NodeAttentionPool,
 };
+pub use diff_pool::{DiffPool, DiffPoolCache, DiffPoolVariant};
 pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};
 pub use sort_pool::{SortPool, SortPoolCache};
