@@ -8,7 +8,7 @@ mod common;
 
 use common::{assert_gradients, with_threads};
 use graphpool::framework::{Layer, Pooled, Selection};
-use graphpool::layers::{DiffPool, DiffPoolVariant};
+use graphpool::layers::{DiffPool, DiffPoolVariant, MemAdjacency, MemPooling};
 use graphpool::nn::Activation;
 use graphpool::proptest::{batch_and_permutation, batches, BatchShape};
 use graphpool::DisjointBatch;
@@ -26,7 +26,19 @@ fn all_pools(f: usize) -> Vec<(&'static str, Pool)> {
     let diff_pyg = DiffPool::<f64>::new(f, K, Some(2), Activation::Tanh, 4)
         .unwrap()
         .with_variant(DiffPoolVariant::Pyg);
+    let mem = MemPooling::<f64>::new(f, 2, 2, K, 1.0, 5).unwrap();
+    let mem_coarsened = MemPooling::<f64>::new(f, 3, 1, K, 0.5, 6)
+        .unwrap()
+        .with_adjacency(MemAdjacency::Coarsened);
     vec![
+        (
+            "mem_pooling",
+            Box::new(move |b: &DisjointBatch<f64>| mem.call(b).unwrap()),
+        ),
+        (
+            "mem_pooling_coarsened",
+            Box::new(move |b: &DisjointBatch<f64>| mem_coarsened.call(b).unwrap()),
+        ),
         (
             "diffpool_spektral",
             Box::new(move |b: &DisjointBatch<f64>| diff_relu.call(b).unwrap()),
@@ -146,6 +158,11 @@ proptest! {
             &DiffPool::<f64>::new(f, 2, None, Activation::Linear, 2).unwrap().with_variant(DiffPoolVariant::Pyg),
             &b,
         );
+        assert_gradients(&MemPooling::<f64>::new(f, 2, 2, K, 1.0, 3).unwrap(), &b);
+        assert_gradients(
+            &MemPooling::<f64>::new(f, 3, 3, 2, 0.7, 4).unwrap().with_adjacency(MemAdjacency::Coarsened),
+            &b,
+        );
     }
 }
 
@@ -198,6 +215,13 @@ fn degenerate_graphs_have_correct_gradients() {
         &DiffPool::<f64>::new(2, K, None, Activation::Linear, 6)
             .unwrap()
             .with_variant(DiffPoolVariant::Pyg),
+        &b,
+    );
+    assert_gradients(&MemPooling::<f64>::new(2, 2, 2, K, 1.0, 7).unwrap(), &b);
+    assert_gradients(
+        &MemPooling::<f64>::new(2, 2, 3, K, 2.0, 8)
+            .unwrap()
+            .with_adjacency(MemAdjacency::Coarsened),
         &b,
     );
 }

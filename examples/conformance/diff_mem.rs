@@ -1,12 +1,12 @@
 //! Conformance runners for DiffPool and MemPooling.
 
 use graphpool::framework::{Layer, Pooled, Selection};
-use graphpool::layers::DiffPool;
+use graphpool::layers::{DiffPool, MemPooling};
 use graphpool::nn::Activation;
 use graphpool::DisjointBatch;
 
 use super::{
-    cfg_opt_usize, cfg_str, cfg_usize, load_weights, sparse_to_dense, Case, Got, RunError,
+    cfg_f64, cfg_opt_usize, cfg_str, cfg_usize, load_weights, sparse_to_dense, Case, Got, RunError,
 };
 
 pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
@@ -19,6 +19,18 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
                 cfg_usize(case, "k")?,
                 cfg_opt_usize(case, "channels"),
                 activation,
+                0,
+            )?;
+            load_weights(case, &mut l)?;
+            l.call(batch)?
+        }
+        "MemPooling" => {
+            let mut l = MemPooling::new(
+                f,
+                cfg_usize(case, "channels")?,
+                cfg_usize(case, "heads")?,
+                cfg_usize(case, "k")?,
+                cfg_f64(case, "tau", 1.0),
                 0,
             )?;
             load_weights(case, &mut l)?;

@@ -3,6 +3,7 @@
 mod attention;
 mod diff_pool;
 mod global;
+mod mem_pool;
 mod sort_pool;
 
 pub use attention::{
@@ -11,4 +12,5 @@ pub use attention::{
 };
 pub use diff_pool::{DiffPool, DiffPoolCache, DiffPoolVariant};
 pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};
+pub use mem_pool::{MemAdjacency, MemPooling, MemPoolingCache};
 pub use sort_pool::{SortPool, SortPoolCache};
