@@ -106,6 +106,10 @@ impl DiffPoolVariant {
 /// below $10^{-7}$ for degrees $\ge 1$), and a node whose degree is $\le 0$
 /// (only with negative weights) gets 0 where Spektral gets NaN.
 ///
+/// Errors of the forward pass: [`PoolError::ShapeMismatch`] if $X$ has not
+/// $F$ columns; [`PoolError::NonFinite`] if an output overflows (features,
+/// edge weights or weights too large for the float type).
+///
 /// ```
 /// use graphpool::framework::Layer;
 /// use graphpool::layers::DiffPool;
@@ -270,6 +274,33 @@ impl<T: Scalar> DiffPool<T> {
     }
 }
 
+/// Checks that a dense-assignment pool's outputs are finite: they can only
+/// fail to be for finite inputs through overflow (features, edge weights or
+/// parameters too large), which is reported as a typed error rather than a
+/// pooled batch holding infinities.
+pub(crate) fn check_outputs_finite<T: Scalar>(
+    layer: &str,
+    x: &Array2<T>,
+    a: &sprs::CsMat<T>,
+    losses: &Losses<T>,
+) -> Result<()> {
+    let overflow = |what: String, index: String, value: T| PoolError::NonFinite {
+        what: format!("{layer} {what} (overflow: inputs, edge weights or parameters too large)"),
+        index,
+        value: value.to_string(),
+    };
+    if let Some(((r, c), &v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("pooled x".into(), format!("({r}, {c})"), v));
+    }
+    if let Some((e, &v)) = a.data().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("pooled adjacency".into(), format!("entry {e}"), v));
+    }
+    if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow(format!("loss `{name}`"), "-".into(), v));
+    }
+    Ok(())
+}
+
 /// $\frac{1}{n_g}\sum_{n\in g} -\sum_k s_{nk}\ln(s_{nk}+\varepsilon)$ per graph (0 for an empty graph).
 fn entropy_per_graph<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T) -> Array1<T> {
     let h = Array1::from(map_nodes(segs, |_, n| {
@@ -330,6 +361,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let a_out = DenseAssignment::blocks_to_csr(blocks.view());
         let link = link_terms(a, assignment.s.view(), segs);
         let losses = self.losses_from(segs, &link, assignment.s.view());
+        check_outputs_finite("DiffPool", &x_out, &a_out, &losses)?;
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();

@@ -66,16 +66,22 @@ pub enum MemAdjacency {
 /// per-graph sums are segment sums, and the only batch-level term is the
 /// division by $B$ (which counts empty graphs). $P$ is **not** detached: as
 /// in PyG, gradients flow through the target too (and not through a clamped
-/// value).
+/// value). `kl` is non-negative in exact arithmetic; computed as PyG does, it
+/// can round to a tiny negative value (about $-10^{-16}$ in `f64`) when $P = S$.
 ///
 /// Defined results for degenerate inputs: an empty graph gives $K$ zero rows
 /// and contributes 0 to `kl` (PyG gives NaN for an empty graph inside a
 /// batch: its column sums are 0/0); a single-node graph has $P = S$ and
-/// `kl` 0. The per-head weights are computed as a softmax of
-/// $-\frac{1+\tau}{2}\ln(1 + d/\tau)$, which equals the ratio above but does
-/// not underflow to 0/0 for nodes far from every key or small $\tau$
-/// (where PyG returns NaN); if every distance of a head overflows to
-/// infinity, that head's weights are uniform.
+/// `kl` 0. The per-head weights are computed from the ratios
+/// $\big((\tau + d_{\min}) / (\tau + d_j)\big)^{\frac{1+\tau}{2}} \in (0, 1]$ to
+/// the nearest key's kernel ($d_j$ the squared distances, summed directly,
+/// not as $\lVert x\rVert^2 + \lVert k\rVert^2 - 2\langle x, k\rangle$), which
+/// equals the ratio above but does not underflow to 0/0 for nodes far from
+/// every key or a small $\tau$ (where PyG returns NaN); if every distance
+/// of a head overflows to infinity, that head's weights are uniform.
+///
+/// Errors of the forward pass: [`PoolError::ShapeMismatch`] if $X$ has not
+/// `in_channels` columns; [`PoolError::NonFinite`] if an output overflows.
 ///
 /// ```
 /// use graphpool::framework::Layer;
@@ -362,30 +368,29 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let lin = self.params.matrix(LIN)?;
         let (tau, alpha) = (self.tau, self.alpha());
 
-        // squared distances and per-head Student-t assignments, N x HK
+        // squared distances, N x HK: summed over features in order, vectorised over the keys
         let n = batch.num_nodes();
+        let keys_t = keys.t().as_standard_layout().into_owned();
         let mut dist = Array2::<T>::zeros((n, h * k));
         for_each_node_row(dist.view_mut(), segs, |_, node, mut row| {
-            let xr = x.row(node);
-            for (d, key) in row.iter_mut().zip(keys.rows()) {
-                *d = xr
-                    .iter()
-                    .zip(key.iter())
-                    .fold(T::zero(), |a, (&u, &v)| a + (u - v) * (u - v));
+            for (&xf, kf) in x.row(node).iter().zip(keys_t.rows()) {
+                Zip::from(&mut row).and(&kf).for_each(|d, &kv| {
+                    let e = xf - kv;
+                    *d += e * e;
+                });
             }
         });
+        // per-head Student-t assignments, N x HK, as ratios to the nearest
+        // key's kernel: ((tau + d_min) / (tau + d_j))^alpha, in (0, 1]
         let mut per_head = Array2::<T>::zeros((n, h * k));
+        let unit_alpha = alpha == T::one();
         for_each_node_row(per_head.view_mut(), segs, |_, node, mut row| {
             let d = dist.row(node);
             for head in 0..h {
                 let r = head * k..(head + 1) * k;
-                let mut m = T::neg_infinity();
-                for j in r.clone() {
-                    let u = -alpha * (d[j] / tau).ln_1p();
-                    row[j] = u;
-                    m = m.max(u);
-                }
-                if m == T::neg_infinity() {
+                let d_min = r.clone().fold(T::infinity(), |m, j| m.min(d[j]));
+                let base = tau + d_min;
+                if !base.is_finite() {
                     let uniform = T::one() / T::from_count(k);
                     for j in r {
                         row[j] = uniform;
@@ -394,7 +399,8 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                 }
                 let mut z = T::zero();
                 for j in r.clone() {
-                    row[j] = (row[j] - m).exp();
+                    let ratio = base / (tau + d[j]);
+                    row[j] = if unit_alpha { ratio } else { ratio.powf(alpha) };
                     z += row[j];
                 }
                 for j in r {
@@ -431,6 +437,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
             kl_g.iter().fold(T::zero(), |a, &v| a + v) / T::from_count(segs.num_graphs().max(1));
         let mut losses = Losses::new();
         losses.insert("kl".into(), kl);
+        super::diff_pool::check_outputs_finite("MemPooling", &x_out, &a_out, &losses)?;
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
         let s = assignment.s.clone();
