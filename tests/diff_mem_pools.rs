@@ -7,7 +7,7 @@
 mod common;
 
 use common::{assert_gradients, with_threads};
-use graphpool::framework::{Layer, Pooled, Selection};
+use graphpool::framework::{Layer, Pooled, Selection, SrcPool};
 use graphpool::layers::{DiffPool, DiffPoolVariant, MemAdjacency, MemPooling};
 use graphpool::nn::Activation;
 use graphpool::proptest::{batch_and_permutation, batches, BatchShape};
@@ -167,6 +167,39 @@ proptest! {
             &MemPooling::<f64>::new(f, 3, 3, 2, 0.7, 4).unwrap().with_adjacency(MemAdjacency::Coarsened),
             &b,
         );
+    }
+}
+
+/// Select, reduce, connect, reduce_index and losses of the SRC interface, run
+/// one by one, against the layer's forward pass.
+fn src_agrees_with_forward<L>(l: &L, b: &DisjointBatch<f64>) -> Result<(), TestCaseError>
+where
+    L: Layer<f64, Output = Pooled<f64>> + SrcPool<f64>,
+{
+    let y = l.call(b).unwrap();
+    let (sel, score) = l.select(b).unwrap();
+    prop_assert!(score.is_none());
+    prop_assert_eq!(&sel, &y.selection);
+    prop_assert_eq!(&l.reduce(b, &sel), y.batch.x());
+    prop_assert_eq!(&l.connect(b, &sel), y.batch.a());
+    prop_assert_eq!(&l.reduce_index(b, &sel), y.batch.segments());
+    prop_assert_eq!(&l.losses(b, &sel).unwrap(), &y.losses);
+    prop_assert_eq!(&l.pool(b).unwrap(), &y);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn src_steps_compose_to_the_forward_pass(b in batches(shape())) {
+        let f = b.num_features();
+        src_agrees_with_forward(&DiffPool::<f64>::new(f, K, Some(2), Activation::Relu, 1).unwrap(), &b)?;
+        src_agrees_with_forward(&MemPooling::<f64>::new(f, 2, 2, K, 1.0, 2).unwrap(), &b)?;
+        src_agrees_with_forward(
+            &MemPooling::<f64>::new(f, 2, 2, K, 0.5, 3).unwrap().with_adjacency(MemAdjacency::Coarsened),
+            &b,
+        )?;
     }
 }
 

@@ -43,6 +43,26 @@ use crate::scalar::Scalar;
 /// graph) and `1e-15`. PyG's padded batch mode would instead take one norm
 /// over the whole padded batch divided by $B\,N_{\max}^2$; graphpool uses
 /// the per-graph definition, as the conformance cases do.
+///
+/// ```
+/// use graphpool::framework::Layer;
+/// use graphpool::layers::{DiffPool, DiffPoolVariant};
+/// use graphpool::nn::Activation;
+/// use graphpool::DisjointBatch;
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// let mut t = TriMat::new((2, 2));
+/// t.add_triplet(0, 1, 1.0);
+/// t.add_triplet(1, 0, 1.0);
+/// let b = DisjointBatch::single(array![[1.0, 0.0], [0.0, 1.0]], t.to_csr())?;
+/// let spektral = DiffPool::<f64>::new(2, 2, None, Activation::Linear, 1)?;
+/// let pyg = spektral.clone().with_variant(DiffPoolVariant::Pyg);
+/// let (ls, lp) = (spektral.call(&b)?.losses, pyg.call(&b)?.losses);
+/// // the same forward pass; PyG divides the link loss by n^2 = 4
+/// assert!((ls["link_pred"] / 4.0 - lp["link_pred"]).abs() < 1e-12);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DiffPoolVariant {
     /// Spektral 1.3's losses (the default).
@@ -254,6 +274,18 @@ impl<T: Scalar> DiffPool<T> {
         Ok(())
     }
 
+    /// One GCN pass with the kernel `name`: $(X W, \hat A X W)$.
+    fn gnn(
+        &self,
+        filter: &GcnFilter<T>,
+        x: ArrayView2<T>,
+        name: &str,
+    ) -> Result<(Array2<T>, Array2<T>)> {
+        let xw = matmul(x, self.params.matrix(name)?, None);
+        let out = spmm(filter.matrix.view(), xw.view());
+        Ok((xw, out))
+    }
+
     /// The mean over graphs of the scaled per-graph norms, and of the entropies.
     fn losses_from(&self, segs: &Segments, link: &LinkTerms<T>, s: ArrayView2<T>) -> Losses<T> {
         let b = segs.num_graphs();
@@ -347,13 +379,10 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, DiffPoolCache<T>)> {
         self.check_input(batch)?;
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
-        let w_emb = self.params.matrix(KERNEL_EMB)?;
-        let w_pool = self.params.matrix(KERNEL_POOL)?;
         let filter = gcn_filter(a);
-        let xw_pool = matmul(x, w_pool, None);
-        let s = softmax_rows(spmm(filter.matrix.view(), xw_pool.view()).view());
-        let xw_emb = matmul(x, w_emb, None);
-        let z_pre = spmm(filter.matrix.view(), xw_emb.view());
+        let (xw_pool, logits) = self.gnn(&filter, x, KERNEL_POOL)?;
+        let s = softmax_rows(logits.view());
+        let (xw_emb, z_pre) = self.gnn(&filter, x, KERNEL_EMB)?;
         let z = self.activation.forward(z_pre.view());
         let assignment = DenseAssignment { s };
         let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
@@ -542,28 +571,26 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;
         let filter = gcn_filter(batch.a().view());
-        let xw_pool = matmul(batch.x().view(), self.params.matrix(KERNEL_POOL)?, None);
-        let s = softmax_rows(spmm(filter.matrix.view(), xw_pool.view()).view());
+        let (_, logits) = self.gnn(&filter, batch.x().view(), KERNEL_POOL)?;
+        let s = softmax_rows(logits.view());
         Ok((Selection::Dense(DenseAssignment { s }), None))
     }
 
     /// $X'_g = S_g^\top \sigma(\hat A X W_{\text{emb}})_g$ (not $S_g^\top X_g$).
-    /// DiffPool only makes dense assignments: any other selection gives 0 rows.
+    /// DiffPool only makes dense assignments: any other selection, or a batch
+    /// that [`SrcPool::select`] rejects, gives 0 rows.
     fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
         let filter = gcn_filter(batch.a().view());
-        let z = match self.params.matrix(KERNEL_EMB) {
-            Ok(w) if w.nrows() == batch.num_features() => self.activation.forward(
-                spmm(
-                    filter.matrix.view(),
-                    matmul(batch.x().view(), w, None).view(),
-                )
-                .view(),
-            ),
-            // `select` rejected such a batch already
-            _ => Array2::zeros((batch.num_nodes(), self.channels)),
+        let z = match self.check_input(batch) {
+            Ok(()) => self.gnn(&filter, batch.x().view(), KERNEL_EMB).ok(),
+            // `select` rejects such a batch
+            Err(_) => None,
         };
-        match selection {
-            Selection::Dense(s) => s.reduce(z.view(), batch.segments()),
+        match (selection, z) {
+            (Selection::Dense(s), Some((_, z_pre))) => s.reduce(
+                self.activation.forward(z_pre.view()).view(),
+                batch.segments(),
+            ),
             _ => Array2::zeros((0, self.channels)),
         }
     }

@@ -10,6 +10,7 @@ use crate::error::{PoolError, Result};
 use crate::framework::layer::check_grad_shape;
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
+    SrcPool,
 };
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
 use crate::kernels::{for_each_node_row, reduce_chunked};
@@ -19,6 +20,24 @@ use crate::nn::{
 use crate::scalar::Scalar;
 
 /// The pooled adjacency a [`MemPooling`] returns (the reference returns none).
+///
+/// ```
+/// use graphpool::framework::Layer;
+/// use graphpool::layers::{MemAdjacency, MemPooling};
+/// use graphpool::DisjointBatch;
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// let mut t = TriMat::new((2, 2));
+/// t.add_triplet(0, 1, 1.0);
+/// t.add_triplet(1, 0, 1.0);
+/// let b = DisjointBatch::single(array![[1.0, 0.0], [0.0, 1.0]], t.to_csr())?;
+/// let pool = MemPooling::<f64>::new(2, 3, 1, 2, 1.0, 0)?;
+/// assert_eq!(pool.call(&b)?.batch.a().nnz(), 0); // edgeless by default
+/// let coarsened = pool.with_adjacency(MemAdjacency::Coarsened).call(&b)?;
+/// assert_eq!(coarsened.batch.a().nnz(), 4); // one dense 2 x 2 block S^T A S
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MemAdjacency {
     /// No edges: each graph pools to $K$ nodes and an empty $K \times K$
@@ -246,6 +265,120 @@ impl<T: Scalar> MemPooling<T> {
     fn alpha(&self) -> T {
         (T::one() + self.tau) * T::c(0.5)
     }
+
+    fn check_input(&self, batch: &DisjointBatch<T>) -> Result<()> {
+        if batch.num_features() != self.in_channels {
+            return Err(PoolError::ShapeMismatch {
+                what: "x for MemPooling".into(),
+                expected: format!("{} columns (the layer's in_channels)", self.in_channels),
+                got: format!("{} columns", batch.num_features()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The squared distances ($N \times HK$), the per-head assignments
+    /// ($N \times HK$) and $S$ ($N \times K$).
+    #[allow(clippy::type_complexity)]
+    fn assign(
+        &self,
+        x: ArrayView2<T>,
+        segs: &Segments,
+    ) -> Result<(Array2<T>, Array2<T>, Array2<T>)> {
+        let (h, k) = (self.heads, self.k);
+        let keys = self.keys()?;
+        let conv = self.params.vector(CONV)?;
+        let (tau, alpha) = (self.tau, self.alpha());
+
+        // squared distances, N x HK: summed over features in order, vectorised over the keys
+        let n = x.nrows();
+        let keys_t = keys.t().as_standard_layout().into_owned();
+        let mut dist = Array2::<T>::zeros((n, h * k));
+        for_each_node_row(dist.view_mut(), segs, |_, node, mut row| {
+            for (&xf, kf) in x.row(node).iter().zip(keys_t.rows()) {
+                Zip::from(&mut row).and(&kf).for_each(|d, &kv| {
+                    let e = xf - kv;
+                    *d += e * e;
+                });
+            }
+        });
+        // per-head Student-t assignments, N x HK, as ratios to the nearest
+        // key's kernel: ((tau + d_min) / (tau + d_j))^alpha, in (0, 1]
+        let mut per_head = Array2::<T>::zeros((n, h * k));
+        let unit_alpha = alpha == T::one();
+        for_each_node_row(per_head.view_mut(), segs, |_, node, mut row| {
+            let d = dist.row(node);
+            for head in 0..h {
+                let r = head * k..(head + 1) * k;
+                let d_min = r.clone().fold(T::infinity(), |m, j| m.min(d[j]));
+                let base = tau + d_min;
+                if !base.is_finite() {
+                    let uniform = T::one() / T::from_count(k);
+                    for j in r {
+                        row[j] = uniform;
+                    }
+                    continue;
+                }
+                let mut z = T::zero();
+                for j in r.clone() {
+                    let ratio = base / (tau + d[j]);
+                    row[j] = if unit_alpha { ratio } else { ratio.powf(alpha) };
+                    z += row[j];
+                }
+                for j in r {
+                    row[j] /= z;
+                }
+            }
+        });
+        // 1x1 convolution over heads, softmax over clusters
+        let mut logits = Array2::<T>::zeros((n, k));
+        for_each_node_row(logits.view_mut(), segs, |_, node, mut row| {
+            let ph = per_head.row(node);
+            for (head, &w) in conv.iter().enumerate() {
+                for j in 0..k {
+                    row[j] += w * ph[head * k + j];
+                }
+            }
+        });
+        Ok((dist, per_head, softmax_rows(logits.view())))
+    }
+
+    /// $X'_g = (S_g^\top X_g) W$, and $S_g^\top X_g$.
+    fn reduce_features(
+        &self,
+        s: &DenseAssignment<T>,
+        x: ArrayView2<T>,
+        segs: &Segments,
+    ) -> Result<(Array2<T>, Array2<T>)> {
+        let reduced = s.reduce(x, segs);
+        let x_out = matmul(reduced.view(), self.params.matrix(LIN)?, None);
+        Ok((x_out, reduced))
+    }
+
+    /// The pooled adjacency of [`MemAdjacency`].
+    fn connect_graph(
+        &self,
+        s: &DenseAssignment<T>,
+        batch: &DisjointBatch<T>,
+    ) -> (CsMat<T>, Option<DenseConnectCache<T>>) {
+        match self.adjacency {
+            MemAdjacency::Edgeless => {
+                let bk = batch.num_graphs() * self.k;
+                (CsMat::zero((bk, bk)), None)
+            }
+            MemAdjacency::Coarsened => {
+                let (blocks, cache) = s.connect_blocks(batch.a().view(), batch.segments());
+                (DenseAssignment::blocks_to_csr(blocks.view()), Some(cache))
+            }
+        }
+    }
+}
+
+/// `kl` (the mean over graphs) and the column sums it used.
+fn kl_loss<T: Scalar>(s: ArrayView2<T>, segs: &Segments) -> (T, Array2<T>) {
+    let (colsum, kl_g) = kl_terms(s, segs);
+    let kl = kl_g.iter().fold(T::zero(), |a, &v| a + v) / T::from_count(segs.num_graphs().max(1));
+    (kl, colsum)
 }
 
 /// Column sums $c_g$, the target $P$ and `kl` per graph (see [`MemPooling`]).
@@ -354,87 +487,15 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
     type Cache = MemPoolingCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, MemPoolingCache<T>)> {
-        if batch.num_features() != self.in_channels {
-            return Err(PoolError::ShapeMismatch {
-                what: "x for MemPooling".into(),
-                expected: format!("{} columns (the layer's in_channels)", self.in_channels),
-                got: format!("{} columns", batch.num_features()),
-            });
-        }
+        self.check_input(batch)?;
         let (x, segs) = (batch.x().view(), batch.segments());
-        let (h, k) = (self.heads, self.k);
-        let keys = self.keys()?;
-        let conv = self.params.vector(CONV)?;
-        let lin = self.params.matrix(LIN)?;
-        let (tau, alpha) = (self.tau, self.alpha());
-
-        // squared distances, N x HK: summed over features in order, vectorised over the keys
-        let n = batch.num_nodes();
-        let keys_t = keys.t().as_standard_layout().into_owned();
-        let mut dist = Array2::<T>::zeros((n, h * k));
-        for_each_node_row(dist.view_mut(), segs, |_, node, mut row| {
-            for (&xf, kf) in x.row(node).iter().zip(keys_t.rows()) {
-                Zip::from(&mut row).and(&kf).for_each(|d, &kv| {
-                    let e = xf - kv;
-                    *d += e * e;
-                });
-            }
-        });
-        // per-head Student-t assignments, N x HK, as ratios to the nearest
-        // key's kernel: ((tau + d_min) / (tau + d_j))^alpha, in (0, 1]
-        let mut per_head = Array2::<T>::zeros((n, h * k));
-        let unit_alpha = alpha == T::one();
-        for_each_node_row(per_head.view_mut(), segs, |_, node, mut row| {
-            let d = dist.row(node);
-            for head in 0..h {
-                let r = head * k..(head + 1) * k;
-                let d_min = r.clone().fold(T::infinity(), |m, j| m.min(d[j]));
-                let base = tau + d_min;
-                if !base.is_finite() {
-                    let uniform = T::one() / T::from_count(k);
-                    for j in r {
-                        row[j] = uniform;
-                    }
-                    continue;
-                }
-                let mut z = T::zero();
-                for j in r.clone() {
-                    let ratio = base / (tau + d[j]);
-                    row[j] = if unit_alpha { ratio } else { ratio.powf(alpha) };
-                    z += row[j];
-                }
-                for j in r {
-                    row[j] /= z;
-                }
-            }
-        });
-        // 1x1 convolution over heads, softmax over clusters
-        let mut logits = Array2::<T>::zeros((n, k));
-        for_each_node_row(logits.view_mut(), segs, |_, node, mut row| {
-            let ph = per_head.row(node);
-            for (head, &w) in conv.iter().enumerate() {
-                for j in 0..k {
-                    row[j] += w * ph[head * k + j];
-                }
-            }
-        });
-        let s = softmax_rows(logits.view());
+        let (dist, per_head, s) = self.assign(x, segs)?;
 
         let assignment = DenseAssignment { s };
-        let reduced = assignment.reduce(x, segs);
-        let x_out = matmul(reduced.view(), lin, None);
+        let (x_out, reduced) = self.reduce_features(&assignment, x, segs)?;
         let out_segments = assignment.reduce_index(segs);
-        let bk = out_segments.num_nodes();
-        let (a_out, connect) = match self.adjacency {
-            MemAdjacency::Edgeless => (CsMat::zero((bk, bk)), None),
-            MemAdjacency::Coarsened => {
-                let (blocks, cache) = assignment.connect_blocks(batch.a().view(), segs);
-                (DenseAssignment::blocks_to_csr(blocks.view()), Some(cache))
-            }
-        };
-        let (colsum, kl_g) = kl_terms(assignment.s.view(), segs);
-        let kl =
-            kl_g.iter().fold(T::zero(), |a, &v| a + v) / T::from_count(segs.num_graphs().max(1));
+        let (a_out, connect) = self.connect_graph(&assignment, batch);
+        let (kl, colsum) = kl_loss(assignment.s.view(), segs);
         let mut losses = Losses::new();
         losses.insert("kl".into(), kl);
         super::diff_pool::check_outputs_finite("MemPooling", &x_out, &a_out, &losses)?;
@@ -587,5 +648,48 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
 
     fn set_param(&mut self, name: &str, value: ArrayD<T>) -> Result<()> {
         self.params.set(name, value)
+    }
+}
+
+impl<T: Scalar> SrcPool<T> for MemPooling<T> {
+    /// $S = \operatorname{softmax}\big(\sum_h w_h S^{(h)}\big)$.
+    fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
+        self.check_input(batch)?;
+        let (_, _, s) = self.assign(batch.x().view(), batch.segments())?;
+        Ok((Selection::Dense(DenseAssignment { s }), None))
+    }
+
+    /// $X'_g = (S_g^\top X_g) W$. MemPooling only makes dense assignments:
+    /// any other selection gives 0 rows.
+    fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
+        match selection {
+            Selection::Dense(s) => self
+                .reduce_features(s, batch.x().view(), batch.segments())
+                .map(|(x, _)| x)
+                .unwrap_or_else(|_| Array2::zeros((0, self.out_channels))),
+            _ => Array2::zeros((0, self.out_channels)),
+        }
+    }
+
+    /// The adjacency chosen by [`MemAdjacency`].
+    fn connect(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> CsMat<T> {
+        match selection {
+            Selection::Dense(s) => self.connect_graph(s, batch).0,
+            _ => CsMat::zero((0, 0)),
+        }
+    }
+
+    /// `kl`, as in the forward pass.
+    fn losses(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Result<Losses<T>> {
+        let mut losses = Losses::new();
+        if let Selection::Dense(s) = selection {
+            losses.insert("kl".into(), kl_loss(s.s.view(), batch.segments()).0);
+        }
+        Ok(losses)
+    }
+
+    /// The forward pass of [`Layer::forward`] without its cache.
+    fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.forward(batch)?.0)
     }
 }
