@@ -170,7 +170,7 @@ pub struct DiffPoolCache<T: Scalar> {
     xw_pool: Array2<T>,
     z_pre: Array2<T>,
     z: Array2<T>,
-    s: Array2<T>,
+    assignment: DenseAssignment<T>,
     connect: DenseConnectCache<T>,
     link: LinkTerms<T>,
     out_x_shape: [usize; 2],
@@ -394,7 +394,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let s = assignment.s.clone();
+        let cached = assignment.clone();
         Ok((
             Pooled {
                 batch: DisjointBatch::new_unchecked(x_out, a_out, out_segments),
@@ -408,7 +408,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 xw_pool,
                 z_pre,
                 z,
-                s,
+                assignment: cached,
                 connect,
                 link,
                 out_x_shape,
@@ -428,8 +428,8 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let k = self.k;
         let b = segs.num_graphs();
-        let s = cache.s.view();
-        let assignment = DenseAssignment { s: cache.s.clone() };
+        let assignment = &cache.assignment;
+        let s = assignment.s.view();
 
         // X' = S_g^T Z_g
         let (mut gs, gz) = segment_matmul_tn_vjp(s, cache.z.view(), segs, grad.x.view());

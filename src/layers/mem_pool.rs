@@ -136,7 +136,7 @@ pub struct MemPoolingCache<T: Scalar> {
     dist: Array2<T>,
     /// Per-head assignments $S^{(h)}$, $N \times HK$.
     per_head: Array2<T>,
-    s: Array2<T>,
+    assignment: DenseAssignment<T>,
     /// $S_g^\top X_g$, $BK \times F$.
     reduced: Array2<T>,
     /// Column sums $c_g$, $B \times K$.
@@ -279,7 +279,6 @@ impl<T: Scalar> MemPooling<T> {
 
     /// The squared distances ($N \times HK$), the per-head assignments
     /// ($N \times HK$) and $S$ ($N \times K$).
-    #[allow(clippy::type_complexity)]
     fn assign(
         &self,
         x: ArrayView2<T>,
@@ -501,7 +500,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         super::diff_pool::check_outputs_finite("MemPooling", &x_out, &a_out, &losses)?;
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let s = assignment.s.clone();
+        let cached = assignment.clone();
         Ok((
             Pooled {
                 batch: DisjointBatch::new_unchecked(x_out, a_out, out_segments),
@@ -512,7 +511,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
             MemPoolingCache {
                 dist,
                 per_head,
-                s,
+                assignment: cached,
                 reduced,
                 colsum,
                 connect,
@@ -537,7 +536,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let conv = self.params.vector(CONV)?;
         let lin = self.params.matrix(LIN)?;
         let (tau, alpha) = (self.tau, self.alpha());
-        let s = cache.s.view();
+        let s = cache.assignment.s.view();
         let mut params = self.params.zeros_like();
 
         // X' = (S_g^T X_g) W
@@ -556,9 +555,10 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                     expected: format!("{} = B * K * K values", b * k * k),
                     got: e.to_string(),
                 })?;
-            let assignment = DenseAssignment { s: cache.s.clone() };
             let (gs_c, ga_c) =
-                assignment.connect_blocks_vjp(batch.a().view(), segs, connect, g_blocks);
+                cache
+                    .assignment
+                    .connect_blocks_vjp(batch.a().view(), segs, connect, g_blocks);
             gs += &gs_c;
             ga = ga_c;
         }
