@@ -342,3 +342,56 @@ fn invalid_configurations_are_typed_errors() {
         Err(PoolError::ShapeMismatch { .. })
     ));
 }
+
+/// A graph larger than a reduction chunk next to many small graphs: forward
+/// and backward give the same bits on 1, 2 and 3 threads.
+#[test]
+fn forward_and_backward_are_identical_on_any_thread_count_beyond_one_chunk() {
+    let mut sizes = vec![5_000usize];
+    sizes.extend(std::iter::repeat_n(6, 100));
+    let seg = graphpool::Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    let x = Array2::from_shape_fn((n, 3), |(i, j)| {
+        ((i * 31 + j * 17) % 101) as f64 / 25.0 - 2.0
+    });
+    let mut t = sprs::TriMat::new((n, n));
+    for r in seg.ranges() {
+        for i in r.clone() {
+            for step in [1, 7] {
+                let j = i + step;
+                if j < r.end {
+                    let w = 0.5 + ((i * 13) % 7) as f64 / 7.0;
+                    t.add_triplet(i, j, w);
+                    t.add_triplet(j, i, w);
+                }
+            }
+        }
+    }
+    let b = DisjointBatch::new(x, t.to_csr(), seg).unwrap();
+    fn run<L: Layer<f64, Output = Pooled<f64>>>(
+        l: &L,
+        b: &DisjointBatch<f64>,
+    ) -> (Pooled<f64>, graphpool::framework::Gradients<f64>) {
+        let (y, cache) = l.forward(b).unwrap();
+        let mut g = graphpool::framework::PooledGrad::zeros(&y);
+        g.x.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = ((i % 5) as f64 - 2.0) / 3.0);
+        g.edge_weights.fill(0.25);
+        g.losses.values_mut().for_each(|v| *v = 1.0);
+        let grads = l.backward(b, &cache, &g).unwrap();
+        (y, grads)
+    }
+    let diff = DiffPool::<f64>::new(3, K, None, Activation::Tanh, 1).unwrap();
+    let mem = MemPooling::<f64>::new(3, 2, 2, K, 0.5, 2)
+        .unwrap()
+        .with_adjacency(MemAdjacency::Coarsened);
+    let base = with_threads(1, || (run(&diff, &b), run(&mem, &b)));
+    for threads in [2, 3] {
+        assert_eq!(
+            with_threads(threads, || (run(&diff, &b), run(&mem, &b))),
+            base,
+            "{threads} threads"
+        );
+    }
+}
