@@ -133,3 +133,34 @@ fn chunked_reductions_are_identical_on_any_thread_count() {
         assert_eq!(with_threads(t, run), base, "{t} threads");
     }
 }
+
+proptest! {
+    #[test]
+    fn sddmm_equals_dense_product_on_the_pattern_exactly_on_integers(a in int_sparse(), f in 1usize..4, seed in 0i64..100) {
+        use graphpool::kernels::sparse::sddmm;
+        let u = Array2::from_shape_fn((a.rows(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 5 - 2) as f64);
+        let v = Array2::from_shape_fn((a.cols(), f), |(i, j)| ((i as i64 * 5 + j as i64 + seed) % 7 - 3) as f64);
+        let full = u.dot(&v.t());
+        let p = sddmm(a.view(), u.view(), v.view());
+        for (e, (_, (r, c))) in a.iter().enumerate() {
+            prop_assert_eq!(p[e], full[[r, c]]);
+        }
+    }
+
+    #[test]
+    fn sddmm_vjp_matches_the_dense_gradient(a in int_sparse(), f in 1usize..4, seed in 0i64..100) {
+        use graphpool::kernels::sparse::{sddmm, sddmm_vjp};
+        let u = Array2::from_shape_fn((a.rows(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 5 - 2) as f64);
+        let v = Array2::from_shape_fn((a.cols(), f), |(i, j)| ((i as i64 * 5 + j as i64 + seed) % 7 - 3) as f64);
+        let g = Array1::from_shape_fn(a.nnz(), |e| ((e as i64 * 3 + seed) % 5 - 2) as f64);
+        // L = sum_e g_e <u_r, v_c>: dL/du = G v, dL/dv = G^T u with G the pattern holding g
+        let mut gd = Array2::zeros((a.rows(), a.cols()));
+        for (e, (_, (r, c))) in a.iter().enumerate() {
+            gd[[r, c]] = g[e];
+        }
+        let (gu, gv) = sddmm_vjp(a.view(), u.view(), v.view(), g.view());
+        prop_assert_eq!(gu, gd.dot(&v));
+        prop_assert_eq!(gv, gd.t().dot(&u));
+        prop_assert_eq!(sddmm(a.view(), u.view(), v.view()).len(), a.nnz());
+    }
+}

@@ -2,7 +2,7 @@
 //! matrices, transposition that remembers where each entry came from, and
 //! induced subgraphs. None of them ever forms a dense $N \times N$ matrix.
 
-use ndarray::{Array1, Array2, ArrayView2, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 use sprs::{CsMat, CsMatView};
 
@@ -359,4 +359,67 @@ impl<T: Scalar> GcnFilter<T> {
         }
         out
     }
+}
+
+/// Sampled dense–dense product (SDDMM): for every stored entry $(i, j)$ of
+/// $A$, the inner product $\langle U_i, V_j \rangle$, aligned with `a.data()`
+/// ($A$'s values are not used, only its structure).
+///
+/// These are the entries of $U V^\top$ on $A$'s sparsity pattern, e.g.
+/// $\langle S_i, S_j\rangle$ for the sparse form of $\|A - S S^\top\|_F$
+/// without forming the $N \times N$ product. Row-parallel; each value is one
+/// dot product, so the result does not depend on the thread count.
+///
+/// ```
+/// use graphpool::kernels::sparse::sddmm;
+/// use ndarray::array;
+/// use sprs::TriMat;
+/// let mut t = TriMat::new((2, 2));
+/// t.add_triplet(0, 1, 5.0);
+/// t.add_triplet(1, 1, 5.0);
+/// let a: sprs::CsMat<f64> = t.to_csr();
+/// let u = array![[1.0, 2.0], [3.0, 4.0]];
+/// assert_eq!(sddmm(a.view(), u.view(), u.view()).to_vec(), vec![11.0, 25.0]);
+/// ```
+pub fn sddmm<T: Scalar>(a: CsMatView<T>, u: ArrayView2<T>, v: ArrayView2<T>) -> Array1<T> {
+    debug_assert_eq!(a.rows(), u.nrows());
+    debug_assert_eq!(a.cols(), v.nrows());
+    debug_assert_eq!(u.ncols(), v.ncols());
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = a.indices();
+    let vals: Vec<T> = (0..a.rows())
+        .into_par_iter()
+        .flat_map_iter(|r| {
+            let ur = u.row(r);
+            (ip[r] - base..ip[r + 1] - base).map(move |e| ur.dot(&v.row(idx[e])))
+        })
+        .collect();
+    Array1::from(vals)
+}
+
+/// VJP of [`sddmm`]: given $\bar p_e$ for every stored entry (aligned with
+/// `a.data()`), returns $(\bar U, \bar V)$ with $\bar U = G V$ and
+/// $\bar V = G^\top U$, where $G$ has $A$'s structure and values $\bar p$.
+pub fn sddmm_vjp<T: Scalar>(
+    a: CsMatView<T>,
+    u: ArrayView2<T>,
+    v: ArrayView2<T>,
+    grad: ArrayView1<T>,
+) -> (Array2<T>, Array2<T>) {
+    debug_assert_eq!(grad.len(), a.nnz());
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let indptr: Vec<usize> = ip.iter().map(|p| p - base).collect();
+    let g = CsMat::new(
+        (a.rows(), a.cols()),
+        indptr,
+        a.indices().to_vec(),
+        grad.to_vec(),
+    );
+    let gu = spmm(g.view(), v);
+    let gv = spmm_vjp_x(g.view(), u);
+    (gu, gv)
 }

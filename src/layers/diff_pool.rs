@@ -1,0 +1,613 @@
+//! DiffPool: a GCN-computed soft assignment of every node to the $K$
+//! clusters of its own graph, with the link-prediction and entropy losses,
+//! all in sparse per-graph form.
+
+use ndarray::{s, Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Zip};
+use rayon::prelude::*;
+use sprs::CsMatView;
+
+use crate::batch::{DisjointBatch, Segments};
+use crate::error::{PoolError, Result};
+use crate::framework::layer::check_grad_shape;
+use crate::framework::{
+    DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
+    SrcPool,
+};
+use crate::kernels::map_nodes;
+use crate::kernels::segment::{
+    segment_matmul_tn, segment_matmul_tn_vjp, segment_mean, segment_sum,
+};
+use crate::kernels::sparse::{
+    gcn_filter, sddmm, sddmm_vjp, spmm, spmm_vjp_values, transpose, GcnFilter,
+};
+use crate::nn::{
+    matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Initializer,
+    Params,
+};
+use crate::scalar::Scalar;
+
+/// Whose definition of DiffPool's auxiliary losses to use.
+///
+/// The forward pass ($S$, $X'$, $A'$) is the same; the references differ
+/// only in the losses, each computed per graph and averaged over the graphs
+/// of the batch:
+///
+/// | | `link_pred` | `entropy` |
+/// |---|---|---|
+/// | [`DiffPoolVariant::Spektral`] (default) | $\lVert A_g - S_g S_g^\top\rVert_F$ | $\frac{1}{n_g}\sum_{n}-\sum_k s_{nk}\ln(s_{nk} + 10^{-7})$ |
+/// | [`DiffPoolVariant::Pyg`] | $\lVert A_g - S_g S_g^\top\rVert_F / n_g^2$ | $\frac{1}{n_g}\sum_{n}-\sum_k s_{nk}\ln(s_{nk} + 10^{-15})$ |
+///
+/// Spektral: `DiffPool.link_prediction_loss` (no normalisation) and
+/// `entropy_loss` with `K.epsilon()`; PyG: `dense_diff_pool` with
+/// `normalize=True` (divides by `adj.numel()`, which is $n_g^2$ for one
+/// graph) and `1e-15`. PyG's padded batch mode would instead take one norm
+/// over the whole padded batch divided by $B\,N_{\max}^2$; graphpool uses
+/// the per-graph definition, as the conformance cases do.
+///
+/// ```
+/// use graphpool::framework::Layer;
+/// use graphpool::layers::{DiffPool, DiffPoolVariant};
+/// use graphpool::nn::Activation;
+/// use graphpool::DisjointBatch;
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// let mut t = TriMat::new((2, 2));
+/// t.add_triplet(0, 1, 1.0);
+/// t.add_triplet(1, 0, 1.0);
+/// let b = DisjointBatch::single(array![[1.0, 0.0], [0.0, 1.0]], t.to_csr())?;
+/// let spektral = DiffPool::<f64>::new(2, 2, None, Activation::Linear, 1)?;
+/// let pyg = spektral.clone().with_variant(DiffPoolVariant::Pyg);
+/// let (ls, lp) = (spektral.call(&b)?.losses, pyg.call(&b)?.losses);
+/// // the same forward pass; PyG divides the link loss by n^2 = 4
+/// assert!((ls["link_pred"] / 4.0 - lp["link_pred"]).abs() < 1e-12);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DiffPoolVariant {
+    /// Spektral 1.3's losses (the default).
+    #[default]
+    Spektral,
+    /// PyTorch Geometric's `dense_diff_pool` losses.
+    Pyg,
+}
+
+impl DiffPoolVariant {
+    fn entropy_eps<T: Scalar>(self) -> T {
+        match self {
+            DiffPoolVariant::Spektral => T::c(1e-7),
+            DiffPoolVariant::Pyg => T::c(1e-15),
+        }
+    }
+
+    /// The factor applied to graph `g`'s Frobenius norm.
+    fn link_scale<T: Scalar>(self, n: usize) -> T {
+        match self {
+            DiffPoolVariant::Spektral => T::one(),
+            DiffPoolVariant::Pyg if n == 0 => T::zero(),
+            DiffPoolVariant::Pyg => T::one() / (T::from_count(n) * T::from_count(n)),
+        }
+    }
+}
+
+/// DiffPool (Ying et al., *Hierarchical Graph Representation Learning with
+/// Differentiable Pooling*, NeurIPS 2018; Spektral `DiffPool`, PyG
+/// `dense_diff_pool`), sparse and per graph.
+///
+/// With the GCN filter $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$ (built
+/// sparse, [`gcn_filter`]):
+/// $$Z = \sigma(\hat A X W_{\text{emb}}), \qquad S = \operatorname{softmax}(\hat A X W_{\text{pool}}),$$
+/// $$X'_g = S_g^\top Z_g, \qquad A'_g = S_g^\top A_g S_g,$$
+/// where $S$ is $N \times K$ and row $n$ holds node $n$'s weights over the
+/// $K$ clusters **of its own graph** $g$ ([`DenseAssignment`]). The output
+/// has $K$ nodes per graph ($X'$ is $BK \times C$), $A'$ is block-diagonal
+/// with dense $K \times K$ blocks (every entry stored). $A'$ uses the raw
+/// $A$, not the filter, as the references do.
+///
+/// Auxiliary losses (see [`DiffPoolVariant`] for PyG's), each the mean over
+/// the $B$ graphs of the per-graph value:
+/// * `link_pred` $= \lVert A_g - S_g S_g^\top\rVert_F$, computed without any
+///   $n_g \times n_g$ matrix as
+///   $$\lVert A_g - S_gS_g^\top\rVert_F^2 = \sum_{(i,j) \in E_g} w_{ij}\,(w_{ij} - 2\langle S_i, S_j\rangle) + \lVert S_g^\top S_g\rVert_F^2$$
+///   (the stored entries $E_g$ of $A_g$, [`sddmm`], and the $K \times K$
+///   Gram matrix); the square root of a value that rounding makes negative
+///   is taken as 0, and its gradient at 0 as 0;
+/// * `entropy` $= \frac{1}{n_g}\sum_{n \in g} -\sum_k s_{nk} \ln(s_{nk} + 10^{-7})$.
+///
+/// Shapes: input $X$ $N \times F$; parameters `kernel_emb` $(F, C)$ and
+/// `kernel_pool` $(F, K)$, Keras glorot-uniform; `channels = None` means
+/// $C = F$ (Spektral). Memory $O(\mathrm{nnz} + NF + NC + NK + BK^2)$.
+///
+/// Defined results for degenerate graphs: an empty graph gives $K$ zero rows,
+/// a zero block and losses 0 (and still counts in the mean over graphs); a
+/// single node or an isolated node gets the filter $1$ on itself. The
+/// filter's degree normalisation is $\hat D^{-1/2}$, where Spektral's
+/// `normalize_A` divides by $\sqrt{\hat d} + 10^{-7}$ (a relative difference
+/// below $10^{-7}$ for degrees $\ge 1$), and a node whose degree is $\le 0$
+/// (only with negative weights) gets 0 where Spektral gets NaN.
+///
+/// Errors of the forward pass: [`PoolError::ShapeMismatch`] if $X$ has not
+/// $F$ columns; [`PoolError::NonFinite`] if an output overflows (features,
+/// edge weights or weights too large for the float type).
+///
+/// ```
+/// use graphpool::framework::Layer;
+/// use graphpool::layers::DiffPool;
+/// use graphpool::nn::Activation;
+/// use graphpool::DisjointBatch;
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// // a path of 3 nodes and a single node, pooled to 2 clusters each
+/// let mut t = TriMat::new((4, 4));
+/// for (i, j) in [(0, 1), (1, 2)] {
+///     t.add_triplet(i, j, 1.0);
+///     t.add_triplet(j, i, 1.0);
+/// }
+/// let x = array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]];
+/// let b = DisjointBatch::from_graph_ids(x, t.to_csr(), &[0, 0, 0, 1], 2)?;
+/// let pool = DiffPool::<f64>::new(2, 2, Some(3), Activation::Relu, 7)?;
+/// let out = pool.call(&b)?;
+/// assert_eq!(out.batch.x().dim(), (4, 3)); // 2 graphs x 2 clusters, 3 channels
+/// assert_eq!(out.batch.graph_ids(), vec![0, 0, 1, 1]);
+/// assert!(out.losses["link_pred"] >= 0.0 && out.losses["entropy"] >= 0.0);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiffPool<T: Scalar> {
+    k: usize,
+    channels: usize,
+    activation: Activation,
+    variant: DiffPoolVariant,
+    params: Params<T>,
+}
+
+/// Saved state of [`DiffPool`]'s forward pass.
+#[derive(Debug, Clone)]
+pub struct DiffPoolCache<T: Scalar> {
+    filter: GcnFilter<T>,
+    xw_emb: Array2<T>,
+    xw_pool: Array2<T>,
+    z_pre: Array2<T>,
+    z: Array2<T>,
+    assignment: DenseAssignment<T>,
+    connect: DenseConnectCache<T>,
+    link: LinkTerms<T>,
+    out_x_shape: [usize; 2],
+    out_nnz: usize,
+}
+
+/// The pieces of the sparse link-prediction loss.
+#[derive(Debug, Clone)]
+struct LinkTerms<T: Scalar> {
+    /// $\langle S_i, S_j\rangle$ for every stored entry of $A$.
+    p: Array1<T>,
+    /// $S_g^\top S_g$, stacked $(BK) \times K$.
+    gram: Array2<T>,
+    /// $\lVert A_g - S_g S_g^\top\rVert_F$ per graph.
+    norms: Vec<T>,
+}
+
+const KERNEL_EMB: &str = "kernel_emb";
+const KERNEL_POOL: &str = "kernel_pool";
+
+impl<T: Scalar> DiffPool<T> {
+    /// A DiffPool from `in_features` to `k` clusters per graph and
+    /// `channels` output features (`None`: as many as the input, Spektral's
+    /// default), embedding activation `activation`, weights drawn from `seed`
+    /// (Keras glorot-uniform, `kernel_emb` first).
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] if `k` or `channels` is 0.
+    pub fn new(
+        in_features: usize,
+        k: usize,
+        channels: Option<usize>,
+        activation: Activation,
+        seed: u64,
+    ) -> Result<Self> {
+        if k == 0 {
+            return Err(PoolError::InvalidConfig {
+                name: "k".into(),
+                value: "0".into(),
+                expected: "a positive number of clusters per graph".into(),
+            });
+        }
+        if channels == Some(0) {
+            return Err(PoolError::InvalidConfig {
+                name: "channels".into(),
+                value: "0".into(),
+                expected: "a positive number of output channels, or None for as many as the input"
+                    .into(),
+            });
+        }
+        let channels = channels.unwrap_or(in_features);
+        let mut rng = rng_from_seed(seed);
+        let mut params = Params::new();
+        params.insert(
+            KERNEL_EMB,
+            Initializer::GlorotUniform.sample(&[in_features, channels], &mut rng),
+        );
+        params.insert(
+            KERNEL_POOL,
+            Initializer::GlorotUniform.sample(&[in_features, k], &mut rng),
+        );
+        Ok(Self {
+            k,
+            channels,
+            activation,
+            variant: DiffPoolVariant::Spektral,
+            params,
+        })
+    }
+
+    /// Uses the losses of `variant` (see [`DiffPoolVariant`]).
+    pub fn with_variant(mut self, variant: DiffPoolVariant) -> Self {
+        self.variant = variant;
+        self
+    }
+
+    /// Clusters per graph $K$.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Output channels $C$.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// The loss definitions in use.
+    pub fn variant(&self) -> DiffPoolVariant {
+        self.variant
+    }
+
+    fn check_input(&self, batch: &DisjointBatch<T>) -> Result<()> {
+        let w = self.params.matrix(KERNEL_POOL)?;
+        if w.nrows() != batch.num_features() {
+            return Err(PoolError::ShapeMismatch {
+                what: "x for DiffPool".into(),
+                expected: format!("{} columns (the layer's in_features)", w.nrows()),
+                got: format!("{} columns", batch.num_features()),
+            });
+        }
+        Ok(())
+    }
+
+    /// One GCN pass with the kernel `name`: $(X W, \hat A X W)$.
+    fn gnn(
+        &self,
+        filter: &GcnFilter<T>,
+        x: ArrayView2<T>,
+        name: &str,
+    ) -> Result<(Array2<T>, Array2<T>)> {
+        let xw = matmul(x, self.params.matrix(name)?, None);
+        let out = spmm(filter.matrix.view(), xw.view());
+        Ok((xw, out))
+    }
+
+    /// The mean over graphs of the scaled per-graph norms, and of the entropies.
+    fn losses_from(&self, segs: &Segments, link: &LinkTerms<T>, s: ArrayView2<T>) -> Losses<T> {
+        let b = segs.num_graphs();
+        let mut link_pred = T::zero();
+        for (g, &l) in link.norms.iter().enumerate() {
+            link_pred += self.variant.link_scale::<T>(segs.size(g)) * l;
+        }
+        let ent = entropy_per_graph(s, segs, self.variant.entropy_eps());
+        let mut entropy = T::zero();
+        for &e in ent.iter() {
+            entropy += e;
+        }
+        let denom = T::from_count(b.max(1));
+        let mut losses = Losses::new();
+        losses.insert("link_pred".into(), link_pred / denom);
+        losses.insert("entropy".into(), entropy / denom);
+        losses
+    }
+}
+
+/// Checks that a dense-assignment pool's outputs are finite: they can only
+/// fail to be for finite inputs through overflow (features, edge weights or
+/// parameters too large), which is reported as a typed error rather than a
+/// pooled batch holding infinities.
+pub(crate) fn check_outputs_finite<T: Scalar>(
+    layer: &str,
+    x: &Array2<T>,
+    a: &sprs::CsMat<T>,
+    losses: &Losses<T>,
+) -> Result<()> {
+    let overflow = |what: String, index: String, value: T| PoolError::NonFinite {
+        what: format!("{layer} {what} (overflow: inputs, edge weights or parameters too large)"),
+        index,
+        value: value.to_string(),
+    };
+    if let Some(((r, c), &v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("pooled x".into(), format!("({r}, {c})"), v));
+    }
+    if let Some((e, &v)) = a.data().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("pooled adjacency".into(), format!("entry {e}"), v));
+    }
+    if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow(format!("loss `{name}`"), "-".into(), v));
+    }
+    Ok(())
+}
+
+/// $\frac{1}{n_g}\sum_{n\in g} -\sum_k s_{nk}\ln(s_{nk}+\varepsilon)$ per graph (0 for an empty graph).
+fn entropy_per_graph<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T) -> Array1<T> {
+    let h = Array1::from(map_nodes(segs, |_, n| {
+        s.row(n)
+            .iter()
+            .fold(T::zero(), |acc, &v| acc - v * (v + eps).ln())
+    }));
+    segment_mean(h.view().insert_axis(Axis(1)), segs).remove_axis(Axis(1))
+}
+
+/// The sparse link-prediction terms of $\lVert A_g - S_gS_g^\top\rVert_F$.
+fn link_terms<T: Scalar>(a: CsMatView<T>, s: ArrayView2<T>, segs: &Segments) -> LinkTerms<T> {
+    let k = s.ncols();
+    let p = sddmm(a, s, s);
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let w = a.data();
+    let two = T::c(2.0);
+    let rows = Array1::from(map_nodes(segs, |_, n| {
+        (ip[n] - base..ip[n + 1] - base).fold(T::zero(), |acc, e| acc + w[e] * (w[e] - two * p[e]))
+    }));
+    let edge_part = segment_sum(rows.view().insert_axis(Axis(1)), segs);
+    let gram = segment_matmul_tn(s, s, segs);
+    let norms = (0..segs.num_graphs())
+        .into_par_iter()
+        .map(|g| {
+            let block = gram.slice(s![g * k..(g + 1) * k, ..]);
+            let q = block.iter().fold(edge_part[[g, 0]], |acc, &v| acc + v * v);
+            if q > T::zero() {
+                q.sqrt()
+            } else {
+                T::zero()
+            }
+        })
+        .collect();
+    LinkTerms { p, gram, norms }
+}
+
+impl<T: Scalar> Layer<T> for DiffPool<T> {
+    type Output = Pooled<T>;
+    type Cache = DiffPoolCache<T>;
+
+    fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, DiffPoolCache<T>)> {
+        self.check_input(batch)?;
+        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
+        let filter = gcn_filter(a);
+        let (xw_pool, logits) = self.gnn(&filter, x, KERNEL_POOL)?;
+        let s = softmax_rows(logits.view());
+        let (xw_emb, z_pre) = self.gnn(&filter, x, KERNEL_EMB)?;
+        let z = self.activation.forward(z_pre.view());
+        let assignment = DenseAssignment { s };
+        let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
+        let (blocks, connect) = assignment.connect_blocks(a, segs);
+        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
+        let link = link_terms(a, assignment.s.view(), segs);
+        let losses = self.losses_from(segs, &link, assignment.s.view());
+        check_outputs_finite("DiffPool", &x_out, &a_out, &losses)?;
+        let out_segments = assignment.reduce_index(segs);
+        let out_x_shape = [x_out.nrows(), x_out.ncols()];
+        let out_nnz = a_out.nnz();
+        let cached = assignment.clone();
+        Ok((
+            Pooled {
+                batch: DisjointBatch::new_unchecked(x_out, a_out, out_segments),
+                selection: Selection::Dense(assignment),
+                score: None,
+                losses,
+            },
+            DiffPoolCache {
+                filter,
+                xw_emb,
+                xw_pool,
+                z_pre,
+                z,
+                assignment: cached,
+                connect,
+                link,
+                out_x_shape,
+                out_nnz,
+            },
+        ))
+    }
+
+    fn backward(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &DiffPoolCache<T>,
+        grad: &PooledGrad<T>,
+    ) -> Result<Gradients<T>> {
+        check_grad_shape("pooled x", &cache.out_x_shape, &grad.x)?;
+        check_grad_shape("pooled edge weights", &[cache.out_nnz], &grad.edge_weights)?;
+        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
+        let k = self.k;
+        let b = segs.num_graphs();
+        let assignment = &cache.assignment;
+        let s = assignment.s.view();
+
+        // X' = S_g^T Z_g
+        let (mut gs, gz) = segment_matmul_tn_vjp(s, cache.z.view(), segs, grad.x.view());
+        // A' = S_g^T A_g S_g
+        let g_blocks = grad
+            .edge_weights
+            .view()
+            .into_shape_with_order((b * k, k))
+            .map_err(|e| PoolError::GradientShape {
+                what: "pooled edge weights".into(),
+                expected: format!("{} = B * K * K values", b * k * k),
+                got: e.to_string(),
+            })?;
+        let (gs_connect, mut ga) = assignment.connect_blocks_vjp(a, segs, &cache.connect, g_blocks);
+        gs += &gs_connect;
+
+        // losses
+        let denom = T::from_count(b.max(1));
+        let g_link = grad.loss("link_pred") / denom;
+        if g_link != T::zero() {
+            let (gs_link, ga_link) = link_vjp(a, s, segs, &cache.link, |g| {
+                let l = cache.link.norms[g];
+                if l > T::zero() {
+                    g_link * self.variant.link_scale::<T>(segs.size(g)) / (T::c(2.0) * l)
+                } else {
+                    T::zero()
+                }
+            });
+            gs += &gs_link;
+            ga += &ga_link;
+        }
+        let g_ent = grad.loss("entropy") / denom;
+        if g_ent != T::zero() {
+            gs += &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent);
+        }
+
+        // S = softmax(F (X W_pool)), Z = act(F (X W_emb))
+        let g_logits = softmax_rows_vjp(s, gs.view());
+        let g_zpre = self
+            .activation
+            .vjp(cache.z_pre.view(), cache.z.view(), gz.view());
+        let ft = transpose(cache.filter.matrix.view());
+        let g_xwp = spmm(ft.matrix.view(), g_logits.view());
+        let g_xwe = spmm(ft.matrix.view(), g_zpre.view());
+        let mut g_fvals = spmm_vjp_values(
+            cache.filter.matrix.view(),
+            cache.xw_pool.view(),
+            g_logits.view(),
+        );
+        g_fvals += &spmm_vjp_values(
+            cache.filter.matrix.view(),
+            cache.xw_emb.view(),
+            g_zpre.view(),
+        );
+        let g_fvals = g_fvals.to_vec();
+        ga += &cache.filter.vjp(&g_fvals, a.nnz());
+
+        let w_emb = self.params.matrix(KERNEL_EMB)?;
+        let w_pool = self.params.matrix(KERNEL_POOL)?;
+        let (gx_p, gw_pool, _) = matmul_vjp(x, w_pool, g_xwp.view());
+        let (gx_e, gw_emb, _) = matmul_vjp(x, w_emb, g_xwe.view());
+        let mut params = self.params.zeros_like();
+        params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
+        params.accumulate_dim(KERNEL_POOL, gw_pool.view())?;
+        Ok(Gradients {
+            x: gx_p + gx_e,
+            edge_weights: ga,
+            params,
+        })
+    }
+
+    fn params(&self) -> &Params<T> {
+        &self.params
+    }
+
+    fn set_param(&mut self, name: &str, value: ArrayD<T>) -> Result<()> {
+        self.params.set(name, value)
+    }
+}
+
+/// VJP of the per-graph norms $\lVert A_g - S_gS_g^\top\rVert_F$ weighted by
+/// `coef(g)` $= \partial L / \partial \lVert\cdot\rVert \cdot \frac{1}{2\lVert\cdot\rVert}$:
+/// returns $(\bar S, \bar a)$. With $q_g$ the squared norm,
+/// $\partial q / \partial w_e = 2(w_e - p_e)$,
+/// $\partial q / \partial S = -2(AS + A^\top S) + 4 S_g (S_g^\top S_g)$.
+fn link_vjp<T: Scalar>(
+    a: CsMatView<T>,
+    s: ArrayView2<T>,
+    segs: &Segments,
+    link: &LinkTerms<T>,
+    coef: impl Fn(usize) -> T + Sync,
+) -> (Array2<T>, Array1<T>) {
+    let k = s.ncols();
+    let coefs: Vec<T> = (0..segs.num_graphs()).map(&coef).collect();
+    let node_coef = map_nodes(segs, |g, _| coefs[g]);
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let w = a.data();
+    let two = T::c(2.0);
+    let (gp, ga): (Vec<T>, Vec<T>) = (0..a.rows())
+        .into_par_iter()
+        .flat_map_iter(|r| {
+            let c = node_coef[r];
+            (ip[r] - base..ip[r + 1] - base)
+                .map(move |e| (-two * w[e] * c, two * (w[e] - link.p[e]) * c))
+        })
+        .unzip();
+    let (gu, gv) = sddmm_vjp(a, s, s, ArrayView1::from(&gp[..]));
+    let mut g_gram = link.gram.clone();
+    for (g, mut block) in g_gram.axis_chunks_iter_mut(Axis(0), k.max(1)).enumerate() {
+        let c = two * coefs[g];
+        block.mapv_inplace(|v| v * c);
+    }
+    let (g1, g2) = segment_matmul_tn_vjp(s, s, segs, g_gram.view());
+    let mut gs = gu + gv;
+    Zip::from(&mut gs)
+        .and(&g1)
+        .and(&g2)
+        .par_for_each(|o, &u, &v| *o += u + v);
+    (gs, Array1::from(ga))
+}
+
+/// VJP of the mean over nodes of each graph of $-\sum_k s\ln(s+\varepsilon)$,
+/// each graph's mean weighted by `scale`.
+fn entropy_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T, scale: T) -> Array2<T> {
+    let mut gs = Array2::zeros(s.raw_dim());
+    crate::kernels::for_each_node_row(gs.view_mut(), segs, |g, n, mut row| {
+        let c = scale / T::from_count(segs.size(g).max(1));
+        Zip::from(&mut row).and(&s.row(n)).for_each(|o, &v| {
+            *o = -c * ((v + eps).ln() + v / (v + eps));
+        });
+    });
+    gs
+}
+
+impl<T: Scalar> SrcPool<T> for DiffPool<T> {
+    /// $S = \operatorname{softmax}(\hat A X W_{\text{pool}})$.
+    fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
+        self.check_input(batch)?;
+        let filter = gcn_filter(batch.a().view());
+        let (_, logits) = self.gnn(&filter, batch.x().view(), KERNEL_POOL)?;
+        let s = softmax_rows(logits.view());
+        Ok((Selection::Dense(DenseAssignment { s }), None))
+    }
+
+    /// $X'_g = S_g^\top \sigma(\hat A X W_{\text{emb}})_g$ (not $S_g^\top X_g$).
+    /// DiffPool only makes dense assignments: any other selection, or a batch
+    /// that [`SrcPool::select`] rejects, gives 0 rows.
+    fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
+        let filter = gcn_filter(batch.a().view());
+        let z = match self.check_input(batch) {
+            Ok(()) => self.gnn(&filter, batch.x().view(), KERNEL_EMB).ok(),
+            // `select` rejects such a batch
+            Err(_) => None,
+        };
+        match (selection, z) {
+            (Selection::Dense(s), Some((_, z_pre))) => s.reduce(
+                self.activation.forward(z_pre.view()).view(),
+                batch.segments(),
+            ),
+            _ => Array2::zeros((0, self.channels)),
+        }
+    }
+
+    /// `link_pred` and `entropy`, as in the forward pass.
+    fn losses(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Result<Losses<T>> {
+        match selection {
+            Selection::Dense(s) => {
+                let link = link_terms(batch.a().view(), s.s.view(), batch.segments());
+                Ok(self.losses_from(batch.segments(), &link, s.s.view()))
+            }
+            _ => Ok(Losses::new()),
+        }
+    }
+
+    /// The forward pass of [`Layer::forward`] without its cache.
+    fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.forward(batch)?.0)
+    }
+}

@@ -1,0 +1,695 @@
+//! MemPooling: memory-based soft clustering of the nodes of each graph onto
+//! learned keys (Student-t kernel, several heads mixed by a 1×1 convolution),
+//! with PyG's KL auxiliary loss, per graph and without padding.
+
+use ndarray::{s, Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Zip};
+use sprs::CsMat;
+
+use crate::batch::{DisjointBatch, Segments};
+use crate::error::{PoolError, Result};
+use crate::framework::layer::check_grad_shape;
+use crate::framework::{
+    DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
+    SrcPool,
+};
+use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
+use crate::kernels::{for_each_node_row, reduce_chunked};
+use crate::nn::{
+    matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Initializer, Params,
+};
+use crate::scalar::Scalar;
+
+/// The pooled adjacency a [`MemPooling`] returns (the reference returns none).
+///
+/// ```
+/// use graphpool::framework::Layer;
+/// use graphpool::layers::{MemAdjacency, MemPooling};
+/// use graphpool::DisjointBatch;
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// let mut t = TriMat::new((2, 2));
+/// t.add_triplet(0, 1, 1.0);
+/// t.add_triplet(1, 0, 1.0);
+/// let b = DisjointBatch::single(array![[1.0, 0.0], [0.0, 1.0]], t.to_csr())?;
+/// let pool = MemPooling::<f64>::new(2, 3, 1, 2, 1.0, 0)?;
+/// assert_eq!(pool.call(&b)?.batch.a().nnz(), 0); // edgeless by default
+/// let coarsened = pool.with_adjacency(MemAdjacency::Coarsened).call(&b)?;
+/// assert_eq!(coarsened.batch.a().nnz(), 4); // one dense 2 x 2 block S^T A S
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MemAdjacency {
+    /// No edges: each graph pools to $K$ nodes and an empty $K \times K$
+    /// block (nothing stored). PyG's `MemPooling` returns no adjacency, and
+    /// the paper's memory layers after the first do not use one; this is the
+    /// default.
+    #[default]
+    Edgeless,
+    /// The soft-cluster coarsening $A'_g = S_g^\top A_g S_g$ (as DiffPool's
+    /// connect, dense $K \times K$ blocks, every entry stored), for stacking
+    /// message-passing layers after the pool. Costs one sparse product, and
+    /// gradients then flow to the edge weights.
+    Coarsened,
+}
+
+/// MemPooling (Khasahmadi et al., *Memory-Based Graph Networks*, ICLR 2020;
+/// PyG `MemPooling`), sparse and per graph.
+///
+/// With $H$ heads of $K$ learned keys $k^{(h)}_j \in \mathbb{R}^F$, the
+/// Student-t kernel of temperature $\tau$ assigns node $i$ to the keys of each head:
+/// $$S^{(h)}_{ij} = \frac{\big(1 + \lVert x_i - k^{(h)}_j\rVert^2/\tau\big)^{-\frac{1+\tau}{2}}}{\sum_{l=1}^{K}\big(1 + \lVert x_i - k^{(h)}_l\rVert^2/\tau\big)^{-\frac{1+\tau}{2}}},$$
+/// a $1\times 1$ convolution over the heads mixes them and a softmax over the
+/// clusters gives the assignment, then the pooled features:
+/// $$S = \operatorname{softmax}\Big(\sum_{h} w_h S^{(h)}\Big) \in \mathbb{R}^{N \times K}, \qquad X'_g = S_g^\top X_g W.$$
+/// Row $n$ of $S$ holds node $n$'s weights over the $K$ clusters **of its own
+/// graph** ([`DenseAssignment`]); the output has $K$ nodes per graph
+/// ($X'$ is $BK \times F'$). The pooled adjacency is chosen by
+/// [`MemAdjacency`] (default: edgeless).
+///
+/// Parameters (canonical names): `keys` $(H, K, F)$, PyG's `k`, uniform in
+/// $[-1, 1]$; `conv.weight` $(H)$, the Conv2d$(H \to 1)$ weight without bias,
+/// uniform in $\pm 1/\sqrt{H}$; `lin.kernel` $(F, F')$, `lin.weight`$^\top$,
+/// no bias, uniform in $\pm 1/\sqrt{F}$ (PyTorch's default initialisations,
+/// drawn in that order from the seed).
+///
+/// **Auxiliary loss** `kl` (PyG's `MemPooling.kl_loss`): per graph, with the
+/// column sums $c_{gj} = \sum_{n \in g} S_{nj}$ and the sharpened target
+/// $$P_{nj} = \frac{S_{nj}^2 / c_{gj}}{\sum_{l} S_{nl}^2 / c_{gl}}, \qquad \mathrm{kl} = \frac{1}{B}\sum_{g=1}^{B}\sum_{n \in g}\sum_{j} \bar P_{nj}\big(\ln \bar P_{nj} - \ln \bar S_{nj}\big),$$
+/// $\bar P = \max(P, 10^{-15})$, $\bar S = \max(S, 10^{-15})$. PyG computes
+/// it on the $[B, N_{\max}, K]$ batch padded by `to_dense_batch` with
+/// `KLDivLoss(reduction='batchmean')`: padded rows contribute exactly 0 and
+/// the sum is divided by $B$, so it is the mean over graphs of the per-graph
+/// sums over nodes and clusters. graphpool computes exactly that without
+/// padding: the column sums $c_g$ are segment sums, $P$ is per node, the
+/// per-graph sums are segment sums, and the only batch-level term is the
+/// division by $B$ (which counts empty graphs). $P$ is **not** detached: as
+/// in PyG, gradients flow through the target too (and not through a clamped
+/// value). `kl` is non-negative in exact arithmetic; computed as PyG does, it
+/// can round to a tiny negative value (about $-10^{-16}$ in `f64`) when $P = S$.
+///
+/// Defined results for degenerate inputs: an empty graph gives $K$ zero rows
+/// and contributes 0 to `kl` (PyG gives NaN for an empty graph inside a
+/// batch: its column sums are 0/0); a single-node graph has $P = S$ and
+/// `kl` 0. The per-head weights are computed from the ratios
+/// $\big((\tau + d_{\min}) / (\tau + d_j)\big)^{\frac{1+\tau}{2}} \in (0, 1]$ to
+/// the nearest key's kernel ($d_j$ the squared distances, summed directly,
+/// not as $\lVert x\rVert^2 + \lVert k\rVert^2 - 2\langle x, k\rangle$), which
+/// equals the ratio above but does not underflow to 0/0 for nodes far from
+/// every key or a small $\tau$ (where PyG returns NaN); if every distance
+/// of a head overflows to infinity, that head's weights are uniform.
+///
+/// Errors of the forward pass: [`PoolError::ShapeMismatch`] if $X$ has not
+/// `in_channels` columns; [`PoolError::NonFinite`] if an output overflows.
+///
+/// ```
+/// use graphpool::framework::Layer;
+/// use graphpool::layers::MemPooling;
+/// use graphpool::DisjointBatch;
+/// use ndarray::array;
+///
+/// // two graphs (3 nodes and 1 node), 2 clusters each, 2 heads
+/// let x = array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]];
+/// let b = DisjointBatch::from_graph_ids(x, sprs::CsMat::zero((4, 4)), &[0, 0, 0, 1], 2)?;
+/// let pool = MemPooling::<f64>::new(2, 5, 2, 2, 1.0, 7)?;
+/// let out = pool.call(&b)?;
+/// assert_eq!(out.batch.x().dim(), (4, 5));
+/// assert_eq!(out.batch.graph_ids(), vec![0, 0, 1, 1]);
+/// assert!(out.losses["kl"] >= 0.0);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemPooling<T: Scalar> {
+    in_channels: usize,
+    out_channels: usize,
+    heads: usize,
+    k: usize,
+    tau: T,
+    adjacency: MemAdjacency,
+    params: Params<T>,
+}
+
+/// Saved state of [`MemPooling`]'s forward pass.
+#[derive(Debug, Clone)]
+pub struct MemPoolingCache<T: Scalar> {
+    /// Squared distances $\lVert x_n - k^{(h)}_j\rVert^2$, $N \times HK$.
+    dist: Array2<T>,
+    /// Per-head assignments $S^{(h)}$, $N \times HK$.
+    per_head: Array2<T>,
+    assignment: DenseAssignment<T>,
+    /// $S_g^\top X_g$, $BK \times F$.
+    reduced: Array2<T>,
+    /// Column sums $c_g$, $B \times K$.
+    colsum: Array2<T>,
+    connect: Option<DenseConnectCache<T>>,
+    out_x_shape: [usize; 2],
+    out_nnz: usize,
+}
+
+const KEYS: &str = "keys";
+const CONV: &str = "conv.weight";
+const LIN: &str = "lin.kernel";
+/// PyG's `EPS` in `kl_loss`.
+const KL_EPS: f64 = 1e-15;
+
+impl<T: Scalar> MemPooling<T> {
+    /// A MemPooling from `in_channels` to `out_channels` features with
+    /// `heads` heads of `num_clusters` keys and temperature `tau`, weights
+    /// drawn from `seed` (PyG's `MemPooling(in_channels, out_channels,
+    /// heads, num_clusters, tau)`).
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] if `out_channels`, `heads` or
+    /// `num_clusters` is 0, or `tau` is not finite and $> 0$.
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        heads: usize,
+        num_clusters: usize,
+        tau: f64,
+        seed: u64,
+    ) -> Result<Self> {
+        let positive = |name: &str, v: usize, what: &str| {
+            if v == 0 {
+                Err(PoolError::InvalidConfig {
+                    name: name.into(),
+                    value: "0".into(),
+                    expected: format!("a positive number of {what}"),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("channels", out_channels, "output channels")?;
+        positive("heads", heads, "heads")?;
+        positive("k", num_clusters, "clusters per graph")?;
+        if !(tau.is_finite() && tau > 0.0) {
+            return Err(PoolError::InvalidConfig {
+                name: "tau".into(),
+                value: tau.to_string(),
+                expected: "a finite temperature > 0".into(),
+            });
+        }
+        let mut rng = rng_from_seed(seed);
+        let mut params = Params::new();
+        params.insert(
+            KEYS,
+            Initializer::Uniform(-1.0, 1.0).sample(&[heads, num_clusters, in_channels], &mut rng),
+        );
+        let bh = 1.0 / (heads as f64).sqrt();
+        params.insert(
+            CONV,
+            Initializer::Uniform(-bh, bh).sample(&[heads], &mut rng),
+        );
+        let bf = 1.0 / (in_channels.max(1) as f64).sqrt();
+        params.insert(
+            LIN,
+            Initializer::Uniform(-bf, bf).sample(&[in_channels, out_channels], &mut rng),
+        );
+        Ok(Self {
+            in_channels,
+            out_channels,
+            heads,
+            k: num_clusters,
+            tau: T::c(tau),
+            adjacency: MemAdjacency::Edgeless,
+            params,
+        })
+    }
+
+    /// Chooses the pooled adjacency (see [`MemAdjacency`]).
+    pub fn with_adjacency(mut self, adjacency: MemAdjacency) -> Self {
+        self.adjacency = adjacency;
+        self
+    }
+
+    /// Clusters per graph $K$.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Heads $H$.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// Output channels $F'$.
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// Temperature $\tau$.
+    pub fn tau(&self) -> T {
+        self.tau
+    }
+
+    /// The pooled adjacency in use.
+    pub fn adjacency(&self) -> MemAdjacency {
+        self.adjacency
+    }
+
+    /// The keys as an $HK \times F$ matrix.
+    fn keys(&self) -> Result<Array2<T>> {
+        let keys = self.params.tensor3(KEYS)?;
+        let (h, k, f) = keys.dim();
+        keys.to_owned()
+            .into_shape_with_order((h * k, f))
+            .map_err(|e| PoolError::ParameterShape {
+                name: format!("{KEYS} ({e})"),
+                expected: vec![h, k, f],
+                got: vec![h, k, f],
+            })
+    }
+
+    /// The exponent $\frac{1+\tau}{2}$.
+    fn alpha(&self) -> T {
+        (T::one() + self.tau) * T::c(0.5)
+    }
+
+    fn check_input(&self, batch: &DisjointBatch<T>) -> Result<()> {
+        if batch.num_features() != self.in_channels {
+            return Err(PoolError::ShapeMismatch {
+                what: "x for MemPooling".into(),
+                expected: format!("{} columns (the layer's in_channels)", self.in_channels),
+                got: format!("{} columns", batch.num_features()),
+            });
+        }
+        Ok(())
+    }
+
+    /// The squared distances ($N \times HK$), the per-head assignments
+    /// ($N \times HK$) and $S$ ($N \times K$).
+    fn assign(
+        &self,
+        x: ArrayView2<T>,
+        segs: &Segments,
+    ) -> Result<(Array2<T>, Array2<T>, Array2<T>)> {
+        let (h, k) = (self.heads, self.k);
+        let keys = self.keys()?;
+        let conv = self.params.vector(CONV)?;
+        let (tau, alpha) = (self.tau, self.alpha());
+
+        // squared distances, N x HK: summed over features in order, vectorised over the keys
+        let n = x.nrows();
+        let keys_t = keys.t().as_standard_layout().into_owned();
+        let mut dist = Array2::<T>::zeros((n, h * k));
+        for_each_node_row(dist.view_mut(), segs, |_, node, mut row| {
+            for (&xf, kf) in x.row(node).iter().zip(keys_t.rows()) {
+                Zip::from(&mut row).and(&kf).for_each(|d, &kv| {
+                    let e = xf - kv;
+                    *d += e * e;
+                });
+            }
+        });
+        // per-head Student-t assignments, N x HK, as ratios to the nearest
+        // key's kernel: ((tau + d_min) / (tau + d_j))^alpha, in (0, 1]
+        let mut per_head = Array2::<T>::zeros((n, h * k));
+        let unit_alpha = alpha == T::one();
+        for_each_node_row(per_head.view_mut(), segs, |_, node, mut row| {
+            let d = dist.row(node);
+            for head in 0..h {
+                let r = head * k..(head + 1) * k;
+                let d_min = r.clone().fold(T::infinity(), |m, j| m.min(d[j]));
+                let base = tau + d_min;
+                if !base.is_finite() {
+                    let uniform = T::one() / T::from_count(k);
+                    for j in r {
+                        row[j] = uniform;
+                    }
+                    continue;
+                }
+                let mut z = T::zero();
+                for j in r.clone() {
+                    let ratio = base / (tau + d[j]);
+                    row[j] = if unit_alpha { ratio } else { ratio.powf(alpha) };
+                    z += row[j];
+                }
+                for j in r {
+                    row[j] /= z;
+                }
+            }
+        });
+        // 1x1 convolution over heads, softmax over clusters
+        let mut logits = Array2::<T>::zeros((n, k));
+        for_each_node_row(logits.view_mut(), segs, |_, node, mut row| {
+            let ph = per_head.row(node);
+            for (head, &w) in conv.iter().enumerate() {
+                for j in 0..k {
+                    row[j] += w * ph[head * k + j];
+                }
+            }
+        });
+        Ok((dist, per_head, softmax_rows(logits.view())))
+    }
+
+    /// $X'_g = (S_g^\top X_g) W$, and $S_g^\top X_g$.
+    fn reduce_features(
+        &self,
+        s: &DenseAssignment<T>,
+        x: ArrayView2<T>,
+        segs: &Segments,
+    ) -> Result<(Array2<T>, Array2<T>)> {
+        let reduced = s.reduce(x, segs);
+        let x_out = matmul(reduced.view(), self.params.matrix(LIN)?, None);
+        Ok((x_out, reduced))
+    }
+
+    /// The pooled adjacency of [`MemAdjacency`].
+    fn connect_graph(
+        &self,
+        s: &DenseAssignment<T>,
+        batch: &DisjointBatch<T>,
+    ) -> (CsMat<T>, Option<DenseConnectCache<T>>) {
+        match self.adjacency {
+            MemAdjacency::Edgeless => {
+                let bk = batch.num_graphs() * self.k;
+                (CsMat::zero((bk, bk)), None)
+            }
+            MemAdjacency::Coarsened => {
+                let (blocks, cache) = s.connect_blocks(batch.a().view(), batch.segments());
+                (DenseAssignment::blocks_to_csr(blocks.view()), Some(cache))
+            }
+        }
+    }
+}
+
+/// `kl` (the mean over graphs) and the column sums it used.
+fn kl_loss<T: Scalar>(s: ArrayView2<T>, segs: &Segments) -> (T, Array2<T>) {
+    let (colsum, kl_g) = kl_terms(s, segs);
+    let kl = kl_g.iter().fold(T::zero(), |a, &v| a + v) / T::from_count(segs.num_graphs().max(1));
+    (kl, colsum)
+}
+
+/// Column sums $c_g$, the target $P$ and `kl` per graph (see [`MemPooling`]).
+fn kl_terms<T: Scalar>(s: ArrayView2<T>, segs: &Segments) -> (Array2<T>, Array1<T>) {
+    let colsum = segment_sum(s, segs);
+    let eps = T::c(KL_EPS);
+    let k = s.ncols();
+    let mut per_node = Array2::<T>::zeros((s.nrows(), 1));
+    for_each_node_row(per_node.view_mut(), segs, |g, n, mut out| {
+        let (p_tilde, q) = sharpened(s.row(n), colsum.row(g));
+        let mut acc = T::zero();
+        for j in 0..k {
+            let p = if q > T::zero() {
+                p_tilde[j] / q
+            } else {
+                T::zero()
+            };
+            let (pc, sc) = (p.max(eps), s[[n, j]].max(eps));
+            acc += pc * (pc.ln() - sc.ln());
+        }
+        out[0] = acc;
+    });
+    let per_graph = segment_sum(per_node.view(), segs).remove_axis(Axis(1));
+    (colsum, per_graph)
+}
+
+/// $\tilde P_j = S_j^2 / c_j$ (0 where $c_j = 0$) and $Q = \sum_j \tilde P_j$.
+fn sharpened<T: Scalar>(s: ArrayView1<T>, c: ArrayView1<T>) -> (Vec<T>, T) {
+    let p: Vec<T> = s
+        .iter()
+        .zip(c.iter())
+        .map(|(&v, &c)| if c > T::zero() { v * v / c } else { T::zero() })
+        .collect();
+    let q = p.iter().fold(T::zero(), |a, &v| a + v);
+    (p, q)
+}
+
+/// VJP of $\beta \sum_g \mathrm{kl}_g$ with respect to $S$ (through $P$ and the
+/// column sums; a clamped value passes no gradient, as `torch.clamp`).
+fn kl_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, colsum: &Array2<T>, beta: T) -> Array2<T> {
+    let eps = T::c(KL_EPS);
+    let k = s.ncols();
+    let two = T::c(2.0);
+    // per node: the gradient through P~ and the direct term, then t = gP~ * P~
+    let mut both = Array2::<T>::zeros((s.nrows(), 2 * k));
+    for_each_node_row(both.view_mut(), segs, |g, n, mut out| {
+        let c = colsum.row(g);
+        let (p_tilde, q) = sharpened(s.row(n), c);
+        let p: Vec<T> = p_tilde
+            .iter()
+            .map(|&v| if q > T::zero() { v / q } else { T::zero() })
+            .collect();
+        // d kl / d P = ln P + 1 - ln S (through the clamp only where P >= eps)
+        let srow = s.row(n);
+        let gp: Vec<T> = p
+            .iter()
+            .zip(srow.iter())
+            .map(|(&v, &sv)| {
+                if v >= eps {
+                    beta * (v.ln() + T::one() - sv.max(eps).ln())
+                } else {
+                    T::zero()
+                }
+            })
+            .collect();
+        let dot = gp.iter().zip(&p).fold(T::zero(), |a, (&x, &y)| a + x * y);
+        for j in 0..k {
+            let sv = s[[n, j]];
+            let pc = p[j].max(eps);
+            let direct = if sv >= eps {
+                -beta * pc / sv
+            } else {
+                T::zero()
+            };
+            let gpt = if q > T::zero() {
+                (gp[j] - dot) / q
+            } else {
+                T::zero()
+            };
+            let through = if c[j] > T::zero() {
+                gpt * two * sv / c[j]
+            } else {
+                T::zero()
+            };
+            out[j] = direct + through;
+            out[k + j] = gpt * p_tilde[j];
+        }
+    });
+    let mut gs = both.slice(s![.., ..k]).to_owned();
+    let t = both.slice(s![.., k..]);
+    // column sums: g c_gj = -sum_n gP~_nj P~_nj / c_gj, broadcast to the graph's nodes
+    let tsum = segment_sum(t, segs);
+    for_each_node_row(gs.view_mut(), segs, |g, _, mut row| {
+        for j in 0..k {
+            let c = colsum[[g, j]];
+            if c > T::zero() {
+                row[j] -= tsum[[g, j]] / c;
+            }
+        }
+    });
+    gs
+}
+
+impl<T: Scalar> Layer<T> for MemPooling<T> {
+    type Output = Pooled<T>;
+    type Cache = MemPoolingCache<T>;
+
+    fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, MemPoolingCache<T>)> {
+        self.check_input(batch)?;
+        let (x, segs) = (batch.x().view(), batch.segments());
+        let (dist, per_head, s) = self.assign(x, segs)?;
+
+        let assignment = DenseAssignment { s };
+        let (x_out, reduced) = self.reduce_features(&assignment, x, segs)?;
+        let out_segments = assignment.reduce_index(segs);
+        let (a_out, connect) = self.connect_graph(&assignment, batch);
+        let (kl, colsum) = kl_loss(assignment.s.view(), segs);
+        let mut losses = Losses::new();
+        losses.insert("kl".into(), kl);
+        super::diff_pool::check_outputs_finite("MemPooling", &x_out, &a_out, &losses)?;
+        let out_x_shape = [x_out.nrows(), x_out.ncols()];
+        let out_nnz = a_out.nnz();
+        let cached = assignment.clone();
+        Ok((
+            Pooled {
+                batch: DisjointBatch::new_unchecked(x_out, a_out, out_segments),
+                selection: Selection::Dense(assignment),
+                score: None,
+                losses,
+            },
+            MemPoolingCache {
+                dist,
+                per_head,
+                assignment: cached,
+                reduced,
+                colsum,
+                connect,
+                out_x_shape,
+                out_nnz,
+            },
+        ))
+    }
+
+    fn backward(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &MemPoolingCache<T>,
+        grad: &PooledGrad<T>,
+    ) -> Result<Gradients<T>> {
+        check_grad_shape("pooled x", &cache.out_x_shape, &grad.x)?;
+        check_grad_shape("pooled edge weights", &[cache.out_nnz], &grad.edge_weights)?;
+        let (x, segs) = (batch.x().view(), batch.segments());
+        let (h, k) = (self.heads, self.k);
+        let b = segs.num_graphs();
+        let keys = self.keys()?;
+        let conv = self.params.vector(CONV)?;
+        let lin = self.params.matrix(LIN)?;
+        let (tau, alpha) = (self.tau, self.alpha());
+        let s = cache.assignment.s.view();
+        let mut params = self.params.zeros_like();
+
+        // X' = (S_g^T X_g) W
+        let (g_reduced, g_lin, _) = matmul_vjp(cache.reduced.view(), lin, grad.x.view());
+        params.accumulate_dim(LIN, g_lin.view())?;
+        let (mut gs, mut gx) = segment_matmul_tn_vjp(s, x, segs, g_reduced.view());
+        // A' (coarsened only)
+        let mut ga = Array1::zeros(batch.a().nnz());
+        if let Some(connect) = &cache.connect {
+            let g_blocks = grad
+                .edge_weights
+                .view()
+                .into_shape_with_order((b * k, k))
+                .map_err(|e| PoolError::GradientShape {
+                    what: "pooled edge weights".into(),
+                    expected: format!("{} = B * K * K values", b * k * k),
+                    got: e.to_string(),
+                })?;
+            let (gs_c, ga_c) =
+                cache
+                    .assignment
+                    .connect_blocks_vjp(batch.a().view(), segs, connect, g_blocks);
+            gs += &gs_c;
+            ga = ga_c;
+        }
+        // kl
+        let g_kl = grad.loss("kl") / T::from_count(b.max(1));
+        if g_kl != T::zero() {
+            gs += &kl_vjp(s, segs, &cache.colsum, g_kl);
+        }
+        // softmax over clusters, then the 1x1 convolution over heads
+        let gz = softmax_rows_vjp(s, gs.view());
+        let n = batch.num_nodes();
+        let g_conv = reduce_chunked(
+            0..n,
+            |nodes| {
+                let mut acc = Array1::<T>::zeros(h);
+                for node in nodes {
+                    let ph = cache.per_head.row(node);
+                    for head in 0..h {
+                        for j in 0..k {
+                            acc[head] += gz[[node, j]] * ph[head * k + j];
+                        }
+                    }
+                }
+                acc
+            },
+            |a, b| a + b,
+        );
+        params.accumulate_dim(CONV, g_conv.view())?;
+        // per-head softmax of u = -alpha ln(1 + d / tau): gradient of d
+        let mut gd = Array2::<T>::zeros((n, h * k));
+        for_each_node_row(gd.view_mut(), segs, |_, node, mut row| {
+            let ph = cache.per_head.row(node);
+            let d = cache.dist.row(node);
+            for (head, &w) in conv.iter().enumerate() {
+                let r = head * k..(head + 1) * k;
+                let dot = r
+                    .clone()
+                    .fold(T::zero(), |a, j| a + w * gz[[node, j - head * k]] * ph[j]);
+                for j in r {
+                    let gu = ph[j] * (w * gz[[node, j - head * k]] - dot);
+                    let dd = -alpha / (tau + d[j]);
+                    row[j] = if dd.is_finite() { gu * dd } else { T::zero() };
+                }
+            }
+        });
+        // d = |x - key|^2: gx = 2 (x * rowsum(gd) - gd K), gkey = 2 (colsum(gd) key - gd^T x)
+        let (gd_keys, gk_t, gd_col) = matmul_vjp(x, keys.t(), gd.view());
+        let two = T::c(2.0);
+        Zip::from(gx.rows_mut())
+            .and(x.rows())
+            .and(gd.rows())
+            .and(gd_keys.rows())
+            .par_for_each(|mut o, xr, gdr, gk| {
+                let rs = gdr.iter().fold(T::zero(), |a, &v| a + v);
+                Zip::from(&mut o)
+                    .and(&xr)
+                    .and(&gk)
+                    .for_each(|o, &xv, &kv| *o += two * (xv * rs - kv));
+            });
+        let mut g_keys: Array2<T> = keys.clone();
+        Zip::from(g_keys.rows_mut())
+            .and(&gd_col)
+            .and(gk_t.t().rows())
+            .for_each(|mut row, &c, gxt| {
+                Zip::from(&mut row)
+                    .and(&gxt)
+                    .for_each(|kv, &v| *kv = two * (c * *kv - v));
+            });
+        let g_keys = g_keys
+            .into_shape_with_order((h, k, self.in_channels))
+            .map_err(|e| PoolError::ParameterShape {
+                name: format!("{KEYS} gradient ({e})"),
+                expected: vec![h, k, self.in_channels],
+                got: vec![h * k, self.in_channels],
+            })?;
+        params.accumulate_dim(KEYS, g_keys.view())?;
+        Ok(Gradients {
+            x: gx,
+            edge_weights: ga,
+            params,
+        })
+    }
+
+    fn params(&self) -> &Params<T> {
+        &self.params
+    }
+
+    fn set_param(&mut self, name: &str, value: ArrayD<T>) -> Result<()> {
+        self.params.set(name, value)
+    }
+}
+
+impl<T: Scalar> SrcPool<T> for MemPooling<T> {
+    /// $S = \operatorname{softmax}\big(\sum_h w_h S^{(h)}\big)$.
+    fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
+        self.check_input(batch)?;
+        let (_, _, s) = self.assign(batch.x().view(), batch.segments())?;
+        Ok((Selection::Dense(DenseAssignment { s }), None))
+    }
+
+    /// $X'_g = (S_g^\top X_g) W$. MemPooling only makes dense assignments:
+    /// any other selection gives 0 rows.
+    fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
+        match selection {
+            Selection::Dense(s) => self
+                .reduce_features(s, batch.x().view(), batch.segments())
+                .map(|(x, _)| x)
+                .unwrap_or_else(|_| Array2::zeros((0, self.out_channels))),
+            _ => Array2::zeros((0, self.out_channels)),
+        }
+    }
+
+    /// The adjacency chosen by [`MemAdjacency`].
+    fn connect(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> CsMat<T> {
+        match selection {
+            Selection::Dense(s) => self.connect_graph(s, batch).0,
+            _ => CsMat::zero((0, 0)),
+        }
+    }
+
+    /// `kl`, as in the forward pass.
+    fn losses(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Result<Losses<T>> {
+        let mut losses = Losses::new();
+        if let Selection::Dense(s) = selection {
+            losses.insert("kl".into(), kl_loss(s.s.view(), batch.segments()).0);
+        }
+        Ok(losses)
+    }
+
+    /// The forward pass of [`Layer::forward`] without its cache.
+    fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.forward(batch)?.0)
+    }
+}
