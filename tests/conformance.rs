@@ -19,11 +19,9 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "SAGPool",
     "LaPool",
     "MinCutPool",
-    "DiffPool",
     "DMoNPool",
     "JustBalancePool",
     "AsymCheegerCutPool",
-    "MemPooling",
 ];
 
 fn check_dir(dir: &Path) {
