@@ -1,7 +1,7 @@
 mod common;
 
 use common::assert_gradients;
-use graphpool::layers::{MinCutPool, MinCutVariant};
+use graphpool::layers::{DMoNPool, DMoNVariant, MinCutPool, MinCutVariant};
 use graphpool::nn::Activation;
 use graphpool::proptest::{batches, BatchShape};
 use proptest::prelude::*;
@@ -13,5 +13,7 @@ proptest! {
         let f = b.num_features();
         assert_gradients(&MinCutPool::<f64>::new(f, 3, &[4], Activation::Tanh, 1).unwrap(), &b);
         assert_gradients(&MinCutPool::<f64>::new(f, 2, &[], Activation::Relu, 2).unwrap().with_variant(MinCutVariant::Pyg), &b);
+        assert_gradients(&DMoNPool::<f64>::new(f, 3, &[4], Activation::Tanh, 0.3, 1).unwrap(), &b);
+        assert_gradients(&DMoNPool::<f64>::new(f, 2, &[3], Activation::Linear, 0.3, 1).unwrap().with_variant(DMoNVariant::Pyg), &b);
     }
 }

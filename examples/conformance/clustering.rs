@@ -2,12 +2,12 @@
 //! (MinCutPool, DMoNPool, JustBalancePool, AsymCheegerCutPool).
 
 use graphpool::framework::{Layer, Selection};
-use graphpool::layers::{MinCutPool, MinCutVariant};
+use graphpool::layers::{DMoNPool, DMoNVariant, MinCutPool, MinCutVariant};
 use graphpool::nn::Activation;
 use graphpool::DisjointBatch;
 
 use super::{
-    cfg_str, cfg_usize, cfg_usize_list, load_weights, sparse_to_dense, Case, Got, RunError,
+    cfg_f64, cfg_str, cfg_usize, cfg_usize_list, load_weights, sparse_to_dense, Case, Got, RunError,
 };
 
 fn activation(case: &Case) -> Result<Activation, RunError> {
@@ -31,6 +31,15 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
             let mut l = MinCutPool::new(f, k, &hidden, act, 0)?;
             if is_pyg(case) {
                 l = l.with_variant(MinCutVariant::Pyg);
+            }
+            load_weights(case, &mut l)?;
+            l.call(batch)?
+        }
+        "DMoNPool" => {
+            let reg = cfg_f64(case, "collapse_regularization", 0.1);
+            let mut l = DMoNPool::new(f, k, &hidden, act, reg, 0)?;
+            if is_pyg(case) {
+                l = l.with_variant(DMoNVariant::Pyg);
             }
             load_weights(case, &mut l)?;
             l.call(batch)?

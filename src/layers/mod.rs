@@ -2,6 +2,7 @@
 
 mod attention;
 pub(crate) mod clustering;
+mod dmon;
 mod global;
 mod mincut;
 mod sort_pool;
@@ -11,6 +12,7 @@ pub use attention::{
     NodeAttentionPool,
 };
 pub use clustering::ClusteringCache;
+pub use dmon::{DMoNPool, DMoNVariant};
 pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};
 pub use mincut::{MinCutPool, MinCutVariant};
 pub use sort_pool::{SortPool, SortPoolCache};
