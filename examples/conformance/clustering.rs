@@ -2,12 +2,15 @@
 //! (MinCutPool, DMoNPool, JustBalancePool, AsymCheegerCutPool).
 
 use graphpool::framework::{Layer, Selection};
-use graphpool::layers::{DMoNPool, DMoNVariant, MinCutPool, MinCutVariant};
+use graphpool::layers::{
+    AsymCheegerCutPool, DMoNPool, DMoNVariant, JustBalancePool, MinCutPool, MinCutVariant,
+};
 use graphpool::nn::Activation;
 use graphpool::DisjointBatch;
 
 use super::{
-    cfg_f64, cfg_str, cfg_usize, cfg_usize_list, load_weights, sparse_to_dense, Case, Got, RunError,
+    cfg_bool, cfg_f64, cfg_str, cfg_usize, cfg_usize_list, load_weights, sparse_to_dense, Case,
+    Got, RunError,
 };
 
 fn activation(case: &Case) -> Result<Activation, RunError> {
@@ -41,6 +44,19 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
             if is_pyg(case) {
                 l = l.with_variant(DMoNVariant::Pyg);
             }
+            load_weights(case, &mut l)?;
+            l.call(batch)?
+        }
+        "JustBalancePool" => {
+            let norm = cfg_bool(case, "normalized_loss", false);
+            let mut l = JustBalancePool::new(f, k, &hidden, act, norm, 0)?;
+            load_weights(case, &mut l)?;
+            l.call(batch)?
+        }
+        "AsymCheegerCutPool" => {
+            let tv = cfg_f64(case, "totvar_coeff", 1.0);
+            let bal = cfg_f64(case, "balance_coeff", 1.0);
+            let mut l = AsymCheegerCutPool::new(f, k, &hidden, act, tv, bal, 0)?;
             load_weights(case, &mut l)?;
             l.call(batch)?
         }
