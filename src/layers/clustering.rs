@@ -172,6 +172,15 @@ enum AuxCache<T: Scalar> {
     },
 }
 
+/// What every loss reads: the batch, $S$ and the weighted degrees (when a
+/// loss needs them).
+#[derive(Clone, Copy)]
+struct LossInputs<'a, T: Scalar> {
+    batch: &'a DisjointBatch<T>,
+    s: &'a Array2<T>,
+    degrees: Option<&'a Array1<T>>,
+}
+
 /// Gradients accumulated by the losses before the shared backward pass.
 struct Cotangents<T: Scalar> {
     s: Array2<T>,
@@ -284,9 +293,13 @@ impl<T: Scalar> DenseClustering<T> {
             .then(|| spmm(a, Array2::ones((batch.num_nodes(), 1)).view()).remove_axis(Axis(1)));
         let mut losses = Losses::new();
         let mut aux = Vec::with_capacity(self.losses.len());
+        let inputs = LossInputs {
+            batch,
+            s: &assignment.s,
+            degrees: degrees.as_ref(),
+        };
         for &(name, loss) in &self.losses {
-            let (values, cache) =
-                self.loss_forward(loss, batch, &assignment.s, &blocks, degrees.as_ref());
+            let (values, cache) = self.loss_forward(loss, &inputs, &blocks);
             losses.insert(name.to_string(), mean(&values));
             aux.push(cache);
         }
@@ -318,11 +331,10 @@ impl<T: Scalar> DenseClustering<T> {
     fn loss_forward(
         &self,
         loss: AuxLoss,
-        batch: &DisjointBatch<T>,
-        s: &Array2<T>,
+        inputs: &LossInputs<'_, T>,
         blocks: &Array2<T>,
-        degrees: Option<&Array1<T>>,
     ) -> (Array1<T>, AuxCache<T>) {
+        let LossInputs { batch, s, degrees } = *inputs;
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
@@ -464,12 +476,11 @@ impl<T: Scalar> DenseClustering<T> {
         &self,
         loss: AuxLoss,
         cache: &AuxCache<T>,
-        batch: &DisjointBatch<T>,
-        s: &Array2<T>,
-        degrees: Option<&Array1<T>>,
+        inputs: &LossInputs<'_, T>,
         lg: T,
         cot: &mut Cotangents<T>,
     ) {
+        let LossInputs { batch, s, degrees } = *inputs;
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
@@ -676,18 +687,15 @@ impl<T: Scalar> DenseClustering<T> {
         } else {
             T::one() / T::from_count(b)
         };
+        let inputs = LossInputs {
+            batch,
+            s,
+            degrees: cache.degrees.as_ref(),
+        };
         for (&(name, loss), aux) in self.losses.iter().zip(&cache.aux) {
             let lg = grad.loss(name);
             if lg != T::zero() {
-                self.loss_backward(
-                    loss,
-                    aux,
-                    batch,
-                    s,
-                    cache.degrees.as_ref(),
-                    lg * inv_b,
-                    &mut cot,
-                );
+                self.loss_backward(loss, aux, &inputs, lg * inv_b, &mut cot);
             }
         }
         // reduce
