@@ -133,8 +133,9 @@ pub(crate) struct DenseClustering<T: Scalar> {
 pub struct ClusteringCache<T: Scalar> {
     mlp: MlpCache<T>,
     assignment: DenseAssignment<T>,
-    x_pre: Array2<T>,
-    x_out: Array2<T>,
+    /// $(S^\top X, \mathrm{selu}(S^\top X))$ when $X'$ is activated (PyG's DMoN).
+    selu: Option<(Array2<T>, Array2<T>)>,
+    x_shape: [usize; 2],
     connect: DenseConnectCache<T>,
     normalized: Option<NormalizedBlocks<T>>,
     degrees: Option<Array1<T>>,
@@ -276,11 +277,13 @@ impl<T: Scalar> DenseClustering<T> {
         let (mlp, s) = self.select(batch.x().view())?;
         let assignment = DenseAssignment { s };
         let x_pre = assignment.reduce(batch.x().view(), seg);
-        let x_out = if self.post.selu_x {
-            Activation::Selu.forward(x_pre.view())
+        let (x_out, selu) = if self.post.selu_x {
+            let out = Activation::Selu.forward(x_pre.view());
+            (out.clone(), Some((x_pre, out)))
         } else {
-            x_pre.clone()
+            (x_pre, None)
         };
+        let x_shape = [x_out.nrows(), x_out.ncols()];
         let (blocks, connect) = assignment.connect_blocks(a, seg);
         let normalized = self
             .post
@@ -308,7 +311,7 @@ impl<T: Scalar> DenseClustering<T> {
         check_finite_2d(&a_blocks.view(), "pooled adjacency A' (overflow)")?;
         let a_out = DenseAssignment::blocks_to_csr(a_blocks.view());
         let pooled = Pooled {
-            batch: DisjointBatch::new_unchecked(x_out.clone(), a_out, assignment.reduce_index(seg)),
+            batch: DisjointBatch::new_unchecked(x_out, a_out, assignment.reduce_index(seg)),
             selection: Selection::Dense(assignment.clone()),
             score: None,
             losses,
@@ -318,8 +321,8 @@ impl<T: Scalar> DenseClustering<T> {
             ClusteringCache {
                 mlp,
                 assignment,
-                x_pre,
-                x_out,
+                selu,
+                x_shape,
                 connect,
                 normalized,
                 degrees,
@@ -641,7 +644,7 @@ impl<T: Scalar> DenseClustering<T> {
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
-        check_grad_shape("pooled x", cache.x_out.shape(), &grad.x)?;
+        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
         check_grad_shape("pooled edge weights", &[b * k * k], &grad.edge_weights)?;
         if let Some(name) = grad
             .losses
@@ -699,11 +702,11 @@ impl<T: Scalar> DenseClustering<T> {
             }
         }
         // reduce
-        let g_x_pre = if self.post.selu_x {
-            Activation::Selu.vjp(cache.x_pre.view(), cache.x_out.view(), grad.x.view())
-        } else {
-            grad.x.clone()
-        };
+        let g_selu = cache
+            .selu
+            .as_ref()
+            .map(|(pre, out)| Activation::Selu.vjp(pre.view(), out.view(), grad.x.view()));
+        let g_x_pre = g_selu.as_ref().unwrap_or(&grad.x);
         let (gs_reduce, mut gx) =
             cache
                 .assignment
