@@ -550,3 +550,25 @@ fn chunked_large_graph_results_are_identical_on_any_thread_count() {
         }
     }
 }
+
+#[test]
+fn a_batch_without_graphs_pools_to_an_empty_batch_with_zero_losses() {
+    let b =
+        DisjointBatch::from_offsets(Array2::zeros((0, 2)), CsMat::zero((0, 0)), vec![0]).unwrap();
+    for (name, pool) in all_pools(2) {
+        let y = pool(&b);
+        assert_eq!(y.batch.num_graphs(), 0, "{name}");
+        assert_eq!(y.batch.x().dim(), (0, 2), "{name}");
+        assert!(
+            y.losses.values().all(|&v| v == 0.0),
+            "{name} {:?}",
+            y.losses
+        );
+    }
+    let l = AsymCheegerCutPool::<f64>::new(2, K, &[4], Activation::Relu, 1.0, 1.0, 0).unwrap();
+    let (y, cache) = l.forward(&b).unwrap();
+    let mut g = PooledGrad::zeros(&y);
+    g.losses.values_mut().for_each(|v| *v = 1.0);
+    let grads = l.backward(&b, &cache, &g).unwrap();
+    assert_eq!(grads.x.dim(), (0, 2));
+}
