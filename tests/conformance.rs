@@ -18,10 +18,6 @@ const NOT_YET_IMPLEMENTED: &[&str] = &[
     "TopKPool",
     "SAGPool",
     "LaPool",
-    "MinCutPool",
-    "DMoNPool",
-    "JustBalancePool",
-    "AsymCheegerCutPool",
 ];
 
 fn check_dir(dir: &Path) {

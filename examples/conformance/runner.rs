@@ -15,6 +15,8 @@ use ndarray::{Array2, ArrayD, Dimension, IxDyn};
 use serde::Deserialize;
 use serde_json::Value;
 
+#[path = "clustering.rs"]
+mod clustering;
 #[path = "diff_mem.rs"]
 mod diff_mem;
 #[path = "global.rs"]
@@ -184,6 +186,9 @@ fn run_layer(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
         | "NodeAttentionPool"
         | "SortPool" => global::run(case, batch),
         "DiffPool" | "MemPooling" => diff_mem::run(case, batch),
+        "MinCutPool" | "DMoNPool" | "JustBalancePool" | "AsymCheegerCutPool" => {
+            clustering::run(case, batch)
+        }
         other => Err(RunError::NotImplemented(other.to_string())),
     }
 }

@@ -260,3 +260,176 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     });
     (gs, gy)
 }
+
+/// The `rank(n_g)`-th largest value of every column of $S$ within every graph
+/// (a per-graph, per-column quantile), with the node that holds it.
+///
+/// `rank` is 1-based and clamped to $[1, n_g]$. Values are ordered by
+/// [`Scalar::ordered`] descending, ties broken by the smaller node index first
+/// (TensorFlow's `top_k` order), so the chosen node is unique and independent
+/// of the thread count. An empty graph gives value 0 and no node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SegmentKthLargest<T: Scalar> {
+    /// $B \times K$: the chosen value of column $k$ in graph $g$.
+    pub values: Array2<T>,
+    /// $B \times K$: the node holding it, `usize::MAX` for an empty graph.
+    pub nodes: Array2<usize>,
+}
+
+/// Computes [`SegmentKthLargest`]: per graph and column, a selection
+/// ($O(n_g)$ expected, not a full sort), in parallel over graphs and, inside
+/// a graph larger than [`super::CHUNK`], over columns.
+///
+/// AsymCheegerCutPool's balance term uses it with
+/// $\text{rank}(n) = \lfloor n / K \rfloor + 1$ (Spektral's `top_k(...)[-1]`).
+pub fn segment_kth_largest<T: Scalar>(
+    s: ArrayView2<T>,
+    segments: &Segments,
+    rank: impl Fn(usize) -> usize + Sync,
+) -> SegmentKthLargest<T> {
+    use rayon::prelude::*;
+    let k = s.ncols();
+    let column = |r: std::ops::Range<usize>, c: usize, buf: &mut Vec<(T::Ordered, usize)>| {
+        buf.clear();
+        buf.extend(r.clone().map(|n| (s[[n, c]].ordered(), n)));
+        let pos = rank(r.len()).clamp(1, r.len()) - 1;
+        let (_, &mut (_, node), _) =
+            buf.select_nth_unstable_by(pos, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        (s[[node, c]], node)
+    };
+    let per_graph: Vec<Vec<(T, usize)>> = segments
+        .ranges()
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|r| {
+            if r.is_empty() {
+                return vec![(T::zero(), usize::MAX); k];
+            }
+            if r.len() > super::CHUNK {
+                (0..k)
+                    .into_par_iter()
+                    .map_init(Vec::new, |buf, c| column(r.clone(), c, buf))
+                    .collect()
+            } else {
+                let mut buf = Vec::with_capacity(r.len());
+                (0..k).map(|c| column(r.clone(), c, &mut buf)).collect()
+            }
+        })
+        .collect();
+    let b = segments.num_graphs();
+    let mut values = Array2::zeros((b, k));
+    let mut nodes = Array2::from_elem((b, k), usize::MAX);
+    for (g, row) in per_graph.into_iter().enumerate() {
+        for (c, (v, n)) in row.into_iter().enumerate() {
+            values[[g, c]] = v;
+            nodes[[g, c]] = n;
+        }
+    }
+    SegmentKthLargest { values, nodes }
+}
+
+/// VJP of [`segment_kth_largest`]: the gradient of the value of column $k$
+/// in graph $g$ goes to the node that holds it (as TensorFlow's `top_k`
+/// gradient); every other entry gets 0. `num_nodes` is $N$.
+pub fn segment_kth_largest_vjp<T: Scalar>(
+    picked: &SegmentKthLargest<T>,
+    grad: ArrayView2<T>,
+    num_nodes: usize,
+) -> Array2<T> {
+    let mut gs = Array2::zeros((num_nodes, picked.nodes.ncols()));
+    for ((g, c), &n) in picked.nodes.indexed_iter() {
+        if n != usize::MAX {
+            gs[[n, c]] += grad[[g, c]];
+        }
+    }
+    gs
+}
+
+/// Zero-diagonal, symmetrically normalised stacked $K \times K$ blocks (the
+/// post-processing of MinCut's, JustBalance's and PyG-DMoN's pooled
+/// adjacency), with what the VJP needs.
+///
+/// For each block $C$: $Z = C$ with its diagonal set to 0, $d_i = \sum_j Z_{ij}$,
+/// $D_i = \sqrt{\max(d_i, 0)} + \varepsilon$ and
+/// $$\mathrm{out}_{ij} = \frac{Z_{ij}}{D_i D_j}.$$
+/// Spektral's `normalize_A` uses $\varepsilon = 10^{-7}$ (`K.epsilon()`), PyG
+/// $10^{-15}$. A non-positive degree (an isolated pooled node, or negative
+/// weights) is taken as 0 under the root instead of giving NaN.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormalizedBlocks<T: Scalar> {
+    /// The normalised blocks, $(B K) \times K$.
+    pub out: Array2<T>,
+    /// $d_i$ of every pooled node, length $B K$.
+    pub degrees: Array1<T>,
+    /// $D_i$ of every pooled node, length $B K$.
+    pub denominators: Array1<T>,
+}
+
+/// Computes [`NormalizedBlocks`] from stacked blocks ($(B K) \times K$), in
+/// parallel over blocks.
+pub fn normalize_blocks<T: Scalar>(blocks: ArrayView2<T>, eps: T) -> NormalizedBlocks<T> {
+    let k = blocks.ncols();
+    let rows = blocks.nrows();
+    let mut z = blocks.to_owned();
+    for_each_graph_block(z.view_mut(), k, |_, mut block| {
+        for i in 0..block.nrows() {
+            block[[i, i]] = T::zero();
+        }
+    });
+    let degrees = z.sum_axis(Axis(1));
+    let denominators = degrees.mapv(|d| d.max(T::zero()).sqrt() + eps);
+    let mut out = z;
+    for_each_graph_block(out.view_mut(), k, |g, mut block| {
+        let den = denominators.slice(s![g * k..(g + 1) * k]);
+        for ((i, j), v) in block.indexed_iter_mut() {
+            *v = *v / den[i] / den[j];
+        }
+    });
+    debug_assert_eq!(out.nrows(), rows);
+    NormalizedBlocks {
+        out,
+        degrees,
+        denominators,
+    }
+}
+
+/// VJP of [`normalize_blocks`]: the gradient with respect to the raw blocks
+/// (0 on every diagonal). With $\bar O$ the output gradient,
+/// $\bar D_i = -\frac{1}{D_i}\sum_j(\bar O_{ij}\mathrm{out}_{ij} + \bar O_{ji}\mathrm{out}_{ji})$,
+/// $\bar d_i = \bar D_i / (2\sqrt{d_i})$ (0 where $d_i \le 0$) and
+/// $\bar C_{ij} = \bar O_{ij} / (D_i D_j) + \bar d_i$ off the diagonal.
+pub fn normalize_blocks_vjp<T: Scalar>(
+    norm: &NormalizedBlocks<T>,
+    grad: ArrayView2<T>,
+) -> Array2<T> {
+    let k = norm.out.ncols();
+    let mut gc = Array2::zeros(norm.out.raw_dim());
+    let two = T::c(2.0);
+    for_each_graph_block(gc.view_mut(), k, |g, mut block| {
+        let r = g * k..(g + 1) * k;
+        let out = norm.out.slice(s![r.clone(), ..]);
+        let go = grad.slice(s![r.clone(), ..]);
+        let den = norm.denominators.slice(s![r.clone()]);
+        let deg = norm.degrees.slice(s![r]);
+        let gd: Vec<T> = (0..k)
+            .map(|i| {
+                let mut acc = T::zero();
+                for j in 0..k {
+                    acc += go[[i, j]] * out[[i, j]] + go[[j, i]] * out[[j, i]];
+                }
+                let g_den = -acc / den[i];
+                if deg[i] > T::zero() {
+                    g_den / (two * deg[i].sqrt())
+                } else {
+                    T::zero()
+                }
+            })
+            .collect();
+        for ((i, j), v) in block.indexed_iter_mut() {
+            if i != j {
+                *v = go[[i, j]] / (den[i] * den[j]) + gd[i];
+            }
+        }
+    });
+    gc
+}

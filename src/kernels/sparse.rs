@@ -423,3 +423,125 @@ pub fn sddmm_vjp<T: Scalar>(
     let gv = spmm_vjp_x(g.view(), u);
     (gu, gv)
 }
+
+/// Per-graph weighted total variation of a per-node matrix $S$ over the
+/// stored entries of $A$:
+/// $$\mathrm{TV}_g = \sum_{(i,j) \in E_g} a_{ij} \lVert S_i - S_j \rVert_1,$$
+/// summed over every stored entry (both directions of an undirected edge,
+/// a self loop once, which contributes 0). Length $B$. Never forms the
+/// $N \times N$ matrix of pairwise distances; each graph's edges are summed
+/// in fixed chunks of rows (deterministic, batch = graph alone).
+pub fn segment_edge_l1<T: Scalar>(
+    a: CsMatView<T>,
+    s: ArrayView2<T>,
+    segments: &crate::batch::Segments,
+) -> Array1<T> {
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = a.indices();
+    let w = a.data();
+    let per_graph: Vec<T> = segments
+        .ranges()
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|r| {
+            super::reduce_chunked(
+                r,
+                |rows| {
+                    let mut acc = T::zero();
+                    for row in rows {
+                        let si = s.row(row);
+                        for e in ip[row] - base..ip[row + 1] - base {
+                            let sj = s.row(idx[e]);
+                            let l1 = Zip::from(&si)
+                                .and(&sj)
+                                .fold(T::zero(), |t, &p, &q| t + (p - q).abs());
+                            acc += w[e] * l1;
+                        }
+                    }
+                    acc
+                },
+                |x, y| x + y,
+            )
+        })
+        .collect();
+    Array1::from(per_graph)
+}
+
+/// VJP of [`segment_edge_l1`] given the gradient of each graph's total
+/// variation: $(\bar S, \bar a)$ with
+/// $\bar a_{ij} = \bar t_g \lVert S_i - S_j\rVert_1$ and
+/// $\bar S_i = \bar t_g \big(\sum_{j:(i,j)} a_{ij}\,\mathrm{sign}(S_i - S_j) + \sum_{j:(j,i)} a_{ji}\,\mathrm{sign}(S_i - S_j)\big)$,
+/// with $\mathrm{sign}(0) = 0$ (TensorFlow's and PyTorch's gradient of $|x|$
+/// at 0). Incoming edges are read through [`transpose`], so every row is
+/// computed by one task (deterministic).
+pub fn segment_edge_l1_vjp<T: Scalar>(
+    a: CsMatView<T>,
+    s: ArrayView2<T>,
+    segments: &crate::batch::Segments,
+    grad: ArrayView1<T>,
+) -> (Array2<T>, Array1<T>) {
+    let sign = |v: T| {
+        if v > T::zero() {
+            T::one()
+        } else if v < T::zero() {
+            -T::one()
+        } else {
+            T::zero()
+        }
+    };
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = a.indices();
+    let w = a.data();
+    let row_grad = Array1::from(super::map_nodes(segments, |g, _| grad[g]));
+    let g_edges: Vec<T> = (0..a.rows())
+        .into_par_iter()
+        .flat_map_iter(|r| {
+            let si = s.row(r);
+            let gr = row_grad[r];
+            (ip[r] - base..ip[r + 1] - base).map(move |e| {
+                let sj = s.row(idx[e]);
+                gr * Zip::from(&si)
+                    .and(&sj)
+                    .fold(T::zero(), |t, &p, &q| t + (p - q).abs())
+            })
+        })
+        .collect();
+    let t = transpose(a);
+    let tip = t.matrix.indptr();
+    let tip = tip.raw_storage();
+    let tidx = t.matrix.indices();
+    let mut gs = Array2::zeros(s.raw_dim());
+    gs.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            for (j, mut out) in block.outer_iter_mut().enumerate() {
+                let r = b * ROW_BLOCK + j;
+                let si = s.row(r);
+                // outgoing entries (r, c), then incoming entries (c, r)
+                let outgoing = (ip[r] - base..ip[r + 1] - base).map(|e| (idx[e], w[e]));
+                let incoming = (tip[r]..tip[r + 1]).map(|e| (tidx[e], w[t.source[e]]));
+                for (c, wc) in outgoing.chain(incoming) {
+                    let sj = s.row(c);
+                    Zip::from(&mut out)
+                        .and(&si)
+                        .and(&sj)
+                        .for_each(|o, &p, &q| *o += wc * sign(p - q));
+                }
+                out.mapv_inplace(|v| v * row_grad[r]);
+            }
+        });
+    (gs, Array1::from(g_edges))
+}
+
+/// The number of stored entries of $A$ in each graph's rows (Spektral's
+/// `len(a.values)` per graph), length $B$.
+pub fn segment_nnz(a: CsMatView<'_, impl Scalar>, segments: &crate::batch::Segments) -> Vec<usize> {
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    segments.ranges().map(|r| ip[r.end] - ip[r.start]).collect()
+}

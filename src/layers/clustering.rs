@@ -1,0 +1,793 @@
+//! The engine shared by the MLP-based dense-assignment clustering pools
+//! (MinCutPool, DMoNPool, JustBalancePool, AsymCheegerCutPool).
+//!
+//! Every graph $g$ of the batch gets its own $K$ clusters:
+//! $S = \mathrm{softmax}(\mathrm{MLP}(X))$ ($N \times K$, row $n$ = node $n$'s
+//! weights over its own graph's clusters), then through
+//! [`DenseAssignment`] $X'_g = S_g^\top X_g$ and $A'_g = S_g^\top A_g S_g$
+//! (one sparse product and a per-graph $S_g^\top Y_g$), $A'$ stored as a
+//! block-diagonal CSR matrix of dense $K \times K$ blocks, and $i'$ = every
+//! graph id repeated $K$ times. The layers differ only in an optional
+//! post-processing of $X'$ / $A'$ ([`PostProcess`]) and in their auxiliary
+//! losses ([`AuxLoss`]), every one computed in a sparse per-graph form: no
+//! $N \times N$ matrix is ever formed, in any pass. Memory is
+//! $O(\mathrm{nnz} + N F + N K + B K^2)$.
+//!
+//! Each auxiliary loss of a batch is the mean over its $B$ graphs of the
+//! per-graph losses (0 for a batch without graphs); where a per-graph loss
+//! is $0/0$ in the references (an edgeless or empty graph) it is a
+//! documented finite value, given with each layer.
+
+use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
+
+use crate::batch::{check_finite_2d, DisjointBatch, Segments};
+use crate::error::{PoolError, Result};
+use crate::framework::layer::check_grad_shape;
+use crate::framework::{
+    DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
+};
+use crate::kernels::map_nodes;
+use crate::kernels::segment::{
+    normalize_blocks, normalize_blocks_vjp, segment_kth_largest, segment_kth_largest_vjp,
+    segment_matmul_tn, segment_matmul_tn_vjp, segment_sum, segment_sum_vjp, NormalizedBlocks,
+    SegmentKthLargest,
+};
+use crate::kernels::sparse::{
+    segment_edge_l1, segment_edge_l1_vjp, segment_nnz, spmm, spmm_vjp_values,
+};
+use crate::nn::{rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Mlp, MlpCache, Params};
+use crate::scalar::Scalar;
+
+/// Spektral's `K.epsilon()` in `normalize_A`.
+pub(crate) const SPEKTRAL_NORM_EPS: f64 = 1e-7;
+/// PyG's `EPS` in `dense_mincut_pool` / `DMoNPooling`.
+pub(crate) const PYG_NORM_EPS: f64 = 1e-15;
+
+/// Post-processing of the pooled features and adjacency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PostProcess {
+    /// $X' = \mathrm{selu}(S^\top X)$ (PyG's DMoNPooling) instead of $S^\top X$.
+    pub selu_x: bool,
+    /// Zero the diagonal of every $A'_g$ and normalise it symmetrically with
+    /// this $\varepsilon$ ([`normalize_blocks`]); `None` keeps $S^\top A S$.
+    pub normalize_eps: Option<f64>,
+}
+
+/// How DMoN's modularity counts the edges $m_g$ of a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EdgeCount {
+    /// Spektral: the number of stored entries (`len(a.values)`).
+    Stored,
+    /// PyG: half the sum of the weighted degrees, $\sum_{ij} a_{ij} / 2$.
+    HalfWeight,
+}
+
+/// One auxiliary loss; each per-graph value is averaged over the batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum AuxLoss {
+    /// MinCut: $-\mathrm{Tr}(S_g^\top A_g S_g) / \mathrm{Tr}(S_g^\top D_g S_g)$;
+    /// 0 where the denominator is 0.
+    CutRatio,
+    /// $\lVert P/\lVert P\rVert_F - I_K/\sqrt K\rVert_F$, $P = S_g^\top S_g$; 0 for an empty graph.
+    Orthogonality,
+    /// DMoN: $-\mathrm{Tr}(S_g^\top A_g S_g - (S_g^\top d_g)(d_g^\top S_g)/2m_g)/2m_g$; 0 where $m_g = 0$.
+    Modularity(EdgeCount),
+    /// $c\,(\lVert \sum_{n} S_n\rVert_2 \sqrt K / n_g - 1)$; 0 for an empty graph.
+    Collapse(f64),
+    /// JustBalance: $-\sum_k \sqrt{(S_g^\top S_g)_{kk}}$, divided by $\sqrt{n_g K}$ if normalised.
+    SqrtBalance(bool),
+    /// $c\,\sum_{E_g} a_{ij}\lVert S_i - S_j\rVert_1 / (2 |E_g|)$; 0 where $|E_g| = 0$.
+    TotalVariation(f64),
+    /// $c\,(1 - \sum \mathrm{asym}(S_g - q_g) / (n_g (K-1)))$; 0 for an empty graph.
+    AsymBalance(f64),
+}
+
+impl AuxLoss {
+    fn needs_degrees(self) -> bool {
+        matches!(self, AuxLoss::CutRatio | AuxLoss::Modularity(_))
+    }
+}
+
+/// Validates the common hyper-parameters.
+pub(crate) fn check_k(k: usize, min: usize) -> Result<()> {
+    if k < min {
+        return Err(PoolError::InvalidConfig {
+            name: "k".into(),
+            value: k.to_string(),
+            expected: if min == 1 {
+                "a positive number of clusters per graph".into()
+            } else {
+                format!("at least {min} clusters per graph")
+            },
+        });
+    }
+    Ok(())
+}
+
+/// Validates a loss coefficient (finite).
+pub(crate) fn check_coeff(name: &str, v: f64) -> Result<()> {
+    if !v.is_finite() {
+        return Err(PoolError::InvalidConfig {
+            name: name.into(),
+            value: v.to_string(),
+            expected: "a finite coefficient".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The MLP $\to$ softmax assignment, the SRC steps and the auxiliary losses,
+/// shared by the four layers.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DenseClustering<T: Scalar> {
+    k: usize,
+    mlp: Mlp,
+    params: Params<T>,
+    post: PostProcess,
+    losses: Vec<(&'static str, AuxLoss)>,
+}
+
+/// Saved state of a dense-assignment clustering pool's forward pass
+/// (MinCutPool, DMoNPool, JustBalancePool, AsymCheegerCutPool).
+#[derive(Debug, Clone)]
+pub struct ClusteringCache<T: Scalar> {
+    mlp: MlpCache<T>,
+    assignment: DenseAssignment<T>,
+    /// $(S^\top X, \mathrm{selu}(S^\top X))$ when $X'$ is activated (PyG's DMoN).
+    selu: Option<(Array2<T>, Array2<T>)>,
+    x_shape: [usize; 2],
+    connect: DenseConnectCache<T>,
+    normalized: Option<NormalizedBlocks<T>>,
+    degrees: Option<Array1<T>>,
+    aux: Vec<AuxCache<T>>,
+}
+
+/// What each auxiliary loss keeps for its VJP.
+#[derive(Debug, Clone)]
+enum AuxCache<T: Scalar> {
+    CutRatio {
+        trace: Array1<T>,
+        den: Array1<T>,
+    },
+    Orthogonality {
+        gram: Array2<T>,
+        /// $(\lVert P\rVert_F, L)$ per graph.
+        norms: Vec<(T, T)>,
+    },
+    Modularity {
+        trace: Array1<T>,
+        sd: Array2<T>,
+        m: Array1<T>,
+    },
+    Collapse {
+        sums: Array2<T>,
+    },
+    SqrtBalance {
+        sq: Array2<T>,
+    },
+    TotalVariation {
+        nnz: Vec<usize>,
+    },
+    AsymBalance {
+        quantile: SegmentKthLargest<T>,
+    },
+}
+
+/// What every loss reads: the batch, $S$ and the weighted degrees (when a
+/// loss needs them).
+#[derive(Clone, Copy)]
+struct LossInputs<'a, T: Scalar> {
+    batch: &'a DisjointBatch<T>,
+    s: &'a Array2<T>,
+    degrees: Option<&'a Array1<T>>,
+}
+
+/// Gradients accumulated by the losses before the shared backward pass.
+struct Cotangents<T: Scalar> {
+    s: Array2<T>,
+    blocks: Array2<T>,
+    degrees: Array1<T>,
+    edges: Array1<T>,
+}
+
+fn traces<T: Scalar>(blocks: &Array2<T>, k: usize, b: usize) -> Array1<T> {
+    Array1::from_shape_fn(b, |g| {
+        (0..k).fold(T::zero(), |acc, i| acc + blocks[[g * k + i, i]])
+    })
+}
+
+fn mean<T: Scalar>(values: &Array1<T>) -> T {
+    if values.is_empty() {
+        return T::zero();
+    }
+    values.iter().fold(T::zero(), |a, &v| a + v) / T::from_count(values.len())
+}
+
+impl<T: Scalar> DenseClustering<T> {
+    /// An engine for `in_features` inputs, `k` clusters per graph, an MLP
+    /// with the given hidden widths and activation, weights drawn from `seed`.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] for a zero hidden width.
+    pub(crate) fn new(
+        in_features: usize,
+        k: usize,
+        mlp_hidden: &[usize],
+        mlp_activation: Activation,
+        seed: u64,
+        post: PostProcess,
+        losses: Vec<(&'static str, AuxLoss)>,
+    ) -> Result<Self> {
+        if let Some(j) = mlp_hidden.iter().position(|&h| h == 0) {
+            return Err(PoolError::InvalidConfig {
+                name: format!("mlp_hidden[{j}]"),
+                value: "0".into(),
+                expected: "a positive width for every hidden layer".into(),
+            });
+        }
+        let mlp = Mlp::new(mlp_hidden, mlp_activation, in_features, k);
+        let mut params = Params::new();
+        mlp.init_params(&mut params, &mut rng_from_seed(seed));
+        Ok(Self {
+            k,
+            mlp,
+            params,
+            post,
+            losses,
+        })
+    }
+
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    pub(crate) fn params(&self) -> &Params<T> {
+        &self.params
+    }
+
+    pub(crate) fn set_param(&mut self, name: &str, value: ArrayD<T>) -> Result<()> {
+        self.params.set(name, value)
+    }
+
+    pub(crate) fn set_post(&mut self, post: PostProcess) {
+        self.post = post;
+    }
+
+    pub(crate) fn set_losses(&mut self, losses: Vec<(&'static str, AuxLoss)>) {
+        self.losses = losses;
+    }
+
+    /// Select: $S = \mathrm{softmax}(\mathrm{MLP}(X))$.
+    fn select(&self, x: ndarray::ArrayView2<T>) -> Result<(MlpCache<T>, Array2<T>)> {
+        let mlp = self.mlp.forward(&self.params, x)?;
+        let s = softmax_rows(mlp.output().view());
+        check_finite_2d(
+            &s.view(),
+            "cluster assignment S (the MLP's logits overflowed)",
+        )?;
+        Ok((mlp, s))
+    }
+
+    pub(crate) fn forward(
+        &self,
+        batch: &DisjointBatch<T>,
+    ) -> Result<(Pooled<T>, ClusteringCache<T>)> {
+        let seg = batch.segments();
+        let a = batch.a().view();
+        let (mlp, s) = self.select(batch.x().view())?;
+        let assignment = DenseAssignment { s };
+        let x_pre = assignment.reduce(batch.x().view(), seg);
+        let (x_out, selu) = if self.post.selu_x {
+            let out = Activation::Selu.forward(x_pre.view());
+            (out.clone(), Some((x_pre, out)))
+        } else {
+            (x_pre, None)
+        };
+        let x_shape = [x_out.nrows(), x_out.ncols()];
+        let (blocks, connect) = assignment.connect_blocks(a, seg);
+        let normalized = self
+            .post
+            .normalize_eps
+            .map(|eps| normalize_blocks(blocks.view(), T::c(eps)));
+        let degrees = self
+            .losses
+            .iter()
+            .any(|(_, l)| l.needs_degrees())
+            .then(|| spmm(a, Array2::ones((batch.num_nodes(), 1)).view()).remove_axis(Axis(1)));
+        let mut losses = Losses::new();
+        let mut aux = Vec::with_capacity(self.losses.len());
+        let inputs = LossInputs {
+            batch,
+            s: &assignment.s,
+            degrees: degrees.as_ref(),
+        };
+        for &(name, loss) in &self.losses {
+            let (values, cache) = self.loss_forward(loss, &inputs, &blocks);
+            losses.insert(name.to_string(), mean(&values));
+            aux.push(cache);
+        }
+        let a_blocks = normalized.as_ref().map_or(&blocks, |n| &n.out);
+        check_finite_2d(&x_out.view(), "pooled features X' (overflow)")?;
+        check_finite_2d(&a_blocks.view(), "pooled adjacency A' (overflow)")?;
+        let a_out = DenseAssignment::blocks_to_csr(a_blocks.view());
+        let pooled = Pooled {
+            batch: DisjointBatch::new_unchecked(x_out, a_out, assignment.reduce_index(seg)),
+            selection: Selection::Dense(assignment.clone()),
+            score: None,
+            losses,
+        };
+        Ok((
+            pooled,
+            ClusteringCache {
+                mlp,
+                assignment,
+                selu,
+                x_shape,
+                connect,
+                normalized,
+                degrees,
+                aux,
+            },
+        ))
+    }
+
+    fn loss_forward(
+        &self,
+        loss: AuxLoss,
+        inputs: &LossInputs<'_, T>,
+        blocks: &Array2<T>,
+    ) -> (Array1<T>, AuxCache<T>) {
+        let LossInputs { batch, s, degrees } = *inputs;
+        let seg = batch.segments();
+        let b = seg.num_graphs();
+        let k = self.k;
+        let kt = T::from_count(k);
+        let zero = T::zero();
+        let no_degrees = Array1::zeros(0);
+        let d = degrees.unwrap_or(&no_degrees);
+        match loss {
+            AuxLoss::CutRatio => {
+                let trace = traces(blocks, k, b);
+                let per_node = Array1::from(map_nodes(seg, |_, n| d[n] * s.row(n).dot(&s.row(n))));
+                let den =
+                    segment_sum(per_node.view().insert_axis(Axis(1)), seg).remove_axis(Axis(1));
+                let values = Zip::from(&trace).and(&den).map_collect(|&t, &q| {
+                    if q != zero {
+                        -(t / q)
+                    } else {
+                        zero
+                    }
+                });
+                (values, AuxCache::CutRatio { trace, den })
+            }
+            AuxLoss::Orthogonality => {
+                let gram = segment_matmul_tn(s.view(), s.view(), seg);
+                let inv_sqrt_k = T::one() / kt.sqrt();
+                let norms: Vec<(T, T)> = (0..b)
+                    .map(|g| {
+                        let p = gram.slice(ndarray::s![g * k..(g + 1) * k, ..]);
+                        let n = p.iter().fold(zero, |a, &v| a + v * v).sqrt();
+                        if n == zero {
+                            return (zero, zero);
+                        }
+                        let l = p
+                            .indexed_iter()
+                            .fold(zero, |a, ((i, j), &v)| {
+                                let q = v / n - if i == j { inv_sqrt_k } else { zero };
+                                a + q * q
+                            })
+                            .sqrt();
+                        (n, l)
+                    })
+                    .collect();
+                let values = norms.iter().map(|&(_, l)| l).collect();
+                (values, AuxCache::Orthogonality { gram, norms })
+            }
+            AuxLoss::Modularity(count) => {
+                let trace = traces(blocks, k, b);
+                let sd = segment_matmul_tn(s.view(), d.view().insert_axis(Axis(1)), seg);
+                let m: Array1<T> = match count {
+                    EdgeCount::Stored => segment_nnz(batch.a().view(), seg)
+                        .into_iter()
+                        .map(T::from_count)
+                        .collect(),
+                    EdgeCount::HalfWeight => {
+                        segment_sum(d.view().insert_axis(Axis(1)), seg).remove_axis(Axis(1))
+                            / T::c(2.0)
+                    }
+                };
+                let values = Array1::from_shape_fn(b, |g| {
+                    let m = m[g];
+                    if m == zero {
+                        return zero;
+                    }
+                    let c2 = (0..k).fold(zero, |a, i| a + sd[[g * k + i, 0]] * sd[[g * k + i, 0]]);
+                    let two_m = m + m;
+                    -(trace[g] - c2 / two_m) / two_m
+                });
+                (values, AuxCache::Modularity { trace, sd, m })
+            }
+            AuxLoss::Collapse(coeff) => {
+                let sums = segment_sum(s.view(), seg);
+                let c = T::c(coeff);
+                let values = Array1::from_shape_fn(b, |g| {
+                    let n = seg.size(g);
+                    if n == 0 {
+                        return zero;
+                    }
+                    let norm = sums.row(g).dot(&sums.row(g)).sqrt();
+                    c * (norm / T::from_count(n) * kt.sqrt() - T::one())
+                });
+                (values, AuxCache::Collapse { sums })
+            }
+            AuxLoss::SqrtBalance(normalized) => {
+                let sq = segment_sum((s * s).view(), seg);
+                let values = Array1::from_shape_fn(b, |g| {
+                    let n = seg.size(g);
+                    if n == 0 {
+                        return zero;
+                    }
+                    let l = -sq.row(g).iter().fold(zero, |a, &v| a + v.sqrt());
+                    if normalized {
+                        l / (T::from_count(n) * kt).sqrt()
+                    } else {
+                        l
+                    }
+                });
+                (values, AuxCache::SqrtBalance { sq })
+            }
+            AuxLoss::TotalVariation(coeff) => {
+                let tv = segment_edge_l1(batch.a().view(), s.view(), seg);
+                let nnz = segment_nnz(batch.a().view(), seg);
+                let c = T::c(coeff);
+                let values = Array1::from_shape_fn(b, |g| {
+                    if nnz[g] == 0 {
+                        zero
+                    } else {
+                        c * (tv[g] / T::from_count(2 * nnz[g]))
+                    }
+                });
+                (values, AuxCache::TotalVariation { nnz })
+            }
+            AuxLoss::AsymBalance(coeff) => {
+                let quantile = segment_kth_largest(s.view(), seg, |n| n / k + 1);
+                let km1 = kt - T::one();
+                let q = &quantile.values;
+                let per_node = Array1::from(map_nodes(seg, |g, n| {
+                    s.row(n).iter().enumerate().fold(zero, |a, (c, &v)| {
+                        let x = v - q[[g, c]];
+                        a + if x >= zero { km1 * x } else { -x }
+                    })
+                }));
+                let sums = segment_sum(per_node.view().insert_axis(Axis(1)), seg);
+                let c = T::c(coeff);
+                let values = Array1::from_shape_fn(b, |g| {
+                    let n = seg.size(g);
+                    if n == 0 {
+                        return zero;
+                    }
+                    let total = T::from_count(n) * km1;
+                    c * (T::one() / total * (total - sums[[g, 0]]))
+                });
+                (values, AuxCache::AsymBalance { quantile })
+            }
+        }
+    }
+
+    /// Adds the VJP of one loss (per-graph gradient `lg = loss_grad / B`).
+    fn loss_backward(
+        &self,
+        loss: AuxLoss,
+        cache: &AuxCache<T>,
+        inputs: &LossInputs<'_, T>,
+        lg: T,
+        cot: &mut Cotangents<T>,
+    ) {
+        let LossInputs { batch, s, degrees } = *inputs;
+        let seg = batch.segments();
+        let b = seg.num_graphs();
+        let k = self.k;
+        let kt = T::from_count(k);
+        let zero = T::zero();
+        let two = T::c(2.0);
+        let no_degrees = Array1::zeros(0);
+        let d = degrees.unwrap_or(&no_degrees);
+        match (loss, cache) {
+            (AuxLoss::CutRatio, AuxCache::CutRatio { trace, den }) => {
+                let mut g_den = Array1::zeros(b);
+                for g in 0..b {
+                    if den[g] == zero {
+                        continue;
+                    }
+                    let g_trace = -lg / den[g];
+                    for i in 0..k {
+                        cot.blocks[[g * k + i, i]] += g_trace;
+                    }
+                    g_den[g] = lg * trace[g] / (den[g] * den[g]);
+                }
+                add_rows(&mut cot.s, seg, |g, n, mut row| {
+                    let f = two * d[n] * g_den[g];
+                    row.scaled_add(f, &s.row(n));
+                });
+                let gd = Array1::from(map_nodes(seg, |g, n| g_den[g] * s.row(n).dot(&s.row(n))));
+                cot.degrees += &gd;
+            }
+            (AuxLoss::Orthogonality, AuxCache::Orthogonality { gram, norms }) => {
+                let inv_sqrt_k = T::one() / kt.sqrt();
+                let mut g_gram = Array2::zeros(gram.raw_dim());
+                for (g, &(n, l)) in norms.iter().enumerate() {
+                    if n == zero || l == zero {
+                        continue;
+                    }
+                    let p = gram.slice(ndarray::s![g * k..(g + 1) * k, ..]);
+                    // G = lg Q / L, P̄ = G/n - P <P, G> / n^3
+                    let gq = Array2::from_shape_fn((k, k), |(i, j)| {
+                        lg * (p[[i, j]] / n - if i == j { inv_sqrt_k } else { zero }) / l
+                    });
+                    let pg = Zip::from(&p).and(&gq).fold(zero, |a, &x, &y| a + x * y);
+                    let mut out = g_gram.slice_mut(ndarray::s![g * k..(g + 1) * k, ..]);
+                    Zip::from(&mut out)
+                        .and(&gq)
+                        .and(&p)
+                        .for_each(|o, &y, &x| *o = y / n - x * pg / (n * n * n));
+                }
+                let (g1, g2) = segment_matmul_tn_vjp(s.view(), s.view(), seg, g_gram.view());
+                cot.s += &g1;
+                cot.s += &g2;
+            }
+            (AuxLoss::Modularity(count), AuxCache::Modularity { trace, sd, m }) => {
+                let mut g_sd = Array2::zeros(sd.raw_dim());
+                let mut g_m = Array1::zeros(b);
+                for g in 0..b {
+                    let m = m[g];
+                    if m == zero {
+                        continue;
+                    }
+                    let two_m = two * m;
+                    let c2 = (0..k).fold(zero, |a, i| a + sd[[g * k + i, 0]] * sd[[g * k + i, 0]]);
+                    for i in 0..k {
+                        cot.blocks[[g * k + i, i]] += -lg / two_m;
+                        g_sd[[g * k + i, 0]] = lg * sd[[g * k + i, 0]] / (two * m * m);
+                    }
+                    g_m[g] = lg * (trace[g] / (two * m * m) - c2 / (two * m * m * m));
+                }
+                let (gs, gd) = segment_matmul_tn_vjp(
+                    s.view(),
+                    d.view().insert_axis(Axis(1)),
+                    seg,
+                    g_sd.view(),
+                );
+                cot.s += &gs;
+                cot.degrees += &gd.remove_axis(Axis(1));
+                if count == EdgeCount::HalfWeight {
+                    let gm = Array1::from(map_nodes(seg, |g, _| g_m[g] / two));
+                    cot.degrees += &gm;
+                }
+            }
+            (AuxLoss::Collapse(coeff), AuxCache::Collapse { sums }) => {
+                let c = T::c(coeff);
+                let mut g_sums = Array2::zeros(sums.raw_dim());
+                for g in 0..b {
+                    let n = seg.size(g);
+                    let norm = sums.row(g).dot(&sums.row(g)).sqrt();
+                    if n == 0 || norm == zero {
+                        continue;
+                    }
+                    let f = lg * c * kt.sqrt() / T::from_count(n) / norm;
+                    g_sums.row_mut(g).scaled_add(f, &sums.row(g));
+                }
+                cot.s += &segment_sum_vjp(g_sums.view(), seg);
+            }
+            (AuxLoss::SqrtBalance(normalized), AuxCache::SqrtBalance { sq }) => {
+                let g_sq = Array2::from_shape_fn(sq.raw_dim(), |(g, c)| {
+                    let n = seg.size(g);
+                    if n == 0 || sq[[g, c]] <= zero {
+                        return zero;
+                    }
+                    let scale = if normalized {
+                        T::one() / (T::from_count(n) * kt).sqrt()
+                    } else {
+                        T::one()
+                    };
+                    -lg * scale / (two * sq[[g, c]].sqrt())
+                });
+                add_rows(&mut cot.s, seg, |g, n, mut row| {
+                    Zip::from(&mut row)
+                        .and(&s.row(n))
+                        .and(&g_sq.row(g))
+                        .for_each(|o, &v, &q| *o += two * v * q);
+                });
+            }
+            (AuxLoss::TotalVariation(coeff), AuxCache::TotalVariation { nnz }) => {
+                let c = T::c(coeff);
+                let g_tv = Array1::from_shape_fn(b, |g| {
+                    if nnz[g] == 0 {
+                        zero
+                    } else {
+                        lg * c / T::from_count(2 * nnz[g])
+                    }
+                });
+                let (gs, ge) = segment_edge_l1_vjp(batch.a().view(), s.view(), seg, g_tv.view());
+                cot.s += &gs;
+                cot.edges += &ge;
+            }
+            (AuxLoss::AsymBalance(coeff), AuxCache::AsymBalance { quantile }) => {
+                let c = T::c(coeff);
+                let km1 = kt - T::one();
+                let q = &quantile.values;
+                // d loss_g / d s_ik (direct) = -c lg asym'(s_ik - q_gk) / (n (K-1))
+                let mut direct = Array2::zeros(s.raw_dim());
+                add_rows(&mut direct, seg, |g, n, mut row| {
+                    let scale = -lg * c / (T::from_count(seg.size(g)) * km1);
+                    Zip::from(&mut row)
+                        .and(&s.row(n))
+                        .and(&q.row(g))
+                        .for_each(|o, &v, &qq| {
+                            *o = scale * if v - qq >= zero { km1 } else { -T::one() }
+                        });
+                });
+                // through the quantile: q̄_gk = -sum_i direct_ik
+                let g_q = -segment_sum(direct.view(), seg);
+                cot.s += &direct;
+                cot.s += &segment_kth_largest_vjp(quantile, g_q.view(), s.nrows());
+            }
+            _ => unreachable!("loss caches are built in the order of the losses"),
+        }
+    }
+
+    pub(crate) fn backward(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &ClusteringCache<T>,
+        grad: &PooledGrad<T>,
+    ) -> Result<Gradients<T>> {
+        let seg = batch.segments();
+        let b = seg.num_graphs();
+        let k = self.k;
+        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
+        check_grad_shape("pooled edge weights", &[b * k * k], &grad.edge_weights)?;
+        if let Some(name) = grad
+            .losses
+            .keys()
+            .find(|n| !self.losses.iter().any(|(l, _)| l == n))
+        {
+            return Err(PoolError::GradientShape {
+                what: format!("loss `{name}`"),
+                expected: format!(
+                    "one of {:?}",
+                    self.losses.iter().map(|(l, _)| *l).collect::<Vec<_>>()
+                ),
+                got: name.clone(),
+            });
+        }
+        let s = &cache.assignment.s;
+        let a = batch.a().view();
+        let g_out = grad
+            .edge_weights
+            .view()
+            .into_shape_with_order((b * k, k))
+            .map_err(|e| PoolError::GradientShape {
+                what: "pooled edge weights".into(),
+                expected: format!("{} values", b * k * k),
+                got: e.to_string(),
+            })?;
+        let g_blocks = match &cache.normalized {
+            Some(norm) => normalize_blocks_vjp(norm, g_out),
+            None => g_out.to_owned(),
+        };
+        let mut cot = Cotangents {
+            s: Array2::zeros(s.raw_dim()),
+            blocks: g_blocks,
+            degrees: Array1::zeros(if cache.degrees.is_some() {
+                batch.num_nodes()
+            } else {
+                0
+            }),
+            edges: Array1::zeros(a.nnz()),
+        };
+        let inv_b = if b == 0 {
+            T::zero()
+        } else {
+            T::one() / T::from_count(b)
+        };
+        let inputs = LossInputs {
+            batch,
+            s,
+            degrees: cache.degrees.as_ref(),
+        };
+        for (&(name, loss), aux) in self.losses.iter().zip(&cache.aux) {
+            let lg = grad.loss(name);
+            if lg != T::zero() {
+                self.loss_backward(loss, aux, &inputs, lg * inv_b, &mut cot);
+            }
+        }
+        // reduce
+        let g_selu = cache
+            .selu
+            .as_ref()
+            .map(|(pre, out)| Activation::Selu.vjp(pre.view(), out.view(), grad.x.view()));
+        let g_x_pre = g_selu.as_ref().unwrap_or(&grad.x);
+        let (gs_reduce, mut gx) =
+            cache
+                .assignment
+                .reduce_vjp(batch.x().view(), seg, g_x_pre.view());
+        // connect
+        let (gs_connect, ga_connect) =
+            cache
+                .assignment
+                .connect_blocks_vjp(a, seg, &cache.connect, cot.blocks.view());
+        let mut edges = cot.edges;
+        edges += &ga_connect;
+        if cache.degrees.is_some() {
+            let ones = Array2::ones((batch.num_nodes(), 1));
+            let gd = cot.degrees.view().insert_axis(Axis(1));
+            edges += &spmm_vjp_values(a, ones.view(), gd);
+        }
+        // select
+        let mut gs = cot.s;
+        gs += &gs_reduce;
+        gs += &gs_connect;
+        let g_logits = softmax_rows_vjp(s.view(), gs.view());
+        let mut params = self.params.zeros_like();
+        gx += &self.mlp.backward(
+            &self.params,
+            batch.x().view(),
+            &cache.mlp,
+            g_logits.view(),
+            &mut params,
+        )?;
+        Ok(Gradients {
+            x: gx,
+            edge_weights: edges,
+            params,
+        })
+    }
+}
+
+/// Adds `f(graph, node, row)` into every row of `out` (row-parallel).
+fn add_rows<T: Scalar, F>(out: &mut Array2<T>, seg: &Segments, f: F)
+where
+    F: Fn(usize, usize, ndarray::ArrayViewMut1<'_, T>) + Sync,
+{
+    crate::kernels::for_each_node_row(out.view_mut(), seg, f);
+}
+
+/// Implements [`crate::framework::Layer`] for a pool wrapping a
+/// [`DenseClustering`] in its field `inner`.
+macro_rules! clustering_layer {
+    ($name:ident) => {
+        impl<T: $crate::scalar::Scalar> $crate::framework::Layer<T> for $name<T> {
+            type Output = $crate::framework::Pooled<T>;
+            type Cache = $crate::layers::clustering::ClusteringCache<T>;
+
+            fn forward(
+                &self,
+                batch: &$crate::batch::DisjointBatch<T>,
+            ) -> $crate::error::Result<(Self::Output, Self::Cache)> {
+                self.inner.forward(batch)
+            }
+
+            fn backward(
+                &self,
+                batch: &$crate::batch::DisjointBatch<T>,
+                cache: &Self::Cache,
+                grad: &$crate::framework::PooledGrad<T>,
+            ) -> $crate::error::Result<$crate::framework::Gradients<T>> {
+                self.inner.backward(batch, cache, grad)
+            }
+
+            fn params(&self) -> &$crate::nn::Params<T> {
+                self.inner.params()
+            }
+
+            fn set_param(
+                &mut self,
+                name: &str,
+                value: ndarray::ArrayD<T>,
+            ) -> $crate::error::Result<()> {
+                self.inner.set_param(name, value)
+            }
+        }
+    };
+}
+pub(crate) use clustering_layer;

@@ -1,0 +1,214 @@
+//! The kernels added for the clustering pools: per-graph column quantile
+//! (k-th largest), zero-diagonal block normalisation and per-graph edge
+//! total variation, against dense oracles and finite differences, and
+//! thread-count independence.
+
+mod common;
+
+use common::with_threads;
+use graphpool::kernels::segment::{
+    normalize_blocks, normalize_blocks_vjp, segment_kth_largest, segment_kth_largest_vjp,
+};
+use graphpool::kernels::sparse::{segment_edge_l1, segment_edge_l1_vjp, segment_nnz};
+use graphpool::Segments;
+use ndarray::{Array1, Array2};
+use proptest::prelude::*;
+use sprs::{CsMat, TriMat};
+
+/// Segments plus a per-node matrix (distinct values) and a block-diagonal
+/// matrix with weights in [0.5, 2] (not necessarily symmetric).
+fn graph_data() -> impl Strategy<Value = (Segments, Array2<f64>, CsMat<f64>)> {
+    (proptest::collection::vec(0usize..7, 1..4), 1usize..4).prop_flat_map(|(sizes, k)| {
+        let seg = Segments::from_sizes(&sizes);
+        let n = seg.num_nodes();
+        (
+            Just(seg),
+            proptest::collection::vec(-3.0f64..3.0, n * k),
+            proptest::collection::vec((0.0f64..1.0, 0.5f64..2.0), n * n),
+            Just(k),
+        )
+            .prop_map(|(seg, vals, edges, k)| {
+                let n = seg.num_nodes();
+                let s = Array2::from_shape_vec((n, k), vals).unwrap();
+                let mut t = TriMat::new((n, n));
+                for r in seg.ranges() {
+                    for i in r.clone() {
+                        for j in r.clone() {
+                            let (p, w) = edges[i * n + j];
+                            if p < 0.4 {
+                                t.add_triplet(i, j, w);
+                            }
+                        }
+                    }
+                }
+                (seg, s, t.to_csr())
+            })
+    })
+}
+
+fn cotangent(n: usize, seed: u64) -> Vec<f64> {
+    (0..n)
+        .map(|e| ((e as u64 * 2654435761 + seed) % 1000) as f64 / 500.0 - 1.0)
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn kth_largest_equals_a_full_sort_per_graph_and_column((seg, s, _) in graph_data(), r in 1usize..5) {
+        let q = segment_kth_largest(s.view(), &seg, |_| r);
+        for (g, range) in seg.ranges().enumerate() {
+            for c in 0..s.ncols() {
+                if range.is_empty() {
+                    prop_assert_eq!(q.values[[g, c]], 0.0);
+                    prop_assert_eq!(q.nodes[[g, c]], usize::MAX);
+                    continue;
+                }
+                let mut col: Vec<(f64, usize)> = range.clone().map(|n| (s[[n, c]], n)).collect();
+                col.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+                let want = col[r.min(col.len()) - 1];
+                prop_assert_eq!((q.values[[g, c]], q.nodes[[g, c]]), want);
+            }
+        }
+    }
+
+    #[test]
+    fn kth_largest_breaks_ties_by_the_smaller_node_index(n in 1usize..9, r in 1usize..9) {
+        let s = Array2::from_elem((n, 2), 0.5);
+        let q = segment_kth_largest(s.view(), &Segments::single(n), |_| r);
+        prop_assert_eq!(q.nodes[[0, 0]], r.min(n) - 1);
+    }
+
+    #[test]
+    fn kth_largest_vjp_matches_finite_differences((seg, s, _) in graph_data(), r in 1usize..4) {
+        let q = segment_kth_largest(s.view(), &seg, |_| r);
+        let cot = Array2::from_shape_vec(q.values.raw_dim(), cotangent(q.values.len(), 7)).unwrap();
+        let gs = segment_kth_largest_vjp(&q, cot.view(), s.nrows());
+        let loss = |s: &Array2<f64>| (segment_kth_largest(s.view(), &seg, |_| r).values * &cot).sum();
+        for ((i, j), &v) in s.indexed_iter() {
+            let h = 1e-7;
+            let (mut sp, mut sm) = (s.clone(), s.clone());
+            sp[[i, j]] = v + h;
+            sm[[i, j]] = v - h;
+            let num = (loss(&sp) - loss(&sm)) / (2.0 * h);
+            prop_assert!((num - gs[[i, j]]).abs() < 1e-6, "({i}, {j}): {} vs {num}", gs[[i, j]]);
+        }
+    }
+
+    #[test]
+    fn normalized_blocks_equal_the_dense_zero_diagonal_normalisation(k in 1usize..5, b in 0usize..4, seed in 0u64..1000, eps in prop::sample::select(vec![1e-7, 1e-15])) {
+        let vals = cotangent(b * k * k, seed).into_iter().map(|v| v + 1.0).collect();
+        let blocks = Array2::from_shape_vec((b * k, k), vals).unwrap();
+        let nb = normalize_blocks(blocks.view(), eps);
+        for g in 0..b {
+            let mut z = blocks.slice(ndarray::s![g * k..(g + 1) * k, ..]).to_owned();
+            for i in 0..k { z[[i, i]] = 0.0; }
+            let d: Array1<f64> = z.sum_axis(ndarray::Axis(1)).mapv(|v| v.max(0.0).sqrt() + eps);
+            for i in 0..k {
+                prop_assert_eq!(nb.out[[g * k + i, i]], 0.0);
+                for j in 0..k {
+                    let want = z[[i, j]] / d[i] / d[j];
+                    prop_assert!((nb.out[[g * k + i, j]] - want).abs() < 1e-12);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn normalize_blocks_vjp_matches_finite_differences(k in 1usize..5, b in 1usize..3, seed in 0u64..1000) {
+        let vals = cotangent(b * k * k, seed).into_iter().map(|v| v + 1.2).collect();
+        let blocks = Array2::from_shape_vec((b * k, k), vals).unwrap();
+        let cot = Array2::from_shape_vec((b * k, k), cotangent(b * k * k, seed + 1)).unwrap();
+        let nb = normalize_blocks(blocks.view(), 1e-7);
+        let gc = normalize_blocks_vjp(&nb, cot.view());
+        let loss = |m: &Array2<f64>| (normalize_blocks(m.view(), 1e-7).out * &cot).sum();
+        for ((i, j), &v) in blocks.indexed_iter() {
+            let h = 1e-6;
+            let (mut p, mut m) = (blocks.clone(), blocks.clone());
+            p[[i, j]] = v + h;
+            m[[i, j]] = v - h;
+            let num = (loss(&p) - loss(&m)) / (2.0 * h);
+            prop_assert!((num - gc[[i, j]]).abs() < 1e-6 * (1.0 + num.abs()), "({i}, {j}): {} vs {num}", gc[[i, j]]);
+        }
+    }
+
+    #[test]
+    fn edge_total_variation_equals_the_dense_all_pairs_sum((seg, s, a) in graph_data()) {
+        let tv = segment_edge_l1(a.view(), s.view(), &seg);
+        let nnz = segment_nnz(a.view(), &seg);
+        let mut dense = Array2::<f64>::zeros((a.rows(), a.cols()));
+        for (&v, (r, c)) in a.iter() { dense[[r, c]] += v; }
+        for (g, range) in seg.ranges().enumerate() {
+            let mut want = 0.0;
+            let mut count = 0;
+            for i in range.clone() {
+                for j in range.clone() {
+                    if dense[[i, j]] != 0.0 { count += 1; }
+                    want += dense[[i, j]] * (0..s.ncols()).map(|c| (s[[i, c]] - s[[j, c]]).abs()).sum::<f64>();
+                }
+            }
+            prop_assert!((tv[g] - want).abs() < 1e-10 * (1.0 + want));
+            prop_assert_eq!(nnz[g], count);
+        }
+    }
+
+    #[test]
+    fn edge_total_variation_vjp_matches_finite_differences((seg, s, a) in graph_data(), seed in 0u64..100) {
+        let cot = Array1::from(cotangent(seg.num_graphs(), seed));
+        let (gs, ga) = segment_edge_l1_vjp(a.view(), s.view(), &seg, cot.view());
+        let loss = |s: &Array2<f64>, a: &CsMat<f64>| segment_edge_l1(a.view(), s.view(), &seg).dot(&cot);
+        let h = 1e-7;
+        for ((i, j), &v) in s.indexed_iter() {
+            let (mut sp, mut sm) = (s.clone(), s.clone());
+            sp[[i, j]] = v + h;
+            sm[[i, j]] = v - h;
+            let num = (loss(&sp, &a) - loss(&sm, &a)) / (2.0 * h);
+            prop_assert!((num - gs[[i, j]]).abs() < 1e-6, "S({i}, {j}): {} vs {num}", gs[[i, j]]);
+        }
+        for e in 0..a.nnz() {
+            let (ip, ix, w) = a.clone().into_raw_storage();
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp[e] += h;
+            wm[e] -= h;
+            let ap = CsMat::new(a.shape(), ip.clone(), ix.clone(), wp);
+            let am = CsMat::new(a.shape(), ip, ix, wm);
+            let num = (loss(&s, &ap) - loss(&s, &am)) / (2.0 * h);
+            prop_assert!((num - ga[e]).abs() < 1e-6, "edge {e}: {} vs {num}", ga[e]);
+        }
+    }
+}
+
+/// A graph larger than a chunk next to small ones: the same bits on 1, 2, 3
+/// and 8 threads for every new kernel and its VJP.
+#[test]
+fn clustering_kernels_are_identical_on_any_thread_count() {
+    let mut sizes = vec![9000usize];
+    sizes.extend(std::iter::repeat_n(5, 200));
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    let s = Array2::from_shape_fn((n, 4), |(i, j)| ((i * 37 + j * 11) % 97) as f64 / 97.0);
+    let mut t = TriMat::new((n, n));
+    for r in seg.ranges() {
+        for i in r.clone() {
+            let j = r.start + (i * 13 + 5) % r.len();
+            t.add_triplet(i, j, 0.5 + (i % 4) as f64);
+        }
+    }
+    let a: CsMat<f64> = t.to_csr();
+    let blocks =
+        Array2::from_shape_fn((seg.num_graphs() * 4, 4), |(i, j)| ((i + 2 * j) % 7) as f64);
+    let run = || {
+        let q = segment_kth_largest(s.view(), &seg, |m| m / 4 + 1);
+        let gq = segment_kth_largest_vjp(&q, q.values.view(), n);
+        let tv = segment_edge_l1(a.view(), s.view(), &seg);
+        let (gs, ga) = segment_edge_l1_vjp(a.view(), s.view(), &seg, tv.view());
+        let nb = normalize_blocks(blocks.view(), 1e-7);
+        let gb = normalize_blocks_vjp(&nb, blocks.view());
+        (q, gq, tv, gs, ga, nb, gb)
+    };
+    let base = with_threads(1, run);
+    for th in [2, 3, 8] {
+        assert_eq!(with_threads(th, run), base, "{th} threads");
+    }
+}
