@@ -14,11 +14,7 @@ use runner::Verdict;
 
 /// Layers whose cases may still be skipped: emptied as layers land. Any
 /// other skip, and every failure, fails the test.
-const NOT_YET_IMPLEMENTED: &[&str] = &[
-    "TopKPool",
-    "SAGPool",
-    "LaPool",
-];
+const NOT_YET_IMPLEMENTED: &[&str] = &["TopKPool", "SAGPool", "LaPool"];
 
 fn check_dir(dir: &Path) {
     let verdicts = runner::run_dir(dir).expect("the case folder is readable");

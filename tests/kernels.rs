@@ -164,3 +164,34 @@ proptest! {
         prop_assert_eq!(sddmm(a.view(), u.view(), v.view()).len(), a.nnz());
     }
 }
+
+/// `segment_matmul_tn` and its VJP equal the per-graph dense products exactly
+/// on integer values: $O_g = S_g^\top Y_g$, $\bar S_g = Y_g \bar O_g^\top$,
+/// $\bar Y_g = S_g \bar O_g$.
+#[test]
+fn segment_matmul_tn_and_vjp_equal_dense_per_graph_products_on_integers() {
+    use graphpool::kernels::segment::segment_matmul_tn_vjp;
+    let seg = Segments::from_sizes(&[3, 0, 1, 2000, 4]);
+    let n = seg.num_nodes();
+    let (k, f) = (3, 2);
+    let s = Array2::from_shape_fn((n, k), |(i, j)| ((i * 5 + j * 3) % 7) as f64 - 3.0);
+    let y = Array2::from_shape_fn((n, f), |(i, j)| ((i * 3 + j * 11) % 5) as f64 - 2.0);
+    let o = Array2::from_shape_fn((seg.num_graphs() * k, f), |(i, j)| {
+        ((i + 2 * j) % 3) as f64 - 1.0
+    });
+    let out = segment_matmul_tn(s.view(), y.view(), &seg);
+    let (gs, gy) = segment_matmul_tn_vjp(s.view(), y.view(), &seg, o.view());
+    for (g, r) in seg.ranges().enumerate() {
+        let (sg, yg) = (
+            s.slice(ndarray::s![r.clone(), ..]),
+            y.slice(ndarray::s![r.clone(), ..]),
+        );
+        let og = o.slice(ndarray::s![g * k..(g + 1) * k, ..]);
+        assert_eq!(
+            out.slice(ndarray::s![g * k..(g + 1) * k, ..]),
+            sg.t().dot(&yg)
+        );
+        assert_eq!(gs.slice(ndarray::s![r.clone(), ..]), yg.dot(&og.t()));
+        assert_eq!(gy.slice(ndarray::s![r, ..]), sg.dot(&og));
+    }
+}

@@ -100,7 +100,7 @@ pub struct DenseAssignment<T: Scalar> {
     pub s: Array2<T>,
 }
 
-/// What [`DenseAssignment::connect`] keeps for its VJP.
+/// What [`DenseAssignment::connect_blocks`] keeps for its VJP.
 #[derive(Debug, Clone)]
 pub struct DenseConnectCache<T: Scalar> {
     /// $A S$, $N \times K$.

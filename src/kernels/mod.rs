@@ -119,3 +119,27 @@ pub fn for_each_graph_block<T, F>(
         .enumerate()
         .for_each(|(g, block)| f(g, block));
 }
+
+/// Calls `f(graph, nodes, block)` for fixed pieces of every graph's rows of
+/// `out` (one row per node): each graph is cut into chunks of [`ROW_BLOCK`]
+/// rows counted from its first node, and the pieces run in parallel. Lets a
+/// kernel use one small matrix product per piece instead of one per row;
+/// the pieces depend only on each graph, so results do not depend on the
+/// thread count nor on the other graphs of the batch.
+pub fn for_each_segment_block<T, F>(out: ndarray::ArrayViewMut2<'_, T>, segments: &Segments, f: F)
+where
+    T: Send + Sync,
+    F: Fn(usize, Range<usize>, ndarray::ArrayViewMut2<'_, T>) + Sync,
+{
+    debug_assert_eq!(out.nrows(), segments.num_nodes());
+    let mut pieces = Vec::with_capacity(segments.num_graphs());
+    let mut rest = out;
+    for item in segments.chunks(ROW_BLOCK) {
+        let (head, tail) = rest.split_at(ndarray::Axis(0), item.nodes.len());
+        pieces.push((item, head));
+        rest = tail;
+    }
+    pieces
+        .into_par_iter()
+        .for_each(|(item, block)| f(item.graph, item.nodes, block));
+}

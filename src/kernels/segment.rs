@@ -6,7 +6,11 @@
 
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 
-use super::{for_each_graph_block, for_each_node_row, map_nodes, reduce_chunked};
+use ndarray::linalg::general_mat_mul;
+
+use super::{
+    for_each_graph_block, for_each_node_row, for_each_segment_block, map_nodes, reduce_chunked,
+};
 use crate::batch::Segments;
 use crate::scalar::Scalar;
 
@@ -250,13 +254,16 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     let k = s.ncols();
     let mut gs = Array2::zeros(s.raw_dim());
     let mut gy = Array2::zeros(y.raw_dim());
-    for_each_node_row(gs.view_mut(), segments, |g, n, mut row| {
+    // one small product per fixed piece of a graph's rows: dS = Y O^T, dY = S O
+    for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
         let og = grad.slice(s![g * k..(g + 1) * k, ..]);
-        row.assign(&og.dot(&y.row(n)));
+        let yb = y.slice(s![nodes, ..]);
+        general_mat_mul(T::one(), &yb, &og.t(), T::zero(), &mut block);
     });
-    for_each_node_row(gy.view_mut(), segments, |g, n, mut row| {
+    for_each_segment_block(gy.view_mut(), segments, |g, nodes, mut block| {
         let og = grad.slice(s![g * k..(g + 1) * k, ..]);
-        row.assign(&s.row(n).dot(&og));
+        let sb = s.slice(s![nodes, ..]);
+        general_mat_mul(T::one(), &sb, &og, T::zero(), &mut block);
     });
     (gs, gy)
 }
