@@ -17,6 +17,8 @@ use serde_json::Value;
 
 #[path = "global.rs"]
 mod global;
+#[path = "selection.rs"]
+mod selection;
 
 /// One case file.
 #[derive(Debug, Deserialize)]
@@ -181,6 +183,7 @@ fn run_layer(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
         | "GlobalAttnSumPool"
         | "NodeAttentionPool"
         | "SortPool" => global::run(case, batch),
+        "TopKPool" | "SAGPool" | "LaPool" => selection::run(case, batch),
         other => Err(RunError::NotImplemented(other.to_string())),
     }
 }

@@ -2,11 +2,17 @@
 
 mod attention;
 mod global;
+mod sag_pool;
+mod selection_core;
 mod sort_pool;
+mod topk_pool;
 
 pub use attention::{
     GlobalAttentionCache, GlobalAttentionPool, GlobalAttnSumCache, GlobalAttnSumPool,
     NodeAttentionPool,
 };
 pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};
+pub use sag_pool::{SAGPool, SagPoolCache, SagScorer};
+pub use selection_core::{Gating, KeepRule, SelectionPoolCache};
 pub use sort_pool::{SortPool, SortPoolCache};
+pub use topk_pool::TopKPool;
