@@ -415,3 +415,259 @@ fn src_select_matches_the_layer() {
     assert_eq!(sel, p.selection);
     assert_eq!(score, p.score);
 }
+
+// ---------------------------------------------------------------- LaPool
+
+use graphpool::kernels::sparse::laplacian_spmm;
+use graphpool::layers::LaPool;
+
+fn lapools() -> Vec<(&'static str, LaPool)> {
+    vec![
+        ("lapool", LaPool::new(false)),
+        ("lapool_spr", LaPool::new(true)),
+    ]
+}
+
+fn assignment(p: &Pooled<f64>) -> graphpool::framework::SparseAssignment<f64> {
+    match &p.selection {
+        Selection::Sparse(s) => s.clone(),
+        other => panic!("expected a sparse assignment, got {other:?}"),
+    }
+}
+
+/// Whether two stored neighbours have Laplacian signals closer than `tol`
+/// (relative): a perturbation could then flip the choice of leaders.
+fn has_near_leader_tie(b: &DisjointBatch<f64>, tol: f64) -> bool {
+    let lx = laplacian_spmm(b.a().view(), b.x().view());
+    let v: Vec<f64> = lx.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect();
+    b.a().iter().any(|(_, (i, j))| {
+        i != j && (v[i] - v[j]).abs() <= tol * (1.0 + v[i].abs().max(v[j].abs()))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Permuting nodes within graphs permutes the leaders the same way and
+    /// the pooled graph is the same graph with its nodes relabelled.
+    #[test]
+    fn lapool_is_equivariant_under_node_permutation_within_graphs(
+        (b, perm) in batch_and_permutation(shape()),
+    ) {
+        prop_assume!(!has_near_leader_tie(&b, 1e-9));
+        let p = b.permute_nodes(&perm).unwrap();
+        for (name, pool) in lapools() {
+            let (y, yp) = (pool.call(&b).unwrap(), pool.call(&p).unwrap());
+            let leaders = assignment(&y).leaders;
+            let mut mapped: Vec<usize> = assignment(&yp).leaders.iter().map(|&j| perm[j]).collect();
+            let pos: std::collections::HashMap<usize, usize> =
+                leaders.iter().enumerate().map(|(j, &n)| (n, j)).collect();
+            let q: Vec<usize> = mapped.iter().map(|n| pos[n]).collect();
+            mapped.sort_unstable();
+            prop_assert_eq!(&mapped, &leaders, "{}: leaders differ", name);
+            let relabelled = y.batch.permute_nodes(&q).unwrap();
+            assert_batches_close(&relabelled, &yp.batch, 1e-10, name);
+        }
+    }
+
+    #[test]
+    fn lapool_batch_pools_exactly_as_its_graphs_alone(b in batches(shape())) {
+        for (name, pool) in lapools() {
+            let y = pool.call(&b).unwrap();
+            for g in 0..b.num_graphs() {
+                let (x, a) = b.graph(g);
+                let alone = pool.call(&DisjointBatch::single(x, a).unwrap()).unwrap();
+                let (xg, ag) = y.batch.graph(g);
+                prop_assert_eq!(alone.batch.x(), &xg, "{} graph {}", name, g);
+                prop_assert_eq!(dense(alone.batch.a()), dense(&ag), "{} graph {}", name, g);
+            }
+        }
+    }
+
+    #[test]
+    fn lapool_results_are_identical_on_one_and_two_threads(b in batches(shape())) {
+        for (name, pool) in lapools() {
+            let y1 = with_threads(1, || pool.call(&b).unwrap());
+            let y2 = with_threads(2, || pool.call(&b).unwrap());
+            let y3 = with_threads(3, || pool.call(&b).unwrap());
+            prop_assert_eq!(&y1, &y2, "{}", name);
+            prop_assert_eq!(&y1, &y3, "{}", name);
+        }
+    }
+
+    /// Every non-empty graph has a leader; leaders are assigned to
+    /// themselves; without the regularisation every row of S sums to 1
+/// (with it, S = beta * softmax is not renormalised, as in Spektral).
+    #[test]
+    fn lapool_assignment_is_row_stochastic_and_leaders_are_their_own_cluster(b in batches(shape())) {
+        for (name, pool) in lapools() {
+            let y = pool.call(&b).unwrap();
+            let s = assignment(&y);
+            for (g, n) in y.batch.segments().sizes().into_iter().enumerate() {
+                prop_assert_eq!(n == 0, b.segments().size(g) == 0, "{} graph {}", name, g);
+            }
+            for (j, &l) in s.leaders.iter().enumerate() {
+                let row = s.s.outer_view(l).unwrap();
+                prop_assert_eq!(row.indices(), &[j][..], "{}", name);
+                prop_assert_eq!(row.data(), &[1.0][..], "{}", name);
+            }
+            for (i, row) in s.s.outer_iterator().enumerate() {
+                let sum: f64 = row.data().iter().sum();
+                prop_assert!(row.data().iter().all(|v| v.is_finite() && *v >= 0.0));
+                // with the regularisation, beta = 1 / dist is not normalised
+                if !pool.shortest_path_reg() {
+                    prop_assert!((sum - 1.0).abs() < 1e-12, "{}: row {} sums to {}", name, i, sum);
+                }
+            }
+        }
+    }
+
+    /// Pooled batches are valid batches and pool again (with any pool).
+    #[test]
+    fn lapool_pooled_batches_pool_again(b in batches(shape())) {
+        for (name, pool) in lapools() {
+            let once = pool.call(&b).unwrap();
+            let re = DisjointBatch::new(
+                once.batch.x().clone(), once.batch.a().clone(), once.batch.segments().clone(),
+            );
+            prop_assert!(re.is_ok(), "{}: pooled batch invalid: {:?}", name, re.err());
+            let twice = pool.call(&once.batch).unwrap();
+            prop_assert_eq!(twice.batch.num_graphs(), b.num_graphs());
+            let topk = TopKPool::<f64>::new(b.num_features(), 0.5, 1).unwrap().call(&once.batch);
+            prop_assert!(topk.is_ok());
+            let from_topk = pool.call(&topk.unwrap().batch);
+            prop_assert!(from_topk.is_ok());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    #[test]
+    fn lapool_gradients_match_finite_differences(b in batches(grad_shape())) {
+        prop_assume!(!has_near_leader_tie(&b, 1e-4));
+        assert_gradients(&LaPool::new(false), &b);
+        assert_gradients(&LaPool::new(true), &b);
+    }
+}
+
+/// A weighted path 0 -1.0- 1 -2.0- 2 -0.5- 3 with node 3 the only leader.
+fn weighted_path() -> DisjointBatch<f64> {
+    let mut t = TriMat::new((4, 4));
+    for (i, j, w) in [(0, 1, 1.0), (1, 2, 2.0), (2, 3, 0.5)] {
+        t.add_triplet(i, j, w);
+        t.add_triplet(j, i, w);
+    }
+    // v = |L x| = 0, 2, 2.5, 4.5: only node 3 is at least all its neighbours
+    let x = array![[0.0], [0.0], [1.0], [10.0]];
+    DisjointBatch::single(x, t.to_csr()).unwrap()
+}
+
+#[test]
+fn lapool_beta_is_the_inverse_weighted_path_length() {
+    let b = weighted_path();
+    let leaders = LaPool::new(true).leaders(&b).unwrap();
+    assert_eq!(leaders, vec![3]);
+    let s = assignment(&LaPool::new(true).call(&b).unwrap()).s;
+    // one leader: the softmax is 1, so S = beta = 1 / dist(i, 3)
+    let want = [1.0 / 3.5, 1.0 / 2.5, 1.0 / 0.5, 1.0];
+    for (i, w) in want.iter().enumerate() {
+        assert!((s.get(i, 0).copied().unwrap() - w).abs() < 1e-15, "row {i}");
+    }
+    let s = assignment(&LaPool::new(false).call(&b).unwrap()).s;
+    assert!(s.data().iter().all(|&v| v == 1.0));
+}
+
+#[test]
+fn lapool_unreachable_leaders_get_zero_weight_and_isolated_nodes_lead() {
+    // one graph: an edge 0 - 1 and an isolated node 2
+    let mut t = TriMat::new((3, 3));
+    t.add_triplet(0, 1, 1.0);
+    t.add_triplet(1, 0, 1.0);
+    let x = array![[1.0, 0.0], [3.0, 1.0], [0.0, 1.0]];
+    let b = DisjointBatch::single(x, t.to_csr()).unwrap();
+    let p = LaPool::new(true).call(&b).unwrap();
+    let s = assignment(&p);
+    // 0 and 1 tie (|w (x0 - x1)| both ways): both lead, as does 2
+    assert_eq!(s.leaders, vec![0, 1, 2]);
+    assert_eq!(dense(&s.s), Array2::eye(3));
+    let mut t = TriMat::new((4, 4));
+    for (i, j, w) in [(0, 1, 1.0), (1, 2, 1.0)] {
+        t.add_triplet(i, j, w);
+        t.add_triplet(j, i, w);
+    }
+    let x = array![[1.0, 0.0], [-3.0, 1.0], [0.0, 1.0], [0.5, 0.5]];
+    let b = DisjointBatch::single(x, t.to_csr()).unwrap();
+    let s = assignment(&LaPool::new(true).call(&b).unwrap());
+    assert_eq!(s.leaders, vec![1, 3]);
+    // node 0 reaches leader 1 (dist 1) but not the isolated leader 3
+    assert_eq!(s.s.get(0, 1).copied(), Some(0.0));
+    assert!(s.s.get(0, 0).copied().unwrap() > 0.0);
+}
+
+#[test]
+fn lapool_zero_features_give_finite_results() {
+    let mut t = TriMat::new((3, 3));
+    for (i, j) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+        t.add_triplet(i, j, 1.0);
+    }
+    let b: DisjointBatch<f64> =
+        DisjointBatch::single(array![[0.0, 0.0], [1.0, 2.0], [0.0, 0.0]], t.to_csr()).unwrap();
+    for (name, pool) in lapools() {
+        let (p, cache) = pool.forward(&b).unwrap();
+        assert!(p.batch.x().iter().all(|v| v.is_finite()), "{name}");
+        assert!(p.batch.a().data().iter().all(|v| v.is_finite()), "{name}");
+        let g = pool.backward(&b, &cache, &PooledGradOnes::of(&p)).unwrap();
+        assert!(g.x.iter().all(|v| v.is_finite()), "{name}");
+    }
+}
+
+#[test]
+fn lapool_negative_weights_are_rejected_only_as_path_lengths() {
+    let mut t = TriMat::new((2, 2));
+    t.add_triplet(0, 1, -1.0);
+    t.add_triplet(1, 0, -1.0);
+    let b = DisjointBatch::single(array![[1.0], [2.0]], t.to_csr()).unwrap();
+    assert!(matches!(
+        LaPool::new(true).call(&b),
+        Err(PoolError::NegativePathLength { .. })
+    ));
+    assert!(LaPool::new(false).call(&b).is_ok());
+}
+
+#[test]
+fn lapool_empty_and_single_node_graphs_are_defined() {
+    let b = DisjointBatch::from_offsets(
+        array![[1.0, 2.0], [0.5, -1.0]],
+        CsMat::zero((2, 2)),
+        vec![0, 0, 1, 1, 2],
+    )
+    .unwrap();
+    for (name, pool) in lapools() {
+        let p = pool.call(&b).unwrap();
+        assert_eq!(p.batch.segments().sizes(), vec![0, 1, 0, 1], "{name}");
+        assert_eq!(p.batch.x(), b.x(), "{name}");
+    }
+}
+
+#[test]
+fn lapool_src_select_matches_the_layer() {
+    let b = weighted_path();
+    let (sel, score) = SrcPool::<f64>::select(&LaPool::default(), &b).unwrap();
+    let p = LaPool::default().call(&b).unwrap();
+    assert_eq!(sel, p.selection);
+    assert_eq!(score, None);
+    assert_eq!(SrcPool::<f64>::pool(&LaPool::default(), &b).unwrap(), p);
+}
+
+/// An all-ones output gradient.
+struct PooledGradOnes;
+impl PooledGradOnes {
+    fn of(p: &Pooled<f64>) -> graphpool::framework::PooledGrad<f64> {
+        let mut g = graphpool::framework::PooledGrad::zeros(p);
+        g.x.fill(1.0);
+        g.edge_weights.fill(1.0);
+        g
+    }
+}

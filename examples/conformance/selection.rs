@@ -1,7 +1,7 @@
 //! Conformance runners for the selection pools: TopKPool, SAGPool, LaPool.
 
 use graphpool::framework::{Layer, Pooled, Selection};
-use graphpool::layers::{SAGPool, SagScorer, TopKPool};
+use graphpool::layers::{LaPool, SAGPool, SagScorer, TopKPool};
 use graphpool::DisjointBatch;
 use ndarray::Array1;
 
@@ -31,6 +31,7 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
             load_weights(case, &mut l)?;
             l.call(batch)?
         }
+        "LaPool" => LaPool::new(cfg_bool(case, "shortest_path_reg", true)).call(batch)?,
         other => return Err(RunError::NotImplemented(other.into())),
     };
     Ok(outputs(&pooled))

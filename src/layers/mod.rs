@@ -2,6 +2,7 @@
 
 mod attention;
 mod global;
+mod la_pool;
 mod sag_pool;
 mod selection_core;
 mod sort_pool;
@@ -12,6 +13,7 @@ pub use attention::{
     NodeAttentionPool,
 };
 pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};
+pub use la_pool::{LaPool, LaPoolCache};
 pub use sag_pool::{SAGPool, SagPoolCache, SagScorer};
 pub use selection_core::{Gating, KeepRule, SelectionPoolCache};
 pub use sort_pool::{SortPool, SortPoolCache};
