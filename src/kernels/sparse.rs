@@ -458,17 +458,16 @@ pub fn spgemm_vjp_b<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>, grad: CsMatView
 /// over the stored $k$ of row $i$ (TensorFlow's `tf.sparse.softmax`);
 /// aligned with `m.data()`. An empty row stays empty; a row of one entry gets 1.
 pub fn row_softmax<T: Scalar>(m: CsMatView<T>) -> Array1<T> {
-    let rows: Vec<Vec<T>> = (0..m.rows())
+    let vals: Vec<T> = (0..m.rows())
         .into_par_iter()
-        .map(|r| {
+        .flat_map_iter(|r| {
             let (_, v) = row_parts(&m, r);
             let mx = v.iter().copied().fold(T::neg_infinity(), T::max);
-            let e: Vec<T> = v.iter().map(|&x| (x - mx).exp()).collect();
-            let z: T = e.iter().copied().fold(T::zero(), |s, x| s + x);
-            e.into_iter().map(|x| x / z).collect()
+            let z: T = v.iter().fold(T::zero(), |s, &x| s + (x - mx).exp());
+            v.iter().map(move |&x| (x - mx).exp() / z)
         })
         .collect();
-    Array1::from(rows.concat())
+    Array1::from(vals)
 }
 
 /// VJP of [`row_softmax`] given its output `s` (aligned with `m.data()`):
@@ -689,28 +688,36 @@ fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, P
             while p < oi.len() || q < ii.len() {
                 let take_out = q >= ii.len() || (p < oi.len() && oi[p] <= ii[q]);
                 let take_in = p >= oi.len() || (q < ii.len() && ii[q] <= oi[p]);
-                let (v, mut cands) = (if take_out { oi[p] } else { ii[q] }, Vec::with_capacity(2));
+                let v = if take_out { oi[p] } else { ii[q] };
+                // the (at most two) stored entries joining u and v
+                let mut cands = [usize::MAX; 2];
                 if take_out {
-                    cands.push(out_base + p);
+                    cands[0] = out_base + p;
                     p += 1;
                 }
                 if take_in {
-                    cands.push(t.source[lo + q]);
+                    cands[1] = t.source[lo + q];
                     q += 1;
                 }
                 if v == u {
                     continue;
                 }
-                let cands: Vec<usize> = cands.into_iter().filter(|&e| val(e) > 0.0).collect();
-                let Some(best) = cands.iter().map(|&e| val(e)).reduce(f64::min) else {
+                let usable = |e: usize| e != usize::MAX && val(e) > 0.0;
+                let best = cands
+                    .iter()
+                    .filter(|&&e| usable(e))
+                    .map(|&e| val(e))
+                    .fold(f64::INFINITY, f64::min);
+                if best == f64::INFINITY {
                     continue;
-                };
+                }
                 let mut src = [usize::MAX; 2];
-                for (s, e) in src
-                    .iter_mut()
-                    .zip(cands.into_iter().filter(|&e| val(e) == best))
-                {
-                    *s = e;
+                let mut k = 0;
+                for &e in &cands {
+                    if usable(e) && val(e) == best {
+                        src[k] = e;
+                        k += 1;
+                    }
                 }
                 merged.push((v, best, src));
             }

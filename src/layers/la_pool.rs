@@ -227,14 +227,13 @@ fn beta_values<T: Scalar>(
     dist: &[Vec<f64>],
     graph_start: &[usize],
 ) -> Vec<T> {
+    let ip = s.indptr();
+    let ip = ip.raw_storage();
+    let idx = s.indices();
     (0..s.rows())
         .into_par_iter()
         .flat_map_iter(|i| {
-            let row = s
-                .outer_view(i)
-                .map(|r| r.indices().to_vec())
-                .unwrap_or_default();
-            row.into_iter().map(move |j| {
+            idx[ip[i]..ip[i + 1]].iter().map(move |&j| {
                 if col_of[i] != usize::MAX {
                     T::one()
                 } else {
