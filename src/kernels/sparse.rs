@@ -195,26 +195,41 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
 }
 
 /// Row-parallel sparse × sparse product $A B$ (Gustavson's algorithm with a
-/// sorted accumulator per row). Each output entry is summed in the order of
-/// $A$'s row entries, so the result does not depend on the thread count.
+/// dense accumulator per thread, touched columns sorted per row). Each
+/// output entry is summed in the order of $A$'s row entries, so the result
+/// does not depend on the thread count.
 pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
     debug_assert_eq!(a.cols(), b.rows());
+    let m = b.cols();
     let rows: Vec<Vec<(usize, T)>> = (0..a.rows())
         .into_par_iter()
-        .map(|r| {
-            let mut acc: std::collections::BTreeMap<usize, T> = std::collections::BTreeMap::new();
-            if let Some(arow) = a.outer_view(r) {
-                for (k, &w) in arow.iter() {
-                    if let Some(brow) = b.outer_view(k) {
-                        for (c, &v) in brow.iter() {
-                            let e = acc.entry(c).or_insert_with(T::zero);
-                            *e += w * v;
+        .map_init(
+            || (vec![T::zero(); m], vec![false; m], Vec::new()),
+            |(acc, seen, touched), r| {
+                let (ak, av) = row_parts(&a, r);
+                for (&k, &w) in ak.iter().zip(av) {
+                    let (bc, bv) = row_parts(&b, k);
+                    for (&c, &v) in bc.iter().zip(bv) {
+                        if !seen[c] {
+                            seen[c] = true;
+                            touched.push(c);
+                            acc[c] = T::zero();
                         }
+                        acc[c] += w * v;
                     }
                 }
-            }
-            acc.into_iter().collect()
-        })
+                touched.sort_unstable();
+                let out: Vec<(usize, T)> = touched
+                    .iter()
+                    .map(|&c| {
+                        seen[c] = false;
+                        (c, acc[c])
+                    })
+                    .collect();
+                touched.clear();
+                out
+            },
+        )
         .collect();
     let mut indptr = Vec::with_capacity(a.rows() + 1);
     indptr.push(0);
