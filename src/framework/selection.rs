@@ -31,7 +31,8 @@ pub enum Selection<T: Scalar> {
 pub struct Subset<T: Scalar> {
     /// Kept node indices into the input batch, sorted ascending (input order).
     pub kept: Vec<usize>,
-    /// The gate $\sigma(y)$ or $\tanh(y)$ of each kept node, aligned with `kept`.
+    /// The gate of each kept node, aligned with `kept`: $\tanh(y)$ or
+    /// $\sigma(y)$, or the per-graph softmax score under PyG's `min_score`.
     pub gate: Array1<T>,
 }
 
@@ -101,7 +102,7 @@ pub struct DenseAssignment<T: Scalar> {
     pub s: Array2<T>,
 }
 
-/// What [`DenseAssignment::connect`] keeps for its VJP.
+/// What [`DenseAssignment::connect_blocks`] keeps for its VJP.
 #[derive(Debug, Clone)]
 pub struct DenseConnectCache<T: Scalar> {
     /// $A S$, $N \times K$.

@@ -29,7 +29,11 @@ const L2_NORMALIZE_EPS: f64 = 1e-12;
 ///
 /// * Kept nodes keep their input order (Spektral's `tf.sort(s)`; PyG returns
 ///   them graph by graph in descending score order).
-/// * Ties in $y$: the node with the smaller index wins.
+/// * Ties in $y$: the node with the smaller index wins. (PyG ranks by the
+///   gated score $\tanh(y)$, which saturates to 1 in `f32` for $y \gtrsim 9$
+///   and then ties in an unspecified order; Spektral pads graphs with
+///   $-10^{20}$ before sorting, so scores below that lose to padding. Both
+///   agree with graphpool elsewhere.)
 /// * $\|p\|$ is Spektral's `l2_normalize`: $\sqrt{\max(\sum p^2, 10^{-12})}$
 ///   (PyG divides by $\|p\|$ and gives NaN for $p = 0$).
 /// * An empty graph keeps nothing; a non-empty graph keeps at least one node.
