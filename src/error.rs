@@ -135,6 +135,17 @@ pub enum PoolError {
         /// The gradient's shape.
         got: String,
     },
+    /// A negative edge weight where weights are used as path lengths
+    /// (LaPool's shortest-path regularisation): shortest paths are undefined.
+    #[error("edge ({row}, {col}) has weight {value} < 0, but edge weights are used as path lengths (shortest_path_reg): use non-negative weights or turn the regularisation off")]
+    NegativePathLength {
+        /// Source node.
+        row: usize,
+        /// Target node.
+        col: usize,
+        /// The weight as printed.
+        value: String,
+    },
 }
 
 /// The crate's result type.

@@ -21,6 +21,8 @@ mod clustering;
 mod diff_mem;
 #[path = "global.rs"]
 mod global;
+#[path = "selection.rs"]
+mod selection;
 
 /// One case file.
 #[derive(Debug, Deserialize)]
@@ -189,6 +191,7 @@ fn run_layer(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
         "MinCutPool" | "DMoNPool" | "JustBalancePool" | "AsymCheegerCutPool" => {
             clustering::run(case, batch)
         }
+        "TopKPool" | "SAGPool" | "LaPool" => selection::run(case, batch),
         other => Err(RunError::NotImplemented(other.to_string())),
     }
 }

@@ -21,5 +21,7 @@ mod src_pool;
 
 pub use layer::{Differentiable, Gradients, Layer};
 pub use pooled::{Losses, Pooled, PooledGrad};
-pub use selection::{DenseAssignment, DenseConnectCache, Selection, SparseAssignment, Subset};
+pub use selection::{
+    DenseAssignment, DenseConnectCache, Selection, SparseAssignment, SparseConnectCache, Subset,
+};
 pub use src_pool::SrcPool;

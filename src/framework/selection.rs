@@ -8,7 +8,8 @@ use crate::batch::Segments;
 use crate::kernels::for_each_node_row;
 use crate::kernels::segment::{segment_matmul_tn, segment_matmul_tn_vjp};
 use crate::kernels::sparse::{
-    block_diag, induced_subgraph, scatter_values, spmm, spmm_vjp_values, spmm_vjp_x, Induced,
+    block_diag, induced_subgraph, scatter_values, spgemm, spgemm_vjp_a, spgemm_vjp_b, spmm,
+    spmm_vjp_values, spmm_vjp_x, transpose, Induced, Transposed,
 };
 use crate::scalar::Scalar;
 
@@ -30,7 +31,8 @@ pub enum Selection<T: Scalar> {
 pub struct Subset<T: Scalar> {
     /// Kept node indices into the input batch, sorted ascending (input order).
     pub kept: Vec<usize>,
-    /// The gate $\sigma(y)$ or $\tanh(y)$ of each kept node, aligned with `kept`.
+    /// The gate of each kept node, aligned with `kept`: $\tanh(y)$ or
+    /// $\sigma(y)$, or the per-graph softmax score under PyG's `min_score`.
     pub gate: Array1<T>,
 }
 
@@ -178,7 +180,81 @@ pub struct SparseAssignment<T: Scalar> {
     pub leaders: Vec<usize>,
 }
 
+/// What [`SparseAssignment::connect`] keeps for its VJP.
+#[derive(Debug, Clone)]
+pub struct SparseConnectCache<T: Scalar> {
+    /// $S^\top$ with, per entry, its position in `s.data()`.
+    pub st: Transposed<T>,
+    /// $B = A S$ ($N \times L$, CSR).
+    pub a_s: CsMat<T>,
+    /// $A'$ itself (its structure carries the output gradient).
+    pub pooled: CsMat<T>,
+}
+
 impl<T: Scalar> SparseAssignment<T> {
+    /// Number of leaders (pooled nodes) $L$.
+    pub fn num_leaders(&self) -> usize {
+        self.leaders.len()
+    }
+
+    /// Reduce: $X' = S^\top X$ ($L \times F$), one sparse product through
+    /// the transpose (row-parallel, deterministic).
+    pub fn reduce(&self, x: ArrayView2<T>) -> Array2<T> {
+        let st = transpose(self.s.view()).matrix;
+        spmm(st.view(), x)
+    }
+
+    /// VJP of [`SparseAssignment::reduce`]: $(\bar s, \bar X)$ with
+    /// $\bar s_{nl} = \langle x_n, \bar X'_l\rangle$ (aligned with
+    /// `s.data()`) and $\bar X = S \bar X'$.
+    pub fn reduce_vjp(&self, x: ArrayView2<T>, grad: ArrayView2<T>) -> (Array1<T>, Array2<T>) {
+        // X' = S^T X; entry (n, l) of S meets row n of X and row l of grad
+        let gs = spmm_vjp_values(self.s.view(), grad, x);
+        let gx = spmm(self.s.view(), grad);
+        (gs, gx)
+    }
+
+    /// Connect: $A' = S^\top A S$ ($L \times L$, CSR), as $S^\top (A S)$
+    /// with two sparse-sparse products; never densified. Its structure
+    /// depends only on the structures of $A$ and $S$.
+    pub fn connect(&self, a: CsMatView<T>) -> (CsMat<T>, SparseConnectCache<T>) {
+        let a_s = spgemm(a, self.s.view());
+        let st = transpose(self.s.view());
+        let out = spgemm(st.matrix.view(), a_s.view());
+        let cache = SparseConnectCache {
+            st,
+            a_s,
+            pooled: out.clone(),
+        };
+        (out, cache)
+    }
+
+    /// VJP of [`SparseAssignment::connect`] given the gradient of $A'$'s
+    /// stored values (aligned with the data of $A'$, length
+    /// `cache.pooled.nnz()`): $(\bar s, \bar a)$ aligned with `s.data()` and
+    /// `a.data()`. With $\bar B = S \bar A'$:
+    /// $\bar S = B \bar A'^\top + A^\top \bar B$ and
+    /// $\bar a_{ij} = \langle \bar B_i, S_j\rangle$, each only on stored entries.
+    pub fn connect_vjp(
+        &self,
+        a: CsMatView<T>,
+        cache: &SparseConnectCache<T>,
+        grad: ArrayView1<T>,
+    ) -> (Array1<T>, Array1<T>) {
+        let g = with_values(&cache.pooled, grad.to_vec());
+        // A' = S^T B
+        let g_st = spgemm_vjp_a(cache.st.matrix.view(), cache.a_s.view(), g.view());
+        let g_b_vals = spgemm_vjp_b(cache.st.matrix.view(), cache.a_s.view(), g.view());
+        let g_b = with_values(&cache.a_s, g_b_vals.to_vec());
+        // B = A S
+        let ga = spgemm_vjp_a(a, self.s.view(), g_b.view());
+        let mut gs = spgemm_vjp_b(a, self.s.view(), g_b.view());
+        for (e, &src) in cache.st.source.iter().enumerate() {
+            gs[src] += g_st[e];
+        }
+        (gs, ga)
+    }
+
     /// Reduce index: the pooled segments (leaders per graph).
     pub fn reduce_index(&self, segments: &Segments) -> Segments {
         Subset::<T> {
@@ -187,4 +263,13 @@ impl<T: Scalar> SparseAssignment<T> {
         }
         .reduce_index(segments)
     }
+}
+
+/// The structure of `m` with new stored values.
+fn with_values<T: Scalar>(m: &CsMat<T>, values: Vec<T>) -> CsMat<T> {
+    let ip = m.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let indptr: Vec<usize> = ip.iter().map(|p| p - base).collect();
+    CsMat::new(m.shape(), indptr, m.indices().to_vec(), values)
 }

@@ -6,7 +6,6 @@ use sprs::CsMat;
 use super::{DenseAssignment, Losses, Pooled, Selection};
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::Result;
-use crate::kernels::sparse::spmm;
 use crate::scalar::Scalar;
 
 /// A pooling layer in the Select–Reduce–Connect framework (Spektral's `SRCPool`).
@@ -52,10 +51,7 @@ pub trait SrcPool<T: Scalar> {
         match selection {
             Selection::Subset(s) => s.reduce(batch.x().view()),
             Selection::Dense(s) => s.reduce(batch.x().view(), batch.segments()),
-            Selection::Sparse(s) => {
-                let st = crate::kernels::sparse::transpose(s.s.view()).matrix;
-                spmm(st.view(), batch.x().view())
-            }
+            Selection::Sparse(s) => s.reduce(batch.x().view()),
         }
     }
 
@@ -67,11 +63,7 @@ pub trait SrcPool<T: Scalar> {
                 let (blocks, _) = s.connect_blocks(batch.a().view(), batch.segments());
                 DenseAssignment::blocks_to_csr(blocks.view())
             }
-            Selection::Sparse(s) => {
-                let st = crate::kernels::sparse::transpose(s.s.view()).matrix;
-                let at = crate::kernels::sparse::spgemm(st.view(), batch.a().view());
-                crate::kernels::sparse::spgemm(at.view(), s.s.view())
-            }
+            Selection::Sparse(s) => s.connect(batch.a().view()).0,
         }
     }
 

@@ -7,6 +7,8 @@ use rayon::prelude::*;
 use sprs::{CsMat, CsMatView};
 
 use super::ROW_BLOCK;
+use crate::batch::Segments;
+use crate::error::PoolError;
 use crate::scalar::Scalar;
 
 /// Row-parallel sparse × dense product $A X$ ($N \times M$ times $M \times F$).
@@ -193,26 +195,41 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
 }
 
 /// Row-parallel sparse × sparse product $A B$ (Gustavson's algorithm with a
-/// sorted accumulator per row). Each output entry is summed in the order of
-/// $A$'s row entries, so the result does not depend on the thread count.
+/// dense accumulator per thread, touched columns sorted per row). Each
+/// output entry is summed in the order of $A$'s row entries, so the result
+/// does not depend on the thread count.
 pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
     debug_assert_eq!(a.cols(), b.rows());
+    let m = b.cols();
     let rows: Vec<Vec<(usize, T)>> = (0..a.rows())
         .into_par_iter()
-        .map(|r| {
-            let mut acc: std::collections::BTreeMap<usize, T> = std::collections::BTreeMap::new();
-            if let Some(arow) = a.outer_view(r) {
-                for (k, &w) in arow.iter() {
-                    if let Some(brow) = b.outer_view(k) {
-                        for (c, &v) in brow.iter() {
-                            let e = acc.entry(c).or_insert_with(T::zero);
-                            *e += w * v;
+        .map_init(
+            || (vec![T::zero(); m], vec![false; m], Vec::new()),
+            |(acc, seen, touched), r| {
+                let (ak, av) = row_parts(&a, r);
+                for (&k, &w) in ak.iter().zip(av) {
+                    let (bc, bv) = row_parts(&b, k);
+                    for (&c, &v) in bc.iter().zip(bv) {
+                        if !seen[c] {
+                            seen[c] = true;
+                            touched.push(c);
+                            acc[c] = T::zero();
                         }
+                        acc[c] += w * v;
                     }
                 }
-            }
-            acc.into_iter().collect()
-        })
+                touched.sort_unstable();
+                let out: Vec<(usize, T)> = touched
+                    .iter()
+                    .map(|&c| {
+                        seen[c] = false;
+                        (c, acc[c])
+                    })
+                    .collect();
+                touched.clear();
+                out
+            },
+        )
         .collect();
     let mut indptr = Vec::with_capacity(a.rows() + 1);
     indptr.push(0);
@@ -359,6 +376,517 @@ impl<T: Scalar> GcnFilter<T> {
         }
         out
     }
+}
+
+// ------------------------------------------------------------------------
+// Kernels of the selection pools (TopKPool, SAGPool, LaPool): sparse-sparse
+// product VJPs, row-wise softmax and cosine similarity on a sparsity
+// pattern, the graph Laplacian product, and undirected shortest paths.
+
+/// The stored entries of row `r` of a CSR view as `(indices, values)`.
+#[inline]
+fn row_parts<'a, T: Scalar>(m: &'a CsMatView<'_, T>, r: usize) -> (&'a [usize], &'a [T]) {
+    let ip = m.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
+    let idx: &'a [usize] = m.indices();
+    let data: &'a [T] = m.data();
+    (&idx[lo..hi], &data[lo..hi])
+}
+
+/// Dot product of two sparse vectors given by sorted indices (a merge, in
+/// index order: deterministic).
+#[inline]
+fn sparse_dot<T: Scalar>(ai: &[usize], av: &[T], bi: &[usize], bv: &[T]) -> T {
+    let (mut p, mut q) = (0, 0);
+    let mut acc = T::zero();
+    while p < ai.len() && q < bi.len() {
+        match ai[p].cmp(&bi[q]) {
+            std::cmp::Ordering::Less => p += 1,
+            std::cmp::Ordering::Greater => q += 1,
+            std::cmp::Ordering::Equal => {
+                acc += av[p] * bv[q];
+                p += 1;
+                q += 1;
+            }
+        }
+    }
+    acc
+}
+
+/// Maps every stored entry of a CSR view, row-parallel, to a value:
+/// `f(row, entry position in data, column)`; the result is aligned with `m.data()`.
+fn map_entries<T: Scalar, R: Send, F>(m: CsMatView<T>, f: F) -> Vec<R>
+where
+    F: Fn(usize, usize, usize) -> R + Sync,
+{
+    let ip = m.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = m.indices();
+    let f = &f;
+    (0..m.rows())
+        .into_par_iter()
+        .flat_map_iter(|r| (ip[r] - base..ip[r + 1] - base).map(move |e| f(r, e, idx[e])))
+        .collect()
+}
+
+/// The values of `m` at the stored positions of `pattern` (same shape), 0
+/// where `m` has no entry; aligned with `pattern.data()`. Both must have
+/// sorted indices.
+pub fn gather_at<T: Scalar>(m: CsMatView<T>, pattern: CsMatView<T>) -> Array1<T> {
+    debug_assert_eq!(m.shape(), pattern.shape());
+    let vals = map_entries(pattern, |r, _, c| {
+        let (mi, mv) = row_parts(&m, r);
+        mi.binary_search(&c).map_or(T::zero(), |p| mv[p])
+    });
+    Array1::from(vals)
+}
+
+/// VJP of [`spgemm`] $C = A B$ with respect to the stored values of $A$:
+/// $\bar a_{ik} = \sum_j \bar c_{ij} b_{kj} = \langle \bar C_{i\cdot}, B_{k\cdot}\rangle$,
+/// aligned with `a.data()`. `grad` holds $\bar C$ on the structure of $C$
+/// (any structure works: entries it lacks count as 0).
+pub fn spgemm_vjp_a<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>, grad: CsMatView<T>) -> Array1<T> {
+    debug_assert_eq!((a.rows(), b.cols()), grad.shape());
+    let vals = map_entries(a, |i, _, k| {
+        let (gi, gv) = row_parts(&grad, i);
+        let (bi, bv) = row_parts(&b, k);
+        sparse_dot(gi, gv, bi, bv)
+    });
+    Array1::from(vals)
+}
+
+/// VJP of [`spgemm`] $C = A B$ with respect to the stored values of $B$:
+/// $\bar b_{kj} = \sum_i a_{ik} \bar c_{ij} = (A^\top \bar C)_{kj}$, aligned
+/// with `b.data()`.
+pub fn spgemm_vjp_b<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>, grad: CsMatView<T>) -> Array1<T> {
+    debug_assert_eq!((a.rows(), b.cols()), grad.shape());
+    let at = transpose(a).matrix;
+    let atg = spgemm(at.view(), grad);
+    gather_at(atg.view(), b)
+}
+
+/// Softmax over the stored entries of each row of `m`:
+/// $s_{ij} = e^{m_{ij} - \max_k m_{ik}} / \sum_{k} e^{m_{ik} - \max_k m_{ik}}$
+/// over the stored $k$ of row $i$ (TensorFlow's `tf.sparse.softmax`);
+/// aligned with `m.data()`. An empty row stays empty; a row of one entry gets 1.
+pub fn row_softmax<T: Scalar>(m: CsMatView<T>) -> Array1<T> {
+    let vals: Vec<T> = (0..m.rows())
+        .into_par_iter()
+        .flat_map_iter(|r| {
+            let (_, v) = row_parts(&m, r);
+            let mx = v.iter().copied().fold(T::neg_infinity(), T::max);
+            let z: T = v.iter().fold(T::zero(), |s, &x| s + (x - mx).exp());
+            v.iter().map(move |&x| (x - mx).exp() / z)
+        })
+        .collect();
+    Array1::from(vals)
+}
+
+/// VJP of [`row_softmax`] given its output `s` (aligned with `m.data()`):
+/// $\bar m_{ij} = s_{ij}(\bar s_{ij} - \sum_k s_{ik}\bar s_{ik})$.
+pub fn row_softmax_vjp<T: Scalar>(
+    m: CsMatView<T>,
+    s: ArrayView1<T>,
+    grad: ArrayView1<T>,
+) -> Array1<T> {
+    let ip = m.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let vals: Vec<T> = (0..m.rows())
+        .into_par_iter()
+        .flat_map_iter(|r| {
+            let range = ip[r] - base..ip[r + 1] - base;
+            let dot = range.clone().fold(T::zero(), |acc, e| acc + s[e] * grad[e]);
+            range.map(move |e| s[e] * (grad[e] - dot))
+        })
+        .collect();
+    Array1::from(vals)
+}
+
+fn row_norms<T: Scalar>(x: ArrayView2<T>) -> Vec<T> {
+    (0..x.nrows())
+        .into_par_iter()
+        .map(|r| x.row(r).dot(&x.row(r)).sqrt())
+        .collect()
+}
+
+/// Cosine similarity sampled on a pattern: for every stored entry $(i, j)$
+/// of `pattern` ($N \times M$),
+/// $c_{ij} = \frac{\langle x_i, y_j\rangle}{\|x_i\| \|y_j\|}$, with $c_{ij} = 0$
+/// when $\|x_i\| \|y_j\| = 0$ (the references return NaN there). Aligned
+/// with `pattern.data()`; `x` is $N \times F$, `y` is $M \times F$.
+pub fn cosine_at<T: Scalar>(
+    pattern: CsMatView<T>,
+    x: ArrayView2<T>,
+    y: ArrayView2<T>,
+) -> Array1<T> {
+    let (nx, ny) = (row_norms(x), row_norms(y));
+    let vals = map_entries(pattern, |i, _, j| {
+        let d = nx[i] * ny[j];
+        if d > T::zero() {
+            x.row(i).dot(&y.row(j)) / d
+        } else {
+            T::zero()
+        }
+    });
+    Array1::from(vals)
+}
+
+/// VJP of [`cosine_at`] given its output `c`: $(\bar X, \bar Y)$ with
+/// $\bar x_i = \sum_j \bar c_{ij}\big(\frac{y_j}{\|x_i\|\|y_j\|} - c_{ij}\frac{x_i}{\|x_i\|^2}\big)$
+/// and symmetrically for $\bar y_j$; 0 where a norm is 0 (where
+/// [`cosine_at`] is constant). Row-parallel for $\bar X$, column-parallel
+/// (through the transpose) for $\bar Y$; deterministic.
+pub fn cosine_at_vjp<T: Scalar>(
+    pattern: CsMatView<T>,
+    x: ArrayView2<T>,
+    y: ArrayView2<T>,
+    c: ArrayView1<T>,
+    grad: ArrayView1<T>,
+) -> (Array2<T>, Array2<T>) {
+    let (nx, ny) = (row_norms(x), row_norms(y));
+    let ip = pattern.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = pattern.indices();
+    let mut gx = Array2::zeros(x.raw_dim());
+    gx.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            for (k, mut row) in block.outer_iter_mut().enumerate() {
+                let i = b * ROW_BLOCK + k;
+                for e in ip[i] - base..ip[i + 1] - base {
+                    let j = idx[e];
+                    let d = nx[i] * ny[j];
+                    if d > T::zero() {
+                        let (u, w) = (grad[e] / d, grad[e] * c[e] / (nx[i] * nx[i]));
+                        Zip::from(&mut row)
+                            .and(&y.row(j))
+                            .and(&x.row(i))
+                            .for_each(|o, &yv, &xv| *o += u * yv - w * xv);
+                    }
+                }
+            }
+        });
+    let t = transpose(pattern);
+    let tip = t.matrix.indptr();
+    let tip = tip.raw_storage();
+    let tidx = t.matrix.indices();
+    let mut gy = Array2::zeros(y.raw_dim());
+    gy.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            for (k, mut row) in block.outer_iter_mut().enumerate() {
+                let j = b * ROW_BLOCK + k;
+                for (&i, &e) in tidx[tip[j]..tip[j + 1]]
+                    .iter()
+                    .zip(&t.source[tip[j]..tip[j + 1]])
+                {
+                    let d = nx[i] * ny[j];
+                    if d > T::zero() {
+                        let (u, w) = (grad[e] / d, grad[e] * c[e] / (ny[j] * ny[j]));
+                        Zip::from(&mut row)
+                            .and(&x.row(i))
+                            .and(&y.row(j))
+                            .for_each(|o, &xv, &yv| *o += u * xv - w * yv);
+                    }
+                }
+            }
+        });
+    (gx, gy)
+}
+
+/// The graph Laplacian applied to features, $L X = (D - A) X$ with the
+/// weighted degrees $D_{ii} = \sum_j a_{ij}$ (row sums, a self loop
+/// included), computed row by row as $(LX)_i = \sum_j a_{ij}(x_i - x_j)$
+/// (Spektral's `laplacian(a)` then `modal_dot`).
+pub fn laplacian_spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
+    debug_assert_eq!(a.cols(), x.nrows());
+    let mut out = Array2::zeros((a.rows(), x.ncols()));
+    out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            for (k, mut row) in block.outer_iter_mut().enumerate() {
+                let i = b * ROW_BLOCK + k;
+                let (ci, cv) = row_parts(&a, i);
+                for (&j, &w) in ci.iter().zip(cv) {
+                    Zip::from(&mut row)
+                        .and(&x.row(i))
+                        .and(&x.row(j))
+                        .for_each(|o, &xi, &xj| *o += w * (xi - xj));
+                }
+            }
+        });
+    out
+}
+
+/// VJP of [`laplacian_spmm`] with respect to $X$: $\bar X = L^\top \bar O$,
+/// i.e. $\bar x_i = \sum_j a_{ij} \bar o_i - \sum_r a_{ri} \bar o_r$.
+pub fn laplacian_spmm_vjp_x<T: Scalar>(a: CsMatView<T>, grad: ArrayView2<T>) -> Array2<T> {
+    let mut gx = spmm_vjp_x(a, grad);
+    let degrees: Vec<T> = (0..a.rows())
+        .into_par_iter()
+        .map(|i| row_parts(&a, i).1.iter().copied().sum::<T>())
+        .collect();
+    Zip::from(gx.rows_mut())
+        .and(grad.rows())
+        .and(&Array1::from(degrees))
+        .par_for_each(|mut g, o, &d| {
+            g.mapv_inplace(|v| -v);
+            g.scaled_add(d, &o);
+        });
+    gx
+}
+
+/// VJP of [`laplacian_spmm`] with respect to the stored values of $A$:
+/// $\bar a_{ij} = \langle \bar o_i, x_i - x_j\rangle$, aligned with `a.data()`.
+pub fn laplacian_spmm_vjp_values<T: Scalar>(
+    a: CsMatView<T>,
+    x: ArrayView2<T>,
+    grad: ArrayView2<T>,
+) -> Array1<T> {
+    Array1::from(map_entries(a, |i, _, j| {
+        grad.row(i).dot(&x.row(i)) - grad.row(i).dot(&x.row(j))
+    }))
+}
+
+/// The undirected view of a weighted adjacency used as path lengths, as
+/// `scipy.sparse.csgraph.shortest_path(dense(a), directed=False)` sees it:
+/// nodes $u \ne v$ are joined when $a_{uv}$ or $a_{vu}$ is stored and
+/// non-zero, with length the smallest such weight. Zero weights are
+/// non-edges (a dense zero), self loops never shorten a path.
+struct UndirectedLengths {
+    indptr: Vec<usize>,
+    nbr: Vec<usize>,
+    len: Vec<f64>,
+    /// The stored entries of `a` that attain the length (one or two; a
+    /// second slot of `usize::MAX` when only one does).
+    src: Vec<[usize; 2]>,
+}
+
+fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, PoolError> {
+    let n = a.rows();
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    for r in 0..n {
+        for e in ip[r] - base..ip[r + 1] - base {
+            let w = a.data()[e];
+            if w < T::zero() {
+                return Err(PoolError::NegativePathLength {
+                    row: r,
+                    col: a.indices()[e],
+                    value: w.to_string(),
+                });
+            }
+        }
+    }
+    let t = transpose(a);
+    let rows: Vec<Vec<(usize, f64, [usize; 2])>> = (0..n)
+        .into_par_iter()
+        .map(|u| {
+            let (oi, _) = row_parts(&a, u);
+            let out_base = ip[u] - base;
+            let tr = t.matrix.indptr();
+            let tr = tr.raw_storage();
+            let (lo, hi) = (tr[u], tr[u + 1]);
+            let ii = &t.matrix.indices()[lo..hi];
+            let mut merged = Vec::with_capacity(oi.len() + ii.len());
+            let (mut p, mut q) = (0, 0);
+            let val = |e: usize| a.data()[e].to_f64().unwrap_or(f64::NAN);
+            while p < oi.len() || q < ii.len() {
+                let take_out = q >= ii.len() || (p < oi.len() && oi[p] <= ii[q]);
+                let take_in = p >= oi.len() || (q < ii.len() && ii[q] <= oi[p]);
+                let v = if take_out { oi[p] } else { ii[q] };
+                // the (at most two) stored entries joining u and v
+                let mut cands = [usize::MAX; 2];
+                if take_out {
+                    cands[0] = out_base + p;
+                    p += 1;
+                }
+                if take_in {
+                    cands[1] = t.source[lo + q];
+                    q += 1;
+                }
+                if v == u {
+                    continue;
+                }
+                let usable = |e: usize| e != usize::MAX && val(e) > 0.0;
+                let best = cands
+                    .iter()
+                    .filter(|&&e| usable(e))
+                    .map(|&e| val(e))
+                    .fold(f64::INFINITY, f64::min);
+                if best == f64::INFINITY {
+                    continue;
+                }
+                let mut src = [usize::MAX; 2];
+                let mut k = 0;
+                for &e in &cands {
+                    if usable(e) && val(e) == best {
+                        src[k] = e;
+                        k += 1;
+                    }
+                }
+                merged.push((v, best, src));
+            }
+            merged
+        })
+        .collect();
+    let mut g = UndirectedLengths {
+        indptr: Vec::with_capacity(n + 1),
+        nbr: Vec::new(),
+        len: Vec::new(),
+        src: Vec::new(),
+    };
+    g.indptr.push(0);
+    for row in rows {
+        for (v, l, s) in row {
+            g.nbr.push(v);
+            g.len.push(l);
+            g.src.push(s);
+        }
+        g.indptr.push(g.nbr.len());
+    }
+    Ok(g)
+}
+
+/// Dijkstra from `source` over the nodes `range` (its graph). Returns the
+/// distances (local to `range`), the settle order (local ids) and the
+/// parent (local node, slot into `g.nbr`) of every settled node but the
+/// source (`usize::MAX` slots for the source and unreached nodes).
+fn dijkstra(
+    g: &UndirectedLengths,
+    range: std::ops::Range<usize>,
+    source: usize,
+    want_tree: bool,
+) -> (Vec<f64>, Vec<usize>, Vec<(usize, usize)>) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let m = range.len();
+    let mut dist = vec![f64::INFINITY; m];
+    let mut parent = if want_tree {
+        vec![(usize::MAX, usize::MAX); m]
+    } else {
+        Vec::new()
+    };
+    let mut order = Vec::new();
+    let mut done = vec![false; m];
+    let mut heap = BinaryHeap::new();
+    let s = source - range.start;
+    dist[s] = 0.0;
+    heap.push(Reverse((ordered_float::OrderedFloat(0.0f64), s)));
+    while let Some(Reverse((ordered_float::OrderedFloat(d), u))) = heap.pop() {
+        if done[u] {
+            continue;
+        }
+        done[u] = true;
+        if want_tree {
+            order.push(u);
+        }
+        let gu = u + range.start;
+        for slot in g.indptr[gu]..g.indptr[gu + 1] {
+            let v = g.nbr[slot] - range.start;
+            let nd = d + g.len[slot];
+            if nd < dist[v] {
+                dist[v] = nd;
+                if want_tree {
+                    parent[v] = (u, slot);
+                }
+                heap.push(Reverse((ordered_float::OrderedFloat(nd), v)));
+            }
+        }
+    }
+    (dist, order, parent)
+}
+
+/// Undirected shortest-path lengths from each node of `sources` to every
+/// node of its own graph, edge weights as lengths (the convention of
+/// [`undirected_path_lengths`]'s undirected view: the smaller of $a_{uv}$,
+/// $a_{vu}$; zero weights are no edge). Result `[s][v - start_g]`,
+/// `f64::INFINITY` where unreachable. Dijkstra per source, in parallel over
+/// sources; $O(\sum_s E_g \log n_g)$ time, no $N \times N$ matrix.
+///
+/// # Errors
+/// [`PoolError::NegativePathLength`] for a negative edge weight.
+pub fn undirected_path_lengths<T: Scalar>(
+    a: CsMatView<T>,
+    segments: &Segments,
+    sources: &[usize],
+) -> Result<Vec<Vec<f64>>, PoolError> {
+    let g = undirected_lengths(a)?;
+    Ok(sources
+        .par_iter()
+        .map(|&s| dijkstra(&g, segments.range(segments.graph_of(s)), s, false).0)
+        .collect())
+}
+
+/// VJP of [`undirected_path_lengths`] with respect to the stored values of
+/// $A$, given $\bar d$ in the same layout: the derivative of a path length
+/// with respect to an edge weight is 1 on the shortest path (found by
+/// Dijkstra; among equally short paths the first settled) and 0 elsewhere;
+/// where $a_{uv} = a_{vu}$ both attain the undirected length and the
+/// gradient is split equally between them (the symmetric derivative, as
+/// central differences see it). Unreachable nodes contribute nothing.
+/// Parallel over graphs, sequential within a graph: deterministic.
+///
+/// # Errors
+/// [`PoolError::NegativePathLength`] for a negative edge weight.
+pub fn undirected_path_lengths_vjp<T: Scalar>(
+    a: CsMatView<T>,
+    segments: &Segments,
+    sources: &[usize],
+    grad: &[Vec<f64>],
+) -> Result<Array1<T>, PoolError> {
+    let g = undirected_lengths(a)?;
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    // sources of each graph (sources need not be sorted)
+    let mut by_graph: Vec<Vec<usize>> = vec![Vec::new(); segments.num_graphs()];
+    for (k, &s) in sources.iter().enumerate() {
+        by_graph[segments.graph_of(s)].push(k);
+    }
+    let parts: Vec<Vec<f64>> = by_graph
+        .par_iter()
+        .enumerate()
+        .map(|(gi, ks)| {
+            let range = segments.range(gi);
+            let (elo, ehi) = (ip[range.start] - base, ip[range.end] - base);
+            let mut out = vec![0.0f64; ehi - elo];
+            let mut acc = vec![0.0f64; range.len()];
+            for &k in ks {
+                let (dist, order, parent) = dijkstra(&g, range.clone(), sources[k], true);
+                for (v, a) in acc.iter_mut().enumerate() {
+                    *a = if dist[v].is_finite() { grad[k][v] } else { 0.0 };
+                }
+                for &v in order.iter().rev() {
+                    let (p, slot) = parent[v];
+                    if slot == usize::MAX {
+                        continue;
+                    }
+                    let gv = acc[v];
+                    acc[p] += gv;
+                    let [e1, e2] = g.src[slot];
+                    if e2 == usize::MAX {
+                        out[e1 - elo] += gv;
+                    } else {
+                        out[e1 - elo] += 0.5 * gv;
+                        out[e2 - elo] += 0.5 * gv;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    let flat: Vec<T> = parts.into_iter().flatten().map(T::c).collect();
+    Ok(Array1::from(flat))
 }
 
 /// Sampled dense–dense product (SDDMM): for every stored entry $(i, j)$ of

@@ -1,0 +1,369 @@
+//! LaPool: soft assignment of every node to the Laplacian "leaders" of its graph.
+
+use ndarray::{Array1, Axis};
+use rayon::prelude::*;
+use sprs::CsMat;
+
+use crate::batch::{check_finite_2d, DisjointBatch};
+use crate::error::{PoolError, Result};
+use crate::framework::layer::check_grad_shape;
+use crate::framework::{
+    Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SparseAssignment, SparseConnectCache,
+    SrcPool,
+};
+use crate::kernels::sort::check_scores;
+use crate::kernels::sparse::{
+    cosine_at, cosine_at_vjp, laplacian_spmm, row_softmax, row_softmax_vjp,
+    undirected_path_lengths, undirected_path_lengths_vjp,
+};
+use crate::nn::Params;
+use crate::scalar::Scalar;
+use crate::Segments;
+
+/// LaPool (Noutahi et al., *Towards Interpretable Sparse Graph
+/// Representation Learning with Laplacian Pooling*, 2019; Spektral `LaPool`):
+/// $$v = \|L X\|_2 \text{ per node}, \qquad
+/// \mathcal{L} = \{ i : v_i \ge v_j \ \forall j \text{ with } a_{ij} \text{ stored} \},$$
+/// $$S_{il} = \beta_{il} \operatorname{softmax}_{l \in \mathcal{L}_g}\Big(\frac{\langle x_i, x_l\rangle}{\|x_i\|\|x_l\|}\Big)
+/// \text{ for } i \notin \mathcal{L}, \qquad S_{ll'} = \delta_{ll'} \text{ for leaders},$$
+/// $$X' = S^\top X, \qquad A' = S^\top A S,$$
+/// where $L = D - A$ with the weighted degrees $D_{ii} = \sum_j a_{ij}$, the
+/// softmax runs over the leaders $\mathcal{L}_g$ of node $i$'s own graph,
+/// and $\beta_{il} = 1 / \mathrm{dist}(i, l)$ (undirected shortest path,
+/// edge weights as lengths; 0 where unreachable) with
+/// `shortest_path_reg`, else 1. No parameters.
+///
+/// Shapes: $S$ is $N \times L$ ($L$ = leaders of the whole batch, one column
+/// per leader in node order), sparse: row $i$ stores one entry per leader
+/// of its graph (a leader's row only its own 1). $X'$ is $L \times F$, $A'$
+/// is $L \times L$ block-diagonal CSR, the pooled segments hold the leaders
+/// of each graph. [`Pooled::selection`] is the [`Selection::Sparse`] $S$.
+/// Memory is $O(\mathrm{nnz} + N F + \sum_g n_g L_g)$: no $N \times N$ matrix,
+/// shortest paths are Dijkstra runs from each leader on the CSR (Spektral
+/// densifies $A$ and runs scipy on all pairs).
+///
+/// Spektral's definition, kept (its `reference` notes): the softmax is
+/// `tf.sparse.softmax` (the docstring says sparsemax), $S$ is not
+/// renormalised after $\beta$, a node is a leader when $v_i \ge v_j$ over
+/// every stored entry $(i, j)$ (an isolated node is a leader, equal
+/// neighbours are both leaders); path lengths are
+/// `scipy.sparse.csgraph.shortest_path(dense(A), directed=False)`'s: the
+/// smaller of $a_{ij}, a_{ji}$, zero weights are no edge.
+///
+/// Defined where Spektral is not:
+/// * the cosine similarity with a zero feature vector is 0 (Spektral: NaN);
+/// * a negative edge weight with `shortest_path_reg` is a
+///   [`PoolError::NegativePathLength`] (scipy: negative cycle error);
+/// * a non-finite $v$ (overflowing features) is a [`PoolError::NonFiniteScore`];
+/// * an empty graph has no leader and no pooled node; every non-empty graph
+///   has at least one leader (its node of largest $v$).
+///
+/// Gradients flow through $S$ (the cosine similarities, the softmax and,
+/// with `shortest_path_reg`, the path lengths: $\partial\,\mathrm{dist}/\partial a_e$
+/// is 1 on the shortest path) into $X$ and the edge weights, and through
+/// $X' = S^\top X$, $A' = S^\top A S$. The Laplacian only decides the
+/// leaders, which is piecewise constant: it contributes no gradient.
+/// (Spektral's $\beta$ comes from `tf.numpy_function` and gets no gradient.)
+///
+/// ```
+/// use graphpool::{layers::LaPool, framework::Layer, DisjointBatch};
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// // a path 0 - 1 - 2: node 1 has the largest Laplacian signal
+/// let mut t = TriMat::new((3, 3));
+/// for (i, j) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+///     t.add_triplet(i, j, 1.0);
+/// }
+/// let b = DisjointBatch::single(array![[1.0_f64, 0.0], [0.0, 4.0], [1.0, 1.0]], t.to_csr())?;
+/// let p = LaPool::new(true).call(&b)?;
+/// assert_eq!(p.batch.num_nodes(), 1); // one leader, node 1
+/// // one leader: softmax 1, times beta = 1 / dist = 1 for both neighbours
+/// assert_eq!(p.batch.x(), &array![[2.0, 5.0]]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LaPool {
+    shortest_path_reg: bool,
+}
+
+impl Default for LaPool {
+    /// Spektral's default: `shortest_path_reg = True`.
+    fn default() -> Self {
+        Self {
+            shortest_path_reg: true,
+        }
+    }
+}
+
+/// Saved state of [`LaPool`]'s forward pass.
+#[derive(Debug, Clone)]
+pub struct LaPoolCache<T: Scalar> {
+    assignment: SparseAssignment<T>,
+    cos: Array1<T>,
+    soft: Array1<T>,
+    /// $\beta$ aligned with $S$ (`None` without the regularisation: all 1).
+    beta: Option<Array1<T>>,
+    /// Per leader, for the path-length VJP: the graph's first node.
+    graph_start: Vec<usize>,
+    connect: SparseConnectCache<T>,
+    x_shape: [usize; 2],
+    nnz: usize,
+}
+
+/// What the selection step computes.
+struct Select<T: Scalar> {
+    assignment: SparseAssignment<T>,
+    cos: Array1<T>,
+    soft: Array1<T>,
+    beta: Option<Array1<T>>,
+    graph_start: Vec<usize>,
+}
+
+impl LaPool {
+    /// LaPool with or without the shortest-path regularisation $\beta$.
+    pub fn new(shortest_path_reg: bool) -> Self {
+        Self { shortest_path_reg }
+    }
+
+    /// Whether $\beta = 1/\mathrm{dist}$ is applied.
+    pub fn shortest_path_reg(&self) -> bool {
+        self.shortest_path_reg
+    }
+
+    /// The leaders of every graph, ascending: nodes whose Laplacian signal
+    /// $v_i = \|(LX)_i\|_2$ is at least that of every stored neighbour.
+    ///
+    /// # Errors
+    /// [`PoolError::NonFiniteScore`] if some $v_i$ is not finite.
+    pub fn leaders<T: Scalar>(&self, batch: &DisjointBatch<T>) -> Result<Vec<usize>> {
+        let a = batch.a();
+        let lx = laplacian_spmm(a.view(), batch.x().view());
+        let v: Array1<T> = Array1::from(
+            (0..lx.nrows())
+                .into_par_iter()
+                .map(|i| lx.row(i).dot(&lx.row(i)).sqrt())
+                .collect::<Vec<T>>(),
+        );
+        check_scores(v.view())?;
+        let is_leader: Vec<bool> = (0..a.rows())
+            .into_par_iter()
+            .map(|i| {
+                a.outer_view(i)
+                    .is_none_or(|row| row.indices().iter().all(|&j| v[i] >= v[j]))
+            })
+            .collect();
+        Ok((0..a.rows()).filter(|&i| is_leader[i]).collect())
+    }
+
+    fn select<T: Scalar>(&self, batch: &DisjointBatch<T>) -> Result<Select<T>> {
+        let n = batch.num_nodes();
+        let segments = batch.segments();
+        let leaders = self.leaders(batch)?;
+        // leader columns of each graph: lead_off[g]..lead_off[g + 1]
+        let mut lead_off = vec![0usize; segments.num_graphs() + 1];
+        let mut col_of = vec![usize::MAX; n];
+        for (j, &l) in leaders.iter().enumerate() {
+            lead_off[segments.graph_of(l) + 1] += 1;
+            col_of[l] = j;
+        }
+        for g in 0..segments.num_graphs() {
+            lead_off[g + 1] += lead_off[g];
+        }
+        // the pattern of S: one entry per leader of the row's graph, a
+        // leader's row only its own column
+        let mut indptr = Vec::with_capacity(n + 1);
+        indptr.push(0);
+        let mut indices = Vec::new();
+        for (g, r) in segments.ranges().enumerate() {
+            for i in r {
+                if col_of[i] != usize::MAX {
+                    indices.push(col_of[i]);
+                } else {
+                    indices.extend(lead_off[g]..lead_off[g + 1]);
+                }
+                indptr.push(indices.len());
+            }
+        }
+        let nnz = indices.len();
+        let l = leaders.len();
+        let mut s = CsMat::new((n, l), indptr, indices, vec![T::zero(); nnz]);
+        let x = batch.x().view();
+        let x_leaders = x.select(Axis(0), &leaders);
+        let cos = cosine_at(s.view(), x, x_leaders.view());
+        s.data_mut().copy_from_slice(&cos.to_vec());
+        let soft = row_softmax(s.view());
+        let graph_start: Vec<usize> = leaders
+            .iter()
+            .map(|&l| segments.range(segments.graph_of(l)).start)
+            .collect();
+        let beta = if self.shortest_path_reg {
+            let dist = undirected_path_lengths(batch.a().view(), segments, &leaders)?;
+            let beta = beta_values(&s, &col_of, &dist, &graph_start);
+            Some(Array1::from(beta))
+        } else {
+            None
+        };
+        let vals: Vec<T> = match &beta {
+            Some(b) => soft.iter().zip(b).map(|(&p, &b)| p * b).collect(),
+            None => soft.to_vec(),
+        };
+        s.data_mut().copy_from_slice(&vals);
+        Ok(Select {
+            assignment: SparseAssignment { s, leaders },
+            cos,
+            soft,
+            beta,
+            graph_start,
+        })
+    }
+}
+
+/// $\beta$ aligned with the pattern `s`: 1 on a leader's row, else
+/// $1/\mathrm{dist}$ (0 where unreachable).
+fn beta_values<T: Scalar>(
+    s: &CsMat<T>,
+    col_of: &[usize],
+    dist: &[Vec<f64>],
+    graph_start: &[usize],
+) -> Vec<T> {
+    let ip = s.indptr();
+    let ip = ip.raw_storage();
+    let idx = s.indices();
+    (0..s.rows())
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            idx[ip[i]..ip[i + 1]].iter().map(move |&j| {
+                if col_of[i] != usize::MAX {
+                    T::one()
+                } else {
+                    let d = dist[j][i - graph_start[j]];
+                    if d.is_finite() && d > 0.0 {
+                        T::c(1.0 / d)
+                    } else {
+                        T::zero()
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+impl<T: Scalar> Layer<T> for LaPool {
+    type Output = Pooled<T>;
+    type Cache = LaPoolCache<T>;
+
+    fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
+        let sel = self.select(batch)?;
+        let assignment = sel.assignment;
+        let x = assignment.reduce(batch.x().view());
+        check_finite_2d(&x.view(), "pooled x (overflow in S^T X)")?;
+        let (a, connect) = assignment.connect(batch.a().view());
+        if let Some(p) = a.data().iter().position(|v| !v.is_finite()) {
+            return Err(PoolError::NonFinite {
+                what: "pooled adjacency (overflow in S^T A S)".into(),
+                index: format!("entry {p}"),
+                value: a.data()[p].to_string(),
+            });
+        }
+        let segments: Segments = assignment.reduce_index(batch.segments());
+        let cache = LaPoolCache {
+            assignment: assignment.clone(),
+            cos: sel.cos,
+            soft: sel.soft,
+            beta: sel.beta,
+            graph_start: sel.graph_start,
+            connect,
+            x_shape: [x.nrows(), x.ncols()],
+            nnz: a.nnz(),
+        };
+        let pooled = Pooled {
+            batch: DisjointBatch::new_unchecked(x, a, segments),
+            selection: Selection::Sparse(assignment),
+            score: None,
+            losses: Losses::new(),
+        };
+        Ok((pooled, cache))
+    }
+
+    fn backward(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &Self::Cache,
+        grad: &PooledGrad<T>,
+    ) -> Result<Gradients<T>> {
+        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
+        check_grad_shape("pooled edge weights", &[cache.nnz], &grad.edge_weights)?;
+        let x = batch.x().view();
+        let a = batch.a().view();
+        let asg = &cache.assignment;
+        let (gs_reduce, mut gx) = asg.reduce_vjp(x, grad.x.view());
+        let (gs_connect, mut ga) = asg.connect_vjp(a, &cache.connect, grad.edge_weights.view());
+        let gs = gs_reduce + gs_connect;
+        // S = beta * softmax(cos)
+        let g_soft = match &cache.beta {
+            Some(b) => &gs * b,
+            None => gs.clone(),
+        };
+        let g_cos = row_softmax_vjp(asg.s.view(), cache.soft.view(), g_soft.view());
+        let x_leaders = x.select(Axis(0), &asg.leaders);
+        let (gx_cos, g_leaders) = cosine_at_vjp(
+            asg.s.view(),
+            x,
+            x_leaders.view(),
+            cache.cos.view(),
+            g_cos.view(),
+        );
+        gx += &gx_cos;
+        for (j, &l) in asg.leaders.iter().enumerate() {
+            let mut row = gx.row_mut(l);
+            row += &g_leaders.row(j);
+        }
+        if let Some(beta) = &cache.beta {
+            // d beta / d dist = -beta^2, on non-leader rows with a finite path
+            let mut g_dist: Vec<Vec<f64>> = asg
+                .leaders
+                .iter()
+                .zip(&cache.graph_start)
+                .map(|(&l, &start)| {
+                    vec![0.0; batch.segments().range(batch.segments().graph_of(l)).end - start]
+                })
+                .collect();
+            let ip = asg.s.indptr();
+            let ip = ip.raw_storage();
+            for i in 0..asg.s.rows() {
+                for e in ip[i]..ip[i + 1] {
+                    let j = asg.s.indices()[e];
+                    if asg.leaders[j] == i || beta[e] == T::zero() {
+                        continue;
+                    }
+                    let g = gs[e] * cache.soft[e] * (-beta[e] * beta[e]);
+                    g_dist[j][i - cache.graph_start[j]] = g.to_f64().unwrap_or(0.0);
+                }
+            }
+            ga += &undirected_path_lengths_vjp(a, batch.segments(), &asg.leaders, &g_dist)?;
+        }
+        Ok(Gradients {
+            x: gx,
+            edge_weights: ga,
+            params: Params::new(),
+        })
+    }
+
+    fn params(&self) -> &Params<T> {
+        T::no_params()
+    }
+}
+
+impl<T: Scalar> SrcPool<T> for LaPool {
+    fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
+        Ok((
+            Selection::Sparse(LaPool::select(self, batch)?.assignment),
+            None,
+        ))
+    }
+
+    fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.forward(batch)?.0)
+    }
+}

@@ -1,0 +1,312 @@
+//! SAGPool: keep the nodes with the largest graph-convolutional score.
+
+use ndarray::{Array1, Array2, ArrayD, Axis};
+use sprs::CsMat;
+
+use super::selection_core::{Gating, KeepRule, SelectionCore, SelectionPoolCache};
+use crate::batch::DisjointBatch;
+use crate::error::{PoolError, Result};
+use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
+use crate::kernels::sparse::{gcn_filter, spmm, spmm_vjp_values, spmm_vjp_x, transpose, GcnFilter};
+use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
+use crate::scalar::Scalar;
+
+/// The graph convolution that scores the nodes of a [`SAGPool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SagScorer {
+    /// Spektral's scorer: $y = \hat D^{-1/2}(A + I)\hat D^{-1/2} X w$ with the
+    /// weighted degrees $\hat D$ of $A + I$; parameter `kernel` $(F, 1)$.
+    #[default]
+    Gcn,
+    /// PyG's default `GNN=GraphConv`:
+    /// $y_i = x_i w_{\text{root}} + \sum_{j : a_{ji} \text{ stored}} x_j w_{\text{rel}} + b$
+    /// (sum over the incoming edges $j \to i$, PyG's `source_to_target`
+    /// flow, with edge weights **ignored**: PyG's `SAGPooling` calls the GNN
+    /// without them); parameters `gnn.lin_rel.kernel` $(F, 1)$,
+    /// `gnn.lin_rel.bias` $(1)$, `gnn.lin_root.kernel` $(F, 1)$.
+    GraphConv,
+}
+
+/// SAGPool (Lee et al., *Self-Attention Graph Pooling*, ICML 2019;
+/// Spektral `SAGPool`, PyG `SAGPooling`):
+/// $$y = \mathrm{GNN}(A, X), \qquad \mathbf{i} = \operatorname{top}_k(y), \qquad
+/// X' = (X \odot \tanh(y))_{\mathbf{i}}, \qquad A' = A_{\mathbf{i},\mathbf{i}},$$
+/// with $k = \lceil \text{ratio} \cdot n_g \rceil$ per graph. The GNN is
+/// Spektral's GCN filter by default,
+/// $y = \hat D^{-1/2}(A + I)\hat D^{-1/2} X w$ (`kernel` $(F, 1)$,
+/// glorot-uniform, **not** normalised), or PyG's `GraphConv`
+/// ([`SagScorer::GraphConv`]).
+///
+/// Selection, gating and connection are exactly [`super::TopKPool`]'s (the
+/// same core): kept nodes in input order, ties by node index, induced
+/// subgraph in CSR, [`Pooled::score`] the raw $y$, [`Pooled::selection`] a
+/// [`Selection::Subset`].
+///
+/// Differences from the references, documented:
+/// * Spektral normalises with $a_{ij} / (\sqrt{d_i} + 10^{-7}) / (\sqrt{d_j} + 10^{-7})$;
+///   graphpool uses the exact $a_{ij} / \sqrt{d_i d_j}$ of
+///   [`crate::kernels::sparse::gcn_filter`] (relative difference
+///   $\approx 10^{-7}/\sqrt d$), and 0 instead of NaN for a degree $\le 0$.
+/// * PyG's `SelectTopK` multiplies the GNN score by $p / |p|$ for its own
+///   scalar weight $p$; only the sign of $p$ matters and graphpool fixes it to
+///   $+1$.
+/// * The GraphConv parameters are glorot-uniform (bias zero), not PyG's
+///   initialisation; load weights by name to reproduce a PyG model.
+///
+/// Gradients flow into $X$, the edge weights (through the GCN filter and
+/// $A'$) and the parameters; the choice of nodes is piecewise constant.
+///
+/// ```
+/// use graphpool::{layers::SAGPool, framework::Layer, DisjointBatch};
+/// use ndarray::array;
+/// use sprs::TriMat;
+///
+/// let mut t = TriMat::new((4, 4));
+/// for (i, j) in [(0, 1), (1, 0), (2, 3), (3, 2)] {
+///     t.add_triplet(i, j, 1.0);
+/// }
+/// let x = array![[1.0_f64, 0.0], [0.5, 1.0], [-1.0, 2.0], [0.0, 0.3]];
+/// let b = DisjointBatch::from_graph_ids(x, t.to_csr(), &[0, 0, 1, 1], 2)?;
+/// let p = SAGPool::<f64>::new(2, 0.5, 3)?.call(&b)?;
+/// assert_eq!(p.batch.num_nodes(), 2); // one node of each graph
+/// assert_eq!(p.batch.segments().sizes(), vec![1, 1]);
+/// assert_eq!(p.score.unwrap().len(), 4);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct SAGPool<T: Scalar> {
+    core: SelectionCore,
+    scorer: SagScorer,
+    params: Params<T>,
+}
+
+/// Saved state of [`SAGPool`]'s forward pass.
+#[derive(Debug, Clone)]
+pub struct SagPoolCache<T: Scalar> {
+    core: SelectionPoolCache<T>,
+    scorer: ScorerCache<T>,
+}
+
+#[derive(Debug, Clone)]
+enum ScorerCache<T: Scalar> {
+    Gcn(Box<(GcnFilter<T>, Array2<T>)>),
+    GraphConv,
+}
+
+const KERNEL: &str = "kernel";
+const REL_KERNEL: &str = "gnn.lin_rel.kernel";
+const REL_BIAS: &str = "gnn.lin_rel.bias";
+const ROOT_KERNEL: &str = "gnn.lin_root.kernel";
+
+/// The 0/1 pattern of `a` (every stored entry, explicit zeros included).
+fn pattern<T: Scalar>(a: &CsMat<T>) -> CsMat<T> {
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    CsMat::new(
+        a.shape(),
+        ip.iter().map(|p| p - base).collect(),
+        a.indices().to_vec(),
+        vec![T::one(); a.nnz()],
+    )
+}
+
+impl<T: Scalar> SAGPool<T> {
+    /// A pool with Spektral's GCN scorer keeping `ratio` of the nodes of
+    /// each graph, tanh gating, weights drawn from `seed`.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$.
+    pub fn new(in_features: usize, ratio: f64, seed: u64) -> Result<Self> {
+        Self::new_with_scorer(in_features, ratio, SagScorer::Gcn, seed)
+    }
+
+    /// A pool with the given scorer (PyG's `GraphConv` or Spektral's GCN).
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$.
+    pub fn new_with_scorer(
+        in_features: usize,
+        ratio: f64,
+        scorer: SagScorer,
+        seed: u64,
+    ) -> Result<Self> {
+        let core = SelectionCore::new(KeepRule::Ratio(ratio), Gating::Tanh)?;
+        let mut rng = rng_from_seed(seed);
+        let mut params = Params::new();
+        let kernel = |rng: &mut _| Initializer::GlorotUniform.sample(&[in_features, 1], rng);
+        match scorer {
+            SagScorer::Gcn => params.insert(KERNEL, kernel(&mut rng)),
+            SagScorer::GraphConv => {
+                params.insert(REL_KERNEL, kernel(&mut rng));
+                params.insert(REL_BIAS, Initializer::Zeros.sample(&[1], &mut rng));
+                params.insert(ROOT_KERNEL, kernel(&mut rng));
+            }
+        }
+        Ok(Self {
+            core,
+            scorer,
+            params,
+        })
+    }
+
+    /// Uses `gating` ($\tanh$ or $\sigma$) for the kept features.
+    pub fn with_gating(mut self, gating: Gating) -> Self {
+        self.core.gating = gating;
+        self
+    }
+
+    /// Spektral's `sigmoid_gating` flag.
+    pub fn with_sigmoid_gating(self, sigmoid_gating: bool) -> Self {
+        self.with_gating(Gating::from_sigmoid_gating(sigmoid_gating))
+    }
+
+    /// Replaces how many nodes are kept (PyG's integer `ratio` or `min_score`).
+    ///
+    /// # Errors
+    /// Those of [`KeepRule::validate`].
+    pub fn with_keep(mut self, keep: KeepRule) -> Result<Self> {
+        self.core.keep = keep.validate()?;
+        Ok(self)
+    }
+
+    /// PyG's `multiplier`: the pooled features are scaled by `m`.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] for a non-finite `m`.
+    pub fn with_multiplier(mut self, m: f64) -> Result<Self> {
+        self.core.multiplier = SelectionCore::check_multiplier(m)?;
+        Ok(self)
+    }
+
+    /// The scorer.
+    pub fn scorer(&self) -> SagScorer {
+        self.scorer
+    }
+
+    /// The keep rule.
+    pub fn keep(&self) -> KeepRule {
+        self.core.keep
+    }
+
+    /// The gating.
+    pub fn gating(&self) -> Gating {
+        self.core.gating
+    }
+
+    fn kernel(&self, name: &str, f: usize) -> Result<ndarray::ArrayView2<'_, T>> {
+        let w = self.params.matrix(name)?;
+        if w.nrows() != f {
+            return Err(PoolError::ShapeMismatch {
+                what: format!("x for {name}"),
+                expected: format!("{} columns", w.nrows()),
+                got: format!("{f} columns"),
+            });
+        }
+        Ok(w)
+    }
+
+    fn scores(&self, batch: &DisjointBatch<T>) -> Result<(Array1<T>, ScorerCache<T>)> {
+        let x = batch.x().view();
+        let f = x.ncols();
+        match self.scorer {
+            SagScorer::Gcn => {
+                let w = self.kernel(KERNEL, f)?;
+                let filter = gcn_filter(batch.a().view());
+                let xw = matmul(x, w, None);
+                let y = spmm(filter.matrix.view(), xw.view()).remove_axis(Axis(1));
+                Ok((y, ScorerCache::Gcn(Box::new((filter, xw)))))
+            }
+            SagScorer::GraphConv => {
+                let w_rel = self.kernel(REL_KERNEL, f)?;
+                let w_root = self.kernel(ROOT_KERNEL, f)?;
+                let b = self.params.vector(REL_BIAS)?;
+                let xr = matmul(x, w_rel, None);
+                let pt = transpose(pattern(batch.a()).view()).matrix;
+                let mut y = spmm(pt.view(), xr.view());
+                y += &matmul(x, w_root, Some(b));
+                Ok((y.remove_axis(Axis(1)), ScorerCache::GraphConv))
+            }
+        }
+    }
+}
+
+impl<T: Scalar> Layer<T> for SAGPool<T> {
+    type Output = Pooled<T>;
+    type Cache = SagPoolCache<T>;
+
+    fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
+        let (y, scorer) = self.scores(batch)?;
+        let (pooled, core) = self.core.forward(batch, y)?;
+        Ok((pooled, SagPoolCache { core, scorer }))
+    }
+
+    fn backward(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &Self::Cache,
+        grad: &PooledGrad<T>,
+    ) -> Result<Gradients<T>> {
+        let core = self.core.backward(batch, &cache.core, grad)?;
+        let x = batch.x().view();
+        let f = x.ncols();
+        let gy = core.y.view().insert_axis(Axis(1));
+        let mut params = self.params.zeros_like();
+        let mut gx = core.x;
+        let mut edge_weights = core.edge_weights;
+        match &cache.scorer {
+            ScorerCache::Gcn(gcn) => {
+                let (filter, xw) = &**gcn;
+                let w = self.kernel(KERNEL, f)?;
+                let g_xw = spmm_vjp_x(filter.matrix.view(), gy);
+                let g_filter = spmm_vjp_values(filter.matrix.view(), xw.view(), gy);
+                edge_weights += &filter.vjp(&g_filter.to_vec(), batch.a().nnz());
+                let (gx_s, gw, _) = matmul_vjp(x, w, g_xw.view());
+                gx += &gx_s;
+                params.accumulate_dim(KERNEL, gw.view())?;
+            }
+            ScorerCache::GraphConv => {
+                let w_rel = self.kernel(REL_KERNEL, f)?;
+                let w_root = self.kernel(ROOT_KERNEL, f)?;
+                let g_xr = spmm(pattern(batch.a()).view(), gy);
+                let (gx_rel, gw_rel, _) = matmul_vjp(x, w_rel, g_xr.view());
+                let (gx_root, gw_root, gb) = matmul_vjp(x, w_root, gy);
+                gx += &gx_rel;
+                gx += &gx_root;
+                params.accumulate_dim(REL_KERNEL, gw_rel.view())?;
+                params.accumulate_dim(REL_BIAS, gb.view())?;
+                params.accumulate_dim(ROOT_KERNEL, gw_root.view())?;
+            }
+        }
+        Ok(Gradients {
+            x: gx,
+            edge_weights,
+            params,
+        })
+    }
+
+    fn params(&self) -> &Params<T> {
+        &self.params
+    }
+
+    fn set_param(&mut self, name: &str, value: ArrayD<T>) -> Result<()> {
+        self.params.set(name, value)
+    }
+}
+
+impl<T: Scalar> SrcPool<T> for SAGPool<T> {
+    fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
+        let (y, _) = self.scores(batch)?;
+        let (subset, _) = self.core.select(y.view(), batch.segments())?;
+        Ok((Selection::Subset(subset), Some(y)))
+    }
+
+    /// The generic reduce of the selection, times PyG's multiplier.
+    fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
+        self.core.reduce(batch, selection)
+    }
+
+    fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.forward(batch)?.0)
+    }
+}

@@ -1,0 +1,303 @@
+//! The shared core of the score-based selection pools ([`super::TopKPool`],
+//! [`super::SAGPool`]): from a raw score per node to the kept subset, the
+//! gated features and the induced adjacency, and back. Each layer only
+//! computes its score $y$ (and differentiates it); everything after the
+//! score lives here once.
+
+use ndarray::{Array1, Array2, ArrayView1, Axis};
+
+use crate::batch::{check_finite_2d, DisjointBatch};
+use crate::error::{PoolError, Result};
+use crate::framework::layer::check_grad_shape;
+use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
+use crate::kernels::map_nodes;
+use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
+use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
+use crate::kernels::sparse::Induced;
+use crate::nn::Activation;
+use crate::scalar::Scalar;
+use crate::Segments;
+
+/// The gate a selection pool multiplies the kept features with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Gating {
+    /// $\tanh(y)$ (Cangea et al.; Spektral's default, PyG's `nonlinearity='tanh'`).
+    #[default]
+    Tanh,
+    /// $\sigma(y)$ (Gao & Ji; Spektral's `sigmoid_gating=True`).
+    Sigmoid,
+}
+
+impl Gating {
+    /// `Sigmoid` if `sigmoid_gating`, else `Tanh` (Spektral's flag).
+    pub fn from_sigmoid_gating(sigmoid_gating: bool) -> Self {
+        if sigmoid_gating {
+            Gating::Sigmoid
+        } else {
+            Gating::Tanh
+        }
+    }
+
+    fn activation(self) -> Activation {
+        match self {
+            Gating::Tanh => Activation::Tanh,
+            Gating::Sigmoid => Activation::Sigmoid,
+        }
+    }
+}
+
+/// How many nodes per graph a selection pool keeps.
+///
+/// Spektral only has [`KeepRule::Ratio`]; PyG's `ratio` argument is a
+/// [`KeepRule::Ratio`] when it is a float below 1 and a
+/// [`KeepRule::Count`] when it is an integer (PyG treats any `ratio >= 1` as
+/// an integer $k$), and its `min_score` is [`KeepRule::MinScore`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KeepRule {
+    /// Keep $\lceil \text{ratio} \cdot n_g \rceil$ nodes of each graph
+    /// (computed in `f32` as both references do), ratio in $(0, 1]$.
+    Ratio(f64),
+    /// Keep $\min(k, n_g)$ nodes of each graph, $k \ge 1$ (PyG's integer `ratio`).
+    Count(usize),
+    /// PyG's `min_score` $\tilde\alpha$: the score becomes
+    /// $s = \operatorname{softmax}_g(y)$ per graph, every node with
+    /// $s_i > \min(\max_{j \in g} s_j - 10^{-7}, \tilde\alpha)$ is kept (at
+    /// least one per non-empty graph), and the gate is $s$ itself (no
+    /// tanh/sigmoid). TopKPool's score is then $X p$, not normalised by
+    /// $\|p\|$, as in PyG.
+    MinScore(f64),
+}
+
+impl KeepRule {
+    /// Checks the rule's parameter.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidConfig`] for a ratio outside $(0, 1]$, $k = 0$ or
+    /// a non-finite `min_score`.
+    pub fn validate(self) -> Result<Self> {
+        let bad = |name: &str, value: String, expected: &str| PoolError::InvalidConfig {
+            name: name.into(),
+            value,
+            expected: expected.into(),
+        };
+        match self {
+            KeepRule::Ratio(r) if !(r > 0.0 && r <= 1.0) => Err(bad(
+                "ratio",
+                r.to_string(),
+                "a fraction in (0, 1] of the nodes of each graph (for PyG's integer k use KeepRule::Count)",
+            )),
+            KeepRule::Count(0) => Err(bad(
+                "k",
+                "0".into(),
+                "at least one node to keep per graph",
+            )),
+            KeepRule::MinScore(m) if !m.is_finite() => Err(bad(
+                "min_score",
+                m.to_string(),
+                "a finite score threshold (PyG uses values in [0, 1])",
+            )),
+            ok => Ok(ok),
+        }
+    }
+
+    /// Whether the score is turned into a per-graph softmax (PyG's `min_score`).
+    pub fn uses_softmax(self) -> bool {
+        matches!(self, KeepRule::MinScore(_))
+    }
+}
+
+/// PyG's epsilon in `torch_geometric.utils.softmax`.
+const PYG_SOFTMAX_EPS: f64 = 1e-16;
+/// PyG's `tol` in `topk(..., min_score)`.
+const PYG_MIN_SCORE_TOL: f64 = 1e-7;
+
+/// The configuration shared by the selection pools.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SelectionCore {
+    pub(crate) keep: KeepRule,
+    pub(crate) gating: Gating,
+    pub(crate) multiplier: f64,
+}
+
+/// Saved state of a selection pool's forward pass ([`super::TopKPool`],
+/// and inside [`super::SagPoolCache`]).
+#[derive(Debug, Clone)]
+pub struct SelectionPoolCache<T: Scalar> {
+    pub(crate) subset: Subset<T>,
+    /// The raw score of the kept nodes (for the gate's derivative).
+    y_kept: Array1<T>,
+    /// The per-graph softmax of the scores ([`KeepRule::MinScore`] only).
+    softmax: Option<Array1<T>>,
+    /// The induced adjacency with the source entry of every pooled edge.
+    induced: Induced<T>,
+    x_shape: [usize; 2],
+    nnz: usize,
+}
+
+/// Gradients of the core with respect to its inputs.
+pub(crate) struct CoreGrads<T: Scalar> {
+    /// Through the gated features (direct path).
+    pub(crate) x: Array2<T>,
+    /// Through the induced adjacency.
+    pub(crate) edge_weights: Array1<T>,
+    /// With respect to the raw score of every node.
+    pub(crate) y: Array1<T>,
+}
+
+impl SelectionCore {
+    pub(crate) fn new(keep: KeepRule, gating: Gating) -> Result<Self> {
+        Ok(Self {
+            keep: keep.validate()?,
+            gating,
+            multiplier: 1.0,
+        })
+    }
+
+    pub(crate) fn check_multiplier(m: f64) -> Result<f64> {
+        if m.is_finite() {
+            Ok(m)
+        } else {
+            Err(PoolError::InvalidConfig {
+                name: "multiplier".into(),
+                value: m.to_string(),
+                expected: "a finite factor for the pooled features".into(),
+            })
+        }
+    }
+
+    /// The kept nodes (ascending) and their gates from the raw scores, and
+    /// the softmax of the scores for [`KeepRule::MinScore`].
+    pub(crate) fn select<T: Scalar>(
+        &self,
+        y: ArrayView1<T>,
+        segments: &Segments,
+    ) -> Result<(Subset<T>, Option<Array1<T>>)> {
+        check_scores(y)?;
+        match self.keep {
+            KeepRule::Ratio(r) => {
+                let kept = segment_top_k(y, segments, |n| keep_count(r, n))?;
+                Ok((self.gate(y, kept), None))
+            }
+            KeepRule::Count(k) => {
+                let kept = segment_top_k(y, segments, |n| k.min(n))?;
+                Ok((self.gate(y, kept), None))
+            }
+            KeepRule::MinScore(min_score) => {
+                let s = segment_softmax(y, segments, T::c(PYG_SOFTMAX_EPS));
+                let smax = segment_max(s.view().insert_axis(Axis(1)), segments);
+                let keep = map_nodes(segments, |g, n| {
+                    let thr = (smax[[g, 0]] - T::c(PYG_MIN_SCORE_TOL)).min(T::c(min_score));
+                    s[n] > thr
+                });
+                let kept: Vec<usize> = (0..y.len()).filter(|&n| keep[n]).collect();
+                let gate = Array1::from_iter(kept.iter().map(|&n| s[n]));
+                Ok((Subset { kept, gate }, Some(s)))
+            }
+        }
+    }
+
+    /// The generic reduce of `selection` times the multiplier (for the
+    /// layers' [`crate::framework::SrcPool::reduce`]).
+    pub(crate) fn reduce<T: Scalar>(
+        &self,
+        batch: &DisjointBatch<T>,
+        selection: &Selection<T>,
+    ) -> Array2<T> {
+        let x = batch.x().view();
+        let mut out = match selection {
+            Selection::Subset(s) => s.reduce(x),
+            Selection::Dense(s) => s.reduce(x, batch.segments()),
+            Selection::Sparse(s) => s.reduce(x),
+        };
+        if self.multiplier != 1.0 {
+            let m = T::c(self.multiplier);
+            out.par_mapv_inplace(|v| v * m);
+        }
+        out
+    }
+
+    fn gate<T: Scalar>(&self, y: ArrayView1<T>, kept: Vec<usize>) -> Subset<T> {
+        let act = self.gating.activation();
+        let gate = Array1::from_iter(kept.iter().map(|&n| act.apply(y[n])));
+        Subset { kept, gate }
+    }
+
+    /// Select, reduce (gated features times the multiplier), connect
+    /// (induced subgraph) and reduce_index from the raw scores `y`.
+    pub(crate) fn forward<T: Scalar>(
+        &self,
+        batch: &DisjointBatch<T>,
+        y: Array1<T>,
+    ) -> Result<(Pooled<T>, SelectionPoolCache<T>)> {
+        let (subset, softmax) = self.select(y.view(), batch.segments())?;
+        let mut x = subset.reduce(batch.x().view());
+        if self.multiplier != 1.0 {
+            let m = T::c(self.multiplier);
+            x.par_mapv_inplace(|v| v * m);
+            check_finite_2d(&x.view(), "pooled x (the multiplier overflows)")?;
+        }
+        let induced = subset.connect(batch.a().view());
+        let segments = subset.reduce_index(batch.segments());
+        let y_kept = Array1::from_iter(subset.kept.iter().map(|&n| y[n]));
+        let cache = SelectionPoolCache {
+            y_kept,
+            softmax,
+            x_shape: [x.nrows(), x.ncols()],
+            nnz: induced.matrix.nnz(),
+            subset: subset.clone(),
+            induced: induced.clone(),
+        };
+        let pooled = Pooled {
+            batch: DisjointBatch::new_unchecked(x, induced.matrix, segments),
+            selection: Selection::Subset(subset),
+            score: Some(y),
+            losses: Losses::new(),
+        };
+        Ok((pooled, cache))
+    }
+
+    /// The gradients of the core: through the gated features to $X$,
+    /// through the induced adjacency to the edge weights, and through the
+    /// gates to the raw scores (0 for dropped nodes: the choice itself is
+    /// piecewise constant).
+    pub(crate) fn backward<T: Scalar>(
+        &self,
+        batch: &DisjointBatch<T>,
+        cache: &SelectionPoolCache<T>,
+        grad: &PooledGrad<T>,
+    ) -> Result<CoreGrads<T>> {
+        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
+        check_grad_shape("pooled edge weights", &[cache.nnz], &grad.edge_weights)?;
+        let gx_out = if self.multiplier != 1.0 {
+            let m = T::c(self.multiplier);
+            grad.x.mapv(|v| v * m)
+        } else {
+            grad.x.clone()
+        };
+        let (gx, ggate) = cache.subset.reduce_vjp(batch.x().view(), gx_out.view());
+        let edge_weights =
+            Subset::connect_vjp(&cache.induced, grad.edge_weights.view(), batch.a().nnz());
+        let n = batch.num_nodes();
+        let mut gy = Array1::zeros(n);
+        match &cache.softmax {
+            None => {
+                let act = self.gating.activation();
+                for (j, &node) in cache.subset.kept.iter().enumerate() {
+                    gy[node] = ggate[j] * act.derivative(cache.y_kept[j], cache.subset.gate[j]);
+                }
+            }
+            Some(s) => {
+                let mut gs = Array1::zeros(n);
+                for (j, &node) in cache.subset.kept.iter().enumerate() {
+                    gs[node] = ggate[j];
+                }
+                gy = segment_softmax_vjp(s.view(), gs.view(), batch.segments());
+            }
+        }
+        Ok(CoreGrads {
+            x: gx,
+            edge_weights,
+            y: gy,
+        })
+    }
+}

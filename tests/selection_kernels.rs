@@ -1,0 +1,348 @@
+//! The kernels added for the selection pools against dense oracles (test
+//! only) and finite differences: spgemm VJPs, row softmax, sampled cosine
+//! similarity, the Laplacian product, undirected shortest paths, and the
+//! sparse-assignment reduce / connect of the SRC framework.
+
+mod common;
+
+use common::with_threads;
+use graphpool::framework::SparseAssignment;
+use graphpool::kernels::sparse::{
+    cosine_at, cosine_at_vjp, laplacian_spmm, laplacian_spmm_vjp_values, laplacian_spmm_vjp_x,
+    row_softmax, row_softmax_vjp, spgemm, spgemm_vjp_a, spgemm_vjp_b, undirected_path_lengths,
+    undirected_path_lengths_vjp,
+};
+use graphpool::{PoolError, Segments};
+use ndarray::{Array1, Array2};
+use proptest::prelude::*;
+use sprs::{CsMat, TriMat};
+
+fn dense(a: &CsMat<f64>) -> Array2<f64> {
+    let mut d = Array2::zeros((a.rows(), a.cols()));
+    for (&v, (r, c)) in a.iter() {
+        d[[r, c]] += v;
+    }
+    d
+}
+
+fn with_data(a: &CsMat<f64>, data: Vec<f64>) -> CsMat<f64> {
+    let (ip, idx, _) = a.clone().into_raw_storage();
+    CsMat::new(a.shape(), ip, idx, data)
+}
+
+/// A random sparse matrix with values from `vals` (continuous) or small integers.
+fn sparse(r: usize, c: usize, density: f64) -> impl Strategy<Value = CsMat<f64>> {
+    proptest::collection::vec((0.0f64..1.0, -2.0f64..2.0), r * c).prop_map(move |cells| {
+        let mut t = TriMat::new((r, c));
+        for (k, (p, v)) in cells.into_iter().enumerate() {
+            if p < density {
+                t.add_triplet(k / c, k % c, v);
+            }
+        }
+        t.to_csr()
+    })
+}
+
+fn matrix(r: usize, c: usize) -> impl Strategy<Value = Array2<f64>> {
+    proptest::collection::vec(-2.0f64..2.0, r * c)
+        .prop_map(move |v| Array2::from_shape_vec((r, c), v).unwrap())
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs())))
+}
+
+/// Central difference of `f` with respect to every entry of `v`.
+fn numeric_grad(v: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let h = 1e-6;
+    (0..v.len())
+        .map(|k| {
+            let mut p = v.to_vec();
+            p[k] += h;
+            let lp = f(&p);
+            p[k] -= 2.0 * h;
+            (lp - f(&p)) / (2.0 * h)
+        })
+        .collect()
+}
+
+/// A symmetric weighted graph on `n` nodes (weights in [0.5, 2], no loops).
+fn graph(n: usize) -> impl Strategy<Value = CsMat<f64>> {
+    proptest::collection::vec((0.0f64..1.0, 0.5f64..2.0), n * n).prop_map(move |cells| {
+        let mut t = TriMat::new((n, n));
+        for i in 0..n {
+            for j in i + 1..n {
+                let (p, w) = cells[i * n + j];
+                if p < 0.45 {
+                    t.add_triplet(i, j, w);
+                    t.add_triplet(j, i, w);
+                }
+            }
+        }
+        t.to_csr()
+    })
+}
+
+/// All-pairs undirected shortest paths (Floyd–Warshall on the dense
+/// matrix, like scipy's `shortest_path(directed=False)`): test oracle only.
+fn floyd_warshall(a: &CsMat<f64>) -> Array2<f64> {
+    let n = a.rows();
+    let mut d = Array2::from_elem((n, n), f64::INFINITY);
+    for i in 0..n {
+        d[[i, i]] = 0.0;
+    }
+    for (&w, (i, j)) in a.iter() {
+        if i != j && w != 0.0 {
+            d[[i, j]] = d[[i, j]].min(w);
+            d[[j, i]] = d[[j, i]].min(w);
+        }
+    }
+    for k in 0..n {
+        for i in 0..n {
+            for j in 0..n {
+                let via = d[[i, k]] + d[[k, j]];
+                if via < d[[i, j]] {
+                    d[[i, j]] = via;
+                }
+            }
+        }
+    }
+    d
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn spgemm_vjps_equal_dense_formulas(
+        (a, b, g) in (1usize..6, 1usize..6, 1usize..6).prop_flat_map(|(n, k, m)| {
+            (sparse(n, k, 0.5), sparse(k, m, 0.5), matrix(n, m))
+        })
+    ) {
+        let c = spgemm(a.view(), b.view());
+        let gc = with_data(&c, c.iter().map(|(_, (i, j))| g[[i, j]]).collect());
+        // restricted to C's structure, the dense gradient is G masked by C's pattern
+        let gmask = dense(&with_data(&c, gc.data().to_vec()));
+        let ga_dense = gmask.dot(&dense(&b).t());
+        let gb_dense = dense(&a).t().dot(&gmask);
+        let ga = spgemm_vjp_a(a.view(), b.view(), gc.view());
+        let gb = spgemm_vjp_b(a.view(), b.view(), gc.view());
+        let want_a: Vec<f64> = a.iter().map(|(_, (i, k))| ga_dense[[i, k]]).collect();
+        let want_b: Vec<f64> = b.iter().map(|(_, (k, j))| gb_dense[[k, j]]).collect();
+        prop_assert!(close(ga.as_slice().unwrap(), &want_a, 1e-12));
+        prop_assert!(close(gb.as_slice().unwrap(), &want_b, 1e-12));
+    }
+
+    #[test]
+    fn row_softmax_and_its_vjp_match_the_definition(
+        (m, g) in (1usize..6, 1usize..6).prop_flat_map(|(r, c)| {
+            (sparse(r, c, 0.6), proptest::collection::vec(-1.0f64..1.0, r * c))
+        })
+    ) {
+        let s = row_softmax(m.view());
+        for (i, row) in m.outer_iterator().enumerate() {
+            let mx = row.data().iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = row.data().iter().map(|v| (v - mx).exp()).sum();
+            let ip = m.indptr().raw_storage()[i];
+            for (k, v) in row.data().iter().enumerate() {
+                prop_assert!(((v - mx).exp() / z - s[ip + k]).abs() < 1e-14);
+            }
+        }
+        let g: Vec<f64> = g[..m.nnz()].to_vec();
+        let analytic = row_softmax_vjp(m.view(), s.view(), Array1::from(g.clone()).view());
+        let numeric = numeric_grad(m.data(), |v| {
+            row_softmax(with_data(&m, v.to_vec()).view()).iter().zip(&g).map(|(a, b)| a * b).sum()
+        });
+        prop_assert!(close(analytic.as_slice().unwrap(), &numeric, 1e-6));
+    }
+
+    #[test]
+    fn cosine_at_and_its_vjp_match_the_definition(
+        (p, x, y, g) in (1usize..6, 1usize..6, 1usize..4).prop_flat_map(|(n, m, f)| {
+            (sparse(n, m, 0.6), matrix(n, f), matrix(m, f), proptest::collection::vec(-1.0f64..1.0, n * m))
+        })
+    ) {
+        let c = cosine_at(p.view(), x.view(), y.view());
+        for ((_, (i, j)), &cv) in p.iter().zip(c.iter()) {
+            let (xi, yj) = (x.row(i), y.row(j));
+            let want = xi.dot(&yj) / (xi.dot(&xi).sqrt() * yj.dot(&yj).sqrt());
+            prop_assert!((want - cv).abs() < 1e-12);
+        }
+        let g = Array1::from(g[..p.nnz()].to_vec());
+        let (gx, gy) = cosine_at_vjp(p.view(), x.view(), y.view(), c.view(), g.view());
+        let loss = |xx: &Array2<f64>, yy: &Array2<f64>| cosine_at(p.view(), xx.view(), yy.view()).dot(&g);
+        let nx = numeric_grad(x.as_slice().unwrap(), |v| {
+            loss(&Array2::from_shape_vec(x.raw_dim(), v.to_vec()).unwrap(), &y)
+        });
+        let ny = numeric_grad(y.as_slice().unwrap(), |v| {
+            loss(&x, &Array2::from_shape_vec(y.raw_dim(), v.to_vec()).unwrap())
+        });
+        prop_assert!(close(gx.as_slice().unwrap(), &nx, 1e-6));
+        prop_assert!(close(gy.as_slice().unwrap(), &ny, 1e-6));
+    }
+
+    #[test]
+    fn laplacian_product_and_vjps_equal_dense_oracles(
+        (a, x, g) in (1usize..7, 1usize..4).prop_flat_map(|(n, f)| (sparse(n, n, 0.4), matrix(n, f), matrix(n, f)))
+    ) {
+        let ad = dense(&a);
+        let deg = Array2::from_diag(&ad.sum_axis(ndarray::Axis(1)));
+        let l = &deg - &ad;
+        let lx = laplacian_spmm(a.view(), x.view());
+        prop_assert!(close(lx.as_slice().unwrap(), l.dot(&x).as_slice().unwrap(), 1e-12));
+        let gx = laplacian_spmm_vjp_x(a.view(), g.view());
+        prop_assert!(close(gx.as_slice().unwrap(), l.t().dot(&g).as_slice().unwrap(), 1e-12));
+        let ga = laplacian_spmm_vjp_values(a.view(), x.view(), g.view());
+        let numeric = numeric_grad(a.data(), |v| {
+            (laplacian_spmm(with_data(&a, v.to_vec()).view(), x.view()) * &g).sum()
+        });
+        prop_assert!(close(ga.as_slice().unwrap(), &numeric, 1e-6));
+    }
+
+    #[test]
+    fn path_lengths_equal_floyd_warshall_and_their_vjp_finite_differences(
+        (a, g) in (1usize..8).prop_flat_map(|n| (graph(n), proptest::collection::vec(-1.0f64..1.0, n * n)))
+    ) {
+        let n = a.rows();
+        let seg = Segments::single(n);
+        let sources: Vec<usize> = (0..n).step_by(2).collect();
+        let d = undirected_path_lengths(a.view(), &seg, &sources).unwrap();
+        let fw = floyd_warshall(&a);
+        for (k, &s) in sources.iter().enumerate() {
+            for v in 0..n {
+                let (got, want) = (d[k][v], fw[[s, v]]);
+                prop_assert!(got == want || (got - want).abs() < 1e-12, "{} -> {}: {} vs {}", s, v, got, want);
+            }
+        }
+        // loss = sum over reachable pairs of g * dist
+        let gd: Vec<Vec<f64>> = sources.iter().enumerate()
+            .map(|(k, _)| (0..n).map(|v| g[k * n + v]).collect()).collect();
+        let loss = |w: &[f64]| -> f64 {
+            let d = undirected_path_lengths(with_data(&a, w.to_vec()).view(), &seg, &sources).unwrap();
+            d.iter().zip(&gd).flat_map(|(dk, gk)| dk.iter().zip(gk))
+                .filter(|(d, _)| d.is_finite()).map(|(d, g)| d * g).sum()
+        };
+        let analytic = undirected_path_lengths_vjp(a.view(), &seg, &sources, &gd).unwrap();
+        let numeric = numeric_grad(a.data(), loss);
+        prop_assert!(close(analytic.as_slice().unwrap(), &numeric, 1e-5), "{} vs {:?}", analytic, numeric);
+    }
+
+    #[test]
+    fn sparse_assignment_reduce_connect_and_vjps_match_dense_oracles(
+        (a, s, x, gx, ga) in (1usize..6, 1usize..4, 1usize..3).prop_flat_map(|(n, l, f)| {
+            (graph(n), sparse(n, l, 0.7), matrix(n, f), matrix(l, f), matrix(l, l))
+        })
+    ) {
+        let asg = SparseAssignment { s: s.clone(), leaders: Vec::new() };
+        let (sd, ad) = (dense(&s), dense(&a));
+        let xr = asg.reduce(x.view());
+        prop_assert!(close(xr.as_slice().unwrap(), sd.t().dot(&x).as_slice().unwrap(), 1e-12));
+        let (ap, cache) = asg.connect(a.view());
+        let want = sd.t().dot(&ad).dot(&sd);
+        prop_assert!(close(dense(&ap).as_slice().unwrap(), want.as_slice().unwrap(), 1e-12));
+        // reduce VJP
+        let (g_s, g_x) = asg.reduce_vjp(x.view(), gx.view());
+        prop_assert!(close(g_x.as_slice().unwrap(), sd.dot(&gx).as_slice().unwrap(), 1e-12));
+        let ns = numeric_grad(s.data(), |v| {
+            let a2 = SparseAssignment { s: with_data(&s, v.to_vec()), leaders: Vec::new() };
+            (a2.reduce(x.view()) * &gx).sum()
+        });
+        prop_assert!(close(g_s.as_slice().unwrap(), &ns, 1e-6));
+        // connect VJP: loss = sum over A' entries of ga * a'
+        let gvals: Array1<f64> = ap.iter().map(|(_, (i, j))| ga[[i, j]]).collect();
+        let (g_s, g_a) = asg.connect_vjp(a.view(), &cache, gvals.view());
+        let loss = |s2: &CsMat<f64>, a2: &CsMat<f64>| -> f64 {
+            let asg2 = SparseAssignment { s: s2.clone(), leaders: Vec::new() };
+            let (p, _) = asg2.connect(a2.view());
+            p.iter().map(|(v, (i, j))| v * ga[[i, j]]).sum()
+        };
+        let ns = numeric_grad(s.data(), |v| loss(&with_data(&s, v.to_vec()), &a));
+        let na = numeric_grad(a.data(), |v| loss(&s, &with_data(&a, v.to_vec())));
+        prop_assert!(close(g_s.as_slice().unwrap(), &ns, 1e-6));
+        prop_assert!(close(g_a.as_slice().unwrap(), &na, 1e-6));
+    }
+}
+
+#[test]
+fn cosine_with_a_zero_vector_is_zero_with_zero_gradient() {
+    let p = CsMat::new((1, 1), vec![0, 1], vec![0], vec![0.0]);
+    let x = Array2::zeros((1, 2));
+    let y = Array2::from_shape_vec((1, 2), vec![1.0, 2.0]).unwrap();
+    let c = cosine_at(p.view(), x.view(), y.view());
+    assert_eq!(c[0], 0.0);
+    let (gx, gy) = cosine_at_vjp(p.view(), x.view(), y.view(), c.view(), c.view());
+    assert!(gx.iter().chain(gy.iter()).all(|&v| v == 0.0));
+}
+
+#[test]
+fn negative_path_lengths_are_an_error() {
+    let a = CsMat::new((2, 2), vec![0, 1, 1], vec![1], vec![-1.0]);
+    assert!(matches!(
+        undirected_path_lengths(a.view(), &Segments::single(2), &[0]),
+        Err(PoolError::NegativePathLength { row: 0, col: 1, .. })
+    ));
+}
+
+#[test]
+fn path_lengths_take_the_shorter_direction_and_skip_zero_weights() {
+    // 0 -> 1 weight 3, 1 -> 0 weight 1; 1 -> 2 weight 0 (no edge)
+    let mut t = TriMat::new((3, 3));
+    t.add_triplet(0, 1, 3.0);
+    t.add_triplet(1, 0, 1.0);
+    t.add_triplet(1, 2, 0.0);
+    let a: CsMat<f64> = t.to_csr();
+    let d = undirected_path_lengths(a.view(), &Segments::single(3), &[0]).unwrap();
+    assert_eq!(d[0], vec![0.0, 1.0, f64::INFINITY]);
+    // only the shorter entry (1, 0) carries the gradient
+    let g =
+        undirected_path_lengths_vjp(a.view(), &Segments::single(3), &[0], &[vec![0.0, 1.0, 5.0]])
+            .unwrap();
+    let by_entry: Vec<((usize, usize), f64)> =
+        a.iter().map(|(_, ij)| ij).zip(g.iter().copied()).collect();
+    assert_eq!(by_entry, vec![((0, 1), 0.0), ((1, 0), 1.0), ((1, 2), 0.0)]);
+}
+
+/// Bit-identical results on 1 and 4 threads for inputs spanning several
+/// row blocks.
+#[test]
+fn new_kernels_are_thread_count_independent() {
+    let n = 3000;
+    let mut t = TriMat::new((n, n));
+    let mut seed = 12345u64;
+    let mut rnd = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 11) as f64) / ((1u64 << 53) as f64)
+    };
+    for i in 0..n {
+        for _ in 0..3 {
+            let j = (rnd() * n as f64) as usize % n;
+            if j != i {
+                let w = 0.5 + rnd();
+                t.add_triplet(i, j, w);
+                t.add_triplet(j, i, w);
+            }
+        }
+    }
+    let a: CsMat<f64> = t.to_csr();
+    let x = Array2::from_shape_simple_fn((n, 4), &mut rnd);
+    let g = Array2::from_shape_simple_fn((n, 4), &mut rnd);
+    let run = || {
+        let lx = laplacian_spmm(a.view(), x.view());
+        let gv = laplacian_spmm_vjp_values(a.view(), x.view(), g.view());
+        let c = cosine_at(a.view(), x.view(), x.view());
+        let (cx, cy) = cosine_at_vjp(a.view(), x.view(), x.view(), c.view(), c.view());
+        let s = row_softmax(a.view());
+        let d = undirected_path_lengths(a.view(), &Segments::single(n), &[0, 7, 99]).unwrap();
+        let dv =
+            undirected_path_lengths_vjp(a.view(), &Segments::single(n), &[0, 7, 99], &d).unwrap();
+        (lx, gv, c, cx, cy, s, d, dv)
+    };
+    let r1 = with_threads(1, run);
+    let r4 = with_threads(4, run);
+    assert!(r1 == r4);
+}
