@@ -43,18 +43,8 @@ pub fn spmm_vjp_values<T: Scalar>(
     x: ArrayView2<T>,
     grad: ArrayView2<T>,
 ) -> Array1<T> {
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let idx = a.indices();
-    let vals: Vec<T> = (0..a.rows())
-        .into_par_iter()
-        .flat_map_iter(|r| {
-            let g = grad.row(r);
-            (ip[r] - base..ip[r + 1] - base).map(move |e| g.dot(&x.row(idx[e])))
-        })
-        .collect();
-    Array1::from(vals)
+    // the sampled product of the output gradient with X on A's pattern
+    sddmm(a, grad, x)
 }
 
 /// A CSR transpose $A^\top$ together with, for each of its stored entries,

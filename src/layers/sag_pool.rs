@@ -3,7 +3,9 @@
 use ndarray::{Array1, Array2, ArrayD, Axis};
 use sprs::CsMat;
 
-use super::selection_core::{Gating, KeepRule, SelectionCore, SelectionPoolCache};
+use super::selection_core::{
+    selection_builders, Gating, KeepRule, SelectionCore, SelectionPoolCache,
+};
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
@@ -111,6 +113,8 @@ fn pattern<T: Scalar>(a: &CsMat<T>) -> CsMat<T> {
     )
 }
 
+selection_builders!(SAGPool);
+
 impl<T: Scalar> SAGPool<T> {
     /// A pool with Spektral's GCN scorer keeping `ratio` of the nodes of
     /// each graph, tanh gating, weights drawn from `seed`.
@@ -148,35 +152,6 @@ impl<T: Scalar> SAGPool<T> {
             scorer,
             params,
         })
-    }
-
-    /// Uses `gating` ($\tanh$ or $\sigma$) for the kept features.
-    pub fn with_gating(mut self, gating: Gating) -> Self {
-        self.core.gating = gating;
-        self
-    }
-
-    /// Spektral's `sigmoid_gating` flag.
-    pub fn with_sigmoid_gating(self, sigmoid_gating: bool) -> Self {
-        self.with_gating(Gating::from_sigmoid_gating(sigmoid_gating))
-    }
-
-    /// Replaces how many nodes are kept (PyG's integer `ratio` or `min_score`).
-    ///
-    /// # Errors
-    /// Those of [`KeepRule::validate`].
-    pub fn with_keep(mut self, keep: KeepRule) -> Result<Self> {
-        self.core.keep = keep.validate()?;
-        Ok(self)
-    }
-
-    /// PyG's `multiplier`: the pooled features are scaled by `m`.
-    ///
-    /// # Errors
-    /// [`PoolError::InvalidConfig`] for a non-finite `m`.
-    pub fn with_multiplier(mut self, m: f64) -> Result<Self> {
-        self.core.multiplier = SelectionCore::check_multiplier(m)?;
-        Ok(self)
     }
 
     /// The scorer.

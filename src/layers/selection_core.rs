@@ -301,3 +301,41 @@ impl SelectionCore {
         })
     }
 }
+
+/// The builder methods every selection pool shares (gating, keep rule,
+/// multiplier), implemented once on the pool's `core: SelectionCore`.
+macro_rules! selection_builders {
+    ($pool:ident) => {
+        impl<T: Scalar> $pool<T> {
+            /// Uses `gating` ($\tanh$ or $\sigma$) for the kept features.
+            pub fn with_gating(mut self, gating: Gating) -> Self {
+                self.core.gating = gating;
+                self
+            }
+
+            /// Spektral's `sigmoid_gating` flag.
+            pub fn with_sigmoid_gating(self, sigmoid_gating: bool) -> Self {
+                self.with_gating(Gating::from_sigmoid_gating(sigmoid_gating))
+            }
+
+            /// Replaces how many nodes are kept (PyG's integer `ratio` or `min_score`).
+            ///
+            /// # Errors
+            /// Those of [`KeepRule::validate`].
+            pub fn with_keep(mut self, keep: KeepRule) -> Result<Self> {
+                self.core.keep = keep.validate()?;
+                Ok(self)
+            }
+
+            /// PyG's `multiplier`: the pooled features are scaled by `m`.
+            ///
+            /// # Errors
+            /// [`PoolError::InvalidConfig`] for a non-finite `m`.
+            pub fn with_multiplier(mut self, m: f64) -> Result<Self> {
+                self.core.multiplier = SelectionCore::check_multiplier(m)?;
+                Ok(self)
+            }
+        }
+    };
+}
+pub(crate) use selection_builders;

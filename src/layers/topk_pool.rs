@@ -2,7 +2,9 @@
 
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
 
-use super::selection_core::{Gating, KeepRule, SelectionCore, SelectionPoolCache};
+use super::selection_core::{
+    selection_builders, Gating, KeepRule, SelectionCore, SelectionPoolCache,
+};
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
@@ -70,6 +72,8 @@ pub struct TopKPool<T: Scalar> {
     params: Params<T>,
 }
 
+selection_builders!(TopKPool);
+
 impl<T: Scalar> TopKPool<T> {
     /// A pool keeping `ratio` of the nodes of each graph, tanh gating, for
     /// `in_features` features, the kernel drawn from `seed`.
@@ -84,35 +88,6 @@ impl<T: Scalar> TopKPool<T> {
             Initializer::GlorotUniform.sample(&[in_features, 1], &mut rng_from_seed(seed)),
         );
         Ok(Self { core, params })
-    }
-
-    /// Uses `gating` ($\tanh$ or $\sigma$) for the kept features.
-    pub fn with_gating(mut self, gating: Gating) -> Self {
-        self.core.gating = gating;
-        self
-    }
-
-    /// Spektral's `sigmoid_gating` flag.
-    pub fn with_sigmoid_gating(self, sigmoid_gating: bool) -> Self {
-        self.with_gating(Gating::from_sigmoid_gating(sigmoid_gating))
-    }
-
-    /// Replaces how many nodes are kept (PyG's integer `ratio` or `min_score`).
-    ///
-    /// # Errors
-    /// Those of [`KeepRule::validate`].
-    pub fn with_keep(mut self, keep: KeepRule) -> Result<Self> {
-        self.core.keep = keep.validate()?;
-        Ok(self)
-    }
-
-    /// PyG's `multiplier`: the pooled features are scaled by `m`.
-    ///
-    /// # Errors
-    /// [`PoolError::InvalidConfig`] for a non-finite `m`.
-    pub fn with_multiplier(mut self, m: f64) -> Result<Self> {
-        self.core.multiplier = SelectionCore::check_multiplier(m)?;
-        Ok(self)
     }
 
     /// The keep rule.
