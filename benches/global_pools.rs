@@ -13,7 +13,7 @@ use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
     let b = workloads::global_only(1_000_000, 1);
-    let mut g = c.benchmark_group("global_1e6_nodes_f64_graphs_of_30");
+    let mut g = c.benchmark_group("global_1e6_nodes_in_graphs_of_30_64_features");
     g.sample_size(10);
     macro_rules! fwd_bwd {
         ($name:expr, $layer:expr) => {{
