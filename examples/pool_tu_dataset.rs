@@ -3,17 +3,17 @@
 //! `cargo run --release --example pool_tu_dataset -- [data/mutag | data/proteins]`
 //!
 //! Loads the dataset's `.npy` files into one disjoint batch (every graph of
-//! the dataset), runs each available pooling layer on it, and prints per
-//! layer the output shape, a checksum, the auxiliary losses and the time,
-//! plus per-class mean readouts of a global pool as a sanity check.
+//! the dataset), runs every pooling layer on it, and prints per layer the
+//! output shape (or pooled graph size), a checksum or the auxiliary losses
+//! and the time, plus per-class mean readouts of a global pool as a sanity
+//! check.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use graphpool::framework::Layer;
-use graphpool::layers::{
-    GlobalAttentionPool, GlobalAttnSumPool, GlobalAvgPool, GlobalMaxPool, GlobalSumPool, SortPool,
-};
+use graphpool::framework::{Layer, Pooled};
+use graphpool::layers::*;
+use graphpool::nn::Activation;
 use graphpool::DisjointBatch;
 use ndarray::{Array1, Array2};
 use ndarray_npy::read_npy;
@@ -74,6 +74,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     run!("GlobalAttnSumPool", GlobalAttnSumPool::<f32>::new(f, 0));
     run!("SortPool(k=10)", SortPool::new(10)?);
+
+    // pools that return a new graph: pooled size, losses, and a second pooling
+    // of the pooled batch (pools stack)
+    println!("\npools returning graphs (nodes / edges after pooling, losses; then GlobalAvgPool on top):");
+    macro_rules! pool {
+        ($name:expr, $layer:expr) => {{
+            let layer = $layer;
+            let t = Instant::now();
+            let p: Pooled<f32> = layer.call(&batch)?;
+            let dt = t.elapsed().as_secs_f64();
+            let readout = GlobalAvgPool.call(&p.batch)?;
+            let losses: Vec<String> = p
+                .losses
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect();
+            println!(
+                "{:<22} {:>6} nodes {:>7} edges  readout {:?}  [{}]  {:>8.2} ms",
+                $name,
+                p.batch.num_nodes(),
+                p.batch.a().nnz(),
+                readout.shape(),
+                losses.join(", "),
+                dt * 1e3
+            );
+        }};
+    }
+    let relu = Activation::Relu;
+    pool!("TopKPool(0.5)", TopKPool::<f32>::new(f, 0.5, 0)?);
+    pool!("SAGPool(0.5)", SAGPool::<f32>::new(f, 0.5, 0)?);
+    pool!("LaPool", LaPool::new(true));
+    pool!(
+        "MinCutPool(k=8)",
+        MinCutPool::<f32>::new(f, 8, &[16], relu, 0)?
+    );
+    pool!(
+        "DiffPool(k=8)",
+        DiffPool::<f32>::new(f, 8, Some(16), relu, 0)?
+    );
+    pool!(
+        "DMoNPool(k=8)",
+        DMoNPool::<f32>::new(f, 8, &[16], relu, 0.1, 0)?
+    );
+    pool!(
+        "JustBalancePool(k=8)",
+        JustBalancePool::<f32>::new(f, 8, &[16], relu, true, 0)?
+    );
+    pool!(
+        "AsymCheegerCut(k=8)",
+        AsymCheegerCutPool::<f32>::new(f, 8, &[16], relu, 1.0, 1.0, 0)?
+    );
+    pool!(
+        "MemPooling(h=4,k=8)",
+        MemPooling::<f32>::new(f, 16, 4, 8, 1.0, 0)?
+    );
 
     // sanity: mean readout per class
     let classes = y.iter().copied().max().map_or(0, |m| m as usize + 1);
