@@ -147,7 +147,9 @@ pub trait Layer<T: Scalar> {
     }
 }
 
-/// Checks that a gradient has the shape of the output it belongs to.
+/// Checks that a gradient has the shape of the output it belongs to and
+/// that every entry is finite (a NaN or infinite cotangent would only give
+/// NaN gradients).
 pub(crate) fn check_grad_shape<T: Scalar, D: Dimension>(
     what: &str,
     expected: &[usize],
@@ -160,5 +162,147 @@ pub(crate) fn check_grad_shape<T: Scalar, D: Dimension>(
             got: format!("{:?}", grad.shape()),
         });
     }
+    if let Some((i, v)) = grad.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(PoolError::NonFinite {
+            what: format!("gradient of {what}"),
+            index: format!("flat index {i}"),
+            value: v.to_string(),
+        });
+    }
     Ok(())
+}
+
+/// Checks the gradient of a [`crate::framework::Pooled`] output: the shapes
+/// of $\bar X'$ and $\bar a'$, finite entries, and that every loss it names
+/// is one of the layer's (`losses`).
+pub(crate) fn check_pooled_grad<T: Scalar>(
+    grad: &crate::framework::PooledGrad<T>,
+    x_shape: &[usize; 2],
+    nnz: usize,
+    losses: &[&str],
+) -> Result<()> {
+    check_grad_shape("pooled x", x_shape, &grad.x)?;
+    check_grad_shape("pooled edge weights", &[nnz], &grad.edge_weights)?;
+    for (name, v) in &grad.losses {
+        if !losses.contains(&name.as_str()) {
+            return Err(PoolError::GradientShape {
+                what: format!("loss `{name}`"),
+                expected: format!("one of the layer's losses {losses:?}"),
+                got: name.clone(),
+            });
+        }
+        if !v.is_finite() {
+            return Err(PoolError::NonFinite {
+                what: format!("gradient of loss `{name}`"),
+                index: "-".into(),
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The shape and structure of the batch a forward pass ran on, kept in its
+/// cache so that the backward pass refuses a different batch with a typed
+/// error instead of indexing out of bounds. Compares the sizes, the segment
+/// offsets and a fingerprint of the adjacency's sparsity structure
+/// (`indptr`, `indices`); the values of $X$ and $A$ are not compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InputSignature {
+    nodes: usize,
+    features: usize,
+    nnz: usize,
+    offsets: Vec<usize>,
+    structure: u64,
+}
+
+impl InputSignature {
+    /// The signature of `batch` ($O(N + \mathrm{nnz})$, no allocation beyond
+    /// the $B + 1$ offsets).
+    pub(crate) fn of<T: Scalar>(batch: &DisjointBatch<T>) -> Self {
+        let a = batch.a();
+        let ip = a.indptr();
+        let ip = ip.raw_storage();
+        let base = ip.first().copied().unwrap_or(0);
+        // a word-at-a-time multiplicative hash (FxHash's): cheap, deterministic
+        let mut h: u64 = 0;
+        let mut mix = |w: usize| {
+            h = (h.rotate_left(5) ^ w as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        };
+        for &p in ip {
+            mix(p - base);
+        }
+        for &c in a.indices() {
+            mix(c);
+        }
+        Self {
+            nodes: batch.num_nodes(),
+            features: batch.num_features(),
+            nnz: a.nnz(),
+            offsets: batch.segments().offsets().to_vec(),
+            structure: h,
+        }
+    }
+
+    /// [`PoolError::ShapeMismatch`] unless `batch` has this signature.
+    pub(crate) fn check<T: Scalar>(&self, batch: &DisjointBatch<T>) -> Result<()> {
+        let other = Self::of(batch);
+        if &other == self {
+            return Ok(());
+        }
+        let describe = |s: &Self| {
+            format!(
+                "{} nodes, {} features, {} stored edges, {} graphs{}",
+                s.nodes,
+                s.features,
+                s.nnz,
+                s.offsets.len() - 1,
+                if s.nodes == self.nodes && s.nnz == self.nnz && s.offsets == self.offsets {
+                    format!(" (structure fingerprint {:016x})", s.structure)
+                } else {
+                    String::new()
+                }
+            )
+        };
+        Err(PoolError::ShapeMismatch {
+            what: "batch passed to backward (it must be the forward pass's batch)".into(),
+            expected: describe(self),
+            got: describe(&other),
+        })
+    }
+}
+
+/// Checks that every gradient a backward pass computed is finite: with
+/// finite inputs they can only fail to be through overflow (huge features,
+/// edge weights, parameters or cotangents), reported as a typed
+/// [`PoolError::NonFinite`] instead of gradients holding infinities or NaN.
+pub(crate) fn finite_gradients<T: Scalar>(layer: &str, g: Gradients<T>) -> Result<Gradients<T>> {
+    let overflow = |what: String, index: String, v: T| {
+        PoolError::NonFinite {
+        what: format!("{layer} gradient of {what} (overflow: inputs, parameters or output gradient too large)"),
+        index,
+        value: v.to_string(),
+    }
+    };
+    if let Some(((r, c), &v)) = g.x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("x".into(), format!("({r}, {c})"), v));
+    }
+    if let Some((e, &v)) = g
+        .edge_weights
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+    {
+        return Err(overflow("edge weights".into(), format!("edge {e}"), v));
+    }
+    for (name, p) in g.params.iter() {
+        if let Some((i, &v)) = p.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(overflow(
+                format!("parameter `{name}`"),
+                format!("flat index {i}"),
+                v,
+            ));
+        }
+    }
+    Ok(g)
 }

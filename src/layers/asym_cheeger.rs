@@ -68,7 +68,7 @@ impl<T: Scalar> AsymCheegerCutPool<T> {
     /// # Errors
     /// [`crate::PoolError::InvalidConfig`] if `k < 2` (the balance term
     /// divides by $K - 1$, and the reference's quantile does not exist for
-    /// $K = 1$), a hidden width is 0 or a coefficient is not finite.
+    /// $K = 1$), a hidden width is 0 or a coefficient is not finite (in `T`).
     pub fn new(
         in_features: usize,
         k: usize,
@@ -79,9 +79,10 @@ impl<T: Scalar> AsymCheegerCutPool<T> {
         seed: u64,
     ) -> Result<Self> {
         check_k(k, 2)?;
-        check_coeff("totvar_coeff", totvar_coeff)?;
-        check_coeff("balance_coeff", balance_coeff)?;
+        check_coeff::<T>("totvar_coeff", totvar_coeff)?;
+        check_coeff::<T>("balance_coeff", balance_coeff)?;
         let inner = DenseClustering::new(
+            "AsymCheegerCutPool",
             in_features,
             k,
             mlp_hidden,

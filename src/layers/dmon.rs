@@ -113,7 +113,7 @@ impl<T: Scalar> DMoNPool<T> {
     ///
     /// # Errors
     /// [`crate::PoolError::InvalidConfig`] if `k` is 0, a hidden width is 0
-    /// or `collapse_regularization` is not finite.
+    /// or `collapse_regularization` is not finite (in `T`).
     pub fn new(
         in_features: usize,
         k: usize,
@@ -123,9 +123,10 @@ impl<T: Scalar> DMoNPool<T> {
         seed: u64,
     ) -> Result<Self> {
         check_k(k, 1)?;
-        check_coeff("collapse_regularization", collapse_regularization)?;
+        check_coeff::<T>("collapse_regularization", collapse_regularization)?;
         let variant = DMoNVariant::Spektral;
         let inner = DenseClustering::new(
+            "DMoNPool",
             in_features,
             k,
             mlp_hidden,

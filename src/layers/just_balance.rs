@@ -69,6 +69,7 @@ impl<T: Scalar> JustBalancePool<T> {
     ) -> Result<Self> {
         check_k(k, 1)?;
         let inner = DenseClustering::new(
+            "JustBalancePool",
             in_features,
             k,
             mlp_hidden,

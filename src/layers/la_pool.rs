@@ -6,7 +6,7 @@ use sprs::CsMat;
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
 use crate::framework::{
     Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SparseAssignment, SparseConnectCache,
     SrcPool,
@@ -109,6 +109,7 @@ pub struct LaPoolCache<T: Scalar> {
     connect: SparseConnectCache<T>,
     x_shape: [usize; 2],
     nnz: usize,
+    input: InputSignature,
 }
 
 /// What the selection step computes.
@@ -276,13 +277,17 @@ impl<T: Scalar> Layer<T> for LaPool {
             connect,
             x_shape: [x.nrows(), x.ncols()],
             nnz: a.nnz(),
+            input: InputSignature::of(batch),
         };
-        let pooled = Pooled {
-            batch: DisjointBatch::new_unchecked(x, a, segments),
-            selection: Selection::Sparse(assignment),
-            score: None,
-            losses: Losses::new(),
-        };
+        let pooled = Pooled::checked(
+            "LaPool",
+            x,
+            a,
+            segments,
+            Selection::Sparse(assignment),
+            None,
+            Losses::new(),
+        )?;
         Ok((pooled, cache))
     }
 
@@ -292,8 +297,8 @@ impl<T: Scalar> Layer<T> for LaPool {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
-        check_grad_shape("pooled edge weights", &[cache.nnz], &grad.edge_weights)?;
+        cache.input.check(batch)?;
+        check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
         let x = batch.x().view();
         let a = batch.a().view();
         let asg = &cache.assignment;
@@ -343,11 +348,14 @@ impl<T: Scalar> Layer<T> for LaPool {
             }
             ga += &undirected_path_lengths_vjp(a, batch.segments(), &asg.leaders, &g_dist)?;
         }
-        Ok(Gradients {
-            x: gx,
-            edge_weights: ga,
-            params: Params::new(),
-        })
+        finite_gradients(
+            "LaPool",
+            Gradients {
+                x: gx,
+                edge_weights: ga,
+                params: Params::new(),
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

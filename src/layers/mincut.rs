@@ -107,6 +107,7 @@ impl<T: Scalar> MinCutPool<T> {
         check_k(k, 1)?;
         let variant = MinCutVariant::Spektral;
         let inner = DenseClustering::new(
+            "MinCutPool",
             in_features,
             k,
             mlp_hidden,

@@ -6,6 +6,7 @@ use sprs::CsMat;
 use super::selection_core::{Gating, KeepRule, SelectionCore, SelectionPoolCache};
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
+use crate::framework::layer::finite_gradients;
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::sparse::{gcn_filter, spmm, spmm_vjp_values, spmm_vjp_x, transpose, GcnFilter};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
@@ -173,9 +174,9 @@ impl<T: Scalar> SAGPool<T> {
     /// PyG's `multiplier`: the pooled features are scaled by `m`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] for a non-finite `m`.
+    /// [`PoolError::InvalidConfig`] for an `m` that is not finite in `T`.
     pub fn with_multiplier(mut self, m: f64) -> Result<Self> {
-        self.core.multiplier = SelectionCore::check_multiplier(m)?;
+        self.core.multiplier = SelectionCore::check_multiplier::<T>(m)?;
         Ok(self)
     }
 
@@ -237,7 +238,7 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let (y, scorer) = self.scores(batch)?;
-        let (pooled, core) = self.core.forward(batch, y)?;
+        let (pooled, core) = self.core.forward("SAGPool", batch, y)?;
         Ok((pooled, SagPoolCache { core, scorer }))
     }
 
@@ -278,11 +279,14 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
                 params.accumulate_dim(ROOT_KERNEL, gw_root.view())?;
             }
         }
-        Ok(Gradients {
-            x: gx,
-            edge_weights,
-            params,
-        })
+        finite_gradients(
+            "SAGPool",
+            Gradients {
+                x: gx,
+                edge_weights,
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

@@ -5,6 +5,7 @@ use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
 use super::selection_core::{Gating, KeepRule, SelectionCore, SelectionPoolCache};
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
+use crate::framework::layer::finite_gradients;
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
@@ -109,9 +110,9 @@ impl<T: Scalar> TopKPool<T> {
     /// PyG's `multiplier`: the pooled features are scaled by `m`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] for a non-finite `m`.
+    /// [`PoolError::InvalidConfig`] for an `m` that is not finite in `T`.
     pub fn with_multiplier(mut self, m: f64) -> Result<Self> {
-        self.core.multiplier = SelectionCore::check_multiplier(m)?;
+        self.core.multiplier = SelectionCore::check_multiplier::<T>(m)?;
         Ok(self)
     }
 
@@ -156,7 +157,7 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let y = self.scores(batch.x().view())?;
-        self.core.forward(batch, y)
+        self.core.forward("TopKPool", batch, y)
     }
 
     fn backward(
@@ -186,11 +187,14 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         };
         let mut params = self.params.zeros_like();
         params.accumulate_dim("kernel", gp.view())?;
-        Ok(Gradients {
-            x: core.x + gx_score,
-            edge_weights: core.edge_weights,
-            params,
-        })
+        finite_gradients(
+            "TopKPool",
+            Gradients {
+                x: core.x + gx_score,
+                edge_weights: core.edge_weights,
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {
