@@ -11,6 +11,7 @@ use crate::framework::{
     Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SparseAssignment, SparseConnectCache,
     SrcPool,
 };
+use crate::kernels::row_norms;
 use crate::kernels::sort::check_scores;
 use crate::kernels::sparse::{
     cosine_at, cosine_at_vjp, laplacian_spmm, row_softmax, row_softmax_vjp,
@@ -140,12 +141,8 @@ impl LaPool {
     pub fn leaders<T: Scalar>(&self, batch: &DisjointBatch<T>) -> Result<Vec<usize>> {
         let a = batch.a();
         let lx = laplacian_spmm(a.view(), batch.x().view());
-        let v: Array1<T> = Array1::from(
-            (0..lx.nrows())
-                .into_par_iter()
-                .map(|i| lx.row(i).dot(&lx.row(i)).sqrt())
-                .collect::<Vec<T>>(),
-        );
+        // overflow-safe: rows of 1e30 have a finite signal in f32 too
+        let v: Array1<T> = row_norms(lx.view());
         check_scores(v.view())?;
         let is_leader: Vec<bool> = (0..a.rows())
             .into_par_iter()
