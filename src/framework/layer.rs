@@ -97,6 +97,35 @@ impl<T: Scalar> Differentiable<T> for Array3<T> {
 /// that cache and the gradient of a scalar loss with respect to the output,
 /// and returns [`Gradients`]. Parameters are named ([`Params`]) and can be
 /// read and replaced by name with shape checks.
+///
+/// # Bad and degenerate inputs (every layer)
+/// * A configuration out of range (ratio $\notin (0, 1]$, $k = 0$,
+///   `channels = 0`, a non-finite coefficient, …) is a
+///   [`PoolError::InvalidConfig`] from the constructor; a batch whose
+///   feature width does not match the parameters, a
+///   [`PoolError::ShapeMismatch`] from `forward`.
+/// * `backward` refuses an output gradient of the wrong shape, with a NaN
+///   or infinite entry, or naming a loss the layer does not have
+///   ([`PoolError::GradientShape`] / [`PoolError::NonFinite`]), and a batch
+///   other than the forward pass's (other sizes, segments or sparsity
+///   structure: [`PoolError::ShapeMismatch`]; the values are not compared).
+/// * `set_param` refuses unknown names, wrong shapes and non-finite values
+///   and leaves the layer unchanged; no call modifies its inputs.
+/// * Empty graphs (anywhere in the batch), single-node graphs, isolated
+///   nodes, graphs smaller than $K$, zero-weight edges and self loops give
+///   defined, finite outputs, losses and gradients, documented per layer;
+///   so do features of magnitude $10^{30}$ in `f32` and `f64`.
+/// * An `Ok` result never holds a NaN or an infinity: where the true result
+///   overflows the float type (features or weights near its maximum), the
+///   layer returns a typed [`PoolError::NonFinite`] (or
+///   [`PoolError::NonFiniteScore`] when a score that decides a selection
+///   overflows).
+/// * Outputs and gradients are bit-identical on any number of rayon
+///   threads and across runs.
+///
+/// These are tested for every layer in `tests/edge_cases.rs`,
+/// `tests/bad_input_matrix.rs`, `tests/determinism.rs` and by the fuzz
+/// targets in `fuzz/`.
 pub trait Layer<T: Scalar> {
     /// What the layer returns.
     type Output: Differentiable<T>;

@@ -19,7 +19,9 @@ use crate::scalar::Scalar;
 /// $$X'_g = \sum_{n \in g} \big(\sigma(X W_2 + b_2) \odot (X W_1 + b_1)\big)_n,$$
 /// output $B \times C$. Parameters `features.kernel` $(F, C)$, `features.bias`
 /// $(C)$, `attention.kernel` $(F, C)$, `attention.bias` $(C)$; kernels
-/// glorot-uniform, biases zero. An empty graph gives a zero row.
+/// glorot-uniform, biases zero. An empty graph gives a zero row; an
+/// overflowing output (features or weights near the float type's maximum)
+/// is a [`PoolError::NonFinite`], and so is an overflowing gradient.
 ///
 /// ```
 /// use graphpool::{layers::GlobalAttentionPool, framework::Layer, DisjointBatch};
@@ -153,7 +155,12 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
 /// the softmax taken over the nodes of each graph with Spektral's
 /// denominator $\sum e + 10^{-9}$ (PyG's `softmax` uses $10^{-16}$: see
 /// [`GlobalAttnSumPool::with_eps`]). Output $B \times F$; parameter
-/// `attn_kernel` $(F, 1)$, glorot-uniform. An empty graph gives a zero row.
+/// `attn_kernel` $(F, 1)$, glorot-uniform. An empty graph gives a zero row,
+/// a single node weight $1/(1 + \varepsilon)$; the softmax is shifted by
+/// each graph's maximum, so scores of magnitude $10^{30}$ do not overflow.
+/// An overflowing output or gradient (features near the float type's
+/// maximum: $\bar a = X^\top \bar v$ holds products of two features) is a
+/// [`PoolError::NonFinite`].
 ///
 /// ```
 /// use graphpool::{layers::GlobalAttnSumPool, framework::Layer, DisjointBatch};

@@ -66,7 +66,9 @@ macro_rules! parameterless_global_pool {
 
 /// Sum of each graph's node features (Spektral `GlobalSumPool`, PyG `global_add_pool`):
 /// $$X'_g = \sum_{n \in g} X_n,$$
-/// output $B \times F$; an empty graph gives a zero row.
+/// output $B \times F$; an empty graph gives a zero row. A sum beyond the
+/// float type's range is a [`crate::PoolError::NonFinite`] (see
+/// [`Layer`]'s contract for bad and degenerate inputs).
 ///
 /// ```
 /// use graphpool::{layers::GlobalSumPool, framework::Layer, DisjointBatch};
@@ -86,7 +88,9 @@ parameterless_global_pool!(
 
 /// Mean of each graph's node features (Spektral `GlobalAvgPool`, PyG `global_mean_pool`):
 /// $$X'_g = \frac{1}{\max(n_g, 1)} \sum_{n \in g} X_n,$$
-/// output $B \times F$; an empty graph gives a zero row.
+/// output $B \times F$; an empty graph gives a zero row (the mean divides
+/// by $\max(n_g, 1)$, never $0/0$). A sum beyond the float type's range is
+/// a [`crate::PoolError::NonFinite`].
 ///
 /// ```
 /// use graphpool::{layers::GlobalAvgPool, framework::Layer, DisjointBatch};
@@ -109,7 +113,8 @@ parameterless_global_pool!(
 
 /// Feature-wise max over each graph's nodes (Spektral `GlobalMaxPool`, PyG `global_max_pool`):
 /// $$X'_{gf} = \max_{n \in g} X_{nf},$$
-/// output $B \times F$; an empty graph gives a zero row.
+/// output $B \times F$; an empty graph gives a zero row, a single node its
+/// own features.
 ///
 /// **Gradient at ties**: split equally among the nodes attaining the max,
 /// as TensorFlow and PyTorch do.

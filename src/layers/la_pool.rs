@@ -56,6 +56,11 @@ use crate::Segments;
 /// * a negative edge weight with `shortest_path_reg` is a
 ///   [`PoolError::NegativePathLength`] (scipy: negative cycle error);
 /// * a non-finite $v$ (overflowing features) is a [`PoolError::NonFiniteScore`];
+/// * the Laplacian signal and the cosines use overflow-safe norms
+///   ([`crate::kernels::row_norms`]): features of magnitude $10^{30}$ work
+///   in `f32` too; an overflowing pooled output is a [`PoolError::NonFinite`];
+/// * a zero-weight edge is no path (scipy's dense zero) but still a
+///   neighbour for the leader test; a self loop never shortens a path;
 /// * an empty graph has no leader and no pooled node; every non-empty graph
 ///   has at least one leader (its node of largest $v$).
 ///

@@ -97,7 +97,11 @@ pub enum MemAdjacency {
 /// not as $\lVert x\rVert^2 + \lVert k\rVert^2 - 2\langle x, k\rangle$), which
 /// equals the ratio above but does not underflow to 0/0 for nodes far from
 /// every key or a small $\tau$ (where PyG returns NaN); if every distance
-/// of a head overflows to infinity, that head's weights are uniform.
+/// of a head overflows to infinity, that head's weights are uniform (in
+/// `f32` this happens for features beyond about $10^{19}$, whose squared
+/// distances exceed the type: $X' = S^\top X W$ stays finite). Isolated
+/// nodes, zero-weight edges and self loops only matter to
+/// [`MemAdjacency::Coarsened`]'s $S^\top A S$.
 ///
 /// Errors of the forward pass: [`PoolError::ShapeMismatch`] if $X$ has not
 /// `in_channels` columns; [`PoolError::NonFinite`] if an output overflows.

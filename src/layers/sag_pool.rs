@@ -54,6 +54,13 @@ pub enum SagScorer {
 /// * The GraphConv parameters are glorot-uniform (bias zero), not PyG's
 ///   initialisation; load weights by name to reproduce a PyG model.
 ///
+/// Degenerate graphs: an empty graph keeps nothing, a single-node or
+/// isolated node's GCN score is its own $x w$ (the filter is 1 on it), a
+/// self loop adds its weight to the $+1$ of $A + I$, a zero-weight edge
+/// is a stored entry of weight 0 (in $A'$ too), and a node whose degree
+/// in $A + I$ cancels to $\le 0$ (negative weights) gets a filter row of 0:
+/// every score is finite.
+///
 /// Gradients flow into $X$, the edge weights (through the GCN filter and
 /// $A'$) and the parameters; the choice of nodes is piecewise constant.
 ///

@@ -21,7 +21,9 @@ use crate::scalar::Scalar;
 /// * Only real nodes are sorted; padding always comes last (Spektral's
 ///   disjoint mode pads before sorting, so padding can outrank nodes with a
 ///   negative last feature: a defect graphpool does not reproduce, as PyG).
-/// * An empty graph gives $k$ zero rows.
+/// * An empty graph gives $k$ zero rows; a graph of fewer than $k$ nodes
+///   its nodes, then zero rows. Features of any finite magnitude are copied,
+///   never combined, so nothing overflows.
 ///
 /// ```
 /// use graphpool::{layers::SortPool, framework::Layer, DisjointBatch};

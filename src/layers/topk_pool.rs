@@ -37,7 +37,9 @@ const L2_NORMALIZE_EPS: f64 = 1e-12;
 ///   agree with graphpool elsewhere.)
 /// * $\|p\|$ is Spektral's `l2_normalize`: $\sqrt{\max(\sum p^2, 10^{-12})}$
 ///   (PyG divides by $\|p\|$ and gives NaN for $p = 0$).
-/// * An empty graph keeps nothing; a non-empty graph keeps at least one node.
+/// * An empty graph keeps nothing; a non-empty graph keeps at least one node
+///   (a single-node graph keeps its node). $A'$ keeps self loops and
+///   zero-weight edges between kept nodes as stored entries.
 /// * A non-finite score is a [`PoolError::NonFiniteScore`].
 /// * Gradients flow through the gates into $X$ and $p$, and through $A'$
 ///   into the kept edges; the choice of nodes is piecewise constant.
