@@ -195,3 +195,68 @@ fn segment_matmul_tn_and_vjp_equal_dense_per_graph_products_on_integers() {
         assert_eq!(gy.slice(ndarray::s![r, ..]), sg.dot(&og));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn row_norms_equal_the_plain_formula_bit_for_bit_on_moderate_rows(
+        vals in proptest::collection::vec(-1e3f64..1e3, 0..24), f in 1usize..5
+    ) {
+        let n = vals.len() / f;
+        let x = Array2::from_shape_vec((n, f), vals[..n * f].to_vec()).unwrap();
+        let norms = graphpool::kernels::row_norms(x.view());
+        for (r, row) in x.rows().into_iter().enumerate() {
+            let plain = row.dot(&row).sqrt();
+            // bit-identical unless the squares underflow (rows below ~1e-146)
+            if plain == 0.0 || plain > 1e-140 {
+                prop_assert_eq!(norms[r].to_bits(), plain.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn row_norms_vjp_matches_finite_differences(
+        vals in proptest::collection::vec(-3f64..3.0, 1..12), g in -1f64..1.0
+    ) {
+        let f = vals.len();
+        let x = Array2::from_shape_vec((1, f), vals).unwrap();
+        let n = graphpool::kernels::row_norms(x.view());
+        prop_assume!(n[0] > 1e-3);
+        let grad = Array1::from(vec![g]);
+        let gx = graphpool::kernels::row_norms_vjp(x.view(), n.view(), grad.view());
+        for c in 0..f {
+            let h = 1e-6;
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp[[0, c]] += h;
+            xm[[0, c]] -= h;
+            let fd = g * (graphpool::kernels::row_norms(xp.view())[0]
+                - graphpool::kernels::row_norms(xm.view())[0]) / (2.0 * h);
+            prop_assert!((fd - gx[[0, c]]).abs() < 1e-6, "{} vs {}", fd, gx[[0, c]]);
+        }
+    }
+}
+
+#[test]
+fn row_norms_do_not_overflow_or_underflow_where_the_norm_is_representable() {
+    let x = ndarray::array![
+        [1e30f32, 1e30, -1e30],
+        [3e-30, -4e-30, 0.0],
+        [f32::MAX, 0.0, 0.0],
+        [0.0, 0.0, 0.0],
+        [f32::MAX, f32::MAX, 0.0]
+    ];
+    let n = graphpool::kernels::row_norms(x.view());
+    assert!((n[0] / (3f32.sqrt() * 1e30) - 1.0).abs() < 1e-6, "{}", n[0]);
+    assert!((n[1] / 5e-30 - 1.0).abs() < 1e-6, "{}", n[1]);
+    assert_eq!(n[2], f32::MAX);
+    assert_eq!(n[3], 0.0);
+    // the true norm, sqrt(2) * f32::MAX, is beyond f32: infinite, honestly
+    assert!(n[4].is_infinite());
+    let g = graphpool::kernels::row_norms_vjp(x.view(), n.view(), Array1::ones(5).view());
+    assert!(g
+        .row(0)
+        .iter()
+        .all(|v| v.is_finite() && (v.abs() - 0.57735).abs() < 1e-4));
+    assert!(g.row(3).iter().all(|&v| v == 0.0));
+}

@@ -1,16 +1,14 @@
-//! Arbitrary CSR parts, graph ids and features: constructing a batch either
-//! succeeds or returns a typed error, never panics; a built batch splits and
-//! restacks to itself.
+//! Arbitrary CSR parts, graph ids, offsets, edge lists and features through
+//! every checked batch constructor: a typed error or a valid batch that
+//! revalidates, splits, restacks and selects to itself; never a panic.
+//!
+//! The body and every check live in `graphpool_fuzz::batch_construction` (fuzz/src/lib.rs),
+//! shared with the replay test `tests/fuzz_regressions.rs`.
 #![no_main]
 
-use graphpool::DisjointBatch;
-use graphpool_fuzz::RawBatch;
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|raw: RawBatch| {
-    if let Ok(b) = raw.build() {
-        let parts = b.split();
-        let again = DisjointBatch::stack(&parts).expect("the graphs of a valid batch restack");
-        assert_eq!(again.x(), b.x());
-    }
-});
+fuzz_target!(
+    init: graphpool_fuzz::single_thread(),
+    |data: &[u8]| graphpool_fuzz::batch_construction(data)
+);

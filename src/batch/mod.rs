@@ -50,10 +50,19 @@ impl<T: Scalar> DisjointBatch<T> {
     /// * [`PoolError::NotCsr`], [`PoolError::AdjacencyShape`] for a CSC or non-`N x N` adjacency;
     /// * [`PoolError::EdgeBetweenGraphs`] for an edge across graphs;
     /// * [`PoolError::NonFinite`] for a NaN or infinite feature or edge weight.
+    ///
+    /// sprs accepts a CSR matrix whose `indptr` does not start at 0 (an
+    /// offset row pointer, as an outer slice has); the batch stores it
+    /// rebased to 0, so that every layer can index `indices()` and `data()`
+    /// with `indptr` directly.
     pub fn new(x: Array2<T>, a: CsMat<T>, segments: Segments) -> Result<Self> {
         validate_x(&x.view(), &segments)?;
         validate_adjacency(&a.view(), &segments)?;
-        Ok(Self { x, a, segments })
+        Ok(Self {
+            x,
+            a: rebased(a),
+            segments,
+        })
     }
 
     /// Builds a batch from per-node graph ids and an explicit number of graphs
@@ -115,6 +124,11 @@ impl<T: Scalar> DisjointBatch<T> {
     }
 
     /// Stacks single graphs `(x_g, a_g)` into one batch (block-diagonal `a`).
+    ///
+    /// Zero graphs stack to a batch of 0 nodes and **0 features**: the width
+    /// cannot be known. So `stack(&b.split())` restores `b` only when `b`
+    /// has at least one graph; [`DisjointBatch::select_graphs`] keeps the
+    /// width in every case.
     ///
     /// # Errors
     /// [`PoolError::ShapeMismatch`] if the graphs do not share one feature
@@ -265,6 +279,18 @@ impl<T: Scalar> DisjointBatch<T> {
     pub fn into_parts(self) -> (Array2<T>, CsMat<T>, Segments) {
         (self.x, self.a, self.segments)
     }
+}
+
+/// `a` with its row pointer starting at 0 (the stored entries unchanged).
+fn rebased<T: Scalar>(a: CsMat<T>) -> CsMat<T> {
+    let base = a.indptr().raw_storage().first().copied().unwrap_or(0);
+    if base == 0 {
+        return a;
+    }
+    let shape = a.shape();
+    let (indptr, indices, data) = a.into_raw_storage();
+    let indptr = indptr.into_iter().map(|p| p - base).collect();
+    CsMat::new(shape, indptr, indices, data)
 }
 
 fn validate_x<T: Scalar>(x: &ArrayView2<T>, segments: &Segments) -> Result<()> {

@@ -30,9 +30,11 @@ impl Segments {
     ///
     /// # Errors
     /// [`PoolError::UnsortedGraphIds`] if an id decreases,
-    /// [`PoolError::GraphIdOutOfRange`] if an id is `>= num_graphs`.
+    /// [`PoolError::GraphIdOutOfRange`] if an id is `>= num_graphs`,
+    /// [`PoolError::InvalidConfig`] if the `num_graphs + 1` offsets cannot be
+    /// allocated (a garbage `num_graphs` such as `usize::MAX`).
     pub fn from_graph_ids(ids: &[usize], num_graphs: usize) -> Result<Self> {
-        let mut offsets = vec![0usize; num_graphs + 1];
+        let mut offsets = zeroed_offsets(num_graphs)?;
         let mut prev = 0usize;
         for (node, &id) in ids.iter().enumerate() {
             if id < prev {
@@ -99,12 +101,16 @@ impl Segments {
     }
 
     /// Builds the layout from the number of nodes of each graph.
+    ///
+    /// Sizes summing beyond `usize::MAX` saturate instead of wrapping (no
+    /// feature matrix has that many rows, so [`crate::DisjointBatch::new`]
+    /// then refuses the layout with a typed error).
     pub fn from_sizes(sizes: &[usize]) -> Self {
         let mut offsets = Vec::with_capacity(sizes.len() + 1);
         offsets.push(0);
-        let mut acc = 0;
+        let mut acc = 0usize;
         for &s in sizes {
-            acc += s;
+            acc = acc.saturating_add(s);
             offsets.push(acc);
         }
         Self { offsets }
@@ -117,10 +123,11 @@ impl Segments {
         }
     }
 
-    /// `B` graphs of `k` nodes each (the layout of a dense-assignment pool's output).
+    /// `B` graphs of `k` nodes each (the layout of a dense-assignment pool's
+    /// output); offsets beyond `usize::MAX` saturate, as in [`Segments::from_sizes`].
     pub fn uniform(num_graphs: usize, k: usize) -> Self {
         Self {
-            offsets: (0..=num_graphs).map(|g| g * k).collect(),
+            offsets: (0..=num_graphs).map(|g| g.saturating_mul(k)).collect(),
         }
     }
 
@@ -204,7 +211,7 @@ impl Segments {
         for (g, r) in self.ranges().enumerate() {
             let mut s = r.start;
             loop {
-                let e = (s + chunk).min(r.end);
+                let e = s.saturating_add(chunk).min(r.end);
                 items.push(SegmentChunk {
                     graph: g,
                     nodes: s..e,
@@ -217,6 +224,21 @@ impl Segments {
         }
         items
     }
+}
+
+/// `num_graphs + 1` zero offsets, or a typed error when that many cannot be
+/// allocated (instead of an overflow panic or an allocation abort).
+fn zeroed_offsets(num_graphs: usize) -> Result<Vec<usize>> {
+    let too_many = || PoolError::InvalidConfig {
+        name: "num_graphs".into(),
+        value: num_graphs.to_string(),
+        expected: "a number of graphs whose num_graphs + 1 offsets fit in memory".into(),
+    };
+    let len = num_graphs.checked_add(1).ok_or_else(too_many)?;
+    let mut offsets = Vec::new();
+    offsets.try_reserve_exact(len).map_err(|_| too_many())?;
+    offsets.resize(len, 0);
+    Ok(offsets)
 }
 
 /// One work item of a chunked segment reduction, see [`Segments::chunks`].

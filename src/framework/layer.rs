@@ -97,6 +97,35 @@ impl<T: Scalar> Differentiable<T> for Array3<T> {
 /// that cache and the gradient of a scalar loss with respect to the output,
 /// and returns [`Gradients`]. Parameters are named ([`Params`]) and can be
 /// read and replaced by name with shape checks.
+///
+/// # Bad and degenerate inputs (every layer)
+/// * A configuration out of range (ratio $\notin (0, 1]$, $k = 0$,
+///   `channels = 0`, a non-finite coefficient, …) is a
+///   [`PoolError::InvalidConfig`] from the constructor; a batch whose
+///   feature width does not match the parameters, a
+///   [`PoolError::ShapeMismatch`] from `forward`.
+/// * `backward` refuses an output gradient of the wrong shape, with a NaN
+///   or infinite entry, or naming a loss the layer does not have
+///   ([`PoolError::GradientShape`] / [`PoolError::NonFinite`]), and a batch
+///   other than the forward pass's (other sizes, segments or sparsity
+///   structure: [`PoolError::ShapeMismatch`]; the values are not compared).
+/// * `set_param` refuses unknown names, wrong shapes and non-finite values
+///   and leaves the layer unchanged; no call modifies its inputs.
+/// * Empty graphs (anywhere in the batch), single-node graphs, isolated
+///   nodes, graphs smaller than $K$, zero-weight edges and self loops give
+///   defined, finite outputs, losses and gradients, documented per layer;
+///   so do features of magnitude $10^{30}$ in `f32` and `f64`.
+/// * An `Ok` result never holds a NaN or an infinity: where the true result
+///   overflows the float type (features or weights near its maximum), the
+///   layer returns a typed [`PoolError::NonFinite`] (or
+///   [`PoolError::NonFiniteScore`] when a score that decides a selection
+///   overflows).
+/// * Outputs and gradients are bit-identical on any number of rayon
+///   threads and across runs.
+///
+/// These are tested for every layer in `tests/edge_cases.rs`,
+/// `tests/bad_input_matrix.rs`, `tests/determinism.rs` and by the fuzz
+/// targets in `fuzz/`.
 pub trait Layer<T: Scalar> {
     /// What the layer returns.
     type Output: Differentiable<T>;
@@ -147,7 +176,9 @@ pub trait Layer<T: Scalar> {
     }
 }
 
-/// Checks that a gradient has the shape of the output it belongs to.
+/// Checks that a gradient has the shape of the output it belongs to and
+/// that every entry is finite (a NaN or infinite cotangent would only give
+/// NaN gradients).
 pub(crate) fn check_grad_shape<T: Scalar, D: Dimension>(
     what: &str,
     expected: &[usize],
@@ -160,5 +191,147 @@ pub(crate) fn check_grad_shape<T: Scalar, D: Dimension>(
             got: format!("{:?}", grad.shape()),
         });
     }
+    if let Some((i, v)) = grad.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(PoolError::NonFinite {
+            what: format!("gradient of {what}"),
+            index: format!("flat index {i}"),
+            value: v.to_string(),
+        });
+    }
     Ok(())
+}
+
+/// Checks the gradient of a [`crate::framework::Pooled`] output: the shapes
+/// of $\bar X'$ and $\bar a'$, finite entries, and that every loss it names
+/// is one of the layer's (`losses`).
+pub(crate) fn check_pooled_grad<T: Scalar>(
+    grad: &crate::framework::PooledGrad<T>,
+    x_shape: &[usize; 2],
+    nnz: usize,
+    losses: &[&str],
+) -> Result<()> {
+    check_grad_shape("pooled x", x_shape, &grad.x)?;
+    check_grad_shape("pooled edge weights", &[nnz], &grad.edge_weights)?;
+    for (name, v) in &grad.losses {
+        if !losses.contains(&name.as_str()) {
+            return Err(PoolError::GradientShape {
+                what: format!("loss `{name}`"),
+                expected: format!("one of the layer's losses {losses:?}"),
+                got: name.clone(),
+            });
+        }
+        if !v.is_finite() {
+            return Err(PoolError::NonFinite {
+                what: format!("gradient of loss `{name}`"),
+                index: "-".into(),
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The shape and structure of the batch a forward pass ran on, kept in its
+/// cache so that the backward pass refuses a different batch with a typed
+/// error instead of indexing out of bounds. Compares the sizes, the segment
+/// offsets and a fingerprint of the adjacency's sparsity structure
+/// (`indptr`, `indices`); the values of $X$ and $A$ are not compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InputSignature {
+    nodes: usize,
+    features: usize,
+    nnz: usize,
+    offsets: Vec<usize>,
+    structure: u64,
+}
+
+impl InputSignature {
+    /// The signature of `batch` ($O(N + \mathrm{nnz})$, no allocation beyond
+    /// the $B + 1$ offsets).
+    pub(crate) fn of<T: Scalar>(batch: &DisjointBatch<T>) -> Self {
+        let a = batch.a();
+        let ip = a.indptr();
+        let ip = ip.raw_storage();
+        let base = ip.first().copied().unwrap_or(0);
+        // a word-at-a-time multiplicative hash (FxHash's): cheap, deterministic
+        let mut h: u64 = 0;
+        let mut mix = |w: usize| {
+            h = (h.rotate_left(5) ^ w as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        };
+        for &p in ip {
+            mix(p - base);
+        }
+        for &c in a.indices() {
+            mix(c);
+        }
+        Self {
+            nodes: batch.num_nodes(),
+            features: batch.num_features(),
+            nnz: a.nnz(),
+            offsets: batch.segments().offsets().to_vec(),
+            structure: h,
+        }
+    }
+
+    /// [`PoolError::ShapeMismatch`] unless `batch` has this signature.
+    pub(crate) fn check<T: Scalar>(&self, batch: &DisjointBatch<T>) -> Result<()> {
+        let other = Self::of(batch);
+        if &other == self {
+            return Ok(());
+        }
+        let describe = |s: &Self| {
+            format!(
+                "{} nodes, {} features, {} stored edges, {} graphs{}",
+                s.nodes,
+                s.features,
+                s.nnz,
+                s.offsets.len() - 1,
+                if s.nodes == self.nodes && s.nnz == self.nnz && s.offsets == self.offsets {
+                    format!(" (structure fingerprint {:016x})", s.structure)
+                } else {
+                    String::new()
+                }
+            )
+        };
+        Err(PoolError::ShapeMismatch {
+            what: "batch passed to backward (it must be the forward pass's batch)".into(),
+            expected: describe(self),
+            got: describe(&other),
+        })
+    }
+}
+
+/// Checks that every gradient a backward pass computed is finite: with
+/// finite inputs they can only fail to be through overflow (huge features,
+/// edge weights, parameters or cotangents), reported as a typed
+/// [`PoolError::NonFinite`] instead of gradients holding infinities or NaN.
+pub(crate) fn finite_gradients<T: Scalar>(layer: &str, g: Gradients<T>) -> Result<Gradients<T>> {
+    let overflow = |what: String, index: String, v: T| {
+        PoolError::NonFinite {
+        what: format!("{layer} gradient of {what} (overflow: inputs, parameters or output gradient too large)"),
+        index,
+        value: v.to_string(),
+    }
+    };
+    if let Some(((r, c), &v)) = g.x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("x".into(), format!("({r}, {c})"), v));
+    }
+    if let Some((e, &v)) = g
+        .edge_weights
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+    {
+        return Err(overflow("edge weights".into(), format!("edge {e}"), v));
+    }
+    for (name, p) in g.params.iter() {
+        if let Some((i, &v)) = p.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(overflow(
+                format!("parameter `{name}`"),
+                format!("flat index {i}"),
+                v,
+            ));
+        }
+    }
+    Ok(g)
 }

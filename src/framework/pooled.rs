@@ -105,3 +105,85 @@ impl<T: Scalar> Differentiable<T> for Pooled<T> {
         }
     }
 }
+
+/// Checks that everything a pool is about to return is finite: pooled
+/// features, pooled edge weights, losses, scores and the selection's values.
+/// With finite inputs they can only fail to be through overflow (features,
+/// edge weights or parameters too large for the float type), which every
+/// layer reports as this typed [`PoolError::NonFinite`] rather than a result
+/// holding infinities or NaN. Called before the pooled batch is built.
+pub(crate) fn check_pooled_finite<T: Scalar>(
+    layer: &str,
+    x: &Array2<T>,
+    a: &sprs::CsMat<T>,
+    losses: &Losses<T>,
+    score: Option<&Array1<T>>,
+    selection: &Selection<T>,
+) -> Result<()> {
+    let overflow = |what: &str, index: String, value: T| PoolError::NonFinite {
+        what: format!("{layer} {what} (overflow: inputs, edge weights or parameters too large)"),
+        index,
+        value: value.to_string(),
+    };
+    if let Some(((r, c), &v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("pooled x", format!("({r}, {c})"), v));
+    }
+    if let Some((e, &v)) = a.data().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow("pooled adjacency", format!("entry {e}"), v));
+    }
+    if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow(&format!("loss `{name}`"), "-".into(), v));
+    }
+    if let Some(score) = score {
+        if let Some((n, &v)) = score.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(overflow("score", format!("node {n}"), v));
+        }
+    }
+    let bad = match selection {
+        Selection::Subset(s) => s
+            .gate
+            .iter()
+            .copied()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite()),
+        Selection::Dense(s) => {
+            s.s.iter()
+                .copied()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+        }
+        Selection::Sparse(s) => {
+            s.s.data()
+                .iter()
+                .copied()
+                .enumerate()
+                .find(|(_, v)| !v.is_finite())
+        }
+    };
+    if let Some((i, v)) = bad {
+        return Err(overflow("selection", format!("flat index {i}"), v));
+    }
+    Ok(())
+}
+
+impl<T: Scalar> Pooled<T> {
+    /// Builds a pool's result after [`check_pooled_finite`]: the parts come
+    /// from a validated batch, so only finiteness can fail.
+    pub(crate) fn checked(
+        layer: &str,
+        x: Array2<T>,
+        a: sprs::CsMat<T>,
+        segments: crate::batch::Segments,
+        selection: Selection<T>,
+        score: Option<Array1<T>>,
+        losses: Losses<T>,
+    ) -> Result<Self> {
+        check_pooled_finite(layer, &x, &a, &losses, score.as_ref(), &selection)?;
+        Ok(Self {
+            batch: DisjointBatch::new_unchecked(x, a, segments),
+            selection,
+            score,
+            losses,
+        })
+    }
+}

@@ -25,6 +25,64 @@ pub const CHUNK: usize = 4096;
 /// Rows per work item of a row-parallel kernel.
 pub const ROW_BLOCK: usize = 1024;
 
+/// The Euclidean norm of every row of `x`, $\lVert x_r\rVert_2$, without
+/// spurious overflow or underflow: where the plain $\sqrt{\sum x^2}$ would
+/// overflow (rows of magnitude $\gtrsim 10^{19}$ in `f32`, $10^{154}$ in
+/// `f64`) or lose the squares to underflow, the row is first divided by its
+/// largest magnitude $m$ and the norm is $m\sqrt{\sum (x/m)^2}$ (as `hypot`
+/// does). Elsewhere the result is exactly the plain formula's. The norm of
+/// a row of $10^{30}$s is $\approx 10^{30}$ in `f32`, not infinity; it is
+/// infinite only when the true norm exceeds the type's range.
+pub fn row_norms<T: crate::scalar::Scalar>(x: ndarray::ArrayView2<'_, T>) -> ndarray::Array1<T> {
+    // below this sum of squares, squares of the entries may have lost bits to underflow
+    let tiny = T::min_positive_value() / T::epsilon();
+    let norms: Vec<T> = (0..x.nrows())
+        .into_par_iter()
+        .map(|r| {
+            let row = x.row(r);
+            let s = row.dot(&row);
+            if s.is_finite() && s >= tiny {
+                return s.sqrt();
+            }
+            let m = row.iter().fold(T::zero(), |m, &v| m.max(v.abs()));
+            if m == T::zero() || !m.is_finite() {
+                return m;
+            }
+            let scaled = row.iter().fold(T::zero(), |acc, &v| {
+                let q = v / m;
+                acc + q * q
+            });
+            m * scaled.sqrt()
+        })
+        .collect();
+    ndarray::Array1::from(norms)
+}
+
+/// VJP of [`row_norms`]: $\bar x_r = \bar n_r \, x_r / \lVert x_r\rVert$
+/// (0 for a zero row, where the norm has no gradient; 0 is the minimal-norm
+/// subgradient). Computed as $\bar n_r (x_r / \lVert x_r\rVert)$ so that it
+/// stays finite wherever the norm does.
+pub fn row_norms_vjp<T: crate::scalar::Scalar>(
+    x: ndarray::ArrayView2<'_, T>,
+    norms: ndarray::ArrayView1<'_, T>,
+    grad: ndarray::ArrayView1<'_, T>,
+) -> ndarray::Array2<T> {
+    let mut out = ndarray::Array2::zeros(x.raw_dim());
+    out.axis_iter_mut(ndarray::Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(r, mut row)| {
+            let n = norms[r];
+            if n > T::zero() {
+                let g = grad[r];
+                ndarray::Zip::from(&mut row)
+                    .and(&x.row(r))
+                    .for_each(|o, &v| *o = g * (v / n));
+            }
+        });
+    out
+}
+
 /// Reduces the node range `nodes` by mapping fixed chunks of [`CHUNK`] nodes
 /// (in parallel when there are several) and folding the partial results in
 /// chunk order.

@@ -496,11 +496,17 @@ pub fn row_softmax_vjp<T: Scalar>(
     Array1::from(vals)
 }
 
-fn row_norms<T: Scalar>(x: ArrayView2<T>) -> Vec<T> {
-    (0..x.nrows())
-        .into_par_iter()
-        .map(|r| x.row(r).dot(&x.row(r)).sqrt())
-        .collect()
+/// The rows of `x` divided by their norms (zero rows stay zero).
+fn unit_rows<T: Scalar>(x: ArrayView2<T>, norms: &Array1<T>) -> Array2<T> {
+    let mut u = x.to_owned();
+    Zip::from(u.rows_mut())
+        .and(norms)
+        .par_for_each(|mut r, &n| {
+            if n > T::zero() {
+                r.mapv_inplace(|v| v / n);
+            }
+        });
+    u
 }
 
 /// Cosine similarity sampled on a pattern: for every stored entry $(i, j)$
@@ -508,16 +514,22 @@ fn row_norms<T: Scalar>(x: ArrayView2<T>) -> Vec<T> {
 /// $c_{ij} = \frac{\langle x_i, y_j\rangle}{\|x_i\| \|y_j\|}$, with $c_{ij} = 0$
 /// when $\|x_i\| \|y_j\| = 0$ (the references return NaN there). Aligned
 /// with `pattern.data()`; `x` is $N \times F$, `y` is $M \times F$.
+///
+/// Computed as $\langle x_i/\|x_i\|, y_j/\|y_j\|\rangle$ with the
+/// overflow-safe [`super::row_norms`], so that it is finite and in
+/// $[-1, 1]$ (up to rounding) for rows of any finite magnitude: rows of
+/// $10^{30}$ in `f32`, whose squared norms overflow, or of $10^{-30}$, whose
+/// squares underflow, get their true cosine.
 pub fn cosine_at<T: Scalar>(
     pattern: CsMatView<T>,
     x: ArrayView2<T>,
     y: ArrayView2<T>,
 ) -> Array1<T> {
-    let (nx, ny) = (row_norms(x), row_norms(y));
+    let (nx, ny) = (super::row_norms(x), super::row_norms(y));
+    let (ux, uy) = (unit_rows(x, &nx), unit_rows(y, &ny));
     let vals = map_entries(pattern, |i, _, j| {
-        let d = nx[i] * ny[j];
-        if d > T::zero() {
-            x.row(i).dot(&y.row(j)) / d
+        if nx[i] > T::zero() && ny[j] > T::zero() {
+            ux.row(i).dot(&uy.row(j))
         } else {
             T::zero()
         }
@@ -526,10 +538,11 @@ pub fn cosine_at<T: Scalar>(
 }
 
 /// VJP of [`cosine_at`] given its output `c`: $(\bar X, \bar Y)$ with
-/// $\bar x_i = \sum_j \bar c_{ij}\big(\frac{y_j}{\|x_i\|\|y_j\|} - c_{ij}\frac{x_i}{\|x_i\|^2}\big)$
-/// and symmetrically for $\bar y_j$; 0 where a norm is 0 (where
-/// [`cosine_at`] is constant). Row-parallel for $\bar X$, column-parallel
-/// (through the transpose) for $\bar Y$; deterministic.
+/// $\bar x_i = \sum_j \bar c_{ij}\,\frac{\hat y_j - c_{ij}\hat x_i}{\|x_i\|}$
+/// ($\hat x = x / \|x\|$) and symmetrically for $\bar y_j$; 0 where a norm
+/// is 0 (where [`cosine_at`] is constant). In unit vectors, so that it is
+/// finite wherever the true gradient is. Row-parallel for $\bar X$,
+/// column-parallel (through the transpose) for $\bar Y$; deterministic.
 pub fn cosine_at_vjp<T: Scalar>(
     pattern: CsMatView<T>,
     x: ArrayView2<T>,
@@ -537,7 +550,8 @@ pub fn cosine_at_vjp<T: Scalar>(
     c: ArrayView1<T>,
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array2<T>) {
-    let (nx, ny) = (row_norms(x), row_norms(y));
+    let (nx, ny) = (super::row_norms(x), super::row_norms(y));
+    let (ux, uy) = (unit_rows(x, &nx), unit_rows(y, &ny));
     let ip = pattern.indptr();
     let ip = ip.raw_storage();
     let base = ip[0];
@@ -549,17 +563,21 @@ pub fn cosine_at_vjp<T: Scalar>(
         .for_each(|(b, mut block)| {
             for (k, mut row) in block.outer_iter_mut().enumerate() {
                 let i = b * ROW_BLOCK + k;
+                if nx[i] <= T::zero() {
+                    continue;
+                }
                 for e in ip[i] - base..ip[i + 1] - base {
                     let j = idx[e];
-                    let d = nx[i] * ny[j];
-                    if d > T::zero() {
-                        let (u, w) = (grad[e] / d, grad[e] * c[e] / (nx[i] * nx[i]));
+                    if ny[j] > T::zero() {
+                        let (g, ce) = (grad[e], c[e]);
                         Zip::from(&mut row)
-                            .and(&y.row(j))
-                            .and(&x.row(i))
-                            .for_each(|o, &yv, &xv| *o += u * yv - w * xv);
+                            .and(&uy.row(j))
+                            .and(&ux.row(i))
+                            .for_each(|o, &yv, &xv| *o += g * (yv - ce * xv));
                     }
                 }
+                let n = nx[i];
+                row.mapv_inplace(|v| v / n);
             }
         });
     let t = transpose(pattern);
@@ -573,19 +591,23 @@ pub fn cosine_at_vjp<T: Scalar>(
         .for_each(|(b, mut block)| {
             for (k, mut row) in block.outer_iter_mut().enumerate() {
                 let j = b * ROW_BLOCK + k;
+                if ny[j] <= T::zero() {
+                    continue;
+                }
                 for (&i, &e) in tidx[tip[j]..tip[j + 1]]
                     .iter()
                     .zip(&t.source[tip[j]..tip[j + 1]])
                 {
-                    let d = nx[i] * ny[j];
-                    if d > T::zero() {
-                        let (u, w) = (grad[e] / d, grad[e] * c[e] / (ny[j] * ny[j]));
+                    if nx[i] > T::zero() {
+                        let (g, ce) = (grad[e], c[e]);
                         Zip::from(&mut row)
-                            .and(&x.row(i))
-                            .and(&y.row(j))
-                            .for_each(|o, &xv, &yv| *o += u * xv - w * yv);
+                            .and(&ux.row(i))
+                            .and(&uy.row(j))
+                            .for_each(|o, &xv, &yv| *o += g * (xv - ce * yv));
                     }
                 }
+                let n = ny[j];
+                row.mapv_inplace(|v| v / n);
             }
         });
     (gx, gy)

@@ -33,6 +33,15 @@ use crate::scalar::Scalar;
 /// 1, 1). Shapes and parameters as [`super::MinCutPool`]'s. Memory
 /// $O(\mathrm{nnz} + N F + N K + B K^2)$.
 ///
+/// Degenerate graphs (see also [`crate::framework::Layer`]'s contract): a
+/// graph smaller than $K$, a single node included, still gives $K$ pooled
+/// nodes (their rows of $S$ sum to 1 over the clusters); an isolated node
+/// or a zero-weight edge adds nothing to $A'$ and to the edge terms of the
+/// losses; a self loop is a stored entry like any other. The softmax of the
+/// MLP's logits is shifted by each row's maximum, so features of magnitude
+/// $10^{30}$ give finite results in `f32` and `f64`; an output that truly
+/// overflows is a [`crate::PoolError::NonFinite`].
+///
 /// ```
 /// use graphpool::framework::Layer;
 /// use graphpool::layers::AsymCheegerCutPool;
@@ -68,7 +77,7 @@ impl<T: Scalar> AsymCheegerCutPool<T> {
     /// # Errors
     /// [`crate::PoolError::InvalidConfig`] if `k < 2` (the balance term
     /// divides by $K - 1$, and the reference's quantile does not exist for
-    /// $K = 1$), a hidden width is 0 or a coefficient is not finite.
+    /// $K = 1$), a hidden width is 0 or a coefficient is not finite (in `T`).
     pub fn new(
         in_features: usize,
         k: usize,
@@ -79,9 +88,10 @@ impl<T: Scalar> AsymCheegerCutPool<T> {
         seed: u64,
     ) -> Result<Self> {
         check_k(k, 2)?;
-        check_coeff("totvar_coeff", totvar_coeff)?;
-        check_coeff("balance_coeff", balance_coeff)?;
+        check_coeff::<T>("totvar_coeff", totvar_coeff)?;
+        check_coeff::<T>("balance_coeff", balance_coeff)?;
         let inner = DenseClustering::new(
+            "AsymCheegerCutPool",
             in_features,
             k,
             mlp_hidden,

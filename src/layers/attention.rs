@@ -3,9 +3,9 @@
 
 use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
 
-use crate::batch::DisjointBatch;
+use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum, segment_sum_vjp};
@@ -19,7 +19,9 @@ use crate::scalar::Scalar;
 /// $$X'_g = \sum_{n \in g} \big(\sigma(X W_2 + b_2) \odot (X W_1 + b_1)\big)_n,$$
 /// output $B \times C$. Parameters `features.kernel` $(F, C)$, `features.bias`
 /// $(C)$, `attention.kernel` $(F, C)$, `attention.bias` $(C)$; kernels
-/// glorot-uniform, biases zero. An empty graph gives a zero row.
+/// glorot-uniform, biases zero. An empty graph gives a zero row; an
+/// overflowing output (features or weights near the float type's maximum)
+/// is a [`PoolError::NonFinite`], and so is an overflowing gradient.
 ///
 /// ```
 /// use graphpool::{layers::GlobalAttentionPool, framework::Layer, DisjointBatch};
@@ -43,6 +45,7 @@ pub struct GlobalAttentionCache<T: Scalar> {
     features: DenseCache<T>,
     attention: DenseCache<T>,
     out_shape: [usize; 2],
+    input: InputSignature,
 }
 
 impl<T: Scalar> GlobalAttentionPool<T> {
@@ -88,6 +91,10 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         let attention = self.attention.forward(&self.params, x)?;
         let gated = &features.out * &attention.out;
         let out = segment_sum(gated.view(), batch.segments());
+        check_finite_2d(
+            &out.view(),
+            "GlobalAttentionPool pooled x (overflow: features or weights too large)",
+        )?;
         let out_shape = [out.nrows(), out.ncols()];
         Ok((
             out,
@@ -95,6 +102,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
                 features,
                 attention,
                 out_shape,
+                input: InputSignature::of(batch),
             },
         ))
     }
@@ -105,6 +113,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         cache: &Self::Cache,
         grad: &Array2<T>,
     ) -> Result<Gradients<T>> {
+        cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let g_gated = segment_sum_vjp(grad.view(), batch.segments());
         let g_feat = &g_gated * &cache.attention.out;
@@ -121,11 +130,14 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
             g_attn.view(),
             &mut params,
         )?;
-        Ok(Gradients {
-            x: gx1 + gx2,
-            edge_weights: Array1::zeros(batch.a().nnz()),
-            params,
-        })
+        finite_gradients(
+            "GlobalAttentionPool",
+            Gradients {
+                x: gx1 + gx2,
+                edge_weights: Array1::zeros(batch.a().nnz()),
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {
@@ -143,7 +155,12 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
 /// the softmax taken over the nodes of each graph with Spektral's
 /// denominator $\sum e + 10^{-9}$ (PyG's `softmax` uses $10^{-16}$: see
 /// [`GlobalAttnSumPool::with_eps`]). Output $B \times F$; parameter
-/// `attn_kernel` $(F, 1)$, glorot-uniform. An empty graph gives a zero row.
+/// `attn_kernel` $(F, 1)$, glorot-uniform. An empty graph gives a zero row,
+/// a single node weight $1/(1 + \varepsilon)$; the softmax is shifted by
+/// each graph's maximum, so scores of magnitude $10^{30}$ do not overflow.
+/// An overflowing output or gradient (features near the float type's
+/// maximum: $\bar a = X^\top \bar v$ holds products of two features) is a
+/// [`PoolError::NonFinite`].
 ///
 /// ```
 /// use graphpool::{layers::GlobalAttnSumPool, framework::Layer, DisjointBatch};
@@ -169,6 +186,7 @@ pub type NodeAttentionPool<T> = GlobalAttnSumPool<T>;
 pub struct GlobalAttnSumCache<T: Scalar> {
     alpha: Array1<T>,
     out_shape: [usize; 2],
+    input: InputSignature,
 }
 
 impl<T: Scalar> GlobalAttnSumPool<T> {
@@ -194,9 +212,9 @@ impl<T: Scalar> GlobalAttnSumPool<T> {
     /// Uses `eps` in the softmax denominator instead of Spektral's $10^{-9}$.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] unless `eps` is finite and $\ge 0$.
+    /// [`PoolError::InvalidConfig`] unless `eps` is $\ge 0$ and finite in `T`.
     pub fn with_eps(mut self, eps: f64) -> Result<Self> {
-        if !(eps.is_finite() && eps >= 0.0) {
+        if !(eps.is_finite() && eps >= 0.0 && T::c(eps).is_finite()) {
             return Err(PoolError::InvalidConfig {
                 name: "eps".into(),
                 value: eps.to_string(),
@@ -229,8 +247,20 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
             .and(&alpha)
             .par_for_each(|mut r, &a| r.mapv_inplace(|v| v * a));
         let out = segment_sum(weighted.view(), batch.segments());
+        check_finite_2d(
+            &out.view(),
+            "GlobalAttnSumPool pooled x (overflow: features too large for the float type)",
+        )?;
         let out_shape = [out.nrows(), out.ncols()];
-        Ok((out, GlobalAttnSumCache { alpha, out_shape }))
+        let input = InputSignature::of(batch);
+        Ok((
+            out,
+            GlobalAttnSumCache {
+                alpha,
+                out_shape,
+                input,
+            },
+        ))
     }
 
     fn backward(
@@ -239,6 +269,7 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
         cache: &Self::Cache,
         grad: &Array2<T>,
     ) -> Result<Gradients<T>> {
+        cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let x = batch.x().view();
         let w = self.params.matrix("attn_kernel")?;
@@ -257,11 +288,14 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
         gx += &gx_score;
         let mut params = self.params.zeros_like();
         params.accumulate_dim("attn_kernel", gw.view())?;
-        Ok(Gradients {
-            x: gx,
-            edge_weights: Array1::zeros(batch.a().nnz()),
-            params,
-        })
+        finite_gradients(
+            "GlobalAttnSumPool",
+            Gradients {
+                x: gx,
+                edge_weights: Array1::zeros(batch.a().nnz()),
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

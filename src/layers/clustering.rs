@@ -22,7 +22,7 @@ use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
 
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
@@ -104,13 +104,14 @@ pub(crate) fn check_k(k: usize, min: usize) -> Result<()> {
     Ok(())
 }
 
-/// Validates a loss coefficient (finite).
-pub(crate) fn check_coeff(name: &str, v: f64) -> Result<()> {
-    if !v.is_finite() {
+/// Validates a loss coefficient: finite, also in the layer's float type `T`
+/// (`1e300` is finite in `f64` but infinite in `f32`).
+pub(crate) fn check_coeff<T: Scalar>(name: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && T::c(v).is_finite()) {
         return Err(PoolError::InvalidConfig {
             name: name.into(),
             value: v.to_string(),
-            expected: "a finite coefficient".into(),
+            expected: "a finite coefficient (finite in the layer's float type)".into(),
         });
     }
     Ok(())
@@ -120,6 +121,8 @@ pub(crate) fn check_coeff(name: &str, v: f64) -> Result<()> {
 /// shared by the four layers.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct DenseClustering<T: Scalar> {
+    /// The layer's name, for error messages.
+    name: &'static str,
     k: usize,
     mlp: Mlp,
     params: Params<T>,
@@ -140,6 +143,7 @@ pub struct ClusteringCache<T: Scalar> {
     normalized: Option<NormalizedBlocks<T>>,
     degrees: Option<Array1<T>>,
     aux: Vec<AuxCache<T>>,
+    input: InputSignature,
 }
 
 /// What each auxiliary loss keeps for its VJP.
@@ -209,7 +213,9 @@ impl<T: Scalar> DenseClustering<T> {
     ///
     /// # Errors
     /// [`PoolError::InvalidConfig`] for a zero hidden width.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        name: &'static str,
         in_features: usize,
         k: usize,
         mlp_hidden: &[usize],
@@ -229,6 +235,7 @@ impl<T: Scalar> DenseClustering<T> {
         let mut params = Params::new();
         mlp.init_params(&mut params, &mut rng_from_seed(seed));
         Ok(Self {
+            name,
             k,
             mlp,
             params,
@@ -307,15 +314,16 @@ impl<T: Scalar> DenseClustering<T> {
             aux.push(cache);
         }
         let a_blocks = normalized.as_ref().map_or(&blocks, |n| &n.out);
-        check_finite_2d(&x_out.view(), "pooled features X' (overflow)")?;
-        check_finite_2d(&a_blocks.view(), "pooled adjacency A' (overflow)")?;
         let a_out = DenseAssignment::blocks_to_csr(a_blocks.view());
-        let pooled = Pooled {
-            batch: DisjointBatch::new_unchecked(x_out, a_out, assignment.reduce_index(seg)),
-            selection: Selection::Dense(assignment.clone()),
-            score: None,
+        let pooled = Pooled::checked(
+            self.name,
+            x_out,
+            a_out,
+            assignment.reduce_index(seg),
+            Selection::Dense(assignment.clone()),
+            None,
             losses,
-        };
+        )?;
         Ok((
             pooled,
             ClusteringCache {
@@ -327,6 +335,7 @@ impl<T: Scalar> DenseClustering<T> {
                 normalized,
                 degrees,
                 aux,
+                input: InputSignature::of(batch),
             },
         ))
     }
@@ -644,22 +653,9 @@ impl<T: Scalar> DenseClustering<T> {
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
-        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
-        check_grad_shape("pooled edge weights", &[b * k * k], &grad.edge_weights)?;
-        if let Some(name) = grad
-            .losses
-            .keys()
-            .find(|n| !self.losses.iter().any(|(l, _)| l == n))
-        {
-            return Err(PoolError::GradientShape {
-                what: format!("loss `{name}`"),
-                expected: format!(
-                    "one of {:?}",
-                    self.losses.iter().map(|(l, _)| *l).collect::<Vec<_>>()
-                ),
-                got: name.clone(),
-            });
-        }
+        cache.input.check(batch)?;
+        let names: Vec<&str> = self.losses.iter().map(|(l, _)| *l).collect();
+        check_pooled_grad(grad, &cache.x_shape, b * k * k, &names)?;
         let s = &cache.assignment.s;
         let a = batch.a().view();
         let g_out = grad
@@ -736,11 +732,14 @@ impl<T: Scalar> DenseClustering<T> {
             g_logits.view(),
             &mut params,
         )?;
-        Ok(Gradients {
-            x: gx,
-            edge_weights: edges,
-            params,
-        })
+        finite_gradients(
+            self.name,
+            Gradients {
+                x: gx,
+                edge_weights: edges,
+                params,
+            },
+        )
     }
 }
 

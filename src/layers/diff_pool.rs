@@ -8,7 +8,7 @@ use sprs::CsMatView;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -175,6 +175,7 @@ pub struct DiffPoolCache<T: Scalar> {
     link: LinkTerms<T>,
     out_x_shape: [usize; 2],
     out_nnz: usize,
+    input: InputSignature,
 }
 
 /// The pieces of the sparse link-prediction loss.
@@ -306,33 +307,6 @@ impl<T: Scalar> DiffPool<T> {
     }
 }
 
-/// Checks that a dense-assignment pool's outputs are finite: they can only
-/// fail to be for finite inputs through overflow (features, edge weights or
-/// parameters too large), which is reported as a typed error rather than a
-/// pooled batch holding infinities.
-pub(crate) fn check_outputs_finite<T: Scalar>(
-    layer: &str,
-    x: &Array2<T>,
-    a: &sprs::CsMat<T>,
-    losses: &Losses<T>,
-) -> Result<()> {
-    let overflow = |what: String, index: String, value: T| PoolError::NonFinite {
-        what: format!("{layer} {what} (overflow: inputs, edge weights or parameters too large)"),
-        index,
-        value: value.to_string(),
-    };
-    if let Some(((r, c), &v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(overflow("pooled x".into(), format!("({r}, {c})"), v));
-    }
-    if let Some((e, &v)) = a.data().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(overflow("pooled adjacency".into(), format!("entry {e}"), v));
-    }
-    if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
-        return Err(overflow(format!("loss `{name}`"), "-".into(), v));
-    }
-    Ok(())
-}
-
 /// $\frac{1}{n_g}\sum_{n\in g} -\sum_k s_{nk}\ln(s_{nk}+\varepsilon)$ per graph (0 for an empty graph).
 fn entropy_per_graph<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T) -> Array1<T> {
     let h = Array1::from(map_nodes(segs, |_, n| {
@@ -390,18 +364,20 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let a_out = DenseAssignment::blocks_to_csr(blocks.view());
         let link = link_terms(a, assignment.s.view(), segs);
         let losses = self.losses_from(segs, &link, assignment.s.view());
-        check_outputs_finite("DiffPool", &x_out, &a_out, &losses)?;
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
         let cached = assignment.clone();
         Ok((
-            Pooled {
-                batch: DisjointBatch::new_unchecked(x_out, a_out, out_segments),
-                selection: Selection::Dense(assignment),
-                score: None,
+            Pooled::checked(
+                "DiffPool",
+                x_out,
+                a_out,
+                out_segments,
+                Selection::Dense(assignment),
+                None,
                 losses,
-            },
+            )?,
             DiffPoolCache {
                 filter,
                 xw_emb,
@@ -413,6 +389,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 link,
                 out_x_shape,
                 out_nnz,
+                input: InputSignature::of(batch),
             },
         ))
     }
@@ -423,8 +400,13 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         cache: &DiffPoolCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        check_grad_shape("pooled x", &cache.out_x_shape, &grad.x)?;
-        check_grad_shape("pooled edge weights", &[cache.out_nnz], &grad.edge_weights)?;
+        cache.input.check(batch)?;
+        check_pooled_grad(
+            grad,
+            &cache.out_x_shape,
+            cache.out_nnz,
+            &["link_pred", "entropy"],
+        )?;
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let k = self.k;
         let b = segs.num_graphs();
@@ -494,11 +476,14 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let mut params = self.params.zeros_like();
         params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
         params.accumulate_dim(KERNEL_POOL, gw_pool.view())?;
-        Ok(Gradients {
-            x: gx_p + gx_e,
-            edge_weights: ga,
-            params,
-        })
+        finite_gradients(
+            "DiffPool",
+            Gradients {
+                x: gx_p + gx_e,
+                edge_weights: ga,
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

@@ -51,6 +51,15 @@ pub enum DMoNVariant {
 /// / `mlp.{j}.bias` as [`super::MinCutPool`]'s. Memory
 /// $O(\mathrm{nnz} + N F + N K + B K^2)$.
 ///
+/// Degenerate graphs (see also [`crate::framework::Layer`]'s contract): a
+/// graph smaller than $K$, a single node included, still gives $K$ pooled
+/// nodes (their rows of $S$ sum to 1 over the clusters); an isolated node
+/// or a zero-weight edge adds nothing to $A'$ and to the edge terms of the
+/// losses; a self loop is a stored entry like any other. The softmax of the
+/// MLP's logits is shifted by each row's maximum, so features of magnitude
+/// $10^{30}$ give finite results in `f32` and `f64`; an output that truly
+/// overflows is a [`crate::PoolError::NonFinite`].
+///
 /// ```
 /// use graphpool::framework::Layer;
 /// use graphpool::layers::DMoNPool;
@@ -113,7 +122,7 @@ impl<T: Scalar> DMoNPool<T> {
     ///
     /// # Errors
     /// [`crate::PoolError::InvalidConfig`] if `k` is 0, a hidden width is 0
-    /// or `collapse_regularization` is not finite.
+    /// or `collapse_regularization` is not finite (in `T`).
     pub fn new(
         in_features: usize,
         k: usize,
@@ -123,9 +132,10 @@ impl<T: Scalar> DMoNPool<T> {
         seed: u64,
     ) -> Result<Self> {
         check_k(k, 1)?;
-        check_coeff("collapse_regularization", collapse_regularization)?;
+        check_coeff::<T>("collapse_regularization", collapse_regularization)?;
         let variant = DMoNVariant::Spektral;
         let inner = DenseClustering::new(
+            "DMoNPool",
             in_features,
             k,
             mlp_hidden,

@@ -2,9 +2,9 @@
 
 use ndarray::Array2;
 
-use crate::batch::DisjointBatch;
-use crate::error::Result;
-use crate::framework::layer::check_grad_shape;
+use crate::batch::{check_finite_2d, DisjointBatch};
+use crate::error::{PoolError, Result};
+use crate::framework::layer::{check_grad_shape, finite_gradients};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::segment::{
     segment_extremum_vjp, segment_max, segment_mean, segment_mean_vjp, segment_sum, segment_sum_vjp,
@@ -22,6 +22,10 @@ macro_rules! parameterless_global_pool {
 
             fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Array2<T>, Array2<T>)> {
                 let out = $fwd(batch.x().view(), batch.segments());
+                check_finite_2d(
+                    &out.view(),
+                    "pooled x (overflow: features too large for the float type)",
+                )?;
                 Ok((out.clone(), out))
             }
 
@@ -31,13 +35,26 @@ macro_rules! parameterless_global_pool {
                 out: &Array2<T>,
                 grad: &Array2<T>,
             ) -> Result<Gradients<T>> {
+                // the output is B x F: a batch of other B or F is not the forward's
+                let expected = [batch.num_graphs(), batch.num_features()];
+                if out.shape() != expected {
+                    return Err(PoolError::ShapeMismatch {
+                        what: "batch passed to backward (it must be the forward pass's batch)"
+                            .into(),
+                        expected: format!("{} graphs, {} features", out.nrows(), out.ncols()),
+                        got: format!("{} graphs, {} features", expected[0], expected[1]),
+                    });
+                }
                 check_grad_shape("pooled x", out.shape(), grad)?;
                 let gx = $vjp(batch, out, grad);
-                Ok(Gradients {
-                    x: gx,
-                    edge_weights: ndarray::Array1::zeros(batch.a().nnz()),
-                    params: Params::new(),
-                })
+                finite_gradients(
+                    stringify!($name),
+                    Gradients {
+                        x: gx,
+                        edge_weights: ndarray::Array1::zeros(batch.a().nnz()),
+                        params: Params::new(),
+                    },
+                )
             }
 
             fn params(&self) -> &Params<T> {
@@ -49,7 +66,9 @@ macro_rules! parameterless_global_pool {
 
 /// Sum of each graph's node features (Spektral `GlobalSumPool`, PyG `global_add_pool`):
 /// $$X'_g = \sum_{n \in g} X_n,$$
-/// output $B \times F$; an empty graph gives a zero row.
+/// output $B \times F$; an empty graph gives a zero row. A sum beyond the
+/// float type's range is a [`crate::PoolError::NonFinite`] (see
+/// [`Layer`]'s contract for bad and degenerate inputs).
 ///
 /// ```
 /// use graphpool::{layers::GlobalSumPool, framework::Layer, DisjointBatch};
@@ -69,7 +88,9 @@ parameterless_global_pool!(
 
 /// Mean of each graph's node features (Spektral `GlobalAvgPool`, PyG `global_mean_pool`):
 /// $$X'_g = \frac{1}{\max(n_g, 1)} \sum_{n \in g} X_n,$$
-/// output $B \times F$; an empty graph gives a zero row.
+/// output $B \times F$; an empty graph gives a zero row (the mean divides
+/// by $\max(n_g, 1)$, never $0/0$). A sum beyond the float type's range is
+/// a [`crate::PoolError::NonFinite`].
 ///
 /// ```
 /// use graphpool::{layers::GlobalAvgPool, framework::Layer, DisjointBatch};
@@ -92,7 +113,8 @@ parameterless_global_pool!(
 
 /// Feature-wise max over each graph's nodes (Spektral `GlobalMaxPool`, PyG `global_max_pool`):
 /// $$X'_{gf} = \max_{n \in g} X_{nf},$$
-/// output $B \times F$; an empty graph gives a zero row.
+/// output $B \times F$; an empty graph gives a zero row, a single node its
+/// own features.
 ///
 /// **Gradient at ties**: split equally among the nodes attaining the max,
 /// as TensorFlow and PyTorch do.

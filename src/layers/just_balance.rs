@@ -32,6 +32,15 @@ use crate::scalar::Scalar;
 /// Shapes and parameters as [`super::MinCutPool`]'s. Memory
 /// $O(\mathrm{nnz} + N F + N K + B K^2)$.
 ///
+/// Degenerate graphs (see also [`crate::framework::Layer`]'s contract): a
+/// graph smaller than $K$, a single node included, still gives $K$ pooled
+/// nodes (their rows of $S$ sum to 1 over the clusters); an isolated node
+/// or a zero-weight edge adds nothing to $A'$ and to the edge terms of the
+/// losses; a self loop is a stored entry like any other. The softmax of the
+/// MLP's logits is shifted by each row's maximum, so features of magnitude
+/// $10^{30}$ give finite results in `f32` and `f64`; an output that truly
+/// overflows is a [`crate::PoolError::NonFinite`].
+///
 /// ```
 /// use graphpool::framework::Layer;
 /// use graphpool::layers::JustBalancePool;
@@ -69,6 +78,7 @@ impl<T: Scalar> JustBalancePool<T> {
     ) -> Result<Self> {
         check_k(k, 1)?;
         let inner = DenseClustering::new(
+            "JustBalancePool",
             in_features,
             k,
             mlp_hidden,

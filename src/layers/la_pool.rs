@@ -6,11 +6,12 @@ use sprs::CsMat;
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
 use crate::framework::{
     Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SparseAssignment, SparseConnectCache,
     SrcPool,
 };
+use crate::kernels::row_norms;
 use crate::kernels::sort::check_scores;
 use crate::kernels::sparse::{
     cosine_at, cosine_at_vjp, laplacian_spmm, row_softmax, row_softmax_vjp,
@@ -55,6 +56,11 @@ use crate::Segments;
 /// * a negative edge weight with `shortest_path_reg` is a
 ///   [`PoolError::NegativePathLength`] (scipy: negative cycle error);
 /// * a non-finite $v$ (overflowing features) is a [`PoolError::NonFiniteScore`];
+/// * the Laplacian signal and the cosines use overflow-safe norms
+///   ([`crate::kernels::row_norms`]): features of magnitude $10^{30}$ work
+///   in `f32` too; an overflowing pooled output is a [`PoolError::NonFinite`];
+/// * a zero-weight edge is no path (scipy's dense zero) but still a
+///   neighbour for the leader test; a self loop never shortens a path;
 /// * an empty graph has no leader and no pooled node; every non-empty graph
 ///   has at least one leader (its node of largest $v$).
 ///
@@ -109,6 +115,7 @@ pub struct LaPoolCache<T: Scalar> {
     connect: SparseConnectCache<T>,
     x_shape: [usize; 2],
     nnz: usize,
+    input: InputSignature,
 }
 
 /// What the selection step computes.
@@ -139,12 +146,8 @@ impl LaPool {
     pub fn leaders<T: Scalar>(&self, batch: &DisjointBatch<T>) -> Result<Vec<usize>> {
         let a = batch.a();
         let lx = laplacian_spmm(a.view(), batch.x().view());
-        let v: Array1<T> = Array1::from(
-            (0..lx.nrows())
-                .into_par_iter()
-                .map(|i| lx.row(i).dot(&lx.row(i)).sqrt())
-                .collect::<Vec<T>>(),
-        );
+        // overflow-safe: rows of 1e30 have a finite signal in f32 too
+        let v: Array1<T> = row_norms(lx.view());
         check_scores(v.view())?;
         let is_leader: Vec<bool> = (0..a.rows())
             .into_par_iter()
@@ -276,13 +279,17 @@ impl<T: Scalar> Layer<T> for LaPool {
             connect,
             x_shape: [x.nrows(), x.ncols()],
             nnz: a.nnz(),
+            input: InputSignature::of(batch),
         };
-        let pooled = Pooled {
-            batch: DisjointBatch::new_unchecked(x, a, segments),
-            selection: Selection::Sparse(assignment),
-            score: None,
-            losses: Losses::new(),
-        };
+        let pooled = Pooled::checked(
+            "LaPool",
+            x,
+            a,
+            segments,
+            Selection::Sparse(assignment),
+            None,
+            Losses::new(),
+        )?;
         Ok((pooled, cache))
     }
 
@@ -292,8 +299,8 @@ impl<T: Scalar> Layer<T> for LaPool {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
-        check_grad_shape("pooled edge weights", &[cache.nnz], &grad.edge_weights)?;
+        cache.input.check(batch)?;
+        check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
         let x = batch.x().view();
         let a = batch.a().view();
         let asg = &cache.assignment;
@@ -343,11 +350,14 @@ impl<T: Scalar> Layer<T> for LaPool {
             }
             ga += &undirected_path_lengths_vjp(a, batch.segments(), &asg.leaders, &g_dist)?;
         }
-        Ok(Gradients {
-            x: gx,
-            edge_weights: ga,
-            params: Params::new(),
-        })
+        finite_gradients(
+            "LaPool",
+            Gradients {
+                x: gx,
+                edge_weights: ga,
+                params: Params::new(),
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

@@ -7,7 +7,7 @@ use sprs::CsMat;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -97,7 +97,11 @@ pub enum MemAdjacency {
 /// not as $\lVert x\rVert^2 + \lVert k\rVert^2 - 2\langle x, k\rangle$), which
 /// equals the ratio above but does not underflow to 0/0 for nodes far from
 /// every key or a small $\tau$ (where PyG returns NaN); if every distance
-/// of a head overflows to infinity, that head's weights are uniform.
+/// of a head overflows to infinity, that head's weights are uniform (in
+/// `f32` this happens for features beyond about $10^{19}$, whose squared
+/// distances exceed the type: $X' = S^\top X W$ stays finite). Isolated
+/// nodes, zero-weight edges and self loops only matter to
+/// [`MemAdjacency::Coarsened`]'s $S^\top A S$.
 ///
 /// Errors of the forward pass: [`PoolError::ShapeMismatch`] if $X$ has not
 /// `in_channels` columns; [`PoolError::NonFinite`] if an output overflows.
@@ -144,6 +148,7 @@ pub struct MemPoolingCache<T: Scalar> {
     connect: Option<DenseConnectCache<T>>,
     out_x_shape: [usize; 2],
     out_nnz: usize,
+    input: InputSignature,
 }
 
 const KEYS: &str = "keys";
@@ -160,7 +165,7 @@ impl<T: Scalar> MemPooling<T> {
     ///
     /// # Errors
     /// [`PoolError::InvalidConfig`] if `out_channels`, `heads` or
-    /// `num_clusters` is 0, or `tau` is not finite and $> 0$.
+    /// `num_clusters` is 0, or `tau` is not finite and $> 0$ in `T`.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
@@ -183,11 +188,13 @@ impl<T: Scalar> MemPooling<T> {
         positive("channels", out_channels, "output channels")?;
         positive("heads", heads, "heads")?;
         positive("k", num_clusters, "clusters per graph")?;
-        if !(tau.is_finite() && tau > 0.0) {
+        // finite and positive in T too: 1e300 is infinite and 1e-300 is 0 in f32
+        let tau_t = T::c(tau);
+        if !(tau.is_finite() && tau > 0.0 && tau_t.is_finite() && tau_t > T::zero()) {
             return Err(PoolError::InvalidConfig {
                 name: "tau".into(),
                 value: tau.to_string(),
-                expected: "a finite temperature > 0".into(),
+                expected: "a finite temperature > 0 (also in the layer's float type)".into(),
             });
         }
         let mut rng = rng_from_seed(seed);
@@ -497,17 +504,19 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let (kl, colsum) = kl_loss(assignment.s.view(), segs);
         let mut losses = Losses::new();
         losses.insert("kl".into(), kl);
-        super::diff_pool::check_outputs_finite("MemPooling", &x_out, &a_out, &losses)?;
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
         let cached = assignment.clone();
         Ok((
-            Pooled {
-                batch: DisjointBatch::new_unchecked(x_out, a_out, out_segments),
-                selection: Selection::Dense(assignment),
-                score: None,
+            Pooled::checked(
+                "MemPooling",
+                x_out,
+                a_out,
+                out_segments,
+                Selection::Dense(assignment),
+                None,
                 losses,
-            },
+            )?,
             MemPoolingCache {
                 dist,
                 per_head,
@@ -517,6 +526,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                 connect,
                 out_x_shape,
                 out_nnz,
+                input: InputSignature::of(batch),
             },
         ))
     }
@@ -527,8 +537,8 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         cache: &MemPoolingCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        check_grad_shape("pooled x", &cache.out_x_shape, &grad.x)?;
-        check_grad_shape("pooled edge weights", &[cache.out_nnz], &grad.edge_weights)?;
+        cache.input.check(batch)?;
+        check_pooled_grad(grad, &cache.out_x_shape, cache.out_nnz, &["kl"])?;
         let (x, segs) = (batch.x().view(), batch.segments());
         let (h, k) = (self.heads, self.k);
         let b = segs.num_graphs();
@@ -635,11 +645,14 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                 got: vec![h * k, self.in_channels],
             })?;
         params.accumulate_dim(KEYS, g_keys.view())?;
-        Ok(Gradients {
-            x: gx,
-            edge_weights: ga,
-            params,
-        })
+        finite_gradients(
+            "MemPooling",
+            Gradients {
+                x: gx,
+                edge_weights: ga,
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

@@ -51,6 +51,15 @@ pub enum MinCutVariant {
 /// `mlp.{j}.kernel` $(F_j, F_{j+1})$ and `mlp.{j}.bias`, glorot-uniform /
 /// zeros. Memory $O(\mathrm{nnz} + N F + N K + B K^2)$; no $N \times N$ matrix.
 ///
+/// Degenerate graphs (see also [`crate::framework::Layer`]'s contract): a
+/// graph smaller than $K$, a single node included, still gives $K$ pooled
+/// nodes (their rows of $S$ sum to 1 over the clusters); an isolated node
+/// or a zero-weight edge adds nothing to $A'$ and to the edge terms of the
+/// losses; a self loop is a stored entry like any other. The softmax of the
+/// MLP's logits is shifted by each row's maximum, so features of magnitude
+/// $10^{30}$ give finite results in `f32` and `f64`; an output that truly
+/// overflows is a [`crate::PoolError::NonFinite`].
+///
 /// ```
 /// use graphpool::framework::Layer;
 /// use graphpool::layers::MinCutPool;
@@ -107,6 +116,7 @@ impl<T: Scalar> MinCutPool<T> {
         check_k(k, 1)?;
         let variant = MinCutVariant::Spektral;
         let inner = DenseClustering::new(
+            "MinCutPool",
             in_features,
             k,
             mlp_hidden,

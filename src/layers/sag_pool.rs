@@ -8,6 +8,7 @@ use super::selection_core::{
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
+use crate::framework::layer::finite_gradients;
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::sparse::{gcn_filter, spmm, spmm_vjp_values, spmm_vjp_x, transpose, GcnFilter};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
@@ -54,6 +55,13 @@ pub enum SagScorer {
 ///   $+1$.
 /// * The GraphConv parameters are glorot-uniform (bias zero), not PyG's
 ///   initialisation; load weights by name to reproduce a PyG model.
+///
+/// Degenerate graphs: an empty graph keeps nothing, a single-node or
+/// isolated node's GCN score is its own $x w$ (the filter is 1 on it), a
+/// self loop adds its weight to the $+1$ of $A + I$, a zero-weight edge
+/// is a stored entry of weight 0 (in $A'$ too), and a node whose degree
+/// in $A + I$ cancels to $\le 0$ (negative weights) gets a filter row of 0:
+/// every score is finite.
 ///
 /// Gradients flow into $X$, the edge weights (through the GCN filter and
 /// $A'$) and the parameters; the choice of nodes is piecewise constant.
@@ -212,7 +220,7 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let (y, scorer) = self.scores(batch)?;
-        let (pooled, core) = self.core.forward(batch, y)?;
+        let (pooled, core) = self.core.forward("SAGPool", batch, y)?;
         Ok((pooled, SagPoolCache { core, scorer }))
     }
 
@@ -253,11 +261,14 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
                 params.accumulate_dim(ROOT_KERNEL, gw_root.view())?;
             }
         }
-        Ok(Gradients {
-            x: gx,
-            edge_weights,
-            params,
-        })
+        finite_gradients(
+            "SAGPool",
+            Gradients {
+                x: gx,
+                edge_weights,
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

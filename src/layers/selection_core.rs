@@ -8,7 +8,7 @@ use ndarray::{Array1, Array2, ArrayView1, Axis};
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_pooled_grad, InputSignature};
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
@@ -132,6 +132,7 @@ pub struct SelectionPoolCache<T: Scalar> {
     induced: Induced<T>,
     x_shape: [usize; 2],
     nnz: usize,
+    input: InputSignature,
 }
 
 /// Gradients of the core with respect to its inputs.
@@ -153,14 +154,18 @@ impl SelectionCore {
         })
     }
 
-    pub(crate) fn check_multiplier(m: f64) -> Result<f64> {
-        if m.is_finite() {
+    /// A multiplier must be finite in the layer's float type `T` (`1e300`
+    /// is finite in `f64` but infinite in `f32`).
+    pub(crate) fn check_multiplier<T: Scalar>(m: f64) -> Result<f64> {
+        if m.is_finite() && T::c(m).is_finite() {
             Ok(m)
         } else {
             Err(PoolError::InvalidConfig {
                 name: "multiplier".into(),
                 value: m.to_string(),
-                expected: "a finite factor for the pooled features".into(),
+                expected:
+                    "a finite factor for the pooled features (finite in the layer's float type)"
+                        .into(),
             })
         }
     }
@@ -226,6 +231,7 @@ impl SelectionCore {
     /// (induced subgraph) and reduce_index from the raw scores `y`.
     pub(crate) fn forward<T: Scalar>(
         &self,
+        layer: &str,
         batch: &DisjointBatch<T>,
         y: Array1<T>,
     ) -> Result<(Pooled<T>, SelectionPoolCache<T>)> {
@@ -246,13 +252,17 @@ impl SelectionCore {
             nnz: induced.matrix.nnz(),
             subset: subset.clone(),
             induced: induced.clone(),
+            input: InputSignature::of(batch),
         };
-        let pooled = Pooled {
-            batch: DisjointBatch::new_unchecked(x, induced.matrix, segments),
-            selection: Selection::Subset(subset),
-            score: Some(y),
-            losses: Losses::new(),
-        };
+        let pooled = Pooled::checked(
+            layer,
+            x,
+            induced.matrix,
+            segments,
+            Selection::Subset(subset),
+            Some(y),
+            Losses::new(),
+        )?;
         Ok((pooled, cache))
     }
 
@@ -266,8 +276,8 @@ impl SelectionCore {
         cache: &SelectionPoolCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<CoreGrads<T>> {
-        check_grad_shape("pooled x", &cache.x_shape, &grad.x)?;
-        check_grad_shape("pooled edge weights", &[cache.nnz], &grad.edge_weights)?;
+        cache.input.check(batch)?;
+        check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
         let gx_out = if self.multiplier != 1.0 {
             let m = T::c(self.multiplier);
             grad.x.mapv(|v| v * m)
@@ -330,9 +340,9 @@ macro_rules! selection_builders {
             /// PyG's `multiplier`: the pooled features are scaled by `m`.
             ///
             /// # Errors
-            /// [`PoolError::InvalidConfig`] for a non-finite `m`.
+            /// [`PoolError::InvalidConfig`] for an `m` that is not finite in `T`.
             pub fn with_multiplier(mut self, m: f64) -> Result<Self> {
-                self.core.multiplier = SelectionCore::check_multiplier(m)?;
+                self.core.multiplier = SelectionCore::check_multiplier::<T>(m)?;
                 Ok(self)
             }
         }

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::check_grad_shape;
+use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::sort::segment_argsort_desc;
 use crate::nn::Params;
@@ -21,7 +21,9 @@ use crate::scalar::Scalar;
 /// * Only real nodes are sorted; padding always comes last (Spektral's
 ///   disjoint mode pads before sorting, so padding can outrank nodes with a
 ///   negative last feature: a defect graphpool does not reproduce, as PyG).
-/// * An empty graph gives $k$ zero rows.
+/// * An empty graph gives $k$ zero rows; a graph of fewer than $k$ nodes
+///   its nodes, then zero rows. Features of any finite magnitude are copied,
+///   never combined, so nothing overflows.
 ///
 /// ```
 /// use graphpool::{layers::SortPool, framework::Layer, DisjointBatch};
@@ -41,6 +43,7 @@ pub struct SortPool {
 pub struct SortPoolCache {
     kept: Vec<Vec<usize>>,
     out_shape: [usize; 3],
+    input: InputSignature,
 }
 
 impl SortPool {
@@ -94,7 +97,15 @@ impl<T: Scalar> Layer<T> for SortPool {
                 }
             });
         let out_shape = [batch.num_graphs(), self.k, f];
-        Ok((out, SortPoolCache { kept, out_shape }))
+        let input = InputSignature::of(batch);
+        Ok((
+            out,
+            SortPoolCache {
+                kept,
+                out_shape,
+                input,
+            },
+        ))
     }
 
     fn backward(
@@ -103,6 +114,7 @@ impl<T: Scalar> Layer<T> for SortPool {
         cache: &SortPoolCache,
         grad: &Array3<T>,
     ) -> Result<Gradients<T>> {
+        cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let mut gx = ndarray::Array2::zeros(batch.x().raw_dim());
         for (g, idx) in cache.kept.iter().enumerate() {
@@ -110,11 +122,14 @@ impl<T: Scalar> Layer<T> for SortPool {
                 gx.row_mut(n).assign(&grad.slice(s![g, j, ..]));
             }
         }
-        Ok(Gradients {
-            x: gx,
-            edge_weights: Array1::zeros(batch.a().nnz()),
-            params: Params::new(),
-        })
+        finite_gradients(
+            "SortPool",
+            Gradients {
+                x: gx,
+                edge_weights: Array1::zeros(batch.a().nnz()),
+                params: Params::new(),
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

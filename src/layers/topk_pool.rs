@@ -7,6 +7,7 @@ use super::selection_core::{
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
+use crate::framework::layer::finite_gradients;
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
@@ -38,7 +39,9 @@ const L2_NORMALIZE_EPS: f64 = 1e-12;
 ///   agree with graphpool elsewhere.)
 /// * $\|p\|$ is Spektral's `l2_normalize`: $\sqrt{\max(\sum p^2, 10^{-12})}$
 ///   (PyG divides by $\|p\|$ and gives NaN for $p = 0$).
-/// * An empty graph keeps nothing; a non-empty graph keeps at least one node.
+/// * An empty graph keeps nothing; a non-empty graph keeps at least one node
+///   (a single-node graph keeps its node). $A'$ keeps self loops and
+///   zero-weight edges between kept nodes as stored entries.
 /// * A non-finite score is a [`PoolError::NonFiniteScore`].
 /// * Gradients flow through the gates into $X$ and $p$, and through $A'$
 ///   into the kept edges; the choice of nodes is piecewise constant.
@@ -131,7 +134,7 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let y = self.scores(batch.x().view())?;
-        self.core.forward(batch, y)
+        self.core.forward("TopKPool", batch, y)
     }
 
     fn backward(
@@ -161,11 +164,14 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         };
         let mut params = self.params.zeros_like();
         params.accumulate_dim("kernel", gp.view())?;
-        Ok(Gradients {
-            x: core.x + gx_score,
-            edge_weights: core.edge_weights,
-            params,
-        })
+        finite_gradients(
+            "TopKPool",
+            Gradients {
+                x: core.x + gx_score,
+                edge_weights: core.edge_weights,
+                params,
+            },
+        )
     }
 
     fn params(&self) -> &Params<T> {

@@ -36,3 +36,199 @@ pub fn assert_close<D: ndarray::Dimension>(
         );
     }
 }
+
+use graphpool::framework::{Differentiable, Gradients, Pooled};
+use graphpool::layers::{
+    AsymCheegerCutPool, DMoNPool, DMoNVariant, DiffPool, DiffPoolVariant, GlobalAttentionPool,
+    GlobalAttnSumPool, GlobalAvgPool, GlobalMaxPool, GlobalSumPool, JustBalancePool, KeepRule,
+    LaPool, MemAdjacency, MemPooling, MinCutPool, MinCutVariant, SAGPool, SagScorer, SortPool,
+    TopKPool,
+};
+use graphpool::nn::{rng_from_seed, Activation};
+use graphpool::{PoolError, Scalar};
+use ndarray::{Array2, Array3};
+
+/// What a layer returned, by output kind.
+// test-only and short-lived: boxing the pooled variant buys nothing
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out<T: Scalar> {
+    /// A global pool's $B \times F$ (or $B \times C$) rows.
+    Rows(Array2<T>),
+    /// SortPool's $B \times k \times F$.
+    Sorted(Array3<T>),
+    /// An SRC pool's pooled batch, selection, scores and losses.
+    Pooled(Pooled<T>),
+}
+
+impl<T: Scalar> Out<T> {
+    /// Every value finite.
+    pub fn all_finite(&self) -> bool {
+        match self {
+            Out::Rows(y) => y.iter().all(|v| v.is_finite()),
+            Out::Sorted(y) => y.iter().all(|v| v.is_finite()),
+            Out::Pooled(p) => {
+                p.batch.x().iter().all(|v| v.is_finite())
+                    && p.batch.a().data().iter().all(|v| v.is_finite())
+                    && p.losses.values().all(|v| v.is_finite())
+                    && p.score.iter().flatten().all(|v| v.is_finite())
+            }
+        }
+    }
+
+    /// The pooled batch of an SRC pool.
+    pub fn pooled(&self) -> &Pooled<T> {
+        match self {
+            Out::Pooled(p) => p,
+            other => panic!("not a pooled batch: {other:?}"),
+        }
+    }
+}
+
+/// Every gradient finite.
+pub fn gradients_finite<T: Scalar>(g: &Gradients<T>) -> bool {
+    g.x.iter().all(|v| v.is_finite())
+        && g.edge_weights.iter().all(|v| v.is_finite())
+        && g.params
+            .iter()
+            .all(|(_, p)| p.iter().all(|v| v.is_finite()))
+}
+
+/// A forward pass and a backward pass with a fixed random cotangent.
+pub type Run<T> =
+    Box<dyn Fn(&DisjointBatch<T>) -> Result<(Out<T>, Gradients<T>), PoolError> + Send + Sync>;
+
+fn run<T: Scalar, L: Layer<T> + Send + Sync + 'static>(
+    l: L,
+    wrap: fn(L::Output) -> Out<T>,
+) -> Run<T>
+where
+    L::Output: Differentiable<T>,
+{
+    Box::new(move |b| {
+        let (y, cache) = l.forward(b)?;
+        let g = y.random_cotangent(&mut rng_from_seed(99));
+        let grads = l.backward(b, &cache, &g)?;
+        Ok((wrap(y), grads))
+    })
+}
+
+/// Every layer of the crate (and every variant with its own code path),
+/// for `f` input features, `k` clusters / kept nodes, by name.
+pub fn all_layers<T: Scalar>(f: usize, k: usize) -> Vec<(&'static str, Run<T>)> {
+    let rows = Out::Rows as fn(Array2<T>) -> Out<T>;
+    let pooled = Out::Pooled as fn(Pooled<T>) -> Out<T>;
+    let act = Activation::Tanh;
+    vec![
+        ("GlobalSumPool", run(GlobalSumPool, rows)),
+        ("GlobalAvgPool", run(GlobalAvgPool, rows)),
+        ("GlobalMaxPool", run(GlobalMaxPool, rows)),
+        (
+            "GlobalAttentionPool",
+            run(GlobalAttentionPool::<T>::new(f, 3, 1).unwrap(), rows),
+        ),
+        (
+            "GlobalAttnSumPool",
+            run(GlobalAttnSumPool::<T>::new(f, 2), rows),
+        ),
+        ("SortPool", run(SortPool::new(k + 1).unwrap(), Out::Sorted)),
+        (
+            "TopKPool",
+            run(TopKPool::<T>::new(f, 0.5, 3).unwrap(), pooled),
+        ),
+        (
+            "TopKPool(min_score)",
+            run(
+                TopKPool::<T>::new(f, 0.5, 3)
+                    .unwrap()
+                    .with_keep(KeepRule::MinScore(0.2))
+                    .unwrap()
+                    .with_multiplier(2.0)
+                    .unwrap(),
+                pooled,
+            ),
+        ),
+        (
+            "SAGPool",
+            run(SAGPool::<T>::new(f, 0.5, 4).unwrap(), pooled),
+        ),
+        (
+            "SAGPool(GraphConv)",
+            run(
+                SAGPool::<T>::new_with_scorer(f, 0.7, SagScorer::GraphConv, 5).unwrap(),
+                pooled,
+            ),
+        ),
+        ("LaPool", run(LaPool::new(true), pooled)),
+        ("LaPool(no reg)", run(LaPool::new(false), pooled)),
+        (
+            "MinCutPool",
+            run(MinCutPool::<T>::new(f, k, &[4], act, 6).unwrap(), pooled),
+        ),
+        (
+            "MinCutPool(PyG)",
+            run(
+                MinCutPool::<T>::new(f, k, &[], act, 7)
+                    .unwrap()
+                    .with_variant(MinCutVariant::Pyg),
+                pooled,
+            ),
+        ),
+        (
+            "DMoNPool",
+            run(DMoNPool::<T>::new(f, k, &[4], act, 0.3, 8).unwrap(), pooled),
+        ),
+        (
+            "DMoNPool(PyG)",
+            run(
+                DMoNPool::<T>::new(f, k, &[], Activation::Relu, 0.3, 9)
+                    .unwrap()
+                    .with_variant(DMoNVariant::Pyg),
+                pooled,
+            ),
+        ),
+        (
+            "JustBalancePool",
+            run(
+                JustBalancePool::<T>::new(f, k, &[4], act, true, 10).unwrap(),
+                pooled,
+            ),
+        ),
+        (
+            "AsymCheegerCutPool",
+            run(
+                AsymCheegerCutPool::<T>::new(f, k.max(2), &[4], act, 0.7, 1.3, 11).unwrap(),
+                pooled,
+            ),
+        ),
+        (
+            "DiffPool",
+            run(
+                DiffPool::<T>::new(f, k, Some(3), Activation::Relu, 12).unwrap(),
+                pooled,
+            ),
+        ),
+        (
+            "DiffPool(PyG)",
+            run(
+                DiffPool::<T>::new(f, k, None, Activation::Tanh, 13)
+                    .unwrap()
+                    .with_variant(DiffPoolVariant::Pyg),
+                pooled,
+            ),
+        ),
+        (
+            "MemPooling",
+            run(MemPooling::<T>::new(f, 3, 2, k, 1.0, 14).unwrap(), pooled),
+        ),
+        (
+            "MemPooling(coarsened)",
+            run(
+                MemPooling::<T>::new(f, 3, 1, k, 0.5, 15)
+                    .unwrap()
+                    .with_adjacency(MemAdjacency::Coarsened),
+                pooled,
+            ),
+        ),
+    ]
+}
