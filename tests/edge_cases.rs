@@ -55,7 +55,7 @@ const EMPTY: [usize; 3] = [0, 3, 6];
 fn check_all<T: Scalar>(batch: &DisjointBatch<T>) -> usize {
     let mut n = 0;
     for (name, run) in all_layers::<T>(F, K) {
-        let (out, grads) = run(batch).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (out, grads) = run.both(batch).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(out.all_finite(), "{name}: non-finite output {out:?}");
         assert!(gradients_finite(&grads), "{name}: non-finite gradients");
         assert_eq!(grads.x.dim(), batch.x().dim(), "{name}");
@@ -133,7 +133,7 @@ fn every_layer_is_finite_on_a_batch_of_only_empty_graphs_and_on_no_graphs() {
         )
         .unwrap();
         for (name, run) in all_layers::<f64>(F, K) {
-            let (out, grads) = run(&b).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (out, grads) = run.both(&b).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(out.all_finite(), "{name}");
             assert!(gradients_finite(&grads), "{name}");
             if let Out::Pooled(p) = &out {
@@ -194,7 +194,7 @@ fn degrees_that_cancel_to_zero_give_finite_gcn_scores_and_gradients() {
     t.add_triplet(2, 1, 0.5);
     let b = DisjointBatch::single(x, t.to_csr()).unwrap();
     for (name, run) in all_layers::<f64>(F, 2) {
-        match run(&b) {
+        match run.both(&b) {
             Ok((out, grads)) => {
                 assert!(out.all_finite(), "{name}");
                 assert!(gradients_finite(&grads), "{name}");
@@ -213,7 +213,7 @@ fn huge<T: Scalar>(scale: f64) -> Vec<&'static str> {
     let b = degenerate::<T>(scale);
     let mut refused = Vec::new();
     for (name, run) in all_layers::<T>(F, K) {
-        match run(&b) {
+        match run.both(&b) {
             Ok((out, grads)) => {
                 assert!(out.all_finite(), "{name} at {scale:e}: {out:?}");
                 assert!(gradients_finite(&grads), "{name} at {scale:e}");

@@ -11,7 +11,16 @@ use crate::scalar::Scalar;
 /// A pooling layer in the Select–Reduce–Connect framework (Spektral's `SRCPool`).
 ///
 /// Only [`SrcPool::select`] is required; reduce, connect and reduce_index
-/// default to the generic operation of the selection's form:
+/// default to the generic operation of the selection's form.
+///
+/// **Precondition** of reduce, connect, reduce_index and losses: `selection`
+/// is what [`SrcPool::select`] returned for this very `batch` (these steps
+/// return plain arrays, not `Result`s, and index the batch with it; a
+/// selection from another batch may panic on an out-of-range index).
+/// [`SrcPool::pool`] and [`crate::framework::Layer::forward`] check
+/// everything and never panic.
+///
+/// The generic steps per form:
 ///
 /// | form | reduce $X'$ | connect $A'$ | reduce_index |
 /// |---|---|---|---|

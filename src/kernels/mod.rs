@@ -1,6 +1,11 @@
 //! Shared numeric kernels: every layer is composed of these, and each comes
 //! with its vector-Jacobian product (`*_vjp`).
 //!
+//! Kernels are building blocks with documented preconditions (matching
+//! shapes, a CSR matrix, sorted index lists): they do not validate their
+//! arguments, the layers and [`crate::DisjointBatch`] do. Call them with the
+//! shapes their documentation states.
+//!
 //! # Determinism
 //! Parallel work is cut into pieces that depend only on the data (a graph,
 //! then fixed chunks of [`CHUNK`] nodes counted from the graph's first node,

@@ -18,7 +18,29 @@ use crate::scalar::Scalar;
 /// sequential.)
 pub fn spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
     debug_assert_eq!(a.cols(), x.nrows());
-    let mut out = Array2::zeros((a.rows(), x.ncols()));
+    let f = x.ncols();
+    let mut out = Array2::zeros((a.rows(), f));
+    if f == 0 {
+        return out;
+    }
+    if let (Some(xs), Some(os)) = (x.as_slice(), out.as_slice_mut()) {
+        // the same loop on plain rows (no view per stored entry): the same
+        // fixed blocks, the same order of additions, so the same bits
+        os.par_chunks_mut(ROW_BLOCK * f)
+            .enumerate()
+            .for_each(|(b, block)| {
+                for (j, row) in block.chunks_mut(f).enumerate() {
+                    if let Some(arow) = a.outer_view(b * ROW_BLOCK + j) {
+                        for (c, &w) in arow.iter() {
+                            for (o, &v) in row.iter_mut().zip(&xs[c * f..(c + 1) * f]) {
+                                *o += w * v;
+                            }
+                        }
+                    }
+                }
+            });
+        return out;
+    }
     out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
@@ -45,6 +67,36 @@ pub fn spmm_vjp_values<T: Scalar>(
 ) -> Array1<T> {
     // the sampled product of the output gradient with X on A's pattern
     sddmm(a, grad, x)
+}
+
+/// Row access for the per-entry inner products of the sampled kernels:
+/// plain slices of a standard-layout matrix (building a view per stored
+/// entry costs more than a short product), else views. Both go through
+/// ndarray's `dot`, so the bits are the same either way.
+#[derive(Clone, Copy)]
+struct ContiguousRows<'a, T: Scalar> {
+    view: ArrayView2<'a, T>,
+    slice: Option<&'a [T]>,
+    f: usize,
+}
+
+impl<'a, T: Scalar> ContiguousRows<'a, T> {
+    fn new(view: ArrayView2<'a, T>) -> Self {
+        Self {
+            slice: view.to_slice(),
+            f: view.ncols(),
+            view,
+        }
+    }
+
+    /// $\langle u, \text{row } j\rangle$.
+    #[inline]
+    fn dot(&self, u: &ArrayView1<'_, T>, j: usize) -> T {
+        match self.slice {
+            Some(s) => u.dot(&ndarray::aview1(&s[j * self.f..(j + 1) * self.f])),
+            None => u.dot(&self.view.row(j)),
+        }
+    }
 }
 
 /// A CSR transpose $A^\top$ together with, for each of its stored entries,
@@ -933,7 +985,8 @@ pub fn sddmm<T: Scalar>(a: CsMatView<T>, u: ArrayView2<T>, v: ArrayView2<T>) -> 
         .into_par_iter()
         .flat_map_iter(|r| {
             let ur = u.row(r);
-            (ip[r] - base..ip[r + 1] - base).map(move |e| ur.dot(&v.row(idx[e])))
+            let rows = ContiguousRows::new(v);
+            (ip[r] - base..ip[r + 1] - base).map(move |e| rows.dot(&ur, idx[e]))
         })
         .collect();
     Array1::from(vals)

@@ -94,9 +94,26 @@ pub fn gradients_finite<T: Scalar>(g: &Gradients<T>) -> bool {
             .all(|(_, p)| p.iter().all(|v| v.is_finite()))
 }
 
-/// A forward pass and a backward pass with a fixed random cotangent.
-pub type Run<T> =
-    Box<dyn Fn(&DisjointBatch<T>) -> Result<(Out<T>, Gradients<T>), PoolError> + Send + Sync>;
+type RunFn<T> = dyn Fn(&DisjointBatch<T>, bool) -> Result<(Out<T>, Option<Gradients<T>>), PoolError>
+    + Send
+    + Sync;
+
+/// A layer behind a uniform interface: its forward pass, and its forward
+/// and backward passes with a fixed random cotangent.
+pub struct Run<T: Scalar>(Box<RunFn<T>>);
+
+impl<T: Scalar> Run<T> {
+    /// Forward and backward.
+    pub fn both(&self, b: &DisjointBatch<T>) -> Result<(Out<T>, Gradients<T>), PoolError> {
+        let (out, g) = (self.0)(b, true)?;
+        Ok((out, g.expect("a backward pass was asked for")))
+    }
+
+    /// The forward pass only.
+    pub fn forward(&self, b: &DisjointBatch<T>) -> Result<Out<T>, PoolError> {
+        Ok((self.0)(b, false)?.0)
+    }
+}
 
 fn run<T: Scalar, L: Layer<T> + Send + Sync + 'static>(
     l: L,
@@ -105,12 +122,15 @@ fn run<T: Scalar, L: Layer<T> + Send + Sync + 'static>(
 where
     L::Output: Differentiable<T>,
 {
-    Box::new(move |b| {
+    Run(Box::new(move |b, backward| {
         let (y, cache) = l.forward(b)?;
+        if !backward {
+            return Ok((wrap(y), None));
+        }
         let g = y.random_cotangent(&mut rng_from_seed(99));
         let grads = l.backward(b, &cache, &g)?;
-        Ok((wrap(y), grads))
-    })
+        Ok((wrap(y), Some(grads)))
+    }))
 }
 
 /// Every layer of the crate (and every variant with its own code path),
