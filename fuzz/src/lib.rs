@@ -38,9 +38,12 @@ use graphpool::{DisjointBatch, PoolError, Scalar, Segments};
 use ndarray::{Array1, Array2, Array3, ArrayD};
 use sprs::CsMat;
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets by name (the directory names under `fuzz/seeds/` and
 /// `fuzz/regressions/`).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("batch_construction", batch_construction),
     ("global_pools", global_pools),
     ("selection_pools", selection_pools),
@@ -393,7 +396,7 @@ impl<T: Scalar> Output<T> for Pooled<T> {
     fn scale(g: &mut PooledGrad<T>, s: T) {
         g.x.mapv_inplace(|v| v * s);
         g.edge_weights.mapv_inplace(|v| v * s);
-        g.losses.values_mut().for_each(|v| *v = *v * s);
+        g.losses.values_mut().for_each(|v| *v *= s);
     }
 }
 
@@ -643,7 +646,7 @@ fn check_batch(b: &DisjointBatch<f64>) {
             Err(PoolError::NonFinite { .. })
         ));
     }
-    if b.x().len() > 0 {
+    if !b.x().is_empty() {
         let mut x = b.x().clone();
         x[[0, 0]] = f64::INFINITY;
         assert!(matches!(b.with_x(x), Err(PoolError::NonFinite { .. })));

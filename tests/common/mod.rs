@@ -50,6 +50,7 @@ use ndarray::{Array2, Array3};
 
 /// What a layer returned, by output kind.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Out<T: Scalar> {
     /// A global pool's $B \times F$ (or $B \times C$) rows.
     Rows(Array2<T>),
