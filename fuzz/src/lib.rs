@@ -38,12 +38,12 @@ use graphpool::{DisjointBatch, PoolError, Scalar, Segments};
 use ndarray::{Array1, Array2, Array3, ArrayD};
 use sprs::CsMat;
 
-/// A fuzz target's body: it takes the fuzzer's bytes.
-pub type TargetBody = fn(&[u8]);
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name (the directory names under `fuzz/seeds/` and
-/// `fuzz/regressions/`), with their bodies.
-pub const TARGETS: [(&str, TargetBody); 5] = [
+/// `fuzz/regressions/`).
+pub const TARGETS: [(&str, Target); 5] = [
     ("batch_construction", batch_construction),
     ("global_pools", global_pools),
     ("selection_pools", selection_pools),

@@ -49,9 +49,8 @@ use graphpool::{PoolError, Scalar};
 use ndarray::{Array2, Array3};
 
 /// What a layer returned, by output kind.
-// test-only and short-lived: boxing the pooled variant buys nothing
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Out<T: Scalar> {
     /// A global pool's $B \times F$ (or $B \times C$) rows.
     Rows(Array2<T>),
