@@ -5,8 +5,11 @@
 //! panic (a panic fails the test), and nothing passed by reference may be
 //! modified by a failed call (checked against a clone).
 //!
-//! The matrix size (entry points × kinds, and the cells exercised) is
-//! printed at the end of `the_bad_input_matrix_...` (`--nocapture`).
+//! The matrix size is printed at the end of `the_bad_input_matrix_...`
+//! (`cargo test --test bad_input_matrix -- --nocapture`); at the time of
+//! writing: 89 entry points × 83 kinds of bad input, 440 (entry point, kind)
+//! cells that apply exercised, 540 checks (some cells are checked once per
+//! parameter of the layer).
 
 use std::collections::BTreeSet;
 
