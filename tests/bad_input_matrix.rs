@@ -7,8 +7,8 @@
 //!
 //! The matrix size is printed at the end of `the_bad_input_matrix_...`
 //! (`cargo test --test bad_input_matrix -- --nocapture`); at the time of
-//! writing: 89 entry points × 83 kinds of bad input, 440 (entry point, kind)
-//! cells that apply exercised, 540 checks (some cells are checked once per
+//! writing: 89 entry points × 88 kinds of bad input, 455 (entry point, kind)
+//! cells that apply exercised, 556 checks (some cells are checked once per
 //! parameter of the layer).
 
 use std::collections::BTreeSet;
@@ -786,6 +786,105 @@ fn configurations(m: &mut Matrix) {
         "tau zero in f32",
         "InvalidConfig",
         MemPooling::<f32>::new(f, 2, 1, 2, 1e-300, 0),
+    );
+    // sizes whose arrays cannot exist: typed errors, not capacity-overflow panics
+    let huge = usize::MAX;
+    let kind = "a size whose arrays overflow memory";
+    m.check(
+        "GlobalAttentionPool::new",
+        kind,
+        "InvalidConfig",
+        GlobalAttentionPool::<f64>::new(f, huge, 0),
+    );
+    m.check(
+        "TopKPool::new",
+        kind,
+        "InvalidConfig",
+        TopKPool::<f64>::new(huge, 0.5, 0),
+    );
+    m.check(
+        "SAGPool::new",
+        kind,
+        "InvalidConfig",
+        SAGPool::<f64>::new(huge / 2, 0.5, 0),
+    );
+    m.check(
+        "MinCutPool::new",
+        kind,
+        "InvalidConfig",
+        MinCutPool::<f64>::new(f, huge, &[], act, 0),
+    );
+    m.check(
+        "MinCutPool::new",
+        "hidden width overflowing memory",
+        "InvalidConfig",
+        MinCutPool::<f64>::new(f, 2, &[huge], act, 0),
+    );
+    m.check(
+        "DMoNPool::new",
+        kind,
+        "InvalidConfig",
+        DMoNPool::<f64>::new(0, huge, &[], act, 0.1, 0),
+    );
+    m.check(
+        "JustBalancePool::new",
+        kind,
+        "InvalidConfig",
+        JustBalancePool::<f64>::new(f, 1 << 40, &[], act, false, 0),
+    );
+    m.check(
+        "AsymCheegerCutPool::new",
+        kind,
+        "InvalidConfig",
+        AsymCheegerCutPool::<f64>::new(f, huge, &[], act, 1.0, 1.0, 0),
+    );
+    m.check(
+        "DiffPool::new",
+        kind,
+        "InvalidConfig",
+        DiffPool::<f64>::new(f, huge, None, act, 0),
+    );
+    m.check(
+        "DiffPool::new",
+        "channels overflowing memory",
+        "InvalidConfig",
+        DiffPool::<f64>::new(f, 2, Some(huge), act, 0),
+    );
+    m.check(
+        "MemPooling::new",
+        kind,
+        "InvalidConfig",
+        mem(2, huge, 2, 1.0),
+    );
+    m.check(
+        "MemPooling::new",
+        "channels overflowing memory",
+        "InvalidConfig",
+        mem(huge, 1, 2, 1.0),
+    );
+    m.check(
+        "MemPooling::new",
+        "k overflowing memory",
+        "InvalidConfig",
+        MemPooling::<f64>::new(0, 2, 1, huge, 1.0, 0),
+    );
+    let b = good();
+    for k in [huge, huge / 3] {
+        m.check(
+            "SortPool::forward",
+            kind,
+            "InvalidConfig",
+            Layer::<f64>::forward(&SortPool::new(k).unwrap(), &b).map(|_| ()),
+        );
+    }
+    let none =
+        DisjointBatch::<f64>::from_offsets(Array2::zeros((0, 2)), CsMat::zero((0, 0)), vec![0])
+            .unwrap();
+    m.check(
+        "SortPool::forward",
+        "a size whose arrays overflow memory (no graphs)",
+        "InvalidConfig",
+        Layer::<f64>::forward(&SortPool::new(huge).unwrap(), &none).map(|_| ()),
     );
     m.check(
         "Activation::from_name",

@@ -9,6 +9,7 @@ use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature
 use crate::framework::{Gradients, Layer};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum, segment_sum_vjp};
+use crate::nn::params::check_array_size;
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, Activation, Dense, DenseCache, Initializer, Params,
 };
@@ -52,7 +53,8 @@ impl<T: Scalar> GlobalAttentionPool<T> {
     /// A pool from `in_features` to `channels`, weights drawn from `seed`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] if `channels` is 0.
+    /// [`PoolError::InvalidConfig`] if `channels` is 0, or if
+    /// `in_features` x `channels` weights cannot be allocated.
     pub fn new(in_features: usize, channels: usize, seed: u64) -> Result<Self> {
         if channels == 0 {
             return Err(PoolError::InvalidConfig {
@@ -61,6 +63,7 @@ impl<T: Scalar> GlobalAttentionPool<T> {
                 expected: "a positive number of output channels".into(),
             });
         }
+        check_array_size::<T>("channels", &[in_features, channels])?;
         let features = Dense::new("features.", true, Activation::Linear);
         let attention = Dense::new("attention.", true, Activation::Sigmoid);
         let mut rng = rng_from_seed(seed);
@@ -196,6 +199,10 @@ impl<T: Scalar> GlobalAttnSumPool<T> {
     pub const PYG_EPS: f64 = 1e-16;
 
     /// A pool for `in_features` features, weights drawn from `seed`.
+    ///
+    /// # Panics
+    /// If an `in_features` x 1 array cannot be allocated (an `in_features`
+    /// beyond memory, as `Vec::with_capacity` panics).
     pub fn new(in_features: usize, seed: u64) -> Self {
         let mut params = Params::new();
         let mut rng = rng_from_seed(seed);

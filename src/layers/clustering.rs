@@ -212,7 +212,8 @@ impl<T: Scalar> DenseClustering<T> {
     /// with the given hidden widths and activation, weights drawn from `seed`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] for a zero hidden width.
+    /// [`PoolError::InvalidConfig`] for a zero hidden width, or sizes whose
+    /// weights or $K \times K$ blocks cannot be allocated.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: &'static str,
@@ -231,6 +232,14 @@ impl<T: Scalar> DenseClustering<T> {
                 expected: "a positive width for every hidden layer".into(),
             });
         }
+        // every kernel of the MLP, and the K x K pooled block of a graph
+        let mut widths = vec![in_features];
+        widths.extend_from_slice(mlp_hidden);
+        widths.push(k);
+        for w in widths.windows(2) {
+            crate::nn::params::check_array_size::<T>("mlp_hidden / k", w)?;
+        }
+        crate::nn::params::check_array_size::<T>("k", &[k, k])?;
         let mlp = Mlp::new(mlp_hidden, mlp_activation, in_features, k);
         let mut params = Params::new();
         mlp.init_params(&mut params, &mut rng_from_seed(seed));

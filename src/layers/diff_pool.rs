@@ -199,7 +199,8 @@ impl<T: Scalar> DiffPool<T> {
     /// (Keras glorot-uniform, `kernel_emb` first).
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] if `k` or `channels` is 0.
+    /// [`PoolError::InvalidConfig`] if `k` or `channels` is 0, or if the
+    /// weights or a $K \times K$ block cannot be allocated.
     pub fn new(
         in_features: usize,
         k: usize,
@@ -223,6 +224,10 @@ impl<T: Scalar> DiffPool<T> {
             });
         }
         let channels = channels.unwrap_or(in_features);
+        let size = crate::nn::params::check_array_size::<T>;
+        size("channels", &[in_features, channels])?;
+        size("k", &[in_features, k])?;
+        size("k", &[k, k])?;
         let mut rng = rng_from_seed(seed);
         let mut params = Params::new();
         params.insert(

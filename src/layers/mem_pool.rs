@@ -165,7 +165,8 @@ impl<T: Scalar> MemPooling<T> {
     ///
     /// # Errors
     /// [`PoolError::InvalidConfig`] if `out_channels`, `heads` or
-    /// `num_clusters` is 0, or `tau` is not finite and $> 0$ in `T`.
+    /// `num_clusters` is 0, `tau` is not finite and $> 0$ in `T`, or the
+    /// keys, weights or per-node assignments cannot be allocated.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
@@ -197,6 +198,11 @@ impl<T: Scalar> MemPooling<T> {
                 expected: "a finite temperature > 0 (also in the layer's float type)".into(),
             });
         }
+        let size = crate::nn::params::check_array_size::<T>;
+        size("heads / k", &[heads, num_clusters, in_channels])?;
+        size("heads / k", &[heads, num_clusters])?;
+        size("k", &[num_clusters, num_clusters])?;
+        size("channels", &[in_channels, out_channels])?;
         let mut rng = rng_from_seed(seed);
         let mut params = Params::new();
         params.insert(

@@ -132,7 +132,8 @@ impl<T: Scalar> SAGPool<T> {
     /// A pool with the given scorer (PyG's `GraphConv` or Spektral's GCN).
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$.
+    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$ (or for
+    /// an `in_features` whose kernels cannot be allocated).
     pub fn new_with_scorer(
         in_features: usize,
         ratio: f64,
@@ -140,6 +141,7 @@ impl<T: Scalar> SAGPool<T> {
         seed: u64,
     ) -> Result<Self> {
         let core = SelectionCore::new(KeepRule::Ratio(ratio), Gating::Tanh)?;
+        crate::nn::params::check_array_size::<T>("in_features", &[in_features, 1])?;
         let mut rng = rng_from_seed(seed);
         let mut params = Params::new();
         let kernel = |rng: &mut _| Initializer::GlorotUniform.sample(&[in_features, 1], rng);

@@ -21,6 +21,8 @@ use crate::scalar::Scalar;
 /// * Only real nodes are sorted; padding always comes last (Spektral's
 ///   disjoint mode pads before sorting, so padding can outrank nodes with a
 ///   negative last feature: a defect graphpool does not reproduce, as PyG).
+/// * A $k$ so large that the $B \times k \times F$ output cannot be
+///   allocated is a [`PoolError::InvalidConfig`] from the forward pass.
 /// * An empty graph gives $k$ zero rows; a graph of fewer than $k$ nodes
 ///   its nodes, then zero rows. Features of any finite magnitude are copied,
 ///   never combined, so nothing overflows.
@@ -81,6 +83,8 @@ impl<T: Scalar> Layer<T> for SortPool {
                 got: "0 features".into(),
             });
         }
+        // B x k x F must be allocatable (k = usize::MAX is accepted by `new`)
+        crate::nn::params::check_array_size::<T>("k", &[batch.num_graphs(), self.k, f])?;
         let x = batch.x();
         let key = x.column(f - 1);
         let mut kept = segment_argsort_desc(key, batch.segments());

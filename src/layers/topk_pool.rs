@@ -78,9 +78,11 @@ impl<T: Scalar> TopKPool<T> {
     /// `in_features` features, the kernel drawn from `seed`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$.
+    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$ (or for
+    /// an `in_features` whose kernel cannot be allocated).
     pub fn new(in_features: usize, ratio: f64, seed: u64) -> Result<Self> {
         let core = SelectionCore::new(KeepRule::Ratio(ratio), Gating::Tanh)?;
+        crate::nn::params::check_array_size::<T>("in_features", &[in_features, 1])?;
         let mut params = Params::new();
         params.insert(
             "kernel",
