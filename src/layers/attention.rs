@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature};
+use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum, segment_sum_vjp};
@@ -47,9 +47,14 @@ pub struct GlobalAttentionCache<T: Scalar> {
     attention: DenseCache<T>,
     out_shape: [usize; 2],
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 impl<T: Scalar> GlobalAttentionPool<T> {
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("GlobalAttentionPool", &self.channels, &self.params)
+    }
+
     /// A pool from `in_features` to `channels`, weights drawn from `seed`.
     ///
     /// # Errors
@@ -106,6 +111,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
                 attention,
                 out_shape,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -116,6 +122,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         cache: &Self::Cache,
         grad: &Array2<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "GlobalAttentionPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let g_gated = segment_sum_vjp(grad.view(), batch.segments());
@@ -190,6 +197,7 @@ pub struct GlobalAttnSumCache<T: Scalar> {
     alpha: Array1<T>,
     out_shape: [usize; 2],
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 impl<T: Scalar> GlobalAttnSumPool<T> {
@@ -214,6 +222,10 @@ impl<T: Scalar> GlobalAttnSumPool<T> {
             params,
             eps: T::c(Self::SPEKTRAL_EPS),
         }
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("GlobalAttnSumPool", &self.eps, &self.params)
     }
 
     /// Uses `eps` in the softmax denominator instead of Spektral's $10^{-9}$.
@@ -266,6 +278,7 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
                 alpha,
                 out_shape,
                 input,
+                stamp: self.stamp(),
             },
         ))
     }
@@ -276,6 +289,7 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
         cache: &Self::Cache,
         grad: &Array2<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "GlobalAttnSumPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let x = batch.x().view();

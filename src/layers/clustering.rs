@@ -22,7 +22,7 @@ use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
 
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
@@ -144,6 +144,7 @@ pub struct ClusteringCache<T: Scalar> {
     degrees: Option<Array1<T>>,
     aux: Vec<AuxCache<T>>,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 /// What each auxiliary loss keeps for its VJP.
@@ -257,6 +258,11 @@ impl<T: Scalar> DenseClustering<T> {
         self.k
     }
 
+    fn stamp(&self) -> LayerStamp {
+        let config = (self.k, &self.mlp, self.post, &self.losses);
+        LayerStamp::of(self.name, &config, &self.params)
+    }
+
     pub(crate) fn params(&self) -> &Params<T> {
         &self.params
     }
@@ -345,6 +351,7 @@ impl<T: Scalar> DenseClustering<T> {
                 degrees,
                 aux,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -662,6 +669,7 @@ impl<T: Scalar> DenseClustering<T> {
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
+        cache.stamp.check(self.stamp(), self.name)?;
         cache.input.check(batch)?;
         let names: Vec<&str> = self.losses.iter().map(|(l, _)| *l).collect();
         check_pooled_grad(grad, &cache.x_shape, b * k * k, &names)?;

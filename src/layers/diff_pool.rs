@@ -8,7 +8,7 @@ use sprs::CsMatView;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -176,6 +176,7 @@ pub struct DiffPoolCache<T: Scalar> {
     out_x_shape: [usize; 2],
     out_nnz: usize,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 /// The pieces of the sparse link-prediction loss.
@@ -266,6 +267,11 @@ impl<T: Scalar> DiffPool<T> {
     /// The loss definitions in use.
     pub fn variant(&self) -> DiffPoolVariant {
         self.variant
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        let config = (self.k, self.channels, self.activation, self.variant);
+        LayerStamp::of("DiffPool", &config, &self.params)
     }
 
     fn check_input(&self, batch: &DisjointBatch<T>) -> Result<()> {
@@ -395,6 +401,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 out_x_shape,
                 out_nnz,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -405,6 +412,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         cache: &DiffPoolCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "DiffPool")?;
         cache.input.check(batch)?;
         check_pooled_grad(
             grad,

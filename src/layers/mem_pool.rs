@@ -7,7 +7,7 @@ use sprs::CsMat;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -149,6 +149,7 @@ pub struct MemPoolingCache<T: Scalar> {
     out_x_shape: [usize; 2],
     out_nnz: usize,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 const KEYS: &str = "keys";
@@ -277,6 +278,18 @@ impl<T: Scalar> MemPooling<T> {
     /// The exponent $\frac{1+\tau}{2}$.
     fn alpha(&self) -> T {
         (T::one() + self.tau) * T::c(0.5)
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        let config = (
+            self.in_channels,
+            self.out_channels,
+            self.heads,
+            self.k,
+            self.tau,
+            self.adjacency,
+        );
+        LayerStamp::of("MemPooling", &config, &self.params)
     }
 
     fn check_input(&self, batch: &DisjointBatch<T>) -> Result<()> {
@@ -533,6 +546,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                 out_x_shape,
                 out_nnz,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -543,6 +557,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         cache: &MemPoolingCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "MemPooling")?;
         cache.input.check(batch)?;
         check_pooled_grad(grad, &cache.out_x_shape, cache.out_nnz, &["kl"])?;
         let (x, segs) = (batch.x().view(), batch.segments());

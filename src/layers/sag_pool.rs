@@ -6,7 +6,7 @@ use sprs::CsMat;
 use super::selection_core::{Gating, KeepRule, SelectionCore, SelectionPoolCache};
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::finite_gradients;
+use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::sparse::{gcn_filter, spmm, spmm_vjp_values, spmm_vjp_x, transpose, GcnFilter};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
@@ -189,6 +189,10 @@ impl<T: Scalar> SAGPool<T> {
         Ok(self)
     }
 
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("SAGPool", &(self.core, self.scorer), &self.params)
+    }
+
     /// The scorer.
     pub fn scorer(&self) -> SagScorer {
         self.scorer
@@ -247,7 +251,7 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let (y, scorer) = self.scores(batch)?;
-        let (pooled, core) = self.core.forward("SAGPool", batch, y)?;
+        let (pooled, core) = self.core.forward("SAGPool", self.stamp(), batch, y)?;
         Ok((pooled, SagPoolCache { core, scorer }))
     }
 
@@ -257,7 +261,9 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        let core = self.core.backward(batch, &cache.core, grad)?;
+        let core = self
+            .core
+            .backward(("SAGPool", self.stamp()), batch, &cache.core, grad)?;
         let x = batch.x().view();
         let f = x.ncols();
         let gy = core.y.view().insert_axis(Axis(1));

@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature};
+use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::sort::segment_argsort_desc;
 use crate::nn::Params;
@@ -46,6 +46,7 @@ pub struct SortPoolCache {
     kept: Vec<Vec<usize>>,
     out_shape: [usize; 3],
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 impl SortPool {
@@ -108,6 +109,7 @@ impl<T: Scalar> Layer<T> for SortPool {
                 kept,
                 out_shape,
                 input,
+                stamp: LayerStamp::of("SortPool", &self.k, T::no_params()),
             },
         ))
     }
@@ -118,6 +120,8 @@ impl<T: Scalar> Layer<T> for SortPool {
         cache: &SortPoolCache,
         grad: &Array3<T>,
     ) -> Result<Gradients<T>> {
+        let stamp = LayerStamp::of("SortPool", &self.k, T::no_params());
+        cache.stamp.check(stamp, "SortPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let mut gx = ndarray::Array2::zeros(batch.x().raw_dim());

@@ -5,7 +5,7 @@ use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
 use super::selection_core::{Gating, KeepRule, SelectionCore, SelectionPoolCache};
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::finite_gradients;
+use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
@@ -120,6 +120,10 @@ impl<T: Scalar> TopKPool<T> {
         Ok(self)
     }
 
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("TopKPool", &self.core, &self.params)
+    }
+
     /// The keep rule.
     pub fn keep(&self) -> KeepRule {
         self.core.keep
@@ -161,7 +165,7 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let y = self.scores(batch.x().view())?;
-        self.core.forward("TopKPool", batch, y)
+        self.core.forward("TopKPool", self.stamp(), batch, y)
     }
 
     fn backward(
@@ -170,7 +174,9 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        let core = self.core.backward(batch, cache, grad)?;
+        let core = self
+            .core
+            .backward(("TopKPool", self.stamp()), batch, cache, grad)?;
         let x = batch.x().view();
         let (p_hat, norm) = self.projection(x.ncols())?;
         let gy = core.y.view().insert_axis(Axis(1));
