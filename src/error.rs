@@ -146,6 +146,15 @@ pub enum PoolError {
         /// The weight as printed.
         value: String,
     },
+    /// A backward pass was given a cache its layer did not make: the cache of
+    /// another layer (other configuration or parameter shapes), or one made
+    /// before the parameters changed (`set_param` between forward and
+    /// backward). Its gradients would silently belong to another function.
+    #[error("the cache passed to {layer}'s backward pass was not made by this layer's forward pass with its current configuration and parameters (another layer's cache, or set_param between forward and backward): run forward again")]
+    CacheMismatch {
+        /// The layer whose backward pass refused the cache.
+        layer: String,
+    },
 }
 
 /// The crate's result type.

@@ -5,8 +5,11 @@
 //! panic (a panic fails the test), and nothing passed by reference may be
 //! modified by a failed call (checked against a clone).
 //!
-//! The matrix size (entry points × kinds, and the cells exercised) is
-//! printed at the end of `the_bad_input_matrix_...` (`--nocapture`).
+//! The matrix size is printed at the end of `the_bad_input_matrix_...`
+//! (`cargo test --test bad_input_matrix -- --nocapture`); at the time of
+//! writing: 89 entry points × 90 kinds of bad input, 487 (entry point, kind)
+//! cells that apply exercised, 588 checks (some cells are checked once per
+//! parameter of the layer).
 
 use std::collections::BTreeSet;
 
@@ -41,6 +44,7 @@ fn variant(e: &PoolError) -> &'static str {
         PoolError::NonFiniteScore { .. } => "NonFiniteScore",
         PoolError::GradientShape { .. } => "GradientShape",
         PoolError::NegativePathLength { .. } => "NegativePathLength",
+        PoolError::CacheMismatch { .. } => "CacheMismatch",
         _ => "unknown variant",
     }
 }
@@ -784,6 +788,105 @@ fn configurations(m: &mut Matrix) {
         "InvalidConfig",
         MemPooling::<f32>::new(f, 2, 1, 2, 1e-300, 0),
     );
+    // sizes whose arrays cannot exist: typed errors, not capacity-overflow panics
+    let huge = usize::MAX;
+    let kind = "a size whose arrays overflow memory";
+    m.check(
+        "GlobalAttentionPool::new",
+        kind,
+        "InvalidConfig",
+        GlobalAttentionPool::<f64>::new(f, huge, 0),
+    );
+    m.check(
+        "TopKPool::new",
+        kind,
+        "InvalidConfig",
+        TopKPool::<f64>::new(huge, 0.5, 0),
+    );
+    m.check(
+        "SAGPool::new",
+        kind,
+        "InvalidConfig",
+        SAGPool::<f64>::new(huge / 2, 0.5, 0),
+    );
+    m.check(
+        "MinCutPool::new",
+        kind,
+        "InvalidConfig",
+        MinCutPool::<f64>::new(f, huge, &[], act, 0),
+    );
+    m.check(
+        "MinCutPool::new",
+        "hidden width overflowing memory",
+        "InvalidConfig",
+        MinCutPool::<f64>::new(f, 2, &[huge], act, 0),
+    );
+    m.check(
+        "DMoNPool::new",
+        kind,
+        "InvalidConfig",
+        DMoNPool::<f64>::new(0, huge, &[], act, 0.1, 0),
+    );
+    m.check(
+        "JustBalancePool::new",
+        kind,
+        "InvalidConfig",
+        JustBalancePool::<f64>::new(f, 1 << 40, &[], act, false, 0),
+    );
+    m.check(
+        "AsymCheegerCutPool::new",
+        kind,
+        "InvalidConfig",
+        AsymCheegerCutPool::<f64>::new(f, huge, &[], act, 1.0, 1.0, 0),
+    );
+    m.check(
+        "DiffPool::new",
+        kind,
+        "InvalidConfig",
+        DiffPool::<f64>::new(f, huge, None, act, 0),
+    );
+    m.check(
+        "DiffPool::new",
+        "channels overflowing memory",
+        "InvalidConfig",
+        DiffPool::<f64>::new(f, 2, Some(huge), act, 0),
+    );
+    m.check(
+        "MemPooling::new",
+        kind,
+        "InvalidConfig",
+        mem(2, huge, 2, 1.0),
+    );
+    m.check(
+        "MemPooling::new",
+        "channels overflowing memory",
+        "InvalidConfig",
+        mem(huge, 1, 2, 1.0),
+    );
+    m.check(
+        "MemPooling::new",
+        "k overflowing memory",
+        "InvalidConfig",
+        MemPooling::<f64>::new(0, 2, 1, huge, 1.0, 0),
+    );
+    let b = good();
+    for k in [huge, huge / 3] {
+        m.check(
+            "SortPool::forward",
+            kind,
+            "InvalidConfig",
+            Layer::<f64>::forward(&SortPool::new(k).unwrap(), &b).map(|_| ()),
+        );
+    }
+    let none =
+        DisjointBatch::<f64>::from_offsets(Array2::zeros((0, 2)), CsMat::zero((0, 0)), vec![0])
+            .unwrap();
+    m.check(
+        "SortPool::forward",
+        "a size whose arrays overflow memory (no graphs)",
+        "InvalidConfig",
+        Layer::<f64>::forward(&SortPool::new(huge).unwrap(), &none).map(|_| ()),
+    );
     m.check(
         "Activation::from_name",
         "unknown activation",
@@ -950,8 +1053,14 @@ fn other_batches(b: &DisjointBatch<f64>) -> Vec<(&'static str, DisjointBatch<f64
 
 /// Every bad input of one layer: forward with a wrong feature width,
 /// backward with bad gradients and other batches, set_param with bad values.
-fn layer_cases<L>(m: &mut Matrix, name: &str, mut layer: L, width_checked: bool, reads_a: bool)
-where
+fn layer_cases<L>(
+    m: &mut Matrix,
+    name: &str,
+    mut layer: L,
+    other: Option<L>,
+    width_checked: bool,
+    reads_a: bool,
+) where
     L: Layer<f64> + Clone + std::fmt::Debug + PartialEq,
     L::Output: BadGrads<f64> + Clone,
 {
@@ -1012,6 +1121,25 @@ where
             );
         }
     }
+    // a cache made by another layer, or before set_param changed this one
+    if let Some(other) = &other {
+        m.check(
+            &bwd,
+            "another layer's cache",
+            "CacheMismatch",
+            other.backward(&b, &cache, &g).map(|_| ()),
+        );
+    }
+    if let Some((pname, p)) = layer.params().iter().next() {
+        let mut changed = layer.clone();
+        changed.set_param(pname, p.mapv(|v| v + 0.5)).unwrap();
+        m.check(
+            &bwd,
+            "a cache from before set_param",
+            "CacheMismatch",
+            changed.backward(&b, &cache, &g).map(|_| ()),
+        );
+    }
     // set_param: unknown names, wrong shapes, non-finite values
     let set = format!("{name}::set_param");
     m.check(
@@ -1071,13 +1199,14 @@ where
 fn layers(m: &mut Matrix) {
     let f = 3;
     let act = Activation::Tanh;
-    layer_cases(m, "GlobalSumPool", GlobalSumPool, false, false);
-    layer_cases(m, "GlobalAvgPool", GlobalAvgPool, false, false);
-    layer_cases(m, "GlobalMaxPool", GlobalMaxPool, false, false);
+    layer_cases(m, "GlobalSumPool", GlobalSumPool, None, false, false);
+    layer_cases(m, "GlobalAvgPool", GlobalAvgPool, None, false, false);
+    layer_cases(m, "GlobalMaxPool", GlobalMaxPool, None, false, false);
     layer_cases(
         m,
         "GlobalAttentionPool",
         GlobalAttentionPool::new(f, 2, 1).unwrap(),
+        Some(GlobalAttentionPool::new(f, 4, 1).unwrap()),
         true,
         true,
     );
@@ -1085,24 +1214,55 @@ fn layers(m: &mut Matrix) {
         m,
         "GlobalAttnSumPool",
         GlobalAttnSumPool::new(f, 2),
+        Some(GlobalAttnSumPool::new(f, 2).with_eps(1e-16).unwrap()),
         true,
         true,
     );
-    layer_cases(m, "SortPool", SortPool::new(2).unwrap(), false, true);
-    layer_cases(m, "TopKPool", TopKPool::new(f, 0.5, 3).unwrap(), true, true);
-    layer_cases(m, "SAGPool", SAGPool::new(f, 0.5, 4).unwrap(), true, true);
+    layer_cases(
+        m,
+        "SortPool",
+        SortPool::new(2).unwrap(),
+        Some(SortPool::new(3).unwrap()),
+        false,
+        true,
+    );
+    layer_cases(
+        m,
+        "TopKPool",
+        TopKPool::new(f, 0.5, 3).unwrap(),
+        Some(TopKPool::new(f, 0.9, 3).unwrap()),
+        true,
+        true,
+    );
+    layer_cases(
+        m,
+        "SAGPool",
+        SAGPool::new(f, 0.5, 4).unwrap(),
+        Some(SAGPool::new(f, 0.5, 5).unwrap()),
+        true,
+        true,
+    );
     layer_cases(
         m,
         "SAGPool(GraphConv)",
         SAGPool::new_with_scorer(f, 0.5, SagScorer::GraphConv, 4).unwrap(),
+        Some(SAGPool::new(f, 0.5, 4).unwrap()),
         true,
         true,
     );
-    layer_cases(m, "LaPool", LaPool::new(true), false, true);
+    layer_cases(
+        m,
+        "LaPool",
+        LaPool::new(true),
+        Some(LaPool::new(false)),
+        false,
+        true,
+    );
     layer_cases(
         m,
         "MinCutPool",
         MinCutPool::new(f, 2, &[4], act, 5).unwrap(),
+        Some(MinCutPool::new(f, 3, &[4], act, 5).unwrap()),
         true,
         true,
     );
@@ -1112,6 +1272,7 @@ fn layers(m: &mut Matrix) {
         MinCutPool::new(f, 2, &[], act, 5)
             .unwrap()
             .with_variant(MinCutVariant::Pyg),
+        Some(MinCutPool::new(f, 2, &[], act, 5).unwrap()),
         true,
         true,
     );
@@ -1119,6 +1280,7 @@ fn layers(m: &mut Matrix) {
         m,
         "DMoNPool",
         DMoNPool::new(f, 2, &[4], act, 0.2, 6).unwrap(),
+        Some(DMoNPool::new(f, 2, &[4], act, 0.3, 6).unwrap()),
         true,
         true,
     );
@@ -1128,6 +1290,7 @@ fn layers(m: &mut Matrix) {
         DMoNPool::new(f, 2, &[], act, 0.2, 6)
             .unwrap()
             .with_variant(DMoNVariant::Pyg),
+        Some(DMoNPool::new(f, 2, &[], act, 0.2, 6).unwrap()),
         true,
         true,
     );
@@ -1135,6 +1298,7 @@ fn layers(m: &mut Matrix) {
         m,
         "JustBalancePool",
         JustBalancePool::new(f, 2, &[4], act, true, 7).unwrap(),
+        Some(JustBalancePool::new(f, 2, &[4], act, false, 7).unwrap()),
         true,
         true,
     );
@@ -1142,6 +1306,7 @@ fn layers(m: &mut Matrix) {
         m,
         "AsymCheegerCutPool",
         AsymCheegerCutPool::new(f, 2, &[4], act, 1.0, 1.0, 8).unwrap(),
+        Some(AsymCheegerCutPool::new(f, 3, &[4], act, 1.0, 1.0, 8).unwrap()),
         true,
         true,
     );
@@ -1149,6 +1314,7 @@ fn layers(m: &mut Matrix) {
         m,
         "DiffPool",
         DiffPool::new(f, 2, Some(2), act, 9).unwrap(),
+        Some(DiffPool::new(f, 2, Some(4), act, 9).unwrap()),
         true,
         true,
     );
@@ -1158,6 +1324,7 @@ fn layers(m: &mut Matrix) {
         DiffPool::new(f, 2, None, act, 9)
             .unwrap()
             .with_variant(DiffPoolVariant::Pyg),
+        Some(DiffPool::new(f, 2, None, act, 9).unwrap()),
         true,
         true,
     );
@@ -1165,6 +1332,7 @@ fn layers(m: &mut Matrix) {
         m,
         "MemPooling",
         MemPooling::new(f, 2, 2, 2, 1.0, 10).unwrap(),
+        Some(MemPooling::new(f, 2, 1, 2, 1.0, 10).unwrap()),
         true,
         true,
     );
@@ -1174,6 +1342,11 @@ fn layers(m: &mut Matrix) {
         MemPooling::new(f, 2, 1, 2, 1.0, 10)
             .unwrap()
             .with_adjacency(MemAdjacency::Coarsened),
+        Some(
+            MemPooling::new(f, 3, 1, 2, 1.0, 10)
+                .unwrap()
+                .with_adjacency(MemAdjacency::Coarsened),
+        ),
         true,
         true,
     );

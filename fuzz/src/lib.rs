@@ -18,7 +18,8 @@
 //!   a second forward pass gives the same result;
 //! * backward with a matching random cotangent returns finite gradients of
 //!   the right shapes (or `NonFinite` on overflow, never on moderate inputs);
-//!   a mismatched gradient is `GradientShape`, another batch `ShapeMismatch`;
+//!   a mismatched gradient is `GradientShape`, another batch `ShapeMismatch`,
+//!   a cache from before `set_param` `CacheMismatch`;
 //! * inputs and parameters are never modified by a call.
 
 use std::fmt::Debug;
@@ -433,7 +434,7 @@ fn assert_gradients<T: Scalar>(g: &Gradients<T>, b: &DisjointBatch<T>, params: &
 
 /// Runs a layer's forward and backward passes with every check of the
 /// module documentation.
-pub fn exercise<T: Scalar, L: Layer<T>>(l: &L, b: &DisjointBatch<T>, ctx: Ctx)
+pub fn exercise<T: Scalar, L: Layer<T> + Clone>(l: &L, b: &DisjointBatch<T>, ctx: Ctx)
 where
     L::Output: Output<T>,
 {
@@ -469,6 +470,19 @@ where
             match l.backward(&with_extra_graph(b), &cache, &g) {
                 Err(PoolError::ShapeMismatch { .. }) => {}
                 other => panic!("backward on another batch gave {other:?}"),
+            }
+            // a cache from before set_param changed the layer
+            if let Some((name, p)) = l.params().iter().next() {
+                let changed = p.mapv(|v| v + T::one());
+                if changed.iter().zip(p.iter()).any(|(a, b)| a != b) {
+                    let mut l2 = l.clone();
+                    if l2.set_param(name, changed).is_ok() {
+                        match l2.backward(b, &cache, &g) {
+                            Err(PoolError::CacheMismatch { .. }) => {}
+                            other => panic!("a stale cache gave {other:?}"),
+                        }
+                    }
+                }
             }
             if b.a().nnz() > 0 {
                 // the global sum/avg/max pools do not read A: Ok is fine for them

@@ -108,7 +108,9 @@ impl<T: Scalar> Differentiable<T> for Array3<T> {
 ///   or infinite entry, or naming a loss the layer does not have
 ///   ([`PoolError::GradientShape`] / [`PoolError::NonFinite`]), and a batch
 ///   other than the forward pass's (other sizes, segments or sparsity
-///   structure: [`PoolError::ShapeMismatch`]; the values are not compared).
+///   structure: [`PoolError::ShapeMismatch`]; the values are not compared),
+///   and a cache made by another layer or by this one before `set_param`
+///   changed it ([`PoolError::CacheMismatch`]).
 /// * `set_param` refuses unknown names, wrong shapes and non-finite values
 ///   and leaves the layer unchanged; no call modifies its inputs.
 /// * Empty graphs (anywhere in the batch), single-node graphs, isolated
@@ -298,6 +300,59 @@ impl InputSignature {
             expected: describe(self),
             got: describe(&other),
         })
+    }
+}
+
+/// A fingerprint of a layer's configuration and parameters (names, shapes
+/// and value bits), kept in its forward cache so that its backward pass
+/// refuses a cache made by another layer, or by this layer before
+/// `set_param` changed it ([`PoolError::CacheMismatch`]). $O(\#\text{params})$.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LayerStamp(u64);
+
+impl LayerStamp {
+    /// The stamp of a layer of kind `kind` with configuration `config`
+    /// (its `Debug` form, without the parameters) and parameters `params`.
+    pub(crate) fn of<T: Scalar>(
+        kind: &str,
+        config: &impl std::fmt::Debug,
+        params: &Params<T>,
+    ) -> Self {
+        struct Fx(u64);
+        impl Fx {
+            fn word(&mut self, w: u64) {
+                self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            }
+            fn bytes(&mut self, b: &[u8]) {
+                self.word(b.len() as u64);
+                for &c in b {
+                    self.word(u64::from(c));
+                }
+            }
+        }
+        let mut h = Fx(0xcbf2_9ce4_8422_2325);
+        h.bytes(kind.as_bytes());
+        h.bytes(format!("{config:?}").as_bytes());
+        for (name, p) in params.iter() {
+            h.bytes(name.as_bytes());
+            h.bytes(format!("{:?}", p.shape()).as_bytes());
+            for v in p.iter() {
+                h.word(v.to_f64().map_or(u64::MAX, f64::to_bits));
+            }
+        }
+        let h = h.0;
+        Self(h)
+    }
+
+    /// [`PoolError::CacheMismatch`] unless `self` (the cache's) is `now`.
+    pub(crate) fn check(self, now: Self, layer: &str) -> Result<()> {
+        if self == now {
+            Ok(())
+        } else {
+            Err(PoolError::CacheMismatch {
+                layer: layer.into(),
+            })
+        }
     }
 }
 

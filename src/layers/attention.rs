@@ -5,10 +5,11 @@ use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature};
+use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum, segment_sum_vjp};
+use crate::nn::params::check_array_size;
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, Activation, Dense, DenseCache, Initializer, Params,
 };
@@ -46,13 +47,19 @@ pub struct GlobalAttentionCache<T: Scalar> {
     attention: DenseCache<T>,
     out_shape: [usize; 2],
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 impl<T: Scalar> GlobalAttentionPool<T> {
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("GlobalAttentionPool", &self.channels, &self.params)
+    }
+
     /// A pool from `in_features` to `channels`, weights drawn from `seed`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] if `channels` is 0.
+    /// [`PoolError::InvalidConfig`] if `channels` is 0, or if
+    /// `in_features` x `channels` weights cannot be allocated.
     pub fn new(in_features: usize, channels: usize, seed: u64) -> Result<Self> {
         if channels == 0 {
             return Err(PoolError::InvalidConfig {
@@ -61,6 +68,7 @@ impl<T: Scalar> GlobalAttentionPool<T> {
                 expected: "a positive number of output channels".into(),
             });
         }
+        check_array_size::<T>("channels", &[in_features, channels])?;
         let features = Dense::new("features.", true, Activation::Linear);
         let attention = Dense::new("attention.", true, Activation::Sigmoid);
         let mut rng = rng_from_seed(seed);
@@ -103,6 +111,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
                 attention,
                 out_shape,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -113,6 +122,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         cache: &Self::Cache,
         grad: &Array2<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "GlobalAttentionPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let g_gated = segment_sum_vjp(grad.view(), batch.segments());
@@ -187,6 +197,7 @@ pub struct GlobalAttnSumCache<T: Scalar> {
     alpha: Array1<T>,
     out_shape: [usize; 2],
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 impl<T: Scalar> GlobalAttnSumPool<T> {
@@ -196,6 +207,10 @@ impl<T: Scalar> GlobalAttnSumPool<T> {
     pub const PYG_EPS: f64 = 1e-16;
 
     /// A pool for `in_features` features, weights drawn from `seed`.
+    ///
+    /// # Panics
+    /// If an `in_features` x 1 array cannot be allocated (an `in_features`
+    /// beyond memory, as `Vec::with_capacity` panics).
     pub fn new(in_features: usize, seed: u64) -> Self {
         let mut params = Params::new();
         let mut rng = rng_from_seed(seed);
@@ -207,6 +222,10 @@ impl<T: Scalar> GlobalAttnSumPool<T> {
             params,
             eps: T::c(Self::SPEKTRAL_EPS),
         }
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("GlobalAttnSumPool", &self.eps, &self.params)
     }
 
     /// Uses `eps` in the softmax denominator instead of Spektral's $10^{-9}$.
@@ -259,6 +278,7 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
                 alpha,
                 out_shape,
                 input,
+                stamp: self.stamp(),
             },
         ))
     }
@@ -269,6 +289,7 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
         cache: &Self::Cache,
         grad: &Array2<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "GlobalAttnSumPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let x = batch.x().view();

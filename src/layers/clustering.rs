@@ -22,7 +22,7 @@ use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
 
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
@@ -144,6 +144,7 @@ pub struct ClusteringCache<T: Scalar> {
     degrees: Option<Array1<T>>,
     aux: Vec<AuxCache<T>>,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 /// What each auxiliary loss keeps for its VJP.
@@ -212,7 +213,8 @@ impl<T: Scalar> DenseClustering<T> {
     /// with the given hidden widths and activation, weights drawn from `seed`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] for a zero hidden width.
+    /// [`PoolError::InvalidConfig`] for a zero hidden width, or sizes whose
+    /// weights or $K \times K$ blocks cannot be allocated.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         name: &'static str,
@@ -231,6 +233,14 @@ impl<T: Scalar> DenseClustering<T> {
                 expected: "a positive width for every hidden layer".into(),
             });
         }
+        // every kernel of the MLP, and the K x K pooled block of a graph
+        let mut widths = vec![in_features];
+        widths.extend_from_slice(mlp_hidden);
+        widths.push(k);
+        for w in widths.windows(2) {
+            crate::nn::params::check_array_size::<T>("mlp_hidden / k", w)?;
+        }
+        crate::nn::params::check_array_size::<T>("k", &[k, k])?;
         let mlp = Mlp::new(mlp_hidden, mlp_activation, in_features, k);
         let mut params = Params::new();
         mlp.init_params(&mut params, &mut rng_from_seed(seed));
@@ -246,6 +256,11 @@ impl<T: Scalar> DenseClustering<T> {
 
     pub(crate) fn k(&self) -> usize {
         self.k
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        let config = (self.k, &self.mlp, self.post, &self.losses);
+        LayerStamp::of(self.name, &config, &self.params)
     }
 
     pub(crate) fn params(&self) -> &Params<T> {
@@ -336,6 +351,7 @@ impl<T: Scalar> DenseClustering<T> {
                 degrees,
                 aux,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -653,6 +669,7 @@ impl<T: Scalar> DenseClustering<T> {
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
+        cache.stamp.check(self.stamp(), self.name)?;
         cache.input.check(batch)?;
         let names: Vec<&str> = self.losses.iter().map(|(l, _)| *l).collect();
         check_pooled_grad(grad, &cache.x_shape, b * k * k, &names)?;

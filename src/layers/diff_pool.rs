@@ -8,7 +8,7 @@ use sprs::CsMatView;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -176,6 +176,7 @@ pub struct DiffPoolCache<T: Scalar> {
     out_x_shape: [usize; 2],
     out_nnz: usize,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 /// The pieces of the sparse link-prediction loss.
@@ -199,7 +200,8 @@ impl<T: Scalar> DiffPool<T> {
     /// (Keras glorot-uniform, `kernel_emb` first).
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] if `k` or `channels` is 0.
+    /// [`PoolError::InvalidConfig`] if `k` or `channels` is 0, or if the
+    /// weights or a $K \times K$ block cannot be allocated.
     pub fn new(
         in_features: usize,
         k: usize,
@@ -223,6 +225,10 @@ impl<T: Scalar> DiffPool<T> {
             });
         }
         let channels = channels.unwrap_or(in_features);
+        let size = crate::nn::params::check_array_size::<T>;
+        size("channels", &[in_features, channels])?;
+        size("k", &[in_features, k])?;
+        size("k", &[k, k])?;
         let mut rng = rng_from_seed(seed);
         let mut params = Params::new();
         params.insert(
@@ -261,6 +267,11 @@ impl<T: Scalar> DiffPool<T> {
     /// The loss definitions in use.
     pub fn variant(&self) -> DiffPoolVariant {
         self.variant
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        let config = (self.k, self.channels, self.activation, self.variant);
+        LayerStamp::of("DiffPool", &config, &self.params)
     }
 
     fn check_input(&self, batch: &DisjointBatch<T>) -> Result<()> {
@@ -390,6 +401,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 out_x_shape,
                 out_nnz,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -400,6 +412,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         cache: &DiffPoolCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "DiffPool")?;
         cache.input.check(batch)?;
         check_pooled_grad(
             grad,

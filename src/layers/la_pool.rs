@@ -6,7 +6,7 @@ use sprs::CsMat;
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
     Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SparseAssignment, SparseConnectCache,
     SrcPool,
@@ -116,6 +116,7 @@ pub struct LaPoolCache<T: Scalar> {
     x_shape: [usize; 2],
     nnz: usize,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 /// What the selection step computes.
@@ -280,6 +281,7 @@ impl<T: Scalar> Layer<T> for LaPool {
             x_shape: [x.nrows(), x.ncols()],
             nnz: a.nnz(),
             input: InputSignature::of(batch),
+            stamp: LayerStamp::of("LaPool", &self.shortest_path_reg, T::no_params()),
         };
         let pooled = Pooled::checked(
             "LaPool",
@@ -299,6 +301,8 @@ impl<T: Scalar> Layer<T> for LaPool {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
+        let stamp = LayerStamp::of("LaPool", &self.shortest_path_reg, T::no_params());
+        cache.stamp.check(stamp, "LaPool")?;
         cache.input.check(batch)?;
         check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
         let x = batch.x().view();

@@ -7,7 +7,7 @@ use sprs::CsMat;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature};
+use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -149,6 +149,7 @@ pub struct MemPoolingCache<T: Scalar> {
     out_x_shape: [usize; 2],
     out_nnz: usize,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 const KEYS: &str = "keys";
@@ -165,7 +166,8 @@ impl<T: Scalar> MemPooling<T> {
     ///
     /// # Errors
     /// [`PoolError::InvalidConfig`] if `out_channels`, `heads` or
-    /// `num_clusters` is 0, or `tau` is not finite and $> 0$ in `T`.
+    /// `num_clusters` is 0, `tau` is not finite and $> 0$ in `T`, or the
+    /// keys, weights or per-node assignments cannot be allocated.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
@@ -197,6 +199,11 @@ impl<T: Scalar> MemPooling<T> {
                 expected: "a finite temperature > 0 (also in the layer's float type)".into(),
             });
         }
+        let size = crate::nn::params::check_array_size::<T>;
+        size("heads / k", &[heads, num_clusters, in_channels])?;
+        size("heads / k", &[heads, num_clusters])?;
+        size("k", &[num_clusters, num_clusters])?;
+        size("channels", &[in_channels, out_channels])?;
         let mut rng = rng_from_seed(seed);
         let mut params = Params::new();
         params.insert(
@@ -271,6 +278,18 @@ impl<T: Scalar> MemPooling<T> {
     /// The exponent $\frac{1+\tau}{2}$.
     fn alpha(&self) -> T {
         (T::one() + self.tau) * T::c(0.5)
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        let config = (
+            self.in_channels,
+            self.out_channels,
+            self.heads,
+            self.k,
+            self.tau,
+            self.adjacency,
+        );
+        LayerStamp::of("MemPooling", &config, &self.params)
     }
 
     fn check_input(&self, batch: &DisjointBatch<T>) -> Result<()> {
@@ -527,6 +546,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                 out_x_shape,
                 out_nnz,
                 input: InputSignature::of(batch),
+                stamp: self.stamp(),
             },
         ))
     }
@@ -537,6 +557,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         cache: &MemPoolingCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
+        cache.stamp.check(self.stamp(), "MemPooling")?;
         cache.input.check(batch)?;
         check_pooled_grad(grad, &cache.out_x_shape, cache.out_nnz, &["kl"])?;
         let (x, segs) = (batch.x().view(), batch.segments());

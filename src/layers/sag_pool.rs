@@ -8,7 +8,7 @@ use super::selection_core::{
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::finite_gradients;
+use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::sparse::{gcn_filter, spmm, spmm_vjp_values, spmm_vjp_x, transpose, GcnFilter};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
@@ -136,7 +136,8 @@ impl<T: Scalar> SAGPool<T> {
     /// A pool with the given scorer (PyG's `GraphConv` or Spektral's GCN).
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$.
+    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$ (or for
+    /// an `in_features` whose kernels cannot be allocated).
     pub fn new_with_scorer(
         in_features: usize,
         ratio: f64,
@@ -144,6 +145,7 @@ impl<T: Scalar> SAGPool<T> {
         seed: u64,
     ) -> Result<Self> {
         let core = SelectionCore::new(KeepRule::Ratio(ratio), Gating::Tanh)?;
+        crate::nn::params::check_array_size::<T>("in_features", &[in_features, 1])?;
         let mut rng = rng_from_seed(seed);
         let mut params = Params::new();
         let kernel = |rng: &mut _| Initializer::GlorotUniform.sample(&[in_features, 1], rng);
@@ -160,6 +162,10 @@ impl<T: Scalar> SAGPool<T> {
             scorer,
             params,
         })
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("SAGPool", &(self.core, self.scorer), &self.params)
     }
 
     /// The scorer.
@@ -220,7 +226,7 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let (y, scorer) = self.scores(batch)?;
-        let (pooled, core) = self.core.forward("SAGPool", batch, y)?;
+        let (pooled, core) = self.core.forward("SAGPool", self.stamp(), batch, y)?;
         Ok((pooled, SagPoolCache { core, scorer }))
     }
 
@@ -230,7 +236,9 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        let core = self.core.backward(batch, &cache.core, grad)?;
+        let core = self
+            .core
+            .backward(("SAGPool", self.stamp()), batch, &cache.core, grad)?;
         let x = batch.x().view();
         let f = x.ncols();
         let gy = core.y.view().insert_axis(Axis(1));

@@ -8,7 +8,7 @@ use ndarray::{Array1, Array2, ArrayView1, Axis};
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, InputSignature};
+use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
@@ -133,6 +133,7 @@ pub struct SelectionPoolCache<T: Scalar> {
     x_shape: [usize; 2],
     nnz: usize,
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 /// Gradients of the core with respect to its inputs.
@@ -232,6 +233,7 @@ impl SelectionCore {
     pub(crate) fn forward<T: Scalar>(
         &self,
         layer: &str,
+        stamp: LayerStamp,
         batch: &DisjointBatch<T>,
         y: Array1<T>,
     ) -> Result<(Pooled<T>, SelectionPoolCache<T>)> {
@@ -253,6 +255,7 @@ impl SelectionCore {
             subset: subset.clone(),
             induced: induced.clone(),
             input: InputSignature::of(batch),
+            stamp,
         };
         let pooled = Pooled::checked(
             layer,
@@ -272,10 +275,12 @@ impl SelectionCore {
     /// piecewise constant).
     pub(crate) fn backward<T: Scalar>(
         &self,
+        (layer, stamp): (&str, LayerStamp),
         batch: &DisjointBatch<T>,
         cache: &SelectionPoolCache<T>,
         grad: &PooledGrad<T>,
     ) -> Result<CoreGrads<T>> {
+        cache.stamp.check(stamp, layer)?;
         cache.input.check(batch)?;
         check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
         let gx_out = if self.multiplier != 1.0 {

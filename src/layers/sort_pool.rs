@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature};
+use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::sort::segment_argsort_desc;
 use crate::nn::Params;
@@ -21,6 +21,8 @@ use crate::scalar::Scalar;
 /// * Only real nodes are sorted; padding always comes last (Spektral's
 ///   disjoint mode pads before sorting, so padding can outrank nodes with a
 ///   negative last feature: a defect graphpool does not reproduce, as PyG).
+/// * A $k$ so large that the $B \times k \times F$ output cannot be
+///   allocated is a [`PoolError::InvalidConfig`] from the forward pass.
 /// * An empty graph gives $k$ zero rows; a graph of fewer than $k$ nodes
 ///   its nodes, then zero rows. Features of any finite magnitude are copied,
 ///   never combined, so nothing overflows.
@@ -44,6 +46,7 @@ pub struct SortPoolCache {
     kept: Vec<Vec<usize>>,
     out_shape: [usize; 3],
     input: InputSignature,
+    stamp: LayerStamp,
 }
 
 impl SortPool {
@@ -81,6 +84,8 @@ impl<T: Scalar> Layer<T> for SortPool {
                 got: "0 features".into(),
             });
         }
+        // B x k x F must be allocatable (k = usize::MAX is accepted by `new`)
+        crate::nn::params::check_array_size::<T>("k", &[batch.num_graphs(), self.k, f])?;
         let x = batch.x();
         let key = x.column(f - 1);
         let mut kept = segment_argsort_desc(key, batch.segments());
@@ -104,6 +109,7 @@ impl<T: Scalar> Layer<T> for SortPool {
                 kept,
                 out_shape,
                 input,
+                stamp: LayerStamp::of("SortPool", &self.k, T::no_params()),
             },
         ))
     }
@@ -114,6 +120,8 @@ impl<T: Scalar> Layer<T> for SortPool {
         cache: &SortPoolCache,
         grad: &Array3<T>,
     ) -> Result<Gradients<T>> {
+        let stamp = LayerStamp::of("SortPool", &self.k, T::no_params());
+        cache.stamp.check(stamp, "SortPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let mut gx = ndarray::Array2::zeros(batch.x().raw_dim());

@@ -7,7 +7,7 @@ use super::selection_core::{
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::finite_gradients;
+use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
@@ -82,15 +82,21 @@ impl<T: Scalar> TopKPool<T> {
     /// `in_features` features, the kernel drawn from `seed`.
     ///
     /// # Errors
-    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$.
+    /// [`PoolError::InvalidConfig`] unless $0 < \text{ratio} \le 1$ (or for
+    /// an `in_features` whose kernel cannot be allocated).
     pub fn new(in_features: usize, ratio: f64, seed: u64) -> Result<Self> {
         let core = SelectionCore::new(KeepRule::Ratio(ratio), Gating::Tanh)?;
+        crate::nn::params::check_array_size::<T>("in_features", &[in_features, 1])?;
         let mut params = Params::new();
         params.insert(
             "kernel",
             Initializer::GlorotUniform.sample(&[in_features, 1], &mut rng_from_seed(seed)),
         );
         Ok(Self { core, params })
+    }
+
+    fn stamp(&self) -> LayerStamp {
+        LayerStamp::of("TopKPool", &self.core, &self.params)
     }
 
     /// The keep rule.
@@ -134,7 +140,7 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let y = self.scores(batch.x().view())?;
-        self.core.forward("TopKPool", batch, y)
+        self.core.forward("TopKPool", self.stamp(), batch, y)
     }
 
     fn backward(
@@ -143,7 +149,9 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        let core = self.core.backward(batch, cache, grad)?;
+        let core = self
+            .core
+            .backward(("TopKPool", self.stamp()), batch, cache, grad)?;
         let x = batch.x().view();
         let (p_hat, norm) = self.projection(x.ncols())?;
         let gy = core.y.view().insert_axis(Axis(1));

@@ -217,6 +217,34 @@ impl<T: Scalar> Params<T> {
 }
 
 /// Builds a dynamic-dimension array of the given shape from a flat vector.
+/// Checks that an array of shape `dims` can exist: the product of the
+/// dimensions must not overflow and must fit in `isize::MAX` bytes (ndarray's
+/// and `Vec`'s limit), so that a configuration such as `k = usize::MAX` is a
+/// typed error instead of a capacity-overflow panic. (A size that fits but
+/// exceeds the machine's memory still aborts on allocation, as any Rust
+/// allocation does.)
+///
+/// # Errors
+/// [`PoolError::InvalidConfig`] naming `name`.
+pub(crate) fn check_array_size<T: Scalar>(name: &str, dims: &[usize]) -> Result<()> {
+    let max_bytes = isize::MAX as usize / std::mem::size_of::<T>().max(1);
+    fn product(mut dims: impl Iterator<Item = usize>) -> Option<usize> {
+        dims.try_fold(1usize, |a, d| a.checked_mul(d))
+    }
+    // ndarray also refuses shapes whose non-zero axis lengths overflow isize
+    let elements = product(dims.iter().copied());
+    let non_zero = product(dims.iter().copied().filter(|&d| d != 0));
+    match (elements, non_zero) {
+        (Some(n), Some(m)) if n <= max_bytes && m <= isize::MAX as usize => Ok(()),
+        _ => Err(PoolError::InvalidConfig {
+            name: name.into(),
+            value: format!("{dims:?}"),
+            expected: "sizes whose arrays can be allocated (this product of dimensions overflows)"
+                .into(),
+        }),
+    }
+}
+
 pub(crate) fn dyn_array<T: Scalar>(shape: &[usize], data: Vec<T>) -> ArrayD<T> {
     ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape and data length agree")
 }
