@@ -1,0 +1,136 @@
+//! Inner loops on plain row slices, shared by the kernels: dot products,
+//! scaled additions, finiteness scans and row-block iteration over
+//! standard-layout matrices.
+//!
+//! Building an ndarray view per row or per stored entry costs more than the
+//! short products these kernels do (rows of $K = 16$ or $F = 64$ values), so
+//! the hot loops run on `&[T]` slices. Each function fixes its order of
+//! operations, which depends only on the slice length: the same inputs give
+//! the same bits on every call and every thread.
+
+use std::borrow::Cow;
+
+use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
+
+use super::ROW_BLOCK;
+use crate::scalar::Scalar;
+
+/// $\langle a, b\rangle$ of two slices of the same length, in ndarray's
+/// order (its `unrolled_dot`, so the bits equal `ArrayView1::dot`'s on
+/// contiguous rows): eight interleaved partial sums $p_0..p_7$ (entry $j$
+/// to $p_{j \bmod 8}$) over the longest multiple of 8, combined as
+/// $((((0 + (p_0 + p_4)) + (p_1 + p_5)) + (p_2 + p_6)) + (p_3 + p_7))$, then
+/// the remaining entries added in order. The partial sums let the compiler
+/// vectorise the loop without reassociating.
+#[inline]
+pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len());
+    let mut p = [T::zero(); 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            p[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = T::zero();
+    sum += p[0] + p[4];
+    sum += p[1] + p[5];
+    sum += p[2] + p[6];
+    sum += p[3] + p[7];
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// $o \leftarrow o + w\,x$ entrywise.
+#[inline]
+pub fn axpy<T: Scalar>(o: &mut [T], w: T, x: &[T]) {
+    debug_assert_eq!(o.len(), x.len());
+    for (o, &v) in o.iter_mut().zip(x) {
+        *o += w * v;
+    }
+}
+
+/// The rows of `x` as one row-major slice: borrowed when `x` is already in
+/// standard layout, else copied once.
+pub fn row_major<'a, T: Scalar>(x: &'a ArrayView2<'a, T>) -> Cow<'a, [T]> {
+    match x.to_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+/// An $R \times C$ matrix whose row $r$ is written by `f(r, row)`, in
+/// parallel over fixed blocks of [`ROW_BLOCK`] rows. Every row is written
+/// once (no zero fill first, no second pass).
+pub fn build_rows<T, F>(rows: usize, cols: usize, f: F) -> Array2<T>
+where
+    T: Scalar,
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    let mut data = vec![T::zero(); rows * cols];
+    if cols > 0 {
+        data.par_chunks_mut(ROW_BLOCK * cols)
+            .enumerate()
+            .for_each(|(b, block)| {
+                for (j, row) in block.chunks_mut(cols).enumerate() {
+                    f(b * ROW_BLOCK + j, row);
+                }
+            });
+    }
+    Array2::from_shape_vec((rows, cols), data).expect("rows * cols entries")
+}
+
+/// Applies `f(r, row)` to every row of a standard-layout `x`, in parallel
+/// over fixed blocks of [`ROW_BLOCK`] rows.
+pub fn update_rows<T, F>(x: &mut Array2<T>, f: F)
+where
+    T: Scalar,
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    let cols = x.ncols();
+    if cols == 0 {
+        return;
+    }
+    if !x.is_standard_layout() {
+        *x = x.as_standard_layout().into_owned();
+    }
+    let data = x.as_slice_mut().expect("standard layout");
+    data.par_chunks_mut(ROW_BLOCK * cols)
+        .enumerate()
+        .for_each(|(b, block)| {
+            for (j, row) in block.chunks_mut(cols).enumerate() {
+                f(b * ROW_BLOCK + j, row);
+            }
+        });
+}
+
+/// The position of the first non-finite value of `x` (NaN or $\pm\infty$),
+/// scanning fixed blocks in parallel; `None` if every value is finite.
+pub fn first_non_finite<T: Scalar>(x: &[T]) -> Option<usize> {
+    const BLOCK: usize = 1 << 14;
+    x.par_chunks(BLOCK)
+        .enumerate()
+        .find_first(|(_, c)| c.iter().fold(false, |bad, v| bad | !v.is_finite()))
+        .and_then(|(b, c)| c.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i))
+}
+
+/// The values of a vector as one slice: borrowed when contiguous, else
+/// copied once.
+pub fn row_major_1d<'a, T: Scalar>(x: &'a ndarray::ArrayView1<'a, T>) -> Cow<'a, [T]> {
+    match x.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+/// $\lVert a - b\rVert_1$ of two slices of the same length, summed in order.
+#[inline]
+pub fn l1_distance<T: Scalar>(a: &[T], b: &[T]) -> T {
+    a.iter()
+        .zip(b)
+        .fold(T::zero(), |t, (&p, &q)| t + (p - q).abs())
+}
