@@ -742,12 +742,13 @@ impl<T: Scalar> DenseClustering<T> {
         gs += &gs_connect;
         let g_logits = softmax_rows_vjp(s.view(), gs.view());
         let mut params = self.params.zeros_like();
-        gx += &self.mlp.backward(
+        self.mlp.backward_acc(
             &self.params,
             batch.x().view(),
             &cache.mlp,
             g_logits.view(),
             &mut params,
+            &mut gx,
         )?;
         finite_gradients(
             self.name,
