@@ -114,7 +114,7 @@ REFERENCE = {
     ("AsymCheegerCutPool", "disjoint-small"): (0.42, 1.4),
     ("AsymCheegerCutPool", "single-1e6"): (4.6, 4.9),
 }
-STARTUP = {"graphpool": 0.1, "pyg": 3.0, "tgp": 4.0, "spektral": 7.0}  # s, imports + tracing
+STARTUP = {"graphpool": 0.1, "pyg": 3.0, "tgp": 5.0, "spektral": 7.0}  # s, imports + tracing
 LOAD = {"disjoint-small": 0.5, "single-1e6": 1.5, "global-1e6": 0.7, "global-1e7": 4.0}
 GENERATE = {"global-1e7": 90.0, "single-1e6": 20.0, "global-1e6": 10.0, "disjoint-small": 10.0}
 
@@ -395,6 +395,10 @@ def run(a):
     print(f"estimated time: {est / 60:.0f} min with graphpool at its targets (5x the fastest "
           f"peer), {est_slow / 60:.0f} min if only as fast as the fastest peer (from the "
           f"shared reference medians; the build not counted)", flush=True)
+    load1 = os.getloadavg()[0]
+    if load1 > 1.0:
+        print(f"note: load average {load1:.1f} before the run: other work shares the CPUs, "
+              f"so times are noisy and the run takes longer than estimated", flush=True)
     if a.dry_run:
         for r in rows:
             reps = {lib: repeat_for(lib, r, a) for lib in ["graphpool"] + r.peers}
@@ -427,7 +431,7 @@ def run(a):
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "repeat": a.repeat, "peer_repeat": a.peer_repeat, "slow_repeat": a.slow_repeat,
             "timeout_s": a.timeout, "threads": 2, "only": sorted(only) if only else None,
-            "estimated_s": est})
+            "estimated_s": est, "load_average_start": os.getloadavg()})
 
     def bandwidth(when):
         res, err, wall = run_cmd([exe["read_bandwidth"]], a.timeout)
@@ -475,7 +479,8 @@ def run(a):
             print(f"[{i + 1}/{len(rows)} {time.perf_counter() - t_start:6.0f} s] "
                   f"{r.layer} {r.workload} {r.phase} {lib}: {shown}", flush=True)
     bandwidth("end")
-    record({"kind": "end", "elapsed_s": round(time.perf_counter() - t_start, 1)})
+    record({"kind": "end", "elapsed_s": round(time.perf_counter() - t_start, 1),
+            "load_average_end": os.getloadavg()})
     print(f"done in {(time.perf_counter() - t_start) / 60:.1f} min "
           f"(estimated {est / 60:.0f} min); raw lines in {results}", flush=True)
     return run_id
@@ -486,11 +491,11 @@ def run(a):
 def fmt_s(t):
     if t is None:
         return "—"
-    if t >= 100:
+    if t >= 99.95:
         return f"{t:.0f} s"
-    if t >= 1:
-        return f"{t:.2f} s"
-    if t >= 0.001:
+    if t >= 0.9995:
+        return f"{t:.3g} s"
+    if t >= 0.0009995:
         return f"{t * 1e3:.3g} ms"
     return f"{t * 1e6:.3g} µs"
 
@@ -645,6 +650,14 @@ def report(a, run_id):
       f"(torch_scatter {v.get('torch-scatter')}); numpy {v.get('numpy')}")
     w(f"- Spektral {v.get('spektral')} on TensorFlow {v.get('tensorflow')} "
       f"(numpy {v.get('numpy (spektral env)')})")
+    end = next((r for r in recs if r.get("kind") == "end"), None)
+    loads = [x for x in (meta.get("load_average_start"), end and end.get("load_average_end"))
+             if x]
+    if loads:
+        w("- load average (1, 5, 15 min) at the start" + (" and the end" if len(loads) > 1
+                                                           else "") + " of the run: "
+          + "; ".join(", ".join(f"{v:.1f}" for v in l) for l in loads)
+          + " (about 0 on a quiet machine; higher means other work shared the CPUs)")
     w(f"- timed runs per command: graphpool {meta['repeat']}; peers {meta['repeat']} "
       f"when a run is expected under 1 s, {meta['peer_repeat']} when longer, "
       f"{meta['slow_repeat']} for tgp's clustering pools on disjoint-small (23-85 s per "
@@ -763,7 +776,6 @@ def report(a, run_id):
             shown = ", ".join(where[:6]) + (f" and {len(where) - 6} more" if len(where) > 6 else "")
             w(f"- `{e}`: {shown}")
         w("")
-    end = next((r for r in recs if r.get("kind") == "end"), None)
     w("## Reproduce\n")
     if end:
         w(f"This run took {end['elapsed_s'] / 60:.0f} min (estimated beforehand: "

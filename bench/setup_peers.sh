@@ -14,7 +14,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
-env_dir=${BENCH_ENV:-$here/../bench-env}
+env_dir=${BENCH_ENV:-$(dirname "$here")/bench-env}
 py=${PYTHON:-python3}
 peers=("$@")
 [ ${#peers[@]} -eq 0 ] && peers=(pyg spk)
