@@ -134,3 +134,31 @@ pub fn l1_distance<T: Scalar>(a: &[T], b: &[T]) -> T {
         .zip(b)
         .fold(T::zero(), |t, (&p, &q)| t + (p - q).abs())
 }
+
+/// Asks the CPU to start loading `row` into cache (a hint: no effect on
+/// results). The sparse products gather or scatter rows at random
+/// positions, whose loads are latency-bound; issuing them a few stored
+/// entries ahead overlaps the waits.
+#[inline(always)]
+pub fn prefetch<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(row);
+        let p = row.as_ptr() as *const i8;
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: `_mm_prefetch` is a hint that never faults and does not
+            // read or write memory as far as the program can observe; the
+            // address is inside `row`. SSE is part of the x86_64 baseline.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off))
+            };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// How many stored entries ahead the sparse products prefetch.
+pub const PREFETCH_AHEAD: usize = 8;

@@ -93,10 +93,17 @@ pub fn spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
 fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
     let f = x.ncols();
     let xs = rows::row_major(&x);
+    let nnz = vals.len();
     rows::build_rows(raw.rows, f, |r, out| {
-        let e = raw.range(r);
-        for (&c, &w) in raw.indices[e.clone()].iter().zip(&vals[e]) {
-            rows::axpy(out, w, &xs[c * f..(c + 1) * f]);
+        for e in raw.range(r) {
+            // the row needed PREFETCH_AHEAD entries from now (maybe in a later row)
+            if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
+                if e + rows::PREFETCH_AHEAD < nnz {
+                    rows::prefetch(&xs[ahead * f..(ahead + 1) * f]);
+                }
+            }
+            let c = raw.indices[e];
+            rows::axpy(out, vals[e], &xs[c * f..(c + 1) * f]);
         }
     })
 }
@@ -127,9 +134,10 @@ fn product_t<T: Scalar>(raw: RawCsr<'_, T>, m: usize, vals: &[T], x: ArrayView2<
         return out;
     }
     let xs = rows::row_major(&x);
-    // ranges of output rows: a few per thread for balance (the bits do not
-    // depend on them), but none shorter than a row block
-    let parts = (4 * rayon::current_num_threads()).max(1);
+    // one range of output rows per thread (the bits do not depend on the
+    // ranges): every task reads the row structure, so fewer is cheaper;
+    // none shorter than a row block
+    let parts = rayon::current_num_threads().max(1);
     let len = m.div_ceil(parts).max(ROW_BLOCK);
     let os = out
         .as_slice_mut()
@@ -138,7 +146,14 @@ fn product_t<T: Scalar>(raw: RawCsr<'_, T>, m: usize, vals: &[T], x: ArrayView2<
         .enumerate()
         .for_each(|(p, block)| {
             let lo = p * len;
-            raw.for_each_in_columns(lo, lo + block.len() / f, |r, c, e| {
+            let hi = lo + block.len() / f;
+            raw.for_each_in_columns(lo, hi, |r, c, e| {
+                // the output row written PREFETCH_AHEAD entries from now, if ours
+                if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
+                    if (lo..hi).contains(&ahead) {
+                        rows::prefetch(&block[(ahead - lo) * f..(ahead - lo + 1) * f]);
+                    }
+                }
                 let o = &mut block[(c - lo) * f..(c - lo + 1) * f];
                 rows::axpy(o, vals[e], &xs[r * f..(r + 1) * f]);
             });
@@ -177,7 +192,7 @@ pub fn transpose<T: Scalar>(a: CsMatView<T>) -> Transposed<T> {
     let (rows, cols) = (a.rows(), a.cols());
     let raw = RawCsr::new(&a);
     let nnz = a.nnz();
-    let parts = (4 * rayon::current_num_threads()).max(1);
+    let parts = rayon::current_num_threads().max(1);
     let len = cols.div_ceil(parts).max(ROW_BLOCK);
     // column counts, each range by its own task
     let mut indptr = vec![0usize; cols + 1];
@@ -1064,7 +1079,10 @@ pub fn sddmm<T: Scalar>(a: CsMatView<T>, u: ArrayView2<T>, v: ArrayView2<T>) -> 
     let mut out = vec![T::zero(); a.nnz()];
     per_entry_blocks(raw, &mut out, |r, cols, vals| {
         let ur = &us[r * f..(r + 1) * f];
-        for (o, &c) in vals.iter_mut().zip(cols) {
+        for (i, (o, &c)) in vals.iter_mut().zip(cols).enumerate() {
+            if let Some(&ahead) = cols.get(i + rows::PREFETCH_AHEAD) {
+                rows::prefetch(&vs[ahead * f..(ahead + 1) * f]);
+            }
             *o = rows::dot(ur, &vs[c * f..(c + 1) * f]);
         }
     });

@@ -172,8 +172,8 @@ impl Dense {
             None
         };
         let pre = matmul(x, w, b);
-        let out = (self.activation != Activation::Linear)
-            .then(|| self.activation.forward(pre.view()));
+        let out =
+            (self.activation != Activation::Linear).then(|| self.activation.forward(pre.view()));
         Ok(DenseCache { pre, out })
     }
 
@@ -209,10 +209,10 @@ impl Dense {
         gx: &mut Array2<T>,
     ) -> Result<()> {
         let w = params.matrix(&self.kernel_name())?;
-        let activated = cache.out.as_ref().map(|out| {
-            self.activation
-                .vjp(cache.pre.view(), out.view(), grad_out)
-        });
+        let activated = cache
+            .out
+            .as_ref()
+            .map(|out| self.activation.vjp(cache.pre.view(), out.view(), grad_out));
         let gpre = activated.as_ref().map_or(grad_out, |g| g.view());
         matmul_acc(gpre, w.t(), gx);
         let (gw, gb) = matmul_vjp_params(x, gpre);
