@@ -76,6 +76,8 @@ where
         data.par_chunks_mut(ROW_BLOCK * cols)
             .enumerate()
             .for_each(|(b, block)| {
+                // written before any read: one page fault per page (see `zeros`)
+                block.iter_mut().for_each(|v| *v = T::zero());
                 for (j, row) in block.chunks_mut(cols).enumerate() {
                     f(b * ROW_BLOCK + j, row);
                 }
@@ -162,3 +164,17 @@ pub fn prefetch<T>(row: &[T]) {
 
 /// How many stored entries ahead the sparse products prefetch.
 pub const PREFETCH_AHEAD: usize = 8;
+
+/// An $R \times C$ matrix of zeros whose memory is written (in parallel
+/// blocks) before it is returned.
+///
+/// `Array2::zeros` gets fresh pages from the OS that are mapped on first
+/// access: a kernel that first *reads* an entry (`+=`) maps the shared zero
+/// page and then takes a second, copy-on-write fault when it writes. Writing
+/// the zeros first takes one fault per page, spread over the threads.
+pub fn zeros<T: Scalar>(rows: usize, cols: usize) -> Array2<T> {
+    let mut data = vec![T::zero(); rows * cols];
+    data.par_chunks_mut(1 << 16)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = T::zero()));
+    Array2::from_shape_vec((rows, cols), data).expect("rows * cols entries")
+}

@@ -8,6 +8,7 @@ use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 
 use ndarray::linalg::general_mat_mul;
 
+use super::rows;
 use super::{
     for_each_graph_block, for_each_node_row, for_each_segment_block, map_nodes, reduce_chunked,
 };
@@ -252,8 +253,8 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     grad: ArrayView2<T>,
 ) -> (Array2<T>, Array2<T>) {
     let k = s.ncols();
-    let mut gs = Array2::zeros(s.raw_dim());
-    let mut gy = Array2::zeros(y.raw_dim());
+    let mut gs = rows::zeros(s.nrows(), k);
+    let mut gy = rows::zeros(y.nrows(), y.ncols());
     // one small product per fixed piece of a graph's rows: dS = Y O^T, dY = S O
     for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
         let og = grad.slice(s![g * k..(g + 1) * k, ..]);

@@ -129,7 +129,7 @@ pub fn spmm_t<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
 /// the values `vals`.
 fn product_t<T: Scalar>(raw: RawCsr<'_, T>, m: usize, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
     let f = x.ncols();
-    let mut out = Array2::zeros((m, f));
+    let mut out = rows::zeros(m, f);
     if f == 0 || m == 0 || vals.is_empty() {
         return out;
     }

@@ -689,7 +689,7 @@ impl<T: Scalar> DenseClustering<T> {
             None => g_out.to_owned(),
         };
         let mut cot = Cotangents {
-            s: Array2::zeros(s.raw_dim()),
+            s: crate::kernels::rows::zeros(s.nrows(), s.ncols()),
             blocks: g_blocks,
             degrees: Array1::zeros(if cache.degrees.is_some() {
                 batch.num_nodes()
