@@ -346,3 +346,39 @@ fn new_kernels_are_thread_count_independent() {
     let r4 = with_threads(4, run);
     assert!(r1 == r4);
 }
+
+/// `segment_top_k` keeps exactly the first `count(n)` nodes of each graph
+/// in the order of `segment_argsort_desc` (score descending, ties by node
+/// index), returned in input order: many ties, negative zeros, empty
+/// graphs, graphs larger than a chunk, every count from 0 to n; the same
+/// on 1 and 3 threads.
+#[test]
+fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
+    use graphpool::kernels::sort::{segment_argsort_desc, segment_top_k};
+    let sizes = [0usize, 1, 2, 7, 30, 0, 9_000, 50, 4_097, 3];
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    // few distinct values: ties everywhere, -0.0 and 0.0 equal
+    let score = Array1::from_shape_fn(n, |i| match (i * 7919) % 11 {
+        0 => -0.0,
+        1 => 0.0,
+        v => (v as f32 - 5.0) * 0.25,
+    });
+    let sorted = segment_argsort_desc(score.view(), &seg);
+    for frac in [0.0, 0.1, 0.5, 0.9, 1.0] {
+        let count = |m: usize| ((m as f64) * frac).ceil() as usize;
+        let mut want: Vec<usize> = sorted
+            .iter()
+            .flat_map(|idx| {
+                let mut top = idx[..count(idx.len())].to_vec();
+                top.sort_unstable();
+                top
+            })
+            .collect();
+        want.sort_unstable();
+        for t in [1, 3] {
+            let got = with_threads(t, || segment_top_k(score.view(), &seg, count).unwrap());
+            assert_eq!(got, want, "fraction {frac}, {t} threads");
+        }
+    }
+}
