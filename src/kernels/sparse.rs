@@ -161,51 +161,122 @@ pub struct Induced<T: Scalar> {
 }
 
 /// Extracts the induced subgraph $A[\text{kept}, \text{kept}]$ in parallel
-/// over rows, never densifying.
+/// over blocks of kept rows, never densifying: one pass counts each kept
+/// row's kept entries, a second writes them straight into the result (no
+/// per-row allocation). Membership and new indices come from a bitmap of
+/// the kept nodes with per-word ranks ($N/8$ bytes plus $N/16$ or $N/8$ for
+/// the ranks, cache-resident where an $N$-long index map would not be).
 ///
 /// `kept` must be sorted ascending without duplicates (as returned by
 /// [`crate::kernels::sort::segment_top_k`]).
 pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T> {
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
-    let n = a.rows();
-    let mut new_id = vec![usize::MAX; n];
-    for (j, &k) in kept.iter().enumerate() {
-        new_id[k] = j;
-    }
+    let m = kept.len();
+    let kept_set = RankedBitmap::new(a.rows(), kept);
     let ip = a.indptr();
     let ip = ip.raw_storage();
     let base = ip[0];
     let idx = a.indices();
-    let rows: Vec<(Vec<usize>, Vec<usize>)> = kept
-        .par_iter()
-        .map(|&r| {
-            let mut cols = Vec::new();
-            let mut src = Vec::new();
-            for e in ip[r] - base..ip[r + 1] - base {
-                let c = new_id[idx[e]];
-                if c != usize::MAX {
-                    cols.push(c);
-                    src.push(e);
+    let vals = a.data();
+    let row_entries = |r: usize| ip[r] - base..ip[r + 1] - base;
+    // pass 1: kept entries per kept row
+    let mut indptr = vec![0usize; m + 1];
+    indptr[1..]
+        .par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, counts)| {
+            for (c, &r) in counts.iter_mut().zip(&kept[b * ROW_BLOCK..]) {
+                *c = row_entries(r)
+                    .filter(|&e| kept_set.contains(idx[e]))
+                    .count();
+            }
+        });
+    for j in 0..m {
+        indptr[j + 1] += indptr[j];
+    }
+    // pass 2: the entries, each block of rows into its own slice
+    let total = indptr[m];
+    let mut indices = vec![0usize; total];
+    let mut source = vec![0usize; total];
+    let mut data = vec![T::zero(); total];
+    let mut tasks = Vec::with_capacity(m.div_ceil(ROW_BLOCK));
+    let (mut ri, mut rs, mut rd) = (&mut indices[..], &mut source[..], &mut data[..]);
+    for b in 0..m.div_ceil(ROW_BLOCK) {
+        let rows = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m);
+        let len = indptr[rows.end] - indptr[rows.start];
+        let (hi, ti) = std::mem::take(&mut ri).split_at_mut(len);
+        let (hs, ts) = std::mem::take(&mut rs).split_at_mut(len);
+        let (hd, td) = std::mem::take(&mut rd).split_at_mut(len);
+        (ri, rs, rd) = (ti, ts, td);
+        tasks.push((rows, hi, hs, hd));
+    }
+    tasks.into_par_iter().for_each(|(rows, oi, os, od)| {
+        let mut p = 0;
+        for &r in &kept[rows] {
+            for e in row_entries(r) {
+                if let Some(c) = kept_set.rank(idx[e]) {
+                    oi[p] = c;
+                    os[p] = e;
+                    od[p] = vals[e];
+                    p += 1;
                 }
             }
-            (cols, src)
-        })
-        .collect();
-    let mut indptr = Vec::with_capacity(kept.len() + 1);
-    indptr.push(0);
-    let total: usize = rows.iter().map(|(c, _)| c.len()).sum();
-    let mut indices = Vec::with_capacity(total);
-    let mut source = Vec::with_capacity(total);
-    for (c, s) in rows {
-        indices.extend(c);
-        source.extend(s);
-        indptr.push(indices.len());
-    }
-    let data: Vec<T> = source.iter().map(|&e| a.data()[e]).collect();
-    let m = kept.len();
+        }
+    });
     Induced {
         matrix: CsMat::new((m, m), indptr, indices, data),
         source,
+    }
+}
+
+/// A set of node indices as a bitmap with the rank (number of members
+/// before it) of every 64-bit word: membership and the new index of a
+/// member in $O(1)$ from about $N/4$ bytes.
+struct RankedBitmap {
+    words: Vec<u64>,
+    ranks: Vec<usize>,
+}
+
+impl RankedBitmap {
+    /// The set `members` (sorted ascending, each `< n`).
+    fn new(n: usize, members: &[usize]) -> Self {
+        let mut words = vec![0u64; n.div_ceil(64)];
+        // each block of words holds a contiguous range of the sorted members
+        const WORDS: usize = 1024;
+        words
+            .par_chunks_mut(WORDS)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let lo = b * WORDS * 64;
+                let first = members.partition_point(|&k| k < lo);
+                for &k in &members[first..] {
+                    let w = (k - lo) / 64;
+                    if w >= block.len() {
+                        break;
+                    }
+                    block[w] |= 1u64 << (k % 64);
+                }
+            });
+        let mut ranks = Vec::with_capacity(words.len());
+        let mut acc = 0usize;
+        for w in &words {
+            ranks.push(acc);
+            acc += w.count_ones() as usize;
+        }
+        Self { words, ranks }
+    }
+
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        self.words[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// The position of `i` among the members, if it is one.
+    #[inline]
+    fn rank(&self, i: usize) -> Option<usize> {
+        let w = self.words[i / 64];
+        let bit = 1u64 << (i % 64);
+        (w & bit != 0).then(|| self.ranks[i / 64] + (w & (bit - 1)).count_ones() as usize)
     }
 }
 
