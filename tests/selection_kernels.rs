@@ -382,3 +382,62 @@ fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
         }
     }
 }
+
+/// The row kernels of the subset selections against plain loops: the
+/// gathered scaled rows, the gradient of the scales, the gradient of `X`
+/// with its rank-r score term written in one pass (bit for bit the order
+/// `(0 + s * g) + c_1 v_1 + c_2 v_2`), and `X^T c` (exact on integers), on
+/// 1 and 3 threads, for more rows than a chunk.
+#[test]
+fn row_kernels_equal_plain_loops() {
+    use graphpool::kernels::rows::{
+        gather_scaled_rows, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
+        weighted_row_sum,
+    };
+    let (n, f) = (9_000usize, 3usize);
+    let x = Array2::from_shape_fn((n, f), |(i, j)| ((i * 7 + j * 3) % 13) as f64 - 6.0);
+    let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
+    let k = kept.len();
+    let scale = Array1::from_shape_fn(k, |j| (j % 5) as f64 * 0.25 - 0.5);
+    let grad = Array2::from_shape_fn((k, f), |(j, c)| ((j * 11 + c) % 7) as f64 * 0.5 - 1.0);
+    let c = Array2::from_shape_fn((n, 2), |(i, t)| {
+        if i % 4 == t {
+            0.0
+        } else {
+            (i % 9) as f64 - 4.0
+        }
+    });
+    let v = Array2::from_shape_fn((2, f), |(t, j)| (t * 3 + j) as f64 * 0.5 - 1.0);
+    let run = || {
+        (
+            gather_scaled_rows(x.view(), &kept, scale.view()),
+            gather_scaled_rows_vjp_scale(x.view(), &kept, grad.view()),
+            scatter_scaled_rows_plus(n, &kept, scale.view(), grad.view(), c.view(), v.view()),
+            weighted_row_sum(x.view(), c.column(0)),
+        )
+    };
+    let (out, gscale, gx, xtc) = with_threads(1, run);
+    assert_eq!(
+        with_threads(3, run),
+        (out.clone(), gscale.clone(), gx.clone(), xtc.clone())
+    );
+    let mut want_gx = Array2::<f64>::zeros((n, f));
+    for i in 0..n {
+        for j in 0..f {
+            let mut o = 0.0;
+            if let Ok(p) = kept.binary_search(&i) {
+                assert_eq!(out[[p, j]], scale[p] * x[[i, j]]);
+                o += scale[p] * grad[[p, j]];
+            }
+            for t in 0..2 {
+                o += c[[i, t]] * v[[t, j]];
+            }
+            want_gx[[i, j]] = o;
+        }
+    }
+    assert_eq!(gx, want_gx);
+    for (p, &i) in kept.iter().enumerate() {
+        assert_eq!(gscale[p], grad.row(p).dot(&x.row(i)));
+    }
+    assert_eq!(xtc, x.t().dot(&c.column(0)));
+}

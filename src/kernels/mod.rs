@@ -15,6 +15,7 @@
 //! whatever `RAYON_NUM_THREADS` is, and a graph gives the same bits inside a
 //! batch as alone.
 
+pub mod rows;
 pub mod segment;
 pub mod sort;
 pub mod sparse;
