@@ -109,6 +109,119 @@ proptest! {
     }
 }
 
+proptest! {
+    /// `GcnFilter::spmv_vjp` (SAGPool's score y = A^ v) against the dense
+    /// transpose product and finite differences over the edge weights, and
+    /// `vjp_in_graphs` against `vjp`.
+    #[test]
+    fn gcn_filter_spmv_vjp_matches_the_transpose_and_finite_differences(a in int_square(), seed in 0u64..100) {
+        prop_assume!(a.nnz() > 0);
+        let a = a.map(|v| v.abs() + 0.5);
+        let n = a.rows();
+        let f = gcn_filter(a.view());
+        let h = |i: usize, k: u64| ((((i as u64) * 2654435761 + seed * k) % 1000) as f64) / 500.0 - 1.0;
+        let v = Array1::from_shape_fn(n, |i| h(i, 3));
+        // some rows without gradient (skipped by the kernel)
+        let gy = Array1::from_shape_fn(n, |i| if i % 3 == 1 { 0.0 } else { h(i, 7) });
+        let seg = Segments::single(n);
+        let (gv, ga) = f.spmv_vjp(v.view(), gy.view(), a.nnz(), &seg);
+        let want_gv = dense(&f.matrix).t().dot(&gy);
+        for (g, w) in gv.iter().zip(want_gv.iter()) { prop_assert!((g - w).abs() < 1e-12); }
+        let loss = |w: &[f64]| -> f64 {
+            let (ip, ix, _) = a.clone().into_raw_storage();
+            let aw = CsMat::new((n, n), ip, ix, w.to_vec());
+            dense(&gcn_filter(aw.view()).matrix).dot(&v).dot(&gy)
+        };
+        let w0 = a.data().to_vec();
+        for e in 0..a.nnz() {
+            let (mut wp, mut wm) = (w0.clone(), w0.clone());
+            wp[e] += 1e-6; wm[e] -= 1e-6;
+            let num = (loss(&wp) - loss(&wm)) / 2e-6;
+            prop_assert!((num - ga[e]).abs() < 1e-6 * (1.0 + num.abs()), "edge {}: {} vs {}", e, ga[e], num);
+        }
+        let g: Vec<f64> = (0..f.matrix.nnz()).map(|e| h(e, 11)).collect();
+        prop_assert_eq!(f.vjp_in_graphs(&g, a.nnz(), &seg), f.vjp(&g, a.nnz()));
+    }
+}
+
+/// `segment_column_sums` is `A^T v` (exact on integers) for a batch with a
+/// graph cut into pieces, gives each graph the bits it has alone, and the
+/// same bits on 1, 2 and 5 threads.
+#[test]
+fn segment_column_sums_are_per_graph_transpose_products() {
+    use graphpool::kernels::segment::segment_column_sums;
+    let sizes = [3usize, 0, 40_000, 1, 17, 5_000];
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    let mut t = TriMat::new((n, n));
+    for r in seg.ranges() {
+        for i in r.clone() {
+            for k in [1usize, 7, 4_099, 30_011] {
+                let j = r.start + (i - r.start + k) % r.len();
+                if j != i || k == 1 {
+                    t.add_triplet(i, j, ((i * 31 + j) % 7) as f64 - 3.0);
+                }
+            }
+        }
+    }
+    let a: CsMat<f64> = t.to_csr();
+    // values of all magnitudes so that the order of additions shows in the bits
+    let v = Array1::from_shape_fn(n, |i| {
+        ((i * 7919) % 1009) as f64 * 10f64.powi((i % 7) as i32 - 3)
+    });
+    let run = || {
+        segment_column_sums(
+            a.view(),
+            &seg,
+            |r| r % 5 == 2,
+            |e, r, _| [a.data()[e] * v[r], 1.0],
+        )
+    };
+    let got = with_threads(1, run);
+    for th in [2, 5] {
+        assert_eq!(with_threads(th, run), got, "{th} threads");
+    }
+    let vi = Array1::from_shape_fn(n, |i| {
+        if i % 5 == 2 {
+            0.0
+        } else {
+            ((i * 7919) % 1009) as f64
+        }
+    });
+    let exact = segment_column_sums(
+        a.view(),
+        &seg,
+        |r| r % 5 == 2,
+        |e, r, _| [a.data()[e] * vi[r]],
+    );
+    let mut want = Array1::<f64>::zeros(n);
+    for (&w, (r, c)) in a.iter() {
+        want[c] += w * vi[r];
+    }
+    for c in 0..n {
+        assert_eq!(exact[c][0], want[c], "column {c}");
+    }
+    // every graph alone
+    for (g, r) in seg.ranges().enumerate() {
+        let sub = a.slice_outer(r.clone());
+        let ag = {
+            let mut tg = TriMat::new((r.len(), r.len()));
+            for (&w, (i, j)) in sub.iter() {
+                tg.add_triplet(i, j - r.start, w);
+            }
+            tg.to_csr::<usize>()
+        };
+        let vg = v.slice(ndarray::s![r.clone()]).to_owned();
+        let alone = segment_column_sums(
+            ag.view(),
+            &Segments::single(r.len()),
+            |i| (i + r.start) % 5 == 2,
+            |e, i, _| [ag.data()[e] * vg[i], 1.0],
+        );
+        assert_eq!(&got[r.clone()], &alone[..], "graph {g}");
+    }
+}
+
 /// Reductions over a graph larger than a chunk (so partials are combined),
 /// next to many small graphs: the same bits on 1, 2, 3 and 8 threads.
 #[test]

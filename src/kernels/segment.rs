@@ -463,3 +463,117 @@ pub fn normalize_blocks_vjp<T: Scalar>(
     });
     gc
 }
+
+/// Most pieces a graph is cut into by [`segment_column_sums`] (each piece
+/// holds a private accumulator as long as the graph).
+pub const COLUMN_SUM_PIECES: usize = 8;
+
+/// Column sums over the stored entries of a block-diagonal CSR structure
+/// (every entry $(r, c)$ within one graph, as in a [`crate::DisjointBatch`]):
+/// $$\mathrm{out}_c = \sum_{(r, c) \text{ stored}} \mathrm{value}(e, r, c)$$
+/// for `W` values at once ($e$ the entry's position in `a.data()`); rows
+/// for which `skip_row(r)` holds are left out (their values must be 0).
+/// With `value` $= a_e v_r$ this is $A^\top v$ without a transpose.
+///
+/// Deterministic without building $A^\top$: a graph of at most
+/// [`super::CHUNK`] nodes is summed by one task in row order (runs of such
+/// graphs per task, see [`super::segment_work`]); a larger graph of $n$
+/// nodes is cut into pieces of $\max(\mathrm{CHUNK}, \lceil n /
+/// \mathrm{COLUMN\_SUM\_PIECES}\rceil)$ rows counted from its first node,
+/// each summed in row order into a private accumulator of $n$ columns, and
+/// the pieces added in order. The cut depends only on the graph: the same
+/// bits on any thread count and for a graph inside a batch as alone.
+pub fn segment_column_sums<T, const W: usize, V, S>(
+    a: sprs::CsMatView<T>,
+    segments: &Segments,
+    skip_row: S,
+    value: V,
+) -> Vec<[T; W]>
+where
+    T: Scalar,
+    V: Fn(usize, usize, usize) -> [T; W] + Sync,
+    S: Fn(usize) -> bool + Sync,
+{
+    use rayon::prelude::*;
+    let n = segments.num_nodes();
+    debug_assert_eq!(a.rows(), n);
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = a.indices();
+    let offsets = segments.offsets();
+    // rows r0..r1 summed in row order into acc, whose first column is c0
+    let sum_rows = |rows: std::ops::Range<usize>, c0: usize, acc: &mut [[T; W]]| {
+        for r in rows {
+            if skip_row(r) {
+                continue;
+            }
+            let lo = ip[r] - base;
+            for (e, &c) in (lo..).zip(&idx[lo..ip[r + 1] - base]) {
+                let v = value(e, r, c);
+                let slot = &mut acc[c - c0];
+                for (s, v) in slot.iter_mut().zip(v) {
+                    *s += v;
+                }
+            }
+        }
+    };
+    let mut out = vec![[T::zero(); W]; n];
+    // runs of small graphs: each task owns its graphs' columns
+    let mut runs = Vec::new();
+    let mut large = Vec::new();
+    let mut rest: &mut [[T; W]] = &mut out;
+    let mut at = 0;
+    for item in super::segment_work(segments) {
+        let (graphs, is_run) = match item {
+            super::SegmentWork::Graphs(gr) => (gr, true),
+            super::SegmentWork::Piece { graph, nodes } => {
+                if nodes.start != offsets[graph] {
+                    continue;
+                }
+                (graph..graph + 1, false)
+            }
+        };
+        let nodes = offsets[graphs.start]..offsets[graphs.end];
+        debug_assert_eq!(nodes.start, at);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(nodes.len());
+        rest = tail;
+        at = nodes.end;
+        if is_run {
+            runs.push((nodes, head));
+        } else {
+            large.push((nodes, head));
+        }
+    }
+    runs.into_par_iter().for_each(|(nodes, acc)| {
+        let c0 = nodes.start;
+        sum_rows(nodes, c0, acc);
+    });
+    for (nodes, acc) in large {
+        let len = nodes.len().div_ceil(COLUMN_SUM_PIECES).max(super::CHUNK);
+        let starts: Vec<usize> = nodes.clone().step_by(len).collect();
+        let c0 = nodes.start;
+        let partials: Vec<Vec<[T; W]>> = starts
+            .into_par_iter()
+            .map(|s| {
+                let mut p = vec![[T::zero(); W]; nodes.len()];
+                sum_rows(s..(s + len).min(nodes.end), c0, &mut p);
+                p
+            })
+            .collect();
+        // acc is zero: the first piece, then the others in order
+        acc.par_chunks_mut(super::ROW_BLOCK)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let lo = b * super::ROW_BLOCK;
+                for (i, slot) in block.iter_mut().enumerate() {
+                    for p in &partials {
+                        for (s, v) in slot.iter_mut().zip(p[lo + i]) {
+                            *s += v;
+                        }
+                    }
+                }
+            });
+    }
+    out
+}

@@ -6,6 +6,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 use sprs::{CsMat, CsMatView};
 
+use super::segment::segment_column_sums;
 use super::ROW_BLOCK;
 use crate::batch::Segments;
 use crate::error::PoolError;
@@ -377,67 +378,116 @@ pub struct GcnFilter<T: Scalar> {
     pub deg_inv_sqrt: Array1<T>,
 }
 
-/// Builds the [`GcnFilter`] of `a` (square).
+/// Where row `r` (sorted column indices `cols`) gets its diagonal entry in
+/// $A + I$: the position of the first column $\ge r$, and whether that
+/// column is $r$ itself (the existing entry gets $+1$) or the diagonal is
+/// inserted there.
+#[inline]
+fn diagonal_slot(cols: &[usize], r: usize) -> (usize, bool) {
+    let p = cols.iter().position(|&c| c >= r).unwrap_or(cols.len());
+    (p, cols.get(p) == Some(&r))
+}
+
+/// Builds the [`GcnFilter`] of `a` (square), in parallel over fixed blocks
+/// of rows: one pass sizes the rows of $A + I$, one writes its structure,
+/// values and sources with each row's degree, one the normalised values.
 pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
     let n = a.rows();
     let ip = a.indptr();
     let ip = ip.raw_storage();
     let base = ip[0];
-    let mut indptr = Vec::with_capacity(n + 1);
-    let mut indices = Vec::with_capacity(a.nnz() + n);
-    let mut vals = Vec::with_capacity(a.nnz() + n);
-    let mut source = Vec::with_capacity(a.nnz() + n);
-    indptr.push(0);
-    for r in 0..n {
-        let mut placed = false;
-        for e in ip[r] - base..ip[r + 1] - base {
-            let c = a.indices()[e];
-            if !placed && c >= r {
-                if c == r {
-                    indices.push(r);
-                    vals.push(a.data()[e] + T::one());
-                    source.push(e);
-                    placed = true;
-                    continue;
-                }
-                indices.push(r);
-                vals.push(T::one());
-                source.push(usize::MAX);
-                placed = true;
+    let (aidx, adata) = (a.indices(), a.data());
+    let row = |r: usize| ip[r] - base..ip[r + 1] - base;
+    // pass 1: row lengths of A + I
+    let mut indptr = vec![0usize; n + 1];
+    indptr[1..]
+        .par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, lens)| {
+            for (i, len) in lens.iter_mut().enumerate() {
+                let r = b * ROW_BLOCK + i;
+                let cols = &aidx[row(r)];
+                *len = cols.len() + usize::from(!diagonal_slot(cols, r).1);
             }
-            indices.push(c);
-            vals.push(a.data()[e]);
-            source.push(e);
-        }
-        if !placed {
-            indices.push(r);
-            vals.push(T::one());
-            source.push(usize::MAX);
-        }
-        indptr.push(indices.len());
+        });
+    for r in 0..n {
+        indptr[r + 1] += indptr[r];
     }
-    let deg_inv_sqrt = Array1::from(
-        (0..n)
-            .into_par_iter()
-            .map(|r| {
-                let d: T = vals[indptr[r]..indptr[r + 1]].iter().copied().sum();
-                if d > T::zero() {
-                    T::one() / d.sqrt()
+    let total = indptr[n];
+    // pass 2: structure, values of A + I, sources, degrees
+    let mut indices = vec![0usize; total];
+    let mut vals = vec![T::zero(); total];
+    let mut source = vec![0usize; total];
+    let mut deg_inv_sqrt = vec![T::zero(); n];
+    {
+        let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
+        let (mut ri, mut rv, mut rs) = (&mut indices[..], &mut vals[..], &mut source[..]);
+        for (b, dis) in deg_inv_sqrt.chunks_mut(ROW_BLOCK).enumerate() {
+            let rows = b * ROW_BLOCK..b * ROW_BLOCK + dis.len();
+            let len = indptr[rows.end] - indptr[rows.start];
+            let (hi, ti) = std::mem::take(&mut ri).split_at_mut(len);
+            let (hv, tv) = std::mem::take(&mut rv).split_at_mut(len);
+            let (hs, ts) = std::mem::take(&mut rs).split_at_mut(len);
+            (ri, rv, rs) = (ti, tv, ts);
+            tasks.push((rows, hi, hv, hs, dis));
+        }
+        tasks.into_par_iter().for_each(|(rows, oi, ov, os, dis)| {
+            let mut p = 0;
+            for (r, d) in rows.zip(dis.iter_mut()) {
+                let start = p;
+                let (es, cols) = (row(r), &aidx[row(r)]);
+                let (slot, merged) = diagonal_slot(cols, r);
+                for (k, e) in es.enumerate() {
+                    if k == slot && !merged {
+                        (oi[p], ov[p], os[p]) = (r, T::one(), usize::MAX);
+                        p += 1;
+                    }
+                    let v = if k == slot && merged {
+                        adata[e] + T::one()
+                    } else {
+                        adata[e]
+                    };
+                    (oi[p], ov[p], os[p]) = (aidx[e], v, e);
+                    p += 1;
+                }
+                if slot == cols.len() && !merged {
+                    (oi[p], ov[p], os[p]) = (r, T::one(), usize::MAX);
+                    p += 1;
+                }
+                let deg: T = ov[start..p].iter().copied().sum();
+                *d = if deg > T::zero() {
+                    T::one() / deg.sqrt()
                 } else {
                     T::zero()
+                };
+            }
+        });
+    }
+    let deg_inv_sqrt = Array1::from(deg_inv_sqrt);
+    // pass 3: the normalised values
+    let mut data = vec![T::zero(); total];
+    {
+        let dis = deg_inv_sqrt.as_slice().expect("fresh array");
+        let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
+        let mut rd = &mut data[..];
+        for b in 0..n.div_ceil(ROW_BLOCK) {
+            let rows = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n);
+            let (hd, td) =
+                std::mem::take(&mut rd).split_at_mut(indptr[rows.end] - indptr[rows.start]);
+            rd = td;
+            tasks.push((rows, hd));
+        }
+        tasks.into_par_iter().for_each(|(rows, od)| {
+            let off = indptr[rows.start];
+            for r in rows {
+                for e in indptr[r]..indptr[r + 1] {
+                    od[e - off] = dis[r] * vals[e] * dis[indices[e]];
                 }
-            })
-            .collect::<Vec<T>>(),
-    );
-    let data: Vec<T> = (0..n)
-        .into_par_iter()
-        .flat_map_iter(|r| {
-            let (idx, vals, dis) = (&indices, &vals, &deg_inv_sqrt);
-            (indptr[r]..indptr[r + 1]).map(move |e| dis[r] * vals[e] * dis[idx[e]])
-        })
-        .collect();
+            }
+        });
+    }
     GcnFilter {
-        matrix: CsMat::new((n, n), indptr, indices.clone(), data),
+        matrix: CsMat::new((n, n), indptr, indices, data),
         with_loops: vals,
         source,
         deg_inv_sqrt,
@@ -453,41 +503,130 @@ impl<T: Scalar> GcnFilter<T> {
     /// $\bar b_{ij} = \bar{\hat a}_{ij} u_i u_j + \bar d_i$, where
     /// $\bar d_i = -\tfrac12 u_i^3 \big(\sum_j \bar{\hat a}_{ij} b_{ij} u_j + \sum_r \bar{\hat a}_{ri} b_{ri} u_r\big)$
     /// (0 where $u_i = 0$).
+    ///
+    /// The column sums $\sum_r$ are taken as if the matrix were one graph
+    /// ([`crate::kernels::segment::segment_column_sums`]); pass the batch's
+    /// segments to [`GcnFilter::vjp_in_graphs`] for results that are, graph
+    /// by graph, bit-identical to the graphs' alone.
     pub fn vjp(&self, grad: &[T], nnz: usize) -> Array1<T> {
+        self.vjp_in_graphs(grad, nnz, &Segments::single(self.matrix.rows()))
+    }
+
+    /// [`GcnFilter::vjp`] for the filter of a batch with these `segments`
+    /// (every stored entry within a graph), in parallel.
+    pub fn vjp_in_graphs(&self, grad: &[T], nnz: usize, segments: &Segments) -> Array1<T> {
+        let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
+        let b = &self.with_loops;
+        let g = |e: usize, _: usize, _: usize| grad[e];
+        let col = segment_column_sums(
+            self.matrix.view(),
+            segments,
+            |_| false,
+            |e, r, c| [g(e, r, c) * b[e] * u[r]],
+        );
+        self.values_vjp(nnz, g, |_| false, |i| col[i][0])
+    }
+
+    /// The VJP of $y = \hat A v$ for a vector $v$ (SAGPool's GCN score):
+    /// given $\bar y$, returns $(\bar v = \hat A^\top \bar y,\ \bar a)$, the
+    /// latter aligned with `a.data()` (length `nnz`), from
+    /// $\bar{\hat a}_{ij} = \bar y_i v_j$ without forming $\bar{\hat a}$ nor
+    /// $\hat A^\top$: the column sums of both come from one pass of
+    /// [`segment_column_sums`] (rows with $\bar y_i = 0$ skipped; exact per
+    /// graph, thread-count independent), the row sums and $\bar a$ from
+    /// parallel passes over the rows.
+    pub fn spmv_vjp(
+        &self,
+        v: ArrayView1<T>,
+        grad: ArrayView1<T>,
+        nnz: usize,
+        segments: &Segments,
+    ) -> (Array1<T>, Array1<T>) {
+        let (v, grad) = (v.as_standard_layout(), grad.as_standard_layout());
+        let (v, gy) = (
+            v.as_slice().expect("standard layout"),
+            grad.as_slice().expect("standard layout"),
+        );
+        let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
+        let (a_hat, b) = (self.matrix.data(), &self.with_loops);
+        let g = |_: usize, r: usize, c: usize| gy[r] * v[c];
+        let zero_row = |r: usize| gy[r] == T::zero();
+        let col = segment_column_sums(self.matrix.view(), segments, zero_row, |e, r, c| {
+            [g(e, r, c) * b[e] * u[r], a_hat[e] * gy[r]]
+        });
+        let ga = self.values_vjp(nnz, g, zero_row, |i| col[i][0]);
+        (Array1::from_iter(col.iter().map(|c| c[1])), ga)
+    }
+
+    /// The gradient of $A$'s values from the gradient `g(e, r, c)` of the
+    /// filter's entry `e` = (r, c) (0 on the rows where `zero_row`), given
+    /// the column part $\sum_r \bar{\hat a}_{ri} b_{ri} u_r$ of every node.
+    fn values_vjp<G, Z, C>(&self, nnz: usize, g: G, zero_row: Z, col_part: C) -> Array1<T>
+    where
+        G: Fn(usize, usize, usize) -> T + Sync,
+        Z: Fn(usize) -> bool + Sync,
+        C: Fn(usize) -> T + Sync,
+    {
         let m = &self.matrix;
         let n = m.rows();
         let ip = m.indptr();
         let ip = ip.raw_storage();
         let idx = m.indices();
-        let u = &self.deg_inv_sqrt;
+        let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
         let b = &self.with_loops;
-        // row part of dL/du_i
-        let mut gu: Vec<T> = (0..n)
+        let half = T::c(0.5);
+        // dL/dd_i from the row part and the column part of dL/du_i
+        let gd: Vec<T> = (0..n)
             .into_par_iter()
             .map(|r| {
-                (ip[r]..ip[r + 1])
-                    .map(|e| grad[e] * b[e] * u[idx[e]])
-                    .fold(T::zero(), |s, v| s + v)
+                let row = if zero_row(r) {
+                    T::zero()
+                } else {
+                    (ip[r]..ip[r + 1])
+                        .map(|e| g(e, r, idx[e]) * b[e] * u[idx[e]])
+                        .fold(T::zero(), |s, v| s + v)
+                };
+                let gu = row + col_part(r);
+                -half * u[r] * u[r] * u[r] * gu
             })
             .collect();
-        // column part, scattered in entry order (deterministic)
-        for r in 0..n {
-            for e in ip[r]..ip[r + 1] {
-                gu[idx[e]] += grad[e] * b[e] * u[r];
-            }
+        // every stored entry of A appears once in the filter, in order: each
+        // block of rows writes its own range of the result
+        let blocks = n.div_ceil(ROW_BLOCK);
+        let counts: Vec<usize> = (0..blocks)
+            .into_par_iter()
+            .map(|bl| {
+                let (lo, hi) = (ip[bl * ROW_BLOCK], ip[((bl + 1) * ROW_BLOCK).min(n)]);
+                self.source[lo..hi]
+                    .iter()
+                    .filter(|&&s| s != usize::MAX)
+                    .count()
+            })
+            .collect();
+        let mut out = vec![T::zero(); nnz];
+        let mut tasks = Vec::with_capacity(blocks);
+        let mut rest = &mut out[..];
+        let mut at = 0;
+        for (bl, &c) in counts.iter().enumerate() {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(c);
+            rest = tail;
+            tasks.push((bl, at, head));
+            at += c;
         }
-        let half = T::c(0.5);
-        let gd: Vec<T> = (0..n).map(|i| -half * u[i] * u[i] * u[i] * gu[i]).collect();
-        let mut out = Array1::zeros(nnz);
-        for r in 0..n {
-            for e in ip[r]..ip[r + 1] {
-                let s = self.source[e];
-                if s != usize::MAX {
-                    out[s] += grad[e] * u[r] * u[idx[e]] + gd[r];
+        tasks.into_par_iter().for_each(|(bl, at, dst)| {
+            let rows = bl * ROW_BLOCK..((bl + 1) * ROW_BLOCK).min(n);
+            let mut p = 0;
+            for r in rows {
+                for (e, &c) in (ip[r]..).zip(&idx[ip[r]..ip[r + 1]]) {
+                    if self.source[e] != usize::MAX {
+                        debug_assert_eq!(self.source[e], at + p);
+                        dst[p] = T::zero() + (g(e, r, c) * u[r] * u[c] + gd[r]);
+                        p += 1;
+                    }
                 }
             }
-        }
-        out
+        });
+        Array1::from(out)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::reduce_chunked;
 use crate::kernels::rows::weighted_row_sum;
-use crate::kernels::sparse::{gcn_filter, spmm, spmm_vjp_values, spmm_vjp_x, transpose, GcnFilter};
+use crate::kernels::sparse::{gcn_filter, spmm, transpose, GcnFilter};
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
@@ -257,12 +257,17 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
             ScorerCache::Gcn(gcn) => {
                 let (filter, xw) = &**gcn;
                 let w = self.kernel(KERNEL, f)?;
-                let g_xw = spmm_vjp_x(filter.matrix.view(), gy);
-                let g_filter = spmm_vjp_values(filter.matrix.view(), xw.view(), gy);
-                edge_weights += &filter.vjp(&g_filter.to_vec(), batch.a().nnz());
-                let gw = weighted_row_sum(x, g_xw.column(0)).insert_axis(Axis(1));
+                // y = A^ (X w): both gradients of the sparse product at once
+                let (g_xw, g_a) = filter.spmv_vjp(
+                    xw.column(0),
+                    core.y.view(),
+                    batch.a().nnz(),
+                    batch.segments(),
+                );
+                edge_weights += &g_a;
+                let gw = weighted_row_sum(x, g_xw.view()).insert_axis(Axis(1));
                 params.accumulate_dim(KERNEL, gw.view())?;
-                core.grad_x(g_xw.view(), w.t())
+                core.grad_x(g_xw.view().insert_axis(Axis(1)), w.t())
             }
             ScorerCache::GraphConv => {
                 let w_rel = self.kernel(REL_KERNEL, f)?;
