@@ -110,27 +110,39 @@ proptest! {
 }
 
 proptest! {
-    /// `GcnFilter::spmv_vjp` (SAGPool's score y = A^ v) against the dense
-    /// transpose product and finite differences over the edge weights, and
-    /// `vjp_in_graphs` against `vjp`.
+    /// `gcn_spmv` is the product with `gcn_filter`'s matrix (same degrees bit
+    /// for bit), and
+    /// `gcn_spmv_vjp` matches the dense transpose product and finite
+    /// differences over the edge weights (weights of both signs, so that
+    /// some degrees vanish); `vjp_in_graphs` equals `vjp`.
     #[test]
-    fn gcn_filter_spmv_vjp_matches_the_transpose_and_finite_differences(a in int_square(), seed in 0u64..100) {
+    fn gcn_spmv_and_its_vjp_match_the_filter_the_transpose_and_finite_differences(a in int_square(), seed in 0u64..100) {
+        use graphpool::kernels::sparse::{gcn_spmv, gcn_spmv_vjp};
         prop_assume!(a.nnz() > 0);
-        let a = a.map(|v| v.abs() + 0.5);
         let n = a.rows();
-        let f = gcn_filter(a.view());
         let h = |i: usize, k: u64| ((((i as u64) * 2654435761 + seed * k) % 1000) as f64) / 500.0 - 1.0;
         let v = Array1::from_shape_fn(n, |i| h(i, 3));
+        let seg = Segments::single(n);
+        // signed weights: the product only (degrees may cancel)
+        let signed = a.map(|w| w * 0.7);
+        let fs = gcn_filter(signed.view());
+        let gs = gcn_spmv(signed.view(), v.view());
+        let want_y = spmm(fs.matrix.view(), v.view().insert_axis(ndarray::Axis(1)));
+        for (g, w) in gs.y.iter().zip(want_y.column(0)) { prop_assert!((g - w).abs() < 1e-12, "{} vs {}", g, w); }
+        prop_assert_eq!(&gs.deg_inv_sqrt, &fs.deg_inv_sqrt);
+        // positive weights for the derivatives
+        let a = a.map(|w| w.abs() + 0.5);
+        let f = gcn_filter(a.view());
+        let gcn = gcn_spmv(a.view(), v.view());
         // some rows without gradient (skipped by the kernel)
         let gy = Array1::from_shape_fn(n, |i| if i % 3 == 1 { 0.0 } else { h(i, 7) });
-        let seg = Segments::single(n);
-        let (gv, ga) = f.spmv_vjp(v.view(), gy.view(), a.nnz(), &seg);
+        let (gv, ga) = gcn_spmv_vjp(a.view(), gcn.deg_inv_sqrt.view(), v.view(), gy.view(), &seg);
         let want_gv = dense(&f.matrix).t().dot(&gy);
         for (g, w) in gv.iter().zip(want_gv.iter()) { prop_assert!((g - w).abs() < 1e-12); }
         let loss = |w: &[f64]| -> f64 {
             let (ip, ix, _) = a.clone().into_raw_storage();
             let aw = CsMat::new((n, n), ip, ix, w.to_vec());
-            dense(&gcn_filter(aw.view()).matrix).dot(&v).dot(&gy)
+            gcn_spmv(aw.view(), v.view()).y.dot(&gy)
         };
         let w0 = a.data().to_vec();
         for e in 0..a.nnz() {

@@ -527,37 +527,6 @@ impl<T: Scalar> GcnFilter<T> {
         self.values_vjp(nnz, g, |_| false, |i| col[i][0])
     }
 
-    /// The VJP of $y = \hat A v$ for a vector $v$ (SAGPool's GCN score):
-    /// given $\bar y$, returns $(\bar v = \hat A^\top \bar y,\ \bar a)$, the
-    /// latter aligned with `a.data()` (length `nnz`), from
-    /// $\bar{\hat a}_{ij} = \bar y_i v_j$ without forming $\bar{\hat a}$ nor
-    /// $\hat A^\top$: the column sums of both come from one pass of
-    /// [`segment_column_sums`] (rows with $\bar y_i = 0$ skipped; exact per
-    /// graph, thread-count independent), the row sums and $\bar a$ from
-    /// parallel passes over the rows.
-    pub fn spmv_vjp(
-        &self,
-        v: ArrayView1<T>,
-        grad: ArrayView1<T>,
-        nnz: usize,
-        segments: &Segments,
-    ) -> (Array1<T>, Array1<T>) {
-        let (v, grad) = (v.as_standard_layout(), grad.as_standard_layout());
-        let (v, gy) = (
-            v.as_slice().expect("standard layout"),
-            grad.as_slice().expect("standard layout"),
-        );
-        let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
-        let (a_hat, b) = (self.matrix.data(), &self.with_loops);
-        let g = |_: usize, r: usize, c: usize| gy[r] * v[c];
-        let zero_row = |r: usize| gy[r] == T::zero();
-        let col = segment_column_sums(self.matrix.view(), segments, zero_row, |e, r, c| {
-            [g(e, r, c) * b[e] * u[r], a_hat[e] * gy[r]]
-        });
-        let ga = self.values_vjp(nnz, g, zero_row, |i| col[i][0]);
-        (Array1::from_iter(col.iter().map(|c| c[1])), ga)
-    }
-
     /// The gradient of $A$'s values from the gradient `g(e, r, c)` of the
     /// filter's entry `e` = (r, c) (0 on the rows where `zero_row`), given
     /// the column part $\sum_r \bar{\hat a}_{ri} b_{ri} u_r$ of every node.
@@ -628,6 +597,180 @@ impl<T: Scalar> GcnFilter<T> {
         });
         Array1::from(out)
     }
+}
+
+/// The entries of row `r` of $A + I$ in column order, from the row's
+/// columns `cols` and values `vals` of $A$ (its first entry at position
+/// `lo` of `a.data()`): `(Some(e), c, b)` for $A$'s entry `e` (with $+1$ on
+/// the diagonal), `(None, r, 1)` for an added diagonal entry. The same
+/// sequence as the rows of [`GcnFilter::matrix`].
+fn with_loop_row<'a, T: Scalar>(
+    cols: &'a [usize],
+    vals: &'a [T],
+    lo: usize,
+    r: usize,
+) -> impl Iterator<Item = (Option<usize>, usize, T)> + 'a {
+    let (slot, merged) = diagonal_slot(cols, r);
+    let entry = move |k: usize| (Some(lo + k), cols[k], vals[k]);
+    let diag = if merged {
+        (Some(lo + slot), r, vals[slot] + T::one())
+    } else {
+        (None, r, T::one())
+    };
+    (0..slot)
+        .map(entry)
+        .chain(std::iter::once(diag))
+        .chain((slot + usize::from(merged)..cols.len()).map(entry))
+}
+
+/// The GCN filter applied to a vector without building it (see
+/// [`gcn_spmv`]).
+#[derive(Debug, Clone)]
+pub struct GcnSpmv<T: Scalar> {
+    /// $y = \hat A v$.
+    pub y: Array1<T>,
+    /// $\hat D^{-1/2}$ per node (0 where the degree is $\le 0$), for [`gcn_spmv_vjp`].
+    pub deg_inv_sqrt: Array1<T>,
+}
+
+/// $y = \hat A v = \hat D^{-1/2}(A + I)\hat D^{-1/2} v$ for a vector $v$
+/// (SAGPool's GCN score) straight from $A$, without storing $\hat A$ (whose
+/// structure, values and sources take 24 bytes per entry): the degrees of
+/// $A + I$ exactly as [`gcn_filter`] sums them, then
+/// $y_r = u_r \sum_c b_{rc}\,(u_c v_c)$ with $u = \hat D^{-1/2}$ and $b$
+/// the values of $A + I$ in column order: one gathered value per stored
+/// entry. (The same value as `spmm(gcn_filter(a).matrix, v)` up to
+/// rounding: the products are grouped differently.) Parallel over rows;
+/// the result does not depend on the thread count.
+pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
+    let n = a.rows();
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let (aidx, adata) = (a.indices(), a.data());
+    let row = |r: usize| {
+        let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
+        with_loop_row(&aidx[lo..hi], &adata[lo..hi], lo, r)
+    };
+    let u: Vec<T> = (0..n)
+        .into_par_iter()
+        .map(|r| {
+            let d: T = row(r).map(|(_, _, b)| b).sum();
+            if d > T::zero() {
+                T::one() / d.sqrt()
+            } else {
+                T::zero()
+            }
+        })
+        .collect();
+    let v = v.as_standard_layout();
+    let vs = v.as_slice().expect("standard layout");
+    let p: Vec<T> = u.par_iter().zip(vs).map(|(&u, &v)| u * v).collect();
+    let y: Vec<T> = (0..n)
+        .into_par_iter()
+        .map(|r| u[r] * row(r).fold(T::zero(), |acc, (_, c, b)| acc + b * p[c]))
+        .collect();
+    GcnSpmv {
+        y: Array1::from(y),
+        deg_inv_sqrt: Array1::from(u),
+    }
+}
+
+/// VJP of [`gcn_spmv`]: given $\bar y$, returns
+/// $(\bar v = \hat A^\top \bar y,\ \bar a)$, the latter aligned with
+/// `a.data()`, through $\hat A$'s values and the degrees as in
+/// [`GcnFilter::vjp`], straight from $A$ and in two sweeps over its
+/// entries. With $q_r = \bar y_r u_r$, $p_c = v_c u_c$ and the column sums
+/// $S_c = \sum_r b_{rc} q_r$ ([`crate::kernels::segment::segment_column_sums`],
+/// rows with $q_r = 0$ skipped, the added diagonal entries last):
+/// $\bar v_c = u_c S_c$, $\bar u_i = \bar y_i \sum_c b_{ic} p_c + v_i S_i$,
+/// $\bar d_i = -\frac12 u_i^3 \bar u_i$ and $\bar a_{rc} = q_r p_c + \bar d_r$
+/// (the row sums and $\bar a$ in one parallel pass over the rows). Every
+/// entry must lie within its graph of `segments`; the results are, graph
+/// by graph, those of the graph alone and do not depend on the thread count.
+pub fn gcn_spmv_vjp<T: Scalar>(
+    a: CsMatView<T>,
+    deg_inv_sqrt: ArrayView1<T>,
+    v: ArrayView1<T>,
+    grad: ArrayView1<T>,
+    segments: &Segments,
+) -> (Array1<T>, Array1<T>) {
+    let n = a.rows();
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let (aidx, adata) = (a.indices(), a.data());
+    let (u, v, gy) = (
+        deg_inv_sqrt.as_standard_layout(),
+        v.as_standard_layout(),
+        grad.as_standard_layout(),
+    );
+    let (u, v, gy) = (
+        u.as_slice().expect("standard layout"),
+        v.as_slice().expect("standard layout"),
+        gy.as_slice().expect("standard layout"),
+    );
+    let q: Vec<T> = gy.par_iter().zip(u).map(|(&g, &u)| g * u).collect();
+    let p: Vec<T> = v.par_iter().zip(u).map(|(&v, &u)| v * u).collect();
+    // the value of A + I at A's entry e = (r, c)
+    let b_of = |e: usize, r: usize, c: usize| {
+        if c == r {
+            adata[e] + T::one()
+        } else {
+            adata[e]
+        }
+    };
+    let has_diagonal = |r: usize| {
+        let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
+        diagonal_slot(&aidx[lo..hi], r).1
+    };
+    let mut s = segment_column_sums(
+        a,
+        segments,
+        |r| q[r] == T::zero(),
+        |e, r, c| [b_of(e, r, c) * q[r]],
+    );
+    s.par_iter_mut().enumerate().for_each(|(r, slot)| {
+        if q[r] != T::zero() && !has_diagonal(r) {
+            slot[0] += q[r];
+        }
+    });
+    let half = T::c(0.5);
+    let mut out = vec![T::zero(); a.nnz()];
+    let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
+    let mut rest = &mut out[..];
+    for blk in 0..n.div_ceil(ROW_BLOCK) {
+        let rows = blk * ROW_BLOCK..((blk + 1) * ROW_BLOCK).min(n);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(ip[rows.end] - ip[rows.start]);
+        rest = tail;
+        tasks.push((rows, head));
+    }
+    tasks.into_par_iter().for_each(|(rows, dst)| {
+        let off = ip[rows.start] - base;
+        for r in rows {
+            let es = ip[r] - base..ip[r + 1] - base;
+            // the row part of dL/du_r, then dL/dd_r
+            let mut acc = T::zero();
+            if gy[r] != T::zero() {
+                for e in es.clone() {
+                    let c = aidx[e];
+                    acc += b_of(e, r, c) * p[c];
+                }
+                if !has_diagonal(r) {
+                    acc += p[r];
+                }
+            }
+            let gu = gy[r] * acc + v[r] * s[r][0];
+            let gd = -half * u[r] * u[r] * u[r] * gu;
+            for e in es {
+                dst[e - off] = T::zero() + (q[r] * p[aidx[e]] + gd);
+            }
+        }
+    });
+    (
+        Array1::from_iter(s.iter().zip(u).map(|(s, &u)| u * s[0])),
+        Array1::from(out),
+    )
 }
 
 // ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::reduce_chunked;
 use crate::kernels::rows::weighted_row_sum;
-use crate::kernels::sparse::{gcn_filter, spmm, transpose, GcnFilter};
+use crate::kernels::sparse::{gcn_spmv, gcn_spmv_vjp, spmm, transpose};
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
@@ -101,7 +101,8 @@ pub struct SagPoolCache<T: Scalar> {
 
 #[derive(Debug, Clone)]
 enum ScorerCache<T: Scalar> {
-    Gcn(Box<(GcnFilter<T>, Array2<T>)>),
+    /// $\hat D^{-1/2}$ and $X w$.
+    Gcn(Box<(Array1<T>, Array1<T>)>),
     GraphConv,
 }
 
@@ -203,10 +204,9 @@ impl<T: Scalar> SAGPool<T> {
         match self.scorer {
             SagScorer::Gcn => {
                 let w = self.kernel(KERNEL, f)?;
-                let filter = gcn_filter(batch.a().view());
-                let xw = matmul(x, w, None);
-                let y = spmm(filter.matrix.view(), xw.view()).remove_axis(Axis(1));
-                Ok((y, ScorerCache::Gcn(Box::new((filter, xw)))))
+                let xw = matmul(x, w, None).remove_axis(Axis(1));
+                let gcn = gcn_spmv(batch.a().view(), xw.view());
+                Ok((gcn.y, ScorerCache::Gcn(Box::new((gcn.deg_inv_sqrt, xw)))))
             }
             SagScorer::GraphConv => {
                 let w_rel = self.kernel(REL_KERNEL, f)?;
@@ -255,13 +255,14 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
         // the score path is linear in X: dX = (direct path) + C V, written once
         let gx = match &cache.scorer {
             ScorerCache::Gcn(gcn) => {
-                let (filter, xw) = &**gcn;
+                let (deg_inv_sqrt, xw) = &**gcn;
                 let w = self.kernel(KERNEL, f)?;
                 // y = A^ (X w): both gradients of the sparse product at once
-                let (g_xw, g_a) = filter.spmv_vjp(
-                    xw.column(0),
+                let (g_xw, g_a) = gcn_spmv_vjp(
+                    batch.a().view(),
+                    deg_inv_sqrt.view(),
+                    xw.view(),
                     core.y.view(),
-                    batch.a().nnz(),
                     batch.segments(),
                 );
                 edge_weights += &g_a;
