@@ -115,6 +115,131 @@ proptest! {
     }
 }
 
+proptest! {
+    /// `gcn_spmv` is the product with `gcn_filter`'s matrix (same degrees bit
+    /// for bit), and
+    /// `gcn_spmv_vjp` matches the dense transpose product and finite
+    /// differences over the edge weights (weights of both signs, so that
+    /// some degrees vanish); `vjp_in_graphs` equals `vjp`.
+    #[test]
+    fn gcn_spmv_and_its_vjp_match_the_filter_the_transpose_and_finite_differences(a in int_square(), seed in 0u64..100) {
+        use graphpool::kernels::sparse::{gcn_spmv, gcn_spmv_vjp};
+        prop_assume!(a.nnz() > 0);
+        let n = a.rows();
+        let h = |i: usize, k: u64| ((((i as u64) * 2654435761 + seed * k) % 1000) as f64) / 500.0 - 1.0;
+        let v = Array1::from_shape_fn(n, |i| h(i, 3));
+        let seg = Segments::single(n);
+        // signed weights: the product only (degrees may cancel)
+        let signed = a.map(|w| w * 0.7);
+        let fs = gcn_filter(signed.view());
+        let gs = gcn_spmv(signed.view(), v.view());
+        let want_y = spmm(fs.matrix.view(), v.view().insert_axis(ndarray::Axis(1)));
+        for (g, w) in gs.y.iter().zip(want_y.column(0)) { prop_assert!((g - w).abs() < 1e-12, "{} vs {}", g, w); }
+        prop_assert_eq!(&gs.deg_inv_sqrt, &fs.deg_inv_sqrt);
+        // positive weights for the derivatives
+        let a = a.map(|w| w.abs() + 0.5);
+        let f = gcn_filter(a.view());
+        let gcn = gcn_spmv(a.view(), v.view());
+        // some rows without gradient (skipped by the kernel)
+        let gy = Array1::from_shape_fn(n, |i| if i % 3 == 1 { 0.0 } else { h(i, 7) });
+        let (gv, ga) = gcn_spmv_vjp(a.view(), gcn.deg_inv_sqrt.view(), v.view(), gy.view(), &seg);
+        let want_gv = dense(&f.matrix).t().dot(&gy);
+        for (g, w) in gv.iter().zip(want_gv.iter()) { prop_assert!((g - w).abs() < 1e-12); }
+        let loss = |w: &[f64]| -> f64 {
+            let (ip, ix, _) = a.clone().into_raw_storage();
+            let aw = CsMat::new((n, n), ip, ix, w.to_vec());
+            gcn_spmv(aw.view(), v.view()).y.dot(&gy)
+        };
+        let w0 = a.data().to_vec();
+        for e in 0..a.nnz() {
+            let (mut wp, mut wm) = (w0.clone(), w0.clone());
+            wp[e] += 1e-6; wm[e] -= 1e-6;
+            let num = (loss(&wp) - loss(&wm)) / 2e-6;
+            prop_assert!((num - ga[e]).abs() < 1e-6 * (1.0 + num.abs()), "edge {}: {} vs {}", e, ga[e], num);
+        }
+        let g: Vec<f64> = (0..f.matrix.nnz()).map(|e| h(e, 11)).collect();
+        prop_assert_eq!(f.vjp_in_graphs(&g, a.nnz(), &seg), f.vjp(&g, a.nnz()));
+    }
+}
+
+/// `segment_column_sums` is `A^T v` (exact on integers) for a batch with a
+/// graph cut into pieces, gives each graph the bits it has alone, and the
+/// same bits on 1, 2 and 5 threads.
+#[test]
+fn segment_column_sums_are_per_graph_transpose_products() {
+    use graphpool::kernels::segment::segment_column_sums;
+    let sizes = [3usize, 0, 40_000, 1, 17, 5_000];
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    let mut t = TriMat::new((n, n));
+    for r in seg.ranges() {
+        for i in r.clone() {
+            for k in [1usize, 7, 4_099, 30_011] {
+                let j = r.start + (i - r.start + k) % r.len();
+                if j != i || k == 1 {
+                    t.add_triplet(i, j, ((i * 31 + j) % 7) as f64 - 3.0);
+                }
+            }
+        }
+    }
+    let a: CsMat<f64> = t.to_csr();
+    // values of all magnitudes so that the order of additions shows in the bits
+    let v = Array1::from_shape_fn(n, |i| {
+        ((i * 7919) % 1009) as f64 * 10f64.powi((i % 7) as i32 - 3)
+    });
+    let run = || {
+        segment_column_sums(
+            a.view(),
+            &seg,
+            |r| r % 5 == 2,
+            |e, r, _| [a.data()[e] * v[r], 1.0],
+        )
+    };
+    let got = with_threads(1, run);
+    for th in [2, 5] {
+        assert_eq!(with_threads(th, run), got, "{th} threads");
+    }
+    let vi = Array1::from_shape_fn(n, |i| {
+        if i % 5 == 2 {
+            0.0
+        } else {
+            ((i * 7919) % 1009) as f64
+        }
+    });
+    let exact = segment_column_sums(
+        a.view(),
+        &seg,
+        |r| r % 5 == 2,
+        |e, r, _| [a.data()[e] * vi[r]],
+    );
+    let mut want = Array1::<f64>::zeros(n);
+    for (&w, (r, c)) in a.iter() {
+        want[c] += w * vi[r];
+    }
+    for c in 0..n {
+        assert_eq!(exact[c][0], want[c], "column {c}");
+    }
+    // every graph alone
+    for (g, r) in seg.ranges().enumerate() {
+        let sub = a.slice_outer(r.clone());
+        let ag = {
+            let mut tg = TriMat::new((r.len(), r.len()));
+            for (&w, (i, j)) in sub.iter() {
+                tg.add_triplet(i, j - r.start, w);
+            }
+            tg.to_csr::<usize>()
+        };
+        let vg = v.slice(ndarray::s![r.clone()]).to_owned();
+        let alone = segment_column_sums(
+            ag.view(),
+            &Segments::single(r.len()),
+            |i| (i + r.start) % 5 == 2,
+            |e, i, _| [ag.data()[e] * vg[i], 1.0],
+        );
+        assert_eq!(&got[r.clone()], &alone[..], "graph {g}");
+    }
+}
+
 /// Reductions over a graph larger than a chunk (so partials are combined),
 /// next to many small graphs: the same bits on 1, 2, 3 and 8 threads.
 #[test]
@@ -308,5 +433,138 @@ fn transposed_kernels_are_identical_on_any_thread_count_beyond_a_row_block() {
             assert_eq!(t.matrix.data()[e], a.data()[s]);
         }
         assert_eq!(p, reference_product, "A^T X on {threads} threads");
+    }
+}
+
+/// The documented summation order of the segment reductions, written out
+/// plainly: each graph from 0 (max/min: from its first row) in node order,
+/// a graph larger than `CHUNK` in pieces of `CHUNK` nodes from its first
+/// node, the pieces' partials combined left to right.
+fn reference_reduction(
+    x: &Array2<f32>,
+    seg: &Segments,
+    start: impl Fn(&[f32]) -> Vec<f32>,
+    step: impl Fn(&mut [f32], &[f32]),
+) -> Array2<f32> {
+    use graphpool::kernels::CHUNK;
+    let f = x.ncols();
+    let mut out = Array2::zeros((seg.num_graphs(), f));
+    for (g, r) in seg.ranges().enumerate() {
+        if r.is_empty() {
+            continue;
+        }
+        let mut total: Option<Vec<f32>> = None;
+        for s in r.clone().step_by(CHUNK) {
+            let rows: Vec<Vec<f32>> = (s..(s + CHUNK).min(r.end))
+                .map(|n| x.row(n).to_vec())
+                .collect();
+            let mut acc = start(&rows[0]);
+            for row in &rows[1..] {
+                step(&mut acc, row);
+            }
+            match total.as_mut() {
+                None => total = Some(acc),
+                Some(t) => step(t, &acc),
+            }
+        }
+        out.row_mut(g).assign(&ndarray::aview1(&total.unwrap()));
+    }
+    out
+}
+
+/// `segment_sum`, `segment_mean`, `segment_max` and `segment_min` follow
+/// their documented order of operations bit for bit (graphs larger than a
+/// chunk, empty graphs, runs of many tiny graphs), on a standard and a
+/// strided `x`, on 1, 2 and 5 threads.
+#[test]
+fn segment_reductions_follow_the_documented_order_bit_for_bit() {
+    use graphpool::kernels::segment::{segment_mean, segment_min};
+    let mut sizes = vec![0usize, 9_000, 1, 0];
+    sizes.extend((0..700).map(|i| i % 13));
+    sizes.push(4_096);
+    sizes.push(4_097);
+    sizes.extend(std::iter::repeat_n(0, 5_000));
+    sizes.push(3);
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    // values of all magnitudes, so that the order of additions shows
+    let x = Array2::from_shape_fn((n, 5), |(i, j)| {
+        let k = (i * 7919 + j * 104_729) % 1_000_003;
+        (k as f32 / 1_000_003.0 - 0.4) * 10f32.powi((k % 9) as i32 - 4)
+    });
+    let add = |a: &mut [f32], r: &[f32]| a.iter_mut().zip(r).for_each(|(a, v)| *a += v);
+    let zero_plus = |r: &[f32]| r.iter().map(|v| 0.0 + v).collect::<Vec<f32>>();
+    let sum = reference_reduction(&x, &seg, zero_plus, add);
+    let mut mean = sum.clone();
+    for (g, mut row) in mean.outer_iter_mut().enumerate() {
+        let c = seg.size(g).max(1) as f32;
+        row.mapv_inplace(|v| v / c);
+    }
+    let max = reference_reduction(&x, &seg, <[f32]>::to_vec, |a, r| {
+        a.iter_mut()
+            .zip(r)
+            .for_each(|(a, &v)| *a = if v > *a { v } else { *a })
+    });
+    let min = reference_reduction(&x, &seg, <[f32]>::to_vec, |a, r| {
+        a.iter_mut()
+            .zip(r)
+            .for_each(|(a, &v)| *a = if v < *a { v } else { *a })
+    });
+    let xf = x.t().as_standard_layout().into_owned();
+    for xv in [x.view(), xf.t()] {
+        for t in [1, 2, 5] {
+            let got = with_threads(t, || {
+                (
+                    segment_sum(xv, &seg),
+                    segment_mean(xv, &seg),
+                    segment_max(xv, &seg),
+                    segment_min(xv, &seg),
+                )
+            });
+            assert_eq!(got.0, sum, "sum, {t} threads");
+            assert_eq!(got.1, mean, "mean, {t} threads");
+            assert_eq!(got.2, max, "max, {t} threads");
+            assert_eq!(got.3, min, "min, {t} threads");
+        }
+    }
+}
+
+/// The broadcast VJPs give every node its graph's gradient row (divided by
+/// the graph's size for the mean), and the max VJP splits a feature's
+/// gradient equally among the tied nodes, for a graph larger than a chunk
+/// too.
+#[test]
+fn segment_vjps_broadcast_rows_and_split_ties() {
+    use graphpool::kernels::segment::{segment_extremum_vjp, segment_mean_vjp, segment_sum_vjp};
+    let sizes = [3usize, 0, 5_000, 1];
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    let x = Array2::from_shape_fn((n, 3), |(i, j)| ((i * 3 + j) % 4) as f64);
+    let grad = Array2::from_shape_fn((4, 3), |(g, j)| (g * 3 + j) as f64 + 1.0);
+    let gt = grad.t().as_standard_layout().into_owned();
+    for gv in [grad.view(), gt.t()] {
+        let gs = segment_sum_vjp(gv, &seg);
+        let gm = segment_mean_vjp(gv, &seg);
+        for node in 0..n {
+            let g = seg.graph_of(node);
+            assert_eq!(gs.row(node), grad.row(g));
+            assert_eq!(gm.row(node), grad.row(g).mapv(|v| v / seg.size(g) as f64));
+        }
+    }
+    let m = segment_max(x.view(), &seg);
+    let gx = segment_extremum_vjp(x.view(), &seg, m.view(), grad.view());
+    for g in 0..4 {
+        let r = seg.range(g);
+        for j in 0..3 {
+            let ties = r.clone().filter(|&i| x[[i, j]] == m[[g, j]]).count();
+            for i in r.clone() {
+                let want = if x[[i, j]] == m[[g, j]] {
+                    grad[[g, j]] / ties as f64
+                } else {
+                    0.0
+                };
+                assert_eq!(gx[[i, j]], want, "graph {g} node {i} feature {j}");
+            }
+        }
     }
 }

@@ -346,3 +346,98 @@ fn new_kernels_are_thread_count_independent() {
     let r4 = with_threads(4, run);
     assert!(r1 == r4);
 }
+
+/// `segment_top_k` keeps exactly the first `count(n)` nodes of each graph
+/// in the order of `segment_argsort_desc` (score descending, ties by node
+/// index), returned in input order: many ties, negative zeros, empty
+/// graphs, graphs larger than a chunk, every count from 0 to n; the same
+/// on 1 and 3 threads.
+#[test]
+fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
+    use graphpool::kernels::sort::{segment_argsort_desc, segment_top_k};
+    let sizes = [0usize, 1, 2, 7, 30, 0, 9_000, 50, 4_097, 3];
+    let seg = Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    // few distinct values: ties everywhere, -0.0 and 0.0 equal
+    let score = Array1::from_shape_fn(n, |i| match (i * 7919) % 11 {
+        0 => -0.0,
+        1 => 0.0,
+        v => (v as f32 - 5.0) * 0.25,
+    });
+    let sorted = segment_argsort_desc(score.view(), &seg);
+    for frac in [0.0, 0.1, 0.5, 0.9, 1.0] {
+        let count = |m: usize| ((m as f64) * frac).ceil() as usize;
+        let mut want: Vec<usize> = sorted
+            .iter()
+            .flat_map(|idx| {
+                let mut top = idx[..count(idx.len())].to_vec();
+                top.sort_unstable();
+                top
+            })
+            .collect();
+        want.sort_unstable();
+        for t in [1, 3] {
+            let got = with_threads(t, || segment_top_k(score.view(), &seg, count).unwrap());
+            assert_eq!(got, want, "fraction {frac}, {t} threads");
+        }
+    }
+}
+
+/// The row kernels of the subset selections against plain loops: the
+/// gathered scaled rows, the gradient of the scales, the gradient of `X`
+/// with its rank-r score term written in one pass (bit for bit the order
+/// `(0 + s * g) + c_1 v_1 + c_2 v_2`), and `X^T c` (exact on integers), on
+/// 1 and 3 threads, for more rows than a chunk.
+#[test]
+fn row_kernels_equal_plain_loops() {
+    use graphpool::kernels::gather::{
+        gather_scaled_rows, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
+        weighted_row_sum,
+    };
+    let (n, f) = (9_000usize, 3usize);
+    let x = Array2::from_shape_fn((n, f), |(i, j)| ((i * 7 + j * 3) % 13) as f64 - 6.0);
+    let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
+    let k = kept.len();
+    let scale = Array1::from_shape_fn(k, |j| (j % 5) as f64 * 0.25 - 0.5);
+    let grad = Array2::from_shape_fn((k, f), |(j, c)| ((j * 11 + c) % 7) as f64 * 0.5 - 1.0);
+    let c = Array2::from_shape_fn((n, 2), |(i, t)| {
+        if i % 4 == t {
+            0.0
+        } else {
+            (i % 9) as f64 - 4.0
+        }
+    });
+    let v = Array2::from_shape_fn((2, f), |(t, j)| (t * 3 + j) as f64 * 0.5 - 1.0);
+    let run = || {
+        (
+            gather_scaled_rows(x.view(), &kept, scale.view()),
+            gather_scaled_rows_vjp_scale(x.view(), &kept, grad.view()),
+            scatter_scaled_rows_plus(n, &kept, scale.view(), grad.view(), c.view(), v.view()),
+            weighted_row_sum(x.view(), c.column(0)),
+        )
+    };
+    let (out, gscale, gx, xtc) = with_threads(1, run);
+    assert_eq!(
+        with_threads(3, run),
+        (out.clone(), gscale.clone(), gx.clone(), xtc.clone())
+    );
+    let mut want_gx = Array2::<f64>::zeros((n, f));
+    for i in 0..n {
+        for j in 0..f {
+            let mut o = 0.0;
+            if let Ok(p) = kept.binary_search(&i) {
+                assert_eq!(out[[p, j]], scale[p] * x[[i, j]]);
+                o += scale[p] * grad[[p, j]];
+            }
+            for t in 0..2 {
+                o += c[[i, t]] * v[[t, j]];
+            }
+            want_gx[[i, j]] = o;
+        }
+    }
+    assert_eq!(gx, want_gx);
+    for (p, &i) in kept.iter().enumerate() {
+        assert_eq!(gscale[p], grad.row(p).dot(&x.row(i)));
+    }
+    assert_eq!(xtc, x.t().dot(&c.column(0)));
+}

@@ -9,11 +9,13 @@
 //! # Determinism
 //! Parallel work is cut into pieces that depend only on the data (a graph,
 //! then fixed chunks of [`CHUNK`] nodes counted from the graph's first node,
-//! or fixed blocks of rows), never on the number of threads; partial results
+//! or fixed blocks of rows; [`segment_work`] groups runs of small whole
+//! graphs into one item), never on the number of threads; partial results
 //! are combined in a fixed order. Every kernel therefore returns the same bits
 //! whatever `RAYON_NUM_THREADS` is, and a graph gives the same bits inside a
 //! batch as alone.
 
+pub mod gather;
 pub mod rows;
 pub mod segment;
 pub mod sort;
@@ -206,4 +208,210 @@ where
     pieces
         .into_par_iter()
         .for_each(|(item, block)| f(item.graph, item.nodes, block));
+}
+
+/// A work item of [`reduce_segment_rows`], see [`segment_work`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentWork {
+    /// Consecutive whole graphs (each at most [`CHUNK`] nodes), every one
+    /// reduced alone, in node order, by this one task.
+    Graphs(Range<usize>),
+    /// A piece of [`CHUNK`] nodes (the last one shorter) of a graph larger
+    /// than [`CHUNK`], counted from the graph's first node.
+    Piece {
+        /// The graph.
+        graph: usize,
+        /// The piece's nodes.
+        nodes: Range<usize>,
+    },
+}
+
+/// The fixed work items of a segment reduction: runs of consecutive small
+/// graphs (closed as soon as they hold at least [`CHUNK`] nodes or
+/// [`CHUNK`] graphs) and, for every graph larger than [`CHUNK`], its pieces
+/// of [`CHUNK`] nodes counted from its own first node (the cut of
+/// [`Segments::chunks`]).
+///
+/// The items depend only on the segment layout, never on the thread count.
+/// A small graph is always reduced whole by one task and a large graph
+/// always cut the same way whatever its neighbours, so a reduction that
+/// folds a graph's pieces in order gives the same bits on any number of
+/// threads and for a graph inside a batch as alone; grouping many small
+/// graphs per task keeps the per-task overhead off batches of tiny graphs.
+pub fn segment_work(segments: &Segments) -> Vec<SegmentWork> {
+    let offsets = segments.offsets();
+    let b = segments.num_graphs();
+    let mut items = Vec::with_capacity(segments.num_nodes() / CHUNK + 2);
+    let mut run = 0;
+    for g in 0..b {
+        let r = segments.range(g);
+        if r.len() > CHUNK {
+            if run < g {
+                items.push(SegmentWork::Graphs(run..g));
+            }
+            let mut s = r.start;
+            while s < r.end {
+                let e = (s + CHUNK).min(r.end);
+                items.push(SegmentWork::Piece {
+                    graph: g,
+                    nodes: s..e,
+                });
+                s = e;
+            }
+            run = g + 1;
+        } else if offsets[g + 1] - offsets[run] >= CHUNK || g + 1 - run >= CHUNK {
+            items.push(SegmentWork::Graphs(run..g + 1));
+            run = g + 1;
+        }
+    }
+    if run < b {
+        items.push(SegmentWork::Graphs(run..b));
+    }
+    items
+}
+
+/// The rows `nodes` of `x` as one contiguous row-major slice: borrowed from
+/// a standard-layout `x`, else copied (the fallback for strided views).
+fn rows_of<'a, T: Copy>(
+    x: &ndarray::ArrayView2<'a, T>,
+    xs: Option<&'a [T]>,
+    nodes: Range<usize>,
+) -> std::borrow::Cow<'a, [T]> {
+    let f = x.ncols();
+    match xs {
+        Some(s) => std::borrow::Cow::Borrowed(&s[nodes.start * f..nodes.end * f]),
+        None => std::borrow::Cow::Owned(x.slice(ndarray::s![nodes, ..]).iter().copied().collect()),
+    }
+}
+
+/// A per-graph reduction of the rows of `x` ($N \times F$) to one row of
+/// `width` values per graph ($B \times$ `width`), over the fixed
+/// [`segment_work`] items, in parallel.
+///
+/// * `map(g, rows, acc)`: reduces `rows` (a contiguous row-major slice of
+///   whole rows of graph `g`, in node order: the whole graph, or one of its
+///   pieces; empty for an empty graph) into `acc` (`width` values, zeroed
+///   on entry).
+/// * `fold(acc, next)`: combines the partial of a graph's next piece into
+///   the running one (pieces are folded in node order: $((p_0 \oplus p_1)
+///   \oplus p_2) \ldots$).
+/// * `finish(g, row)`: last step on graph `g`'s result (e.g. the division of
+///   a mean).
+///
+/// The results are bit-identical on any thread count and for a graph
+/// inside a batch or alone (see [`segment_work`]). The inner loops see
+/// plain slices, so they vectorise; a non-standard-layout `x` is copied
+/// piece by piece.
+pub fn reduce_segment_rows<T, U, M, Fo, Fi>(
+    x: ndarray::ArrayView2<'_, T>,
+    segments: &Segments,
+    width: usize,
+    map: M,
+    fold: Fo,
+    finish: Fi,
+) -> ndarray::Array2<U>
+where
+    T: Copy + Send + Sync,
+    U: Copy + Default + Send + Sync,
+    M: Fn(usize, &[T], &mut [U]) + Sync,
+    Fo: Fn(&mut [U], &[U]),
+    Fi: Fn(usize, &mut [U]) + Sync,
+{
+    debug_assert_eq!(x.nrows(), segments.num_nodes());
+    let b = segments.num_graphs();
+    let mut out = vec![U::default(); b * width];
+    if width == 0 || b == 0 {
+        return ndarray::Array2::from_shape_vec((b, width), out).expect("the length is b * width");
+    }
+    let f = x.ncols();
+    let offsets = segments.offsets();
+    let xs = x.as_slice();
+    let items = segment_work(segments);
+    // each item's slice of the output: its graphs' rows, or for the first
+    // piece of a large graph that graph's row (the other pieces return theirs)
+    let mut tasks = Vec::with_capacity(items.len());
+    let mut rest: &mut [U] = &mut out;
+    for item in &items {
+        let len = match item {
+            SegmentWork::Graphs(gr) => gr.len() * width,
+            SegmentWork::Piece { graph, nodes } => {
+                if nodes.start == offsets[*graph] {
+                    width
+                } else {
+                    0
+                }
+            }
+        };
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        tasks.push((item, head));
+        rest = tail;
+    }
+    let partials: Vec<Option<Vec<U>>> = tasks
+        .into_par_iter()
+        .map(|(item, dst)| match item {
+            SegmentWork::Graphs(gr) => {
+                let first = offsets[gr.start];
+                let rows = rows_of(&x, xs, first..offsets[gr.end]);
+                for (g, acc) in gr.clone().zip(dst.chunks_exact_mut(width)) {
+                    let local = (offsets[g] - first) * f..(offsets[g + 1] - first) * f;
+                    map(g, &rows[local], acc);
+                    finish(g, acc);
+                }
+                None
+            }
+            SegmentWork::Piece { graph, nodes } => {
+                let rows = rows_of(&x, xs, nodes.clone());
+                if dst.is_empty() {
+                    let mut p = vec![U::default(); width];
+                    map(*graph, &rows, &mut p);
+                    Some(p)
+                } else {
+                    map(*graph, &rows, dst);
+                    None
+                }
+            }
+        })
+        .collect();
+    // fold the pieces of every large graph in order, then finish it
+    for (item, p) in items.iter().zip(partials) {
+        if let SegmentWork::Piece { graph, nodes } = item {
+            let row = &mut out[graph * width..(graph + 1) * width];
+            if let Some(p) = p {
+                fold(row, &p);
+            }
+            if nodes.end == offsets[graph + 1] {
+                finish(*graph, row);
+            }
+        }
+    }
+    ndarray::Array2::from_shape_vec((b, width), out).expect("the length is b * width")
+}
+
+/// Builds an $N \times$ `width` matrix (one row per node) whose row `node`
+/// is written by `f(graph, node, row)` (`row` arrives zeroed), in parallel
+/// over fixed blocks of [`ROW_BLOCK`] rows, on plain slices.
+pub fn fill_node_rows<U, F>(segments: &Segments, width: usize, f: F) -> ndarray::Array2<U>
+where
+    U: Copy + Default + Send + Sync,
+    F: Fn(usize, usize, &mut [U]) + Sync,
+{
+    let n = segments.num_nodes();
+    let mut out = vec![U::default(); n * width];
+    if width > 0 {
+        let offsets = segments.offsets();
+        out.par_chunks_mut(ROW_BLOCK * width)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let start = b * ROW_BLOCK;
+                let mut g = segments.graph_of(start);
+                for (j, row) in block.chunks_exact_mut(width).enumerate() {
+                    let node = start + j;
+                    while node >= offsets[g + 1] {
+                        g += 1;
+                    }
+                    f(g, node, row);
+                }
+            });
+    }
+    ndarray::Array2::from_shape_vec((n, width), out).expect("the length is n * width")
 }

@@ -4,67 +4,85 @@
 //! Conventions for an empty graph (documented contract): its sum, mean, max
 //! and min are 0 (the mean divides by $\max(n, 1)$); its softmax is empty.
 
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use ndarray::linalg::general_mat_mul;
 
 use super::rows;
 use super::{
-    for_each_graph_block, for_each_node_row, for_each_segment_block, map_nodes, reduce_chunked,
+    fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, reduce_chunked,
+    reduce_segment_rows,
 };
 use crate::batch::Segments;
 use crate::scalar::Scalar;
 
 /// Segment sum: $\mathrm{out}_g = \sum_{n \in g} x_n$, shape $B \times F$.
+///
+/// Each graph is summed in node order from 0; a graph larger than
+/// [`super::CHUNK`] nodes is summed in pieces of [`super::CHUNK`] nodes
+/// (counted from its first node) whose partial sums are added in order
+/// ([`reduce_segment_rows`]): the same bits on any thread count and for a
+/// graph inside a batch as alone.
 pub fn segment_sum<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<T> {
-    let f = x.ncols();
-    let mut out = Array2::zeros((segments.num_graphs(), f));
-    for_each_graph_block(out.view_mut(), 1, |g, mut row| {
-        let r = reduce_chunked(
-            segments.range(g),
-            |nodes| {
-                let mut acc = Array1::<T>::zeros(f);
-                for n in nodes {
-                    acc += &x.row(n);
-                }
-                acc
-            },
-            |a, b| a + b,
-        );
-        row.row_mut(0).assign(&r);
-    });
-    out
+    reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |_, _| {})
+}
+
+/// `acc += ` every row of `rows` in order (`acc` has the rows' width).
+#[inline]
+fn sum_rows<T: Scalar>(_: usize, rows: &[T], acc: &mut [T]) {
+    for row in rows.chunks_exact(acc.len()) {
+        add_row(acc, row);
+    }
+}
+
+#[inline]
+fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
+    for (a, &v) in acc.iter_mut().zip(row) {
+        *a += v;
+    }
+}
+
+/// `grad` as a row-major slice (copied if it is a strided view).
+fn standard<T: Scalar>(grad: ArrayView2<'_, T>) -> ndarray::CowArray<'_, T, ndarray::Ix2> {
+    if grad.is_standard_layout() {
+        grad.into()
+    } else {
+        grad.as_standard_layout().into_owned().into()
+    }
 }
 
 /// VJP of [`segment_sum`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g$.
 pub fn segment_sum_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {
-    let mut gx = Array2::zeros((segments.num_nodes(), grad.ncols()));
-    for_each_node_row(gx.view_mut(), segments, |g, _, mut row| {
-        row.assign(&grad.row(g))
-    });
-    gx
+    let f = grad.ncols();
+    let grad = standard(grad);
+    let gs = grad.as_slice().expect("standard layout");
+    fill_node_rows(segments, f, |g, _, row| {
+        row.copy_from_slice(&gs[g * f..(g + 1) * f])
+    })
 }
 
-/// Segment mean: $\mathrm{out}_g = \frac{1}{\max(n_g, 1)} \sum_{n \in g} x_n$.
+/// Segment mean: $\mathrm{out}_g = \frac{1}{\max(n_g, 1)} \sum_{n \in g} x_n$
+/// (the sum of [`segment_sum`], then one division per entry).
 pub fn segment_mean<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<T> {
-    let mut out = segment_sum(x, segments);
-    for (g, mut row) in out.outer_iter_mut().enumerate() {
+    reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |g, row| {
         let n = T::from_count(segments.size(g).max(1));
-        row.mapv_inplace(|v| v / n);
-    }
-    out
+        for v in row {
+            *v /= n;
+        }
+    })
 }
 
 /// VJP of [`segment_mean`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g / n_g$.
 pub fn segment_mean_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {
-    let mut gx = Array2::zeros((segments.num_nodes(), grad.ncols()));
-    for_each_node_row(gx.view_mut(), segments, |g, _, mut row| {
+    let f = grad.ncols();
+    let grad = standard(grad);
+    let gs = grad.as_slice().expect("standard layout");
+    fill_node_rows(segments, f, |g, _, row| {
         let n = T::from_count(segments.size(g).max(1));
-        Zip::from(&mut row)
-            .and(&grad.row(g))
-            .for_each(|o, &v| *o = v / n);
-    });
-    gx
+        for (o, &v) in row.iter_mut().zip(&gs[g * f..(g + 1) * f]) {
+            *o = v / n;
+        }
+    })
 }
 
 /// Which extremum a [`segment_extremum`] takes.
@@ -77,54 +95,54 @@ pub enum Extremum {
 }
 
 impl Extremum {
+    /// `acc = better(v, acc) ? v : acc` entry by entry.
     #[inline]
-    fn better<T: Scalar>(self, a: T, b: T) -> bool {
+    fn merge<T: Scalar>(self, acc: &mut [T], row: &[T]) {
         match self {
-            Extremum::Max => a > b,
-            Extremum::Min => a < b,
+            Extremum::Max => {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a = if v > *a { v } else { *a };
+                }
+            }
+            Extremum::Min => {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a = if v < *a { v } else { *a };
+                }
+            }
         }
     }
 }
 
 /// Segment max or min per feature, shape $B \times F$; 0 for an empty graph.
+///
+/// Each graph (or each piece of [`super::CHUNK`] nodes of a larger graph)
+/// starts from its first row and takes in the others in node order; a
+/// NaN never replaces a number (comparisons with NaN are false), but a NaN
+/// first row stays. Bit-identical on any thread count (see
+/// [`reduce_segment_rows`]).
 pub fn segment_extremum<T: Scalar>(
     x: ArrayView2<T>,
     segments: &Segments,
     which: Extremum,
 ) -> Array2<T> {
     let f = x.ncols();
-    let mut out = Array2::zeros((segments.num_graphs(), f));
-    for_each_graph_block(out.view_mut(), 1, |g, mut row| {
-        let nodes = segments.range(g);
-        if nodes.is_empty() {
-            return;
-        }
-        // chunks of a non-empty graph are never empty
-        let r = reduce_chunked(
-            nodes,
-            |chunk| {
-                let mut acc = x.row(chunk.start).to_owned();
-                for n in chunk.start + 1..chunk.end {
-                    Zip::from(&mut acc).and(&x.row(n)).for_each(|a, &v| {
-                        if which.better(v, *a) {
-                            *a = v
-                        }
-                    });
+    reduce_segment_rows(
+        x,
+        segments,
+        f,
+        |_, rows, acc| {
+            // an empty graph keeps its zeroed row; a piece is never empty
+            let mut it = rows.chunks_exact(f);
+            if let Some(first) = it.next() {
+                acc.copy_from_slice(first);
+                for row in it {
+                    which.merge(acc, row);
                 }
-                acc
-            },
-            |mut a, b| {
-                Zip::from(&mut a).and(&b).for_each(|a, &v| {
-                    if which.better(v, *a) {
-                        *a = v
-                    }
-                });
-                a
-            },
-        );
-        row.row_mut(0).assign(&r);
-    });
-    out
+            }
+        },
+        |acc, next| which.merge(acc, next),
+        |_, _| {},
+    )
 }
 
 /// Segment max per feature; see [`segment_extremum`].
@@ -142,7 +160,8 @@ pub fn segment_min<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<T
 /// **Ties**: when several nodes of a graph attain the extremum of a feature,
 /// the gradient is split equally among them, as TensorFlow's
 /// `segment_max` and PyTorch's `scatter_reduce(amax)` both do. This keeps the
-/// gradient equivariant under node permutations.
+/// gradient equivariant under node permutations. (The ties are counted
+/// exactly, as integers.)
 pub fn segment_extremum_vjp<T: Scalar>(
     x: ArrayView2<T>,
     segments: &Segments,
@@ -150,43 +169,47 @@ pub fn segment_extremum_vjp<T: Scalar>(
     grad: ArrayView2<T>,
 ) -> Array2<T> {
     let f = x.ncols();
+    let out = standard(out);
+    let os = out.as_slice().expect("standard layout");
     // number of nodes attaining the extremum, per graph and feature
-    let mut counts = Array2::<T>::zeros((segments.num_graphs(), f));
-    for_each_graph_block(counts.view_mut(), 1, |g, mut row| {
-        let r = reduce_chunked(
-            segments.range(g),
-            |chunk| {
-                let mut acc = Array1::<T>::zeros(f);
-                for n in chunk {
-                    Zip::from(&mut acc)
-                        .and(&x.row(n))
-                        .and(&out.row(g))
-                        .for_each(|c, &v, &m| {
-                            if v == m {
-                                *c += T::one()
-                            }
-                        });
+    let counts = reduce_segment_rows(
+        x,
+        segments,
+        f,
+        |g, rows, acc: &mut [usize]| {
+            let m = &os[g * f..(g + 1) * f];
+            for row in rows.chunks_exact(f) {
+                for ((c, &v), &m) in acc.iter_mut().zip(row).zip(m) {
+                    *c += usize::from(v == m);
                 }
-                acc
-            },
-            |a, b| a + b,
-        );
-        row.row_mut(0).assign(&r);
-    });
-    let mut gx = Array2::zeros((segments.num_nodes(), f));
-    for_each_node_row(gx.view_mut(), segments, |g, n, mut row| {
-        Zip::from(&mut row)
-            .and(&x.row(n))
-            .and(&out.row(g))
-            .and(&grad.row(g))
-            .and(&counts.row(g))
-            .for_each(|o, &v, &m, &d, &c| {
-                if v == m {
-                    *o = d / c
-                }
-            });
-    });
-    gx
+            }
+        },
+        |acc, next| {
+            for (c, &d) in acc.iter_mut().zip(next) {
+                *c += d;
+            }
+        },
+        |_, _| {},
+    );
+    let cs = counts.as_slice().expect("fresh array");
+    let grad = standard(grad);
+    let gs = grad.as_slice().expect("standard layout");
+    let x = standard(x);
+    let xs = x.as_slice().expect("standard layout");
+    fill_node_rows(segments, f, |g, n, row| {
+        let r = g * f..(g + 1) * f;
+        let it = row
+            .iter_mut()
+            .zip(&xs[n * f..(n + 1) * f])
+            .zip(&os[r.clone()])
+            .zip(&gs[r.clone()])
+            .zip(&cs[r]);
+        for ((((o, &v), &m), &d), &c) in it {
+            if v == m {
+                *o = d / T::from_count(c);
+            }
+        }
+    })
 }
 
 /// Segment softmax of a per-node score $v$:
@@ -440,4 +463,118 @@ pub fn normalize_blocks_vjp<T: Scalar>(
         }
     });
     gc
+}
+
+/// Most pieces a graph is cut into by [`segment_column_sums`] (each piece
+/// holds a private accumulator as long as the graph).
+pub const COLUMN_SUM_PIECES: usize = 8;
+
+/// Column sums over the stored entries of a block-diagonal CSR structure
+/// (every entry $(r, c)$ within one graph, as in a [`crate::DisjointBatch`]):
+/// $$\mathrm{out}_c = \sum_{(r, c) \text{ stored}} \mathrm{value}(e, r, c)$$
+/// for `W` values at once ($e$ the entry's position in `a.data()`); rows
+/// for which `skip_row(r)` holds are left out (their values must be 0).
+/// With `value` $= a_e v_r$ this is $A^\top v$ without a transpose.
+///
+/// Deterministic without building $A^\top$: a graph of at most
+/// [`super::CHUNK`] nodes is summed by one task in row order (runs of such
+/// graphs per task, see [`super::segment_work`]); a larger graph of $n$
+/// nodes is cut into pieces of $\max(\mathrm{CHUNK}, \lceil n /
+/// \mathrm{COLUMN\_SUM\_PIECES}\rceil)$ rows counted from its first node,
+/// each summed in row order into a private accumulator of $n$ columns, and
+/// the pieces added in order. The cut depends only on the graph: the same
+/// bits on any thread count and for a graph inside a batch as alone.
+pub fn segment_column_sums<T, const W: usize, V, S>(
+    a: sprs::CsMatView<T>,
+    segments: &Segments,
+    skip_row: S,
+    value: V,
+) -> Vec<[T; W]>
+where
+    T: Scalar,
+    V: Fn(usize, usize, usize) -> [T; W] + Sync,
+    S: Fn(usize) -> bool + Sync,
+{
+    use rayon::prelude::*;
+    let n = segments.num_nodes();
+    debug_assert_eq!(a.rows(), n);
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = a.indices();
+    let offsets = segments.offsets();
+    // rows r0..r1 summed in row order into acc, whose first column is c0
+    let sum_rows = |rows: std::ops::Range<usize>, c0: usize, acc: &mut [[T; W]]| {
+        for r in rows {
+            if skip_row(r) {
+                continue;
+            }
+            let lo = ip[r] - base;
+            for (e, &c) in (lo..).zip(&idx[lo..ip[r + 1] - base]) {
+                let v = value(e, r, c);
+                let slot = &mut acc[c - c0];
+                for (s, v) in slot.iter_mut().zip(v) {
+                    *s += v;
+                }
+            }
+        }
+    };
+    let mut out = vec![[T::zero(); W]; n];
+    // runs of small graphs: each task owns its graphs' columns
+    let mut runs = Vec::new();
+    let mut large = Vec::new();
+    let mut rest: &mut [[T; W]] = &mut out;
+    let mut at = 0;
+    for item in super::segment_work(segments) {
+        let (graphs, is_run) = match item {
+            super::SegmentWork::Graphs(gr) => (gr, true),
+            super::SegmentWork::Piece { graph, nodes } => {
+                if nodes.start != offsets[graph] {
+                    continue;
+                }
+                (graph..graph + 1, false)
+            }
+        };
+        let nodes = offsets[graphs.start]..offsets[graphs.end];
+        debug_assert_eq!(nodes.start, at);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(nodes.len());
+        rest = tail;
+        at = nodes.end;
+        if is_run {
+            runs.push((nodes, head));
+        } else {
+            large.push((nodes, head));
+        }
+    }
+    runs.into_par_iter().for_each(|(nodes, acc)| {
+        let c0 = nodes.start;
+        sum_rows(nodes, c0, acc);
+    });
+    for (nodes, acc) in large {
+        let len = nodes.len().div_ceil(COLUMN_SUM_PIECES).max(super::CHUNK);
+        let starts: Vec<usize> = nodes.clone().step_by(len).collect();
+        let c0 = nodes.start;
+        let partials: Vec<Vec<[T; W]>> = starts
+            .into_par_iter()
+            .map(|s| {
+                let mut p = vec![[T::zero(); W]; nodes.len()];
+                sum_rows(s..(s + len).min(nodes.end), c0, &mut p);
+                p
+            })
+            .collect();
+        // acc is zero: the first piece, then the others in order
+        acc.par_chunks_mut(super::ROW_BLOCK)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let lo = b * super::ROW_BLOCK;
+                for (i, slot) in block.iter_mut().enumerate() {
+                    for p in &partials {
+                        for (s, v) in slot.iter_mut().zip(p[lo + i]) {
+                            *s += v;
+                        }
+                    }
+                }
+            });
+    }
+    out
 }

@@ -14,6 +14,12 @@ use crate::scalar::Scalar;
 /// # Errors
 /// [`PoolError::NonFiniteScore`] naming the first offending node.
 pub fn check_scores<T: Scalar>(scores: ArrayView1<T>) -> Result<()> {
+    if scores
+        .as_slice()
+        .is_some_and(|s| super::rows::first_non_finite(s).is_none())
+    {
+        return Ok(());
+    }
     match scores.iter().position(|v| !v.is_finite()) {
         Some(node) => Err(PoolError::NonFiniteScore {
             node,
@@ -63,6 +69,14 @@ pub fn keep_count(ratio: f64, n: usize) -> usize {
 /// `score` (descending, ties by node index) and returns the kept global
 /// indices sorted ascending (input order).
 ///
+/// Selection, not sorting: with $t$ the `count`-th largest score of the
+/// graph (found by `select_nth_unstable`, expected $O(n_g)$), the kept
+/// nodes are those scoring above $t$ and, of those scoring exactly $t$, the
+/// ones with the smallest indices — exactly the first `count` of the order
+/// of [`segment_argsort_desc`]. Runs of small graphs are one task each and
+/// a graph larger than [`CHUNK`] is scanned in parallel pieces
+/// ([`super::segment_work`]); the result does not depend on the thread count.
+///
 /// # Errors
 /// [`PoolError::NonFiniteScore`] if a score is NaN or infinite.
 pub fn segment_top_k<T: Scalar>(
@@ -70,19 +84,143 @@ pub fn segment_top_k<T: Scalar>(
     segments: &Segments,
     count: impl Fn(usize) -> usize + Sync,
 ) -> Result<Vec<usize>> {
+    use super::SegmentWork;
     check_scores(score)?;
-    let sorted = segment_argsort_desc(score, segments);
-    let mut kept: Vec<usize> = sorted
-        .into_par_iter()
-        .flat_map_iter(|idx| {
-            let k = count(idx.len()).min(idx.len());
-            let mut top: Vec<usize> = idx[..k].to_vec();
-            top.sort_unstable();
-            top
-        })
-        .collect();
+    let score = score.as_standard_layout();
+    let keys = score.as_slice().expect("standard layout");
+    let b = segments.num_graphs();
+    let offsets = segments.offsets();
+    // where each graph's kept nodes go in the output
+    let mut out_off = Vec::with_capacity(b + 1);
+    out_off.push(0usize);
+    for g in 0..b {
+        let n = segments.size(g);
+        out_off.push(out_off[g] + count(n).min(n));
+    }
+    let mut kept = vec![0usize; out_off[b]];
+    let items = super::segment_work(segments);
+    // runs of small graphs: one task each, writing their own slice
+    let mut tasks = Vec::with_capacity(items.len());
+    let mut rest: &mut [usize] = &mut kept;
+    for item in &items {
+        let graphs = match item {
+            SegmentWork::Graphs(gr) => gr.clone(),
+            SegmentWork::Piece { graph, nodes } => {
+                if nodes.start != offsets[*graph] {
+                    continue;
+                }
+                *graph..*graph + 1
+            }
+        };
+        // (a large graph's output slice goes with its first piece)
+        let len = out_off[graphs.end] - out_off[graphs.start];
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        tasks.push((matches!(item, SegmentWork::Graphs(_)), graphs, head));
+    }
+    let (small, large): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|t| t.0);
+    small.into_par_iter().for_each(|(_, graphs, out)| {
+        let mut buf = Vec::new();
+        let mut at = 0;
+        for g in graphs {
+            let r = segments.range(g);
+            let k = out_off[g + 1] - out_off[g];
+            let dst = &mut out[at..at + k];
+            at += k;
+            let t = kth_largest(&keys[r.clone()], k, &mut buf);
+            let mut quota = ties_to_keep(&keys[r.clone()], k, t);
+            let mut j = 0;
+            for n in r {
+                if keeps(keys[n], t, &mut quota) {
+                    dst[j] = n;
+                    j += 1;
+                }
+            }
+            debug_assert_eq!(j, k);
+        }
+    });
+    for (_, graphs, out) in large {
+        // one large graph: the threshold by a selection over all its nodes,
+        // then a parallel scan of its pieces, merged in order
+        let g = graphs.start;
+        let r = segments.range(g);
+        let k = out.len();
+        let mut buf = Vec::new();
+        let t = kth_largest(&keys[r.clone()], k, &mut buf);
+        let quota = ties_to_keep(&keys[r.clone()], k, t);
+        let starts: Vec<usize> = r.clone().step_by(CHUNK).collect();
+        // per piece: the nodes above t, and the positions of those tied at t
+        let pieces: Vec<Vec<(usize, bool)>> = starts
+            .into_par_iter()
+            .map(|s| {
+                (s..(s + CHUNK).min(r.end))
+                    .filter_map(|n| {
+                        let o = keys[n].ordered();
+                        t.and_then(|t| (o >= t).then_some((n, o == t)))
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut quota = quota;
+        let mut j = 0;
+        for (n, tied) in pieces.into_iter().flatten() {
+            if !tied || quota > 0 {
+                quota -= usize::from(tied);
+                out[j] = n;
+                j += 1;
+            }
+        }
+        if t.is_none() {
+            // k == n: every node
+            for (o, n) in out.iter_mut().zip(r) {
+                *o = n;
+            }
+            j = k;
+        }
+        debug_assert_eq!(j, k);
+    }
     // graphs are contiguous and ordered, so the concatenation is sorted
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
-    kept.shrink_to_fit();
     Ok(kept)
+}
+
+/// The `k`-th largest of `keys` under [`Scalar::ordered`], or `None` when
+/// every key is kept (`k >= keys.len()`) or none is (`k == 0`, then nothing
+/// passes [`keeps`] as the tie quota is 0 and no key is above `+∞`).
+fn kth_largest<T: Scalar>(keys: &[T], k: usize, buf: &mut Vec<T::Ordered>) -> Option<T::Ordered> {
+    if k >= keys.len() {
+        return None;
+    }
+    if k == 0 {
+        // a bound no key exceeds, with no ties kept
+        return Some(T::infinity().ordered());
+    }
+    buf.clear();
+    buf.extend(keys.iter().map(|v| v.ordered()));
+    let (_, &mut t, _) = buf.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
+    Some(t)
+}
+
+/// How many of the keys equal to `t` are kept: `k` minus those above `t`.
+fn ties_to_keep<T: Scalar>(keys: &[T], k: usize, t: Option<T::Ordered>) -> usize {
+    match t {
+        None => k,
+        Some(t) => k - keys.iter().filter(|v| v.ordered() > t).count(),
+    }
+}
+
+/// Whether a key is kept, in node order: above `t`, or tied at `t` while the
+/// quota of ties lasts (`t` is `None` when every key is kept).
+#[inline]
+fn keeps<T: Scalar>(v: T, t: Option<T::Ordered>, quota: &mut usize) -> bool {
+    let Some(t) = t else { return true };
+    let o = v.ordered();
+    if o > t {
+        true
+    } else if o == t && *quota > 0 {
+        *quota -= 1;
+        true
+    } else {
+        false
+    }
 }

@@ -6,6 +6,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 use sprs::{CsMat, CsMatView};
 
+use super::segment::segment_column_sums;
 use super::{rows, ROW_BLOCK};
 use crate::batch::Segments;
 use crate::error::PoolError;
@@ -257,51 +258,122 @@ pub struct Induced<T: Scalar> {
 }
 
 /// Extracts the induced subgraph $A[\text{kept}, \text{kept}]$ in parallel
-/// over rows, never densifying.
+/// over blocks of kept rows, never densifying: one pass counts each kept
+/// row's kept entries, a second writes them straight into the result (no
+/// per-row allocation). Membership and new indices come from a bitmap of
+/// the kept nodes with per-word ranks ($N/8$ bytes plus $N/16$ or $N/8$ for
+/// the ranks, cache-resident where an $N$-long index map would not be).
 ///
 /// `kept` must be sorted ascending without duplicates (as returned by
 /// [`crate::kernels::sort::segment_top_k`]).
 pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T> {
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
-    let n = a.rows();
-    let mut new_id = vec![usize::MAX; n];
-    for (j, &k) in kept.iter().enumerate() {
-        new_id[k] = j;
-    }
+    let m = kept.len();
+    let kept_set = RankedBitmap::new(a.rows(), kept);
     let ip = a.indptr();
     let ip = ip.raw_storage();
     let base = ip[0];
     let idx = a.indices();
-    let rows: Vec<(Vec<usize>, Vec<usize>)> = kept
-        .par_iter()
-        .map(|&r| {
-            let mut cols = Vec::new();
-            let mut src = Vec::new();
-            for e in ip[r] - base..ip[r + 1] - base {
-                let c = new_id[idx[e]];
-                if c != usize::MAX {
-                    cols.push(c);
-                    src.push(e);
+    let vals = a.data();
+    let row_entries = |r: usize| ip[r] - base..ip[r + 1] - base;
+    // pass 1: kept entries per kept row
+    let mut indptr = vec![0usize; m + 1];
+    indptr[1..]
+        .par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, counts)| {
+            for (c, &r) in counts.iter_mut().zip(&kept[b * ROW_BLOCK..]) {
+                *c = row_entries(r)
+                    .filter(|&e| kept_set.contains(idx[e]))
+                    .count();
+            }
+        });
+    for j in 0..m {
+        indptr[j + 1] += indptr[j];
+    }
+    // pass 2: the entries, each block of rows into its own slice
+    let total = indptr[m];
+    let mut indices = vec![0usize; total];
+    let mut source = vec![0usize; total];
+    let mut data = vec![T::zero(); total];
+    let mut tasks = Vec::with_capacity(m.div_ceil(ROW_BLOCK));
+    let (mut ri, mut rs, mut rd) = (&mut indices[..], &mut source[..], &mut data[..]);
+    for b in 0..m.div_ceil(ROW_BLOCK) {
+        let rows = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m);
+        let len = indptr[rows.end] - indptr[rows.start];
+        let (hi, ti) = std::mem::take(&mut ri).split_at_mut(len);
+        let (hs, ts) = std::mem::take(&mut rs).split_at_mut(len);
+        let (hd, td) = std::mem::take(&mut rd).split_at_mut(len);
+        (ri, rs, rd) = (ti, ts, td);
+        tasks.push((rows, hi, hs, hd));
+    }
+    tasks.into_par_iter().for_each(|(rows, oi, os, od)| {
+        let mut p = 0;
+        for &r in &kept[rows] {
+            for e in row_entries(r) {
+                if let Some(c) = kept_set.rank(idx[e]) {
+                    oi[p] = c;
+                    os[p] = e;
+                    od[p] = vals[e];
+                    p += 1;
                 }
             }
-            (cols, src)
-        })
-        .collect();
-    let mut indptr = Vec::with_capacity(kept.len() + 1);
-    indptr.push(0);
-    let total: usize = rows.iter().map(|(c, _)| c.len()).sum();
-    let mut indices = Vec::with_capacity(total);
-    let mut source = Vec::with_capacity(total);
-    for (c, s) in rows {
-        indices.extend(c);
-        source.extend(s);
-        indptr.push(indices.len());
-    }
-    let data: Vec<T> = source.iter().map(|&e| a.data()[e]).collect();
-    let m = kept.len();
+        }
+    });
     Induced {
         matrix: CsMat::new((m, m), indptr, indices, data),
         source,
+    }
+}
+
+/// A set of node indices as a bitmap with the rank (number of members
+/// before it) of every 64-bit word: membership and the new index of a
+/// member in $O(1)$ from about $N/4$ bytes.
+struct RankedBitmap {
+    words: Vec<u64>,
+    ranks: Vec<usize>,
+}
+
+impl RankedBitmap {
+    /// The set `members` (sorted ascending, each `< n`).
+    fn new(n: usize, members: &[usize]) -> Self {
+        let mut words = vec![0u64; n.div_ceil(64)];
+        // each block of words holds a contiguous range of the sorted members
+        const WORDS: usize = 1024;
+        words
+            .par_chunks_mut(WORDS)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let lo = b * WORDS * 64;
+                let first = members.partition_point(|&k| k < lo);
+                for &k in &members[first..] {
+                    let w = (k - lo) / 64;
+                    if w >= block.len() {
+                        break;
+                    }
+                    block[w] |= 1u64 << (k % 64);
+                }
+            });
+        let mut ranks = Vec::with_capacity(words.len());
+        let mut acc = 0usize;
+        for w in &words {
+            ranks.push(acc);
+            acc += w.count_ones() as usize;
+        }
+        Self { words, ranks }
+    }
+
+    #[inline]
+    fn contains(&self, i: usize) -> bool {
+        self.words[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// The position of `i` among the members, if it is one.
+    #[inline]
+    fn rank(&self, i: usize) -> Option<usize> {
+        let w = self.words[i / 64];
+        let bit = 1u64 << (i % 64);
+        (w & bit != 0).then(|| self.ranks[i / 64] + (w & (bit - 1)).count_ones() as usize)
     }
 }
 
@@ -402,67 +474,116 @@ pub struct GcnFilter<T: Scalar> {
     pub deg_inv_sqrt: Array1<T>,
 }
 
-/// Builds the [`GcnFilter`] of `a` (square).
+/// Where row `r` (sorted column indices `cols`) gets its diagonal entry in
+/// $A + I$: the position of the first column $\ge r$, and whether that
+/// column is $r$ itself (the existing entry gets $+1$) or the diagonal is
+/// inserted there.
+#[inline]
+fn diagonal_slot(cols: &[usize], r: usize) -> (usize, bool) {
+    let p = cols.iter().position(|&c| c >= r).unwrap_or(cols.len());
+    (p, cols.get(p) == Some(&r))
+}
+
+/// Builds the [`GcnFilter`] of `a` (square), in parallel over fixed blocks
+/// of rows: one pass sizes the rows of $A + I$, one writes its structure,
+/// values and sources with each row's degree, one the normalised values.
 pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
     let n = a.rows();
     let ip = a.indptr();
     let ip = ip.raw_storage();
     let base = ip[0];
-    let mut indptr = Vec::with_capacity(n + 1);
-    let mut indices = Vec::with_capacity(a.nnz() + n);
-    let mut vals = Vec::with_capacity(a.nnz() + n);
-    let mut source = Vec::with_capacity(a.nnz() + n);
-    indptr.push(0);
-    for r in 0..n {
-        let mut placed = false;
-        for e in ip[r] - base..ip[r + 1] - base {
-            let c = a.indices()[e];
-            if !placed && c >= r {
-                if c == r {
-                    indices.push(r);
-                    vals.push(a.data()[e] + T::one());
-                    source.push(e);
-                    placed = true;
-                    continue;
-                }
-                indices.push(r);
-                vals.push(T::one());
-                source.push(usize::MAX);
-                placed = true;
+    let (aidx, adata) = (a.indices(), a.data());
+    let row = |r: usize| ip[r] - base..ip[r + 1] - base;
+    // pass 1: row lengths of A + I
+    let mut indptr = vec![0usize; n + 1];
+    indptr[1..]
+        .par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, lens)| {
+            for (i, len) in lens.iter_mut().enumerate() {
+                let r = b * ROW_BLOCK + i;
+                let cols = &aidx[row(r)];
+                *len = cols.len() + usize::from(!diagonal_slot(cols, r).1);
             }
-            indices.push(c);
-            vals.push(a.data()[e]);
-            source.push(e);
-        }
-        if !placed {
-            indices.push(r);
-            vals.push(T::one());
-            source.push(usize::MAX);
-        }
-        indptr.push(indices.len());
+        });
+    for r in 0..n {
+        indptr[r + 1] += indptr[r];
     }
-    let deg_inv_sqrt = Array1::from(
-        (0..n)
-            .into_par_iter()
-            .map(|r| {
-                let d: T = vals[indptr[r]..indptr[r + 1]].iter().copied().sum();
-                if d > T::zero() {
-                    T::one() / d.sqrt()
+    let total = indptr[n];
+    // pass 2: structure, values of A + I, sources, degrees
+    let mut indices = vec![0usize; total];
+    let mut vals = vec![T::zero(); total];
+    let mut source = vec![0usize; total];
+    let mut deg_inv_sqrt = vec![T::zero(); n];
+    {
+        let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
+        let (mut ri, mut rv, mut rs) = (&mut indices[..], &mut vals[..], &mut source[..]);
+        for (b, dis) in deg_inv_sqrt.chunks_mut(ROW_BLOCK).enumerate() {
+            let rows = b * ROW_BLOCK..b * ROW_BLOCK + dis.len();
+            let len = indptr[rows.end] - indptr[rows.start];
+            let (hi, ti) = std::mem::take(&mut ri).split_at_mut(len);
+            let (hv, tv) = std::mem::take(&mut rv).split_at_mut(len);
+            let (hs, ts) = std::mem::take(&mut rs).split_at_mut(len);
+            (ri, rv, rs) = (ti, tv, ts);
+            tasks.push((rows, hi, hv, hs, dis));
+        }
+        tasks.into_par_iter().for_each(|(rows, oi, ov, os, dis)| {
+            let mut p = 0;
+            for (r, d) in rows.zip(dis.iter_mut()) {
+                let start = p;
+                let (es, cols) = (row(r), &aidx[row(r)]);
+                let (slot, merged) = diagonal_slot(cols, r);
+                for (k, e) in es.enumerate() {
+                    if k == slot && !merged {
+                        (oi[p], ov[p], os[p]) = (r, T::one(), usize::MAX);
+                        p += 1;
+                    }
+                    let v = if k == slot && merged {
+                        adata[e] + T::one()
+                    } else {
+                        adata[e]
+                    };
+                    (oi[p], ov[p], os[p]) = (aidx[e], v, e);
+                    p += 1;
+                }
+                if slot == cols.len() && !merged {
+                    (oi[p], ov[p], os[p]) = (r, T::one(), usize::MAX);
+                    p += 1;
+                }
+                let deg: T = ov[start..p].iter().copied().sum();
+                *d = if deg > T::zero() {
+                    T::one() / deg.sqrt()
                 } else {
                     T::zero()
+                };
+            }
+        });
+    }
+    let deg_inv_sqrt = Array1::from(deg_inv_sqrt);
+    // pass 3: the normalised values
+    let mut data = vec![T::zero(); total];
+    {
+        let dis = deg_inv_sqrt.as_slice().expect("fresh array");
+        let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
+        let mut rd = &mut data[..];
+        for b in 0..n.div_ceil(ROW_BLOCK) {
+            let rows = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(n);
+            let (hd, td) =
+                std::mem::take(&mut rd).split_at_mut(indptr[rows.end] - indptr[rows.start]);
+            rd = td;
+            tasks.push((rows, hd));
+        }
+        tasks.into_par_iter().for_each(|(rows, od)| {
+            let off = indptr[rows.start];
+            for r in rows {
+                for e in indptr[r]..indptr[r + 1] {
+                    od[e - off] = dis[r] * vals[e] * dis[indices[e]];
                 }
-            })
-            .collect::<Vec<T>>(),
-    );
-    let data: Vec<T> = (0..n)
-        .into_par_iter()
-        .flat_map_iter(|r| {
-            let (idx, vals, dis) = (&indices, &vals, &deg_inv_sqrt);
-            (indptr[r]..indptr[r + 1]).map(move |e| dis[r] * vals[e] * dis[idx[e]])
-        })
-        .collect();
+            }
+        });
+    }
     GcnFilter {
-        matrix: CsMat::new((n, n), indptr, indices.clone(), data),
+        matrix: CsMat::new((n, n), indptr, indices, data),
         with_loops: vals,
         source,
         deg_inv_sqrt,
@@ -478,42 +599,274 @@ impl<T: Scalar> GcnFilter<T> {
     /// $\bar b_{ij} = \bar{\hat a}_{ij} u_i u_j + \bar d_i$, where
     /// $\bar d_i = -\tfrac12 u_i^3 \big(\sum_j \bar{\hat a}_{ij} b_{ij} u_j + \sum_r \bar{\hat a}_{ri} b_{ri} u_r\big)$
     /// (0 where $u_i = 0$).
+    ///
+    /// The column sums $\sum_r$ are taken as if the matrix were one graph
+    /// ([`crate::kernels::segment::segment_column_sums`]); pass the batch's
+    /// segments to [`GcnFilter::vjp_in_graphs`] for results that are, graph
+    /// by graph, bit-identical to the graphs' alone.
     pub fn vjp(&self, grad: &[T], nnz: usize) -> Array1<T> {
+        self.vjp_in_graphs(grad, nnz, &Segments::single(self.matrix.rows()))
+    }
+
+    /// [`GcnFilter::vjp`] for the filter of a batch with these `segments`
+    /// (every stored entry within a graph), in parallel.
+    pub fn vjp_in_graphs(&self, grad: &[T], nnz: usize, segments: &Segments) -> Array1<T> {
+        let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
+        let b = &self.with_loops;
+        let g = |e: usize, _: usize, _: usize| grad[e];
+        let col = segment_column_sums(
+            self.matrix.view(),
+            segments,
+            |_| false,
+            |e, r, c| [g(e, r, c) * b[e] * u[r]],
+        );
+        self.values_vjp(nnz, g, |_| false, |i| col[i][0])
+    }
+
+    /// The gradient of $A$'s values from the gradient `g(e, r, c)` of the
+    /// filter's entry `e` = (r, c) (0 on the rows where `zero_row`), given
+    /// the column part $\sum_r \bar{\hat a}_{ri} b_{ri} u_r$ of every node.
+    fn values_vjp<G, Z, C>(&self, nnz: usize, g: G, zero_row: Z, col_part: C) -> Array1<T>
+    where
+        G: Fn(usize, usize, usize) -> T + Sync,
+        Z: Fn(usize) -> bool + Sync,
+        C: Fn(usize) -> T + Sync,
+    {
         let m = &self.matrix;
         let n = m.rows();
         let ip = m.indptr();
         let ip = ip.raw_storage();
         let idx = m.indices();
-        let u = &self.deg_inv_sqrt;
+        let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
         let b = &self.with_loops;
-        // row part of dL/du_i
-        let mut gu: Vec<T> = (0..n)
+        let half = T::c(0.5);
+        // dL/dd_i from the row part and the column part of dL/du_i
+        let gd: Vec<T> = (0..n)
             .into_par_iter()
             .map(|r| {
-                (ip[r]..ip[r + 1])
-                    .map(|e| grad[e] * b[e] * u[idx[e]])
-                    .fold(T::zero(), |s, v| s + v)
+                let row = if zero_row(r) {
+                    T::zero()
+                } else {
+                    (ip[r]..ip[r + 1])
+                        .map(|e| g(e, r, idx[e]) * b[e] * u[idx[e]])
+                        .fold(T::zero(), |s, v| s + v)
+                };
+                let gu = row + col_part(r);
+                -half * u[r] * u[r] * u[r] * gu
             })
             .collect();
-        // column part, scattered in entry order (deterministic)
-        for r in 0..n {
-            for e in ip[r]..ip[r + 1] {
-                gu[idx[e]] += grad[e] * b[e] * u[r];
-            }
+        // every stored entry of A appears once in the filter, in order: each
+        // block of rows writes its own range of the result
+        let blocks = n.div_ceil(ROW_BLOCK);
+        let counts: Vec<usize> = (0..blocks)
+            .into_par_iter()
+            .map(|bl| {
+                let (lo, hi) = (ip[bl * ROW_BLOCK], ip[((bl + 1) * ROW_BLOCK).min(n)]);
+                self.source[lo..hi]
+                    .iter()
+                    .filter(|&&s| s != usize::MAX)
+                    .count()
+            })
+            .collect();
+        let mut out = vec![T::zero(); nnz];
+        let mut tasks = Vec::with_capacity(blocks);
+        let mut rest = &mut out[..];
+        let mut at = 0;
+        for (bl, &c) in counts.iter().enumerate() {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(c);
+            rest = tail;
+            tasks.push((bl, at, head));
+            at += c;
         }
-        let half = T::c(0.5);
-        let gd: Vec<T> = (0..n).map(|i| -half * u[i] * u[i] * u[i] * gu[i]).collect();
-        let mut out = Array1::zeros(nnz);
-        for r in 0..n {
-            for e in ip[r]..ip[r + 1] {
-                let s = self.source[e];
-                if s != usize::MAX {
-                    out[s] += grad[e] * u[r] * u[idx[e]] + gd[r];
+        tasks.into_par_iter().for_each(|(bl, at, dst)| {
+            let rows = bl * ROW_BLOCK..((bl + 1) * ROW_BLOCK).min(n);
+            let mut p = 0;
+            for r in rows {
+                for (e, &c) in (ip[r]..).zip(&idx[ip[r]..ip[r + 1]]) {
+                    if self.source[e] != usize::MAX {
+                        debug_assert_eq!(self.source[e], at + p);
+                        dst[p] = T::zero() + (g(e, r, c) * u[r] * u[c] + gd[r]);
+                        p += 1;
+                    }
                 }
             }
-        }
-        out
+        });
+        Array1::from(out)
     }
+}
+
+/// The entries of row `r` of $A + I$ in column order, from the row's
+/// columns `cols` and values `vals` of $A$ (its first entry at position
+/// `lo` of `a.data()`): `(Some(e), c, b)` for $A$'s entry `e` (with $+1$ on
+/// the diagonal), `(None, r, 1)` for an added diagonal entry. The same
+/// sequence as the rows of [`GcnFilter::matrix`].
+fn with_loop_row<'a, T: Scalar>(
+    cols: &'a [usize],
+    vals: &'a [T],
+    lo: usize,
+    r: usize,
+) -> impl Iterator<Item = (Option<usize>, usize, T)> + 'a {
+    let (slot, merged) = diagonal_slot(cols, r);
+    let entry = move |k: usize| (Some(lo + k), cols[k], vals[k]);
+    let diag = if merged {
+        (Some(lo + slot), r, vals[slot] + T::one())
+    } else {
+        (None, r, T::one())
+    };
+    (0..slot)
+        .map(entry)
+        .chain(std::iter::once(diag))
+        .chain((slot + usize::from(merged)..cols.len()).map(entry))
+}
+
+/// The GCN filter applied to a vector without building it (see
+/// [`gcn_spmv`]).
+#[derive(Debug, Clone)]
+pub struct GcnSpmv<T: Scalar> {
+    /// $y = \hat A v$.
+    pub y: Array1<T>,
+    /// $\hat D^{-1/2}$ per node (0 where the degree is $\le 0$), for [`gcn_spmv_vjp`].
+    pub deg_inv_sqrt: Array1<T>,
+}
+
+/// $y = \hat A v = \hat D^{-1/2}(A + I)\hat D^{-1/2} v$ for a vector $v$
+/// (SAGPool's GCN score) straight from $A$, without storing $\hat A$ (whose
+/// structure, values and sources take 24 bytes per entry): the degrees of
+/// $A + I$ exactly as [`gcn_filter`] sums them, then
+/// $y_r = u_r \sum_c b_{rc}\,(u_c v_c)$ with $u = \hat D^{-1/2}$ and $b$
+/// the values of $A + I$ in column order: one gathered value per stored
+/// entry. (The same value as `spmm(gcn_filter(a).matrix, v)` up to
+/// rounding: the products are grouped differently.) Parallel over rows;
+/// the result does not depend on the thread count.
+pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
+    let n = a.rows();
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let (aidx, adata) = (a.indices(), a.data());
+    let row = |r: usize| {
+        let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
+        with_loop_row(&aidx[lo..hi], &adata[lo..hi], lo, r)
+    };
+    let u: Vec<T> = (0..n)
+        .into_par_iter()
+        .map(|r| {
+            let d: T = row(r).map(|(_, _, b)| b).sum();
+            if d > T::zero() {
+                T::one() / d.sqrt()
+            } else {
+                T::zero()
+            }
+        })
+        .collect();
+    let v = v.as_standard_layout();
+    let vs = v.as_slice().expect("standard layout");
+    let p: Vec<T> = u.par_iter().zip(vs).map(|(&u, &v)| u * v).collect();
+    let y: Vec<T> = (0..n)
+        .into_par_iter()
+        .map(|r| u[r] * row(r).fold(T::zero(), |acc, (_, c, b)| acc + b * p[c]))
+        .collect();
+    GcnSpmv {
+        y: Array1::from(y),
+        deg_inv_sqrt: Array1::from(u),
+    }
+}
+
+/// VJP of [`gcn_spmv`]: given $\bar y$, returns
+/// $(\bar v = \hat A^\top \bar y,\ \bar a)$, the latter aligned with
+/// `a.data()`, through $\hat A$'s values and the degrees as in
+/// [`GcnFilter::vjp`], straight from $A$ and in two sweeps over its
+/// entries. With $q_r = \bar y_r u_r$, $p_c = v_c u_c$ and the column sums
+/// $S_c = \sum_r b_{rc} q_r$ ([`crate::kernels::segment::segment_column_sums`],
+/// rows with $q_r = 0$ skipped, the added diagonal entries last):
+/// $\bar v_c = u_c S_c$, $\bar u_i = \bar y_i \sum_c b_{ic} p_c + v_i S_i$,
+/// $\bar d_i = -\frac12 u_i^3 \bar u_i$ and $\bar a_{rc} = q_r p_c + \bar d_r$
+/// (the row sums and $\bar a$ in one parallel pass over the rows). Every
+/// entry must lie within its graph of `segments`; the results are, graph
+/// by graph, those of the graph alone and do not depend on the thread count.
+pub fn gcn_spmv_vjp<T: Scalar>(
+    a: CsMatView<T>,
+    deg_inv_sqrt: ArrayView1<T>,
+    v: ArrayView1<T>,
+    grad: ArrayView1<T>,
+    segments: &Segments,
+) -> (Array1<T>, Array1<T>) {
+    let n = a.rows();
+    let ip = a.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let (aidx, adata) = (a.indices(), a.data());
+    let (u, v, gy) = (
+        deg_inv_sqrt.as_standard_layout(),
+        v.as_standard_layout(),
+        grad.as_standard_layout(),
+    );
+    let (u, v, gy) = (
+        u.as_slice().expect("standard layout"),
+        v.as_slice().expect("standard layout"),
+        gy.as_slice().expect("standard layout"),
+    );
+    let q: Vec<T> = gy.par_iter().zip(u).map(|(&g, &u)| g * u).collect();
+    let p: Vec<T> = v.par_iter().zip(u).map(|(&v, &u)| v * u).collect();
+    // the value of A + I at A's entry e = (r, c)
+    let b_of = |e: usize, r: usize, c: usize| {
+        if c == r {
+            adata[e] + T::one()
+        } else {
+            adata[e]
+        }
+    };
+    let has_diagonal = |r: usize| {
+        let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
+        diagonal_slot(&aidx[lo..hi], r).1
+    };
+    let mut s = segment_column_sums(
+        a,
+        segments,
+        |r| q[r] == T::zero(),
+        |e, r, c| [b_of(e, r, c) * q[r]],
+    );
+    s.par_iter_mut().enumerate().for_each(|(r, slot)| {
+        if q[r] != T::zero() && !has_diagonal(r) {
+            slot[0] += q[r];
+        }
+    });
+    let half = T::c(0.5);
+    let mut out = vec![T::zero(); a.nnz()];
+    let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
+    let mut rest = &mut out[..];
+    for blk in 0..n.div_ceil(ROW_BLOCK) {
+        let rows = blk * ROW_BLOCK..((blk + 1) * ROW_BLOCK).min(n);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(ip[rows.end] - ip[rows.start]);
+        rest = tail;
+        tasks.push((rows, head));
+    }
+    tasks.into_par_iter().for_each(|(rows, dst)| {
+        let off = ip[rows.start] - base;
+        for r in rows {
+            let es = ip[r] - base..ip[r + 1] - base;
+            // the row part of dL/du_r, then dL/dd_r
+            let mut acc = T::zero();
+            if gy[r] != T::zero() {
+                for e in es.clone() {
+                    let c = aidx[e];
+                    acc += b_of(e, r, c) * p[c];
+                }
+                if !has_diagonal(r) {
+                    acc += p[r];
+                }
+            }
+            let gu = gy[r] * acc + v[r] * s[r][0];
+            let gd = -half * u[r] * u[r] * u[r] * gu;
+            for e in es {
+                dst[e - off] = T::zero() + (q[r] * p[aidx[e]] + gd);
+            }
+        }
+    });
+    (
+        Array1::from_iter(s.iter().zip(u).map(|(s, &u)| u * s[0])),
+        Array1::from(out),
+    )
 }
 
 // ------------------------------------------------------------------------

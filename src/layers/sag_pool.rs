@@ -10,8 +10,10 @@ use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
-use crate::kernels::sparse::{gcn_filter, spmm, spmm_vjp_values, spmm_vjp_x, transpose, GcnFilter};
-use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
+use crate::kernels::gather::weighted_row_sum;
+use crate::kernels::reduce_chunked;
+use crate::kernels::sparse::{gcn_spmv, gcn_spmv_vjp, spmm, transpose};
+use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
 /// The graph convolution that scores the nodes of a [`SAGPool`].
@@ -99,7 +101,8 @@ pub struct SagPoolCache<T: Scalar> {
 
 #[derive(Debug, Clone)]
 enum ScorerCache<T: Scalar> {
-    Gcn(Box<(GcnFilter<T>, Array2<T>)>),
+    /// $\hat D^{-1/2}$ and $X w$.
+    Gcn(Box<(Array1<T>, Array1<T>)>),
     GraphConv,
 }
 
@@ -201,10 +204,9 @@ impl<T: Scalar> SAGPool<T> {
         match self.scorer {
             SagScorer::Gcn => {
                 let w = self.kernel(KERNEL, f)?;
-                let filter = gcn_filter(batch.a().view());
-                let xw = matmul(x, w, None);
-                let y = spmm(filter.matrix.view(), xw.view()).remove_axis(Axis(1));
-                Ok((y, ScorerCache::Gcn(Box::new((filter, xw)))))
+                let xw = matmul(x, w, None).remove_axis(Axis(1));
+                let gcn = gcn_spmv(batch.a().view(), xw.view());
+                Ok((gcn.y, ScorerCache::Gcn(Box::new((gcn.deg_inv_sqrt, xw)))))
             }
             SagScorer::GraphConv => {
                 let w_rel = self.kernel(REL_KERNEL, f)?;
@@ -230,45 +232,63 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
         Ok((pooled, SagPoolCache { core, scorer }))
     }
 
+    /// The forward pass without building the cache.
+    fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        let (y, _) = self.scores(batch)?;
+        self.core.pool("SAGPool", batch, y)
+    }
+
     fn backward(
         &self,
         batch: &DisjointBatch<T>,
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        let core = self
+        let mut core = self
             .core
             .backward(("SAGPool", self.stamp()), batch, &cache.core, grad)?;
         let x = batch.x().view();
         let f = x.ncols();
         let gy = core.y.view().insert_axis(Axis(1));
         let mut params = self.params.zeros_like();
-        let mut gx = core.x;
-        let mut edge_weights = core.edge_weights;
-        match &cache.scorer {
+        let mut edge_weights = std::mem::take(&mut core.edge_weights);
+        // the score path is linear in X: dX = (direct path) + C V, written once
+        let gx = match &cache.scorer {
             ScorerCache::Gcn(gcn) => {
-                let (filter, xw) = &**gcn;
+                let (deg_inv_sqrt, xw) = &**gcn;
                 let w = self.kernel(KERNEL, f)?;
-                let g_xw = spmm_vjp_x(filter.matrix.view(), gy);
-                let g_filter = spmm_vjp_values(filter.matrix.view(), xw.view(), gy);
-                edge_weights += &filter.vjp(&g_filter.to_vec(), batch.a().nnz());
-                let (gx_s, gw, _) = matmul_vjp(x, w, g_xw.view());
-                gx += &gx_s;
+                // y = A^ (X w): both gradients of the sparse product at once
+                let (g_xw, g_a) = gcn_spmv_vjp(
+                    batch.a().view(),
+                    deg_inv_sqrt.view(),
+                    xw.view(),
+                    core.y.view(),
+                    batch.segments(),
+                );
+                edge_weights += &g_a;
+                let gw = weighted_row_sum(x, g_xw.view()).insert_axis(Axis(1));
                 params.accumulate_dim(KERNEL, gw.view())?;
+                core.grad_x(g_xw.view().insert_axis(Axis(1)), w.t())
             }
             ScorerCache::GraphConv => {
                 let w_rel = self.kernel(REL_KERNEL, f)?;
                 let w_root = self.kernel(ROOT_KERNEL, f)?;
                 let g_xr = spmm(pattern(batch.a()).view(), gy);
-                let (gx_rel, gw_rel, _) = matmul_vjp(x, w_rel, g_xr.view());
-                let (gx_root, gw_root, gb) = matmul_vjp(x, w_root, gy);
-                gx += &gx_rel;
-                gx += &gx_root;
+                let gw_rel = weighted_row_sum(x, g_xr.column(0)).insert_axis(Axis(1));
+                let gw_root = weighted_row_sum(x, core.y.view()).insert_axis(Axis(1));
+                let gb = reduce_chunked(
+                    0..core.y.len(),
+                    |r| core.y.slice(ndarray::s![r]).sum(),
+                    |a, b| a + b,
+                );
                 params.accumulate_dim(REL_KERNEL, gw_rel.view())?;
-                params.accumulate_dim(REL_BIAS, gb.view())?;
+                params.accumulate_dim(REL_BIAS, ndarray::arr1(&[gb]).view())?;
                 params.accumulate_dim(ROOT_KERNEL, gw_root.view())?;
+                let c = ndarray::concatenate![Axis(1), g_xr, gy];
+                let v = ndarray::concatenate![Axis(0), w_rel.t(), w_root.t()];
+                core.grad_x(c.view(), v.view())
             }
-        }
+        };
         finite_gradients(
             "SAGPool",
             Gradients {
@@ -301,6 +321,6 @@ impl<T: Scalar> SrcPool<T> for SAGPool<T> {
     }
 
     fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
-        Ok(self.forward(batch)?.0)
+        self.call(batch)
     }
 }

@@ -4,16 +4,19 @@
 //! computes its score $y$ (and differentiates it); everything after the
 //! score lives here once.
 
-use ndarray::{Array1, Array2, ArrayView1, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
+use crate::kernels::gather::{
+    gather_scaled_rows, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
+};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
 use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
-use crate::kernels::sparse::Induced;
+use crate::kernels::sparse::{scatter_values, Induced};
 use crate::nn::Activation;
 use crate::scalar::Scalar;
 use crate::Segments;
@@ -128,22 +131,43 @@ pub struct SelectionPoolCache<T: Scalar> {
     y_kept: Array1<T>,
     /// The per-graph softmax of the scores ([`KeepRule::MinScore`] only).
     softmax: Option<Array1<T>>,
-    /// The induced adjacency with the source entry of every pooled edge.
-    induced: Induced<T>,
+    /// The source entry in the input adjacency of every pooled edge.
+    source: Vec<usize>,
     x_shape: [usize; 2],
     nnz: usize,
     input: InputSignature,
     stamp: LayerStamp,
 }
 
-/// Gradients of the core with respect to its inputs.
-pub(crate) struct CoreGrads<T: Scalar> {
-    /// Through the gated features (direct path).
-    pub(crate) x: Array2<T>,
+/// Gradients of the core with respect to its inputs, but for $X$: the
+/// direct path through the gated features is added by
+/// [`CoreGrads::grad_x`] together with the layer's path through the score,
+/// so that $\bar X$ is written once.
+pub(crate) struct CoreGrads<'a, T: Scalar> {
     /// Through the induced adjacency.
     pub(crate) edge_weights: Array1<T>,
     /// With respect to the raw score of every node.
     pub(crate) y: Array1<T>,
+    /// The output gradient of the pooled features times the multiplier.
+    gx_out: ndarray::CowArray<'a, T, ndarray::Ix2>,
+    cache: &'a SelectionPoolCache<T>,
+}
+
+impl<T: Scalar> CoreGrads<'_, T> {
+    /// $\bar X$: the direct path (the gates times the pooled gradient, on the
+    /// kept rows) plus the score's path $C V$ ($C$: $N \times r$, $V$:
+    /// $r \times F$), see [`scatter_scaled_rows_plus`].
+    pub(crate) fn grad_x(&self, c: ArrayView2<T>, v: ArrayView2<T>) -> Array2<T> {
+        let sub = &self.cache.subset;
+        scatter_scaled_rows_plus(
+            c.nrows(),
+            &sub.kept,
+            sub.gate.view(),
+            self.gx_out.view(),
+            c,
+            v,
+        )
+    }
 }
 
 impl SelectionCore {
@@ -229,7 +253,54 @@ impl SelectionCore {
     }
 
     /// Select, reduce (gated features times the multiplier), connect
-    /// (induced subgraph) and reduce_index from the raw scores `y`.
+    /// (induced subgraph) and reduce_index from the raw scores `y`: the
+    /// pooled result, and what a cache needs (the subset, the raw scores of
+    /// the kept nodes, the softmax, the source of every pooled edge).
+    #[allow(clippy::type_complexity)]
+    fn run<T: Scalar>(
+        &self,
+        layer: &str,
+        batch: &DisjointBatch<T>,
+        y: Array1<T>,
+    ) -> Result<(
+        Pooled<T>,
+        (Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>),
+    )> {
+        let (subset, softmax) = self.select(y.view(), batch.segments())?;
+        let mut x = gather_scaled_rows(batch.x().view(), &subset.kept, subset.gate.view());
+        if self.multiplier != 1.0 {
+            let m = T::c(self.multiplier);
+            x.par_mapv_inplace(|v| v * m);
+            check_finite_2d(&x.view(), "pooled x (the multiplier overflows)")?;
+        }
+        let Induced { matrix, source } = subset.connect(batch.a().view());
+        let segments = subset.reduce_index(batch.segments());
+        let y_kept = Array1::from_iter(subset.kept.iter().map(|&n| y[n]));
+        let kept = subset.clone();
+        let pooled = Pooled::checked(
+            layer,
+            x,
+            matrix,
+            segments,
+            Selection::Subset(subset),
+            Some(y),
+            Losses::new(),
+        )?;
+        Ok((pooled, (kept, y_kept, softmax, source)))
+    }
+
+    /// The pooled result of [`SelectionCore::forward`] without a cache.
+    pub(crate) fn pool<T: Scalar>(
+        &self,
+        layer: &str,
+        batch: &DisjointBatch<T>,
+        y: Array1<T>,
+    ) -> Result<Pooled<T>> {
+        Ok(self.run(layer, batch, y)?.0)
+    }
+
+    /// Select, reduce, connect and reduce_index from the raw scores `y`,
+    /// with the cache of the backward pass.
     pub(crate) fn forward<T: Scalar>(
         &self,
         layer: &str,
@@ -237,35 +308,18 @@ impl SelectionCore {
         batch: &DisjointBatch<T>,
         y: Array1<T>,
     ) -> Result<(Pooled<T>, SelectionPoolCache<T>)> {
-        let (subset, softmax) = self.select(y.view(), batch.segments())?;
-        let mut x = subset.reduce(batch.x().view());
-        if self.multiplier != 1.0 {
-            let m = T::c(self.multiplier);
-            x.par_mapv_inplace(|v| v * m);
-            check_finite_2d(&x.view(), "pooled x (the multiplier overflows)")?;
-        }
-        let induced = subset.connect(batch.a().view());
-        let segments = subset.reduce_index(batch.segments());
-        let y_kept = Array1::from_iter(subset.kept.iter().map(|&n| y[n]));
+        let (pooled, (subset, y_kept, softmax, source)) = self.run(layer, batch, y)?;
+        let x = pooled.batch.x();
         let cache = SelectionPoolCache {
             y_kept,
             softmax,
             x_shape: [x.nrows(), x.ncols()],
-            nnz: induced.matrix.nnz(),
-            subset: subset.clone(),
-            induced: induced.clone(),
+            nnz: source.len(),
+            subset,
+            source,
             input: InputSignature::of(batch),
             stamp,
         };
-        let pooled = Pooled::checked(
-            layer,
-            x,
-            induced.matrix,
-            segments,
-            Selection::Subset(subset),
-            Some(y),
-            Losses::new(),
-        )?;
         Ok((pooled, cache))
     }
 
@@ -273,46 +327,53 @@ impl SelectionCore {
     /// through the induced adjacency to the edge weights, and through the
     /// gates to the raw scores (0 for dropped nodes: the choice itself is
     /// piecewise constant).
-    pub(crate) fn backward<T: Scalar>(
+    pub(crate) fn backward<'a, T: Scalar>(
         &self,
         (layer, stamp): (&str, LayerStamp),
         batch: &DisjointBatch<T>,
-        cache: &SelectionPoolCache<T>,
-        grad: &PooledGrad<T>,
-    ) -> Result<CoreGrads<T>> {
+        cache: &'a SelectionPoolCache<T>,
+        grad: &'a PooledGrad<T>,
+    ) -> Result<CoreGrads<'a, T>> {
         cache.stamp.check(stamp, layer)?;
         cache.input.check(batch)?;
         check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
-        let gx_out = if self.multiplier != 1.0 {
+        let gx_out: ndarray::CowArray<'a, T, ndarray::Ix2> = if self.multiplier != 1.0 {
             let m = T::c(self.multiplier);
-            grad.x.mapv(|v| v * m)
+            grad.x.mapv(|v| v * m).into()
         } else {
-            grad.x.clone()
+            grad.x.view().into()
         };
-        let (gx, ggate) = cache.subset.reduce_vjp(batch.x().view(), gx_out.view());
-        let edge_weights =
-            Subset::connect_vjp(&cache.induced, grad.edge_weights.view(), batch.a().nnz());
+        let kept = &cache.subset.kept;
+        let ggate = gather_scaled_rows_vjp_scale(batch.x().view(), kept, gx_out.view());
+        let edge_weights = scatter_values(
+            grad.edge_weights
+                .as_slice()
+                .expect("a one-dimensional array is contiguous"),
+            &cache.source,
+            batch.a().nnz(),
+        );
         let n = batch.num_nodes();
         let mut gy = Array1::zeros(n);
         match &cache.softmax {
             None => {
                 let act = self.gating.activation();
-                for (j, &node) in cache.subset.kept.iter().enumerate() {
+                for (j, &node) in kept.iter().enumerate() {
                     gy[node] = ggate[j] * act.derivative(cache.y_kept[j], cache.subset.gate[j]);
                 }
             }
             Some(s) => {
                 let mut gs = Array1::zeros(n);
-                for (j, &node) in cache.subset.kept.iter().enumerate() {
+                for (j, &node) in kept.iter().enumerate() {
                     gs[node] = ggate[j];
                 }
                 gy = segment_softmax_vjp(s.view(), gs.view(), batch.segments());
             }
         }
         Ok(CoreGrads {
-            x: gx,
             edge_weights,
             y: gy,
+            gx_out,
+            cache,
         })
     }
 }

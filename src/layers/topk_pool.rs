@@ -9,7 +9,8 @@ use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
-use crate::nn::{matmul, matmul_vjp, rng_from_seed, Initializer, Params};
+use crate::kernels::gather::weighted_row_sum;
+use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
 /// Spektral's `K.l2_normalize` floor on $\|p\|^2$.
@@ -143,6 +144,12 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         self.core.forward("TopKPool", self.stamp(), batch, y)
     }
 
+    /// The forward pass without building the cache.
+    fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        let y = self.scores(batch.x().view())?;
+        self.core.pool("TopKPool", batch, y)
+    }
+
     fn backward(
         &self,
         batch: &DisjointBatch<T>,
@@ -154,8 +161,10 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
             .backward(("TopKPool", self.stamp()), batch, cache, grad)?;
         let x = batch.x().view();
         let (p_hat, norm) = self.projection(x.ncols())?;
-        let gy = core.y.view().insert_axis(Axis(1));
-        let (gx_score, gp_hat, _) = matmul_vjp(x, p_hat.view(), gy);
+        // the score path y = X p^: dX += dy p^T (fused into one write of dX)
+        // and dp^ = X^T dy (dy is 0 off the kept nodes)
+        let gx = core.grad_x(core.y.view().insert_axis(Axis(1)), p_hat.t());
+        let gp_hat = weighted_row_sum(x, core.y.view()).insert_axis(Axis(1));
         // through p / max(|p|, eps): (I - p^ p^T) / |p| above the floor
         let gp = match norm {
             None => gp_hat,
@@ -175,7 +184,7 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         finite_gradients(
             "TopKPool",
             Gradients {
-                x: core.x + gx_score,
+                x: gx,
                 edge_weights: core.edge_weights,
                 params,
             },
@@ -204,6 +213,6 @@ impl<T: Scalar> SrcPool<T> for TopKPool<T> {
     }
 
     fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
-        Ok(self.forward(batch)?.0)
+        self.call(batch)
     }
 }
