@@ -632,6 +632,11 @@ def report(a, run_id):
           "pipeline, they measure nothing. Run `bench/compare.py` without `--quick` for "
           "the real comparison.\n")
     w("# Benchmarks: graphpool beside PyTorch Geometric, Spektral and torch-geometric-pool\n")
+    if not any(r.get("kind") == "end" for r in recs):
+        planned = len(plan_rows(meta.get("quick", False), only))
+        w(f"> **This run was stopped before its end** ({len(rows)} of its {planned} rows "
+          "measured): the rows below are complete, the missing ones were not run. "
+          "Rerun `bench/compare.py` for the whole table.\n")
     w(f"Written by `bench/compare.py` (run `{rid}`, {meta['date']}); raw JSON lines in "
       f"`bench-out/results.jsonl`. Every library reads the same input files "
       f"(`bench/make_workloads.py`), runs with **2 threads**, one command per library "
