@@ -116,13 +116,15 @@ proptest! {
     }
 
     #[test]
-    fn normalize_blocks_vjp_matches_finite_differences(k in 1usize..5, b in 1usize..3, seed in 0u64..1000) {
+    fn normalize_blocks_vjp_plus_a_direct_gradient_matches_finite_differences(k in 1usize..5, b in 1usize..3, seed in 0u64..1000) {
         let vals = cotangent(b * k * k, seed).into_iter().map(|v| v + 1.2).collect();
         let blocks = Array2::from_shape_vec((b * k, k), vals).unwrap();
         let cot = Array2::from_shape_vec((b * k, k), cotangent(b * k * k, seed + 1)).unwrap();
         let nb = normalize_blocks(blocks.view(), 1e-7);
-        let gc = normalize_blocks_vjp(&nb, cot.view());
-        let loss = |m: &Array2<f64>| (normalize_blocks(m.view(), 1e-7).out * &cot).sum();
+        // a second path to the raw blocks (a loss's), added by the VJP
+        let direct = Array2::from_shape_vec((b * k, k), cotangent(b * k * k, seed + 2)).unwrap();
+        let gc = normalize_blocks_vjp(&nb, cot.view(), direct.view());
+        let loss = |m: &Array2<f64>| (normalize_blocks(m.view(), 1e-7).out * &cot).sum() + (m * &direct).sum();
         for ((i, j), &v) in blocks.indexed_iter() {
             let h = 1e-6;
             let (mut p, mut m) = (blocks.clone(), blocks.clone());
@@ -204,7 +206,7 @@ fn clustering_kernels_are_identical_on_any_thread_count() {
         let tv = segment_edge_l1(a.view(), s.view(), &seg);
         let (gs, ga) = segment_edge_l1_vjp(a.view(), s.view(), &seg, tv.view());
         let nb = normalize_blocks(blocks.view(), 1e-7);
-        let gb = normalize_blocks_vjp(&nb, blocks.view());
+        let gb = normalize_blocks_vjp(&nb, blocks.view(), blocks.view());
         (q, gq, tv, gs, ga, nb, gb)
     };
     let base = with_threads(1, run);

@@ -44,3 +44,29 @@ fn every_seed_of_the_committed_corpus_passes_its_target_checks() {
     let n = replay("fuzz/seeds");
     assert!(n >= 5 * 48, "the seed corpus is missing ({n} inputs found)");
 }
+
+#[test]
+fn mincut_pyg_f32_gradient_agrees_with_f64_when_pooled_degrees_underflow() {
+    // the campaign's finding: a saturated assignment makes pooled degrees of
+    // about 1e-31, and the normalisation's VJP (PyG's eps 1e-15) reaches
+    // 1e45 before the softmax VJP's tiny factors bring it back; f32 once
+    // overflowed there (NonFinite), it must now give f64's answer to f32
+    // precision
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/clustering_pools/mincut-pyg-f32-intermediate-overflow");
+    let data = std::fs::read(path).expect("the finding's input");
+    let (g32, g64) = fuzz::mincut_pyg_f32_and_f64(&data).expect("a MinCutPool run");
+    let (g32, g64) = (g32.expect("f32 backward"), g64.expect("f64 backward"));
+    let scale = g64.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    assert!(
+        scale > 1e10,
+        "the finding no longer reaches its regime ({scale:e})"
+    );
+    for ((i, j), &want) in g64.indexed_iter() {
+        let got = g32[[i, j]];
+        assert!(
+            (got - want).abs() <= 1e-4 * scale,
+            "x gradient ({i}, {j}): f32 {got:e}, f64 {want:e} (scale {scale:e})"
+        );
+    }
+}

@@ -963,6 +963,64 @@ pub fn clustering_pools(data: &[u8]) {
     }
 }
 
+/// For the tests (not a target): MinCutPool's PyG variant exactly as
+/// `clustering_pools` builds and runs it in `f32` for `data` (batch,
+/// scaled parameters, cotangent), and the same function in `f64` (the
+/// `f32` batch, parameters and cotangent widened): the two gradients of
+/// `x`, each as `f64`. `None` if `data` does not decode to such a run.
+#[allow(clippy::type_complexity)]
+pub fn mincut_pyg_f32_and_f64(
+    data: &[u8],
+) -> Option<(
+    Result<Array2<f64>, PoolError>,
+    Result<Array2<f64>, PoolError>,
+)> {
+    let (vb, c) = decode::<(ValidBatch, ClusteringConfig)>(data)?;
+    let b32 = to_f32(&vb.0);
+    let (fin, width_ok) = in_features(b32.num_features(), c.width);
+    let k = c.k as usize % 7;
+    let hidden: Vec<usize> = c.hidden.iter().take(2).map(|&h| h as usize % 5).collect();
+    let act = ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()];
+    if !width_ok || k == 0 || hidden.contains(&0) {
+        return None;
+    }
+    let l32 = scaled(
+        MinCutPool::<f32>::new(fin, k, &hidden, act, c.seed).ok()?,
+        c.param_scale.0,
+    )
+    .with_variant(MinCutVariant::Pyg);
+    let mut l64 = MinCutPool::<f64>::new(fin, k, &hidden, act, c.seed)
+        .ok()?
+        .with_variant(MinCutVariant::Pyg);
+    for (name, p) in l32.params().iter() {
+        l64.set_param(name, p.mapv(f64::from)).ok()?;
+    }
+    let b64 = DisjointBatch::new(
+        b32.x().mapv(f64::from),
+        b32.a().map(|&v| f64::from(v)),
+        b32.segments().clone(),
+    )
+    .ok()?;
+    let (y32, cache32) = l32.forward(&b32).ok()?;
+    let mut g32 = y32.random_cotangent(&mut rng_from_seed(c.seed));
+    Pooled::scale(&mut g32, c.cot_scale.0 as f32);
+    let g64 = PooledGrad {
+        x: g32.x.mapv(f64::from),
+        edge_weights: g32.edge_weights.mapv(f64::from),
+        losses: g32
+            .losses
+            .iter()
+            .map(|(n, &v)| (n.clone(), f64::from(v)))
+            .collect(),
+    };
+    let (_, cache64) = l64.forward(&b64).ok()?;
+    let gx32 = l32
+        .backward(&b32, &cache32, &g32)
+        .map(|g| g.x.mapv(f64::from));
+    let gx64 = l64.backward(&b64, &cache64, &g64).map(|g| g.x);
+    Some((gx32, gx64))
+}
+
 fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, moderate: bool) {
     let f = b.num_features();
     let (fin, width_ok) = in_features(f, c.width);

@@ -424,45 +424,77 @@ pub fn normalize_blocks<T: Scalar>(blocks: ArrayView2<T>, eps: T) -> NormalizedB
     }
 }
 
-/// VJP of [`normalize_blocks`]: the gradient with respect to the raw blocks
-/// (0 on every diagonal). With $\bar O$ the output gradient,
+/// VJP of [`normalize_blocks`] plus the gradient `direct` that reaches the
+/// raw blocks by another path (a loss's trace term), **computed in `f64`**
+/// whatever `T` is. With $\bar O$ the output gradient,
 /// $\bar D_i = -\frac{1}{D_i}\sum_j(\bar O_{ij}\mathrm{out}_{ij} + \bar O_{ji}\mathrm{out}_{ji})$,
 /// $\bar d_i = \bar D_i / (2\sqrt{d_i})$ (0 where $d_i \le 0$) and
-/// $\bar C_{ij} = \bar O_{ij} / (D_i D_j) + \bar d_i$ off the diagonal.
+/// $$\bar C_{ij} = [i \ne j]\,\Big(\frac{\bar O_{ij}}{D_i D_j} + \bar d_i\Big) + \mathrm{direct}_{ij}.$$
+///
+/// Why `f64`: with a saturated assignment a pooled degree $d_i$ can be as
+/// small as $10^{-45}$, and with PyG's $\varepsilon = 10^{-15}$ the factor
+/// $1/(2 D_i \sqrt{d_i})$ reaches $10^{37}$, so $\bar C$ leaves `f32`'s
+/// range even though the gradient it finally gives the logits (after
+/// multiplying by the tiny assignment entries) is moderate. The caller
+/// decides per graph whether the blocks fit `T` (see
+/// [`blocks_fit`]).
 pub fn normalize_blocks_vjp<T: Scalar>(
     norm: &NormalizedBlocks<T>,
     grad: ArrayView2<T>,
-) -> Array2<T> {
+    direct: ArrayView2<T>,
+) -> Array2<f64> {
     let k = norm.out.ncols();
+    let wide = |v: T| v.to_f64().unwrap_or(f64::NAN);
     let mut gc = Array2::zeros(norm.out.raw_dim());
-    let two = T::c(2.0);
     for_each_graph_block(gc.view_mut(), k, |g, mut block| {
         let r = g * k..(g + 1) * k;
         let out = norm.out.slice(s![r.clone(), ..]);
         let go = grad.slice(s![r.clone(), ..]);
+        let direct = direct.slice(s![r.clone(), ..]);
         let den = norm.denominators.slice(s![r.clone()]);
         let deg = norm.degrees.slice(s![r]);
-        let gd: Vec<T> = (0..k)
+        let gd: Vec<f64> = (0..k)
             .map(|i| {
-                let mut acc = T::zero();
+                let mut acc = 0.0;
                 for j in 0..k {
-                    acc += go[[i, j]] * out[[i, j]] + go[[j, i]] * out[[j, i]];
+                    acc +=
+                        wide(go[[i, j]]) * wide(out[[i, j]]) + wide(go[[j, i]]) * wide(out[[j, i]]);
                 }
-                let g_den = -acc / den[i];
-                if deg[i] > T::zero() {
-                    g_den / (two * deg[i].sqrt())
+                let g_den = -acc / wide(den[i]);
+                let d = wide(deg[i]);
+                if d > 0.0 {
+                    g_den / (2.0 * d.sqrt())
                 } else {
-                    T::zero()
+                    0.0
                 }
             })
             .collect();
         for ((i, j), v) in block.indexed_iter_mut() {
-            if i != j {
-                *v = go[[i, j]] / (den[i] * den[j]) + gd[i];
-            }
+            let through_norm = if i != j {
+                wide(go[[i, j]]) / (wide(den[i]) * wide(den[j])) + gd[i]
+            } else {
+                0.0
+            };
+            *v = through_norm + wide(direct[[i, j]]);
         }
     });
     gc
+}
+
+/// Whether every entry of each stacked $K \times K$ block stays below
+/// $\sqrt{\mathrm{T::MAX}}$ in magnitude (one flag per block): such a block
+/// can be carried through the rest of a backward pass in `T` with room to
+/// spare for the products that follow; a block that does not (or is not
+/// finite) needs `f64`.
+pub fn blocks_fit<T: Scalar>(blocks: ArrayView2<f64>, k: usize) -> Vec<bool> {
+    let limit = T::max_value().to_f64().unwrap_or(f64::MAX).sqrt();
+    if k == 0 {
+        return Vec::new();
+    }
+    blocks
+        .axis_chunks_iter(Axis(0), k)
+        .map(|block| block.iter().all(|v| v.abs() <= limit))
+        .collect()
 }
 
 /// Most pieces a graph is cut into by [`segment_column_sums`] (each piece

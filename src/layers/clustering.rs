@@ -18,7 +18,7 @@
 //! is $0/0$ in the references (an edgeless or empty graph) it is a
 //! documented finite value, given with each layer.
 
-use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayD, Axis, Zip};
 
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
@@ -28,9 +28,9 @@ use crate::framework::{
 };
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{
-    normalize_blocks, normalize_blocks_vjp, segment_kth_largest, segment_kth_largest_vjp,
-    segment_matmul_tn, segment_matmul_tn_vjp, segment_sum, segment_sum_vjp, NormalizedBlocks,
-    SegmentKthLargest,
+    blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_kth_largest,
+    segment_kth_largest_vjp, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
+    segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
     segment_edge_l1, segment_edge_l1_vjp, segment_nnz, spmm, spmm_vjp_values,
@@ -193,6 +193,97 @@ struct Cotangents<T: Scalar> {
     blocks: Array2<T>,
     degrees: Array1<T>,
     edges: Array1<T>,
+}
+
+/// Splits the `f64` gradient of the stacked blocks into what fits `T`
+/// (blocks that do not are zeroed there) and, per graph that does not, its
+/// own block in `f64` ([`blocks_fit`]).
+fn split_wide_blocks<T: Scalar>(
+    wide: Array2<f64>,
+    k: usize,
+) -> (Array2<T>, Vec<(usize, Array2<f64>)>) {
+    let fits = blocks_fit::<T>(wide.view(), k);
+    let narrow = Array2::from_shape_fn(wide.raw_dim(), |(r, c)| {
+        if fits[r / k] {
+            T::c(wide[[r, c]])
+        } else {
+            T::zero()
+        }
+    });
+    let blocks = fits
+        .iter()
+        .enumerate()
+        .filter(|(_, &fit)| !fit)
+        .map(|(g, _)| (g, wide.slice(s![g * k..(g + 1) * k, ..]).to_owned()))
+        .collect();
+    (narrow, blocks)
+}
+
+/// The connect VJP of one graph whose block gradient leaves `T`'s range,
+/// computed in `f64` on the graph alone (the same bits whether the graph
+/// is pooled alone or in a batch): its assignment's gradient becomes
+/// moderate again only after the softmax VJP multiplies it by the tiny
+/// assignment entries, so that step is done in `f64` too.
+struct WideGraph {
+    nodes: std::ops::Range<usize>,
+    /// Position of the graph's first edge in `a.data()`.
+    first_edge: usize,
+    /// $\bar S$ from the connect step, the graph's rows.
+    g_s: Array2<f64>,
+    /// $\bar a$ from the connect step, the graph's edges.
+    g_a: Array1<f64>,
+}
+
+impl WideGraph {
+    fn connect_vjp<T: Scalar>(
+        batch: &DisjointBatch<T>,
+        g: usize,
+        s: &Array2<T>,
+        connect: &DenseConnectCache<T>,
+        block: Array2<f64>,
+    ) -> Self {
+        let nodes = batch.segments().range(g);
+        let wide = |v: &T| v.to_f64().unwrap_or(f64::NAN);
+        let (_, a_g) = batch.graph(g);
+        let a_g = a_g.map(wide);
+        let rows = s![nodes.clone(), ..];
+        let assignment = DenseAssignment {
+            s: s.slice(rows).map(wide),
+        };
+        let cache = DenseConnectCache {
+            a_s: connect.a_s.slice(rows).map(wide),
+        };
+        let single = Segments::single(nodes.len());
+        let (g_s, g_a) = assignment.connect_blocks_vjp(a_g.view(), &single, &cache, block.view());
+        let first_edge = batch.a().indptr().raw_storage()[nodes.start];
+        WideGraph {
+            nodes,
+            first_edge,
+            g_s,
+            g_a,
+        }
+    }
+
+    /// Adds $\bar a$ to the graph's edge gradients (in `f64`, then rounded).
+    fn add_edges<T: Scalar>(&self, edges: &mut Array1<T>) {
+        for (e, &v) in self.g_a.iter().enumerate() {
+            let at = self.first_edge + e;
+            edges[at] = T::c(edges[at].to_f64().unwrap_or(f64::NAN) + v);
+        }
+    }
+
+    /// Rewrites the graph's rows of the logits' gradient: the softmax VJP of
+    /// `gs` (its other terms) plus $\bar S$ from the connect step, in `f64`.
+    fn softmax_vjp_rows<T: Scalar>(&self, s: &Array2<T>, gs: &Array2<T>, g_logits: &mut Array2<T>) {
+        let wide = |v: &T| v.to_f64().unwrap_or(f64::NAN);
+        let rows = s![self.nodes.clone(), ..];
+        let gs = gs.slice(rows).map(wide) + &self.g_s;
+        let s = s.slice(rows).map(wide);
+        let out = softmax_rows_vjp(s.view(), gs.view());
+        g_logits
+            .slice_mut(rows)
+            .zip_mut_with(&out, |o, &v| *o = T::c(v));
+    }
 }
 
 fn traces<T: Scalar>(blocks: &Array2<T>, k: usize, b: usize) -> Array1<T> {
@@ -684,13 +775,14 @@ impl<T: Scalar> DenseClustering<T> {
                 expected: format!("{} values", b * k * k),
                 got: e.to_string(),
             })?;
-        let g_blocks = match &cache.normalized {
-            Some(norm) => normalize_blocks_vjp(norm, g_out),
-            None => g_out.to_owned(),
-        };
         let mut cot = Cotangents {
             s: crate::kernels::rows::zeros(s.nrows(), s.ncols()),
-            blocks: g_blocks,
+            // the losses' direct gradient of the raw blocks; the output's
+            // joins it below, through the normalisation when there is one
+            blocks: match &cache.normalized {
+                Some(_) => Array2::zeros((b * k, k)),
+                None => g_out.to_owned(),
+            },
             degrees: Array1::zeros(if cache.degrees.is_some() {
                 batch.num_nodes()
             } else {
@@ -714,6 +806,12 @@ impl<T: Scalar> DenseClustering<T> {
                 self.loss_backward(loss, aux, &inputs, lg * inv_b, &mut cot);
             }
         }
+        let (blocks, wide) = match &cache.normalized {
+            Some(norm) => {
+                split_wide_blocks::<T>(normalize_blocks_vjp(norm, g_out, cot.blocks.view()), k)
+            }
+            None => (cot.blocks, Vec::new()),
+        };
         // reduce
         let g_selu = cache
             .selu
@@ -728,9 +826,16 @@ impl<T: Scalar> DenseClustering<T> {
         let (gs_connect, ga_connect) =
             cache
                 .assignment
-                .connect_blocks_vjp(a, seg, &cache.connect, cot.blocks.view());
+                .connect_blocks_vjp(a, seg, &cache.connect, blocks.view());
         let mut edges = cot.edges;
         edges += &ga_connect;
+        let wide: Vec<WideGraph> = wide
+            .into_iter()
+            .map(|(g, block)| WideGraph::connect_vjp(batch, g, s, &cache.connect, block))
+            .collect();
+        for w in &wide {
+            w.add_edges(&mut edges);
+        }
         if cache.degrees.is_some() {
             let ones = Array2::ones((batch.num_nodes(), 1));
             let gd = cot.degrees.view().insert_axis(Axis(1));
@@ -740,7 +845,10 @@ impl<T: Scalar> DenseClustering<T> {
         let mut gs = cot.s;
         gs += &gs_reduce;
         gs += &gs_connect;
-        let g_logits = softmax_rows_vjp(s.view(), gs.view());
+        let mut g_logits = softmax_rows_vjp(s.view(), gs.view());
+        for w in &wide {
+            w.softmax_vjp_rows(s, &gs, &mut g_logits);
+        }
         let mut params = self.params.zeros_like();
         self.mlp.backward_acc(
             &self.params,
