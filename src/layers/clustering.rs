@@ -17,6 +17,12 @@
 //! per-graph losses (0 for a batch without graphs); where a per-graph loss
 //! is $0/0$ in the references (an edgeless or empty graph) it is a
 //! documented finite value, given with each layer.
+//!
+//! The backward pass of a normalised $A'$ ([`normalize_blocks_vjp`]) is
+//! computed in `f64`; a graph whose block gradient exceeds
+//! $\sqrt{\mathrm{T::MAX}}$ ([`blocks_fit`]) is carried through the connect
+//! and softmax VJPs in `f64` on its own, so the gradient of `f32` logits stays
+//! in range whenever the true one does.
 
 use ndarray::{s, Array1, Array2, ArrayD, Axis, Zip};
 

@@ -30,7 +30,13 @@ pub enum MinCutVariant {
 /// \text{ with its diagonal set to } 0,$$
 /// where $\tilde D^{-1/2}$ is taken as $1/(\sqrt{\max(\tilde d_i, 0)} + \varepsilon)$,
 /// $\varepsilon = 10^{-7}$ (Spektral) or $10^{-15}$ ([`MinCutVariant::Pyg`]);
-/// so an isolated pooled node gets a zero row, never NaN.
+/// so an isolated pooled node gets a zero row, never NaN. With a saturated
+/// assignment (entries near $10^{-32}$) a pooled degree can be $10^{-31}$,
+/// and the normalisation's backward pass then passes through values far
+/// beyond `f32::MAX` on its way to a moderate gradient; it is computed in
+/// `f64`, and such a graph goes through the rest of the assignment's VJP in
+/// `f64` on its own, so `f32` gives `f64`'s gradient rounded, not
+/// [`crate::PoolError::NonFinite`].
 ///
 /// Shapes: $X$ is $N \times F$; $S$ is $N \times K$ (returned as
 /// [`crate::framework::Selection::Dense`]); $X'$ is $(B K) \times F$; $A'$ is
