@@ -423,3 +423,15 @@ pub fn all_finite<T: crate::scalar::Scalar>(v: &[T]) -> bool {
     v.par_chunks(1 << 16)
         .all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
 }
+
+/// `m` as a row-major (standard-layout) matrix: borrowed when it already is
+/// one, else copied. Lets a kernel run its inner loops on plain slices.
+pub fn row_major<T: Clone>(
+    m: ndarray::ArrayView2<'_, T>,
+) -> ndarray::CowArray<'_, T, ndarray::Ix2> {
+    if m.is_standard_layout() {
+        m.into()
+    } else {
+        m.as_standard_layout().into_owned().into()
+    }
+}

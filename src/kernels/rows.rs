@@ -3,20 +3,11 @@
 //! that writes the gradient of $X$ once, fused with the rank-$r$ term of a
 //! linear score ($\bar X \mathrel{+}= C V$).
 
-use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2, CowArray, Ix2};
+use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
-use super::{CHUNK, ROW_BLOCK};
+use super::{row_major as standard, CHUNK, ROW_BLOCK};
 use crate::scalar::Scalar;
-
-/// `m` as a row-major matrix (borrowed when it is one, else copied).
-fn standard<T: Scalar>(m: ArrayView2<'_, T>) -> CowArray<'_, T, Ix2> {
-    if m.is_standard_layout() {
-        m.into()
-    } else {
-        m.as_standard_layout().into_owned().into()
-    }
-}
 
 /// The kept rows scaled by their gates: row $j$ of the result ($K \times F$)
 /// is $\mathrm{scale}_j \, x_{\text{kept}_j}$ (the reduce of a

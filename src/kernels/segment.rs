@@ -10,7 +10,7 @@ use ndarray::linalg::general_mat_mul;
 
 use super::{
     fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, reduce_chunked,
-    reduce_segment_rows,
+    reduce_segment_rows, row_major as standard,
 };
 use crate::batch::Segments;
 use crate::scalar::Scalar;
@@ -38,15 +38,6 @@ fn sum_rows<T: Scalar>(_: usize, rows: &[T], acc: &mut [T]) {
 fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
     for (a, &v) in acc.iter_mut().zip(row) {
         *a += v;
-    }
-}
-
-/// `grad` as a row-major slice (copied if it is a strided view).
-fn standard<T: Scalar>(grad: ArrayView2<'_, T>) -> ndarray::CowArray<'_, T, ndarray::Ix2> {
-    if grad.is_standard_layout() {
-        grad.into()
-    } else {
-        grad.as_standard_layout().into_owned().into()
     }
 }
 
