@@ -283,12 +283,33 @@ impl RankedBitmap {
 
 /// Scatters gradients of gathered entries back: `out[source[e]] += grad[e]`
 /// over a vector of length `len` (the VJP of any gather of stored values).
+///
+/// When `source` is strictly increasing (the sources of an [`Induced`]
+/// subgraph are), every output is one copy `0 + grad[e]` and blocks of the
+/// output are filled in parallel; otherwise the entries are added in order,
+/// sequentially. Either way the result does not depend on the thread count.
 pub fn scatter_values<T: Scalar>(grad: &[T], source: &[usize], len: usize) -> Array1<T> {
-    let mut out = Array1::zeros(len);
-    for (&g, &s) in grad.iter().zip(source) {
-        out[s] += g;
+    let mut out = vec![T::zero(); len];
+    let increasing = source.par_windows(2).all(|w| w[0] < w[1]);
+    if increasing {
+        out.par_chunks_mut(ROW_BLOCK * 64)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let lo = b * ROW_BLOCK * 64;
+                let first = source.partition_point(|&s| s < lo);
+                for (&s, &g) in source[first..].iter().zip(&grad[first..]) {
+                    if s >= lo + block.len() {
+                        break;
+                    }
+                    block[s - lo] += g;
+                }
+            });
+    } else {
+        for (&g, &s) in grad.iter().zip(source) {
+            out[s] += g;
+        }
     }
-    out
+    Array1::from(out)
 }
 
 /// A block-diagonal CSR matrix from stacked dense $K \times K$ blocks
