@@ -349,6 +349,9 @@ where
         .into_par_iter()
         .map(|(item, dst)| match item {
             SegmentWork::Graphs(gr) => {
+                // zero the fresh output by writing it: a first touch that reads
+                // (an accumulation) would fault every page twice
+                dst.fill(U::default());
                 let first = offsets[gr.start];
                 let rows = rows_of(&x, xs, first..offsets[gr.end]);
                 for (g, acc) in gr.clone().zip(dst.chunks_exact_mut(width)) {
@@ -365,6 +368,7 @@ where
                     map(*graph, &rows, &mut p);
                     Some(p)
                 } else {
+                    dst.fill(U::default());
                     map(*graph, &rows, dst);
                     None
                 }
@@ -389,6 +393,10 @@ where
 /// Builds an $N \times$ `width` matrix (one row per node) whose row `node`
 /// is written by `f(graph, node, row)` (`row` arrives zeroed), in parallel
 /// over fixed blocks of [`ROW_BLOCK`] rows, on plain slices.
+///
+/// The matrix is freshly allocated (zero pages mapped on first touch): `f`
+/// should write every entry of its row rather than read it first (a read
+/// then a write faults a page twice).
 pub fn fill_node_rows<U, F>(segments: &Segments, width: usize, f: F) -> ndarray::Array2<U>
 where
     U: Copy + Default + Send + Sync,

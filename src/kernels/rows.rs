@@ -117,8 +117,12 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
                         }
                         j += 1;
                     } else if cn.iter().all(|&ct| ct == T::zero()) {
-                        // 0 + 0 * v is +0: the zeroed row already
+                        // 0 + 0 * v is +0: the zeroed row (written, so that its
+                        // fresh page is not first read)
+                        row.fill(T::zero());
                         continue;
+                    } else {
+                        row.fill(T::zero());
                     }
                     for (t, &ct) in cn.iter().enumerate() {
                         for (o, &vt) in row.iter_mut().zip(&vs[t * f..(t + 1) * f]) {

@@ -195,9 +195,11 @@ pub fn segment_extremum_vjp<T: Scalar>(
             .zip(&gs[r.clone()])
             .zip(&cs[r]);
         for ((((o, &v), &m), &d), &c) in it {
-            if v == m {
-                *o = d / T::from_count(c);
-            }
+            *o = if v == m {
+                d / T::from_count(c)
+            } else {
+                T::zero()
+            };
         }
     })
 }
@@ -537,6 +539,8 @@ where
         }
     }
     runs.into_par_iter().for_each(|(nodes, acc)| {
+        // zeroed by writing (fresh pages: an accumulation would fault twice)
+        acc.fill([T::zero(); W]);
         let c0 = nodes.start;
         sum_rows(nodes, c0, acc);
     });
@@ -547,17 +551,19 @@ where
         let partials: Vec<Vec<[T; W]>> = starts
             .into_par_iter()
             .map(|s| {
-                let mut p = vec![[T::zero(); W]; nodes.len()];
+                let mut p = Vec::with_capacity(nodes.len());
+                p.resize(nodes.len(), [T::zero(); W]);
                 sum_rows(s..(s + len).min(nodes.end), c0, &mut p);
                 p
             })
             .collect();
-        // acc is zero: the first piece, then the others in order
+        // from 0: the first piece, then the others in order
         acc.par_chunks_mut(super::ROW_BLOCK)
             .enumerate()
             .for_each(|(b, block)| {
                 let lo = b * super::ROW_BLOCK;
                 for (i, slot) in block.iter_mut().enumerate() {
+                    *slot = [T::zero(); W];
                     for p in &partials {
                         for (s, v) in slot.iter_mut().zip(p[lo + i]) {
                             *s += v;

@@ -295,6 +295,8 @@ pub fn scatter_values<T: Scalar>(grad: &[T], source: &[usize], len: usize) -> Ar
         out.par_chunks_mut(ROW_BLOCK * 64)
             .enumerate()
             .for_each(|(b, block)| {
+                // written first: the fresh pages are not read before
+                block.fill(T::zero());
                 let lo = b * ROW_BLOCK * 64;
                 let first = source.partition_point(|&s| s < lo);
                 for (&s, &g) in source[first..].iter().zip(&grad[first..]) {
