@@ -35,3 +35,12 @@ fn every_input_that_once_crashed_a_fuzz_target_now_passes_its_checks() {
     let n = replay("fuzz/regressions");
     assert!(n >= 2, "the regression inputs are missing ({n} found)");
 }
+
+#[test]
+fn every_seed_of_the_committed_corpus_passes_its_target_checks() {
+    // fuzz/seeds/<target>/: inputs kept from the 10^6-run campaigns (the
+    // largest of each target's set-cover-minimised corpus), replayed here so
+    // that the checks they reach keep holding between campaigns
+    let n = replay("fuzz/seeds");
+    assert!(n >= 5 * 48, "the seed corpus is missing ({n} inputs found)");
+}

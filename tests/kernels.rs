@@ -5,7 +5,7 @@ mod common;
 
 use common::with_threads;
 use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
-use graphpool::kernels::sparse::{gcn_filter, induced_subgraph, spgemm, spmm, transpose};
+use graphpool::kernels::sparse::{gcn_filter, induced_subgraph, spgemm, spmm, spmm_t, transpose};
 use graphpool::Segments;
 use ndarray::{Array1, Array2};
 use proptest::prelude::*;
@@ -47,6 +47,12 @@ proptest! {
     fn spmm_equals_dense_product_exactly_on_integers(a in int_sparse(), f in 1usize..4, seed in 0i64..100) {
         let x = Array2::from_shape_fn((a.cols(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 5 - 2) as f64);
         prop_assert_eq!(spmm(a.view(), x.view()), dense(&a).dot(&x));
+    }
+
+    #[test]
+    fn spmm_t_equals_dense_transposed_product_exactly_on_integers(a in int_sparse(), f in 1usize..4, seed in 0i64..100) {
+        let x = Array2::from_shape_fn((a.rows(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 5 - 2) as f64);
+        prop_assert_eq!(spmm_t(a.view(), x.view()), dense(&a).t().dot(&x));
     }
 
     #[test]
@@ -261,7 +267,7 @@ fn chunked_reductions_are_identical_on_any_thread_count() {
 
 proptest! {
     #[test]
-    fn sddmm_equals_dense_product_on_the_pattern_exactly_on_integers(a in int_sparse(), f in 1usize..4, seed in 0i64..100) {
+    fn sddmm_equals_dense_product_on_the_pattern_exactly_on_integers(a in int_sparse(), f in 1usize..20, seed in 0i64..100) {
         use graphpool::kernels::sparse::sddmm;
         let u = Array2::from_shape_fn((a.rows(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 5 - 2) as f64);
         let v = Array2::from_shape_fn((a.cols(), f), |(i, j)| ((i as i64 * 5 + j as i64 + seed) % 7 - 3) as f64);
@@ -384,6 +390,50 @@ fn row_norms_do_not_overflow_or_underflow_where_the_norm_is_representable() {
         .iter()
         .all(|v| v.is_finite() && (v.abs() - 0.57735).abs() < 1e-4));
     assert!(g.row(3).iter().all(|&v| v == 0.0));
+}
+
+/// A random sparse matrix of `rows` x `cols` with about `per_row` entries
+/// per row and non-integer values (so that the order of additions shows).
+fn random_sparse(rows: usize, cols: usize, per_row: usize, seed: u64) -> CsMat<f64> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let mut tri = TriMat::new((rows, cols));
+    let mut seen = std::collections::BTreeSet::new();
+    for r in 0..rows {
+        for _ in 0..per_row {
+            let c = next() % cols;
+            if seen.insert((r, c)) {
+                tri.add_triplet(r, c, (next() % 1000) as f64 / 7.0 - 70.0);
+            }
+        }
+    }
+    tri.to_csr()
+}
+
+#[test]
+fn transposed_kernels_are_identical_on_any_thread_count_beyond_a_row_block() {
+    // several output ranges per thread: columns well beyond ROW_BLOCK
+    let a = random_sparse(5000, 7000, 6, 11);
+    let x = Array2::from_shape_fn((5000, 3), |(i, j)| {
+        ((i * 13 + j * 7) % 101) as f64 / 9.0 - 5.0
+    });
+    let reference_t: CsMat<f64> = a.transpose_view().to_csr();
+    let reference_product = spmm(reference_t.view(), x.view());
+    for threads in [1, 2, 3, 8] {
+        let (t, p) = with_threads(threads, || {
+            (transpose(a.view()), spmm_t(a.view(), x.view()))
+        });
+        assert_eq!(t.matrix, reference_t, "transpose on {threads} threads");
+        for (e, &s) in t.source.iter().enumerate() {
+            assert_eq!(t.matrix.data()[e], a.data()[s]);
+        }
+        assert_eq!(p, reference_product, "A^T X on {threads} threads");
+    }
 }
 
 /// The documented summation order of the segment reductions, written out

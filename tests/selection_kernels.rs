@@ -390,7 +390,7 @@ fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
 /// 1 and 3 threads, for more rows than a chunk.
 #[test]
 fn row_kernels_equal_plain_loops() {
-    use graphpool::kernels::rows::{
+    use graphpool::kernels::gather::{
         gather_scaled_rows, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
         weighted_row_sum,
     };

@@ -309,20 +309,18 @@ fn validate_x<T: Scalar>(x: &ArrayView2<T>, segments: &Segments) -> Result<()> {
 
 /// Checks that every entry of a matrix is finite; names the first bad one.
 pub(crate) fn check_finite_2d<T: Scalar>(x: &ArrayView2<T>, what: &str) -> Result<()> {
-    // fast path: a vectorised parallel test; the scan below finds the offender
-    if x.as_slice().is_some_and(crate::kernels::all_finite) {
-        return Ok(());
-    }
-    for ((r, c), v) in x.indexed_iter() {
-        if !v.is_finite() {
-            return Err(PoolError::NonFinite {
+    let values = crate::kernels::rows::row_major(x);
+    match crate::kernels::rows::first_non_finite(&values) {
+        None => Ok(()),
+        Some(i) => {
+            let (r, c) = (i / x.ncols(), i % x.ncols());
+            Err(PoolError::NonFinite {
                 what: what.into(),
                 index: format!("({r}, {c})"),
-                value: v.to_string(),
-            });
+                value: values[i].to_string(),
+            })
         }
     }
-    Ok(())
 }
 
 fn validate_adjacency<T: Scalar>(a: &CsMatView<T>, segments: &Segments) -> Result<()> {

@@ -5,6 +5,7 @@ use rand::Rng;
 
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
+use crate::kernels::rows;
 use crate::nn::{ParamRng, Params};
 use crate::scalar::Scalar;
 
@@ -368,16 +369,18 @@ pub(crate) fn finite_gradients<T: Scalar>(layer: &str, g: Gradients<T>) -> Resul
         value: v.to_string(),
     }
     };
-    if let Some(((r, c), &v)) = g.x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(overflow("x".into(), format!("({r}, {c})"), v));
-    }
-    if let Some((e, &v)) = g
-        .edge_weights
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !v.is_finite())
     {
-        return Err(overflow("edge weights".into(), format!("edge {e}"), v));
+        let xv = g.x.view();
+        let xs = rows::row_major(&xv);
+        if let Some(i) = rows::first_non_finite(&xs) {
+            let (r, c) = (i / g.x.ncols(), i % g.x.ncols());
+            return Err(overflow("x".into(), format!("({r}, {c})"), xs[i]));
+        }
+        let wv = g.edge_weights.view();
+        let ws = rows::row_major_1d(&wv);
+        if let Some(e) = rows::first_non_finite(&ws) {
+            return Err(overflow("edge weights".into(), format!("edge {e}"), ws[e]));
+        }
     }
     for (name, p) in g.params.iter() {
         if let Some((i, &v)) = p.iter().enumerate().find(|(_, v)| !v.is_finite()) {

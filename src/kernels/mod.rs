@@ -15,6 +15,7 @@
 //! whatever `RAYON_NUM_THREADS` is, and a graph gives the same bits inside a
 //! batch as alone.
 
+pub mod gather;
 pub mod rows;
 pub mod segment;
 pub mod sort;
@@ -421,25 +422,4 @@ where
             });
     }
     ndarray::Array2::from_shape_vec((n, width), out).expect("the length is n * width")
-}
-
-/// Whether every value of `v` is finite (no NaN, no infinity): a
-/// branch-free, vectorisable test over fixed blocks, in parallel. For the
-/// finiteness checks of large outputs and gradients; find the first
-/// offender with a plain scan only when this says there is one.
-pub fn all_finite<T: crate::scalar::Scalar>(v: &[T]) -> bool {
-    v.par_chunks(1 << 16)
-        .all(|c| c.iter().fold(true, |ok, x| ok & x.is_finite()))
-}
-
-/// `m` as a row-major (standard-layout) matrix: borrowed when it already is
-/// one, else copied. Lets a kernel run its inner loops on plain slices.
-pub fn row_major<T: Clone>(
-    m: ndarray::ArrayView2<'_, T>,
-) -> ndarray::CowArray<'_, T, ndarray::Ix2> {
-    if m.is_standard_layout() {
-        m.into()
-    } else {
-        m.as_standard_layout().into_owned().into()
-    }
 }

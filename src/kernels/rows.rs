@@ -1,179 +1,180 @@
-//! Row gathers and scatters of the subset (score-based) selections, on
-//! plain slices: the kept rows scaled by their gates, and the backward pass
-//! that writes the gradient of $X$ once, fused with the rank-$r$ term of a
-//! linear score ($\bar X \mathrel{+}= C V$).
+//! Inner loops on plain row slices, shared by the kernels: dot products,
+//! scaled additions, finiteness scans and row-block iteration over
+//! standard-layout matrices.
+//!
+//! Building an ndarray view per row or per stored entry costs more than the
+//! short products these kernels do (rows of $K = 16$ or $F = 64$ values), so
+//! the hot loops run on `&[T]` slices. Each function fixes its order of
+//! operations, which depends only on the slice length: the same inputs give
+//! the same bits on every call and every thread.
 
-use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2};
+use std::borrow::Cow;
+
+use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-use super::{row_major as standard, CHUNK, ROW_BLOCK};
+use super::ROW_BLOCK;
 use crate::scalar::Scalar;
 
-/// The kept rows scaled by their gates: row $j$ of the result ($K \times F$)
-/// is $\mathrm{scale}_j \, x_{\text{kept}_j}$ (the reduce of a
-/// [`crate::framework::Subset`] selection). Parallel over fixed blocks of
-/// [`ROW_BLOCK`] output rows; every entry is one product, so the bits do not
-/// depend on the thread count.
-///
-/// ```
-/// use graphpool::kernels::rows::gather_scaled_rows;
-/// use ndarray::array;
-/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
-/// let out = gather_scaled_rows(x.view(), &[0, 2], array![2.0, -1.0].view());
-/// assert_eq!(out, array![[2.0, 4.0], [-5.0, -6.0]]);
-/// ```
-pub fn gather_scaled_rows<T: Scalar>(
-    x: ArrayView2<T>,
-    kept: &[usize],
-    scale: ArrayView1<T>,
-) -> Array2<T> {
-    debug_assert_eq!(kept.len(), scale.len());
-    let f = x.ncols();
-    let mut out = vec![T::zero(); kept.len() * f];
-    if f > 0 {
-        let x = standard(x);
-        let xs = x.as_slice().expect("standard layout");
-        out.par_chunks_mut(ROW_BLOCK * f)
+/// $\langle a, b\rangle$ of two slices of the same length, in ndarray's
+/// order (its `unrolled_dot`, so the bits equal `ArrayView1::dot`'s on
+/// contiguous rows): eight interleaved partial sums $p_0..p_7$ (entry $j$
+/// to $p_{j \bmod 8}$) over the longest multiple of 8, combined as
+/// $((((0 + (p_0 + p_4)) + (p_1 + p_5)) + (p_2 + p_6)) + (p_3 + p_7))$, then
+/// the remaining entries added in order. The partial sums let the compiler
+/// vectorise the loop without reassociating.
+#[inline]
+pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
+    debug_assert_eq!(a.len(), b.len());
+    let mut p = [T::zero(); 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            p[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = T::zero();
+    sum += p[0] + p[4];
+    sum += p[1] + p[5];
+    sum += p[2] + p[6];
+    sum += p[3] + p[7];
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// $o \leftarrow o + w\,x$ entrywise.
+#[inline]
+pub fn axpy<T: Scalar>(o: &mut [T], w: T, x: &[T]) {
+    debug_assert_eq!(o.len(), x.len());
+    for (o, &v) in o.iter_mut().zip(x) {
+        *o += w * v;
+    }
+}
+
+/// The rows of `x` as one row-major slice: borrowed when `x` is already in
+/// standard layout, else copied once.
+pub fn row_major<'a, T: Scalar>(x: &'a ArrayView2<'a, T>) -> Cow<'a, [T]> {
+    match x.to_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+/// An $R \times C$ matrix whose row $r$ is written by `f(r, row)`, in
+/// parallel over fixed blocks of [`ROW_BLOCK`] rows. Every row is written
+/// once (no zero fill first, no second pass).
+pub fn build_rows<T, F>(rows: usize, cols: usize, f: F) -> Array2<T>
+where
+    T: Scalar,
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    let mut data = vec![T::zero(); rows * cols];
+    if cols > 0 {
+        data.par_chunks_mut(ROW_BLOCK * cols)
             .enumerate()
             .for_each(|(b, block)| {
-                for (j, row) in block.chunks_exact_mut(f).enumerate() {
-                    let j = b * ROW_BLOCK + j;
-                    let (g, n) = (scale[j], kept[j]);
-                    for (o, &v) in row.iter_mut().zip(&xs[n * f..(n + 1) * f]) {
-                        *o = g * v;
-                    }
+                // written before any read: one page fault per page (see `zeros`)
+                block.iter_mut().for_each(|v| *v = T::zero());
+                for (j, row) in block.chunks_mut(cols).enumerate() {
+                    f(b * ROW_BLOCK + j, row);
                 }
             });
     }
-    Array2::from_shape_vec((kept.len(), f), out).expect("the length is K * F")
+    Array2::from_shape_vec((rows, cols), data).expect("rows * cols entries")
 }
 
-/// VJP of [`gather_scaled_rows`] with respect to the scales:
-/// $\bar{\mathrm{scale}}_j = \langle x_{\text{kept}_j}, \bar O_j\rangle$
-/// (ndarray's `dot`, in parallel over the kept rows).
-pub fn gather_scaled_rows_vjp_scale<T: Scalar>(
-    x: ArrayView2<T>,
-    kept: &[usize],
-    grad: ArrayView2<T>,
-) -> Array1<T> {
-    let f = x.ncols();
-    let (x, grad) = (standard(x), standard(grad));
-    let (xs, gs) = (
-        x.as_slice().expect("standard layout"),
-        grad.as_slice().expect("standard layout"),
-    );
-    let dots: Vec<T> = kept
-        .par_iter()
+/// Applies `f(r, row)` to every row of a standard-layout `x`, in parallel
+/// over fixed blocks of [`ROW_BLOCK`] rows.
+pub fn update_rows<T, F>(x: &mut Array2<T>, f: F)
+where
+    T: Scalar,
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    let cols = x.ncols();
+    if cols == 0 {
+        return;
+    }
+    if !x.is_standard_layout() {
+        *x = x.as_standard_layout().into_owned();
+    }
+    let data = x.as_slice_mut().expect("standard layout");
+    data.par_chunks_mut(ROW_BLOCK * cols)
         .enumerate()
-        .map(|(j, &n)| aview1(&gs[j * f..(j + 1) * f]).dot(&aview1(&xs[n * f..(n + 1) * f])))
-        .collect();
-    Array1::from(dots)
-}
-
-/// The gradient of $X$ ($N \times F$, `n` rows) of a subset selection whose
-/// score is linear in $X$, written once:
-/// $$\bar X_n = \big(0 + \mathrm{scale}_j \bar O_j\big) + \sum_{t} C_{nt} V_t
-/// \quad (n = \text{kept}_j), \qquad \bar X_n = 0 + \sum_t C_{nt} V_t
-/// \text{ otherwise},$$
-/// the terms added left to right ($C$ is $N \times r$, $V$ is $r \times F$,
-/// $r$ small: the rank-$r$ path through the score, e.g. $\bar y\, \hat p^\top$
-/// for $y = X \hat p$). This is [`gather_scaled_rows`]'s VJP with respect to
-/// $X$ plus the outer products, in one pass instead of an $N \times F$ array
-/// per term. Parallel over fixed blocks of [`ROW_BLOCK`] rows.
-pub fn scatter_scaled_rows_plus<T: Scalar>(
-    n: usize,
-    kept: &[usize],
-    scale: ArrayView1<T>,
-    grad: ArrayView2<T>,
-    c: ArrayView2<T>,
-    v: ArrayView2<T>,
-) -> Array2<T> {
-    debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
-    debug_assert_eq!(c.nrows(), n);
-    debug_assert_eq!(c.ncols(), v.nrows());
-    let f = grad.ncols();
-    let r = v.nrows();
-    let mut out = vec![T::zero(); n * f];
-    if f > 0 {
-        let (grad, c, v) = (standard(grad), standard(c), standard(v));
-        let gs = grad.as_slice().expect("standard layout");
-        let (cs, vs) = (
-            c.as_slice().expect("standard layout"),
-            v.as_slice().expect("standard layout"),
-        );
-        out.par_chunks_mut(ROW_BLOCK * f)
-            .enumerate()
-            .for_each(|(b, block)| {
-                let lo = b * ROW_BLOCK;
-                let mut j = kept.partition_point(|&k| k < lo);
-                for (i, row) in block.chunks_exact_mut(f).enumerate() {
-                    let node = lo + i;
-                    let cn = &cs[node * r..(node + 1) * r];
-                    let is_kept = j < kept.len() && kept[j] == node;
-                    if is_kept {
-                        let g = scale[j];
-                        for (o, &d) in row.iter_mut().zip(&gs[j * f..(j + 1) * f]) {
-                            *o = T::zero() + g * d;
-                        }
-                        j += 1;
-                    } else if cn.iter().all(|&ct| ct == T::zero()) {
-                        // 0 + 0 * v is +0: the zeroed row (written, so that its
-                        // fresh page is not first read)
-                        row.fill(T::zero());
-                        continue;
-                    } else {
-                        row.fill(T::zero());
-                    }
-                    for (t, &ct) in cn.iter().enumerate() {
-                        for (o, &vt) in row.iter_mut().zip(&vs[t * f..(t + 1) * f]) {
-                            *o += ct * vt;
-                        }
-                    }
-                }
-            });
-    }
-    Array2::from_shape_vec((n, f), out).expect("the length is N * F")
-}
-
-/// $X^\top c$ (an $F$-vector) for a per-node weight $c$: the parameter
-/// gradient of a linear score $y = X w$ given $\bar y = c$. Summed over
-/// fixed chunks of [`CHUNK`] rows in node order (rows with $c_n = 0$ are
-/// skipped: they would only add $\pm 0$ to a sum that starts at $+0$), the
-/// chunks' partial sums added in order: the same bits on any thread count.
-///
-/// ```
-/// use graphpool::kernels::rows::weighted_row_sum;
-/// use ndarray::array;
-/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
-/// assert_eq!(weighted_row_sum(x.view(), array![1.0, 0.0, 2.0].view()), array![11.0, 14.0]);
-/// ```
-pub fn weighted_row_sum<T: Scalar>(x: ArrayView2<T>, c: ArrayView1<T>) -> Array1<T> {
-    debug_assert_eq!(x.nrows(), c.len());
-    let f = x.ncols();
-    let x = standard(x);
-    let xs = x.as_slice().expect("standard layout");
-    let n = c.len();
-    let partial = |rows: std::ops::Range<usize>| {
-        let mut acc = vec![T::zero(); f];
-        for node in rows {
-            let w = c[node];
-            if w != T::zero() {
-                for (a, &v) in acc.iter_mut().zip(&xs[node * f..(node + 1) * f]) {
-                    *a += w * v;
-                }
+        .for_each(|(b, block)| {
+            for (j, row) in block.chunks_mut(cols).enumerate() {
+                f(b * ROW_BLOCK + j, row);
             }
-        }
-        acc
-    };
-    let parts: Vec<Vec<T>> = (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|b| partial(b * CHUNK..((b + 1) * CHUNK).min(n)))
-        .collect();
-    let mut total = vec![T::zero(); f];
-    for p in parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
+        });
+}
+
+/// The position of the first non-finite value of `x` (NaN or $\pm\infty$),
+/// scanning fixed blocks in parallel; `None` if every value is finite.
+pub fn first_non_finite<T: Scalar>(x: &[T]) -> Option<usize> {
+    const BLOCK: usize = 1 << 14;
+    x.par_chunks(BLOCK)
+        .enumerate()
+        .find_first(|(_, c)| c.iter().fold(false, |bad, v| bad | !v.is_finite()))
+        .and_then(|(b, c)| c.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i))
+}
+
+/// The values of a vector as one slice: borrowed when contiguous, else
+/// copied once.
+pub fn row_major_1d<'a, T: Scalar>(x: &'a ndarray::ArrayView1<'a, T>) -> Cow<'a, [T]> {
+    match x.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(x.iter().copied().collect()),
+    }
+}
+
+/// $\lVert a - b\rVert_1$ of two slices of the same length, summed in order.
+#[inline]
+pub fn l1_distance<T: Scalar>(a: &[T], b: &[T]) -> T {
+    a.iter()
+        .zip(b)
+        .fold(T::zero(), |t, (&p, &q)| t + (p - q).abs())
+}
+
+/// Asks the CPU to start loading `row` into cache (a hint: no effect on
+/// results). The sparse products gather or scatter rows at random
+/// positions, whose loads are latency-bound; issuing them a few stored
+/// entries ahead overlaps the waits.
+#[inline(always)]
+pub fn prefetch<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let bytes = std::mem::size_of_val(row);
+        let p = row.as_ptr() as *const i8;
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: `_mm_prefetch` is a hint that never faults and does not
+            // read or write memory as far as the program can observe; the
+            // address is inside `row`. SSE is part of the x86_64 baseline.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(off))
+            };
+            off += 64;
         }
     }
-    Array1::from(total)
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// How many stored entries ahead the sparse products prefetch.
+pub const PREFETCH_AHEAD: usize = 8;
+
+/// An $R \times C$ matrix of zeros whose memory is written (in parallel
+/// blocks) before it is returned.
+///
+/// `Array2::zeros` gets fresh pages from the OS that are mapped on first
+/// access: a kernel that first *reads* an entry (`+=`) maps the shared zero
+/// page and then takes a second, copy-on-write fault when it writes. Writing
+/// the zeros first takes one fault per page, spread over the threads.
+pub fn zeros<T: Scalar>(rows: usize, cols: usize) -> Array2<T> {
+    let mut data = vec![T::zero(); rows * cols];
+    data.par_chunks_mut(1 << 16)
+        .for_each(|c| c.iter_mut().for_each(|v| *v = T::zero()));
+    Array2::from_shape_vec((rows, cols), data).expect("rows * cols entries")
 }

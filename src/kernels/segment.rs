@@ -8,9 +8,10 @@ use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use ndarray::linalg::general_mat_mul;
 
+use super::rows;
 use super::{
     fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, reduce_chunked,
-    reduce_segment_rows, row_major as standard,
+    reduce_segment_rows,
 };
 use crate::batch::Segments;
 use crate::scalar::Scalar;
@@ -44,8 +45,7 @@ fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
 /// VJP of [`segment_sum`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g$.
 pub fn segment_sum_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {
     let f = grad.ncols();
-    let grad = standard(grad);
-    let gs = grad.as_slice().expect("standard layout");
+    let gs = rows::row_major(&grad);
     fill_node_rows(segments, f, |g, _, row| {
         row.copy_from_slice(&gs[g * f..(g + 1) * f])
     })
@@ -65,8 +65,7 @@ pub fn segment_mean<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<
 /// VJP of [`segment_mean`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g / n_g$.
 pub fn segment_mean_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {
     let f = grad.ncols();
-    let grad = standard(grad);
-    let gs = grad.as_slice().expect("standard layout");
+    let gs = rows::row_major(&grad);
     fill_node_rows(segments, f, |g, _, row| {
         let n = T::from_count(segments.size(g).max(1));
         for (o, &v) in row.iter_mut().zip(&gs[g * f..(g + 1) * f]) {
@@ -159,8 +158,7 @@ pub fn segment_extremum_vjp<T: Scalar>(
     grad: ArrayView2<T>,
 ) -> Array2<T> {
     let f = x.ncols();
-    let out = standard(out);
-    let os = out.as_slice().expect("standard layout");
+    let os = rows::row_major(&out);
     // number of nodes attaining the extremum, per graph and feature
     let counts = reduce_segment_rows(
         x,
@@ -182,10 +180,8 @@ pub fn segment_extremum_vjp<T: Scalar>(
         |_, _| {},
     );
     let cs = counts.as_slice().expect("fresh array");
-    let grad = standard(grad);
-    let gs = grad.as_slice().expect("standard layout");
-    let x = standard(x);
-    let xs = x.as_slice().expect("standard layout");
+    let gs = rows::row_major(&grad);
+    let xs = rows::row_major(&x);
     fill_node_rows(segments, f, |g, n, row| {
         let r = g * f..(g + 1) * f;
         let it = row
@@ -268,8 +264,8 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     grad: ArrayView2<T>,
 ) -> (Array2<T>, Array2<T>) {
     let k = s.ncols();
-    let mut gs = Array2::zeros(s.raw_dim());
-    let mut gy = Array2::zeros(y.raw_dim());
+    let mut gs = rows::zeros(s.nrows(), k);
+    let mut gy = rows::zeros(y.nrows(), y.ncols());
     // one small product per fixed piece of a graph's rows: dS = Y O^T, dY = S O
     for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
         let og = grad.slice(s![g * k..(g + 1) * k, ..]);

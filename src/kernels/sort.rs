@@ -14,7 +14,10 @@ use crate::scalar::Scalar;
 /// # Errors
 /// [`PoolError::NonFiniteScore`] naming the first offending node.
 pub fn check_scores<T: Scalar>(scores: ArrayView1<T>) -> Result<()> {
-    if scores.as_slice().is_some_and(super::all_finite) {
+    if scores
+        .as_slice()
+        .is_some_and(|s| super::rows::first_non_finite(s).is_none())
+    {
         return Ok(());
     }
     match scores.iter().position(|v| !v.is_finite()) {

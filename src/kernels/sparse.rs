@@ -7,10 +7,78 @@ use rayon::prelude::*;
 use sprs::{CsMat, CsMatView};
 
 use super::segment::segment_column_sums;
-use super::ROW_BLOCK;
+use super::{rows, ROW_BLOCK};
 use crate::batch::Segments;
 use crate::error::PoolError;
 use crate::scalar::Scalar;
+
+/// The raw CSR arrays of a matrix view, with row access by plain slices
+/// (the row pointer rebased to 0 for views that start inside a larger
+/// matrix).
+#[derive(Clone, Copy)]
+pub(crate) struct RawCsr<'a, T> {
+    indptr: &'a [usize],
+    base: usize,
+    indices: &'a [usize],
+    data: &'a [T],
+    /// Number of rows.
+    pub rows: usize,
+}
+
+impl<'a, T> RawCsr<'a, T> {
+    /// The arrays of `a`, which must be CSR.
+    pub(crate) fn new(a: &'a CsMatView<'_, T>) -> Self {
+        let indptr = a.indptr().into_raw_storage();
+        Self {
+            base: indptr[0],
+            indptr,
+            indices: a.indices(),
+            data: a.data(),
+            rows: a.rows(),
+        }
+    }
+
+    /// The positions in `data` of row `r`'s stored entries.
+    #[inline]
+    pub(crate) fn range(&self, r: usize) -> std::ops::Range<usize> {
+        self.indptr[r] - self.base..self.indptr[r + 1] - self.base
+    }
+
+    /// Calls `f(r, c, e)` for every stored entry $(r, c)$ with
+    /// `lo <= c < hi`, rows ascending (then columns), where `e` is the
+    /// entry's position in `data`. A row whose first and last column both
+    /// miss the range is skipped in $O(1)$: columns are sorted.
+    #[inline]
+    pub(crate) fn for_each_in_columns(
+        &self,
+        lo: usize,
+        hi: usize,
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        for r in 0..self.rows {
+            let e = self.range(r);
+            let cs = &self.indices[e.clone()];
+            match (cs.first(), cs.last()) {
+                (Some(&first), Some(&last)) if last >= lo && first < hi => {}
+                _ => continue,
+            }
+            let start = cs.partition_point(|&c| c < lo);
+            for (i, &c) in cs[start..].iter().enumerate() {
+                if c >= hi {
+                    break;
+                }
+                f(r, c, e.start + start + i);
+            }
+        }
+    }
+
+    /// Column indices and values of row `r`.
+    #[inline]
+    pub(crate) fn row(&self, r: usize) -> (&'a [usize], &'a [T]) {
+        let e = self.range(r);
+        (&self.indices[e.clone()], &self.data[e])
+    }
+}
 
 /// Row-parallel sparse × dense product $A X$ ($N \times M$ times $M \times F$).
 ///
@@ -19,42 +87,77 @@ use crate::scalar::Scalar;
 /// sequential.)
 pub fn spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
     debug_assert_eq!(a.cols(), x.nrows());
+    product(RawCsr::new(&a), a.data(), x)
+}
+
+/// $A X$ for $A$ with the structure of `raw` and the values `vals`.
+fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
     let f = x.ncols();
-    let mut out = Array2::zeros((a.rows(), f));
-    if f == 0 {
-        return out;
-    }
-    if let (Some(xs), Some(os)) = (x.as_slice(), out.as_slice_mut()) {
-        // the same loop on plain rows (no view per stored entry): the same
-        // fixed blocks, the same order of additions, so the same bits
-        os.par_chunks_mut(ROW_BLOCK * f)
-            .enumerate()
-            .for_each(|(b, block)| {
-                for (j, row) in block.chunks_mut(f).enumerate() {
-                    if let Some(arow) = a.outer_view(b * ROW_BLOCK + j) {
-                        for (c, &w) in arow.iter() {
-                            for (o, &v) in row.iter_mut().zip(&xs[c * f..(c + 1) * f]) {
-                                *o += w * v;
-                            }
-                        }
-                    }
-                }
-            });
-        return out;
-    }
-    out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(b, mut block)| {
-            for (j, mut row) in block.outer_iter_mut().enumerate() {
-                if let Some(arow) = a.outer_view(b * ROW_BLOCK + j) {
-                    for (c, &w) in arow.iter() {
-                        Zip::from(&mut row)
-                            .and(&x.row(c))
-                            .for_each(|o, &v| *o += w * v);
-                    }
+    let xs = rows::row_major(&x);
+    let nnz = vals.len();
+    rows::build_rows(raw.rows, f, |r, out| {
+        for e in raw.range(r) {
+            // the row needed PREFETCH_AHEAD entries from now (maybe in a later row)
+            if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
+                if e + rows::PREFETCH_AHEAD < nnz {
+                    rows::prefetch(&xs[ahead * f..(ahead + 1) * f]);
                 }
             }
+            let c = raw.indices[e];
+            rows::axpy(out, vals[e], &xs[c * f..(c + 1) * f]);
+        }
+    })
+}
+
+/// The transposed product $A^\top X$ ($M \times N$ times $N \times F$)
+/// without forming $A^\top$.
+///
+/// The output rows are cut into ranges, one task each; a task scans the
+/// rows of $A$ in order and adds $a_{rc} X_r$ into its output rows $c$, so
+/// output row $c$ is summed over $r$ ascending, starting from 0: exactly the
+/// bits of `spmm(transpose(a), x)`, whatever the ranges and the thread
+/// count. A row of $A$ whose first and last column both miss a task's range
+/// is skipped in $O(1)$ (columns are sorted), so a block-diagonal matrix
+/// costs each task little beyond its own graphs; a single graph is read
+/// once per task, sequentially, while the writes stay within the task's
+/// rows.
+pub fn spmm_t<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
+    debug_assert_eq!(a.rows(), x.nrows());
+    product_t(RawCsr::new(&a), a.cols(), a.data(), x)
+}
+
+/// $A^\top X$ for $A$ ($\cdot \times m$) with the structure of `raw` and
+/// the values `vals`.
+fn product_t<T: Scalar>(raw: RawCsr<'_, T>, m: usize, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
+    let f = x.ncols();
+    let mut out = rows::zeros(m, f);
+    if f == 0 || m == 0 || vals.is_empty() {
+        return out;
+    }
+    let xs = rows::row_major(&x);
+    // one range of output rows per thread (the bits do not depend on the
+    // ranges): every task reads the row structure, so fewer is cheaper;
+    // none shorter than a row block
+    let parts = rayon::current_num_threads().max(1);
+    let len = m.div_ceil(parts).max(ROW_BLOCK);
+    let os = out
+        .as_slice_mut()
+        .expect("a new array is in standard layout");
+    os.par_chunks_mut(len * f)
+        .enumerate()
+        .for_each(|(p, block)| {
+            let lo = p * len;
+            let hi = lo + block.len() / f;
+            raw.for_each_in_columns(lo, hi, |r, c, e| {
+                // the output row written PREFETCH_AHEAD entries from now, if ours
+                if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
+                    if (lo..hi).contains(&ahead) {
+                        rows::prefetch(&block[(ahead - lo) * f..(ahead - lo + 1) * f]);
+                    }
+                }
+                let o = &mut block[(c - lo) * f..(c - lo + 1) * f];
+                rows::axpy(o, vals[e], &xs[r * f..(r + 1) * f]);
+            });
         });
     out
 }
@@ -70,36 +173,6 @@ pub fn spmm_vjp_values<T: Scalar>(
     sddmm(a, grad, x)
 }
 
-/// Row access for the per-entry inner products of the sampled kernels:
-/// plain slices of a standard-layout matrix (building a view per stored
-/// entry costs more than a short product), else views. Both go through
-/// ndarray's `dot`, so the bits are the same either way.
-#[derive(Clone, Copy)]
-struct ContiguousRows<'a, T: Scalar> {
-    view: ArrayView2<'a, T>,
-    slice: Option<&'a [T]>,
-    f: usize,
-}
-
-impl<'a, T: Scalar> ContiguousRows<'a, T> {
-    fn new(view: ArrayView2<'a, T>) -> Self {
-        Self {
-            slice: view.to_slice(),
-            f: view.ncols(),
-            view,
-        }
-    }
-
-    /// $\langle u, \text{row } j\rangle$.
-    #[inline]
-    fn dot(&self, u: &ArrayView1<'_, T>, j: usize) -> T {
-        match self.slice {
-            Some(s) => u.dot(&ndarray::aview1(&s[j * self.f..(j + 1) * self.f])),
-            None => u.dot(&self.view.row(j)),
-        }
-    }
-}
-
 /// A CSR transpose $A^\top$ together with, for each of its stored entries,
 /// the position of the same entry in `a.data()`.
 #[derive(Debug, Clone)]
@@ -110,34 +183,58 @@ pub struct Transposed<T: Scalar> {
     pub source: Vec<usize>,
 }
 
-/// Transposes a CSR matrix by a counting sort (deterministic, $O(\mathrm{nnz} + N)$).
+/// Transposes a CSR matrix by a counting sort (deterministic,
+/// $O(\mathrm{nnz} + N)$ work), in parallel: the columns of $A$ are cut
+/// into ranges, and each task counts, then places, the entries of its own
+/// columns, scanning $A$'s rows in order. The result is the sequential
+/// counting sort's, whatever the thread count: row $c$ of $A^\top$ lists
+/// its entries by ascending row of $A$.
 pub fn transpose<T: Scalar>(a: CsMatView<T>) -> Transposed<T> {
     let (rows, cols) = (a.rows(), a.cols());
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&a);
     let nnz = a.nnz();
+    let parts = rayon::current_num_threads().max(1);
+    let len = cols.div_ceil(parts).max(ROW_BLOCK);
+    // column counts, each range by its own task
     let mut indptr = vec![0usize; cols + 1];
-    for &c in a.indices() {
-        indptr[c + 1] += 1;
-    }
+    indptr[1..]
+        .par_chunks_mut(len)
+        .enumerate()
+        .for_each(|(p, counts)| {
+            let lo = p * len;
+            raw.for_each_in_columns(lo, lo + counts.len(), |_, c, _| counts[c - lo] += 1);
+        });
     for c in 0..cols {
         indptr[c + 1] += indptr[c];
     }
-    let mut next = indptr.clone();
     let mut indices = vec![0usize; nnz];
     let mut data = vec![T::zero(); nnz];
     let mut source = vec![0usize; nnz];
-    for r in 0..rows {
-        for e in ip[r] - base..ip[r + 1] - base {
-            let c = a.indices()[e];
-            let p = next[c];
-            next[c] += 1;
-            indices[p] = r;
-            data[p] = a.data()[e];
-            source[p] = e;
-        }
+    // every range's entries are one contiguous run of the outputs
+    let mut pieces = Vec::with_capacity(cols.div_ceil(len.max(1)));
+    let (mut ri, mut rd, mut rs) = (&mut indices[..], &mut data[..], &mut source[..]);
+    let mut lo = 0;
+    while lo < cols {
+        let hi = (lo + len).min(cols);
+        let count = indptr[hi] - indptr[lo];
+        let (pi, ti) = ri.split_at_mut(count);
+        let (pd, td) = rd.split_at_mut(count);
+        let (ps, ts) = rs.split_at_mut(count);
+        pieces.push((lo, hi, pi, pd, ps));
+        (ri, rd, rs) = (ti, td, ts);
+        lo = hi;
     }
+    pieces.into_par_iter().for_each(|(lo, hi, pi, pd, ps)| {
+        let first = indptr[lo];
+        let mut next: Vec<usize> = indptr[lo..hi].iter().map(|&p| p - first).collect();
+        raw.for_each_in_columns(lo, hi, |r, c, e| {
+            let p = next[c - lo];
+            next[c - lo] += 1;
+            pi[p] = r;
+            pd[p] = raw.data[e];
+            ps[p] = e;
+        });
+    });
     Transposed {
         matrix: CsMat::new((cols, rows), indptr, indices, data),
         source,
@@ -146,8 +243,7 @@ pub fn transpose<T: Scalar>(a: CsMatView<T>) -> Transposed<T> {
 
 /// VJP of [`spmm`] with respect to $X$: $\bar X = A^\top \bar O$.
 pub fn spmm_vjp_x<T: Scalar>(a: CsMatView<T>, grad: ArrayView2<T>) -> Array2<T> {
-    let t = transpose(a);
-    spmm(t.matrix.view(), grad)
+    spmm_t(a, grad)
 }
 
 /// The subgraph induced by the sorted node list `kept`: the rows and columns
@@ -1353,19 +1449,51 @@ pub fn sddmm<T: Scalar>(a: CsMatView<T>, u: ArrayView2<T>, v: ArrayView2<T>) -> 
     debug_assert_eq!(a.rows(), u.nrows());
     debug_assert_eq!(a.cols(), v.nrows());
     debug_assert_eq!(u.ncols(), v.ncols());
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let idx = a.indices();
-    let vals: Vec<T> = (0..a.rows())
-        .into_par_iter()
-        .flat_map_iter(|r| {
-            let ur = u.row(r);
-            let rows = ContiguousRows::new(v);
-            (ip[r] - base..ip[r + 1] - base).map(move |e| rows.dot(&ur, idx[e]))
-        })
-        .collect();
-    Array1::from(vals)
+    let raw = RawCsr::new(&a);
+    let f = u.ncols();
+    let (us, vs) = (rows::row_major(&u), rows::row_major(&v));
+    let mut out = vec![T::zero(); a.nnz()];
+    per_entry_blocks(raw, &mut out, |r, cols, vals| {
+        let ur = &us[r * f..(r + 1) * f];
+        for (i, (o, &c)) in vals.iter_mut().zip(cols).enumerate() {
+            if let Some(&ahead) = cols.get(i + rows::PREFETCH_AHEAD) {
+                rows::prefetch(&vs[ahead * f..(ahead + 1) * f]);
+            }
+            *o = rows::dot(ur, &vs[c * f..(c + 1) * f]);
+        }
+    });
+    Array1::from(out)
+}
+
+/// Fills `out` (one value per stored entry of `raw`, aligned with its
+/// data) by `f(r, columns of row r, out's values of row r)`, in parallel
+/// over fixed blocks of [`ROW_BLOCK`] rows.
+fn per_entry_blocks<T: Scalar>(
+    raw: RawCsr<'_, T>,
+    out: &mut [T],
+    f: impl Fn(usize, &[usize], &mut [T]) + Sync,
+) {
+    let mut pieces = Vec::with_capacity(raw.rows.div_ceil(ROW_BLOCK));
+    let mut rest = out;
+    for b in 0..raw.rows.div_ceil(ROW_BLOCK) {
+        let r0 = b * ROW_BLOCK;
+        let r1 = (r0 + ROW_BLOCK).min(raw.rows);
+        let len = raw.range(r1 - 1).end - raw.range(r0).start;
+        let (head, tail) = rest.split_at_mut(len);
+        pieces.push((r0..r1, head));
+        rest = tail;
+    }
+    pieces.into_par_iter().for_each(|(rs, block)| {
+        let first = raw.range(rs.start).start;
+        for r in rs {
+            let e = raw.range(r);
+            f(
+                r,
+                &raw.indices[e.clone()],
+                &mut block[e.start - first..e.end - first],
+            );
+        }
+    });
 }
 
 /// VJP of [`sddmm`]: given $\bar p_e$ for every stored entry (aligned with
@@ -1378,18 +1506,10 @@ pub fn sddmm_vjp<T: Scalar>(
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array2<T>) {
     debug_assert_eq!(grad.len(), a.nnz());
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let indptr: Vec<usize> = ip.iter().map(|p| p - base).collect();
-    let g = CsMat::new(
-        (a.rows(), a.cols()),
-        indptr,
-        a.indices().to_vec(),
-        grad.to_vec(),
-    );
-    let gu = spmm(g.view(), v);
-    let gv = spmm_vjp_x(g.view(), u);
+    let raw = RawCsr::new(&a);
+    let g = rows::row_major_1d(&grad);
+    let gu = product(raw, &g, v);
+    let gv = product_t(raw, a.cols(), &g, u);
     (gu, gv)
 }
 
@@ -1405,11 +1525,9 @@ pub fn segment_edge_l1<T: Scalar>(
     s: ArrayView2<T>,
     segments: &crate::batch::Segments,
 ) -> Array1<T> {
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let idx = a.indices();
-    let w = a.data();
+    let raw = RawCsr::new(&a);
+    let k = s.ncols();
+    let ss = rows::row_major(&s);
     let per_graph: Vec<T> = segments
         .ranges()
         .collect::<Vec<_>>()
@@ -1420,13 +1538,10 @@ pub fn segment_edge_l1<T: Scalar>(
                 |rows| {
                     let mut acc = T::zero();
                     for row in rows {
-                        let si = s.row(row);
-                        for e in ip[row] - base..ip[row + 1] - base {
-                            let sj = s.row(idx[e]);
-                            let l1 = Zip::from(&si)
-                                .and(&sj)
-                                .fold(T::zero(), |t, &p, &q| t + (p - q).abs());
-                            acc += w[e] * l1;
+                        let si = &ss[row * k..(row + 1) * k];
+                        let (cols, w) = raw.row(row);
+                        for (&c, &w) in cols.iter().zip(w) {
+                            acc += w * rows::l1_distance(si, &ss[c * k..(c + 1) * k]);
                         }
                     }
                     acc
@@ -1460,50 +1575,41 @@ pub fn segment_edge_l1_vjp<T: Scalar>(
             T::zero()
         }
     };
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let idx = a.indices();
-    let w = a.data();
-    let row_grad = Array1::from(super::map_nodes(segments, |g, _| grad[g]));
-    let g_edges: Vec<T> = (0..a.rows())
-        .into_par_iter()
-        .flat_map_iter(|r| {
-            let si = s.row(r);
-            let gr = row_grad[r];
-            (ip[r] - base..ip[r + 1] - base).map(move |e| {
-                let sj = s.row(idx[e]);
-                gr * Zip::from(&si)
-                    .and(&sj)
-                    .fold(T::zero(), |t, &p, &q| t + (p - q).abs())
-            })
-        })
-        .collect();
+    let raw = RawCsr::new(&a);
+    let k = s.ncols();
+    let ss = rows::row_major(&s);
+    let row_grad = super::map_nodes(segments, |g, _| grad[g]);
+    let mut g_edges = vec![T::zero(); a.nnz()];
+    per_entry_blocks(raw, &mut g_edges, |r, cols, out| {
+        let si = &ss[r * k..(r + 1) * k];
+        for (o, &c) in out.iter_mut().zip(cols) {
+            *o = row_grad[r] * rows::l1_distance(si, &ss[c * k..(c + 1) * k]);
+        }
+    });
     let t = transpose(a);
-    let tip = t.matrix.indptr();
-    let tip = tip.raw_storage();
-    let tidx = t.matrix.indices();
-    let mut gs = Array2::zeros(s.raw_dim());
-    gs.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(b, mut block)| {
-            for (j, mut out) in block.outer_iter_mut().enumerate() {
-                let r = b * ROW_BLOCK + j;
-                let si = s.row(r);
-                // outgoing entries (r, c), then incoming entries (c, r)
-                let outgoing = (ip[r] - base..ip[r + 1] - base).map(|e| (idx[e], w[e]));
-                let incoming = (tip[r]..tip[r + 1]).map(|e| (tidx[e], w[t.source[e]]));
-                for (c, wc) in outgoing.chain(incoming) {
-                    let sj = s.row(c);
-                    Zip::from(&mut out)
-                        .and(&si)
-                        .and(&sj)
-                        .for_each(|o, &p, &q| *o += wc * sign(p - q));
-                }
-                out.mapv_inplace(|v| v * row_grad[r]);
+    let tview = t.matrix.view();
+    let traw = RawCsr::new(&tview);
+    let w = a.data();
+    let gs = rows::build_rows(s.nrows(), k, |r, out| {
+        let si = &ss[r * k..(r + 1) * k];
+        // outgoing entries (r, c), then incoming entries (c, r)
+        let (oc, ow) = raw.row(r);
+        let outgoing = oc.iter().copied().zip(ow.iter().copied());
+        let te = traw.range(r);
+        let incoming = traw.indices[te.clone()]
+            .iter()
+            .copied()
+            .zip(t.source[te].iter().map(|&e| w[e]));
+        for (c, wc) in outgoing.chain(incoming) {
+            let sj = &ss[c * k..(c + 1) * k];
+            for ((o, &p), &q) in out.iter_mut().zip(si).zip(sj) {
+                *o += wc * sign(p - q);
             }
-        });
+        }
+        for o in out.iter_mut() {
+            *o *= row_grad[r];
+        }
+    });
     (gs, Array1::from(g_edges))
 }
 

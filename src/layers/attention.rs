@@ -97,7 +97,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         let x = batch.x().view();
         let features = self.features.forward(&self.params, x)?;
         let attention = self.attention.forward(&self.params, x)?;
-        let gated = &features.out * &attention.out;
+        let gated = features.output() * attention.output();
         let out = segment_sum(gated.view(), batch.segments());
         check_finite_2d(
             &out.view(),
@@ -126,8 +126,8 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let g_gated = segment_sum_vjp(grad.view(), batch.segments());
-        let g_feat = &g_gated * &cache.attention.out;
-        let g_attn = &g_gated * &cache.features.out;
+        let g_feat = &g_gated * cache.attention.output();
+        let g_attn = &g_gated * cache.features.output();
         let mut params = self.params.zeros_like();
         let x = batch.x().view();
         let gx1 =

@@ -689,7 +689,7 @@ impl<T: Scalar> DenseClustering<T> {
             None => g_out.to_owned(),
         };
         let mut cot = Cotangents {
-            s: Array2::zeros(s.raw_dim()),
+            s: crate::kernels::rows::zeros(s.nrows(), s.ncols()),
             blocks: g_blocks,
             degrees: Array1::zeros(if cache.degrees.is_some() {
                 batch.num_nodes()
@@ -742,12 +742,13 @@ impl<T: Scalar> DenseClustering<T> {
         gs += &gs_connect;
         let g_logits = softmax_rows_vjp(s.view(), gs.view());
         let mut params = self.params.zeros_like();
-        gx += &self.mlp.backward(
+        self.mlp.backward_acc(
             &self.params,
             batch.x().view(),
             &cache.mlp,
             g_logits.view(),
             &mut params,
+            &mut gx,
         )?;
         finite_gradients(
             self.name,

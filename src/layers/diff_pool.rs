@@ -18,7 +18,7 @@ use crate::kernels::segment::{
     segment_matmul_tn, segment_matmul_tn_vjp, segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
-    gcn_filter, sddmm, sddmm_vjp, spmm, spmm_vjp_values, transpose, GcnFilter,
+    gcn_filter, sddmm, sddmm_vjp, spmm, spmm_t, spmm_vjp_values, GcnFilter,
 };
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Initializer,
@@ -466,9 +466,8 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let g_zpre = self
             .activation
             .vjp(cache.z_pre.view(), cache.z.view(), gz.view());
-        let ft = transpose(cache.filter.matrix.view());
-        let g_xwp = spmm(ft.matrix.view(), g_logits.view());
-        let g_xwe = spmm(ft.matrix.view(), g_zpre.view());
+        let g_xwp = spmm_t(cache.filter.matrix.view(), g_logits.view());
+        let g_xwe = spmm_t(cache.filter.matrix.view(), g_zpre.view());
         let mut g_fvals = spmm_vjp_values(
             cache.filter.matrix.view(),
             cache.xw_pool.view(),

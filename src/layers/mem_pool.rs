@@ -12,8 +12,9 @@ use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
 };
+use crate::kernels::rows::row_major;
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
-use crate::kernels::{fill_node_rows, reduce_chunked, row_major as standard, ROW_BLOCK};
+use crate::kernels::{fill_node_rows, reduce_chunked, ROW_BLOCK};
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Initializer, Params,
 };
@@ -326,9 +327,8 @@ impl<T: Scalar> MemPooling<T> {
         // the keys as F x HK rows: one contiguous row of key entries per feature
         let keys_t = keys.t().as_standard_layout().into_owned();
         let kt = keys_t.as_slice().expect("standard layout");
-        let x = standard(x);
-        let xs = x.as_slice().expect("standard layout");
         let f = x.ncols();
+        let xs = row_major(&x);
         let unit_alpha = alpha == T::one();
         // one block of nodes: distances db and per-head weights pb (rows of
         // m), logits lb (rows of k), for the nodes from lo
@@ -501,8 +501,7 @@ fn kl_terms<T: Scalar>(s: ArrayView2<T>, segs: &Segments) -> (Array2<T>, Array1<
     let colsum = segment_sum(s, segs);
     let eps = T::c(KL_EPS);
     let k = s.ncols();
-    let s = standard(s);
-    let ss = s.as_slice().expect("standard layout");
+    let ss = row_major(&s);
     let cs = colsum.as_slice().expect("fresh array");
     let per_node = fill_node_rows(segs, 1, |g, n, out| {
         let (srow, c) = (&ss[n * k..(n + 1) * k], &cs[g * k..(g + 1) * k]);
@@ -594,8 +593,7 @@ fn kl_vjp_add<T: Scalar>(
     let eps = T::c(KL_EPS);
     let k = s.ncols();
     let two = T::c(2.0);
-    let s = standard(s);
-    let ss = s.as_slice().expect("standard layout");
+    let ss = row_major(&s);
     let cs = colsum.as_slice().expect("fresh array");
     // per node: the gradient through P~ and the direct term, then t = gP~ * P~
     let both = fill_node_rows(segs, 2 * k, |g, n, out| {
@@ -737,11 +735,8 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let gz = softmax_rows_vjp(s, gs.view());
         let n = batch.num_nodes();
         let m = h * k;
-        let (ph_all, d_all) = (standard(cache.per_head.view()), standard(cache.dist.view()));
-        let (phs, ds) = (
-            ph_all.as_slice().expect("standard layout"),
-            d_all.as_slice().expect("standard layout"),
-        );
+        let (ph_view, d_view) = (cache.per_head.view(), cache.dist.view());
+        let (phs, ds) = (row_major(&ph_view), row_major(&d_view));
         let gzs = gz.as_slice().expect("fresh array");
         let g_conv = reduce_chunked(
             0..n,
@@ -789,8 +784,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let two = T::c(2.0);
         {
             let f = x.ncols();
-            let xst = standard(x);
-            let xs = xst.as_slice().expect("standard layout");
+            let xs = row_major(&x);
             let (gds, gks) = (
                 gd.as_slice().expect("fresh array"),
                 gd_keys.as_slice().expect("fresh array"),

@@ -10,10 +10,10 @@ use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
-use crate::kernels::map_nodes;
-use crate::kernels::rows::{
+use crate::kernels::gather::{
     gather_scaled_rows, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
 };
+use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
 use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
 use crate::kernels::sparse::{scatter_values, Induced};

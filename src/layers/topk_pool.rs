@@ -9,7 +9,7 @@ use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
-use crate::kernels::rows::weighted_row_sum;
+use crate::kernels::gather::weighted_row_sum;
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 

@@ -1,8 +1,9 @@
 //! Element-wise activations by their Keras names, and the row-wise softmax.
 
-use ndarray::{Array2, ArrayView2, Axis, Zip};
+use ndarray::{Array2, ArrayView2};
 
 use crate::error::{PoolError, Result};
+use crate::kernels::rows;
 use crate::scalar::Scalar;
 
 const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
@@ -137,13 +138,21 @@ impl Activation {
         }
     }
 
-    /// Applies the activation to every entry (row-parallel).
+    /// Applies the activation to every entry (in parallel over fixed
+    /// blocks of rows).
     pub fn forward<T: Scalar>(self, x: ArrayView2<T>) -> Array2<T> {
-        let mut y = x.to_owned();
-        if self != Activation::Linear {
-            Zip::from(&mut y).par_for_each(|v| *v = self.apply(*v));
+        let xs = rows::row_major(&x);
+        let f = x.ncols();
+        if self == Activation::Linear {
+            return rows::build_rows(x.nrows(), f, |r, out| {
+                out.copy_from_slice(&xs[r * f..(r + 1) * f])
+            });
         }
-        y
+        rows::build_rows(x.nrows(), f, |r, out| {
+            for (o, &v) in out.iter_mut().zip(&xs[r * f..(r + 1) * f]) {
+                *o = self.apply(v);
+            }
+        })
     }
 
     /// VJP: $\bar x = \bar y \odot f'(x)$.
@@ -153,14 +162,24 @@ impl Activation {
         y: ArrayView2<T>,
         grad: ArrayView2<T>,
     ) -> Array2<T> {
-        let mut g = grad.to_owned();
-        if self != Activation::Linear {
-            Zip::from(&mut g)
-                .and(&x)
-                .and(&y)
-                .par_for_each(|g, &x, &y| *g *= self.derivative(x, y));
+        let f = x.ncols();
+        let gs = rows::row_major(&grad);
+        if self == Activation::Linear {
+            return rows::build_rows(x.nrows(), f, |r, out| {
+                out.copy_from_slice(&gs[r * f..(r + 1) * f])
+            });
         }
-        g
+        let (xs, ys) = (rows::row_major(&x), rows::row_major(&y));
+        rows::build_rows(x.nrows(), f, |r, out| {
+            let span = r * f..(r + 1) * f;
+            for ((o, &g), (&xv, &yv)) in out
+                .iter_mut()
+                .zip(&gs[span.clone()])
+                .zip(xs[span.clone()].iter().zip(&ys[span]))
+            {
+                *o = g * self.derivative(xv, yv);
+            }
+        })
     }
 }
 
@@ -177,31 +196,31 @@ pub(crate) fn sigmoid<T: Scalar>(x: T) -> T {
 
 /// Softmax over each row (max-shifted): $s_{nk} = e^{z_{nk}} / \sum_j e^{z_{nj}}$.
 pub fn softmax_rows<T: Scalar>(z: ArrayView2<T>) -> Array2<T> {
-    let mut s = z.to_owned();
-    s.axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .for_each(|mut row| {
-            let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-            row.mapv_inplace(|v| (v - m).exp());
-            let z: T = row.iter().copied().sum();
-            row.mapv_inplace(|v| v / z);
-        });
-    s
+    let k = z.ncols();
+    let zs = rows::row_major(&z);
+    rows::build_rows(z.nrows(), k, |r, out| {
+        let row = &zs[r * k..(r + 1) * k];
+        let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = (v - m).exp();
+        }
+        let total: T = out.iter().copied().sum();
+        for o in out.iter_mut() {
+            *o /= total;
+        }
+    })
 }
 
 /// VJP of [`softmax_rows`] given its output $S$:
 /// $\bar z_{n} = s_n \odot (\bar s_n - \langle s_n, \bar s_n\rangle)$.
 pub fn softmax_rows_vjp<T: Scalar>(s: ArrayView2<T>, grad: ArrayView2<T>) -> Array2<T> {
-    let mut g = grad.to_owned();
-    Zip::from(g.rows_mut())
-        .and(s.rows())
-        .par_for_each(|mut g, s| {
-            let d = g.dot(&s);
-            Zip::from(&mut g)
-                .and(&s)
-                .for_each(|g, &s| *g = s * (*g - d));
-        });
-    g
+    let k = s.ncols();
+    let (ss, gs) = (rows::row_major(&s), rows::row_major(&grad));
+    rows::build_rows(s.nrows(), k, |r, out| {
+        let (sr, gr) = (&ss[r * k..(r + 1) * k], &gs[r * k..(r + 1) * k]);
+        let d = rows::dot(gr, sr);
+        for ((o, &g), &sv) in out.iter_mut().zip(gr).zip(sr) {
+            *o = sv * (g - d);
+        }
+    })
 }
-
-use ndarray::parallel::prelude::*;

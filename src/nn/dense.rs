@@ -31,6 +31,40 @@ pub fn matmul<T: Scalar>(
     out
 }
 
+/// $\mathrm{out} \mathrel{+}= X W$, row-parallel in the fixed blocks of
+/// [`matmul`]: each row is its product added once to the row's old value
+/// (the same bits as adding [`matmul`]'s result), without allocating the
+/// product.
+pub fn matmul_acc<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, out: &mut Array2<T>) {
+    debug_assert_eq!(out.dim(), (x.nrows(), w.ncols()));
+    out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut block)| {
+            let r0 = b * ROW_BLOCK;
+            let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
+            ndarray::linalg::general_mat_mul(T::one(), &xb, &w, T::one(), &mut block);
+        });
+}
+
+/// $(\bar W = X^\top \bar Y,\ \bar b = \sum_n \bar Y_n)$, the parameter
+/// part of [`matmul_vjp`]; the reductions over rows use fixed chunks
+/// (deterministic).
+pub fn matmul_vjp_params<T: Scalar>(
+    x: ArrayView2<T>,
+    grad: ArrayView2<T>,
+) -> (Array2<T>, Array1<T>) {
+    reduce_chunked(
+        0..x.nrows(),
+        |r| {
+            let xs = x.slice(s![r.clone(), ..]);
+            let gs = grad.slice(s![r, ..]);
+            (xs.t().dot(&gs), gs.sum_axis(Axis(0)))
+        },
+        |(a, b), (c2, d)| (a + c2, b + d),
+    )
+}
+
 /// VJP of [`matmul`]: returns $(\bar X = \bar Y W^\top,\ \bar W = X^\top \bar Y,\ \bar b = \sum_n \bar Y_n)$.
 /// The reductions over rows use fixed chunks (deterministic).
 pub fn matmul_vjp<T: Scalar>(
@@ -39,17 +73,8 @@ pub fn matmul_vjp<T: Scalar>(
     grad: ArrayView2<T>,
 ) -> (Array2<T>, Array2<T>, Array1<T>) {
     let gx = matmul(grad, w.t(), None);
-    let (f, c) = (x.ncols(), w.ncols());
-    let (gw, gb) = reduce_chunked(
-        0..x.nrows(),
-        |r| {
-            let xs = x.slice(s![r.clone(), ..]);
-            let gs = grad.slice(s![r, ..]);
-            (xs.t().dot(&gs), gs.sum_axis(Axis(0)))
-        },
-        |(a, b), (c2, d)| (a + c2, b + d),
-    );
-    debug_assert_eq!(gw.dim(), (f, c));
+    let (gw, gb) = matmul_vjp_params(x, grad);
+    debug_assert_eq!(gw.dim(), (x.ncols(), w.ncols()));
     (gx, gw, gb)
 }
 
@@ -69,9 +94,22 @@ pub struct Dense {
 #[derive(Debug, Clone)]
 pub struct DenseCache<T: Scalar> {
     /// Pre-activation $xW + b$.
-    pub pre: Array2<T>,
-    /// Output $f(xW + b)$.
-    pub out: Array2<T>,
+    pre: Array2<T>,
+    /// Output $f(xW + b)$; `None` for the linear activation, whose output
+    /// is `pre` itself (not stored twice).
+    out: Option<Array2<T>>,
+}
+
+impl<T: Scalar> DenseCache<T> {
+    /// The pre-activation $xW + b$.
+    pub fn pre_activation(&self) -> &Array2<T> {
+        &self.pre
+    }
+
+    /// The layer's output $f(xW + b)$.
+    pub fn output(&self) -> &Array2<T> {
+        self.out.as_ref().unwrap_or(&self.pre)
+    }
 }
 
 impl Dense {
@@ -134,7 +172,8 @@ impl Dense {
             None
         };
         let pre = matmul(x, w, b);
-        let out = self.activation.forward(pre.view());
+        let out =
+            (self.activation != Activation::Linear).then(|| self.activation.forward(pre.view()));
         Ok(DenseCache { pre, out })
     }
 
@@ -150,15 +189,37 @@ impl Dense {
         grad_out: ArrayView2<T>,
         grads: &mut Params<T>,
     ) -> Result<Array2<T>> {
+        let mut gx = Array2::zeros(x.raw_dim());
+        self.backward_acc(params, x, cache, grad_out, grads, &mut gx)?;
+        Ok(gx)
+    }
+
+    /// [`Dense::backward`] that adds $\bar x$ into `gx` instead of
+    /// returning it (no $N \times F$ temporary).
+    ///
+    /// # Errors
+    /// Parameter look-up errors only (shapes were checked by the forward).
+    pub fn backward_acc<T: Scalar>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        cache: &DenseCache<T>,
+        grad_out: ArrayView2<T>,
+        grads: &mut Params<T>,
+        gx: &mut Array2<T>,
+    ) -> Result<()> {
         let w = params.matrix(&self.kernel_name())?;
-        let gpre = self
-            .activation
-            .vjp(cache.pre.view(), cache.out.view(), grad_out);
-        let (gx, gw, gb) = matmul_vjp(x, w, gpre.view());
+        let activated = cache
+            .out
+            .as_ref()
+            .map(|out| self.activation.vjp(cache.pre.view(), out.view(), grad_out));
+        let gpre = activated.as_ref().map_or(grad_out, |g| g.view());
+        matmul_acc(gpre, w.t(), gx);
+        let (gw, gb) = matmul_vjp_params(x, gpre);
         grads.accumulate_dim(&self.kernel_name(), gw.view())?;
         if self.use_bias {
             grads.accumulate_dim(&self.bias_name(), gb.view())?;
         }
-        Ok(gx)
+        Ok(())
     }
 }

@@ -26,7 +26,7 @@ pub struct MlpCache<T: Scalar> {
 impl<T: Scalar> MlpCache<T> {
     /// The MLP's output (linear logits).
     pub fn output(&self) -> &Array2<T> {
-        &self.layers[self.layers.len() - 1].out
+        self.layers[self.layers.len() - 1].output()
     }
 }
 
@@ -71,7 +71,7 @@ impl Mlp {
         for l in &self.layers {
             let c = match caches.last() {
                 None => l.forward(params, x)?,
-                Some(prev) => l.forward(params, prev.out.view())?,
+                Some(prev) => l.forward(params, prev.output().view())?,
             };
             caches.push(c);
         }
@@ -91,15 +91,34 @@ impl Mlp {
         grad_out: ArrayView2<T>,
         grads: &mut Params<T>,
     ) -> Result<Array2<T>> {
-        let mut g = grad_out.to_owned();
-        for j in (0..self.layers.len()).rev() {
-            let input = if j == 0 {
-                x
-            } else {
-                cache.layers[j - 1].out.view()
-            };
-            g = self.layers[j].backward(params, input, &cache.layers[j], g.view(), grads)?;
+        let mut gx = Array2::zeros(x.raw_dim());
+        self.backward_acc(params, x, cache, grad_out, grads, &mut gx)?;
+        Ok(gx)
+    }
+
+    /// [`Mlp::backward`] that adds $\bar x$ into `gx` instead of returning
+    /// it (no $N \times F$ temporary).
+    ///
+    /// # Errors
+    /// Parameter look-up errors only (shapes were checked by the forward).
+    pub fn backward_acc<T: Scalar>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        cache: &MlpCache<T>,
+        grad_out: ArrayView2<T>,
+        grads: &mut Params<T>,
+        gx: &mut Array2<T>,
+    ) -> Result<()> {
+        let mut g: Option<Array2<T>> = None;
+        for j in (1..self.layers.len()).rev() {
+            let input = cache.layers[j - 1].output().view();
+            let go = g.as_ref().map_or(grad_out, |g| g.view());
+            let mut gi = Array2::zeros(input.raw_dim());
+            self.layers[j].backward_acc(params, input, &cache.layers[j], go, grads, &mut gi)?;
+            g = Some(gi);
         }
-        Ok(g)
+        let go = g.as_ref().map_or(grad_out, |g| g.view());
+        self.layers[0].backward_acc(params, x, &cache.layers[0], go, grads, gx)
     }
 }

@@ -1,0 +1,169 @@
+//! Row gathers and scatters of the subset (score-based) selections, on
+//! plain slices: the kept rows scaled by their gates, and the backward pass
+//! that writes the gradient of $X$ once, fused with the rank-$r$ term of a
+//! linear score ($\bar X \mathrel{+}= C V$).
+
+use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2};
+use rayon::prelude::*;
+
+use super::rows::row_major;
+use super::{CHUNK, ROW_BLOCK};
+use crate::scalar::Scalar;
+
+/// The kept rows scaled by their gates: row $j$ of the result ($K \times F$)
+/// is $\mathrm{scale}_j \, x_{\text{kept}_j}$ (the reduce of a
+/// [`crate::framework::Subset`] selection). Parallel over fixed blocks of
+/// [`ROW_BLOCK`] output rows; every entry is one product, so the bits do not
+/// depend on the thread count.
+///
+/// ```
+/// use graphpool::kernels::gather::gather_scaled_rows;
+/// use ndarray::array;
+/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// let out = gather_scaled_rows(x.view(), &[0, 2], array![2.0, -1.0].view());
+/// assert_eq!(out, array![[2.0, 4.0], [-5.0, -6.0]]);
+/// ```
+pub fn gather_scaled_rows<T: Scalar>(
+    x: ArrayView2<T>,
+    kept: &[usize],
+    scale: ArrayView1<T>,
+) -> Array2<T> {
+    debug_assert_eq!(kept.len(), scale.len());
+    let f = x.ncols();
+    let mut out = vec![T::zero(); kept.len() * f];
+    if f > 0 {
+        let xs = row_major(&x);
+        out.par_chunks_mut(ROW_BLOCK * f)
+            .enumerate()
+            .for_each(|(b, block)| {
+                for (j, row) in block.chunks_exact_mut(f).enumerate() {
+                    let j = b * ROW_BLOCK + j;
+                    let (g, n) = (scale[j], kept[j]);
+                    for (o, &v) in row.iter_mut().zip(&xs[n * f..(n + 1) * f]) {
+                        *o = g * v;
+                    }
+                }
+            });
+    }
+    Array2::from_shape_vec((kept.len(), f), out).expect("the length is K * F")
+}
+
+/// VJP of [`gather_scaled_rows`] with respect to the scales:
+/// $\bar{\mathrm{scale}}_j = \langle x_{\text{kept}_j}, \bar O_j\rangle$
+/// (ndarray's `dot`, in parallel over the kept rows).
+pub fn gather_scaled_rows_vjp_scale<T: Scalar>(
+    x: ArrayView2<T>,
+    kept: &[usize],
+    grad: ArrayView2<T>,
+) -> Array1<T> {
+    let f = x.ncols();
+    let (xs, gs) = (row_major(&x), row_major(&grad));
+    let dots: Vec<T> = kept
+        .par_iter()
+        .enumerate()
+        .map(|(j, &n)| aview1(&gs[j * f..(j + 1) * f]).dot(&aview1(&xs[n * f..(n + 1) * f])))
+        .collect();
+    Array1::from(dots)
+}
+
+/// The gradient of $X$ ($N \times F$, `n` rows) of a subset selection whose
+/// score is linear in $X$, written once:
+/// $$\bar X_n = \big(0 + \mathrm{scale}_j \bar O_j\big) + \sum_{t} C_{nt} V_t
+/// \quad (n = \text{kept}_j), \qquad \bar X_n = 0 + \sum_t C_{nt} V_t
+/// \text{ otherwise},$$
+/// the terms added left to right ($C$ is $N \times r$, $V$ is $r \times F$,
+/// $r$ small: the rank-$r$ path through the score, e.g. $\bar y\, \hat p^\top$
+/// for $y = X \hat p$). This is [`gather_scaled_rows`]'s VJP with respect to
+/// $X$ plus the outer products, in one pass instead of an $N \times F$ array
+/// per term. Parallel over fixed blocks of [`ROW_BLOCK`] rows.
+pub fn scatter_scaled_rows_plus<T: Scalar>(
+    n: usize,
+    kept: &[usize],
+    scale: ArrayView1<T>,
+    grad: ArrayView2<T>,
+    c: ArrayView2<T>,
+    v: ArrayView2<T>,
+) -> Array2<T> {
+    debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
+    debug_assert_eq!(c.nrows(), n);
+    debug_assert_eq!(c.ncols(), v.nrows());
+    let f = grad.ncols();
+    let r = v.nrows();
+    let mut out = vec![T::zero(); n * f];
+    if f > 0 {
+        let (gs, cs, vs) = (row_major(&grad), row_major(&c), row_major(&v));
+        out.par_chunks_mut(ROW_BLOCK * f)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let lo = b * ROW_BLOCK;
+                let mut j = kept.partition_point(|&k| k < lo);
+                for (i, row) in block.chunks_exact_mut(f).enumerate() {
+                    let node = lo + i;
+                    let cn = &cs[node * r..(node + 1) * r];
+                    let is_kept = j < kept.len() && kept[j] == node;
+                    if is_kept {
+                        let g = scale[j];
+                        for (o, &d) in row.iter_mut().zip(&gs[j * f..(j + 1) * f]) {
+                            *o = T::zero() + g * d;
+                        }
+                        j += 1;
+                    } else if cn.iter().all(|&ct| ct == T::zero()) {
+                        // 0 + 0 * v is +0: the zeroed row (written, so that its
+                        // fresh page is not first read)
+                        row.fill(T::zero());
+                        continue;
+                    } else {
+                        row.fill(T::zero());
+                    }
+                    for (t, &ct) in cn.iter().enumerate() {
+                        for (o, &vt) in row.iter_mut().zip(&vs[t * f..(t + 1) * f]) {
+                            *o += ct * vt;
+                        }
+                    }
+                }
+            });
+    }
+    Array2::from_shape_vec((n, f), out).expect("the length is N * F")
+}
+
+/// $X^\top c$ (an $F$-vector) for a per-node weight $c$: the parameter
+/// gradient of a linear score $y = X w$ given $\bar y = c$. Summed over
+/// fixed chunks of [`CHUNK`] rows in node order (rows with $c_n = 0$ are
+/// skipped: they would only add $\pm 0$ to a sum that starts at $+0$), the
+/// chunks' partial sums added in order: the same bits on any thread count.
+///
+/// ```
+/// use graphpool::kernels::gather::weighted_row_sum;
+/// use ndarray::array;
+/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// assert_eq!(weighted_row_sum(x.view(), array![1.0, 0.0, 2.0].view()), array![11.0, 14.0]);
+/// ```
+pub fn weighted_row_sum<T: Scalar>(x: ArrayView2<T>, c: ArrayView1<T>) -> Array1<T> {
+    debug_assert_eq!(x.nrows(), c.len());
+    let f = x.ncols();
+    let xs = row_major(&x);
+    let n = c.len();
+    let partial = |rows: std::ops::Range<usize>| {
+        let mut acc = vec![T::zero(); f];
+        for node in rows {
+            let w = c[node];
+            if w != T::zero() {
+                for (a, &v) in acc.iter_mut().zip(&xs[node * f..(node + 1) * f]) {
+                    *a += w * v;
+                }
+            }
+        }
+        acc
+    };
+    let parts: Vec<Vec<T>> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|b| partial(b * CHUNK..((b + 1) * CHUNK).min(n)))
+        .collect();
+    let mut total = vec![T::zero(); f];
+    for p in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+    }
+    Array1::from(total)
+}
