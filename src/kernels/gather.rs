@@ -30,7 +30,7 @@ pub fn gather_scaled_rows<T: Scalar>(
 ) -> Array2<T> {
     debug_assert_eq!(kept.len(), scale.len());
     let f = x.ncols();
-    let mut out = vec![T::zero(); kept.len() * f];
+    let mut out = super::rows::fresh_vec(kept.len() * f);
     if f > 0 {
         let xs = row_major(&x);
         out.par_chunks_mut(ROW_BLOCK * f)
@@ -89,7 +89,7 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
     debug_assert_eq!(c.ncols(), v.nrows());
     let f = grad.ncols();
     let r = v.nrows();
-    let mut out = vec![T::zero(); n * f];
+    let mut out = super::rows::fresh_vec(n * f);
     if f > 0 {
         let (gs, cs, vs) = (row_major(&grad), row_major(&c), row_major(&v));
         out.par_chunks_mut(ROW_BLOCK * f)

@@ -319,7 +319,7 @@ where
 {
     debug_assert_eq!(x.nrows(), segments.num_nodes());
     let b = segments.num_graphs();
-    let mut out = vec![U::default(); b * width];
+    let mut out = rows::fresh_vec(b * width);
     if width == 0 || b == 0 {
         return ndarray::Array2::from_shape_vec((b, width), out).expect("the length is b * width");
     }
@@ -404,7 +404,7 @@ where
     F: Fn(usize, usize, &mut [U]) + Sync,
 {
     let n = segments.num_nodes();
-    let mut out = vec![U::default(); n * width];
+    let mut out = rows::fresh_vec(n * width);
     if width > 0 {
         let offsets = segments.offsets();
         out.par_chunks_mut(ROW_BLOCK * width)

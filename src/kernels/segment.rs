@@ -239,7 +239,10 @@ pub fn segment_matmul_tn<T: Scalar>(
     segments: &Segments,
 ) -> Array2<T> {
     let (k, f) = (s.ncols(), y.ncols());
-    let mut out = Array2::zeros((segments.num_graphs() * k, f));
+    // every block is assigned once: fresh memory, first written
+    let rows_out = segments.num_graphs() * k;
+    let mut out = Array2::from_shape_vec((rows_out, f), rows::fresh_vec(rows_out * f))
+        .expect("rows * cols entries");
     for_each_graph_block(out.view_mut(), k, |g, mut block| {
         let r = reduce_chunked(
             segments.range(g),

@@ -418,12 +418,18 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
     let k = blocks.ncols();
     let n = blocks.nrows();
     let indptr: Vec<usize> = (0..=n).map(|r| r * k).collect();
-    let mut indices = Vec::with_capacity(n * k);
-    for r in 0..n {
-        let base = r.checked_div(k).map_or(0, |q| q * k);
-        indices.extend(base..base + k);
+    // row r holds the columns of its block, (r / k) k .. (r / k) k + k; rows
+    // filled in parallel into fresh memory
+    let mut indices: Vec<usize> = rows::fresh_vec(n * k);
+    if k > 0 {
+        indices.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
+            let base = r / k * k;
+            for (j, c) in row.iter_mut().enumerate() {
+                *c = base + j;
+            }
+        });
     }
-    let data: Vec<T> = blocks.iter().copied().collect();
+    let data: Vec<T> = rows::row_major(&blocks).into_owned();
     CsMat::new((n, n), indptr, indices, data)
 }
 

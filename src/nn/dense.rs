@@ -43,7 +43,11 @@ pub fn matmul<T: Scalar>(
             }
         });
     }
-    let mut out = Array2::zeros((x.nrows(), w.ncols()));
+    let mut out = Array2::from_shape_vec(
+        (x.nrows(), w.ncols()),
+        rows::fresh_vec(x.nrows() * w.ncols()),
+    )
+    .expect("rows * cols entries");
     out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
