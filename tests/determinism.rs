@@ -131,3 +131,22 @@ fn every_layer_is_bit_identical_on_1_2_3_and_8_threads_and_across_runs_in_f64() 
 fn every_layer_is_bit_identical_on_1_3_and_8_threads_in_f32() {
     check::<f32>(&[3, 8]);
 }
+
+/// `Layer::call` (which several layers implement without building the
+/// backward cache, or without the per-node intermediates only the backward
+/// pass needs) returns exactly what `forward` returns, for every layer, on
+/// 1 and 3 threads, in `f64` and `f32`.
+#[test]
+fn call_returns_exactly_the_forward_output_for_every_layer() {
+    fn check_call<T: Scalar>() {
+        let b = batch::<T>();
+        for (name, run) in all_layers::<T>(F, K) {
+            for t in [1, 3] {
+                with_threads(t, || run.forward_and_call(&b))
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+        }
+    }
+    check_call::<f64>();
+    check_call::<f32>();
+}

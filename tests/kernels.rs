@@ -568,3 +568,29 @@ fn segment_vjps_broadcast_rows_and_split_ties() {
         }
     }
 }
+
+/// `scatter_values` equals the plain `out[source[e]] += grad[e]` loop for
+/// strictly increasing sources (filled in parallel) and for repeated,
+/// unordered ones, on 1 and 3 threads.
+#[test]
+fn scatter_values_equals_the_plain_scatter() {
+    use graphpool::kernels::sparse::scatter_values;
+    let len = 300_000;
+    let increasing: Vec<usize> = (0..len).filter(|i| i % 3 != 0).collect();
+    let repeated: Vec<usize> = (0..100_000).map(|i| (i * 7919) % 5_000).collect();
+    for source in [increasing, repeated] {
+        let grad: Vec<f64> = (0..source.len())
+            .map(|e| (e % 17) as f64 * 0.1 - 0.8)
+            .collect();
+        let mut want = Array1::<f64>::zeros(len);
+        for (&g, &s) in grad.iter().zip(&source) {
+            want[s] += g;
+        }
+        for t in [1, 3] {
+            assert_eq!(
+                with_threads(t, || scatter_values(&grad, &source, len)),
+                want
+            );
+        }
+    }
+}

@@ -8,6 +8,7 @@ use super::layer::{pair_arrays, random_like, Differentiable};
 use super::Selection;
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
+use crate::kernels::rows::first_non_finite;
 use crate::nn::ParamRng;
 use crate::scalar::Scalar;
 
@@ -125,40 +126,38 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
         index,
         value: value.to_string(),
     };
-    if let Some(((r, c), &v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(overflow("pooled x", format!("({r}, {c})"), v));
+    // parallel, vectorised scans of the plain values (rows::first_non_finite)
+    let first_bad_2d = |m: &Array2<T>| match m.as_slice() {
+        Some(v) => first_non_finite(v).map(|p| (p, v[p])),
+        None => m.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
+    };
+    if let Some((p, v)) = first_bad_2d(x) {
+        let c = x.ncols();
+        return Err(overflow("pooled x", format!("({}, {})", p / c, p % c), v));
     }
-    if let Some((e, &v)) = a.data().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(overflow("pooled adjacency", format!("entry {e}"), v));
+    if let Some(e) = first_non_finite(a.data()) {
+        return Err(overflow(
+            "pooled adjacency",
+            format!("entry {e}"),
+            a.data()[e],
+        ));
     }
     if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
         return Err(overflow(&format!("loss `{name}`"), "-".into(), v));
     }
+    let first_bad_1d = |m: &Array1<T>| match m.as_slice() {
+        Some(v) => first_non_finite(v).map(|p| (p, v[p])),
+        None => m.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
+    };
     if let Some(score) = score {
-        if let Some((n, &v)) = score.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        if let Some((n, v)) = first_bad_1d(score) {
             return Err(overflow("score", format!("node {n}"), v));
         }
     }
     let bad = match selection {
-        Selection::Subset(s) => s
-            .gate
-            .iter()
-            .copied()
-            .enumerate()
-            .find(|(_, v)| !v.is_finite()),
-        Selection::Dense(s) => {
-            s.s.iter()
-                .copied()
-                .enumerate()
-                .find(|(_, v)| !v.is_finite())
-        }
-        Selection::Sparse(s) => {
-            s.s.data()
-                .iter()
-                .copied()
-                .enumerate()
-                .find(|(_, v)| !v.is_finite())
-        }
+        Selection::Subset(s) => first_bad_1d(&s.gate),
+        Selection::Dense(s) => first_bad_2d(&s.s),
+        Selection::Sparse(s) => first_non_finite(s.s.data()).map(|p| (p, s.s.data()[p])),
     };
     if let Some((i, v)) = bad {
         return Err(overflow("selection", format!("flat index {i}"), v));

@@ -3,20 +3,12 @@
 //! that writes the gradient of $X$ once, fused with the rank-$r$ term of a
 //! linear score ($\bar X \mathrel{+}= C V$).
 
-use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2, CowArray, Ix2};
+use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
+use super::rows::row_major;
 use super::{CHUNK, ROW_BLOCK};
 use crate::scalar::Scalar;
-
-/// `m` as a row-major matrix (borrowed when it is one, else copied).
-fn standard<T: Scalar>(m: ArrayView2<'_, T>) -> CowArray<'_, T, Ix2> {
-    if m.is_standard_layout() {
-        m.into()
-    } else {
-        m.as_standard_layout().into_owned().into()
-    }
-}
 
 /// The kept rows scaled by their gates: row $j$ of the result ($K \times F$)
 /// is $\mathrm{scale}_j \, x_{\text{kept}_j}$ (the reduce of a
@@ -38,10 +30,9 @@ pub fn gather_scaled_rows<T: Scalar>(
 ) -> Array2<T> {
     debug_assert_eq!(kept.len(), scale.len());
     let f = x.ncols();
-    let mut out = vec![T::zero(); kept.len() * f];
+    let mut out = super::rows::fresh_vec(kept.len() * f);
     if f > 0 {
-        let x = standard(x);
-        let xs = x.as_slice().expect("standard layout");
+        let xs = row_major(&x);
         out.par_chunks_mut(ROW_BLOCK * f)
             .enumerate()
             .for_each(|(b, block)| {
@@ -66,11 +57,7 @@ pub fn gather_scaled_rows_vjp_scale<T: Scalar>(
     grad: ArrayView2<T>,
 ) -> Array1<T> {
     let f = x.ncols();
-    let (x, grad) = (standard(x), standard(grad));
-    let (xs, gs) = (
-        x.as_slice().expect("standard layout"),
-        grad.as_slice().expect("standard layout"),
-    );
+    let (xs, gs) = (row_major(&x), row_major(&grad));
     let dots: Vec<T> = kept
         .par_iter()
         .enumerate()
@@ -102,14 +89,9 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
     debug_assert_eq!(c.ncols(), v.nrows());
     let f = grad.ncols();
     let r = v.nrows();
-    let mut out = vec![T::zero(); n * f];
+    let mut out = super::rows::fresh_vec(n * f);
     if f > 0 {
-        let (grad, c, v) = (standard(grad), standard(c), standard(v));
-        let gs = grad.as_slice().expect("standard layout");
-        let (cs, vs) = (
-            c.as_slice().expect("standard layout"),
-            v.as_slice().expect("standard layout"),
-        );
+        let (gs, cs, vs) = (row_major(&grad), row_major(&c), row_major(&v));
         out.par_chunks_mut(ROW_BLOCK * f)
             .enumerate()
             .for_each(|(b, block)| {
@@ -126,8 +108,12 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
                         }
                         j += 1;
                     } else if cn.iter().all(|&ct| ct == T::zero()) {
-                        // 0 + 0 * v is +0: the zeroed row already
+                        // 0 + 0 * v is +0: the zeroed row (written, so that its
+                        // fresh page is not first read)
+                        row.fill(T::zero());
                         continue;
+                    } else {
+                        row.fill(T::zero());
                     }
                     for (t, &ct) in cn.iter().enumerate() {
                         for (o, &vt) in row.iter_mut().zip(&vs[t * f..(t + 1) * f]) {
@@ -155,8 +141,7 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
 pub fn weighted_row_sum<T: Scalar>(x: ArrayView2<T>, c: ArrayView1<T>) -> Array1<T> {
     debug_assert_eq!(x.nrows(), c.len());
     let f = x.ncols();
-    let x = standard(x);
-    let xs = x.as_slice().expect("standard layout");
+    let xs = row_major(&x);
     let n = c.len();
     let partial = |rows: std::ops::Range<usize>| {
         let mut acc = vec![T::zero(); f];

@@ -319,7 +319,7 @@ where
 {
     debug_assert_eq!(x.nrows(), segments.num_nodes());
     let b = segments.num_graphs();
-    let mut out = vec![U::default(); b * width];
+    let mut out = rows::fresh_vec(b * width);
     if width == 0 || b == 0 {
         return ndarray::Array2::from_shape_vec((b, width), out).expect("the length is b * width");
     }
@@ -350,6 +350,9 @@ where
         .into_par_iter()
         .map(|(item, dst)| match item {
             SegmentWork::Graphs(gr) => {
+                // zero the fresh output by writing it: a first touch that reads
+                // (an accumulation) would fault every page twice
+                dst.fill(U::default());
                 let first = offsets[gr.start];
                 let rows = rows_of(&x, xs, first..offsets[gr.end]);
                 for (g, acc) in gr.clone().zip(dst.chunks_exact_mut(width)) {
@@ -366,6 +369,7 @@ where
                     map(*graph, &rows, &mut p);
                     Some(p)
                 } else {
+                    dst.fill(U::default());
                     map(*graph, &rows, dst);
                     None
                 }
@@ -390,13 +394,17 @@ where
 /// Builds an $N \times$ `width` matrix (one row per node) whose row `node`
 /// is written by `f(graph, node, row)` (`row` arrives zeroed), in parallel
 /// over fixed blocks of [`ROW_BLOCK`] rows, on plain slices.
+///
+/// The matrix is freshly allocated (zero pages mapped on first touch): `f`
+/// should write every entry of its row rather than read it first (a read
+/// then a write faults a page twice).
 pub fn fill_node_rows<U, F>(segments: &Segments, width: usize, f: F) -> ndarray::Array2<U>
 where
     U: Copy + Default + Send + Sync,
     F: Fn(usize, usize, &mut [U]) + Sync,
 {
     let n = segments.num_nodes();
-    let mut out = vec![U::default(); n * width];
+    let mut out = rows::fresh_vec(n * width);
     if width > 0 {
         let offsets = segments.offsets();
         out.par_chunks_mut(ROW_BLOCK * width)

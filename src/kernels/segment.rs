@@ -42,20 +42,10 @@ fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
     }
 }
 
-/// `grad` as a row-major slice (copied if it is a strided view).
-fn standard<T: Scalar>(grad: ArrayView2<'_, T>) -> ndarray::CowArray<'_, T, ndarray::Ix2> {
-    if grad.is_standard_layout() {
-        grad.into()
-    } else {
-        grad.as_standard_layout().into_owned().into()
-    }
-}
-
 /// VJP of [`segment_sum`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g$.
 pub fn segment_sum_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {
     let f = grad.ncols();
-    let grad = standard(grad);
-    let gs = grad.as_slice().expect("standard layout");
+    let gs = rows::row_major(&grad);
     fill_node_rows(segments, f, |g, _, row| {
         row.copy_from_slice(&gs[g * f..(g + 1) * f])
     })
@@ -75,8 +65,7 @@ pub fn segment_mean<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<
 /// VJP of [`segment_mean`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g / n_g$.
 pub fn segment_mean_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {
     let f = grad.ncols();
-    let grad = standard(grad);
-    let gs = grad.as_slice().expect("standard layout");
+    let gs = rows::row_major(&grad);
     fill_node_rows(segments, f, |g, _, row| {
         let n = T::from_count(segments.size(g).max(1));
         for (o, &v) in row.iter_mut().zip(&gs[g * f..(g + 1) * f]) {
@@ -169,8 +158,7 @@ pub fn segment_extremum_vjp<T: Scalar>(
     grad: ArrayView2<T>,
 ) -> Array2<T> {
     let f = x.ncols();
-    let out = standard(out);
-    let os = out.as_slice().expect("standard layout");
+    let os = rows::row_major(&out);
     // number of nodes attaining the extremum, per graph and feature
     let counts = reduce_segment_rows(
         x,
@@ -192,10 +180,8 @@ pub fn segment_extremum_vjp<T: Scalar>(
         |_, _| {},
     );
     let cs = counts.as_slice().expect("fresh array");
-    let grad = standard(grad);
-    let gs = grad.as_slice().expect("standard layout");
-    let x = standard(x);
-    let xs = x.as_slice().expect("standard layout");
+    let gs = rows::row_major(&grad);
+    let xs = rows::row_major(&x);
     fill_node_rows(segments, f, |g, n, row| {
         let r = g * f..(g + 1) * f;
         let it = row
@@ -205,9 +191,11 @@ pub fn segment_extremum_vjp<T: Scalar>(
             .zip(&gs[r.clone()])
             .zip(&cs[r]);
         for ((((o, &v), &m), &d), &c) in it {
-            if v == m {
-                *o = d / T::from_count(c);
-            }
+            *o = if v == m {
+                d / T::from_count(c)
+            } else {
+                T::zero()
+            };
         }
     })
 }
@@ -251,7 +239,10 @@ pub fn segment_matmul_tn<T: Scalar>(
     segments: &Segments,
 ) -> Array2<T> {
     let (k, f) = (s.ncols(), y.ncols());
-    let mut out = Array2::zeros((segments.num_graphs() * k, f));
+    // every block is assigned once: fresh memory, first written
+    let rows_out = segments.num_graphs() * k;
+    let mut out = Array2::from_shape_vec((rows_out, f), rows::fresh_vec(rows_out * f))
+        .expect("rows * cols entries");
     for_each_graph_block(out.view_mut(), k, |g, mut block| {
         let r = reduce_chunked(
             segments.range(g),
@@ -579,6 +570,8 @@ where
         }
     }
     runs.into_par_iter().for_each(|(nodes, acc)| {
+        // zeroed by writing (fresh pages: an accumulation would fault twice)
+        acc.fill([T::zero(); W]);
         let c0 = nodes.start;
         sum_rows(nodes, c0, acc);
     });
@@ -589,17 +582,19 @@ where
         let partials: Vec<Vec<[T; W]>> = starts
             .into_par_iter()
             .map(|s| {
-                let mut p = vec![[T::zero(); W]; nodes.len()];
+                let mut p = Vec::with_capacity(nodes.len());
+                p.resize(nodes.len(), [T::zero(); W]);
                 sum_rows(s..(s + len).min(nodes.end), c0, &mut p);
                 p
             })
             .collect();
-        // acc is zero: the first piece, then the others in order
+        // from 0: the first piece, then the others in order
         acc.par_chunks_mut(super::ROW_BLOCK)
             .enumerate()
             .for_each(|(b, block)| {
                 let lo = b * super::ROW_BLOCK;
                 for (i, slot) in block.iter_mut().enumerate() {
+                    *slot = [T::zero(); W];
                     for p in &partials {
                         for (s, v) in slot.iter_mut().zip(p[lo + i]) {
                             *s += v;

@@ -379,12 +379,35 @@ impl RankedBitmap {
 
 /// Scatters gradients of gathered entries back: `out[source[e]] += grad[e]`
 /// over a vector of length `len` (the VJP of any gather of stored values).
+///
+/// When `source` is strictly increasing (the sources of an [`Induced`]
+/// subgraph are), every output is one copy `0 + grad[e]` and blocks of the
+/// output are filled in parallel; otherwise the entries are added in order,
+/// sequentially. Either way the result does not depend on the thread count.
 pub fn scatter_values<T: Scalar>(grad: &[T], source: &[usize], len: usize) -> Array1<T> {
-    let mut out = Array1::zeros(len);
-    for (&g, &s) in grad.iter().zip(source) {
-        out[s] += g;
+    let mut out = vec![T::zero(); len];
+    let increasing = source.par_windows(2).all(|w| w[0] < w[1]);
+    if increasing {
+        out.par_chunks_mut(ROW_BLOCK * 64)
+            .enumerate()
+            .for_each(|(b, block)| {
+                // written first: the fresh pages are not read before
+                block.fill(T::zero());
+                let lo = b * ROW_BLOCK * 64;
+                let first = source.partition_point(|&s| s < lo);
+                for (&s, &g) in source[first..].iter().zip(&grad[first..]) {
+                    if s >= lo + block.len() {
+                        break;
+                    }
+                    block[s - lo] += g;
+                }
+            });
+    } else {
+        for (&g, &s) in grad.iter().zip(source) {
+            out[s] += g;
+        }
     }
-    out
+    Array1::from(out)
 }
 
 /// A block-diagonal CSR matrix from stacked dense $K \times K$ blocks
@@ -395,12 +418,18 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
     let k = blocks.ncols();
     let n = blocks.nrows();
     let indptr: Vec<usize> = (0..=n).map(|r| r * k).collect();
-    let mut indices = Vec::with_capacity(n * k);
-    for r in 0..n {
-        let base = r.checked_div(k).map_or(0, |q| q * k);
-        indices.extend(base..base + k);
+    // row r holds the columns of its block, (r / k) k .. (r / k) k + k; rows
+    // filled in parallel into fresh memory
+    let mut indices: Vec<usize> = rows::fresh_vec(n * k);
+    if k > 0 {
+        indices.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
+            let base = r / k * k;
+            for (j, c) in row.iter_mut().enumerate() {
+                *c = base + j;
+            }
+        });
     }
-    let data: Vec<T> = blocks.iter().copied().collect();
+    let data: Vec<T> = rows::row_major(&blocks).into_owned();
     CsMat::new((n, n), indptr, indices, data)
 }
 

@@ -2,7 +2,7 @@
 //! learned keys (Student-t kernel, several heads mixed by a 1×1 convolution),
 //! with PyG's KL auxiliary loss, per graph and without padding.
 
-use ndarray::{s, Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayD, ArrayView2, Axis, Zip};
 use sprs::CsMat;
 
 use crate::batch::{DisjointBatch, Segments};
@@ -12,12 +12,14 @@ use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
 };
+use crate::kernels::rows::row_major;
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
-use crate::kernels::{for_each_node_row, reduce_chunked};
+use crate::kernels::{fill_node_rows, reduce_chunked, ROW_BLOCK};
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Initializer, Params,
 };
 use crate::scalar::Scalar;
+use rayon::prelude::*;
 
 /// The pooled adjacency a [`MemPooling`] returns (the reference returns none).
 ///
@@ -303,69 +305,157 @@ impl<T: Scalar> MemPooling<T> {
         Ok(())
     }
 
-    /// The squared distances ($N \times HK$), the per-head assignments
-    /// ($N \times HK$) and $S$ ($N \times K$).
-    fn assign(
+    /// $S$ ($N \times K$), and when `keep` the squared distances and the
+    /// per-head assignments ($N \times HK$ each, for the backward pass). One
+    /// parallel pass over fixed blocks of [`ROW_BLOCK`] nodes on plain slices
+    /// (distances two nodes at a time, per-head weights, logits; without
+    /// `keep` the first two live in a per-task scratch block), then the row
+    /// softmax. Every value is computed as the per-row formulas say, so the
+    /// result does not depend on `keep` nor on the thread count.
+    #[allow(clippy::type_complexity)]
+    fn assign_with(
         &self,
         x: ArrayView2<T>,
-        segs: &Segments,
-    ) -> Result<(Array2<T>, Array2<T>, Array2<T>)> {
+        keep: bool,
+    ) -> Result<(Option<Array2<T>>, Option<Array2<T>>, Array2<T>)> {
         let (h, k) = (self.heads, self.k);
+        let m = h * k;
         let keys = self.keys()?;
         let conv = self.params.vector(CONV)?;
         let (tau, alpha) = (self.tau, self.alpha());
-
-        // squared distances, N x HK: summed over features in order, vectorised over the keys
         let n = x.nrows();
+        // the keys as F x HK rows: one contiguous row of key entries per feature
         let keys_t = keys.t().as_standard_layout().into_owned();
-        let mut dist = Array2::<T>::zeros((n, h * k));
-        for_each_node_row(dist.view_mut(), segs, |_, node, mut row| {
-            for (&xf, kf) in x.row(node).iter().zip(keys_t.rows()) {
-                Zip::from(&mut row).and(&kf).for_each(|d, &kv| {
-                    let e = xf - kv;
-                    *d += e * e;
-                });
-            }
-        });
-        // per-head Student-t assignments, N x HK, as ratios to the nearest
-        // key's kernel: ((tau + d_min) / (tau + d_j))^alpha, in (0, 1]
-        let mut per_head = Array2::<T>::zeros((n, h * k));
+        let kt = keys_t.as_slice().expect("standard layout");
+        let f = x.ncols();
+        let xs = row_major(&x);
         let unit_alpha = alpha == T::one();
-        for_each_node_row(per_head.view_mut(), segs, |_, node, mut row| {
-            let d = dist.row(node);
-            for head in 0..h {
-                let r = head * k..(head + 1) * k;
-                let d_min = r.clone().fold(T::infinity(), |m, j| m.min(d[j]));
-                let base = tau + d_min;
-                if !base.is_finite() {
-                    let uniform = T::one() / T::from_count(k);
-                    for j in r {
-                        row[j] = uniform;
+        // one block of nodes: distances db and per-head weights pb (rows of
+        // m), logits lb (rows of k), for the nodes from lo
+        let block = |lo: usize, db: &mut [T], pb: &mut [T], lb: &mut [T]| {
+            // squared distances, summed over the features in order, two nodes at a time
+            let rows_here = lb.len() / k;
+            let xr = |i: usize| &xs[(lo + i) * f..(lo + i + 1) * f];
+            let mut pairs = db.chunks_exact_mut(2 * m);
+            for (i, pair) in pairs.by_ref().enumerate() {
+                let (d0, d1) = pair.split_at_mut(m);
+                sq_dists([xr(2 * i), xr(2 * i + 1)], kt, [d0, d1]);
+            }
+            let last = pairs.into_remainder();
+            if !last.is_empty() {
+                sq_dists([xr(rows_here - 1)], kt, [last]);
+            }
+            let rows = db.chunks_exact(m).zip(pb.chunks_exact_mut(m));
+            for ((d, ph), lg) in rows.zip(lb.chunks_exact_mut(k)) {
+                // per-head Student-t assignments as ratios to the nearest
+                // key's kernel: ((tau + d_min) / (tau + d_j))^alpha
+                for (dh, row) in d.chunks_exact(k).zip(ph.chunks_exact_mut(k)) {
+                    let d_min = dh.iter().fold(T::infinity(), |a, &v| a.min(v));
+                    let base = tau + d_min;
+                    if !base.is_finite() {
+                        row.fill(T::one() / T::from_count(k));
+                        continue;
                     }
-                    continue;
+                    let mut z = T::zero();
+                    for (r, &dj) in row.iter_mut().zip(dh) {
+                        let ratio = base / (tau + dj);
+                        *r = if unit_alpha { ratio } else { ratio.powf(alpha) };
+                        z += *r;
+                    }
+                    for r in row.iter_mut() {
+                        *r /= z;
+                    }
                 }
-                let mut z = T::zero();
-                for j in r.clone() {
-                    let ratio = base / (tau + d[j]);
-                    row[j] = if unit_alpha { ratio } else { ratio.powf(alpha) };
-                    z += row[j];
-                }
-                for j in r {
-                    row[j] /= z;
-                }
-            }
-        });
-        // 1x1 convolution over heads, softmax over clusters
-        let mut logits = Array2::<T>::zeros((n, k));
-        for_each_node_row(logits.view_mut(), segs, |_, node, mut row| {
-            let ph = per_head.row(node);
-            for (head, &w) in conv.iter().enumerate() {
-                for j in 0..k {
-                    row[j] += w * ph[head * k + j];
+                // 1x1 convolution over heads
+                lg.fill(T::zero());
+                for (&w, row) in conv.iter().zip(ph.chunks_exact(k)) {
+                    for (l, &p) in lg.iter_mut().zip(row) {
+                        *l += w * p;
+                    }
                 }
             }
-        });
-        Ok((dist, per_head, softmax_rows(logits.view())))
+        };
+        let mut logits = vec![T::zero(); n * k];
+        let (mut dist, mut per_head) = (Vec::new(), Vec::new());
+        if m > 0 && keep {
+            dist = vec![T::zero(); n * m];
+            per_head = vec![T::zero(); n * m];
+            dist.par_chunks_mut(ROW_BLOCK * m)
+                .zip(per_head.par_chunks_mut(ROW_BLOCK * m))
+                .zip(logits.par_chunks_mut(ROW_BLOCK * k))
+                .enumerate()
+                .for_each(|(b, ((db, pb), lb))| block(b * ROW_BLOCK, db, pb, lb));
+        } else if m > 0 {
+            logits
+                .par_chunks_mut(ROW_BLOCK * k)
+                .enumerate()
+                .for_each_init(
+                    || {
+                        (
+                            vec![T::zero(); ROW_BLOCK * m],
+                            vec![T::zero(); ROW_BLOCK * m],
+                        )
+                    },
+                    |(db, pb), (b, lb)| {
+                        let len = lb.len() / k * m;
+                        block(b * ROW_BLOCK, &mut db[..len], &mut pb[..len], lb);
+                    },
+                );
+        }
+        let shape = |c: usize, v: Vec<T>| {
+            Array2::from_shape_vec((n, c), v).expect("the length is rows * columns")
+        };
+        let s = softmax_rows(shape(k, logits).view());
+        if keep {
+            Ok((Some(shape(m, dist)), Some(shape(m, per_head)), s))
+        } else {
+            Ok((None, None, s))
+        }
+    }
+
+    /// The forward pass, with its cache when `keep`.
+    fn run(
+        &self,
+        batch: &DisjointBatch<T>,
+        keep: bool,
+    ) -> Result<(Pooled<T>, Option<MemPoolingCache<T>>)> {
+        self.check_input(batch)?;
+        let (x, segs) = (batch.x().view(), batch.segments());
+        let (dist, per_head, s) = self.assign_with(x, keep)?;
+        let assignment = DenseAssignment { s };
+        let (x_out, reduced) = self.reduce_features(&assignment, x, segs)?;
+        let out_segments = assignment.reduce_index(segs);
+        let (a_out, connect) = self.connect_graph(&assignment, batch);
+        let (kl, colsum) = kl_loss(assignment.s.view(), segs);
+        let mut losses = Losses::new();
+        losses.insert("kl".into(), kl);
+        let out_x_shape = [x_out.nrows(), x_out.ncols()];
+        let out_nnz = a_out.nnz();
+        let cache = match (dist, per_head) {
+            (Some(dist), Some(per_head)) => Some(MemPoolingCache {
+                dist,
+                per_head,
+                assignment: assignment.clone(),
+                reduced,
+                colsum,
+                connect,
+                out_x_shape,
+                out_nnz,
+                input: InputSignature::of(batch),
+                stamp: self.stamp(),
+            }),
+            _ => None,
+        };
+        let pooled = Pooled::checked(
+            "MemPooling",
+            x_out,
+            a_out,
+            out_segments,
+            Selection::Dense(assignment),
+            None,
+            losses,
+        )?;
+        Ok((pooled, cache))
     }
 
     /// $X'_g = (S_g^\top X_g) W$, and $S_g^\top X_g$.
@@ -411,17 +501,19 @@ fn kl_terms<T: Scalar>(s: ArrayView2<T>, segs: &Segments) -> (Array2<T>, Array1<
     let colsum = segment_sum(s, segs);
     let eps = T::c(KL_EPS);
     let k = s.ncols();
-    let mut per_node = Array2::<T>::zeros((s.nrows(), 1));
-    for_each_node_row(per_node.view_mut(), segs, |g, n, mut out| {
-        let (p_tilde, q) = sharpened(s.row(n), colsum.row(g));
+    let ss = row_major(&s);
+    let cs = colsum.as_slice().expect("fresh array");
+    let per_node = fill_node_rows(segs, 1, |g, n, out| {
+        let (srow, c) = (&ss[n * k..(n + 1) * k], &cs[g * k..(g + 1) * k]);
+        let q = sharpened_sum(srow, c);
         let mut acc = T::zero();
-        for j in 0..k {
+        for (&sv, &cv) in srow.iter().zip(c) {
             let p = if q > T::zero() {
-                p_tilde[j] / q
+                sharpened_entry(sv, cv) / q
             } else {
                 T::zero()
             };
-            let (pc, sc) = (p.max(eps), s[[n, j]].max(eps));
+            let (pc, sc) = (p.max(eps), sv.max(eps));
             acc += pc * (pc.ln() - sc.ln());
         }
         out[0] = acc;
@@ -430,49 +522,106 @@ fn kl_terms<T: Scalar>(s: ArrayView2<T>, segs: &Segments) -> (Array2<T>, Array1<
     (colsum, per_graph)
 }
 
-/// $\tilde P_j = S_j^2 / c_j$ (0 where $c_j = 0$) and $Q = \sum_j \tilde P_j$.
-fn sharpened<T: Scalar>(s: ArrayView1<T>, c: ArrayView1<T>) -> (Vec<T>, T) {
-    let p: Vec<T> = s
-        .iter()
-        .zip(c.iter())
-        .map(|(&v, &c)| if c > T::zero() { v * v / c } else { T::zero() })
-        .collect();
-    let q = p.iter().fold(T::zero(), |a, &v| a + v);
-    (p, q)
+/// $\tilde P_j = S_j^2 / c_j$ (0 where $c_j = 0$).
+#[inline]
+fn sharpened_entry<T: Scalar>(v: T, c: T) -> T {
+    if c > T::zero() {
+        v * v / c
+    } else {
+        T::zero()
+    }
+}
+
+/// $Q = \sum_j \tilde P_j$, summed in order.
+#[inline]
+fn sharpened_sum<T: Scalar>(s: &[T], c: &[T]) -> T {
+    s.iter()
+        .zip(c)
+        .fold(T::zero(), |a, (&v, &c)| a + sharpened_entry(v, c))
+}
+
+/// $\mathrm{out}_{ij} = \sum_f (x_{if} - K_{fj})^2$ for `R` nodes at once
+/// (their features `x[i]`, $F$ each) and the $F \times M$ row-major `kt`
+/// (the keys transposed), every sum taken over $f$ in order from 0: 16 keys
+/// of `R` nodes at a time in registers, each loaded key used `R` times.
+#[inline]
+fn sq_dists<T: Scalar, const R: usize>(x: [&[T]; R], kt: &[T], out: [&mut [T]; R]) {
+    const TILE: usize = 16;
+    let m = out[0].len();
+    let f = x[0].len();
+    let mut out = out;
+    let mut j0 = 0;
+    while j0 + TILE <= m {
+        let mut acc = [[T::zero(); TILE]; R];
+        for c in 0..f {
+            let kr = &kt[c * m + j0..c * m + j0 + TILE];
+            for (a, xi) in acc.iter_mut().zip(&x) {
+                let xf = xi[c];
+                for (a, &kv) in a.iter_mut().zip(kr) {
+                    let e = xf - kv;
+                    *a += e * e;
+                }
+            }
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            o[j0..j0 + TILE].copy_from_slice(a);
+        }
+        j0 += TILE;
+    }
+    for (o, xi) in out.iter_mut().zip(&x) {
+        for (j, o) in o.iter_mut().enumerate().skip(j0) {
+            let mut acc = T::zero();
+            for (c, &xf) in xi.iter().enumerate() {
+                let e = xf - kt[c * m + j];
+                acc += e * e;
+            }
+            *o = acc;
+        }
+    }
 }
 
 /// VJP of $\beta \sum_g \mathrm{kl}_g$ with respect to $S$ (through $P$ and the
-/// column sums; a clamped value passes no gradient, as `torch.clamp`).
-fn kl_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, colsum: &Array2<T>, beta: T) -> Array2<T> {
+/// column sums; a clamped value passes no gradient, as `torch.clamp`),
+/// added to `gs`: $\mathrm{gs} \leftarrow \mathrm{gs} + \bar S_{\mathrm{kl}}$.
+fn kl_vjp_add<T: Scalar>(
+    gs: &mut Array2<T>,
+    s: ArrayView2<T>,
+    segs: &Segments,
+    colsum: &Array2<T>,
+    beta: T,
+) {
     let eps = T::c(KL_EPS);
     let k = s.ncols();
     let two = T::c(2.0);
+    let ss = row_major(&s);
+    let cs = colsum.as_slice().expect("fresh array");
     // per node: the gradient through P~ and the direct term, then t = gP~ * P~
-    let mut both = Array2::<T>::zeros((s.nrows(), 2 * k));
-    for_each_node_row(both.view_mut(), segs, |g, n, mut out| {
-        let c = colsum.row(g);
-        let (p_tilde, q) = sharpened(s.row(n), c);
-        let p: Vec<T> = p_tilde
-            .iter()
-            .map(|&v| if q > T::zero() { v / q } else { T::zero() })
-            .collect();
-        // d kl / d P = ln P + 1 - ln S (through the clamp only where P >= eps)
-        let srow = s.row(n);
-        let gp: Vec<T> = p
-            .iter()
-            .zip(srow.iter())
-            .map(|(&v, &sv)| {
-                if v >= eps {
-                    beta * (v.ln() + T::one() - sv.max(eps).ln())
-                } else {
-                    T::zero()
-                }
-            })
-            .collect();
-        let dot = gp.iter().zip(&p).fold(T::zero(), |a, (&x, &y)| a + x * y);
+    let both = fill_node_rows(segs, 2 * k, |g, n, out| {
+        let (srow, c) = (&ss[n * k..(n + 1) * k], &cs[g * k..(g + 1) * k]);
+        let q = sharpened_sum(srow, c);
+        let p = |j: usize| {
+            if q > T::zero() {
+                sharpened_entry(srow[j], c[j]) / q
+            } else {
+                T::zero()
+            }
+        };
+        // d kl / d P = ln P + 1 - ln S (through the clamp only where P >= eps),
+        // kept in the second half of the row until it is used
+        let (head, gp) = out.split_at_mut(k);
+        let mut dot = T::zero();
+        for (j, g) in gp.iter_mut().enumerate() {
+            let v = p(j);
+            *g = if v >= eps {
+                beta * (v.ln() + T::one() - srow[j].max(eps).ln())
+            } else {
+                T::zero()
+            };
+            dot += *g * v;
+        }
         for j in 0..k {
-            let sv = s[[n, j]];
-            let pc = p[j].max(eps);
+            let (sv, pj) = (srow[j], p(j));
+            let pc = pj.max(eps);
             let direct = if sv >= eps {
                 -beta * pc / sv
             } else {
@@ -488,23 +637,36 @@ fn kl_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, colsum: &Array2<T>, beta
             } else {
                 T::zero()
             };
-            out[j] = direct + through;
-            out[k + j] = gpt * p_tilde[j];
+            head[j] = direct + through;
+            gp[j] = gpt * sharpened_entry(sv, c[j]);
         }
     });
-    let mut gs = both.slice(s![.., ..k]).to_owned();
-    let t = both.slice(s![.., k..]);
     // column sums: g c_gj = -sum_n gP~_nj P~_nj / c_gj, broadcast to the graph's nodes
-    let tsum = segment_sum(t, segs);
-    for_each_node_row(gs.view_mut(), segs, |g, _, mut row| {
-        for j in 0..k {
-            let c = colsum[[g, j]];
-            if c > T::zero() {
-                row[j] -= tsum[[g, j]] / c;
+    let tsum = segment_sum(both.slice(s![.., k..]), segs);
+    let ts = tsum.as_slice().expect("fresh array");
+    let bs = both.as_slice().expect("fresh array");
+    let gsl = gs.as_slice_mut().expect("fresh array");
+    let offsets = segs.offsets();
+    gsl.par_chunks_mut(ROW_BLOCK * k)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let start = b * ROW_BLOCK;
+            let mut g = segs.graph_of(start);
+            for (i, row) in block.chunks_exact_mut(k).enumerate() {
+                let n = start + i;
+                while n >= offsets[g + 1] {
+                    g += 1;
+                }
+                for j in 0..k {
+                    let c = cs[g * k + j];
+                    let mut v = bs[n * 2 * k + j];
+                    if c > T::zero() {
+                        v -= ts[g * k + j] / c;
+                    }
+                    row[j] += v;
+                }
             }
-        }
-    });
-    gs
+        });
 }
 
 impl<T: Scalar> Layer<T> for MemPooling<T> {
@@ -512,43 +674,14 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
     type Cache = MemPoolingCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, MemPoolingCache<T>)> {
-        self.check_input(batch)?;
-        let (x, segs) = (batch.x().view(), batch.segments());
-        let (dist, per_head, s) = self.assign(x, segs)?;
+        let (pooled, cache) = self.run(batch, true)?;
+        Ok((pooled, cache.expect("requested")))
+    }
 
-        let assignment = DenseAssignment { s };
-        let (x_out, reduced) = self.reduce_features(&assignment, x, segs)?;
-        let out_segments = assignment.reduce_index(segs);
-        let (a_out, connect) = self.connect_graph(&assignment, batch);
-        let (kl, colsum) = kl_loss(assignment.s.view(), segs);
-        let mut losses = Losses::new();
-        losses.insert("kl".into(), kl);
-        let out_x_shape = [x_out.nrows(), x_out.ncols()];
-        let out_nnz = a_out.nnz();
-        let cached = assignment.clone();
-        Ok((
-            Pooled::checked(
-                "MemPooling",
-                x_out,
-                a_out,
-                out_segments,
-                Selection::Dense(assignment),
-                None,
-                losses,
-            )?,
-            MemPoolingCache {
-                dist,
-                per_head,
-                assignment: cached,
-                reduced,
-                colsum,
-                connect,
-                out_x_shape,
-                out_nnz,
-                input: InputSignature::of(batch),
-                stamp: self.stamp(),
-            },
-        ))
+    /// The forward pass without the cache (nor the per-node distances and
+    /// per-head weights only the backward pass needs).
+    fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.run(batch, false)?.0)
     }
 
     fn backward(
@@ -596,20 +729,27 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         // kl
         let g_kl = grad.loss("kl") / T::from_count(b.max(1));
         if g_kl != T::zero() {
-            gs += &kl_vjp(s, segs, &cache.colsum, g_kl);
+            kl_vjp_add(&mut gs, s, segs, &cache.colsum, g_kl);
         }
         // softmax over clusters, then the 1x1 convolution over heads
         let gz = softmax_rows_vjp(s, gs.view());
         let n = batch.num_nodes();
+        let m = h * k;
+        let (ph_view, d_view) = (cache.per_head.view(), cache.dist.view());
+        let (phs, ds) = (row_major(&ph_view), row_major(&d_view));
+        let gzs = gz.as_slice().expect("fresh array");
         let g_conv = reduce_chunked(
             0..n,
             |nodes| {
                 let mut acc = Array1::<T>::zeros(h);
                 for node in nodes {
-                    let ph = cache.per_head.row(node);
-                    for head in 0..h {
-                        for j in 0..k {
-                            acc[head] += gz[[node, j]] * ph[head * k + j];
+                    let (ph, g) = (
+                        &phs[node * m..(node + 1) * m],
+                        &gzs[node * k..(node + 1) * k],
+                    );
+                    for (a, row) in acc.iter_mut().zip(ph.chunks_exact(k)) {
+                        for (&gj, &pj) in g.iter().zip(row) {
+                            *a += gj * pj;
                         }
                     }
                 }
@@ -619,36 +759,57 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         );
         params.accumulate_dim(CONV, g_conv.view())?;
         // per-head softmax of u = -alpha ln(1 + d / tau): gradient of d
-        let mut gd = Array2::<T>::zeros((n, h * k));
-        for_each_node_row(gd.view_mut(), segs, |_, node, mut row| {
-            let ph = cache.per_head.row(node);
-            let d = cache.dist.row(node);
+        let gd = fill_node_rows(segs, m, |_, node, row| {
+            let (ph, d) = (
+                &phs[node * m..(node + 1) * m],
+                &ds[node * m..(node + 1) * m],
+            );
+            let g = &gzs[node * k..(node + 1) * k];
             for (head, &w) in conv.iter().enumerate() {
                 let r = head * k..(head + 1) * k;
-                let dot = r
-                    .clone()
-                    .fold(T::zero(), |a, j| a + w * gz[[node, j - head * k]] * ph[j]);
-                for j in r {
-                    let gu = ph[j] * (w * gz[[node, j - head * k]] - dot);
-                    let dd = -alpha / (tau + d[j]);
-                    row[j] = if dd.is_finite() { gu * dd } else { T::zero() };
+                let (phh, dh) = (&ph[r.clone()], &d[r.clone()]);
+                let dot = g
+                    .iter()
+                    .zip(phh)
+                    .fold(T::zero(), |a, (&gj, &pj)| a + w * gj * pj);
+                for (((o, &gj), &pj), &dj) in row[r].iter_mut().zip(g).zip(phh).zip(dh) {
+                    let gu = pj * (w * gj - dot);
+                    let dd = -alpha / (tau + dj);
+                    *o = if dd.is_finite() { gu * dd } else { T::zero() };
                 }
             }
         });
         // d = |x - key|^2: gx = 2 (x * rowsum(gd) - gd K), gkey = 2 (colsum(gd) key - gd^T x)
         let (gd_keys, gk_t, gd_col) = matmul_vjp(x, keys.t(), gd.view());
         let two = T::c(2.0);
-        Zip::from(gx.rows_mut())
-            .and(x.rows())
-            .and(gd.rows())
-            .and(gd_keys.rows())
-            .par_for_each(|mut o, xr, gdr, gk| {
-                let rs = gdr.iter().fold(T::zero(), |a, &v| a + v);
-                Zip::from(&mut o)
-                    .and(&xr)
-                    .and(&gk)
-                    .for_each(|o, &xv, &kv| *o += two * (xv * rs - kv));
-            });
+        {
+            let f = x.ncols();
+            let xs = row_major(&x);
+            let (gds, gks) = (
+                gd.as_slice().expect("fresh array"),
+                gd_keys.as_slice().expect("fresh array"),
+            );
+            let gxs = gx.as_slice_mut().expect("fresh array");
+            if f > 0 {
+                gxs.par_chunks_mut(ROW_BLOCK * f)
+                    .enumerate()
+                    .for_each(|(b, block)| {
+                        for (i, o) in block.chunks_exact_mut(f).enumerate() {
+                            let node = b * ROW_BLOCK + i;
+                            let rs = gds[node * m..(node + 1) * m]
+                                .iter()
+                                .fold(T::zero(), |a, &v| a + v);
+                            let (xr, gk) = (
+                                &xs[node * f..(node + 1) * f],
+                                &gks[node * f..(node + 1) * f],
+                            );
+                            for ((o, &xv), &kv) in o.iter_mut().zip(xr).zip(gk) {
+                                *o += two * (xv * rs - kv);
+                            }
+                        }
+                    });
+            }
+        }
         let mut g_keys: Array2<T> = keys.clone();
         Zip::from(g_keys.rows_mut())
             .and(&gd_col)
@@ -689,7 +850,7 @@ impl<T: Scalar> SrcPool<T> for MemPooling<T> {
     /// $S = \operatorname{softmax}\big(\sum_h w_h S^{(h)}\big)$.
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;
-        let (_, _, s) = self.assign(batch.x().view(), batch.segments())?;
+        let (_, _, s) = self.assign_with(batch.x().view(), false)?;
         Ok((Selection::Dense(DenseAssignment { s }), None))
     }
 
@@ -724,6 +885,6 @@ impl<T: Scalar> SrcPool<T> for MemPooling<T> {
 
     /// The forward pass of [`Layer::forward`] without its cache.
     fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
-        Ok(self.forward(batch)?.0)
+        self.call(batch)
     }
 }

@@ -5,6 +5,7 @@
 //! score lives here once.
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use rayon::prelude::*;
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
@@ -248,7 +249,10 @@ impl SelectionCore {
 
     fn gate<T: Scalar>(&self, y: ArrayView1<T>, kept: Vec<usize>) -> Subset<T> {
         let act = self.gating.activation();
-        let gate = Array1::from_iter(kept.iter().map(|&n| act.apply(y[n])));
+        // one activation per kept node, in parallel (elementwise: the same bits
+        // on any thread count)
+        let gate: Vec<T> = kept.par_iter().map(|&n| act.apply(y[n])).collect();
+        let gate = Array1::from(gate);
         Subset { kept, gate }
     }
 

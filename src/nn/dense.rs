@@ -5,18 +5,49 @@ use rayon::prelude::*;
 
 use super::{Activation, Params};
 use crate::error::{PoolError, Result};
-use crate::kernels::{reduce_chunked, ROW_BLOCK};
+use crate::kernels::{reduce_chunked, rows, ROW_BLOCK};
 use crate::scalar::Scalar;
+
+/// Widest $W$ (columns) that [`matmul`] and [`matmul_acc`] compute as
+/// per-row dot products instead of a packed GEMM: for a score
+/// ($C = 1$) the GEMM copies every block of $X$ into its packing buffer,
+/// which costs more than the product itself.
+pub const NARROW_COLS: usize = 4;
 
 /// Row-parallel $X W$ ($N \times F$ times $F \times C$), optionally plus a bias
 /// row. Rows are computed in fixed blocks; each row's value does not depend
 /// on the block it falls in, so results are thread-count independent.
+///
+/// For $C \le$ [`NARROW_COLS`] every entry is one [`rows::dot`] of a row of
+/// $X$ with a column of $W$ (plus the bias), on plain slices; wider products
+/// go through ndarray's GEMM per block of rows.
 pub fn matmul<T: Scalar>(
     x: ArrayView2<T>,
     w: ArrayView2<T>,
     bias: Option<ArrayView1<T>>,
 ) -> Array2<T> {
-    let mut out = Array2::zeros((x.nrows(), w.ncols()));
+    if w.ncols() <= NARROW_COLS {
+        let wt = w.t().as_standard_layout().into_owned();
+        let ws = wt.as_slice().expect("standard layout");
+        let xs = rows::row_major(&x);
+        let f = x.ncols();
+        let b = bias.map(|b| b.to_vec());
+        return rows::build_rows(x.nrows(), w.ncols(), |r, out| {
+            let xr = &xs[r * f..(r + 1) * f];
+            for (j, o) in out.iter_mut().enumerate() {
+                let v = rows::dot(xr, &ws[j * f..(j + 1) * f]);
+                *o = match &b {
+                    Some(b) => v + b[j],
+                    None => v,
+                };
+            }
+        });
+    }
+    let mut out = Array2::from_shape_vec(
+        (x.nrows(), w.ncols()),
+        rows::fresh_vec(x.nrows() * w.ncols()),
+    )
+    .expect("rows * cols entries");
     out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
@@ -37,6 +68,19 @@ pub fn matmul<T: Scalar>(
 /// product.
 pub fn matmul_acc<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, out: &mut Array2<T>) {
     debug_assert_eq!(out.dim(), (x.nrows(), w.ncols()));
+    if w.ncols() <= NARROW_COLS {
+        let wt = w.t().as_standard_layout().into_owned();
+        let ws = wt.as_slice().expect("standard layout");
+        let xs = rows::row_major(&x);
+        let f = x.ncols();
+        rows::update_rows(out, |r, o| {
+            let xr = &xs[r * f..(r + 1) * f];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o += rows::dot(xr, &ws[j * f..(j + 1) * f]);
+            }
+        });
+        return;
+    }
     out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()

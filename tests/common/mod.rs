@@ -93,7 +93,16 @@ pub fn gradients_finite<T: Scalar>(g: &Gradients<T>) -> bool {
             .all(|(_, p)| p.iter().all(|v| v.is_finite()))
 }
 
-type RunFn<T> = dyn Fn(&DisjointBatch<T>, bool) -> Result<(Out<T>, Option<Gradients<T>>), PoolError>
+/// What a [`Run`] does: the forward pass, forward and backward, or the
+/// forward pass checked against `call` (which may skip building the cache).
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Forward,
+    Both,
+    CallChecked,
+}
+
+type RunFn<T> = dyn Fn(&DisjointBatch<T>, Mode) -> Result<(Out<T>, Option<Gradients<T>>), PoolError>
     + Send
     + Sync;
 
@@ -104,13 +113,20 @@ pub struct Run<T: Scalar>(Box<RunFn<T>>);
 impl<T: Scalar> Run<T> {
     /// Forward and backward.
     pub fn both(&self, b: &DisjointBatch<T>) -> Result<(Out<T>, Gradients<T>), PoolError> {
-        let (out, g) = (self.0)(b, true)?;
+        let (out, g) = (self.0)(b, Mode::Both)?;
         Ok((out, g.expect("a backward pass was asked for")))
     }
 
     /// The forward pass only.
     pub fn forward(&self, b: &DisjointBatch<T>) -> Result<Out<T>, PoolError> {
-        Ok((self.0)(b, false)?.0)
+        Ok((self.0)(b, Mode::Forward)?.0)
+    }
+
+    /// The forward pass, after checking that `Layer::call` returns exactly
+    /// the same output (panics if not).
+    #[allow(dead_code)]
+    pub fn forward_and_call(&self, b: &DisjointBatch<T>) -> Result<Out<T>, PoolError> {
+        Ok((self.0)(b, Mode::CallChecked)?.0)
     }
 }
 
@@ -119,11 +135,14 @@ fn run<T: Scalar, L: Layer<T> + Send + Sync + 'static>(
     wrap: fn(L::Output) -> Out<T>,
 ) -> Run<T>
 where
-    L::Output: Differentiable<T>,
+    L::Output: Differentiable<T> + PartialEq,
 {
-    Run(Box::new(move |b, backward| {
+    Run(Box::new(move |b, mode| {
         let (y, cache) = l.forward(b)?;
-        if !backward {
+        if mode == Mode::CallChecked {
+            assert!(l.call(b)? == y, "call differs from forward");
+        }
+        if mode != Mode::Both {
             return Ok((wrap(y), None));
         }
         let g = y.random_cotangent(&mut rng_from_seed(99));
