@@ -10,6 +10,9 @@ mod fuzz;
 
 use std::path::Path;
 
+use graphpool::PoolError;
+use ndarray::{Array1, Array2};
+
 /// Replays every file of `dir/<target>/` through `<target>`; returns how many.
 fn replay(dir: &str) -> usize {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
@@ -45,6 +48,22 @@ fn every_seed_of_the_committed_corpus_passes_its_target_checks() {
     assert!(n >= 5 * 48, "the seed corpus is missing ({n} inputs found)");
 }
 
+/// The f32 and f64 runs of MinCutPool (PyG variant) of a clustering_pools
+/// regression input, as `fuzz::mincut_pyg_f32_and_f64` makes them.
+fn mincut_pyg_runs(
+    name: &str,
+) -> (
+    Result<(Array2<f64>, Array1<f64>), PoolError>,
+    (Array2<f64>, Array1<f64>),
+) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/clustering_pools")
+        .join(name);
+    let data = std::fs::read(path).expect("the finding's input");
+    let (g32, g64) = fuzz::mincut_pyg_f32_and_f64(&data).expect("a MinCutPool run");
+    (g32, g64.expect("f64 backward"))
+}
+
 #[test]
 fn mincut_pyg_f32_gradient_agrees_with_f64_when_pooled_degrees_underflow() {
     // the campaign's finding: a saturated assignment makes pooled degrees of
@@ -52,21 +71,47 @@ fn mincut_pyg_f32_gradient_agrees_with_f64_when_pooled_degrees_underflow() {
     // 1e45 before the softmax VJP's tiny factors bring it back; f32 once
     // overflowed there (NonFinite), it must now give f64's answer to f32
     // precision
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/regressions/clustering_pools/mincut-pyg-f32-intermediate-overflow");
-    let data = std::fs::read(path).expect("the finding's input");
-    let (g32, g64) = fuzz::mincut_pyg_f32_and_f64(&data).expect("a MinCutPool run");
-    let (g32, g64) = (g32.expect("f32 backward"), g64.expect("f64 backward"));
-    let scale = g64.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-    assert!(
-        scale > 1e10,
-        "the finding no longer reaches its regime ({scale:e})"
-    );
-    for ((i, j), &want) in g64.indexed_iter() {
-        let got = g32[[i, j]];
-        assert!(
-            (got - want).abs() <= 1e-4 * scale,
-            "x gradient ({i}, {j}): f32 {got:e}, f64 {want:e} (scale {scale:e})"
-        );
+    let (g32, (x64, e64)) = mincut_pyg_runs("mincut-pyg-f32-intermediate-overflow");
+    let (x32, e32) = g32.expect("f32 backward");
+    let flat = |a: &[f64]| a.to_vec();
+    for (what, got, want) in [
+        (
+            "x",
+            x32.iter().copied().collect::<Vec<_>>(),
+            x64.iter().copied().collect(),
+        ),
+        (
+            "edge",
+            flat(e32.as_slice().unwrap()),
+            flat(e64.as_slice().unwrap()),
+        ),
+    ] {
+        let scale = want.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+        if what == "x" {
+            assert!(
+                scale > 1e10,
+                "the finding no longer reaches its regime ({scale:e})"
+            );
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * scale,
+                "{what} gradient {i}: f32 {g:e}, f64 {w:e} (scale {scale:e})"
+            );
+        }
     }
+}
+
+#[test]
+fn mincut_pyg_f32_refuses_an_edge_gradient_whose_exact_value_exceeds_f32_max() {
+    // found by the campaign after the fix above: a mutation of the same
+    // input whose exact edge gradient (f64) is about 1.3e43; f32 cannot hold
+    // it, and the typed NonFinite is the right answer (not a wrong finite one)
+    let (g32, (_, e64)) = mincut_pyg_runs("mincut-pyg-f32-edge-gradient-beyond-f32-max");
+    let exact = e64.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    assert!(exact > f64::from(f32::MAX), "exact edge gradient {exact:e}");
+    assert!(
+        matches!(g32, Err(PoolError::NonFinite { .. })),
+        "f32 gave {g32:?}"
+    );
 }

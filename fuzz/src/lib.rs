@@ -17,7 +17,9 @@
 //! * an `Ok` result holds only finite values and a valid pooled batch, and
 //!   a second forward pass gives the same result;
 //! * backward with a matching random cotangent returns finite gradients of
-//!   the right shapes (or `NonFinite` on overflow, never on moderate inputs);
+//!   the right shapes (or `NonFinite` on overflow, never on moderate inputs;
+//!   for an `f32` clustering pool, inputs are moderate only if the exact
+//!   gradient, computed in `f64`, fits `f32`);
 //!   a mismatched gradient is `GradientShape`, another batch `ShapeMismatch`,
 //!   a cache from before `set_param` `CacheMismatch`;
 //! * inputs and parameters are never modified by a call.
@@ -967,13 +969,14 @@ pub fn clustering_pools(data: &[u8]) {
 /// `clustering_pools` builds and runs it in `f32` for `data` (batch,
 /// scaled parameters, cotangent), and the same function in `f64` (the
 /// `f32` batch, parameters and cotangent widened): the two gradients of
-/// `x`, each as `f64`. `None` if `data` does not decode to such a run.
+/// `x` and of the edge weights, each as `f64`. `None` if `data` does not
+/// decode to such a run.
 #[allow(clippy::type_complexity)]
 pub fn mincut_pyg_f32_and_f64(
     data: &[u8],
 ) -> Option<(
-    Result<Array2<f64>, PoolError>,
-    Result<Array2<f64>, PoolError>,
+    Result<(Array2<f64>, Array1<f64>), PoolError>,
+    Result<(Array2<f64>, Array1<f64>), PoolError>,
 )> {
     let (vb, c) = decode::<(ValidBatch, ClusteringConfig)>(data)?;
     let b32 = to_f32(&vb.0);
@@ -1014,11 +1017,71 @@ pub fn mincut_pyg_f32_and_f64(
             .collect(),
     };
     let (_, cache64) = l64.forward(&b64).ok()?;
-    let gx32 = l32
+    let g32 = l32
         .backward(&b32, &cache32, &g32)
-        .map(|g| g.x.mapv(f64::from));
-    let gx64 = l64.backward(&b64, &cache64, &g64).map(|g| g.x);
-    Some((gx32, gx64))
+        .map(|g| (g.x.mapv(f64::from), g.edge_weights.mapv(f64::from)));
+    let g64 = l64
+        .backward(&b64, &cache64, &g64)
+        .map(|g| (g.x, g.edge_weights));
+    Some((g32, g64))
+}
+
+/// `ctx` for an `f32` run of `l`, with `moderate` cleared when the exact
+/// answer does not fit `f32`: the same function in `f64` (`twin` given the
+/// `f32` parameters, the batch and cotangent widened) has a gradient beyond
+/// `f32::MAX`, or overflows `f64` too. Moderate inputs can have such
+/// gradients (a saturated assignment makes pooled degrees of 1e-31, and
+/// PyG's eps 1e-15 lets the normalisation's derivative reach 1e43 with
+/// respect to an edge weight); `NonFinite` is then `f32`'s right answer.
+/// Any other run keeps `ctx`.
+fn exact_answer_fits<T, L, M>(
+    l: &L,
+    twin: Result<M, PoolError>,
+    b: &DisjointBatch<T>,
+    ctx: Ctx,
+) -> Ctx
+where
+    T: Scalar,
+    L: Layer<T, Output = Pooled<T>>,
+    M: Layer<f64, Output = Pooled<f64>>,
+{
+    let narrow = T::max_value().to_f64().is_some_and(|m| m < f64::MAX);
+    let (Ok(mut twin), true, true) = (twin, narrow, ctx.moderate) else {
+        return ctx;
+    };
+    let wide = |v: &T| v.to_f64().unwrap_or(f64::NAN);
+    for (name, p) in l.params().iter() {
+        if twin.set_param(name, p.map(wide)).is_err() {
+            return ctx;
+        }
+    }
+    let Ok(b64) = DisjointBatch::new(b.x().map(wide), b.a().map(wide), b.segments().clone()) else {
+        return ctx;
+    };
+    let (Ok((y, _)), Ok((_, cache))) = (l.forward(b), twin.forward(&b64)) else {
+        return ctx;
+    };
+    let mut g = y.random_cotangent(&mut rng_from_seed(ctx.seed));
+    Pooled::scale(&mut g, T::c(ctx.cot_scale));
+    let g64 = PooledGrad {
+        x: g.x.map(wide),
+        edge_weights: g.edge_weights.map(wide),
+        losses: g.losses.iter().map(|(n, v)| (n.clone(), wide(v))).collect(),
+    };
+    let limit = T::max_value().to_f64().unwrap_or(f64::MAX);
+    let fits = match twin.backward(&b64, &cache, &g64) {
+        Ok(gr) => {
+            gr.x.iter()
+                .chain(gr.edge_weights.iter())
+                .chain(gr.params.iter().flat_map(|(_, p)| p.iter()))
+                .all(|v| v.abs() <= limit)
+        }
+        Err(_) => false,
+    };
+    Ctx {
+        moderate: fits,
+        ..ctx
+    }
 }
 
 fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, moderate: bool) {
@@ -1042,8 +1105,11 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
         "MinCutPool",
     ) {
         let l = scaled(l, p);
-        exercise(&l, b, ctx);
-        exercise(&l.with_variant(MinCutVariant::Pyg), b, ctx);
+        let twin = || MinCutPool::<f64>::new(fin, k, &hidden, act, c.seed);
+        exercise(&l, b, exact_answer_fits(&l, twin(), b, ctx));
+        let l = l.with_variant(MinCutVariant::Pyg);
+        let twin = twin().map(|t| t.with_variant(MinCutVariant::Pyg));
+        exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
     if let Some(l) = built(
         DMoNPool::<T>::new(fin, k, &hidden, act, a, c.seed),
@@ -1051,22 +1117,29 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
         "DMoNPool",
     ) {
         let l = scaled(l, p);
-        exercise(&l, b, ctx);
-        exercise(&l.with_variant(DMoNVariant::Pyg), b, ctx);
+        let twin = || DMoNPool::<f64>::new(fin, k, &hidden, act, a, c.seed);
+        exercise(&l, b, exact_answer_fits(&l, twin(), b, ctx));
+        let l = l.with_variant(DMoNVariant::Pyg);
+        let twin = twin().map(|t| t.with_variant(DMoNVariant::Pyg));
+        exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
     if let Some(l) = built(
         JustBalancePool::<T>::new(fin, k, &hidden, act, c.normalized, c.seed),
         k == 0 || bad_hidden,
         "JustBalancePool",
     ) {
-        exercise(&scaled(l, p), b, ctx);
+        let l = scaled(l, p);
+        let twin = JustBalancePool::<f64>::new(fin, k, &hidden, act, c.normalized, c.seed);
+        exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
     if let Some(l) = built(
         AsymCheegerCutPool::<T>::new(fin, k, &hidden, act, a, bb, c.seed),
         k < 2 || bad_hidden || !finite_in::<T>(a) || !finite_in::<T>(bb),
         "AsymCheegerCutPool",
     ) {
-        exercise(&scaled(l, p), b, ctx);
+        let l = scaled(l, p);
+        let twin = AsymCheegerCutPool::<f64>::new(fin, k, &hidden, act, a, bb, c.seed);
+        exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
 }
 

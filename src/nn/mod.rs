@@ -8,7 +8,9 @@ mod mlp;
 pub(crate) mod params;
 
 pub use activation::{softmax_rows, softmax_rows_vjp, Activation};
-pub use dense::{matmul, matmul_acc, matmul_vjp, matmul_vjp_params, Dense, DenseCache};
+pub use dense::{
+    matmul, matmul_acc, matmul_vjp, matmul_vjp_params, Dense, DenseCache, NARROW_COLS,
+};
 pub use init::{rng_from_seed, Initializer, ParamRng};
 pub use mlp::{Mlp, MlpCache};
 pub use params::Params;
