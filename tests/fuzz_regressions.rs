@@ -48,14 +48,12 @@ fn every_seed_of_the_committed_corpus_passes_its_target_checks() {
     assert!(n >= 5 * 48, "the seed corpus is missing ({n} inputs found)");
 }
 
+/// Gradients of x and of the edge weights.
+type XEdgeGrads = (Array2<f64>, Array1<f64>);
+
 /// The f32 and f64 runs of MinCutPool (PyG variant) of a clustering_pools
 /// regression input, as `fuzz::mincut_pyg_f32_and_f64` makes them.
-fn mincut_pyg_runs(
-    name: &str,
-) -> (
-    Result<(Array2<f64>, Array1<f64>), PoolError>,
-    (Array2<f64>, Array1<f64>),
-) {
+fn mincut_pyg_runs(name: &str) -> (Result<XEdgeGrads, PoolError>, XEdgeGrads) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/regressions/clustering_pools")
         .join(name);
