@@ -391,9 +391,37 @@ where
     ndarray::Array2::from_shape_vec((b, width), out).expect("the length is b * width")
 }
 
+/// Calls `f(graph, node, row)` for every `width`-long row of the row-major
+/// slice `out` (one row per node), in parallel over fixed blocks of
+/// [`ROW_BLOCK`] rows: [`for_each_node_row`] on plain slices.
+pub fn for_each_node_slice<U, F>(out: &mut [U], width: usize, segments: &Segments, f: F)
+where
+    U: Send,
+    F: Fn(usize, usize, &mut [U]) + Sync,
+{
+    if width == 0 {
+        return;
+    }
+    let offsets = segments.offsets();
+    out.par_chunks_mut(ROW_BLOCK * width)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let start = b * ROW_BLOCK;
+            let mut g = segments.graph_of(start);
+            for (j, row) in block.chunks_exact_mut(width).enumerate() {
+                let node = start + j;
+                while node >= offsets[g + 1] {
+                    g += 1;
+                }
+                f(g, node, row);
+            }
+        });
+}
+
 /// Builds an $N \times$ `width` matrix (one row per node) whose row `node`
 /// is written by `f(graph, node, row)` (`row` arrives zeroed), in parallel
-/// over fixed blocks of [`ROW_BLOCK`] rows, on plain slices.
+/// over fixed blocks of [`ROW_BLOCK`] rows, on plain slices
+/// ([`for_each_node_slice`]).
 ///
 /// The matrix is freshly allocated (zero pages mapped on first touch): `f`
 /// should write every entry of its row rather than read it first (a read
@@ -405,21 +433,6 @@ where
 {
     let n = segments.num_nodes();
     let mut out = rows::fresh_vec(n * width);
-    if width > 0 {
-        let offsets = segments.offsets();
-        out.par_chunks_mut(ROW_BLOCK * width)
-            .enumerate()
-            .for_each(|(b, block)| {
-                let start = b * ROW_BLOCK;
-                let mut g = segments.graph_of(start);
-                for (j, row) in block.chunks_exact_mut(width).enumerate() {
-                    let node = start + j;
-                    while node >= offsets[g + 1] {
-                        g += 1;
-                    }
-                    f(g, node, row);
-                }
-            });
-    }
+    for_each_node_slice(&mut out, width, segments, f);
     ndarray::Array2::from_shape_vec((n, width), out).expect("the length is n * width")
 }

@@ -14,7 +14,7 @@ use crate::framework::{
 };
 use crate::kernels::rows::row_major;
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
-use crate::kernels::{fill_node_rows, reduce_chunked, ROW_BLOCK};
+use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked, ROW_BLOCK};
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Initializer, Params,
 };
@@ -646,27 +646,16 @@ fn kl_vjp_add<T: Scalar>(
     let ts = tsum.as_slice().expect("fresh array");
     let bs = both.as_slice().expect("fresh array");
     let gsl = gs.as_slice_mut().expect("fresh array");
-    let offsets = segs.offsets();
-    gsl.par_chunks_mut(ROW_BLOCK * k)
-        .enumerate()
-        .for_each(|(b, block)| {
-            let start = b * ROW_BLOCK;
-            let mut g = segs.graph_of(start);
-            for (i, row) in block.chunks_exact_mut(k).enumerate() {
-                let n = start + i;
-                while n >= offsets[g + 1] {
-                    g += 1;
-                }
-                for j in 0..k {
-                    let c = cs[g * k + j];
-                    let mut v = bs[n * 2 * k + j];
-                    if c > T::zero() {
-                        v -= ts[g * k + j] / c;
-                    }
-                    row[j] += v;
-                }
+    for_each_node_slice(gsl, k, segs, |g, n, row| {
+        for j in 0..k {
+            let c = cs[g * k + j];
+            let mut v = bs[n * 2 * k + j];
+            if c > T::zero() {
+                v -= ts[g * k + j] / c;
             }
-        });
+            row[j] += v;
+        }
+    });
 }
 
 impl<T: Scalar> Layer<T> for MemPooling<T> {
