@@ -329,51 +329,19 @@ impl<T: Scalar> MemPooling<T> {
         let kt = keys_t.as_slice().expect("standard layout");
         let f = x.ncols();
         let xs = row_major(&x);
-        let unit_alpha = alpha == T::one();
-        // one block of nodes: distances db and per-head weights pb (rows of
-        // m), logits lb (rows of k), for the nodes from lo
+        let conv = crate::kernels::rows::row_major_1d(&conv);
+        let ctx = AssignBlock {
+            xs: &xs,
+            kt,
+            conv: &conv,
+            f,
+            m,
+            k,
+            tau,
+            alpha,
+        };
         let block = |lo: usize, db: &mut [T], pb: &mut [T], lb: &mut [T]| {
-            // squared distances, summed over the features in order, two nodes at a time
-            let rows_here = lb.len() / k;
-            let xr = |i: usize| &xs[(lo + i) * f..(lo + i + 1) * f];
-            let mut pairs = db.chunks_exact_mut(2 * m);
-            for (i, pair) in pairs.by_ref().enumerate() {
-                let (d0, d1) = pair.split_at_mut(m);
-                sq_dists([xr(2 * i), xr(2 * i + 1)], kt, [d0, d1]);
-            }
-            let last = pairs.into_remainder();
-            if !last.is_empty() {
-                sq_dists([xr(rows_here - 1)], kt, [last]);
-            }
-            let rows = db.chunks_exact(m).zip(pb.chunks_exact_mut(m));
-            for ((d, ph), lg) in rows.zip(lb.chunks_exact_mut(k)) {
-                // per-head Student-t assignments as ratios to the nearest
-                // key's kernel: ((tau + d_min) / (tau + d_j))^alpha
-                for (dh, row) in d.chunks_exact(k).zip(ph.chunks_exact_mut(k)) {
-                    let d_min = dh.iter().fold(T::infinity(), |a, &v| a.min(v));
-                    let base = tau + d_min;
-                    if !base.is_finite() {
-                        row.fill(T::one() / T::from_count(k));
-                        continue;
-                    }
-                    let mut z = T::zero();
-                    for (r, &dj) in row.iter_mut().zip(dh) {
-                        let ratio = base / (tau + dj);
-                        *r = if unit_alpha { ratio } else { ratio.powf(alpha) };
-                        z += *r;
-                    }
-                    for r in row.iter_mut() {
-                        *r /= z;
-                    }
-                }
-                // 1x1 convolution over heads
-                lg.fill(T::zero());
-                for (&w, row) in conv.iter().zip(ph.chunks_exact(k)) {
-                    for (l, &p) in lg.iter_mut().zip(row) {
-                        *l += w * p;
-                    }
-                }
-            }
+            assign_block(&ctx, lo, db, pb, lb)
         };
         let mut logits = vec![T::zero(); n * k];
         let (mut dist, mut per_head) = (Vec::new(), Vec::new());
@@ -540,11 +508,101 @@ fn sharpened_sum<T: Scalar>(s: &[T], c: &[T]) -> T {
         .fold(T::zero(), |a, (&v, &c)| a + sharpened_entry(v, c))
 }
 
+/// What [`assign_block`] reads: the features (row-major, $F$ per node),
+/// the keys transposed ($F \times HK$), the head convolution, $HK$, $K$, $\tau$
+/// and $\alpha$.
+struct AssignBlock<'a, T: Scalar> {
+    xs: &'a [T],
+    kt: &'a [T],
+    conv: &'a [T],
+    f: usize,
+    m: usize,
+    k: usize,
+    tau: T,
+    alpha: T,
+}
+
+/// One block of nodes from `lo`: squared distances `db` and per-head
+/// weights `pb` (rows of $HK$), logits `lb` (rows of $K$). Compiled for
+/// every SIMD level the CPU may have and chosen at run time
+/// ([`multiversion`]): the loops run across keys, lane by lane, so every
+/// value is the same sequence of operations at any vector width (Rust never
+/// fuses a multiply and an add), and the bits do not depend on the CPU.
+#[multiversion::multiversion(targets = "simd")]
+fn assign_block<T: Scalar>(
+    ctx: &AssignBlock<'_, T>,
+    lo: usize,
+    db: &mut [T],
+    pb: &mut [T],
+    lb: &mut [T],
+) {
+    let AssignBlock {
+        xs,
+        kt,
+        conv,
+        f,
+        m,
+        k,
+        tau,
+        alpha,
+    } = *ctx;
+    let unit_alpha = alpha == T::one();
+    // squared distances, summed over the features in order, two nodes at a time
+    let rows_here = lb.len() / k;
+    let xr = |i: usize| &xs[(lo + i) * f..(lo + i + 1) * f];
+    let mut pairs = db.chunks_exact_mut(2 * m);
+    for (i, pair) in pairs.by_ref().enumerate() {
+        let (d0, d1) = pair.split_at_mut(m);
+        sq_dists([xr(2 * i), xr(2 * i + 1)], kt, [d0, d1]);
+    }
+    let last = pairs.into_remainder();
+    if !last.is_empty() {
+        sq_dists([xr(rows_here - 1)], kt, [last]);
+    }
+    let rows = db.chunks_exact(m).zip(pb.chunks_exact_mut(m));
+    for ((d, ph), lg) in rows.zip(lb.chunks_exact_mut(k)) {
+        // per-head Student-t assignments as ratios to the nearest
+        // key's kernel: ((tau + d_min) / (tau + d_j))^alpha
+        for (dh, row) in d.chunks_exact(k).zip(ph.chunks_exact_mut(k)) {
+            let d_min = dh.iter().fold(T::infinity(), |a, &v| a.min(v));
+            let base = tau + d_min;
+            if !base.is_finite() {
+                row.fill(T::one() / T::from_count(k));
+                continue;
+            }
+            // the test outside the loop: inside, a vectorised loop would
+            // compute powf for every lane and select
+            let mut z = T::zero();
+            if unit_alpha {
+                for (r, &dj) in row.iter_mut().zip(dh) {
+                    *r = base / (tau + dj);
+                    z += *r;
+                }
+            } else {
+                for (r, &dj) in row.iter_mut().zip(dh) {
+                    *r = (base / (tau + dj)).powf(alpha);
+                    z += *r;
+                }
+            }
+            for r in row.iter_mut() {
+                *r /= z;
+            }
+        }
+        // 1x1 convolution over heads
+        lg.fill(T::zero());
+        for (&w, row) in conv.iter().zip(ph.chunks_exact(k)) {
+            for (l, &p) in lg.iter_mut().zip(row) {
+                *l += w * p;
+            }
+        }
+    }
+}
+
 /// $\mathrm{out}_{ij} = \sum_f (x_{if} - K_{fj})^2$ for `R` nodes at once
 /// (their features `x[i]`, $F$ each) and the $F \times M$ row-major `kt`
 /// (the keys transposed), every sum taken over $f$ in order from 0: 16 keys
 /// of `R` nodes at a time in registers, each loaded key used `R` times.
-#[inline]
+#[inline(always)]
 fn sq_dists<T: Scalar, const R: usize>(x: [&[T]; R], kt: &[T], out: [&mut [T]; R]) {
     const TILE: usize = 16;
     let m = out[0].len();
