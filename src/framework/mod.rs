@@ -15,7 +15,7 @@
 //! here once ([`Subset`], [`DenseAssignment`], [`SparseAssignment`]).
 
 pub(crate) mod layer;
-mod pooled;
+pub(crate) mod pooled;
 mod selection;
 mod src_pool;
 

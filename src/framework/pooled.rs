@@ -107,15 +107,28 @@ impl<T: Scalar> Differentiable<T> for Pooled<T> {
     }
 }
 
+/// The error for a pooled feature matrix whose entry at flat position `p`
+/// (row-major) overflowed.
+pub(crate) fn pooled_x_overflow<T: Scalar>(layer: &str, x: &Array2<T>, p: usize) -> PoolError {
+    let c = x.ncols().max(1);
+    PoolError::NonFinite {
+        what: format!("{layer} pooled x (overflow: inputs, edge weights or parameters too large)"),
+        index: format!("({}, {})", p / c, p % c),
+        value: x.iter().nth(p).map_or_else(String::new, |v| v.to_string()),
+    }
+}
+
 /// Checks that everything a pool is about to return is finite: pooled
 /// features, pooled edge weights, losses, scores and the selection's values.
 /// With finite inputs they can only fail to be through overflow (features,
 /// edge weights or parameters too large for the float type), which every
 /// layer reports as this typed [`PoolError::NonFinite`] rather than a result
 /// holding infinities or NaN. Called before the pooled batch is built.
+/// `x` is `None` when the kernel that wrote the pooled features has checked
+/// them already (see [`Pooled::checked_after_x`]).
 pub(crate) fn check_pooled_finite<T: Scalar>(
     layer: &str,
-    x: &Array2<T>,
+    x: Option<&Array2<T>>,
     a: &sprs::CsMat<T>,
     losses: &Losses<T>,
     score: Option<&Array1<T>>,
@@ -131,9 +144,10 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
         Some(v) => first_non_finite(v).map(|p| (p, v[p])),
         None => m.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
     };
-    if let Some((p, v)) = first_bad_2d(x) {
-        let c = x.ncols();
-        return Err(overflow("pooled x", format!("({}, {})", p / c, p % c), v));
+    if let Some(x) = x {
+        if let Some((p, _)) = first_bad_2d(x) {
+            return Err(pooled_x_overflow(layer, x, p));
+        }
     }
     if let Some(e) = first_non_finite(a.data()) {
         return Err(overflow(
@@ -177,12 +191,40 @@ impl<T: Scalar> Pooled<T> {
         score: Option<Array1<T>>,
         losses: Losses<T>,
     ) -> Result<Self> {
-        check_pooled_finite(layer, &x, &a, &losses, score.as_ref(), &selection)?;
-        Ok(Self {
+        check_pooled_finite(layer, Some(&x), &a, &losses, score.as_ref(), &selection)?;
+        Ok(Self::after_checks(x, a, segments, selection, score, losses))
+    }
+
+    /// [`Pooled::checked`] for pooled features whose finiteness the kernel
+    /// that wrote them has checked (e.g.
+    /// [`crate::kernels::gather::gather_scaled_rows_checked`]): the rest is
+    /// scanned as there, `x` is not read again.
+    pub(crate) fn checked_after_x(
+        layer: &str,
+        x: Array2<T>,
+        a: sprs::CsMat<T>,
+        segments: crate::batch::Segments,
+        selection: Selection<T>,
+        score: Option<Array1<T>>,
+        losses: Losses<T>,
+    ) -> Result<Self> {
+        check_pooled_finite(layer, None, &a, &losses, score.as_ref(), &selection)?;
+        Ok(Self::after_checks(x, a, segments, selection, score, losses))
+    }
+
+    fn after_checks(
+        x: Array2<T>,
+        a: sprs::CsMat<T>,
+        segments: crate::batch::Segments,
+        selection: Selection<T>,
+        score: Option<Array1<T>>,
+        losses: Losses<T>,
+    ) -> Self {
+        Self {
             batch: DisjointBatch::new_unchecked(x, a, segments),
             selection,
             score,
             losses,
-        })
+        }
     }
 }

@@ -28,14 +28,37 @@ pub fn gather_scaled_rows<T: Scalar>(
     kept: &[usize],
     scale: ArrayView1<T>,
 ) -> Array2<T> {
+    gather_scaled_rows_checked(x, kept, scale).0
+}
+
+/// [`gather_scaled_rows`], plus the flat index of the result's first
+/// non-finite entry (an overflowing product), if any: each block of rows is
+/// scanned right after it is written, while it is still in cache, instead of
+/// in a second pass over the whole result.
+///
+/// ```
+/// use graphpool::kernels::gather::gather_scaled_rows_checked;
+/// use ndarray::array;
+/// let x = array![[1.0_f32, 3e38], [3.0, 4.0]];
+/// let (out, bad) = gather_scaled_rows_checked(x.view(), &[0, 1], array![2.0, 1.0].view());
+/// assert_eq!(bad, Some(1));
+/// assert_eq!(out[[1, 1]], 4.0);
+/// ```
+pub fn gather_scaled_rows_checked<T: Scalar>(
+    x: ArrayView2<T>,
+    kept: &[usize],
+    scale: ArrayView1<T>,
+) -> (Array2<T>, Option<usize>) {
     debug_assert_eq!(kept.len(), scale.len());
     let f = x.ncols();
     let mut out = super::rows::fresh_vec(kept.len() * f);
+    let mut first_bad = None;
     if f > 0 {
         let xs = row_major(&x);
-        out.par_chunks_mut(ROW_BLOCK * f)
+        first_bad = out
+            .par_chunks_mut(ROW_BLOCK * f)
             .enumerate()
-            .for_each(|(b, block)| {
+            .filter_map(|(b, block)| {
                 for (j, row) in block.chunks_exact_mut(f).enumerate() {
                     let j = b * ROW_BLOCK + j;
                     let (g, n) = (scale[j], kept[j]);
@@ -43,9 +66,15 @@ pub fn gather_scaled_rows<T: Scalar>(
                         *o = g * v;
                     }
                 }
-            });
+                let bad = block.iter().fold(false, |bad, v| bad | !v.is_finite());
+                bad.then(|| block.iter().position(|v| !v.is_finite()))
+                    .flatten()
+                    .map(|p| b * ROW_BLOCK * f + p)
+            })
+            .min();
     }
-    Array2::from_shape_vec((kept.len(), f), out).expect("the length is K * F")
+    let out = Array2::from_shape_vec((kept.len(), f), out).expect("the length is K * F");
+    (out, first_bad)
 }
 
 /// VJP of [`gather_scaled_rows`] with respect to the scales:

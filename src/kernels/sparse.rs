@@ -207,9 +207,9 @@ pub fn transpose<T: Scalar>(a: CsMatView<T>) -> Transposed<T> {
     for c in 0..cols {
         indptr[c + 1] += indptr[c];
     }
-    let mut indices = vec![0usize; nnz];
-    let mut data = vec![T::zero(); nnz];
-    let mut source = vec![0usize; nnz];
+    let mut indices: Vec<usize> = rows::fresh_vec(nnz);
+    let mut data: Vec<T> = rows::fresh_vec(nnz);
+    let mut source: Vec<usize> = rows::fresh_vec(nnz);
     // every range's entries are one contiguous run of the outputs
     let mut pieces = Vec::with_capacity(cols.div_ceil(len.max(1)));
     let (mut ri, mut rd, mut rs) = (&mut indices[..], &mut data[..], &mut source[..]);
@@ -293,9 +293,10 @@ pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T
     }
     // pass 2: the entries, each block of rows into its own slice
     let total = indptr[m];
-    let mut indices = vec![0usize; total];
-    let mut source = vec![0usize; total];
-    let mut data = vec![T::zero(); total];
+    // every entry is written once below (fresh pages, huge when large)
+    let mut indices: Vec<usize> = rows::fresh_vec(total);
+    let mut source: Vec<usize> = rows::fresh_vec(total);
+    let mut data: Vec<T> = rows::fresh_vec(total);
     let mut tasks = Vec::with_capacity(m.div_ceil(ROW_BLOCK));
     let (mut ri, mut rs, mut rd) = (&mut indices[..], &mut source[..], &mut data[..]);
     for b in 0..m.div_ceil(ROW_BLOCK) {
@@ -385,7 +386,7 @@ impl RankedBitmap {
 /// output are filled in parallel; otherwise the entries are added in order,
 /// sequentially. Either way the result does not depend on the thread count.
 pub fn scatter_values<T: Scalar>(grad: &[T], source: &[usize], len: usize) -> Array1<T> {
-    let mut out = vec![T::zero(); len];
+    let mut out: Vec<T> = rows::fresh_vec(len);
     let increasing = source.par_windows(2).all(|w| w[0] < w[1]);
     if increasing {
         out.par_chunks_mut(ROW_BLOCK * 64)
@@ -540,9 +541,9 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
     }
     let total = indptr[n];
     // pass 2: structure, values of A + I, sources, degrees
-    let mut indices = vec![0usize; total];
-    let mut vals = vec![T::zero(); total];
-    let mut source = vec![0usize; total];
+    let mut indices: Vec<usize> = rows::fresh_vec(total);
+    let mut vals: Vec<T> = rows::fresh_vec(total);
+    let mut source: Vec<usize> = rows::fresh_vec(total);
     let mut deg_inv_sqrt = vec![T::zero(); n];
     {
         let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
@@ -590,7 +591,7 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
     }
     let deg_inv_sqrt = Array1::from(deg_inv_sqrt);
     // pass 3: the normalised values
-    let mut data = vec![T::zero(); total];
+    let mut data: Vec<T> = rows::fresh_vec(total);
     {
         let dis = deg_inv_sqrt.as_slice().expect("fresh array");
         let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
@@ -697,7 +698,7 @@ impl<T: Scalar> GcnFilter<T> {
                     .count()
             })
             .collect();
-        let mut out = vec![T::zero(); nnz];
+        let mut out: Vec<T> = rows::fresh_vec(nnz);
         let mut tasks = Vec::with_capacity(blocks);
         let mut rest = &mut out[..];
         let mut at = 0;
@@ -861,7 +862,7 @@ pub fn gcn_spmv_vjp<T: Scalar>(
         }
     });
     let half = T::c(0.5);
-    let mut out = vec![T::zero(); a.nnz()];
+    let mut out: Vec<T> = rows::fresh_vec(a.nnz());
     let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
     let mut rest = &mut out[..];
     for blk in 0..n.div_ceil(ROW_BLOCK) {
@@ -1458,7 +1459,7 @@ pub fn sddmm<T: Scalar>(a: CsMatView<T>, u: ArrayView2<T>, v: ArrayView2<T>) -> 
     let raw = RawCsr::new(&a);
     let f = u.ncols();
     let (us, vs) = (rows::row_major(&u), rows::row_major(&v));
-    let mut out = vec![T::zero(); a.nnz()];
+    let mut out: Vec<T> = rows::fresh_vec(a.nnz());
     per_entry_blocks(raw, &mut out, |r, cols, vals| {
         let ur = &us[r * f..(r + 1) * f];
         for (i, (o, &c)) in vals.iter_mut().zip(cols).enumerate() {
@@ -1585,7 +1586,7 @@ pub fn segment_edge_l1_vjp<T: Scalar>(
     let k = s.ncols();
     let ss = rows::row_major(&s);
     let row_grad = super::map_nodes(segments, |g, _| grad[g]);
-    let mut g_edges = vec![T::zero(); a.nnz()];
+    let mut g_edges: Vec<T> = rows::fresh_vec(a.nnz());
     per_entry_blocks(raw, &mut g_edges, |r, cols, out| {
         let si = &ss[r * k..(r + 1) * k];
         for (o, &c) in out.iter_mut().zip(cols) {

@@ -10,9 +10,10 @@ use rayon::prelude::*;
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
+use crate::framework::pooled::pooled_x_overflow;
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::gather::{
-    gather_scaled_rows, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
+    gather_scaled_rows_checked, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
 };
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
@@ -271,7 +272,12 @@ impl SelectionCore {
         (Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>),
     )> {
         let (subset, softmax) = self.select(y.view(), batch.segments())?;
-        let mut x = gather_scaled_rows(batch.x().view(), &subset.kept, subset.gate.view());
+        // the gather checks what it writes: `x` is not scanned again below
+        let (mut x, bad) =
+            gather_scaled_rows_checked(batch.x().view(), &subset.kept, subset.gate.view());
+        if let Some(p) = bad {
+            return Err(pooled_x_overflow(layer, &x, p));
+        }
         if self.multiplier != 1.0 {
             let m = T::c(self.multiplier);
             x.par_mapv_inplace(|v| v * m);
@@ -281,7 +287,7 @@ impl SelectionCore {
         let segments = subset.reduce_index(batch.segments());
         let y_kept = Array1::from_iter(subset.kept.iter().map(|&n| y[n]));
         let kept = subset.clone();
-        let pooled = Pooled::checked(
+        let pooled = Pooled::checked_after_x(
             layer,
             x,
             matrix,
