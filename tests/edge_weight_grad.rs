@@ -215,7 +215,11 @@ fn gradient_check_skips_edge_coordinates_when_edge_weight_gradients_are_off() {
         assert_eq!(off.checked, features + params, "{name}");
     }
     let act = Activation::Tanh;
-    check("MinCutPool", &MinCutPool::new(F, K, &[4], act, 1).unwrap(), &b);
+    check(
+        "MinCutPool",
+        &MinCutPool::new(F, K, &[4], act, 1).unwrap(),
+        &b,
+    );
     check(
         "DiffPool",
         &DiffPool::new(F, K, Some(3), Activation::Relu, 2).unwrap(),
