@@ -768,12 +768,13 @@ def report(a, run_id):
       "ru_maxrss), loading the workload and the interpreter included.")
     w("- in+out: the bytes of the layer's inputs as held in memory (x, CSR indptr / indices "
       "/ data, segments, parameters) plus its outputs (pooled x and adjacency, selection, "
-      "scores, losses) and, for forward+backward, the gradients (x, edge weights, "
-      "parameters), counted by `examples/pool_footprint.rs`. The memory target is judged "
+      "scores, losses) and, for forward+backward, the gradients (x, parameters), counted by "
+      "`examples/pool_footprint.rs`. The memory target is judged "
       f"where in+out is at least {MEMORY_MIN_BYTES / 1e6:.0f} MB; below, the process's fixed "
       "RSS of a few MB dominates and the ratio is shown only.")
     w("- `--backward` (forward+backward) times the forward pass and the backward pass of the "
-      "sum of every output and auxiliary loss, for every library.")
+      "sum of every output and auxiliary loss, for every library, with respect to x and the "
+      "parameters (graphpool's edge-weight gradients off, as the peers do not compute them).")
     w("- How each peer runs each layer: the docstrings of `bench/peers/*_reference.py`.\n")
     if errors:
         w("## Errors and timeouts\n")

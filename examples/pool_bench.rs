@@ -1,5 +1,5 @@
 //! `cargo run --release --example pool_bench -- --workload DIR --layer NAME
-//!  [--k 16] [--ratio 0.5] [--backward] [--repeat 5]`
+//!  [--k 16] [--ratio 0.5] [--backward [--edge-grad]] [--repeat 5]`
 //!
 //! Times one graphpool layer on a workload folder written by
 //! `bench/make_workloads.py` (x.npy, indptr.npy, indices.npy, data.npy,
@@ -11,7 +11,11 @@
 //! Layers take Spektral's names and the peers' settings: K = 16 clusters,
 //! ratio 0.5, MemPooling with 4 heads and F' = F, MLPs without hidden
 //! layers. `--backward` times the forward pass plus the backward pass of the
-//! sum of every output and auxiliary loss (all-ones output gradients). One
+//! sum of every output and auxiliary loss (all-ones output gradients), with
+//! respect to `x` and the parameters only, as the peers differentiate (the
+//! batch has edge-weight gradients off,
+//! `DisjointBatch::with_edge_weight_grad(false)`); `--edge-grad` (with
+//! `--backward`) also computes the gradients of the stored edge weights. One
 //! untimed warm-up run precedes the timed ones. This command is a public
 //! contract: its name, arguments and output stay as they are.
 //! `bench/compare.py` runs it beside the peers and writes BENCHMARKS.md.
@@ -89,7 +93,7 @@ fn main() {
         ("phase", common::json_str(common::phase(a.backward))),
         ("threads", rayon::current_num_threads().to_string()),
     ];
-    match common::load(&a.workload).and_then(|b| run(&a, &b)) {
+    match common::load_for(&a).and_then(|b| run(&a, &b)) {
         Ok(mut times) => {
             times.sort_by(f64::total_cmp);
             let median = if times.is_empty() {

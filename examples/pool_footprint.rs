@@ -1,5 +1,5 @@
 //! `cargo run --release --example pool_footprint -- --workload DIR --layer NAME
-//!  [--k 16] [--ratio 0.5] [--backward] [--repeat 5]`
+//!  [--k 16] [--ratio 0.5] [--backward [--edge-grad]] [--repeat 5]`
 //!
 //! The size of what a layer takes and gives, for the target "peak memory at
 //! most 2x the size of the inputs plus the outputs" (`bench/compare.py`
@@ -14,7 +14,8 @@
 //! - `output_bytes`: every array of the forward output (pooled x, pooled
 //!   CSR adjacency and segments, selection, scores, losses; or the pooled
 //!   matrix of a global pool) and, with `--backward`, the gradients
-//!   (x, edge weights, parameters);
+//!   (x, parameters, and with `--edge-grad` the edge weights: as in
+//!   `pool_bench`, edge-weight gradients are off by default);
 //! - `inputs`, `outputs`: the same, array by array (gradients as `grad_*`);
 //! - library, layer, workload, phase as in `pool_bench`, and this process's
 //!   peak RSS (`peak_rss_bytes`, one untimed run, for reference), or `error`.
@@ -56,10 +57,8 @@ impl WithLayer for Footprint<'_> {
             drop(cache);
             let grad_params: usize = g.params.iter().map(|(_, p)| p.len()).sum();
             outputs.push(("grad_x".into(), g.x.len() as u64 * f32_bytes));
-            outputs.push((
-                "grad_edge_weights".into(),
-                g.edge_weights.len() as u64 * f32_bytes,
-            ));
+            let grad_edges = g.edge_weights.as_ref().map_or(0, |e| e.len());
+            outputs.push(("grad_edge_weights".into(), grad_edges as u64 * f32_bytes));
             outputs.push(("grad_params".into(), grad_params as u64 * f32_bytes));
         } else {
             layer.call(self.batch)?.footprint(&mut outputs);
@@ -93,7 +92,7 @@ fn main() {
         ),
         ("phase", common::json_str(common::phase(a.backward))),
     ];
-    let result = common::load(&a.workload).and_then(|b| {
+    let result = common::load_for(&a).and_then(|b| {
         let fp = Footprint {
             batch: &b,
             backward: a.backward,

@@ -5,12 +5,15 @@
 //! $L = \langle f(X, a, \theta), c\rangle$, and compares the layer's backward
 //! pass with central differences
 //! $\frac{L(v + \varepsilon) - L(v - \varepsilon)}{2\varepsilon}$ for every
-//! feature $X_{nf}$, every stored edge weight $a_e$ and every parameter
+//! feature $X_{nf}$, every stored edge weight $a_e$ (only if the batch has
+//! [`DisjointBatch::edge_weight_grad`] on) and every parameter
 //! entry. Pass inputs without ties (selection pools are piecewise constant in
 //! their choice of nodes).
 
+use ndarray::Array1;
+
 use crate::batch::DisjointBatch;
-use crate::error::Result;
+use crate::error::{PoolError, Result};
 use crate::framework::{Differentiable, Layer};
 use crate::nn::rng_from_seed;
 
@@ -99,12 +102,16 @@ impl std::fmt::Display for GradCheckReport {
 }
 
 /// Checks a layer's backward pass against central differences with respect
-/// to features, edge weights and every parameter.
+/// to features, edge weights and every parameter. With edge-weight
+/// gradients off for `batch` ([`DisjointBatch::with_edge_weight_grad`]) the
+/// edge coordinates are skipped.
 ///
 /// # Errors
 /// Any error of the layer's forward or backward pass, including a
 /// [`crate::PoolError::GradientShape`] when a perturbation changes the
-/// output's structure (a tie in a selection: choose other inputs).
+/// output's structure (a tie in a selection: choose other inputs), or when
+/// the backward pass returns edge-weight gradients although the batch has
+/// them off, or none although it has them on.
 pub fn check_layer_gradients<L>(
     layer: &L,
     batch: &DisjointBatch<f64>,
@@ -117,6 +124,24 @@ where
     let mut rng = rng_from_seed(opts.seed);
     let cot = out.random_cotangent(&mut rng);
     let analytic = layer.backward(batch, &cache, &cot)?;
+    let no_edges = Array1::zeros(0);
+    let analytic_edges = match (&analytic.edge_weights, batch.edge_weight_grad()) {
+        (Some(g), true) if g.len() == batch.a().nnz() => g,
+        (None, false) => &no_edges,
+        (g, on) => {
+            return Err(PoolError::GradientShape {
+                what: "edge-weight gradients of the backward pass".into(),
+                expected: if on {
+                    format!("Some, {} values (the batch has them on)", batch.a().nnz())
+                } else {
+                    "None (the batch has them off)".into()
+                },
+                got: g
+                    .as_ref()
+                    .map_or("None".into(), |g| format!("Some, {} values", g.len())),
+            })
+        }
+    };
     let loss = |l: &L, b: &DisjointBatch<f64>| -> Result<f64> { l.call(b)?.pair(&cot) };
     let mut report = GradCheckReport::default();
     let mut compare = |coordinate: String, a: f64, n: f64| {
@@ -145,8 +170,12 @@ where
             (lp - lm) / (2.0 * h),
         );
     }
-    // edge weights
-    let w = batch.a().data().to_vec();
+    // edge weights (none with edge-weight gradients off)
+    let w = if batch.edge_weight_grad() {
+        batch.a().data().to_vec()
+    } else {
+        Vec::new()
+    };
     let a = batch.a();
     let mirror = |e: usize| -> Option<usize> {
         // the position of (c, r) for the entry e at (r, c)
@@ -180,9 +209,9 @@ where
         let (coordinate, a) = match pair {
             Some(m) => (
                 format!("edges {e} + {m}"),
-                analytic.edge_weights[e] + analytic.edge_weights[m],
+                analytic_edges[e] + analytic_edges[m],
             ),
-            None => (format!("edge {e}"), analytic.edge_weights[e]),
+            None => (format!("edge {e}"), analytic_edges[e]),
         };
         compare(coordinate, a, (lp - lm) / (2.0 * h));
     }

@@ -93,7 +93,7 @@ fn bits<T: Scalar>(out: &Out<T>, g: &Gradients<T>) -> Vec<u64> {
         }
     }
     b.extend(g.x.iter().map(f));
-    b.extend(g.edge_weights.iter().map(f));
+    b.extend(g.edge_weights.iter().flatten().map(f));
     for (_, p) in g.params.iter() {
         b.extend(p.iter().map(f));
     }

@@ -23,10 +23,13 @@ pub struct Args {
     pub k: usize,
     pub ratio: f64,
     pub backward: bool,
+    /// `--edge-grad`: the backward pass also differentiates the edge weights.
+    pub edge_grad: bool,
     pub repeat: usize,
 }
 
-/// Parses `--workload DIR --layer NAME [--k 16] [--ratio 0.5] [--backward] [--repeat 5]`.
+/// Parses `--workload DIR --layer NAME [--k 16] [--ratio 0.5] [--backward
+/// [--edge-grad]] [--repeat 5]`.
 pub fn parse_args(program: &str) -> Result<Args, String> {
     let mut a = Args {
         workload: PathBuf::new(),
@@ -34,6 +37,7 @@ pub fn parse_args(program: &str) -> Result<Args, String> {
         k: 16,
         ratio: 0.5,
         backward: false,
+        edge_grad: false,
         repeat: 5,
     };
     let mut it = std::env::args().skip(1);
@@ -46,11 +50,15 @@ pub fn parse_args(program: &str) -> Result<Args, String> {
             "--ratio" => a.ratio = value()?.parse().map_err(|e| format!("--ratio: {e}"))?,
             "--repeat" => a.repeat = value()?.parse().map_err(|e| format!("--repeat: {e}"))?,
             "--backward" => a.backward = true,
+            "--edge-grad" => a.edge_grad = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     if a.layer.is_empty() || a.workload.as_os_str().is_empty() {
-        return Err(format!("usage: {program} --workload DIR --layer NAME [--k 16] [--ratio 0.5] [--backward] [--repeat 5]"));
+        return Err(format!("usage: {program} --workload DIR --layer NAME [--k 16] [--ratio 0.5] [--backward [--edge-grad]] [--repeat 5]"));
+    }
+    if a.edge_grad && !a.backward {
+        return Err("--edge-grad only applies with --backward".into());
     }
     Ok(a)
 }
@@ -69,6 +77,12 @@ pub fn phase(backward: bool) -> &'static str {
     } else {
         "forward"
     }
+}
+
+/// Loads the workload folder of `a`, with edge-weight gradients on only
+/// under `--edge-grad` (the peers differentiate `x` and the parameters only).
+pub fn load_for(a: &Args) -> Result<DisjointBatch<f32>, BoxError> {
+    Ok(load(&a.workload)?.with_edge_weight_grad(a.edge_grad))
 }
 
 /// Loads a workload folder written by `bench/make_workloads.py`.

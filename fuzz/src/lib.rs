@@ -420,7 +420,10 @@ pub struct Ctx {
 
 fn assert_gradients<T: Scalar>(g: &Gradients<T>, b: &DisjointBatch<T>, params: &Params<T>) {
     assert_eq!(g.x.dim(), b.x().dim(), "gradient of x has the wrong shape");
-    assert_eq!(g.edge_weights.len(), b.a().nnz());
+    // edge-weight gradients exactly when the batch asks for them
+    let edges = g.edge_weights.as_ref().map(|e| e.len());
+    let expected = b.edge_weight_grad().then(|| b.a().nnz());
+    assert_eq!(edges, expected, "edge-weight gradients");
     assert_eq!(g.params.len(), params.len());
     for (name, p) in params.iter() {
         let gp = g.params.get(name).expect("a gradient for every parameter");
@@ -429,7 +432,7 @@ fn assert_gradients<T: Scalar>(g: &Gradients<T>, b: &DisjointBatch<T>, params: &
     }
     assert!(all_finite(g.x.iter()), "non-finite gradient of x");
     assert!(
-        all_finite(g.edge_weights.iter()),
+        all_finite(g.edge_weights.iter().flatten()),
         "non-finite edge gradient"
     );
 }
@@ -473,6 +476,19 @@ where
                 Err(PoolError::ShapeMismatch { .. }) => {}
                 other => panic!("backward on another batch gave {other:?}"),
             }
+            // the batch with the other edge-weight gradient setting: refused,
+            // but by the global pools (their backward pass reads no A)
+            let flipped = b.clone().with_edge_weight_grad(!b.edge_weight_grad());
+            match l.backward(&flipped, &cache, &g) {
+                Err(PoolError::ShapeMismatch { .. }) => {}
+                Ok(grads) => assert_eq!(
+                    grads.edge_weights.is_some(),
+                    flipped.edge_weight_grad(),
+                    "edge-weight gradients of a batch with the other setting"
+                ),
+                Err(PoolError::NonFinite { .. }) if !ctx.moderate => {}
+                Err(e) => panic!("backward with the other edge-weight setting gave {e}"),
+            }
             // a cache from before set_param changed the layer
             if let Some((name, p)) = l.params().iter().next() {
                 let changed = p.mapv(|v| v + T::one());
@@ -490,7 +506,7 @@ where
                 // the global sum/avg/max pools do not read A: Ok is fine for them
                 match l.backward(&without_edges(b), &cache, &g) {
                     Err(PoolError::ShapeMismatch { .. }) | Err(PoolError::NonFinite { .. }) => {}
-                    Ok(grads) => assert_eq!(grads.edge_weights.len(), 0),
+                    Ok(grads) => assert_eq!(grads.edge_weights.map(|e| e.len()), Some(0)),
                     Err(e) => panic!("backward on the edgeless batch gave {e}"),
                 }
             }
@@ -1017,12 +1033,13 @@ pub fn mincut_pyg_f32_and_f64(
             .collect(),
     };
     let (_, cache64) = l64.forward(&b64).ok()?;
-    let g32 = l32
-        .backward(&b32, &cache32, &g32)
-        .map(|g| (g.x.mapv(f64::from), g.edge_weights.mapv(f64::from)));
+    let g32 = l32.backward(&b32, &cache32, &g32).map(|g| {
+        let edges = g.edge_weights.map(|e| e.mapv(f64::from));
+        (g.x.mapv(f64::from), edges.unwrap_or_default())
+    });
     let g64 = l64
         .backward(&b64, &cache64, &g64)
-        .map(|g| (g.x, g.edge_weights));
+        .map(|g| (g.x, g.edge_weights.unwrap_or_default()));
     Some((g32, g64))
 }
 
@@ -1072,7 +1089,7 @@ where
     let fits = match twin.backward(&b64, &cache, &g64) {
         Ok(gr) => {
             gr.x.iter()
-                .chain(gr.edge_weights.iter())
+                .chain(gr.edge_weights.iter().flatten())
                 .chain(gr.params.iter().flat_map(|(_, p)| p.iter()))
                 .all(|v| v.abs() <= limit)
         }

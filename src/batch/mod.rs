@@ -40,6 +40,9 @@ pub struct DisjointBatch<T: Scalar> {
     x: Array2<T>,
     a: CsMat<T>,
     segments: Segments,
+    /// Whether backward passes differentiate the edge weights
+    /// ([`DisjointBatch::with_edge_weight_grad`]).
+    edge_weight_grad: bool,
 }
 
 impl<T: Scalar> DisjointBatch<T> {
@@ -62,6 +65,7 @@ impl<T: Scalar> DisjointBatch<T> {
             x,
             a: rebased(a),
             segments,
+            edge_weight_grad: true,
         })
     }
 
@@ -169,7 +173,12 @@ impl<T: Scalar> DisjointBatch<T> {
             }
         }
         let a = CsMat::new((n, n), indptr, indices, data);
-        Ok(Self { x, a, segments })
+        Ok(Self {
+            x,
+            a,
+            segments,
+            edge_weight_grad: true,
+        })
     }
 
     /// Builds a batch without validation. For results computed by this crate
@@ -177,7 +186,12 @@ impl<T: Scalar> DisjointBatch<T> {
     pub fn new_unchecked(x: Array2<T>, a: CsMat<T>, segments: Segments) -> Self {
         debug_assert!(validate_x(&x.view(), &segments).is_ok());
         debug_assert!(validate_adjacency(&a.view(), &segments).is_ok());
-        Self { x, a, segments }
+        Self {
+            x,
+            a,
+            segments,
+            edge_weight_grad: true,
+        }
     }
 
     /// Splits the batch back into its graphs `(x_g, a_g)`, local node ids.
@@ -215,6 +229,7 @@ impl<T: Scalar> DisjointBatch<T> {
             x,
             a: self.a.clone(),
             segments: self.segments.clone(),
+            edge_weight_grad: self.edge_weight_grad,
         })
     }
 
@@ -238,7 +253,59 @@ impl<T: Scalar> DisjointBatch<T> {
             x: self.x.clone(),
             a,
             segments: self.segments.clone(),
+            edge_weight_grad: self.edge_weight_grad,
         })
+    }
+
+    /// The same batch (no copy) with edge-weight gradients on or off: the
+    /// analogue of PyTorch's `requires_grad` on an edge-weight tensor.
+    ///
+    /// Every constructor turns them on, and every batch derived from this
+    /// one ([`DisjointBatch::with_x`], [`DisjointBatch::with_edge_weights`],
+    /// [`DisjointBatch::permute_nodes`], [`DisjointBatch::select_graphs`],
+    /// clones) keeps the setting. With them off, a layer's
+    /// [`crate::framework::Layer::backward`] on this batch computes
+    /// gradients for $X$ and the parameters only (bit-identical to those
+    /// with them on) and skips all the work of $\partial L / \partial a_{ij}$:
+    /// [`crate::framework::Gradients::edge_weights`] is `None`. Turn them off
+    /// for a fixed graph, whose weights are not trained. A forward pass
+    /// remembers the setting: its backward pass refuses a batch with the
+    /// other one ([`PoolError::ShapeMismatch`]). The pooled batch a layer
+    /// returns has them on (its weights depend on $X$ and the parameters).
+    ///
+    /// ```
+    /// use graphpool::framework::Layer;
+    /// use graphpool::layers::GlobalSumPool;
+    /// use graphpool::DisjointBatch;
+    /// use ndarray::array;
+    /// use sprs::TriMat;
+    ///
+    /// let mut t = TriMat::new((2, 2));
+    /// t.add_triplet(0, 1, 1.0_f64);
+    /// t.add_triplet(1, 0, 1.0);
+    /// let batch = DisjointBatch::single(array![[1.0, 2.0], [3.0, 4.0]], t.to_csr())?;
+    /// assert!(batch.edge_weight_grad());
+    /// let fixed = batch.with_edge_weight_grad(false);
+    /// assert!(!fixed.edge_weight_grad());
+    ///
+    /// let pool = GlobalSumPool;
+    /// let (out, cache) = pool.forward(&fixed)?;
+    /// let g = pool.backward(&fixed, &cache, &out.mapv(|_| 1.0))?;
+    /// assert_eq!(g.x, array![[1.0, 1.0], [1.0, 1.0]]);
+    /// assert!(g.edge_weights.is_none());
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    #[must_use]
+    pub fn with_edge_weight_grad(mut self, on: bool) -> Self {
+        self.edge_weight_grad = on;
+        self
+    }
+
+    /// Whether backward passes on this batch compute edge-weight gradients
+    /// (on unless turned off by [`DisjointBatch::with_edge_weight_grad`]).
+    #[inline]
+    pub fn edge_weight_grad(&self) -> bool {
+        self.edge_weight_grad
     }
 
     /// Node features, $N \times F$.
@@ -400,6 +467,7 @@ impl<T: Scalar> DisjointBatch<T> {
             x,
             a: tri.to_csr(),
             segments: self.segments.clone(),
+            edge_weight_grad: self.edge_weight_grad,
         })
     }
 
@@ -421,7 +489,7 @@ impl<T: Scalar> DisjointBatch<T> {
         if graphs.is_empty() {
             out.x = Array2::zeros((0, self.num_features()));
         }
-        Ok(out)
+        Ok(out.with_edge_weight_grad(self.edge_weight_grad))
     }
 }
 

@@ -10,25 +10,43 @@ use crate::nn::{ParamRng, Params};
 use crate::scalar::Scalar;
 
 /// Gradients of a scalar loss with respect to a layer's inputs and parameters.
+///
+/// The gradients of $X$ and of the parameters are always computed; those of
+/// the edge weights only when the batch passed to
+/// [`Layer::backward`] asks for them
+/// ([`DisjointBatch::with_edge_weight_grad`], on by default), like
+/// `requires_grad` on an edge-weight tensor in PyTorch. The gradients of $X$
+/// and the parameters are bit-identical either way.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gradients<T: Scalar> {
     /// $\partial L / \partial X$, $N \times F$.
     pub x: Array2<T>,
-    /// $\partial L / \partial a_{ij}$ for every stored entry, aligned with `batch.a().data()`.
-    pub edge_weights: Array1<T>,
+    /// $\partial L / \partial a_{ij}$ for every stored entry, aligned with
+    /// `batch.a().data()`, if [`DisjointBatch::edge_weight_grad`] is on for
+    /// the batch of the backward pass; `None` (nothing computed) if it is off.
+    pub edge_weights: Option<Array1<T>>,
     /// $\partial L / \partial \theta$ for every parameter, same names and shapes as the layer's.
     pub params: Params<T>,
 }
 
 impl<T: Scalar> Gradients<T> {
-    /// All-zero gradients for `batch` and `params`.
+    /// All-zero gradients for `batch` and `params` (edge weights `None` if
+    /// `batch` has edge-weight gradients off).
     pub fn zeros(batch: &DisjointBatch<T>, params: &Params<T>) -> Self {
         Self {
             x: Array2::zeros(batch.x().raw_dim()),
-            edge_weights: Array1::zeros(batch.a().nnz()),
+            edge_weights: zero_edge_grad(batch),
             params: params.zeros_like(),
         }
     }
+}
+
+/// Zero edge-weight gradients for `batch`, or `None` if it has them off
+/// (for layers whose output does not depend on the edge weights).
+pub(crate) fn zero_edge_grad<T: Scalar>(batch: &DisjointBatch<T>) -> Option<Array1<T>> {
+    batch
+        .edge_weight_grad()
+        .then(|| Array1::zeros(batch.a().nnz()))
 }
 
 /// An output that gradients can be taken through: it pairs with a gradient
@@ -99,6 +117,16 @@ impl<T: Scalar> Differentiable<T> for Array3<T> {
 /// and returns [`Gradients`]. Parameters are named ([`Params`]) and can be
 /// read and replaced by name with shape checks.
 ///
+/// # Edge-weight gradients
+/// `backward` returns $\partial L / \partial a_{ij}$ only for a batch with
+/// [`DisjointBatch::edge_weight_grad`] on (the default); with it off
+/// ([`DisjointBatch::with_edge_weight_grad`]`(false)`, a fixed graph) it
+/// skips that work and [`Gradients::edge_weights`] is `None`, the other
+/// gradients bit-identical. The setting is part of the batch the forward
+/// pass saw: a backward pass with a batch whose setting differs is refused
+/// ([`PoolError::ShapeMismatch`]), except by the global pools, whose
+/// backward pass does not read the adjacency.
+///
 /// # Bad and degenerate inputs (every layer)
 /// * A configuration out of range (ratio $\notin (0, 1]$, $k = 0$,
 ///   `channels = 0`, a non-finite coefficient, …) is a
@@ -142,7 +170,8 @@ pub trait Layer<T: Scalar> {
     /// not matching the parameters, non-finite scores, …).
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Self::Output, Self::Cache)>;
 
-    /// Maps the output gradient to input and parameter gradients.
+    /// Maps the output gradient to input and parameter gradients (and to the
+    /// edge weights if `batch` has [`DisjointBatch::edge_weight_grad`] on).
     ///
     /// # Errors
     /// [`PoolError::GradientShape`] if `grad` does not match the forward output.
@@ -238,7 +267,9 @@ pub(crate) fn check_pooled_grad<T: Scalar>(
 /// cache so that the backward pass refuses a different batch with a typed
 /// error instead of indexing out of bounds. Compares the sizes, the segment
 /// offsets and a fingerprint of the adjacency's sparsity structure
-/// (`indptr`, `indices`); the values of $X$ and $A$ are not compared.
+/// (`indptr`, `indices`), and whether the batch asks for edge-weight
+/// gradients (a forward pass may skip caching what only they need); the
+/// values of $X$ and $A$ are not compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct InputSignature {
     nodes: usize,
@@ -246,6 +277,7 @@ pub(crate) struct InputSignature {
     nnz: usize,
     offsets: Vec<usize>,
     structure: u64,
+    edge_weight_grad: bool,
 }
 
 impl InputSignature {
@@ -273,6 +305,7 @@ impl InputSignature {
             nnz: a.nnz(),
             offsets: batch.segments().offsets().to_vec(),
             structure: h,
+            edge_weight_grad: batch.edge_weight_grad(),
         }
     }
 
@@ -284,7 +317,7 @@ impl InputSignature {
         }
         let describe = |s: &Self| {
             format!(
-                "{} nodes, {} features, {} stored edges, {} graphs{}",
+                "{} nodes, {} features, {} stored edges, {} graphs{}{}",
                 s.nodes,
                 s.features,
                 s.nnz,
@@ -293,6 +326,11 @@ impl InputSignature {
                     format!(" (structure fingerprint {:016x})", s.structure)
                 } else {
                     String::new()
+                },
+                if s.edge_weight_grad {
+                    ", edge-weight gradients on"
+                } else {
+                    ", edge-weight gradients off (with_edge_weight_grad(false))"
                 }
             )
         };
@@ -376,10 +414,12 @@ pub(crate) fn finite_gradients<T: Scalar>(layer: &str, g: Gradients<T>) -> Resul
             let (r, c) = (i / g.x.ncols(), i % g.x.ncols());
             return Err(overflow("x".into(), format!("({r}, {c})"), xs[i]));
         }
-        let wv = g.edge_weights.view();
-        let ws = rows::row_major_1d(&wv);
-        if let Some(e) = rows::first_non_finite(&ws) {
-            return Err(overflow("edge weights".into(), format!("edge {e}"), ws[e]));
+        if let Some(w) = &g.edge_weights {
+            let wv = w.view();
+            let ws = rows::row_major_1d(&wv);
+            if let Some(e) = rows::first_non_finite(&ws) {
+                return Err(overflow("edge weights".into(), format!("edge {e}"), ws[e]));
+            }
         }
     }
     for (name, p) in g.params.iter() {

@@ -151,10 +151,25 @@ impl<T: Scalar> DenseAssignment<T> {
         cache: &DenseConnectCache<T>,
         grad_blocks: ArrayView2<T>,
     ) -> (Array2<T>, Array1<T>) {
+        let (gs, ga) = self.connect_blocks_vjp_opt(a, segments, cache, grad_blocks, true);
+        (gs, ga.unwrap_or_else(|| Array1::zeros(a.nnz())))
+    }
+
+    /// [`DenseAssignment::connect_blocks_vjp`], with $\bar a$ (an SDDMM over
+    /// the stored entries, $O(\mathrm{nnz}\,K)$) only if `edge_weights`;
+    /// $\bar S$ is the same either way.
+    pub(crate) fn connect_blocks_vjp_opt(
+        &self,
+        a: CsMatView<T>,
+        segments: &Segments,
+        cache: &DenseConnectCache<T>,
+        grad_blocks: ArrayView2<T>,
+        edge_weights: bool,
+    ) -> (Array2<T>, Option<Array1<T>>) {
         let (mut gs, g_as) =
             segment_matmul_tn_vjp(self.s.view(), cache.a_s.view(), segments, grad_blocks);
         gs += &spmm_vjp_x(a, g_as.view());
-        let ga = spmm_vjp_values(a, self.s.view(), g_as.view());
+        let ga = edge_weights.then(|| spmm_vjp_values(a, self.s.view(), g_as.view()));
         (gs, ga)
     }
 
@@ -241,13 +256,26 @@ impl<T: Scalar> SparseAssignment<T> {
         cache: &SparseConnectCache<T>,
         grad: ArrayView1<T>,
     ) -> (Array1<T>, Array1<T>) {
+        let (gs, ga) = self.connect_vjp_opt(a, cache, grad, true);
+        (gs, ga.unwrap_or_else(|| Array1::zeros(a.nnz())))
+    }
+
+    /// [`SparseAssignment::connect_vjp`], with $\bar a$ only if
+    /// `edge_weights`; $\bar s$ is the same either way.
+    pub(crate) fn connect_vjp_opt(
+        &self,
+        a: CsMatView<T>,
+        cache: &SparseConnectCache<T>,
+        grad: ArrayView1<T>,
+        edge_weights: bool,
+    ) -> (Array1<T>, Option<Array1<T>>) {
         let g = with_values(&cache.pooled, grad.to_vec());
         // A' = S^T B
         let g_st = spgemm_vjp_a(cache.st.matrix.view(), cache.a_s.view(), g.view());
         let g_b_vals = spgemm_vjp_b(cache.st.matrix.view(), cache.a_s.view(), g.view());
         let g_b = with_values(&cache.a_s, g_b_vals.to_vec());
         // B = A S
-        let ga = spgemm_vjp_a(a, self.s.view(), g_b.view());
+        let ga = edge_weights.then(|| spgemm_vjp_a(a, self.s.view(), g_b.view()));
         let mut gs = spgemm_vjp_b(a, self.s.view(), g_b.view());
         for (e, &src) in cache.st.source.iter().enumerate() {
             gs[src] += g_st[e];

@@ -821,6 +821,20 @@ pub fn gcn_spmv_vjp<T: Scalar>(
     grad: ArrayView1<T>,
     segments: &Segments,
 ) -> (Array1<T>, Array1<T>) {
+    let (gv, ga) = gcn_spmv_vjp_opt(a, deg_inv_sqrt, v, grad, segments, true);
+    (gv, ga.unwrap_or_else(|| Array1::zeros(a.nnz())))
+}
+
+/// [`gcn_spmv_vjp`], with $\bar a$ (the second sweep over the entries)
+/// only if `edge_weights`; $\bar v$ is the same either way.
+pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
+    a: CsMatView<T>,
+    deg_inv_sqrt: ArrayView1<T>,
+    v: ArrayView1<T>,
+    grad: ArrayView1<T>,
+    segments: &Segments,
+    edge_weights: bool,
+) -> (Array1<T>, Option<Array1<T>>) {
     let n = a.rows();
     let ip = a.indptr();
     let ip = ip.raw_storage();
@@ -837,7 +851,6 @@ pub fn gcn_spmv_vjp<T: Scalar>(
         gy.as_slice().expect("standard layout"),
     );
     let q: Vec<T> = gy.par_iter().zip(u).map(|(&g, &u)| g * u).collect();
-    let p: Vec<T> = v.par_iter().zip(u).map(|(&v, &u)| v * u).collect();
     // the value of A + I at A's entry e = (r, c)
     let b_of = |e: usize, r: usize, c: usize| {
         if c == r {
@@ -861,6 +874,11 @@ pub fn gcn_spmv_vjp<T: Scalar>(
             slot[0] += q[r];
         }
     });
+    let gv = Array1::from_iter(s.iter().zip(u).map(|(s, &u)| u * s[0]));
+    if !edge_weights {
+        return (gv, None);
+    }
+    let p: Vec<T> = v.par_iter().zip(u).map(|(&v, &u)| v * u).collect();
     let half = T::c(0.5);
     let mut out: Vec<T> = rows::fresh_vec(a.nnz());
     let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
@@ -893,10 +911,7 @@ pub fn gcn_spmv_vjp<T: Scalar>(
             }
         }
     });
-    (
-        Array1::from_iter(s.iter().zip(u).map(|(s, &u)| u * s[0])),
-        Array1::from(out),
-    )
+    (gv, Some(Array1::from(out)))
 }
 
 // ------------------------------------------------------------------------
@@ -1573,6 +1588,19 @@ pub fn segment_edge_l1_vjp<T: Scalar>(
     segments: &crate::batch::Segments,
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array1<T>) {
+    let (gs, ga) = segment_edge_l1_vjp_opt(a, s, segments, grad, true);
+    (gs, ga.unwrap_or_else(|| Array1::zeros(a.nnz())))
+}
+
+/// [`segment_edge_l1_vjp`], with $\bar a$ only if `edge_weights`; $\bar S$
+/// is the same either way.
+pub(crate) fn segment_edge_l1_vjp_opt<T: Scalar>(
+    a: CsMatView<T>,
+    s: ArrayView2<T>,
+    segments: &crate::batch::Segments,
+    grad: ArrayView1<T>,
+    edge_weights: bool,
+) -> (Array2<T>, Option<Array1<T>>) {
     let sign = |v: T| {
         if v > T::zero() {
             T::one()
@@ -1586,12 +1614,15 @@ pub fn segment_edge_l1_vjp<T: Scalar>(
     let k = s.ncols();
     let ss = rows::row_major(&s);
     let row_grad = super::map_nodes(segments, |g, _| grad[g]);
-    let mut g_edges: Vec<T> = rows::fresh_vec(a.nnz());
-    per_entry_blocks(raw, &mut g_edges, |r, cols, out| {
-        let si = &ss[r * k..(r + 1) * k];
-        for (o, &c) in out.iter_mut().zip(cols) {
-            *o = row_grad[r] * rows::l1_distance(si, &ss[c * k..(c + 1) * k]);
-        }
+    let g_edges = edge_weights.then(|| {
+        let mut g_edges: Vec<T> = rows::fresh_vec(a.nnz());
+        per_entry_blocks(raw, &mut g_edges, |r, cols, out| {
+            let si = &ss[r * k..(r + 1) * k];
+            for (o, &c) in out.iter_mut().zip(cols) {
+                *o = row_grad[r] * rows::l1_distance(si, &ss[c * k..(c + 1) * k]);
+            }
+        });
+        Array1::from(g_edges)
     });
     let t = transpose(a);
     let tview = t.matrix.view();
@@ -1617,7 +1648,7 @@ pub fn segment_edge_l1_vjp<T: Scalar>(
             *o *= row_grad[r];
         }
     });
-    (gs, Array1::from(g_edges))
+    (gs, g_edges)
 }
 
 /// The number of stored entries of $A$ in each graph's rows (Spektral's

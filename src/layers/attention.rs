@@ -5,7 +5,9 @@ use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::layer::{
+    check_grad_shape, finite_gradients, zero_edge_grad, InputSignature, LayerStamp,
+};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum, segment_sum_vjp};
@@ -144,7 +146,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
             "GlobalAttentionPool",
             Gradients {
                 x: gx1 + gx2,
-                edge_weights: Array1::zeros(batch.a().nnz()),
+                edge_weights: zero_edge_grad(batch),
                 params,
             },
         )
@@ -313,7 +315,7 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
             "GlobalAttnSumPool",
             Gradients {
                 x: gx,
-                edge_weights: Array1::zeros(batch.a().nnz()),
+                edge_weights: zero_edge_grad(batch),
                 params,
             },
         )

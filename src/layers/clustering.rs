@@ -39,7 +39,7 @@ use crate::kernels::segment::{
     segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
-    segment_edge_l1, segment_edge_l1_vjp, segment_nnz, spmm, spmm_vjp_values,
+    segment_edge_l1, segment_edge_l1_vjp_opt, segment_nnz, spmm, spmm_vjp_values,
 };
 use crate::nn::{rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Mlp, MlpCache, Params};
 use crate::scalar::Scalar;
@@ -194,11 +194,13 @@ struct LossInputs<'a, T: Scalar> {
 }
 
 /// Gradients accumulated by the losses before the shared backward pass.
+/// `degrees` and `edges` only feed the edge-weight gradients: `edges` is
+/// `None` and `degrees` empty (never written) when they are off.
 struct Cotangents<T: Scalar> {
     s: Array2<T>,
     blocks: Array2<T>,
     degrees: Array1<T>,
-    edges: Array1<T>,
+    edges: Option<Array1<T>>,
 }
 
 /// Splits the `f64` gradient of the stacked blocks into what fits `T`
@@ -236,8 +238,8 @@ struct WideGraph {
     first_edge: usize,
     /// $\bar S$ from the connect step, the graph's rows.
     g_s: Array2<f64>,
-    /// $\bar a$ from the connect step, the graph's edges.
-    g_a: Array1<f64>,
+    /// $\bar a$ from the connect step, the graph's edges (if wanted).
+    g_a: Option<Array1<f64>>,
 }
 
 impl WideGraph {
@@ -260,7 +262,13 @@ impl WideGraph {
             a_s: connect.a_s.slice(rows).map(wide),
         };
         let single = Segments::single(nodes.len());
-        let (g_s, g_a) = assignment.connect_blocks_vjp(a_g.view(), &single, &cache, block.view());
+        let (g_s, g_a) = assignment.connect_blocks_vjp_opt(
+            a_g.view(),
+            &single,
+            &cache,
+            block.view(),
+            batch.edge_weight_grad(),
+        );
         let first_edge = batch.a().indptr().raw_storage()[nodes.start];
         WideGraph {
             nodes,
@@ -272,7 +280,8 @@ impl WideGraph {
 
     /// Adds $\bar a$ to the graph's edge gradients (in `f64`, then rounded).
     fn add_edges<T: Scalar>(&self, edges: &mut Array1<T>) {
-        for (e, &v) in self.g_a.iter().enumerate() {
+        let Some(g_a) = &self.g_a else { return };
+        for (e, &v) in g_a.iter().enumerate() {
             let at = self.first_edge + e;
             edges[at] = T::c(edges[at].to_f64().unwrap_or(f64::NAN) + v);
         }
@@ -631,8 +640,11 @@ impl<T: Scalar> DenseClustering<T> {
                     let f = two * d[n] * g_den[g];
                     row.scaled_add(f, &s.row(n));
                 });
-                let gd = Array1::from(map_nodes(seg, |g, n| g_den[g] * s.row(n).dot(&s.row(n))));
-                cot.degrees += &gd;
+                if cot.edges.is_some() {
+                    let gd =
+                        Array1::from(map_nodes(seg, |g, n| g_den[g] * s.row(n).dot(&s.row(n))));
+                    cot.degrees += &gd;
+                }
             }
             (AuxLoss::Orthogonality, AuxCache::Orthogonality { gram, norms }) => {
                 let inv_sqrt_k = T::one() / kt.sqrt();
@@ -680,8 +692,10 @@ impl<T: Scalar> DenseClustering<T> {
                     g_sd.view(),
                 );
                 cot.s += &gs;
-                cot.degrees += &gd.remove_axis(Axis(1));
-                if count == EdgeCount::HalfWeight {
+                if cot.edges.is_some() {
+                    cot.degrees += &gd.remove_axis(Axis(1));
+                }
+                if count == EdgeCount::HalfWeight && cot.edges.is_some() {
                     let gm = Array1::from(map_nodes(seg, |g, _| g_m[g] / two));
                     cot.degrees += &gm;
                 }
@@ -729,9 +743,17 @@ impl<T: Scalar> DenseClustering<T> {
                         lg * c / T::from_count(2 * nnz[g])
                     }
                 });
-                let (gs, ge) = segment_edge_l1_vjp(batch.a().view(), s.view(), seg, g_tv.view());
+                let (gs, ge) = segment_edge_l1_vjp_opt(
+                    batch.a().view(),
+                    s.view(),
+                    seg,
+                    g_tv.view(),
+                    cot.edges.is_some(),
+                );
                 cot.s += &gs;
-                cot.edges += &ge;
+                if let (Some(edges), Some(ge)) = (&mut cot.edges, ge) {
+                    *edges += &ge;
+                }
             }
             (AuxLoss::AsymBalance(coeff), AuxCache::AsymBalance { quantile }) => {
                 let c = T::c(coeff);
@@ -772,6 +794,7 @@ impl<T: Scalar> DenseClustering<T> {
         check_pooled_grad(grad, &cache.x_shape, b * k * k, &names)?;
         let s = &cache.assignment.s;
         let a = batch.a().view();
+        let edge_grad = batch.edge_weight_grad();
         let g_out = grad
             .edge_weights
             .view()
@@ -789,12 +812,12 @@ impl<T: Scalar> DenseClustering<T> {
                 Some(_) => Array2::zeros((b * k, k)),
                 None => g_out.to_owned(),
             },
-            degrees: Array1::zeros(if cache.degrees.is_some() {
+            degrees: Array1::zeros(if cache.degrees.is_some() && edge_grad {
                 batch.num_nodes()
             } else {
                 0
             }),
-            edges: Array1::zeros(a.nnz()),
+            edges: edge_grad.then(|| Array1::zeros(a.nnz())),
         };
         let inv_b = if b == 0 {
             T::zero()
@@ -829,23 +852,30 @@ impl<T: Scalar> DenseClustering<T> {
                 .assignment
                 .reduce_vjp(batch.x().view(), seg, g_x_pre.view());
         // connect
-        let (gs_connect, ga_connect) =
-            cache
-                .assignment
-                .connect_blocks_vjp(a, seg, &cache.connect, blocks.view());
+        let (gs_connect, ga_connect) = cache.assignment.connect_blocks_vjp_opt(
+            a,
+            seg,
+            &cache.connect,
+            blocks.view(),
+            edge_grad,
+        );
         let mut edges = cot.edges;
-        edges += &ga_connect;
+        if let (Some(edges), Some(ga)) = (&mut edges, ga_connect) {
+            *edges += &ga;
+        }
         let wide: Vec<WideGraph> = wide
             .into_iter()
             .map(|(g, block)| WideGraph::connect_vjp(batch, g, s, &cache.connect, block))
             .collect();
-        for w in &wide {
-            w.add_edges(&mut edges);
-        }
-        if cache.degrees.is_some() {
-            let ones = Array2::ones((batch.num_nodes(), 1));
-            let gd = cot.degrees.view().insert_axis(Axis(1));
-            edges += &spmm_vjp_values(a, ones.view(), gd);
+        if let Some(edges) = &mut edges {
+            for w in &wide {
+                w.add_edges(edges);
+            }
+            if cache.degrees.is_some() {
+                let ones = Array2::ones((batch.num_nodes(), 1));
+                let gd = cot.degrees.view().insert_axis(Axis(1));
+                *edges += &spmm_vjp_values(a, ones.view(), gd);
+            }
         }
         // select
         let mut gs = cot.s;

@@ -166,8 +166,9 @@ pub struct DiffPool<T: Scalar> {
 #[derive(Debug, Clone)]
 pub struct DiffPoolCache<T: Scalar> {
     filter: GcnFilter<T>,
-    xw_emb: Array2<T>,
-    xw_pool: Array2<T>,
+    /// $(X W_{\text{emb}}, X W_{\text{pool}})$, only needed for the edge-weight
+    /// gradients (`None` when the batch has them off).
+    xw: Option<(Array2<T>, Array2<T>)>,
     z_pre: Array2<T>,
     z: Array2<T>,
     assignment: DenseAssignment<T>,
@@ -182,7 +183,8 @@ pub struct DiffPoolCache<T: Scalar> {
 /// The pieces of the sparse link-prediction loss.
 #[derive(Debug, Clone)]
 struct LinkTerms<T: Scalar> {
-    /// $\langle S_i, S_j\rangle$ for every stored entry of $A$.
+    /// $\langle S_i, S_j\rangle$ for every stored entry of $A$ (kept for
+    /// the edge-weight gradients only: empty in a cache when they are off).
     p: Array1<T>,
     /// $S_g^\top S_g$, stacked $(BK) \times K$.
     gram: Array2<T>,
@@ -373,8 +375,12 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
         let (blocks, connect) = assignment.connect_blocks(a, segs);
         let a_out = DenseAssignment::blocks_to_csr(blocks.view());
-        let link = link_terms(a, assignment.s.view(), segs);
+        let mut link = link_terms(a, assignment.s.view(), segs);
         let losses = self.losses_from(segs, &link, assignment.s.view());
+        let edge_grad = batch.edge_weight_grad();
+        if !edge_grad {
+            link.p = Array1::zeros(0);
+        }
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
@@ -391,8 +397,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             )?,
             DiffPoolCache {
                 filter,
-                xw_emb,
-                xw_pool,
+                xw: edge_grad.then_some((xw_emb, xw_pool)),
                 z_pre,
                 z,
                 assignment: cached,
@@ -438,14 +443,17 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 expected: format!("{} = B * K * K values", b * k * k),
                 got: e.to_string(),
             })?;
-        let (gs_connect, mut ga) = assignment.connect_blocks_vjp(a, segs, &cache.connect, g_blocks);
+        // the cache matches the batch's edge-weight setting (signature checked)
+        let edge_grad = batch.edge_weight_grad();
+        let (gs_connect, mut ga) =
+            assignment.connect_blocks_vjp_opt(a, segs, &cache.connect, g_blocks, edge_grad);
         gs += &gs_connect;
 
         // losses
         let denom = T::from_count(b.max(1));
         let g_link = grad.loss("link_pred") / denom;
         if g_link != T::zero() {
-            let (gs_link, ga_link) = link_vjp(a, s, segs, &cache.link, |g| {
+            let (gs_link, ga_link) = link_vjp(a, s, segs, &cache.link, edge_grad, |g| {
                 let l = cache.link.norms[g];
                 if l > T::zero() {
                     g_link * self.variant.link_scale::<T>(segs.size(g)) / (T::c(2.0) * l)
@@ -454,7 +462,9 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 }
             });
             gs += &gs_link;
-            ga += &ga_link;
+            if let (Some(ga), Some(ga_link)) = (&mut ga, ga_link) {
+                *ga += &ga_link;
+            }
         }
         let g_ent = grad.loss("entropy") / denom;
         if g_ent != T::zero() {
@@ -468,18 +478,13 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             .vjp(cache.z_pre.view(), cache.z.view(), gz.view());
         let g_xwp = spmm_t(cache.filter.matrix.view(), g_logits.view());
         let g_xwe = spmm_t(cache.filter.matrix.view(), g_zpre.view());
-        let mut g_fvals = spmm_vjp_values(
-            cache.filter.matrix.view(),
-            cache.xw_pool.view(),
-            g_logits.view(),
-        );
-        g_fvals += &spmm_vjp_values(
-            cache.filter.matrix.view(),
-            cache.xw_emb.view(),
-            g_zpre.view(),
-        );
-        let g_fvals = g_fvals.to_vec();
-        ga += &cache.filter.vjp(&g_fvals, a.nnz());
+        if let (Some(ga), Some((xw_emb, xw_pool))) = (&mut ga, &cache.xw) {
+            let mut g_fvals =
+                spmm_vjp_values(cache.filter.matrix.view(), xw_pool.view(), g_logits.view());
+            g_fvals += &spmm_vjp_values(cache.filter.matrix.view(), xw_emb.view(), g_zpre.view());
+            let g_fvals = g_fvals.to_vec();
+            *ga += &cache.filter.vjp(&g_fvals, a.nnz());
+        }
 
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
@@ -517,8 +522,9 @@ fn link_vjp<T: Scalar>(
     s: ArrayView2<T>,
     segs: &Segments,
     link: &LinkTerms<T>,
+    edge_weights: bool,
     coef: impl Fn(usize) -> T + Sync,
-) -> (Array2<T>, Array1<T>) {
+) -> (Array2<T>, Option<Array1<T>>) {
     let k = s.ncols();
     let coefs: Vec<T> = (0..segs.num_graphs()).map(&coef).collect();
     let node_coef = map_nodes(segs, |g, _| coefs[g]);
@@ -527,14 +533,26 @@ fn link_vjp<T: Scalar>(
     let base = ip[0];
     let w = a.data();
     let two = T::c(2.0);
-    let (gp, ga): (Vec<T>, Vec<T>) = (0..a.rows())
-        .into_par_iter()
-        .flat_map_iter(|r| {
-            let c = node_coef[r];
-            (ip[r] - base..ip[r + 1] - base)
-                .map(move |e| (-two * w[e] * c, two * (w[e] - link.p[e]) * c))
-        })
-        .unzip();
+    let (gp, ga): (Vec<T>, Option<Vec<T>>) = if edge_weights {
+        let (gp, ga) = (0..a.rows())
+            .into_par_iter()
+            .flat_map_iter(|r| {
+                let c = node_coef[r];
+                (ip[r] - base..ip[r + 1] - base)
+                    .map(move |e| (-two * w[e] * c, two * (w[e] - link.p[e]) * c))
+            })
+            .unzip();
+        (gp, Some(ga))
+    } else {
+        let gp = (0..a.rows())
+            .into_par_iter()
+            .flat_map_iter(|r| {
+                let c = node_coef[r];
+                (ip[r] - base..ip[r + 1] - base).map(move |e| -two * w[e] * c)
+            })
+            .collect();
+        (gp, None)
+    };
     let (gu, gv) = sddmm_vjp(a, s, s, ArrayView1::from(&gp[..]));
     let mut g_gram = link.gram.clone();
     for (g, mut block) in g_gram.axis_chunks_iter_mut(Axis(0), k.max(1)).enumerate() {
@@ -547,7 +565,7 @@ fn link_vjp<T: Scalar>(
         .and(&g1)
         .and(&g2)
         .par_for_each(|o, &u, &v| *o += u + v);
-    (gs, Array1::from(ga))
+    (gs, ga.map(Array1::from))
 }
 
 /// VJP of the mean over nodes of each graph of $-\sum_k s\ln(s+\varepsilon)$,

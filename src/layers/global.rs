@@ -61,7 +61,7 @@ macro_rules! parameterless_global_pool {
                     .is_none_or(|s| crate::kernels::rows::first_non_finite(s).is_none()));
                 Ok(Gradients {
                     x: gx,
-                    edge_weights: ndarray::Array1::zeros(batch.a().nnz()),
+                    edge_weights: $crate::framework::layer::zero_edge_grad(batch),
                     params: Params::new(),
                 })
             }

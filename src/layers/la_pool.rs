@@ -309,7 +309,9 @@ impl<T: Scalar> Layer<T> for LaPool {
         let a = batch.a().view();
         let asg = &cache.assignment;
         let (gs_reduce, mut gx) = asg.reduce_vjp(x, grad.x.view());
-        let (gs_connect, mut ga) = asg.connect_vjp(a, &cache.connect, grad.edge_weights.view());
+        let edge_grad = batch.edge_weight_grad();
+        let (gs_connect, mut ga) =
+            asg.connect_vjp_opt(a, &cache.connect, grad.edge_weights.view(), edge_grad);
         let gs = gs_reduce + gs_connect;
         // S = beta * softmax(cos)
         let g_soft = match &cache.beta {
@@ -330,7 +332,7 @@ impl<T: Scalar> Layer<T> for LaPool {
             let mut row = gx.row_mut(l);
             row += &g_leaders.row(j);
         }
-        if let Some(beta) = &cache.beta {
+        if let (Some(beta), Some(ga)) = (&cache.beta, &mut ga) {
             // d beta / d dist = -beta^2, on non-leader rows with a finite path
             let mut g_dist: Vec<Vec<f64>> = asg
                 .leaders
@@ -352,7 +354,7 @@ impl<T: Scalar> Layer<T> for LaPool {
                     g_dist[j][i - cache.graph_start[j]] = g.to_f64().unwrap_or(0.0);
                 }
             }
-            ga += &undirected_path_lengths_vjp(a, batch.segments(), &asg.leaders, &g_dist)?;
+            *ga += &undirected_path_lengths_vjp(a, batch.segments(), &asg.leaders, &g_dist)?;
         }
         finite_gradients(
             "LaPool",

@@ -7,7 +7,9 @@ use sprs::CsMat;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::layer::{
+    check_pooled_grad, finite_gradients, zero_edge_grad, InputSignature, LayerStamp,
+};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -755,7 +757,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         params.accumulate_dim(LIN, g_lin.view())?;
         let (mut gs, mut gx) = segment_matmul_tn_vjp(s, x, segs, g_reduced.view());
         // A' (coarsened only)
-        let mut ga = Array1::zeros(batch.a().nnz());
+        let mut ga = zero_edge_grad(batch);
         if let Some(connect) = &cache.connect {
             let g_blocks = grad
                 .edge_weights
@@ -766,10 +768,13 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                     expected: format!("{} = B * K * K values", b * k * k),
                     got: e.to_string(),
                 })?;
-            let (gs_c, ga_c) =
-                cache
-                    .assignment
-                    .connect_blocks_vjp(batch.a().view(), segs, connect, g_blocks);
+            let (gs_c, ga_c) = cache.assignment.connect_blocks_vjp_opt(
+                batch.a().view(),
+                segs,
+                connect,
+                g_blocks,
+                batch.edge_weight_grad(),
+            );
             gs += &gs_c;
             ga = ga_c;
         }

@@ -12,7 +12,7 @@ use crate::framework::layer::{finite_gradients, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::gather::weighted_row_sum;
 use crate::kernels::reduce_chunked;
-use crate::kernels::sparse::{gcn_spmv, gcn_spmv_vjp, spmm, transpose};
+use crate::kernels::sparse::{gcn_spmv, gcn_spmv_vjp_opt, spmm, transpose};
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
@@ -258,14 +258,17 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
                 let (deg_inv_sqrt, xw) = &**gcn;
                 let w = self.kernel(KERNEL, f)?;
                 // y = A^ (X w): both gradients of the sparse product at once
-                let (g_xw, g_a) = gcn_spmv_vjp(
+                let (g_xw, g_a) = gcn_spmv_vjp_opt(
                     batch.a().view(),
                     deg_inv_sqrt.view(),
                     xw.view(),
                     core.y.view(),
                     batch.segments(),
+                    edge_weights.is_some(),
                 );
-                edge_weights += &g_a;
+                if let (Some(edge_weights), Some(g_a)) = (&mut edge_weights, g_a) {
+                    *edge_weights += &g_a;
+                }
                 let gw = weighted_row_sum(x, g_xw.view()).insert_axis(Axis(1));
                 params.accumulate_dim(KERNEL, gw.view())?;
                 core.grad_x(g_xw.view().insert_axis(Axis(1)), w.t())

@@ -146,8 +146,8 @@ pub struct SelectionPoolCache<T: Scalar> {
 /// [`CoreGrads::grad_x`] together with the layer's path through the score,
 /// so that $\bar X$ is written once.
 pub(crate) struct CoreGrads<'a, T: Scalar> {
-    /// Through the induced adjacency.
-    pub(crate) edge_weights: Array1<T>,
+    /// Through the induced adjacency (`None` with edge-weight gradients off).
+    pub(crate) edge_weights: Option<Array1<T>>,
     /// With respect to the raw score of every node.
     pub(crate) y: Array1<T>,
     /// The output gradient of the pooled features times the multiplier.
@@ -355,13 +355,15 @@ impl SelectionCore {
         };
         let kept = &cache.subset.kept;
         let ggate = gather_scaled_rows_vjp_scale(batch.x().view(), kept, gx_out.view());
-        let edge_weights = scatter_values(
-            grad.edge_weights
-                .as_slice()
-                .expect("a one-dimensional array is contiguous"),
-            &cache.source,
-            batch.a().nnz(),
-        );
+        let edge_weights = batch.edge_weight_grad().then(|| {
+            scatter_values(
+                grad.edge_weights
+                    .as_slice()
+                    .expect("a one-dimensional array is contiguous"),
+                &cache.source,
+                batch.a().nnz(),
+            )
+        });
         let n = batch.num_nodes();
         let mut gy = Array1::zeros(n);
         match &cache.softmax {

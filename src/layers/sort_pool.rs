@@ -1,11 +1,13 @@
 //! SortPool: the k nodes with the largest last feature, per graph.
 
-use ndarray::{s, Array1, Array3, Axis};
+use ndarray::{s, Array3, Axis};
 use rayon::prelude::*;
 
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_grad_shape, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::layer::{
+    check_grad_shape, finite_gradients, zero_edge_grad, InputSignature, LayerStamp,
+};
 use crate::framework::{Gradients, Layer};
 use crate::kernels::sort::segment_argsort_desc;
 use crate::nn::Params;
@@ -134,7 +136,7 @@ impl<T: Scalar> Layer<T> for SortPool {
             "SortPool",
             Gradients {
                 x: gx,
-                edge_weights: Array1::zeros(batch.a().nnz()),
+                edge_weights: zero_edge_grad(batch),
                 params: Params::new(),
             },
         )

@@ -87,7 +87,7 @@ impl<T: Scalar> Out<T> {
 /// Every gradient finite.
 pub fn gradients_finite<T: Scalar>(g: &Gradients<T>) -> bool {
     g.x.iter().all(|v| v.is_finite())
-        && g.edge_weights.iter().all(|v| v.is_finite())
+        && g.edge_weights.iter().flatten().all(|v| v.is_finite())
         && g.params
             .iter()
             .all(|(_, p)| p.iter().all(|v| v.is_finite()))
@@ -102,7 +102,13 @@ enum Mode {
     CallChecked,
 }
 
-type RunFn<T> = dyn Fn(&DisjointBatch<T>, Mode) -> Result<(Out<T>, Option<Gradients<T>>), PoolError>
+/// The forward batch, the backward batch (the same one but in
+/// [`Run::forward_then_backward_on`]) and what to run.
+type RunFn<T> = dyn Fn(
+        &DisjointBatch<T>,
+        &DisjointBatch<T>,
+        Mode,
+    ) -> Result<(Out<T>, Option<Gradients<T>>), PoolError>
     + Send
     + Sync;
 
@@ -113,20 +119,31 @@ pub struct Run<T: Scalar>(Box<RunFn<T>>);
 impl<T: Scalar> Run<T> {
     /// Forward and backward.
     pub fn both(&self, b: &DisjointBatch<T>) -> Result<(Out<T>, Gradients<T>), PoolError> {
-        let (out, g) = (self.0)(b, Mode::Both)?;
+        let (out, g) = (self.0)(b, b, Mode::Both)?;
         Ok((out, g.expect("a backward pass was asked for")))
+    }
+
+    /// The forward pass on `fwd`, then the backward pass with its cache but
+    /// the batch `bwd` (to check what a backward pass refuses).
+    pub fn forward_then_backward_on(
+        &self,
+        fwd: &DisjointBatch<T>,
+        bwd: &DisjointBatch<T>,
+    ) -> Result<Gradients<T>, PoolError> {
+        let (_, g) = (self.0)(fwd, bwd, Mode::Both)?;
+        Ok(g.expect("a backward pass was asked for"))
     }
 
     /// The forward pass only.
     pub fn forward(&self, b: &DisjointBatch<T>) -> Result<Out<T>, PoolError> {
-        Ok((self.0)(b, Mode::Forward)?.0)
+        Ok((self.0)(b, b, Mode::Forward)?.0)
     }
 
     /// The forward pass, after checking that `Layer::call` returns exactly
     /// the same output (panics if not).
     #[allow(dead_code)]
     pub fn forward_and_call(&self, b: &DisjointBatch<T>) -> Result<Out<T>, PoolError> {
-        Ok((self.0)(b, Mode::CallChecked)?.0)
+        Ok((self.0)(b, b, Mode::CallChecked)?.0)
     }
 }
 
@@ -137,7 +154,7 @@ fn run<T: Scalar, L: Layer<T> + Send + Sync + 'static>(
 where
     L::Output: Differentiable<T> + PartialEq,
 {
-    Run(Box::new(move |b, mode| {
+    Run(Box::new(move |b, bwd, mode| {
         let (y, cache) = l.forward(b)?;
         if mode == Mode::CallChecked {
             assert!(l.call(b)? == y, "call differs from forward");
@@ -146,7 +163,7 @@ where
             return Ok((wrap(y), None));
         }
         let g = y.random_cotangent(&mut rng_from_seed(99));
-        let grads = l.backward(b, &cache, &g)?;
+        let grads = l.backward(bwd, &cache, &g)?;
         Ok((wrap(y), Some(grads)))
     }))
 }
