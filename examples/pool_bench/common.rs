@@ -125,7 +125,9 @@ const USIZE: u64 = std::mem::size_of::<usize>() as u64;
 
 impl BenchOutput for Array2<f32> {
     fn ones(&self) -> Array2<f32> {
-        Array2::ones(self.raw_dim())
+        let mut g = Array2::zeros(self.raw_dim());
+        g.par_mapv_inplace(|_| 1.0);
+        g
     }
     fn footprint(&self, parts: &mut Vec<(String, u64)>) {
         parts.push(("out".into(), self.len() as u64 * F32));
@@ -134,7 +136,9 @@ impl BenchOutput for Array2<f32> {
 
 impl BenchOutput for Array3<f32> {
     fn ones(&self) -> Array3<f32> {
-        Array3::ones(self.raw_dim())
+        let mut g = Array3::zeros(self.raw_dim());
+        g.par_mapv_inplace(|_| 1.0);
+        g
     }
     fn footprint(&self, parts: &mut Vec<(String, u64)>) {
         parts.push(("out".into(), self.len() as u64 * F32));
@@ -144,8 +148,9 @@ impl BenchOutput for Array3<f32> {
 impl BenchOutput for Pooled<f32> {
     fn ones(&self) -> PooledGrad<f32> {
         let mut g = PooledGrad::zeros(self);
-        g.x.fill(1.0);
-        g.edge_weights.fill(1.0);
+        // filled in parallel: the fresh pages are faulted in on every core
+        g.x.par_mapv_inplace(|_| 1.0);
+        g.edge_weights.par_mapv_inplace(|_| 1.0);
         g.losses.values_mut().for_each(|v| *v = 1.0);
         g
     }

@@ -2,6 +2,7 @@
 
 use ndarray::{Array1, Array2, Array3, Dimension, Zip};
 use rand::Rng;
+use rayon::prelude::*;
 
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
@@ -223,7 +224,16 @@ pub(crate) fn check_grad_shape<T: Scalar, D: Dimension>(
             got: format!("{:?}", grad.shape()),
         });
     }
-    if let Some((i, v)) = grad.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+    // a parallel, vectorised scan when the gradient is one slice
+    let bad = match grad.as_slice() {
+        Some(g) => rows::first_non_finite(g).map(|i| (i, g[i])),
+        None => grad
+            .iter()
+            .copied()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite()),
+    };
+    if let Some((i, v)) = bad {
         return Err(PoolError::NonFinite {
             what: format!("gradient of {what}"),
             index: format!("flat index {i}"),
@@ -288,17 +298,19 @@ impl InputSignature {
         let ip = a.indptr();
         let ip = ip.raw_storage();
         let base = ip.first().copied().unwrap_or(0);
-        // a word-at-a-time multiplicative hash (FxHash's): cheap, deterministic
-        let mut h: u64 = 0;
-        let mut mix = |w: usize| {
-            h = (h.rotate_left(5) ^ w as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        // a word-at-a-time multiplicative hash (FxHash's) of fixed blocks,
+        // in parallel, then of the blocks' hashes in order: cheap, and the
+        // same on any thread count
+        const BLOCK: usize = 1 << 16;
+        let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        let blocks = |words: &[usize], sub: usize| -> Vec<u64> {
+            words
+                .par_chunks(BLOCK)
+                .map(|c| c.iter().fold(0, |h, &w| mix(h, (w - sub) as u64)))
+                .collect()
         };
-        for &p in ip {
-            mix(p - base);
-        }
-        for &c in a.indices() {
-            mix(c);
-        }
+        let (hp, hi) = rayon::join(|| blocks(ip, base), || blocks(a.indices(), 0));
+        let h = hp.into_iter().chain(hi).fold(0, mix);
         Self {
             nodes: batch.num_nodes(),
             features: batch.num_features(),
