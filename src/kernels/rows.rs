@@ -54,6 +54,162 @@ pub fn axpy<T: Scalar>(o: &mut [T], w: T, x: &[T]) {
     }
 }
 
+/// Widest product (output columns) that the slice kernels [`rows_times`]
+/// and [`outer_sum`] take; [`crate::nn::matmul`] sends wider ones to a GEMM.
+pub const SMALL_COLS: usize = 64;
+
+/// $o = \sum_j x_j\, W_j$ for a row $x$ ($F$) and a small row-major $W$
+/// ($F \times C$, $C$ = `out.len()`): `out` is set to 0, then row $j$ of $W$
+/// times $x_j$ is added for $j = 0, 1, \dots$ in order ([`axpy`]). Every
+/// output column is its own sum, so the vector width does not change the
+/// bits.
+#[inline(always)]
+pub fn row_times<T: Scalar>(x: &[T], w: &[T], out: &mut [T]) {
+    let c = out.len();
+    debug_assert_eq!(w.len(), x.len() * c);
+    out.fill(T::zero());
+    if c > 0 {
+        for (&xv, wr) in x.iter().zip(w.chunks_exact(c)) {
+            axpy(out, xv, wr);
+        }
+    }
+}
+
+/// $O = X W$ row by row for $X$ ($R \times F$, row-major `x`) and a small
+/// $W$ ($F \times C$, row-major `w`, $C$ = `c` $\le$ [`SMALL_COLS`]): each row of
+/// `out` ($R \times C$) is [`row_times`], then plus `bias` if given; with
+/// `accumulate` the row's product is formed first and added once to the
+/// old value of the row. Compiled for each SIMD level and chosen at run
+/// time; the loops run across output columns (a row's sums stay in
+/// registers for $C \in \{8, 16, 32, 64\}$), so every level and every
+/// width gives the same bits.
+#[multiversion::multiversion(targets = "simd")]
+pub fn rows_times<T: Scalar>(
+    x: &[T],
+    f: usize,
+    w: &[T],
+    c: usize,
+    bias: Option<&[T]>,
+    accumulate: bool,
+    out: &mut [T],
+) {
+    debug_assert!(c <= SMALL_COLS && w.len() == f * c);
+    if c == 0 {
+        return;
+    }
+    if f == 0 {
+        // empty sums: 0 (+ bias)
+        let mut p = [T::zero(); SMALL_COLS];
+        for o in out.chunks_exact_mut(c) {
+            p[..c].fill(T::zero());
+            finish_row(&mut p[..c], bias, accumulate, o);
+        }
+        return;
+    }
+    match c {
+        8 => rows_times_fixed::<T, 8>(x, f, w, bias, accumulate, out),
+        16 => rows_times_fixed::<T, 16>(x, f, w, bias, accumulate, out),
+        32 => rows_times_fixed::<T, 32>(x, f, w, bias, accumulate, out),
+        64 => rows_times_fixed::<T, 64>(x, f, w, bias, accumulate, out),
+        _ => {
+            let mut p = [T::zero(); SMALL_COLS];
+            let p = &mut p[..c];
+            for (i, o) in out.chunks_exact_mut(c).enumerate() {
+                row_times(&x[i * f..(i + 1) * f], w, p);
+                finish_row(p, bias, accumulate, o);
+            }
+        }
+    }
+}
+
+/// [`rows_times`] for $C$ known at compile time: the row's sums in an
+/// array the compiler keeps in registers.
+#[inline(always)]
+fn rows_times_fixed<T: Scalar, const C: usize>(
+    x: &[T],
+    f: usize,
+    w: &[T],
+    bias: Option<&[T]>,
+    accumulate: bool,
+    out: &mut [T],
+) {
+    for (xr, o) in x.chunks_exact(f).zip(out.chunks_exact_mut(C)) {
+        let mut p = [T::zero(); C];
+        for (&xv, wr) in xr.iter().zip(w.chunks_exact(C)) {
+            for (p, &wv) in p.iter_mut().zip(wr) {
+                *p += xv * wv;
+            }
+        }
+        finish_row(&mut p, bias, accumulate, o);
+    }
+}
+
+/// `o = p (+ bias)`, or `o += p (+ bias)` when `accumulate`.
+#[inline(always)]
+fn finish_row<T: Scalar>(p: &mut [T], bias: Option<&[T]>, accumulate: bool, o: &mut [T]) {
+    if let Some(b) = bias {
+        for (v, &bv) in p.iter_mut().zip(b) {
+            *v += bv;
+        }
+    }
+    if accumulate {
+        for (o, &v) in o.iter_mut().zip(p.iter()) {
+            *o += v;
+        }
+    } else {
+        o.copy_from_slice(p);
+    }
+}
+
+/// $O = S^\top Y = \sum_n s_n y_n^\top$ for the rows of $S$ ($R \times K$,
+/// row-major `s`) and $Y$ ($R \times F$, row-major `y`): entry $(k, j)$ of
+/// `out` ($K \times F$, overwritten) is $0 + s_{0k} y_{0j} + s_{1k} y_{1j} +
+/// \dots$, the rows added in order. Compiled for each SIMD level and chosen
+/// at run time; each output entry is its own sum (kept in registers for
+/// $F \in \{16, 32, 64\}$), so every level gives the same bits.
+#[multiversion::multiversion(targets = "simd")]
+pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T]) {
+    debug_assert_eq!(out.len(), k * f);
+    out.fill(T::zero());
+    if k == 0 || f == 0 {
+        return;
+    }
+    match f {
+        16 => outer_sum_fixed::<T, 16>(s, k, y, out),
+        32 => outer_sum_fixed::<T, 32>(s, k, y, out),
+        64 => outer_sum_fixed::<T, 64>(s, k, y, out),
+        _ => {
+            for (sn, yn) in s.chunks_exact(k).zip(y.chunks_exact(f)) {
+                for (&v, o) in sn.iter().zip(out.chunks_exact_mut(f)) {
+                    axpy(o, v, yn);
+                }
+            }
+        }
+    }
+}
+
+/// [`outer_sum`] for $F$ known at compile time: one output row's sums in
+/// registers while a tile of rows of $Y$ passes by.
+#[inline(always)]
+fn outer_sum_fixed<T: Scalar, const F: usize>(s: &[T], k: usize, y: &[T], out: &mut [T]) {
+    // tiles of rows small enough to stay in L1 while every output row
+    // passes over them; a row's sums continue from tile to tile, in order
+    const TILE: usize = 64;
+    for (st, yt) in s.chunks(TILE * k).zip(y.chunks(TILE * F)) {
+        for (c, o) in out.chunks_exact_mut(F).enumerate() {
+            let mut acc = [T::zero(); F];
+            acc.copy_from_slice(o);
+            for (sn, yn) in st.chunks_exact(k).zip(yt.chunks_exact(F)) {
+                let v = sn[c];
+                for (a, &yv) in acc.iter_mut().zip(yn) {
+                    *a += v * yv;
+                }
+            }
+            o.copy_from_slice(&acc);
+        }
+    }
+}
+
 /// The rows of `x` as one row-major slice: borrowed when `x` is already in
 /// standard layout, else copied once.
 pub fn row_major<'a, T: Scalar>(x: &'a ArrayView2<'a, T>) -> Cow<'a, [T]> {

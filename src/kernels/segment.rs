@@ -6,8 +6,6 @@
 
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 
-use ndarray::linalg::general_mat_mul;
-
 use super::rows;
 use super::{
     fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, reduce_chunked,
@@ -243,17 +241,34 @@ pub fn segment_matmul_tn<T: Scalar>(
     let rows_out = segments.num_graphs() * k;
     let mut out = Array2::from_shape_vec((rows_out, f), rows::fresh_vec(rows_out * f))
         .expect("rows * cols entries");
+    let (ss, ys) = (rows::row_major(&s), rows::row_major(&y));
     for_each_graph_block(out.view_mut(), k, |g, mut block| {
         let r = reduce_chunked(
             segments.range(g),
             |chunk| {
-                let sc = s.slice(s![chunk.clone(), ..]);
-                let yc = y.slice(s![chunk, ..]);
-                sc.t().dot(&yc)
+                // S_c^T Y_c on slices, rows of the chunk in order
+                let mut p = vec![T::zero(); k * f];
+                rows::outer_sum(
+                    &ss[chunk.start * k..chunk.end * k],
+                    k,
+                    &ys[chunk.start * f..chunk.end * f],
+                    f,
+                    &mut p,
+                );
+                p
             },
-            |a, b| a + b,
+            |mut a, b| {
+                for (a, &b) in a.iter_mut().zip(&b) {
+                    *a += b;
+                }
+                a
+            },
         );
-        block.assign(&r);
+        if f > 0 {
+            for (mut o, r) in block.rows_mut().into_iter().zip(r.chunks_exact(f)) {
+                o.assign(&ndarray::aview1(r));
+            }
+        }
     });
     out
 }
@@ -270,15 +285,32 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     let mut gs = rows::zeros(s.nrows(), k);
     let mut gy = rows::zeros(y.nrows(), y.ncols());
     // one small product per fixed piece of a graph's rows: dS = Y O^T, dY = S O
+    let f = y.ncols();
+    if k == 0 || f == 0 {
+        return (gs, gy);
+    }
+    let (ss, ys, gr) = (
+        rows::row_major(&s),
+        rows::row_major(&y),
+        rows::row_major(&grad),
+    );
+    // one small product per fixed piece of a graph's rows, on slices:
+    // dS_n = O_g y_n (K dots), dY_n = s_n O_g (a row times O_g)
     for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
-        let og = grad.slice(s![g * k..(g + 1) * k, ..]);
-        let yb = y.slice(s![nodes, ..]);
-        general_mat_mul(T::one(), &yb, &og.t(), T::zero(), &mut block);
+        let og = &gr[g * k * f..(g + 1) * k * f];
+        let out = block.as_slice_mut().expect("row blocks are contiguous");
+        for (n, o) in nodes.zip(out.chunks_exact_mut(k)) {
+            let yn = &ys[n * f..(n + 1) * f];
+            for (o, orow) in o.iter_mut().zip(og.chunks_exact(f)) {
+                *o = rows::dot(yn, orow);
+            }
+        }
     });
     for_each_segment_block(gy.view_mut(), segments, |g, nodes, mut block| {
-        let og = grad.slice(s![g * k..(g + 1) * k, ..]);
-        let sb = s.slice(s![nodes, ..]);
-        general_mat_mul(T::one(), &sb, &og, T::zero(), &mut block);
+        let og = &gr[g * k * f..(g + 1) * k * f];
+        let out = block.as_slice_mut().expect("row blocks are contiguous");
+        let sb = &ss[nodes.start * k..nodes.end * k];
+        rows::rows_times(sb, k, og, f, None, false, out);
     });
     (gs, gy)
 }

@@ -19,8 +19,10 @@ pub const NARROW_COLS: usize = 4;
 /// on the block it falls in, so results are thread-count independent.
 ///
 /// For $C \le$ [`NARROW_COLS`] every entry is one [`rows::dot`] of a row of
-/// $X$ with a column of $W$ (plus the bias), on plain slices; wider products
-/// go through ndarray's GEMM per block of rows.
+/// $X$ with a column of $W$ (plus the bias), on plain slices; up to
+/// [`rows::SMALL_COLS`] columns every row is [`rows::rows_times`] (no
+/// packing of $X$); wider products go through ndarray's GEMM per block of
+/// rows.
 pub fn matmul<T: Scalar>(
     x: ArrayView2<T>,
     w: ArrayView2<T>,
@@ -48,6 +50,10 @@ pub fn matmul<T: Scalar>(
         rows::fresh_vec(x.nrows() * w.ncols()),
     )
     .expect("rows * cols entries");
+    if w.ncols() <= rows::SMALL_COLS {
+        small_product(x, w, bias, false, &mut out);
+        return out;
+    }
     out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
@@ -81,6 +87,10 @@ pub fn matmul_acc<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, out: &mut Array
         });
         return;
     }
+    if w.ncols() <= rows::SMALL_COLS && out.is_standard_layout() {
+        small_product(x, w, None, true, out);
+        return;
+    }
     out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
@@ -88,6 +98,43 @@ pub fn matmul_acc<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, out: &mut Array
             let r0 = b * ROW_BLOCK;
             let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
             ndarray::linalg::general_mat_mul(T::one(), &xb, &w, T::one(), &mut block);
+        });
+}
+
+/// [`rows::rows_times`] over fixed blocks of [`ROW_BLOCK`] rows in
+/// parallel: `out` $= XW$ (+ bias), or `out` $\mathrel{+}= XW$ when
+/// `accumulate`, for $W$ at most [`rows::SMALL_COLS`] wide.
+fn small_product<T: Scalar>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    bias: Option<ArrayView1<T>>,
+    accumulate: bool,
+    out: &mut Array2<T>,
+) {
+    let (f, c) = (x.ncols(), w.ncols());
+    if c == 0 {
+        return;
+    }
+    let xs = rows::row_major(&x);
+    let ws = rows::row_major(&w);
+    let b = bias.map(|b| b.to_vec());
+    let os = out
+        .as_slice_mut()
+        .expect("the output is in standard layout");
+    os.par_chunks_mut(ROW_BLOCK * c)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let r0 = i * ROW_BLOCK;
+            let rows_here = block.len() / c;
+            rows::rows_times(
+                &xs[r0 * f..(r0 + rows_here) * f],
+                f,
+                &ws,
+                c,
+                b.as_deref(),
+                accumulate,
+                block,
+            );
         });
 }
 
