@@ -594,3 +594,72 @@ fn scatter_values_equals_the_plain_scatter() {
         }
     }
 }
+
+/// Values with many significant bits, so that any change in the order of
+/// the additions shows in the result.
+fn rough(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * 3.7
+        })
+        .collect()
+}
+
+#[test]
+fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
+    use graphpool::kernels::rows::{outer_sum, rows_times, SMALL_COLS};
+    // the widths with a register kernel (8, 16, 32, 64) and others around them
+    for &c in &[0usize, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64] {
+        for &f in &[0usize, 1, 5, 16, 64, 70] {
+            let rows = 67; // more than one tile of outer_sum
+            let (x, w) = (rough(rows * f, 1 + c as u64), rough(f * c, 2 + f as u64));
+            let bias = rough(c, 3);
+            let old = rough(rows * c, 4);
+            for (with_bias, accumulate) in [(false, false), (true, false), (false, true)] {
+                let mut out = old.clone();
+                let b = with_bias.then_some(&bias[..]);
+                rows_times(&x, f, &w, c, b, accumulate, &mut out);
+                for r in 0..rows {
+                    for j in 0..c {
+                        let mut p = 0.0f32;
+                        for t in 0..f {
+                            p += x[r * f + t] * w[t * c + j];
+                        }
+                        if with_bias {
+                            p += bias[j];
+                        }
+                        let want = if accumulate { old[r * c + j] + p } else { p };
+                        assert_eq!(
+                            out[r * c + j].to_bits(),
+                            want.to_bits(),
+                            "c {c} f {f} ({r}, {j})"
+                        );
+                    }
+                }
+            }
+            // outer_sum: S (rows x c) transposed times Y (rows x f), c <= 64 as K
+            if c <= SMALL_COLS {
+                let (s, y) = (rough(rows * c, 5), rough(rows * f, 6));
+                let mut out = rough(c * f, 7); // overwritten
+                outer_sum(&s, c, &y, f, &mut out);
+                for k in 0..c {
+                    for j in 0..f {
+                        let mut p = 0.0f32;
+                        for n in 0..rows {
+                            p += s[n * c + k] * y[n * f + j];
+                        }
+                        assert_eq!(
+                            out[k * f + j].to_bits(),
+                            p.to_bits(),
+                            "K {c} F {f} ({k}, {j})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
