@@ -400,6 +400,21 @@ impl<T: Scalar> DenseClustering<T> {
         &self,
         batch: &DisjointBatch<T>,
     ) -> Result<(Pooled<T>, ClusteringCache<T>)> {
+        let (pooled, cache) = self.run(batch, true)?;
+        Ok((pooled, cache.expect("run keeps a cache when asked to")))
+    }
+
+    /// The forward pass without a cache: $S$ moves into the result instead
+    /// of being copied for the backward pass.
+    pub(crate) fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.run(batch, false)?.0)
+    }
+
+    fn run(
+        &self,
+        batch: &DisjointBatch<T>,
+        keep: bool,
+    ) -> Result<(Pooled<T>, Option<ClusteringCache<T>>)> {
         let seg = batch.segments();
         let a = batch.a().view();
         let (mlp, s) = self.select(batch.x().view())?;
@@ -436,30 +451,34 @@ impl<T: Scalar> DenseClustering<T> {
         }
         let a_blocks = normalized.as_ref().map_or(&blocks, |n| &n.out);
         let a_out = DenseAssignment::blocks_to_csr(a_blocks.view());
+        let out_segments = assignment.reduce_index(seg);
+        let (selection, kept) = if keep {
+            (assignment.clone(), Some(assignment))
+        } else {
+            (assignment, None)
+        };
         let pooled = Pooled::checked(
             self.name,
             x_out,
             a_out,
-            assignment.reduce_index(seg),
-            Selection::Dense(assignment.clone()),
+            out_segments,
+            Selection::Dense(selection),
             None,
             losses,
         )?;
-        Ok((
-            pooled,
-            ClusteringCache {
-                mlp,
-                assignment,
-                selu,
-                x_shape,
-                connect,
-                normalized,
-                degrees,
-                aux,
-                input: InputSignature::of(batch),
-                stamp: self.stamp(),
-            },
-        ))
+        let cache = kept.map(|assignment| ClusteringCache {
+            mlp,
+            assignment,
+            selu,
+            x_shape,
+            connect,
+            normalized,
+            degrees,
+            aux,
+            input: InputSignature::of(batch),
+            stamp: self.stamp(),
+        });
+        Ok((pooled, cache))
     }
 
     fn loss_forward(
@@ -926,6 +945,13 @@ macro_rules! clustering_layer {
                 batch: &$crate::batch::DisjointBatch<T>,
             ) -> $crate::error::Result<(Self::Output, Self::Cache)> {
                 self.inner.forward(batch)
+            }
+
+            fn call(
+                &self,
+                batch: &$crate::batch::DisjointBatch<T>,
+            ) -> $crate::error::Result<Self::Output> {
+                self.inner.call(batch)
             }
 
             fn backward(
