@@ -107,10 +107,10 @@ pub fn rows_times<T: Scalar>(
         return;
     }
     match c {
-        8 => rows_times_fixed::<T, 8>(x, f, w, bias, accumulate, out),
-        16 => rows_times_fixed::<T, 16>(x, f, w, bias, accumulate, out),
-        32 => rows_times_fixed::<T, 32>(x, f, w, bias, accumulate, out),
-        64 => rows_times_fixed::<T, 64>(x, f, w, bias, accumulate, out),
+        8 => rows_times_fixed::<T, 8, 4>(x, f, w, bias, accumulate, out),
+        16 => rows_times_fixed::<T, 16, 4>(x, f, w, bias, accumulate, out),
+        32 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
+        64 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
         _ => {
             let mut p = [T::zero(); SMALL_COLS];
             let p = &mut p[..c];
@@ -122,10 +122,12 @@ pub fn rows_times<T: Scalar>(
     }
 }
 
-/// [`rows_times`] for $C$ known at compile time: the row's sums in an
-/// array the compiler keeps in registers.
+/// [`rows_times`] for $C$ known at compile time: `R` rows at a time, their
+/// sums in an array the compiler keeps in registers (`R` independent
+/// chains of additions hide their latency; each row of $W$ is loaded once
+/// for the `R` rows).
 #[inline(always)]
-fn rows_times_fixed<T: Scalar, const C: usize>(
+fn rows_times_fixed<T: Scalar, const C: usize, const R: usize>(
     x: &[T],
     f: usize,
     w: &[T],
@@ -133,7 +135,29 @@ fn rows_times_fixed<T: Scalar, const C: usize>(
     accumulate: bool,
     out: &mut [T],
 ) {
-    for (xr, o) in x.chunks_exact(f).zip(out.chunks_exact_mut(C)) {
+    let mut xb = x.chunks_exact(R * f);
+    let mut ob = out.chunks_exact_mut(R * C);
+    for (xs, os) in (&mut xb).zip(&mut ob) {
+        let mut p = [[T::zero(); C]; R];
+        for (j, wr) in w.chunks_exact(C).enumerate() {
+            let wr: &[T; C] = wr.try_into().expect("chunks of C");
+            let xv: [T; R] = std::array::from_fn(|r| xs[r * f + j]);
+            #[allow(clippy::needless_range_loop)]
+            for r in 0..R {
+                for l in 0..C {
+                    p[r][l] += xv[r] * wr[l];
+                }
+            }
+        }
+        for (p, o) in p.iter_mut().zip(os.chunks_exact_mut(C)) {
+            finish_row(p, bias, accumulate, o);
+        }
+    }
+    for (xr, o) in xb
+        .remainder()
+        .chunks_exact(f)
+        .zip(ob.into_remainder().chunks_exact_mut(C))
+    {
         let mut p = [T::zero(); C];
         for (&xv, wr) in xr.iter().zip(w.chunks_exact(C)) {
             for (p, &wv) in p.iter_mut().zip(wr) {
@@ -175,9 +199,9 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
         return;
     }
     match f {
-        16 => outer_sum_fixed::<T, 16>(s, k, y, out),
-        32 => outer_sum_fixed::<T, 32>(s, k, y, out),
-        64 => outer_sum_fixed::<T, 64>(s, k, y, out),
+        16 => outer_sum_fixed::<T, 16, 4>(s, k, y, out),
+        32 => outer_sum_fixed::<T, 32, 2>(s, k, y, out),
+        64 => outer_sum_fixed::<T, 64, 1>(s, k, y, out),
         _ => {
             for (sn, yn) in s.chunks_exact(k).zip(y.chunks_exact(f)) {
                 for (&v, o) in sn.iter().zip(out.chunks_exact_mut(f)) {
@@ -188,19 +212,46 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
     }
 }
 
-/// [`outer_sum`] for $F$ known at compile time: one output row's sums in
-/// registers while a tile of rows of $Y$ passes by.
+/// [`outer_sum`] for $F$ known at compile time: `R` output rows at a time,
+/// their sums in registers (independent chains of additions) while a tile
+/// of rows of $Y$, small enough to stay in L1, passes by; a row's sums
+/// continue from tile to tile, in order.
 #[inline(always)]
-fn outer_sum_fixed<T: Scalar, const F: usize>(s: &[T], k: usize, y: &[T], out: &mut [T]) {
-    // tiles of rows small enough to stay in L1 while every output row
-    // passes over them; a row's sums continue from tile to tile, in order
+fn outer_sum_fixed<T: Scalar, const F: usize, const R: usize>(
+    s: &[T],
+    k: usize,
+    y: &[T],
+    out: &mut [T],
+) {
     const TILE: usize = 64;
     for (st, yt) in s.chunks(TILE * k).zip(y.chunks(TILE * F)) {
-        for (c, o) in out.chunks_exact_mut(F).enumerate() {
+        let mut groups = out.chunks_exact_mut(R * F);
+        let mut c0 = 0;
+        for o in &mut groups {
+            let mut acc = [[T::zero(); F]; R];
+            for (a, o) in acc.iter_mut().zip(o.chunks_exact(F)) {
+                a.copy_from_slice(o);
+            }
+            for (sn, yn) in st.chunks_exact(k).zip(yt.chunks_exact(F)) {
+                let yn: &[T; F] = yn.try_into().expect("chunks of F");
+                let v: [T; R] = std::array::from_fn(|r| sn[c0 + r]);
+                #[allow(clippy::needless_range_loop)]
+                for r in 0..R {
+                    for l in 0..F {
+                        acc[r][l] += v[r] * yn[l];
+                    }
+                }
+            }
+            for (a, o) in acc.iter().zip(o.chunks_exact_mut(F)) {
+                o.copy_from_slice(a);
+            }
+            c0 += R;
+        }
+        for (c, o) in groups.into_remainder().chunks_exact_mut(F).enumerate() {
             let mut acc = [T::zero(); F];
             acc.copy_from_slice(o);
             for (sn, yn) in st.chunks_exact(k).zip(yt.chunks_exact(F)) {
-                let v = sn[c];
+                let v = sn[c0 + c];
                 for (a, &yv) in acc.iter_mut().zip(yn) {
                     *a += v * yv;
                 }
