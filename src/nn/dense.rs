@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::{Activation, Params};
 use crate::error::{PoolError, Result};
-use crate::kernels::{reduce_chunked, rows, CHUNK, ROW_BLOCK};
+use crate::kernels::{reduce_chunked, reduce_chunked_rows, rows, ROW_BLOCK};
 use crate::scalar::Scalar;
 
 /// Widest $W$ (columns) that [`matmul`] and [`matmul_acc`] compute as
@@ -142,7 +142,7 @@ fn matmul_acc_piece<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, mut out: Arra
 /// held whole: adds $\bar X = \bar Z W^\top$ into `gx` and returns
 /// $(\bar W = X^\top \bar Z,\ \bar b = \sum_n \bar Z_n)$.
 ///
-/// The pieces are the fixed [`CHUNK`]-node chunks of [`reduce_chunked`]
+/// The pieces are the fixed [`CHUNK`](crate::kernels::CHUNK)-node chunks of [`reduce_chunked`]
 /// (in parallel), so the bits are those of [`matmul_acc`] and
 /// [`matmul_vjp_params`] on the whole $\bar Z$ (thread-count independent),
 /// while the memory held is one chunk of $\bar Z$ per thread: a layer
@@ -159,30 +159,18 @@ where
     G: Fn(Range<usize>) -> Array2<T> + Sync,
 {
     debug_assert_eq!(gx.dim(), x.dim());
-    let n = x.nrows();
     let wt = w.t();
-    let piece = |r: Range<usize>, gx_rows: ArrayViewMut2<T>| {
-        let g = grad_pre(r.clone());
-        debug_assert_eq!(g.dim(), (r.len(), w.ncols()));
-        matmul_acc_piece(g.view(), wt, gx_rows);
-        let xs = x.slice(s![r, ..]);
-        (xs.t().dot(&g), g.sum_axis(Axis(0)))
-    };
-    if n <= CHUNK {
-        return piece(0..n, gx.view_mut());
-    }
-    let partials: Vec<(Array2<T>, Array1<T>)> = gx
-        .axis_chunks_iter_mut(Axis(0), CHUNK)
-        .into_par_iter()
-        .enumerate()
-        .map(|(i, rows)| {
-            let r0 = i * CHUNK;
-            piece(r0..r0 + rows.nrows(), rows)
-        })
-        .collect();
-    let mut it = partials.into_iter();
-    let first = it.next().expect("at least one chunk");
-    it.fold(first, |(a, b), (c, d)| (a + c, b + d))
+    reduce_chunked_rows(
+        gx,
+        |r, gx_rows| {
+            let g = grad_pre(r.clone());
+            debug_assert_eq!(g.dim(), (r.len(), w.ncols()));
+            matmul_acc_piece(g.view(), wt, gx_rows);
+            let xs = x.slice(s![r, ..]);
+            (xs.t().dot(&g), g.sum_axis(Axis(0)))
+        },
+        |(a, b), (c, d)| (a + c, b + d),
+    )
 }
 
 /// VJP of [`matmul`]: returns $(\bar X = \bar Y W^\top,\ \bar W = X^\top \bar Y,\ \bar b = \sum_n \bar Y_n)$.
