@@ -303,6 +303,78 @@ impl<T: Scalar> DiffPool<T> {
         Ok((xw, out))
     }
 
+    /// The forward pass, with its cache when `keep`.
+    fn run(
+        &self,
+        batch: &DisjointBatch<T>,
+        keep: bool,
+    ) -> Result<(Pooled<T>, Option<DiffPoolCache<T>>)> {
+        self.check_input(batch)?;
+        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
+        let filter = gcn_filter(a);
+        let edge_grad = batch.edge_weight_grad();
+        // intermediates dropped as soon as they are used unless the
+        // backward pass needs them
+        let (xw_pool, logits) = self.gnn(&filter, x, KERNEL_POOL)?;
+        let xw_pool = (keep && edge_grad).then_some(xw_pool);
+        let s = softmax_rows(logits.view());
+        drop(logits);
+        let (xw_emb, z_pre) = self.gnn(&filter, x, KERNEL_EMB)?;
+        let xw_emb = (keep && edge_grad).then_some(xw_emb);
+        let filter = keep.then_some(filter);
+        let (z_pre, z) = if self.activation.derivative_from_output_only() {
+            let mut z = z_pre;
+            self.activation.forward_inplace(&mut z);
+            (None, z)
+        } else {
+            let z = self.activation.forward(z_pre.view());
+            (Some(z_pre), z)
+        };
+        let assignment = DenseAssignment { s };
+        let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
+        let z = keep.then_some(z);
+        let (blocks, connect) = assignment.connect_blocks(a, segs);
+        let connect = keep.then_some(connect);
+        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
+        let mut link = link_terms(a, assignment.s.view(), segs);
+        let losses = self.losses_from(segs, &link, assignment.s.view());
+        if !edge_grad {
+            link.p = Array1::zeros(0);
+        }
+        let out_segments = assignment.reduce_index(segs);
+        let out_x_shape = [x_out.nrows(), x_out.ncols()];
+        let out_nnz = a_out.nnz();
+        let cached = keep.then(|| assignment.clone());
+        let cache = match (keep, filter, z, cached, connect) {
+            (true, Some(filter), Some(z), Some(assignment), Some(connect)) => Some(DiffPoolCache {
+                filter,
+                xw: xw_emb.zip(xw_pool),
+                z_pre,
+                z,
+                assignment,
+                connect,
+                link,
+                out_x_shape,
+                out_nnz,
+                input: InputSignature::of(batch),
+                stamp: self.stamp(),
+            }),
+            _ => None,
+        };
+        Ok((
+            Pooled::checked(
+                "DiffPool",
+                x_out,
+                a_out,
+                out_segments,
+                Selection::Dense(assignment),
+                None,
+                losses,
+            )?,
+            cache,
+        ))
+    }
+
     /// The mean over graphs of the scaled per-graph norms, and of the entropies.
     fn losses_from(&self, segs: &Segments, link: &LinkTerms<T>, s: ArrayView2<T>) -> Losses<T> {
         let b = segs.num_graphs();
@@ -367,63 +439,15 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
     type Cache = DiffPoolCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, DiffPoolCache<T>)> {
-        self.check_input(batch)?;
-        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
-        let filter = gcn_filter(a);
-        let edge_grad = batch.edge_weight_grad();
-        // intermediates dropped as soon as they are used unless the
-        // backward pass needs them
-        let (xw_pool, logits) = self.gnn(&filter, x, KERNEL_POOL)?;
-        let xw_pool = edge_grad.then_some(xw_pool);
-        let s = softmax_rows(logits.view());
-        drop(logits);
-        let (xw_emb, z_pre) = self.gnn(&filter, x, KERNEL_EMB)?;
-        let xw_emb = edge_grad.then_some(xw_emb);
-        let (z_pre, z) = if self.activation.derivative_from_output_only() {
-            let mut z = z_pre;
-            self.activation.forward_inplace(&mut z);
-            (None, z)
-        } else {
-            let z = self.activation.forward(z_pre.view());
-            (Some(z_pre), z)
-        };
-        let assignment = DenseAssignment { s };
-        let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
-        let (blocks, connect) = assignment.connect_blocks(a, segs);
-        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
-        let mut link = link_terms(a, assignment.s.view(), segs);
-        let losses = self.losses_from(segs, &link, assignment.s.view());
-        if !edge_grad {
-            link.p = Array1::zeros(0);
-        }
-        let out_segments = assignment.reduce_index(segs);
-        let out_x_shape = [x_out.nrows(), x_out.ncols()];
-        let out_nnz = a_out.nnz();
-        let cached = assignment.clone();
-        Ok((
-            Pooled::checked(
-                "DiffPool",
-                x_out,
-                a_out,
-                out_segments,
-                Selection::Dense(assignment),
-                None,
-                losses,
-            )?,
-            DiffPoolCache {
-                filter,
-                xw: xw_emb.zip(xw_pool),
-                z_pre,
-                z,
-                assignment: cached,
-                connect,
-                link,
-                out_x_shape,
-                out_nnz,
-                input: InputSignature::of(batch),
-                stamp: self.stamp(),
-            },
-        ))
+        let (pooled, cache) = self.run(batch, true)?;
+        Ok((pooled, cache.expect("requested")))
+    }
+
+    /// The forward pass without a cache: $Z$ is dropped once pooled and
+    /// nothing is kept for a backward pass (the same bits as
+    /// [`Layer::forward`]).
+    fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.run(batch, false)?.0)
     }
 
     fn backward(
