@@ -174,7 +174,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
                 let attention = matmul(xb, w2, Some(b2));
                 Zip::from(&mut block)
                     .and(&attention)
-                    .for_each(|f, &a| *f = *f * activation.apply(a));
+                    .for_each(|f, &a| *f *= activation.apply(a));
             });
         Self::pool(&gated, batch)
     }

@@ -520,7 +520,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 let act = self.activation;
                 Zip::from(&mut g)
                     .and(&cache.z)
-                    .par_for_each(|g, &y| *g = *g * act.derivative_from_output(y));
+                    .par_for_each(|g, &y| *g *= act.derivative_from_output(y));
                 g
             }
         };
