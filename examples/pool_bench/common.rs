@@ -92,9 +92,13 @@ pub fn load(dir: &Path) -> Result<DisjointBatch<f32>, BoxError> {
     let indices: Array1<i64> = read_npy(dir.join("indices.npy"))?;
     let data: Array1<f32> = read_npy(dir.join("data.npy"))?;
     let batch: Array1<i64> = read_npy(dir.join("batch.npy"))?;
-    let to_usize = |v: &Array1<i64>, what: &str| -> Result<Vec<usize>, String> {
-        v.iter()
-            .map(|&i| usize::try_from(i).map_err(|_| format!("negative entry in {what}")))
+    // converted in place (same-size elements: `collect` reuses the buffer),
+    // so the loaded workload is not held twice while the batch is built
+    let to_usize = |v: Array1<i64>, what: &str| -> Result<Vec<usize>, String> {
+        v.into_raw_vec_and_offset()
+            .0
+            .into_iter()
+            .map(|i| usize::try_from(i).map_err(|_| format!("negative entry in {what}")))
             .collect()
     };
     let num_graphs = batch.iter().copied().max().map_or(0, |m| m as usize + 1);
@@ -104,9 +108,9 @@ pub fn load(dir: &Path) -> Result<DisjointBatch<f32>, BoxError> {
     )?;
     Ok(DisjointBatch::from_csr_parts(
         x,
-        to_usize(&indptr, "indptr")?,
-        to_usize(&indices, "indices")?,
-        data.to_vec(),
+        to_usize(indptr, "indptr")?,
+        to_usize(indices, "indices")?,
+        data.into_raw_vec_and_offset().0,
         segments,
     )?)
 }

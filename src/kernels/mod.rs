@@ -117,6 +117,38 @@ where
     it.fold(first, fold)
 }
 
+/// [`reduce_chunked`] over the rows of `out` that also hands each chunk its
+/// rows of `out` to write: `map(nodes, rows)` for the fixed chunks of
+/// [`CHUNK`] rows (in parallel when there are several), partials folded in
+/// chunk order. For a backward pass that forms a gradient piece by piece
+/// (adding its share of $\bar X$ into `out`) while reducing the parameter
+/// gradients: the same chunks, hence the same bits, as [`reduce_chunked`].
+pub fn reduce_chunked_rows<T, R, M, F>(out: &mut ndarray::Array2<T>, map: M, fold: F) -> R
+where
+    T: Send + Sync,
+    R: Send,
+    M: Fn(Range<usize>, ndarray::ArrayViewMut2<'_, T>) -> R + Sync,
+    F: Fn(R, R) -> R,
+{
+    let n = out.nrows();
+    if n <= CHUNK {
+        return map(0..n, out.view_mut());
+    }
+    let partials: Vec<R> = out
+        .axis_chunks_iter_mut(ndarray::Axis(0), CHUNK)
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, rows)| {
+            let s = i * CHUNK;
+            map(s..s + rows.nrows(), rows)
+        })
+        .collect();
+    let mut it = partials.into_iter();
+    // more than CHUNK rows, so at least two partials
+    let first = it.next().expect("at least one chunk");
+    it.fold(first, fold)
+}
+
 /// Calls `f(graph, node)` for every node, in parallel over fixed blocks of
 /// [`ROW_BLOCK`] nodes; `f` returns the value stored for that node.
 pub fn map_nodes<R, F>(segments: &Segments, f: F) -> Vec<R>

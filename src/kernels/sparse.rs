@@ -1072,15 +1072,50 @@ pub fn cosine_at<T: Scalar>(
     y: ArrayView2<T>,
 ) -> Array1<T> {
     let (nx, ny) = (super::row_norms(x), super::row_norms(y));
-    let (ux, uy) = (unit_rows(x, &nx), unit_rows(y, &ny));
-    let vals = map_entries(pattern, |i, _, j| {
-        if nx[i] > T::zero() && ny[j] > T::zero() {
-            ux.row(i).dot(&uy.row(j))
-        } else {
-            T::zero()
+    // the unit rows of `y` once; those of `x` row by row (each row of the
+    // pattern is one row of `x`), never all N at once
+    let uy = unit_rows(y, &ny);
+    let ip = pattern.indptr();
+    let ip = ip.raw_storage();
+    let base = ip[0];
+    let idx = pattern.indices();
+    let mut vals = rows::fresh_vec(pattern.nnz());
+    let mut pieces = Vec::with_capacity(pattern.rows().div_ceil(ROW_BLOCK));
+    let mut rest = &mut vals[..];
+    for r0 in (0..pattern.rows()).step_by(ROW_BLOCK) {
+        let r1 = (r0 + ROW_BLOCK).min(pattern.rows());
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(ip[r1] - ip[r0]);
+        pieces.push((r0..r1, head));
+        rest = tail;
+    }
+    pieces.into_par_iter().for_each(|(rows, out)| {
+        let mut ui = Array1::zeros(x.ncols());
+        let mut k = 0;
+        for i in rows {
+            let row_nnz = ip[i + 1] - ip[i];
+            if nx[i] > T::zero() {
+                unit_row_into(x.row(i), nx[i], &mut ui);
+                for &j in &idx[ip[i] - base..ip[i + 1] - base] {
+                    out[k] = if ny[j] > T::zero() {
+                        ui.dot(&uy.row(j))
+                    } else {
+                        T::zero()
+                    };
+                    k += 1;
+                }
+            } else {
+                out[k..k + row_nnz].fill(T::zero());
+                k += row_nnz;
+            }
         }
     });
     Array1::from(vals)
+}
+
+/// Row `i` of [`unit_rows`] (for a row of norm `n > 0`) into `out`.
+#[inline]
+fn unit_row_into<T: Scalar>(x: ArrayView1<T>, n: T, out: &mut Array1<T>) {
+    Zip::from(out).and(&x).for_each(|o, &v| *o = v / n);
 }
 
 /// VJP of [`cosine_at`] given its output `c`: $(\bar X, \bar Y)$ with
@@ -1096,34 +1131,74 @@ pub fn cosine_at_vjp<T: Scalar>(
     c: ArrayView1<T>,
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array2<T>) {
+    let mut gx = Array2::zeros(x.raw_dim());
+    let gy = cosine_at_vjp_into(pattern, x, y, c, grad, &mut gx, false);
+    (gx, gy)
+}
+
+/// [`cosine_at_vjp`] that adds $\bar X$ into `gx` (each row's gradient,
+/// formed whole, added once: the bits of `gx += &cosine_at_vjp(..).0`)
+/// and returns $\bar Y$; no $N \times F$ temporary, and the unit rows of
+/// `x` are formed row by row, never all at once.
+pub fn cosine_at_vjp_acc<T: Scalar>(
+    pattern: CsMatView<T>,
+    x: ArrayView2<T>,
+    y: ArrayView2<T>,
+    c: ArrayView1<T>,
+    grad: ArrayView1<T>,
+    gx: &mut Array2<T>,
+) -> Array2<T> {
+    cosine_at_vjp_into(pattern, x, y, c, grad, gx, true)
+}
+
+fn cosine_at_vjp_into<T: Scalar>(
+    pattern: CsMatView<T>,
+    x: ArrayView2<T>,
+    y: ArrayView2<T>,
+    c: ArrayView1<T>,
+    grad: ArrayView1<T>,
+    gx: &mut Array2<T>,
+    accumulate: bool,
+) -> Array2<T> {
+    debug_assert_eq!(gx.dim(), x.dim());
     let (nx, ny) = (super::row_norms(x), super::row_norms(y));
-    let (ux, uy) = (unit_rows(x, &nx), unit_rows(y, &ny));
+    let uy = unit_rows(y, &ny);
     let ip = pattern.indptr();
     let ip = ip.raw_storage();
     let base = ip[0];
     let idx = pattern.indices();
-    let mut gx = Array2::zeros(x.raw_dim());
+    let f = x.ncols();
     gx.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
         .for_each(|(b, mut block)| {
+            let (mut ui, mut acc) = (Array1::zeros(f), Array1::zeros(f));
             for (k, mut row) in block.outer_iter_mut().enumerate() {
                 let i = b * ROW_BLOCK + k;
                 if nx[i] <= T::zero() {
+                    if !accumulate {
+                        row.fill(T::zero());
+                    }
                     continue;
                 }
+                unit_row_into(x.row(i), nx[i], &mut ui);
+                acc.fill(T::zero());
                 for e in ip[i] - base..ip[i + 1] - base {
                     let j = idx[e];
                     if ny[j] > T::zero() {
                         let (g, ce) = (grad[e], c[e]);
-                        Zip::from(&mut row)
+                        Zip::from(&mut acc)
                             .and(&uy.row(j))
-                            .and(&ux.row(i))
+                            .and(&ui)
                             .for_each(|o, &yv, &xv| *o += g * (yv - ce * xv));
                     }
                 }
                 let n = nx[i];
-                row.mapv_inplace(|v| v / n);
+                if accumulate {
+                    Zip::from(&mut row).and(&acc).for_each(|o, &v| *o += v / n);
+                } else {
+                    Zip::from(&mut row).and(&acc).for_each(|o, &v| *o = v / n);
+                }
             }
         });
     let t = transpose(pattern);
@@ -1135,6 +1210,7 @@ pub fn cosine_at_vjp<T: Scalar>(
         .into_par_iter()
         .enumerate()
         .for_each(|(b, mut block)| {
+            let mut ui = Array1::zeros(f);
             for (k, mut row) in block.outer_iter_mut().enumerate() {
                 let j = b * ROW_BLOCK + k;
                 if ny[j] <= T::zero() {
@@ -1145,9 +1221,10 @@ pub fn cosine_at_vjp<T: Scalar>(
                     .zip(&t.source[tip[j]..tip[j + 1]])
                 {
                     if nx[i] > T::zero() {
+                        unit_row_into(x.row(i), nx[i], &mut ui);
                         let (g, ce) = (grad[e], c[e]);
                         Zip::from(&mut row)
-                            .and(&ux.row(i))
+                            .and(&ui)
                             .and(&uy.row(j))
                             .for_each(|o, &xv, &yv| *o += g * (xv - ce * yv));
                     }
@@ -1156,7 +1233,7 @@ pub fn cosine_at_vjp<T: Scalar>(
                 row.mapv_inplace(|v| v / n);
             }
         });
-    (gx, gy)
+    gy
 }
 
 /// The graph Laplacian applied to features, $L X = (D - A) X$ with the
@@ -1246,71 +1323,100 @@ fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, P
         }
     }
     let t = transpose(a);
-    let rows: Vec<Vec<(usize, f64, [usize; 2])>> = (0..n)
+    // the undirected neighbours of row u, merged from its stored row and
+    // column, handed to `emit(v, length, sources)` in ascending v
+    let merge_row = |u: usize, emit: &mut dyn FnMut(usize, f64, [usize; 2])| {
+        let (oi, _) = row_parts(&a, u);
+        let out_base = ip[u] - base;
+        let tr = t.matrix.indptr();
+        let tr = tr.raw_storage();
+        let (lo, hi) = (tr[u], tr[u + 1]);
+        let ii = &t.matrix.indices()[lo..hi];
+        let (mut p, mut q) = (0, 0);
+        let val = |e: usize| a.data()[e].to_f64().unwrap_or(f64::NAN);
+        while p < oi.len() || q < ii.len() {
+            let take_out = q >= ii.len() || (p < oi.len() && oi[p] <= ii[q]);
+            let take_in = p >= oi.len() || (q < ii.len() && ii[q] <= oi[p]);
+            let v = if take_out { oi[p] } else { ii[q] };
+            // the (at most two) stored entries joining u and v
+            let mut cands = [usize::MAX; 2];
+            if take_out {
+                cands[0] = out_base + p;
+                p += 1;
+            }
+            if take_in {
+                cands[1] = t.source[lo + q];
+                q += 1;
+            }
+            if v == u {
+                continue;
+            }
+            let usable = |e: usize| e != usize::MAX && val(e) > 0.0;
+            let best = cands
+                .iter()
+                .filter(|&&e| usable(e))
+                .map(|&e| val(e))
+                .fold(f64::INFINITY, f64::min);
+            if best == f64::INFINITY {
+                continue;
+            }
+            let mut src = [usize::MAX; 2];
+            let mut k = 0;
+            for &e in &cands {
+                if usable(e) && val(e) == best {
+                    src[k] = e;
+                    k += 1;
+                }
+            }
+            emit(v, best, src);
+        }
+    };
+    // two passes (count, then fill the flat arrays in place): no per-row
+    // vectors beside the result
+    let counts: Vec<usize> = (0..n)
         .into_par_iter()
         .map(|u| {
-            let (oi, _) = row_parts(&a, u);
-            let out_base = ip[u] - base;
-            let tr = t.matrix.indptr();
-            let tr = tr.raw_storage();
-            let (lo, hi) = (tr[u], tr[u + 1]);
-            let ii = &t.matrix.indices()[lo..hi];
-            let mut merged = Vec::with_capacity(oi.len() + ii.len());
-            let (mut p, mut q) = (0, 0);
-            let val = |e: usize| a.data()[e].to_f64().unwrap_or(f64::NAN);
-            while p < oi.len() || q < ii.len() {
-                let take_out = q >= ii.len() || (p < oi.len() && oi[p] <= ii[q]);
-                let take_in = p >= oi.len() || (q < ii.len() && ii[q] <= oi[p]);
-                let v = if take_out { oi[p] } else { ii[q] };
-                // the (at most two) stored entries joining u and v
-                let mut cands = [usize::MAX; 2];
-                if take_out {
-                    cands[0] = out_base + p;
-                    p += 1;
-                }
-                if take_in {
-                    cands[1] = t.source[lo + q];
-                    q += 1;
-                }
-                if v == u {
-                    continue;
-                }
-                let usable = |e: usize| e != usize::MAX && val(e) > 0.0;
-                let best = cands
-                    .iter()
-                    .filter(|&&e| usable(e))
-                    .map(|&e| val(e))
-                    .fold(f64::INFINITY, f64::min);
-                if best == f64::INFINITY {
-                    continue;
-                }
-                let mut src = [usize::MAX; 2];
-                let mut k = 0;
-                for &e in &cands {
-                    if usable(e) && val(e) == best {
-                        src[k] = e;
-                        k += 1;
-                    }
-                }
-                merged.push((v, best, src));
-            }
-            merged
+            let mut c = 0;
+            merge_row(u, &mut |_, _, _| c += 1);
+            c
         })
         .collect();
+    let mut indptr = Vec::with_capacity(n + 1);
+    indptr.push(0);
+    for c in counts {
+        indptr.push(indptr[indptr.len() - 1] + c);
+    }
+    let m = indptr[n];
     let mut g = UndirectedLengths {
-        indptr: Vec::with_capacity(n + 1),
-        nbr: Vec::new(),
-        len: Vec::new(),
-        src: Vec::new(),
+        nbr: vec![0; m],
+        len: vec![0.0; m],
+        src: vec![[usize::MAX; 2]; m],
+        indptr,
     };
-    g.indptr.push(0);
-    for row in rows {
-        for (v, l, s) in row {
-            g.nbr.push(v);
-            g.len.push(l);
-            g.src.push(s);
+    {
+        // disjoint slices of the flat arrays, one per block of rows
+        let mut pieces = Vec::with_capacity(n.div_ceil(super::ROW_BLOCK));
+        let (mut nbr, mut len, mut src) = (&mut g.nbr[..], &mut g.len[..], &mut g.src[..]);
+        for r0 in (0..n).step_by(super::ROW_BLOCK) {
+            let r1 = (r0 + super::ROW_BLOCK).min(n);
+            let k = g.indptr[r1] - g.indptr[r0];
+            let (a1, b1) = std::mem::take(&mut nbr).split_at_mut(k);
+            let (a2, b2) = std::mem::take(&mut len).split_at_mut(k);
+            let (a3, b3) = std::mem::take(&mut src).split_at_mut(k);
+            pieces.push((r0..r1, a1, a2, a3));
+            (nbr, len, src) = (b1, b2, b3);
         }
-        g.indptr.push(g.nbr.len());
+        pieces.into_par_iter().for_each(|(rows, nb, ln, sr)| {
+            let mut k = 0;
+            for u in rows {
+                merge_row(u, &mut |v, l, s| {
+                    nb[k] = v;
+                    ln[k] = l;
+                    sr[k] = s;
+                    k += 1;
+                });
+            }
+        });
     }
     Ok(g)
 }

@@ -1,7 +1,10 @@
 //! Attention-weighted global pools: GlobalAttentionPool (gated) and
 //! GlobalAttnSumPool (softmax over nodes).
 
-use ndarray::{Array1, Array2, ArrayD, Axis, Zip};
+use std::ops::Range;
+
+use ndarray::{s, Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Zip};
+use rayon::prelude::*;
 
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
@@ -9,11 +12,12 @@ use crate::framework::layer::{
     check_grad_shape, finite_gradients, zero_edge_grad, InputSignature, LayerStamp,
 };
 use crate::framework::{Gradients, Layer};
-use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum, segment_sum_vjp};
+use crate::kernels::{map_nodes, rows, ROW_BLOCK};
 use crate::nn::params::check_array_size;
 use crate::nn::{
-    matmul, matmul_vjp, rng_from_seed, Activation, Dense, DenseCache, Initializer, Params,
+    dense_backward_streamed, matmul, matmul_vjp, rng_from_seed, Activation, Dense, Initializer,
+    Params,
 };
 use crate::scalar::Scalar;
 
@@ -42,11 +46,16 @@ pub struct GlobalAttentionPool<T: Scalar> {
     attention: Dense,
 }
 
-/// Saved state of [`GlobalAttentionPool`]'s forward pass.
+/// Saved state of [`GlobalAttentionPool`]'s forward pass: the two
+/// $N \times C$ factors of the gate. The pre-activation of the attention
+/// branch is not kept (the sigmoid's derivative is $\sigma(1 - \sigma)$), nor
+/// the gated product (the backward pass forms its gradients chunk by chunk).
 #[derive(Debug, Clone)]
 pub struct GlobalAttentionCache<T: Scalar> {
-    features: DenseCache<T>,
-    attention: DenseCache<T>,
+    /// $X W_1 + b_1$.
+    features: Array2<T>,
+    /// $\sigma(X W_2 + b_2)$.
+    attention: Array2<T>,
     out_shape: [usize; 2],
     input: InputSignature,
     stamp: LayerStamp,
@@ -91,20 +100,47 @@ impl<T: Scalar> GlobalAttentionPool<T> {
     }
 }
 
+impl<T: Scalar> GlobalAttentionPool<T> {
+    /// $(W, b)$ of the `features.` or `attention.` branch, checked against `x`.
+    fn weights<'a>(
+        &'a self,
+        prefix: &str,
+        x: &ArrayView2<T>,
+    ) -> Result<(ArrayView2<'a, T>, ArrayView1<'a, T>)> {
+        let w = self.params.matrix(&format!("{prefix}kernel"))?;
+        if w.nrows() != x.ncols() {
+            return Err(PoolError::ShapeMismatch {
+                what: format!("input of `{prefix}kernel`"),
+                expected: format!("{} columns", w.nrows()),
+                got: format!("{} columns", x.ncols()),
+            });
+        }
+        Ok((w, self.params.vector(&format!("{prefix}bias"))?))
+    }
+
+    /// The pooled output from the gated rows, checked for overflow.
+    fn pool(gated: &Array2<T>, batch: &DisjointBatch<T>) -> Result<Array2<T>> {
+        let out = segment_sum(gated.view(), batch.segments());
+        check_finite_2d(
+            &out.view(),
+            "GlobalAttentionPool pooled x (overflow: features or weights too large)",
+        )?;
+        Ok(out)
+    }
+}
+
 impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
     type Output = Array2<T>;
     type Cache = GlobalAttentionCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Array2<T>, Self::Cache)> {
         let x = batch.x().view();
-        let features = self.features.forward(&self.params, x)?;
-        let attention = self.attention.forward(&self.params, x)?;
-        let gated = features.output() * attention.output();
-        let out = segment_sum(gated.view(), batch.segments());
-        check_finite_2d(
-            &out.view(),
-            "GlobalAttentionPool pooled x (overflow: features or weights too large)",
-        )?;
+        let (w1, b1) = self.weights(self.features.prefix.as_str(), &x)?;
+        let (w2, b2) = self.weights(self.attention.prefix.as_str(), &x)?;
+        let features = matmul(x, w1, Some(b1));
+        let mut attention = matmul(x, w2, Some(b2));
+        self.attention.activation.forward_inplace(&mut attention);
+        let out = Self::pool(&(&features * &attention), batch)?;
         let out_shape = [out.nrows(), out.ncols()];
         Ok((
             out,
@@ -118,6 +154,31 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         ))
     }
 
+    /// The forward pass without a cache: the attention branch is computed a
+    /// block of [`ROW_BLOCK`](crate::kernels::ROW_BLOCK) rows at a time and
+    /// multiplied into the features, so one $N \times C$ matrix is held
+    /// instead of four (the same bits as [`Layer::forward`]).
+    fn call(&self, batch: &DisjointBatch<T>) -> Result<Array2<T>> {
+        let x = batch.x().view();
+        let (w1, b1) = self.weights(self.features.prefix.as_str(), &x)?;
+        let (w2, b2) = self.weights(self.attention.prefix.as_str(), &x)?;
+        let activation = self.attention.activation;
+        let mut gated = matmul(x, w1, Some(b1));
+        gated
+            .axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(b, mut block)| {
+                let r0 = b * ROW_BLOCK;
+                let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
+                let attention = matmul(xb, w2, Some(b2));
+                Zip::from(&mut block)
+                    .and(&attention)
+                    .for_each(|f, &a| *f *= activation.apply(a));
+            });
+        Self::pool(&gated, batch)
+    }
+
     fn backward(
         &self,
         batch: &DisjointBatch<T>,
@@ -127,25 +188,55 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         cache.stamp.check(self.stamp(), "GlobalAttentionPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
-        let g_gated = segment_sum_vjp(grad.view(), batch.segments());
-        let g_feat = &g_gated * cache.attention.output();
-        let g_attn = &g_gated * cache.features.output();
-        let mut params = self.params.zeros_like();
         let x = batch.x().view();
-        let gx1 =
-            self.features
-                .backward(&self.params, x, &cache.features, g_feat.view(), &mut params)?;
-        let gx2 = self.attention.backward(
-            &self.params,
-            x,
-            &cache.attention,
-            g_attn.view(),
-            &mut params,
-        )?;
+        let (w1, _) = self.weights(self.features.prefix.as_str(), &x)?;
+        let (w2, _) = self.weights(self.attention.prefix.as_str(), &x)?;
+        let activation = self.attention.activation;
+        let segments = batch.segments();
+        // the gradient of the gated rows is grad[g] on every node of graph g:
+        // each piece of rows forms its products with it on the fly
+        let gated_grad =
+            |rows: Range<usize>, other: &Array2<T>, derivative: bool| {
+                let c = other.ncols();
+                let mut out = Array2::zeros((rows.len(), c));
+                let offsets = segments.offsets();
+                let mut g = segments.graph_of(rows.start);
+                for (j, mut o) in out.outer_iter_mut().enumerate() {
+                    let n = rows.start + j;
+                    while n >= offsets[g + 1] {
+                        g += 1;
+                    }
+                    let (gr, fr) = (grad.row(g), other.row(n));
+                    if derivative {
+                        let ar = cache.attention.row(n);
+                        Zip::from(&mut o).and(&gr).and(&fr).and(&ar).for_each(
+                            |o, &gv, &fv, &av| *o = gv * fv * activation.derivative_from_output(av),
+                        );
+                    } else {
+                        Zip::from(&mut o)
+                            .and(&gr)
+                            .and(&fr)
+                            .for_each(|o, &gv, &fv| *o = gv * fv);
+                    }
+                }
+                out
+            };
+        let mut gx = rows::zeros(x.nrows(), x.ncols());
+        let (gw1, gb1) =
+            dense_backward_streamed(x, w1, |r| gated_grad(r, &cache.attention, false), &mut gx);
+        let (gw2, gb2) =
+            dense_backward_streamed(x, w2, |r| gated_grad(r, &cache.features, true), &mut gx);
+        let mut params = self.params.zeros_like();
+        let p1 = self.features.prefix.as_str();
+        let p2 = self.attention.prefix.as_str();
+        params.accumulate_dim(&format!("{p1}kernel"), gw1.view())?;
+        params.accumulate_dim(&format!("{p1}bias"), gb1.view())?;
+        params.accumulate_dim(&format!("{p2}kernel"), gw2.view())?;
+        params.accumulate_dim(&format!("{p2}bias"), gb2.view())?;
         finite_gradients(
             "GlobalAttentionPool",
             Gradients {
-                x: gx1 + gx2,
+                x: gx,
                 edge_weights: zero_edge_grad(batch),
                 params,
             },

@@ -169,7 +169,10 @@ pub struct DiffPoolCache<T: Scalar> {
     /// $(X W_{\text{emb}}, X W_{\text{pool}})$, only needed for the edge-weight
     /// gradients (`None` when the batch has them off).
     xw: Option<(Array2<T>, Array2<T>)>,
-    z_pre: Array2<T>,
+    /// The pre-activation $F X W_{\text{emb}}$, only when the activation's
+    /// derivative needs it (not for relu and the others of
+    /// [`Activation::derivative_from_output_only`]).
+    z_pre: Option<Array2<T>>,
     z: Array2<T>,
     assignment: DenseAssignment<T>,
     connect: DenseConnectCache<T>,
@@ -300,6 +303,78 @@ impl<T: Scalar> DiffPool<T> {
         Ok((xw, out))
     }
 
+    /// The forward pass, with its cache when `keep`.
+    fn run(
+        &self,
+        batch: &DisjointBatch<T>,
+        keep: bool,
+    ) -> Result<(Pooled<T>, Option<DiffPoolCache<T>>)> {
+        self.check_input(batch)?;
+        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
+        let filter = gcn_filter(a);
+        let edge_grad = batch.edge_weight_grad();
+        // intermediates dropped as soon as they are used unless the
+        // backward pass needs them
+        let (xw_pool, logits) = self.gnn(&filter, x, KERNEL_POOL)?;
+        let xw_pool = (keep && edge_grad).then_some(xw_pool);
+        let s = softmax_rows(logits.view());
+        drop(logits);
+        let (xw_emb, z_pre) = self.gnn(&filter, x, KERNEL_EMB)?;
+        let xw_emb = (keep && edge_grad).then_some(xw_emb);
+        let filter = keep.then_some(filter);
+        let (z_pre, z) = if self.activation.derivative_from_output_only() {
+            let mut z = z_pre;
+            self.activation.forward_inplace(&mut z);
+            (None, z)
+        } else {
+            let z = self.activation.forward(z_pre.view());
+            (Some(z_pre), z)
+        };
+        let assignment = DenseAssignment { s };
+        let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
+        let z = keep.then_some(z);
+        let (blocks, connect) = assignment.connect_blocks(a, segs);
+        let connect = keep.then_some(connect);
+        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
+        let mut link = link_terms(a, assignment.s.view(), segs);
+        let losses = self.losses_from(segs, &link, assignment.s.view());
+        if !edge_grad {
+            link.p = Array1::zeros(0);
+        }
+        let out_segments = assignment.reduce_index(segs);
+        let out_x_shape = [x_out.nrows(), x_out.ncols()];
+        let out_nnz = a_out.nnz();
+        let cached = keep.then(|| assignment.clone());
+        let cache = match (keep, filter, z, cached, connect) {
+            (true, Some(filter), Some(z), Some(assignment), Some(connect)) => Some(DiffPoolCache {
+                filter,
+                xw: xw_emb.zip(xw_pool),
+                z_pre,
+                z,
+                assignment,
+                connect,
+                link,
+                out_x_shape,
+                out_nnz,
+                input: InputSignature::of(batch),
+                stamp: self.stamp(),
+            }),
+            _ => None,
+        };
+        Ok((
+            Pooled::checked(
+                "DiffPool",
+                x_out,
+                a_out,
+                out_segments,
+                Selection::Dense(assignment),
+                None,
+                losses,
+            )?,
+            cache,
+        ))
+    }
+
     /// The mean over graphs of the scaled per-graph norms, and of the entropies.
     fn losses_from(&self, segs: &Segments, link: &LinkTerms<T>, s: ArrayView2<T>) -> Losses<T> {
         let b = segs.num_graphs();
@@ -364,51 +439,15 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
     type Cache = DiffPoolCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, DiffPoolCache<T>)> {
-        self.check_input(batch)?;
-        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
-        let filter = gcn_filter(a);
-        let (xw_pool, logits) = self.gnn(&filter, x, KERNEL_POOL)?;
-        let s = softmax_rows(logits.view());
-        let (xw_emb, z_pre) = self.gnn(&filter, x, KERNEL_EMB)?;
-        let z = self.activation.forward(z_pre.view());
-        let assignment = DenseAssignment { s };
-        let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
-        let (blocks, connect) = assignment.connect_blocks(a, segs);
-        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
-        let mut link = link_terms(a, assignment.s.view(), segs);
-        let losses = self.losses_from(segs, &link, assignment.s.view());
-        let edge_grad = batch.edge_weight_grad();
-        if !edge_grad {
-            link.p = Array1::zeros(0);
-        }
-        let out_segments = assignment.reduce_index(segs);
-        let out_x_shape = [x_out.nrows(), x_out.ncols()];
-        let out_nnz = a_out.nnz();
-        let cached = assignment.clone();
-        Ok((
-            Pooled::checked(
-                "DiffPool",
-                x_out,
-                a_out,
-                out_segments,
-                Selection::Dense(assignment),
-                None,
-                losses,
-            )?,
-            DiffPoolCache {
-                filter,
-                xw: edge_grad.then_some((xw_emb, xw_pool)),
-                z_pre,
-                z,
-                assignment: cached,
-                connect,
-                link,
-                out_x_shape,
-                out_nnz,
-                input: InputSignature::of(batch),
-                stamp: self.stamp(),
-            },
-        ))
+        let (pooled, cache) = self.run(batch, true)?;
+        Ok((pooled, cache.expect("requested")))
+    }
+
+    /// The forward pass without a cache: $Z$ is dropped once pooled and
+    /// nothing is kept for a backward pass (the same bits as
+    /// [`Layer::forward`]).
+    fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.run(batch, false)?.0)
     }
 
     fn backward(
@@ -473,9 +512,18 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
 
         // S = softmax(F (X W_pool)), Z = act(F (X W_emb))
         let g_logits = softmax_rows_vjp(s, gs.view());
-        let g_zpre = self
-            .activation
-            .vjp(cache.z_pre.view(), cache.z.view(), gz.view());
+        let g_zpre = match &cache.z_pre {
+            Some(z_pre) => self.activation.vjp(z_pre.view(), cache.z.view(), gz.view()),
+            None => {
+                // in place: the same products as `vjp`, without a second N x F
+                let mut g = gz;
+                let act = self.activation;
+                Zip::from(&mut g)
+                    .and(&cache.z)
+                    .par_for_each(|g, &y| *g *= act.derivative_from_output(y));
+                g
+            }
+        };
         let g_xwp = spmm_t(cache.filter.matrix.view(), g_logits.view());
         let g_xwe = spmm_t(cache.filter.matrix.view(), g_zpre.view());
         if let (Some(ga), Some((xw_emb, xw_pool))) = (&mut ga, &cache.xw) {
@@ -488,15 +536,20 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
 
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
-        let (gx_p, gw_pool, _) = matmul_vjp(x, w_pool, g_xwp.view());
+        drop((g_zpre, g_logits));
+        let (mut gx, gw_pool, _) = matmul_vjp(x, w_pool, g_xwp.view());
+        drop(g_xwp);
         let (gx_e, gw_emb, _) = matmul_vjp(x, w_emb, g_xwe.view());
+        drop(g_xwe);
+        gx += &gx_e;
+        drop(gx_e);
         let mut params = self.params.zeros_like();
         params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
         params.accumulate_dim(KERNEL_POOL, gw_pool.view())?;
         finite_gradients(
             "DiffPool",
             Gradients {
-                x: gx_p + gx_e,
+                x: gx,
                 edge_weights: ga,
                 params,
             },

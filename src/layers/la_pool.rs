@@ -1,6 +1,6 @@
 //! LaPool: soft assignment of every node to the Laplacian "leaders" of its graph.
 
-use ndarray::{Array1, Axis};
+use ndarray::{Array1, Axis, Zip};
 use rayon::prelude::*;
 use sprs::CsMat;
 
@@ -14,7 +14,7 @@ use crate::framework::{
 use crate::kernels::row_norms;
 use crate::kernels::sort::check_scores;
 use crate::kernels::sparse::{
-    cosine_at, cosine_at_vjp, laplacian_spmm, row_softmax, row_softmax_vjp,
+    cosine_at, cosine_at_vjp_acc, laplacian_spmm, row_softmax, row_softmax_vjp,
     undirected_path_lengths, undirected_path_lengths_vjp,
 };
 use crate::nn::Params;
@@ -178,7 +178,15 @@ impl LaPool {
         // leader's row only its own column
         let mut indptr = Vec::with_capacity(n + 1);
         indptr.push(0);
-        let mut indices = Vec::new();
+        let nnz: usize = segments
+            .ranges()
+            .enumerate()
+            .map(|(g, r)| {
+                let k = lead_off[g + 1] - lead_off[g];
+                k + (r.len() - k) * k
+            })
+            .sum();
+        let mut indices = Vec::with_capacity(nnz);
         for (g, r) in segments.ranges().enumerate() {
             for i in r {
                 if col_of[i] != usize::MAX {
@@ -195,7 +203,7 @@ impl LaPool {
         let x = batch.x().view();
         let x_leaders = x.select(Axis(0), &leaders);
         let cos = cosine_at(s.view(), x, x_leaders.view());
-        s.data_mut().copy_from_slice(&cos.to_vec());
+        s.data_mut().iter_mut().zip(&cos).for_each(|(d, &c)| *d = c);
         let soft = row_softmax(s.view());
         let graph_start: Vec<usize> = leaders
             .iter()
@@ -208,11 +216,17 @@ impl LaPool {
         } else {
             None
         };
-        let vals: Vec<T> = match &beta {
-            Some(b) => soft.iter().zip(b).map(|(&p, &b)| p * b).collect(),
-            None => soft.to_vec(),
-        };
-        s.data_mut().copy_from_slice(&vals);
+        match &beta {
+            Some(b) => Zip::from(s.data_mut())
+                .and(&soft)
+                .and(b)
+                .for_each(|d, &p, &b| *d = p * b),
+            None => s
+                .data_mut()
+                .iter_mut()
+                .zip(&soft)
+                .for_each(|(d, &p)| *d = p),
+        }
         Ok(Select {
             assignment: SparseAssignment { s, leaders },
             cos,
@@ -320,14 +334,14 @@ impl<T: Scalar> Layer<T> for LaPool {
         };
         let g_cos = row_softmax_vjp(asg.s.view(), cache.soft.view(), g_soft.view());
         let x_leaders = x.select(Axis(0), &asg.leaders);
-        let (gx_cos, g_leaders) = cosine_at_vjp(
+        let g_leaders = cosine_at_vjp_acc(
             asg.s.view(),
             x,
             x_leaders.view(),
             cache.cos.view(),
             g_cos.view(),
+            &mut gx,
         );
-        gx += &gx_cos;
         for (j, &l) in asg.leaders.iter().enumerate() {
             let mut row = gx.row_mut(l);
             row += &g_leaders.row(j);

@@ -16,7 +16,7 @@ use crate::framework::{
 };
 use crate::kernels::rows::row_major;
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
-use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked, ROW_BLOCK};
+use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked_rows, ROW_BLOCK};
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Initializer, Params,
 };
@@ -140,13 +140,10 @@ pub struct MemPooling<T: Scalar> {
 /// Saved state of [`MemPooling`]'s forward pass.
 #[derive(Debug, Clone)]
 pub struct MemPoolingCache<T: Scalar> {
-    /// Squared distances $\lVert x_n - k^{(h)}_j\rVert^2$, $N \times HK$.
+    /// Squared distances $\lVert x_n - k^{(h)}_j\rVert^2$, $N \times HK$
+    /// (the per-head assignments $S^{(h)}$ are recomputed from them).
     dist: Array2<T>,
-    /// Per-head assignments $S^{(h)}$, $N \times HK$.
-    per_head: Array2<T>,
     assignment: DenseAssignment<T>,
-    /// $S_g^\top X_g$, $BK \times F$.
-    reduced: Array2<T>,
     /// Column sums $c_g$, $B \times K$.
     colsum: Array2<T>,
     connect: Option<DenseConnectCache<T>>,
@@ -307,19 +304,16 @@ impl<T: Scalar> MemPooling<T> {
         Ok(())
     }
 
-    /// $S$ ($N \times K$), and when `keep` the squared distances and the
-    /// per-head assignments ($N \times HK$ each, for the backward pass). One
-    /// parallel pass over fixed blocks of [`ROW_BLOCK`] nodes on plain slices
-    /// (distances two nodes at a time, per-head weights, logits; without
-    /// `keep` the first two live in a per-task scratch block), then the row
+    /// $S$ ($N \times K$), and when `keep` the squared distances
+    /// ($N \times HK$, for the backward pass, which recomputes the per-head
+    /// assignments from them). One parallel pass over fixed blocks of
+    /// [`ROW_BLOCK`] nodes on plain slices (distances two nodes at a time,
+    /// per-head weights, logits; the per-head weights, and without `keep`
+    /// the distances, live in a per-task scratch block), then the row
     /// softmax. Every value is computed as the per-row formulas say, so the
     /// result does not depend on `keep` nor on the thread count.
     #[allow(clippy::type_complexity)]
-    fn assign_with(
-        &self,
-        x: ArrayView2<T>,
-        keep: bool,
-    ) -> Result<(Option<Array2<T>>, Option<Array2<T>>, Array2<T>)> {
+    fn assign_with(&self, x: ArrayView2<T>, keep: bool) -> Result<(Option<Array2<T>>, Array2<T>)> {
         let (h, k) = (self.heads, self.k);
         let m = h * k;
         let keys = self.keys()?;
@@ -346,15 +340,21 @@ impl<T: Scalar> MemPooling<T> {
             assign_block(&ctx, lo, db, pb, lb)
         };
         let mut logits = vec![T::zero(); n * k];
-        let (mut dist, mut per_head) = (Vec::new(), Vec::new());
+        let mut dist = Vec::new();
         if m > 0 && keep {
+            // the per-head weights in scratch: the backward pass recomputes
+            // them from the distances (a division per entry)
             dist = vec![T::zero(); n * m];
-            per_head = vec![T::zero(); n * m];
             dist.par_chunks_mut(ROW_BLOCK * m)
-                .zip(per_head.par_chunks_mut(ROW_BLOCK * m))
                 .zip(logits.par_chunks_mut(ROW_BLOCK * k))
                 .enumerate()
-                .for_each(|(b, ((db, pb), lb))| block(b * ROW_BLOCK, db, pb, lb));
+                .for_each_init(
+                    || vec![T::zero(); ROW_BLOCK * m],
+                    |pb, (b, (db, lb))| {
+                        let len = db.len();
+                        block(b * ROW_BLOCK, db, &mut pb[..len], lb)
+                    },
+                );
         } else if m > 0 {
             logits
                 .par_chunks_mut(ROW_BLOCK * k)
@@ -376,11 +376,7 @@ impl<T: Scalar> MemPooling<T> {
             Array2::from_shape_vec((n, c), v).expect("the length is rows * columns")
         };
         let s = softmax_rows(shape(k, logits).view());
-        if keep {
-            Ok((Some(shape(m, dist)), Some(shape(m, per_head)), s))
-        } else {
-            Ok((None, None, s))
-        }
+        Ok((keep.then(|| shape(m, dist)), s))
     }
 
     /// The forward pass, with its cache when `keep`.
@@ -391,9 +387,9 @@ impl<T: Scalar> MemPooling<T> {
     ) -> Result<(Pooled<T>, Option<MemPoolingCache<T>>)> {
         self.check_input(batch)?;
         let (x, segs) = (batch.x().view(), batch.segments());
-        let (dist, per_head, s) = self.assign_with(x, keep)?;
+        let (dist, s) = self.assign_with(x, keep)?;
         let assignment = DenseAssignment { s };
-        let (x_out, reduced) = self.reduce_features(&assignment, x, segs)?;
+        let (x_out, _) = self.reduce_features(&assignment, x, segs)?;
         let out_segments = assignment.reduce_index(segs);
         let (a_out, connect) = self.connect_graph(&assignment, batch);
         let (kl, colsum) = kl_loss(assignment.s.view(), segs);
@@ -401,12 +397,10 @@ impl<T: Scalar> MemPooling<T> {
         losses.insert("kl".into(), kl);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let cache = match (dist, per_head) {
-            (Some(dist), Some(per_head)) => Some(MemPoolingCache {
+        let cache = match dist {
+            Some(dist) => Some(MemPoolingCache {
                 dist,
-                per_head,
                 assignment: assignment.clone(),
-                reduced,
                 colsum,
                 connect,
                 out_x_shape,
@@ -414,7 +408,7 @@ impl<T: Scalar> MemPooling<T> {
                 input: InputSignature::of(batch),
                 stamp: self.stamp(),
             }),
-            _ => None,
+            None => None,
         };
         let pooled = Pooled::checked(
             "MemPooling",
@@ -565,37 +559,47 @@ fn assign_block<T: Scalar>(
     for ((d, ph), lg) in rows.zip(lb.chunks_exact_mut(k)) {
         // per-head Student-t assignments as ratios to the nearest
         // key's kernel: ((tau + d_min) / (tau + d_j))^alpha
-        for (dh, row) in d.chunks_exact(k).zip(ph.chunks_exact_mut(k)) {
-            let d_min = dh.iter().fold(T::infinity(), |a, &v| a.min(v));
-            let base = tau + d_min;
-            if !base.is_finite() {
-                row.fill(T::one() / T::from_count(k));
-                continue;
-            }
-            // the test outside the loop: inside, a vectorised loop would
-            // compute powf for every lane and select
-            let mut z = T::zero();
-            if unit_alpha {
-                for (r, &dj) in row.iter_mut().zip(dh) {
-                    *r = base / (tau + dj);
-                    z += *r;
-                }
-            } else {
-                for (r, &dj) in row.iter_mut().zip(dh) {
-                    *r = (base / (tau + dj)).powf(alpha);
-                    z += *r;
-                }
-            }
-            for r in row.iter_mut() {
-                *r /= z;
-            }
-        }
+        head_weights(d, ph, k, tau, alpha, unit_alpha);
         // 1x1 convolution over heads
         lg.fill(T::zero());
         for (&w, row) in conv.iter().zip(ph.chunks_exact(k)) {
             for (l, &p) in lg.iter_mut().zip(row) {
                 *l += w * p;
             }
+        }
+    }
+}
+
+/// The per-head weights $S^{(h)}$ of one node (`ph`, $HK$) from its squared
+/// distances `d` ($HK$): per head, Student-t assignments as ratios to the
+/// nearest key's kernel, $((\tau + d_{\min}) / (\tau + d_j))^\alpha$,
+/// normalised. Shared by the forward pass and the backward pass, which
+/// recomputes them from the cached distances (same operations, same bits).
+#[inline(always)]
+fn head_weights<T: Scalar>(d: &[T], ph: &mut [T], k: usize, tau: T, alpha: T, unit_alpha: bool) {
+    for (dh, row) in d.chunks_exact(k).zip(ph.chunks_exact_mut(k)) {
+        let d_min = dh.iter().fold(T::infinity(), |a, &v| a.min(v));
+        let base = tau + d_min;
+        if !base.is_finite() {
+            row.fill(T::one() / T::from_count(k));
+            continue;
+        }
+        // the test outside the loop: inside, a vectorised loop would
+        // compute powf for every lane and select
+        let mut z = T::zero();
+        if unit_alpha {
+            for (r, &dj) in row.iter_mut().zip(dh) {
+                *r = base / (tau + dj);
+                z += *r;
+            }
+        } else {
+            for (r, &dj) in row.iter_mut().zip(dh) {
+                *r = (base / (tau + dj)).powf(alpha);
+                z += *r;
+            }
+        }
+        for r in row.iter_mut() {
+            *r /= z;
         }
     }
 }
@@ -753,9 +757,15 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let mut params = self.params.zeros_like();
 
         // X' = (S_g^T X_g) W
-        let (g_reduced, g_lin, _) = matmul_vjp(cache.reduced.view(), lin, grad.x.view());
+        // S_g^T X_g recomputed (one N x K x F product, against the N x HK x F
+        // ones below) rather than cached: not held beside the backward's
+        // N x F and N x K gradients
+        let reduced = cache.assignment.reduce(x, segs);
+        let (g_reduced, g_lin, _) = matmul_vjp(reduced.view(), lin, grad.x.view());
+        drop(reduced);
         params.accumulate_dim(LIN, g_lin.view())?;
         let (mut gs, mut gx) = segment_matmul_tn_vjp(s, x, segs, g_reduced.view());
+        drop(g_reduced);
         // A' (coarsened only)
         let mut ga = zero_edge_grad(batch);
         if let Some(connect) = &cache.connect {
@@ -785,83 +795,79 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         }
         // softmax over clusters, then the 1x1 convolution over heads
         let gz = softmax_rows_vjp(s, gs.view());
-        let n = batch.num_nodes();
+        drop(gs);
         let m = h * k;
-        let (ph_view, d_view) = (cache.per_head.view(), cache.dist.view());
-        let (phs, ds) = (row_major(&ph_view), row_major(&d_view));
+        let f = x.ncols();
+        let d_view = cache.dist.view();
+        let ds = row_major(&d_view);
         let gzs = gz.as_slice().expect("fresh array");
-        let g_conv = reduce_chunked(
-            0..n,
-            |nodes| {
+        let xs = row_major(&x);
+        let unit_alpha = alpha == T::one();
+        let two = T::c(2.0);
+        // one pass over the fixed chunks of reduce_chunked: per node the
+        // per-head weights (recomputed from the distances), the gradient of
+        // the distances gd (a chunk at a time, never N x HK), its share of
+        // gx, and the partial sums of the convolution, key and column
+        // gradients, folded in chunk order
+        let (g_conv, gk_t, gd_col) = reduce_chunked_rows(
+            &mut gx,
+            |nodes, mut gx_rows| {
+                let rows = nodes.len();
                 let mut acc = Array1::<T>::zeros(h);
-                for node in nodes {
-                    let (ph, g) = (
-                        &phs[node * m..(node + 1) * m],
-                        &gzs[node * k..(node + 1) * k],
-                    );
+                let mut ph = vec![T::zero(); m];
+                let mut gd = Array2::<T>::zeros((rows, m));
+                for (i, gdr) in gd.outer_iter_mut().enumerate() {
+                    let node = nodes.start + i;
+                    let d = &ds[node * m..(node + 1) * m];
+                    head_weights(d, &mut ph, k, tau, alpha, unit_alpha);
+                    let g = &gzs[node * k..(node + 1) * k];
                     for (a, row) in acc.iter_mut().zip(ph.chunks_exact(k)) {
                         for (&gj, &pj) in g.iter().zip(row) {
                             *a += gj * pj;
                         }
                     }
+                    // per-head softmax of u = -alpha ln(1 + d / tau): gradient of d
+                    let mut gdr = gdr;
+                    let row = gdr.as_slice_mut().expect("fresh array");
+                    for (head, &w) in conv.iter().enumerate() {
+                        let r = head * k..(head + 1) * k;
+                        let (phh, dh) = (&ph[r.clone()], &d[r.clone()]);
+                        let dot = g
+                            .iter()
+                            .zip(phh)
+                            .fold(T::zero(), |a, (&gj, &pj)| a + w * gj * pj);
+                        for (((o, &gj), &pj), &dj) in row[r].iter_mut().zip(g).zip(phh).zip(dh) {
+                            let gu = pj * (w * gj - dot);
+                            let dd = -alpha / (tau + dj);
+                            *o = if dd.is_finite() { gu * dd } else { T::zero() };
+                        }
+                    }
                 }
-                acc
+                // d = |x - key|^2: gx = 2 (x * rowsum(gd) - gd K),
+                // gkey = 2 (colsum(gd) key - gd^T x)
+                let xc = x.slice(s![nodes.clone(), ..]);
+                let gk_part = xc.t().dot(&gd);
+                let col_part = gd.sum_axis(Axis(0));
+                if f > 0 {
+                    let gd_keys = matmul(gd.view(), keys.view(), None);
+                    let gds = gd.as_slice().expect("fresh array");
+                    let gks = gd_keys.as_slice().expect("fresh array");
+                    for (i, mut o) in gx_rows.outer_iter_mut().enumerate() {
+                        let node = nodes.start + i;
+                        let rs = gds[i * m..(i + 1) * m]
+                            .iter()
+                            .fold(T::zero(), |a, &v| a + v);
+                        let (xr, gk) = (&xs[node * f..(node + 1) * f], &gks[i * f..(i + 1) * f]);
+                        for ((o, &xv), &kv) in o.iter_mut().zip(xr).zip(gk) {
+                            *o += two * (xv * rs - kv);
+                        }
+                    }
+                }
+                (acc, gk_part, col_part)
             },
-            |a, b| a + b,
+            |(a, b, c), (d, e, f2)| (a + d, b + e, c + f2),
         );
         params.accumulate_dim(CONV, g_conv.view())?;
-        // per-head softmax of u = -alpha ln(1 + d / tau): gradient of d
-        let gd = fill_node_rows(segs, m, |_, node, row| {
-            let (ph, d) = (
-                &phs[node * m..(node + 1) * m],
-                &ds[node * m..(node + 1) * m],
-            );
-            let g = &gzs[node * k..(node + 1) * k];
-            for (head, &w) in conv.iter().enumerate() {
-                let r = head * k..(head + 1) * k;
-                let (phh, dh) = (&ph[r.clone()], &d[r.clone()]);
-                let dot = g
-                    .iter()
-                    .zip(phh)
-                    .fold(T::zero(), |a, (&gj, &pj)| a + w * gj * pj);
-                for (((o, &gj), &pj), &dj) in row[r].iter_mut().zip(g).zip(phh).zip(dh) {
-                    let gu = pj * (w * gj - dot);
-                    let dd = -alpha / (tau + dj);
-                    *o = if dd.is_finite() { gu * dd } else { T::zero() };
-                }
-            }
-        });
-        // d = |x - key|^2: gx = 2 (x * rowsum(gd) - gd K), gkey = 2 (colsum(gd) key - gd^T x)
-        let (gd_keys, gk_t, gd_col) = matmul_vjp(x, keys.t(), gd.view());
-        let two = T::c(2.0);
-        {
-            let f = x.ncols();
-            let xs = row_major(&x);
-            let (gds, gks) = (
-                gd.as_slice().expect("fresh array"),
-                gd_keys.as_slice().expect("fresh array"),
-            );
-            let gxs = gx.as_slice_mut().expect("fresh array");
-            if f > 0 {
-                gxs.par_chunks_mut(ROW_BLOCK * f)
-                    .enumerate()
-                    .for_each(|(b, block)| {
-                        for (i, o) in block.chunks_exact_mut(f).enumerate() {
-                            let node = b * ROW_BLOCK + i;
-                            let rs = gds[node * m..(node + 1) * m]
-                                .iter()
-                                .fold(T::zero(), |a, &v| a + v);
-                            let (xr, gk) = (
-                                &xs[node * f..(node + 1) * f],
-                                &gks[node * f..(node + 1) * f],
-                            );
-                            for ((o, &xv), &kv) in o.iter_mut().zip(xr).zip(gk) {
-                                *o += two * (xv * rs - kv);
-                            }
-                        }
-                    });
-            }
-        }
         let mut g_keys: Array2<T> = keys.clone();
         Zip::from(g_keys.rows_mut())
             .and(&gd_col)
@@ -902,7 +908,7 @@ impl<T: Scalar> SrcPool<T> for MemPooling<T> {
     /// $S = \operatorname{softmax}\big(\sum_h w_h S^{(h)}\big)$.
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;
-        let (_, _, s) = self.assign_with(batch.x().view(), false)?;
+        let (_, s) = self.assign_with(batch.x().view(), false)?;
         Ok((Selection::Dense(DenseAssignment { s }), None))
     }
 

@@ -155,6 +155,35 @@ impl Activation {
         })
     }
 
+    /// [`Activation::forward`] in place: overwrites every entry of `x` with
+    /// its activation (the same bits, without a second array).
+    pub fn forward_inplace<T: Scalar>(self, x: &mut Array2<T>) {
+        if self != Activation::Linear {
+            rows::update_rows(x, |_, row| row.iter_mut().for_each(|v| *v = self.apply(*v)));
+        }
+    }
+
+    /// Whether $f'(x)$ is a function of $y = f(x)$ alone, so that
+    /// [`Activation::derivative_from_output`] can stand in for
+    /// [`Activation::derivative`] and a cache need not keep the
+    /// pre-activation: true for linear, relu, elu, selu ($x > 0 \iff y > 0$),
+    /// tanh, sigmoid and exponential.
+    pub fn derivative_from_output_only(self) -> bool {
+        !matches!(
+            self,
+            Activation::Softplus | Activation::Softsign | Activation::Swish
+        )
+    }
+
+    /// $f'(x)$ from $y = f(x)$ alone, bit for bit
+    /// [`Activation::derivative`]`(x, y)` when
+    /// [`Activation::derivative_from_output_only`] holds (where it does not,
+    /// this is not the derivative).
+    #[inline]
+    pub fn derivative_from_output<T: Scalar>(self, y: T) -> T {
+        self.derivative(y, y)
+    }
+
     /// VJP: $\bar x = \bar y \odot f'(x)$.
     pub fn vjp<T: Scalar>(
         self,

@@ -1,11 +1,13 @@
 //! Dense (fully connected) layers $y = f(xW + b)$ and the row-parallel matmul.
 
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
+use std::ops::Range;
+
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::{Activation, Params};
 use crate::error::{PoolError, Result};
-use crate::kernels::{reduce_chunked, rows, ROW_BLOCK};
+use crate::kernels::{reduce_chunked, reduce_chunked_rows, rows, ROW_BLOCK};
 use crate::scalar::Scalar;
 
 /// Widest $W$ (columns) that [`matmul`] and [`matmul_acc`] compute as
@@ -153,6 +155,68 @@ pub fn matmul_vjp_params<T: Scalar>(
             (xs.t().dot(&gs), gs.sum_axis(Axis(0)))
         },
         |(a, b), (c2, d)| (a + c2, b + d),
+    )
+}
+
+/// `out += X W` for a piece of rows: `x` and `out` hold the rows
+/// `r0..r0 + x.nrows()` of a larger product, with `r0` a multiple of
+/// [`ROW_BLOCK`]. The same products, block by block, as [`matmul_acc`]
+/// (sequential here: the caller runs the pieces in parallel).
+fn matmul_acc_piece<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, mut out: ArrayViewMut2<T>) {
+    if w.ncols() <= NARROW_COLS {
+        let wt = w.t().as_standard_layout().into_owned();
+        let ws = wt.as_slice().expect("standard layout");
+        let f = x.ncols();
+        for (xr, mut o) in x.outer_iter().zip(out.outer_iter_mut()) {
+            let xr = xr.as_standard_layout();
+            let xr = xr.as_slice().expect("standard layout");
+            for (j, o) in o.iter_mut().enumerate() {
+                *o += rows::dot(xr, &ws[j * f..(j + 1) * f]);
+            }
+        }
+        return;
+    }
+    for (b, mut block) in out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK).enumerate() {
+        let r0 = b * ROW_BLOCK;
+        let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
+        ndarray::linalg::general_mat_mul(T::one(), &xb, &w, T::one(), &mut block);
+    }
+}
+
+/// The backward pass of a dense layer $Y = f(X W + b)$ whose gradient with
+/// respect to the pre-activation, $\bar Z$, is produced piece by piece by
+/// `grad_pre(rows)` (a `rows.len()` $\times C$ matrix) instead of being
+/// held whole: adds $\bar X = \bar Z W^\top$ into `gx` and returns
+/// $(\bar W = X^\top \bar Z,\ \bar b = \sum_n \bar Z_n)$.
+///
+/// The pieces are the fixed [`CHUNK`](crate::kernels::CHUNK)-node chunks of [`reduce_chunked`]
+/// (in parallel), so the bits are those of [`matmul_acc`] and
+/// [`matmul_vjp_params`] on the whole $\bar Z$ (thread-count independent),
+/// while the memory held is one chunk of $\bar Z$ per thread: a layer
+/// whose $\bar Z$ is a cheap element-wise function of its cache (a gate, an
+/// activation's derivative) never materialises the $N \times C$ matrix.
+pub fn dense_backward_streamed<T, G>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    grad_pre: G,
+    gx: &mut Array2<T>,
+) -> (Array2<T>, Array1<T>)
+where
+    T: Scalar,
+    G: Fn(Range<usize>) -> Array2<T> + Sync,
+{
+    debug_assert_eq!(gx.dim(), x.dim());
+    let wt = w.t();
+    reduce_chunked_rows(
+        gx,
+        |r, gx_rows| {
+            let g = grad_pre(r.clone());
+            debug_assert_eq!(g.dim(), (r.len(), w.ncols()));
+            matmul_acc_piece(g.view(), wt, gx_rows);
+            let xs = x.slice(s![r, ..]);
+            (xs.t().dot(&g), g.sum_axis(Axis(0)))
+        },
+        |(a, b), (c, d)| (a + c, b + d),
     )
 }
 

@@ -9,7 +9,8 @@ pub(crate) mod params;
 
 pub use activation::{softmax_rows, softmax_rows_vjp, Activation};
 pub use dense::{
-    matmul, matmul_acc, matmul_vjp, matmul_vjp_params, Dense, DenseCache, NARROW_COLS,
+    dense_backward_streamed, matmul, matmul_acc, matmul_vjp, matmul_vjp_params, Dense, DenseCache,
+    NARROW_COLS,
 };
 pub use init::{rng_from_seed, Initializer, ParamRng};
 pub use mlp::{Mlp, MlpCache};
