@@ -225,15 +225,7 @@ pub(crate) fn check_grad_shape<T: Scalar, D: Dimension>(
         });
     }
     // a parallel, vectorised scan when the gradient is one slice
-    let bad = match grad.as_slice() {
-        Some(g) => rows::first_non_finite(g).map(|i| (i, g[i])),
-        None => grad
-            .iter()
-            .copied()
-            .enumerate()
-            .find(|(_, v)| !v.is_finite()),
-    };
-    if let Some((i, v)) = bad {
+    if let Some((i, v)) = rows::first_non_finite_entry(grad) {
         return Err(PoolError::NonFinite {
             what: format!("gradient of {what}"),
             index: format!("flat index {i}"),

@@ -8,7 +8,7 @@ use super::layer::{pair_arrays, random_like, Differentiable};
 use super::Selection;
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::kernels::rows::first_non_finite;
+use crate::kernels::rows::{first_non_finite, first_non_finite_entry};
 use crate::nn::ParamRng;
 use crate::scalar::Scalar;
 
@@ -118,17 +118,15 @@ pub(crate) fn pooled_x_overflow<T: Scalar>(layer: &str, x: &Array2<T>, p: usize)
     }
 }
 
-/// Checks that everything a pool is about to return is finite: pooled
-/// features, pooled edge weights, losses, scores and the selection's values.
-/// With finite inputs they can only fail to be through overflow (features,
-/// edge weights or parameters too large for the float type), which every
-/// layer reports as this typed [`PoolError::NonFinite`] rather than a result
-/// holding infinities or NaN. Called before the pooled batch is built.
-/// `x` is `None` when the kernel that wrote the pooled features has checked
-/// them already (see [`Pooled::checked_after_x`]).
+/// Checks that everything a pool is about to return besides its features
+/// is finite: pooled edge weights, losses, scores and the selection's
+/// values. With finite inputs they can only fail to be through overflow
+/// (features, edge weights or parameters too large for the float type),
+/// which every layer reports as this typed [`PoolError::NonFinite`] rather
+/// than a result holding infinities or NaN. Called before the pooled batch
+/// is built; [`Pooled::checked`] scans the features first.
 pub(crate) fn check_pooled_finite<T: Scalar>(
     layer: &str,
-    x: Option<&Array2<T>>,
     a: &sprs::CsMat<T>,
     losses: &Losses<T>,
     score: Option<&Array1<T>>,
@@ -140,15 +138,6 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
         value: value.to_string(),
     };
     // parallel, vectorised scans of the plain values (rows::first_non_finite)
-    let first_bad_2d = |m: &Array2<T>| match m.as_slice() {
-        Some(v) => first_non_finite(v).map(|p| (p, v[p])),
-        None => m.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
-    };
-    if let Some(x) = x {
-        if let Some((p, _)) = first_bad_2d(x) {
-            return Err(pooled_x_overflow(layer, x, p));
-        }
-    }
     if let Some(e) = first_non_finite(a.data()) {
         return Err(overflow(
             "pooled adjacency",
@@ -159,18 +148,14 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
     if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
         return Err(overflow(&format!("loss `{name}`"), "-".into(), v));
     }
-    let first_bad_1d = |m: &Array1<T>| match m.as_slice() {
-        Some(v) => first_non_finite(v).map(|p| (p, v[p])),
-        None => m.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
-    };
     if let Some(score) = score {
-        if let Some((n, v)) = first_bad_1d(score) {
+        if let Some((n, v)) = first_non_finite_entry(score) {
             return Err(overflow("score", format!("node {n}"), v));
         }
     }
     let bad = match selection {
-        Selection::Subset(s) => first_bad_1d(&s.gate),
-        Selection::Dense(s) => first_bad_2d(&s.s),
+        Selection::Subset(s) => first_non_finite_entry(&s.gate),
+        Selection::Dense(s) => first_non_finite_entry(&s.s),
         Selection::Sparse(s) => first_non_finite(s.s.data()).map(|p| (p, s.s.data()[p])),
     };
     if let Some((i, v)) = bad {
@@ -191,8 +176,10 @@ impl<T: Scalar> Pooled<T> {
         score: Option<Array1<T>>,
         losses: Losses<T>,
     ) -> Result<Self> {
-        check_pooled_finite(layer, Some(&x), &a, &losses, score.as_ref(), &selection)?;
-        Ok(Self::after_checks(x, a, segments, selection, score, losses))
+        if let Some((p, _)) = first_non_finite_entry(&x) {
+            return Err(pooled_x_overflow(layer, &x, p));
+        }
+        Self::checked_after_x(layer, x, a, segments, selection, score, losses)
     }
 
     /// [`Pooled::checked`] for pooled features whose finiteness the kernel
@@ -208,23 +195,12 @@ impl<T: Scalar> Pooled<T> {
         score: Option<Array1<T>>,
         losses: Losses<T>,
     ) -> Result<Self> {
-        check_pooled_finite(layer, None, &a, &losses, score.as_ref(), &selection)?;
-        Ok(Self::after_checks(x, a, segments, selection, score, losses))
-    }
-
-    fn after_checks(
-        x: Array2<T>,
-        a: sprs::CsMat<T>,
-        segments: crate::batch::Segments,
-        selection: Selection<T>,
-        score: Option<Array1<T>>,
-        losses: Losses<T>,
-    ) -> Self {
-        Self {
+        check_pooled_finite(layer, &a, &losses, score.as_ref(), &selection)?;
+        Ok(Self {
             batch: DisjointBatch::new_unchecked(x, a, segments),
             selection,
             score,
             losses,
-        }
+        })
     }
 }

@@ -327,6 +327,18 @@ pub fn first_non_finite<T: Scalar>(x: &[T]) -> Option<usize> {
         .and_then(|(b, c)| c.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i))
 }
 
+/// The first non-finite entry of an array in logical (row-major) order, as
+/// (flat index, value): [`first_non_finite`] on its slice when it is
+/// contiguous, else an in-order scan.
+pub fn first_non_finite_entry<T: Scalar, D: ndarray::Dimension>(
+    m: &ndarray::ArrayRef<T, D>,
+) -> Option<(usize, T)> {
+    match m.as_slice() {
+        Some(v) => first_non_finite(v).map(|p| (p, v[p])),
+        None => m.iter().copied().enumerate().find(|(_, v)| !v.is_finite()),
+    }
+}
+
 /// The values of a vector as one slice: borrowed when contiguous, else
 /// copied once.
 pub fn row_major_1d<'a, T: Scalar>(x: &'a ndarray::ArrayView1<'a, T>) -> Cow<'a, [T]> {
