@@ -245,3 +245,33 @@ fn features_near_the_top_of_the_range_overflow_only_into_typed_errors() {
     let r32 = huge::<f32>(1e38);
     eprintln!("refused at 1e300 (f64): {r64:?}\nrefused at 1e38 (f32): {r32:?}");
 }
+
+/// Widths beyond the register kernels of `rows::rows_times` and
+/// `rows::outer_sum` (64 columns): features $F = 100$ with $K = 4$, and
+/// $K = 70$ clusters with $F = 5$. Every layer's forward and backward pass
+/// runs and is finite (a 100-feature clustering pool's backward pass once
+/// indexed past a 64-entry buffer).
+#[test]
+fn every_layer_runs_forward_and_backward_with_more_than_64_features_or_clusters() {
+    for (f, k) in [(100, 4), (5, 70)] {
+        let seg = Segments::from_sizes(&[3, 0, 80, 1]);
+        let n = seg.num_nodes();
+        let x = Array2::from_shape_fn((n, f), |(i, j)| (((i * 7 + j * 3) % 11) as f64 - 5.0) / 4.0);
+        let mut t = TriMat::new((n, n));
+        for (lo, hi) in seg.ranges().map(|r| (r.start, r.end)) {
+            for i in lo..hi.saturating_sub(1) {
+                t.add_triplet(i, i + 1, 1.0);
+                t.add_triplet(i + 1, i, 1.0);
+            }
+        }
+        let b = DisjointBatch::new(x, t.to_csr(), seg).unwrap();
+        for (name, run) in all_layers::<f64>(f, k) {
+            let (out, grads) = run
+                .both(&b)
+                .unwrap_or_else(|e| panic!("{name} (F {f}, K {k}): {e}"));
+            assert!(out.all_finite(), "{name} (F {f}, K {k})");
+            assert!(gradients_finite(&grads), "{name} (F {f}, K {k})");
+            assert_eq!(grads.x.dim(), b.x().dim(), "{name}");
+        }
+    }
+}

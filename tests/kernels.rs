@@ -298,13 +298,19 @@ proptest! {
 
 /// `segment_matmul_tn` and its VJP equal the per-graph dense products exactly
 /// on integer values: $O_g = S_g^\top Y_g$, $\bar S_g = Y_g \bar O_g^\top$,
-/// $\bar Y_g = S_g \bar O_g$.
+/// $\bar Y_g = S_g \bar O_g$, for narrow, register-kernel and wide
+/// (more than `rows::SMALL_COLS`) widths of $K$ and $F$.
 #[test]
 fn segment_matmul_tn_and_vjp_equal_dense_per_graph_products_on_integers() {
+    for (k, f) in [(3, 2), (16, 64), (16, 100), (70, 5), (1, 65)] {
+        segment_matmul_tn_case(k, f);
+    }
+}
+
+fn segment_matmul_tn_case(k: usize, f: usize) {
     use graphpool::kernels::segment::segment_matmul_tn_vjp;
     let seg = Segments::from_sizes(&[3, 0, 1, 2000, 4]);
     let n = seg.num_nodes();
-    let (k, f) = (3, 2);
     let s = Array2::from_shape_fn((n, k), |(i, j)| ((i * 5 + j * 3) % 7) as f64 - 3.0);
     let y = Array2::from_shape_fn((n, f), |(i, j)| ((i * 3 + j * 11) % 5) as f64 - 2.0);
     let o = Array2::from_shape_fn((seg.num_graphs() * k, f), |(i, j)| {
@@ -613,7 +619,9 @@ fn rough(len: usize, seed: u64) -> Vec<f32> {
 fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
     use graphpool::kernels::rows::{outer_sum, rows_times, SMALL_COLS};
     // the widths with a register kernel (8, 16, 32, 64) and others around them
-    for &c in &[0usize, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64] {
+    for &c in &[
+        0usize, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100,
+    ] {
         for &f in &[0usize, 1, 5, 16, 64, 70] {
             let rows = 67; // more than one tile of outer_sum
             let (x, w) = (rough(rows * f, 1 + c as u64), rough(f * c, 2 + f as u64));

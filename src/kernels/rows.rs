@@ -76,7 +76,8 @@ pub fn row_times<T: Scalar>(x: &[T], w: &[T], out: &mut [T]) {
 }
 
 /// $O = X W$ row by row for $X$ ($R \times F$, row-major `x`) and a small
-/// $W$ ($F \times C$, row-major `w`, $C$ = `c` $\le$ [`SMALL_COLS`]): each row of
+/// $W$ ($F \times C$, row-major `w`, $C$ = `c`; any width, but the kernel is
+/// tuned for $C \le$ [`SMALL_COLS`]): each row of
 /// `out` ($R \times C$) is [`row_times`], then plus `bias` if given; with
 /// `accumulate` the row's product is formed first and added once to the
 /// old value of the row. Compiled for each SIMD level and chosen at run
@@ -93,28 +94,27 @@ pub fn rows_times<T: Scalar>(
     accumulate: bool,
     out: &mut [T],
 ) {
-    debug_assert!(c <= SMALL_COLS && w.len() == f * c);
+    debug_assert_eq!(w.len(), f * c);
     if c == 0 {
         return;
     }
-    if f == 0 {
-        // empty sums: 0 (+ bias)
-        let mut p = [T::zero(); SMALL_COLS];
-        for o in out.chunks_exact_mut(c) {
-            p[..c].fill(T::zero());
-            finish_row(&mut p[..c], bias, accumulate, o);
-        }
-        return;
-    }
     match c {
-        8 => rows_times_fixed::<T, 8, 4>(x, f, w, bias, accumulate, out),
-        16 => rows_times_fixed::<T, 16, 4>(x, f, w, bias, accumulate, out),
-        32 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
-        64 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
+        8 if f > 0 => rows_times_fixed::<T, 8, 4>(x, f, w, bias, accumulate, out),
+        16 if f > 0 => rows_times_fixed::<T, 16, 4>(x, f, w, bias, accumulate, out),
+        32 if f > 0 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
+        64 if f > 0 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
         _ => {
-            let mut p = [T::zero(); SMALL_COLS];
-            let p = &mut p[..c];
+            // one row's sums at a time, on the stack up to SMALL_COLS
+            let mut stack = [T::zero(); SMALL_COLS];
+            let mut heap = Vec::new();
+            let p = if c <= SMALL_COLS {
+                &mut stack[..c]
+            } else {
+                heap.resize(c, T::zero());
+                &mut heap[..]
+            };
             for (i, o) in out.chunks_exact_mut(c).enumerate() {
+                // F = 0: empty sums, 0 (+ bias)
                 row_times(&x[i * f..(i + 1) * f], w, p);
                 finish_row(p, bias, accumulate, o);
             }
