@@ -295,24 +295,62 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
         rows::row_major(&grad),
     );
     // one small product per fixed piece of a graph's rows, on slices:
-    // dS_n = O_g y_n (K dots), dY_n = s_n O_g (a row times O_g)
+    // dS_n = y_n O_g^T and dY_n = s_n O_g (a row times a small matrix)
     for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
         let og = &gr[g * k * f..(g + 1) * k * f];
-        let out = block.as_slice_mut().expect("row blocks are contiguous");
-        for (n, o) in nodes.zip(out.chunks_exact_mut(k)) {
-            let yn = &ys[n * f..(n + 1) * f];
-            for (o, orow) in o.iter_mut().zip(og.chunks_exact(f)) {
-                *o = rows::dot(yn, orow);
+        let mut ogt = vec![T::zero(); f * k];
+        for (j, orow) in og.chunks_exact(f).enumerate() {
+            for (i, &v) in orow.iter().enumerate() {
+                ogt[i * k + j] = v;
             }
         }
+        let out = block.as_slice_mut().expect("row blocks are contiguous");
+        let yb = &ys[nodes.start * f..nodes.end * f];
+        rows::rows_times(yb, f, &ogt, k, None, false, out);
     });
-    for_each_segment_block(gy.view_mut(), segments, |g, nodes, mut block| {
-        let og = &gr[g * k * f..(g + 1) * k * f];
+    segment_matmul_nn_into(&ss, k, &gr, f, segments, &mut gy);
+    (gs, gy)
+}
+
+/// Per-graph product $S_g O_g$ for a stacked per-node matrix $S$
+/// ($N \times K$) and stacked per-graph blocks $O$ ($(BK) \times F$): the
+/// $N \times F$ result holds node $n$'s row $s_n O_{g(n)}$ (the second half
+/// of [`segment_matmul_tn_vjp`], bit for bit). Each entry is summed over
+/// $k$ in order ([`rows::rows_times`]).
+pub fn segment_matmul_nn<T: Scalar>(
+    s: ArrayView2<T>,
+    o: ArrayView2<T>,
+    segments: &Segments,
+) -> Array2<T> {
+    let (k, f) = (s.ncols(), o.ncols());
+    let mut out = rows::zeros(s.nrows(), f);
+    if f > 0 {
+        segment_matmul_nn_into(
+            &rows::row_major(&s),
+            k,
+            &rows::row_major(&o),
+            f,
+            segments,
+            &mut out,
+        );
+    }
+    out
+}
+
+fn segment_matmul_nn_into<T: Scalar>(
+    ss: &[T],
+    k: usize,
+    os: &[T],
+    f: usize,
+    segments: &Segments,
+    out: &mut Array2<T>,
+) {
+    for_each_segment_block(out.view_mut(), segments, |g, nodes, mut block| {
+        let og = &os[g * k * f..(g + 1) * k * f];
         let out = block.as_slice_mut().expect("row blocks are contiguous");
         let sb = &ss[nodes.start * k..nodes.end * k];
         rows::rows_times(sb, k, og, f, None, false, out);
     });
-    (gs, gy)
 }
 
 /// The `rank(n_g)`-th largest value of every column of $S$ within every graph

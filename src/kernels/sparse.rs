@@ -94,19 +94,101 @@ pub fn spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
 fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
     let f = x.ncols();
     let xs = rows::row_major(&x);
+    rows::build_rows(raw.rows, f, |r, out| product_row(raw, vals, &xs, r, out))
+}
+
+/// Row `r` of $A X$ into `out` (zeroed, $F$ = `out.len()` entries, `xs`
+/// the rows of $X$): the stored entries added in index order.
+#[inline]
+fn product_row<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], xs: &[T], r: usize, out: &mut [T]) {
+    let f = out.len();
     let nnz = vals.len();
-    rows::build_rows(raw.rows, f, |r, out| {
-        for e in raw.range(r) {
-            // the row needed PREFETCH_AHEAD entries from now (maybe in a later row)
-            if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
-                if e + rows::PREFETCH_AHEAD < nnz {
-                    rows::prefetch(&xs[ahead * f..(ahead + 1) * f]);
+    for e in raw.range(r) {
+        // the row needed PREFETCH_AHEAD entries from now (maybe in a later row)
+        if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
+            if e + rows::PREFETCH_AHEAD < nnz {
+                rows::prefetch(&xs[ahead * f..(ahead + 1) * f]);
+            }
+        }
+        let c = raw.indices[e];
+        rows::axpy(out, vals[e], &xs[c * f..(c + 1) * f]);
+    }
+}
+
+/// Rows `rows` of $A X$ into `out` (`rows.len()` $\times F$, row-major,
+/// overwritten): the rows of [`spmm`], bit for bit, for a caller that
+/// consumes $A X$ piece by piece instead of holding it whole.
+pub fn spmm_rows<T: Scalar>(
+    a: CsMatView<T>,
+    x: ArrayView2<T>,
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+) {
+    let f = x.ncols();
+    debug_assert_eq!(out.len(), rows.len() * f);
+    let raw = RawCsr::new(&a);
+    let xs = rows::row_major(&x);
+    out.fill(T::zero());
+    if f == 0 {
+        return;
+    }
+    for (r, o) in rows.zip(out.chunks_exact_mut(f)) {
+        product_row(raw, a.data(), &xs, r, o);
+    }
+}
+
+/// $(A X) W_i$ for several small $W_i$ ($F \times C_i$) without holding
+/// $A X$ ($N \times F$): in parallel over fixed blocks of
+/// [`ROW_BLOCK`] rows, a block of $A X$ ([`spmm`]'s rows) is formed once
+/// and multiplied by every $W_i$ ([`rows::rows_times`]). One pass over
+/// $A$ and $X$ for all the products, and memory $O(\text{threads} \cdot
+/// F)$ beyond the outputs; each output row's bits do not depend on the
+/// block it falls in (thread-count independent). A GCN layer
+/// $\hat A X W$ computed this way reads $X$'s rows, $F$ wide, once for
+/// all its kernels.
+pub fn spmm_times<T: Scalar>(
+    a: CsMatView<T>,
+    x: ArrayView2<T>,
+    ws: &[ArrayView2<T>],
+) -> Vec<Array2<T>> {
+    debug_assert_eq!(a.cols(), x.nrows());
+    let (n, f) = (a.rows(), x.ncols());
+    let raw = RawCsr::new(&a);
+    let xs = rows::row_major(&x);
+    let wss: Vec<_> = ws.iter().map(|w| rows::row_major(w).into_owned()).collect();
+    let mut outs: Vec<Vec<T>> = ws.iter().map(|w| rows::fresh_vec(n * w.ncols())).collect();
+    let blocks = n.div_ceil(ROW_BLOCK);
+    // one disjoint slice of every output per block
+    let mut per_block: Vec<Vec<&mut [T]>> = (0..blocks).map(|_| Vec::new()).collect();
+    for (o, w) in outs.iter_mut().zip(ws) {
+        if w.ncols() == 0 {
+            per_block.iter_mut().for_each(|p| p.push(&mut []));
+            continue;
+        }
+        for (b, piece) in o.chunks_mut(ROW_BLOCK * w.ncols()).enumerate() {
+            per_block[b].push(piece);
+        }
+    }
+    per_block
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut pieces)| {
+            let r0 = b * ROW_BLOCK;
+            let r1 = (r0 + ROW_BLOCK).min(n);
+            let mut ax = vec![T::zero(); (r1 - r0) * f];
+            if f > 0 {
+                for (r, o) in (r0..r1).zip(ax.chunks_exact_mut(f)) {
+                    product_row(raw, a.data(), &xs, r, o);
                 }
             }
-            let c = raw.indices[e];
-            rows::axpy(out, vals[e], &xs[c * f..(c + 1) * f]);
-        }
-    })
+            for ((piece, w), ws) in pieces.iter_mut().zip(ws).zip(&wss) {
+                rows::rows_times(&ax, f, ws, w.ncols(), None, false, piece);
+            }
+        });
+    outs.into_iter()
+        .zip(ws)
+        .map(|(o, w)| Array2::from_shape_vec((n, w.ncols()), o).expect("N * C entries"))
+        .collect()
 }
 
 /// The transposed product $A^\top X$ ($M \times N$ times $N \times F$)

@@ -228,16 +228,29 @@ pub fn softmax_rows<T: Scalar>(z: ArrayView2<T>) -> Array2<T> {
     let k = z.ncols();
     let zs = rows::row_major(&z);
     rows::build_rows(z.nrows(), k, |r, out| {
-        let row = &zs[r * k..(r + 1) * k];
-        let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o = (v - m).exp();
-        }
-        let total: T = out.iter().copied().sum();
-        for o in out.iter_mut() {
-            *o /= total;
-        }
+        out.copy_from_slice(&zs[r * k..(r + 1) * k]);
+        softmax_in_place(out);
     })
+}
+
+/// [`softmax_rows`] in place, the same bits: every row of the
+/// standard-layout `z` replaced by its softmax.
+pub fn softmax_rows_in_place<T: Scalar>(z: &mut Array2<T>) {
+    rows::update_rows(z, |_, row| softmax_in_place(row));
+}
+
+/// One row's softmax, in place: $e^{z_k - m}$ with $m = \max_k z_k$,
+/// divided by their sum (added in order).
+#[inline]
+fn softmax_in_place<T: Scalar>(row: &mut [T]) {
+    let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+    for v in row.iter_mut() {
+        *v = (*v - m).exp();
+    }
+    let total: T = row.iter().copied().sum();
+    for v in row.iter_mut() {
+        *v /= total;
+    }
 }
 
 /// VJP of [`softmax_rows`] given its output $S$:

@@ -152,10 +152,24 @@ pub fn matmul_vjp_params<T: Scalar>(
         |r| {
             let xs = x.slice(s![r.clone(), ..]);
             let gs = grad.slice(s![r, ..]);
-            (xs.t().dot(&gs), gs.sum_axis(Axis(0)))
+            (transpose_times(xs, gs), gs.sum_axis(Axis(0)))
         },
         |(a, b), (c2, d)| (a + c2, b + d),
     )
+}
+
+/// $X^\top G$ for one chunk of rows ($X$: $R \times F$, $G$: $R \times C$):
+/// [`rows::outer_sum`] (the rows added in order, no packing) when $C \le$
+/// [`rows::SMALL_COLS`], else ndarray's GEMM, the split of [`matmul`].
+pub(crate) fn transpose_times<T: Scalar>(x: ArrayView2<T>, g: ArrayView2<T>) -> Array2<T> {
+    let (f, c) = (x.ncols(), g.ncols());
+    if c > rows::SMALL_COLS {
+        return x.t().dot(&g);
+    }
+    let (xs, gs) = (rows::row_major(&x), rows::row_major(&g));
+    let mut out = vec![T::zero(); f * c];
+    rows::outer_sum(&xs, f, &gs, c, &mut out);
+    Array2::from_shape_vec((f, c), out).expect("F * C entries")
 }
 
 /// `out += X W` for a piece of rows: `x` and `out` hold the rows
@@ -175,6 +189,15 @@ fn matmul_acc_piece<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, mut out: Arra
             }
         }
         return;
+    }
+    if w.ncols() <= rows::SMALL_COLS {
+        if let Some(os) = out.as_slice_mut() {
+            // the rows of `small_product` (a row's bits do not depend on
+            // the block it falls in)
+            let (xs, ws) = (rows::row_major(&x), rows::row_major(&w));
+            rows::rows_times(&xs, x.ncols(), &ws, w.ncols(), None, true, os);
+            return;
+        }
     }
     for (b, mut block) in out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK).enumerate() {
         let r0 = b * ROW_BLOCK;
@@ -214,7 +237,7 @@ where
             debug_assert_eq!(g.dim(), (r.len(), w.ncols()));
             matmul_acc_piece(g.view(), wt, gx_rows);
             let xs = x.slice(s![r, ..]);
-            (xs.t().dot(&g), g.sum_axis(Axis(0)))
+            (transpose_times(xs, g.view()), g.sum_axis(Axis(0)))
         },
         |(a, b), (c, d)| (a + c, b + d),
     )
