@@ -13,16 +13,16 @@ use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
 };
-use crate::kernels::map_nodes;
 use crate::kernels::segment::{
-    segment_matmul_tn, segment_matmul_tn_vjp, segment_mean, segment_sum,
+    segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
-    gcn_filter, sddmm, sddmm_vjp, spmm, spmm_t, spmm_vjp_values, GcnFilter,
+    gcn_filter, sddmm, sddmm_vjp, spmm_rows, spmm_t, spmm_times, GcnFilter,
 };
+use crate::kernels::{map_nodes, reduce_chunked};
 use crate::nn::{
-    matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Initializer,
-    Params,
+    matmul, matmul_acc, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
+    Activation, Initializer, Params,
 };
 use crate::scalar::Scalar;
 
@@ -162,18 +162,14 @@ pub struct DiffPool<T: Scalar> {
     params: Params<T>,
 }
 
-/// Saved state of [`DiffPool`]'s forward pass.
+/// Saved state of [`DiffPool`]'s forward pass: the filter, $S$ and the
+/// connect and loss terms. $Z$ ($N \times C$) is not kept: the backward
+/// pass forms it again (one more pass over $\hat A$ and $X$) and drops it as
+/// soon as its gradients are taken, so the backward pass never holds $Z$
+/// beside the larger gradients.
 #[derive(Debug, Clone)]
 pub struct DiffPoolCache<T: Scalar> {
     filter: GcnFilter<T>,
-    /// $(X W_{\text{emb}}, X W_{\text{pool}})$, only needed for the edge-weight
-    /// gradients (`None` when the batch has them off).
-    xw: Option<(Array2<T>, Array2<T>)>,
-    /// The pre-activation $F X W_{\text{emb}}$, only when the activation's
-    /// derivative needs it (not for relu and the others of
-    /// [`Activation::derivative_from_output_only`]).
-    z_pre: Option<Array2<T>>,
-    z: Array2<T>,
     assignment: DenseAssignment<T>,
     connect: DenseConnectCache<T>,
     link: LinkTerms<T>,
@@ -291,16 +287,48 @@ impl<T: Scalar> DiffPool<T> {
         Ok(())
     }
 
-    /// One GCN pass with the kernel `name`: $(X W, \hat A X W)$.
+    /// The GCN passes with the kernels `names`: $(\hat A X) W$ for each, the
+    /// filtered features formed block by block and never held whole
+    /// ([`spmm_times`]: one pass over $\hat A$ and $X$ for all kernels).
     fn gnn(
         &self,
         filter: &GcnFilter<T>,
         x: ArrayView2<T>,
-        name: &str,
+        names: &[&str],
+    ) -> Result<Vec<Array2<T>>> {
+        let ws = names
+            .iter()
+            .map(|n| self.params.matrix(n))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(spmm_times(filter.matrix.view(), x, &ws))
+    }
+
+    /// $S = \operatorname{softmax}(\hat A X W_{\text{pool}})$ and
+    /// $\hat A X W_{\text{emb}}$ (the pre-activation of $Z$), in one pass.
+    fn assign_and_embed(
+        &self,
+        filter: &GcnFilter<T>,
+        x: ArrayView2<T>,
     ) -> Result<(Array2<T>, Array2<T>)> {
-        let xw = matmul(x, self.params.matrix(name)?, None);
-        let out = spmm(filter.matrix.view(), xw.view());
-        Ok((xw, out))
+        let mut outs = self.gnn(filter, x, &[KERNEL_POOL, KERNEL_EMB])?;
+        let z_pre = outs.pop().expect("two kernels");
+        let mut s = outs.pop().expect("two kernels");
+        softmax_rows_in_place(&mut s);
+        Ok((s, z_pre))
+    }
+
+    /// $Z = \sigma(\text{pre})$, with the pre-activation kept only when the
+    /// activation's derivative needs it (not for relu and the others of
+    /// [`Activation::derivative_from_output_only`]).
+    fn activate(&self, z_pre: Array2<T>) -> (Option<Array2<T>>, Array2<T>) {
+        if self.activation.derivative_from_output_only() {
+            let mut z = z_pre;
+            self.activation.forward_inplace(&mut z);
+            (None, z)
+        } else {
+            let z = self.activation.forward(z_pre.view());
+            (Some(z_pre), z)
+        }
     }
 
     /// The forward pass, with its cache when `keep`.
@@ -313,26 +341,12 @@ impl<T: Scalar> DiffPool<T> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let filter = gcn_filter(a);
         let edge_grad = batch.edge_weight_grad();
-        // intermediates dropped as soon as they are used unless the
-        // backward pass needs them
-        let (xw_pool, logits) = self.gnn(&filter, x, KERNEL_POOL)?;
-        let xw_pool = (keep && edge_grad).then_some(xw_pool);
-        let s = softmax_rows(logits.view());
-        drop(logits);
-        let (xw_emb, z_pre) = self.gnn(&filter, x, KERNEL_EMB)?;
-        let xw_emb = (keep && edge_grad).then_some(xw_emb);
+        let (s, z_pre) = self.assign_and_embed(&filter, x)?;
         let filter = keep.then_some(filter);
-        let (z_pre, z) = if self.activation.derivative_from_output_only() {
-            let mut z = z_pre;
-            self.activation.forward_inplace(&mut z);
-            (None, z)
-        } else {
-            let z = self.activation.forward(z_pre.view());
-            (Some(z_pre), z)
-        };
+        let z = self.activate(z_pre).1;
         let assignment = DenseAssignment { s };
         let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
-        let z = keep.then_some(z);
+        drop(z);
         let (blocks, connect) = assignment.connect_blocks(a, segs);
         let connect = keep.then_some(connect);
         let a_out = DenseAssignment::blocks_to_csr(blocks.view());
@@ -345,12 +359,9 @@ impl<T: Scalar> DiffPool<T> {
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
         let cached = keep.then(|| assignment.clone());
-        let cache = match (keep, filter, z, cached, connect) {
-            (true, Some(filter), Some(z), Some(assignment), Some(connect)) => Some(DiffPoolCache {
+        let cache = match (keep, filter, cached, connect) {
+            (true, Some(filter), Some(assignment), Some(connect)) => Some(DiffPoolCache {
                 filter,
-                xw: xw_emb.zip(xw_pool),
-                z_pre,
-                z,
                 assignment,
                 connect,
                 link,
@@ -443,9 +454,8 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         Ok((pooled, cache.expect("requested")))
     }
 
-    /// The forward pass without a cache: $Z$ is dropped once pooled and
-    /// nothing is kept for a backward pass (the same bits as
-    /// [`Layer::forward`]).
+    /// The forward pass without a cache: nothing is kept for a backward
+    /// pass (the same bits as [`Layer::forward`]).
     fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
         Ok(self.run(batch, false)?.0)
     }
@@ -471,7 +481,27 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let s = assignment.s.view();
 
         // X' = S_g^T Z_g
-        let (mut gs, gz) = segment_matmul_tn_vjp(s, cache.z.view(), segs, grad.x.view());
+        // Z is not cached (N x C): formed again, used for S's gradient and
+        // the activation's, then dropped before the other terms' buffers
+        let z_pre = self
+            .gnn(&cache.filter, x, &[KERNEL_EMB])?
+            .pop()
+            .expect("one kernel");
+        let (z_pre, z) = self.activate(z_pre);
+        let (mut gs, gz) = segment_matmul_tn_vjp(s, z.view(), segs, grad.x.view());
+        let g_zpre = match &z_pre {
+            Some(z_pre) => self.activation.vjp(z_pre.view(), z.view(), gz.view()),
+            None => {
+                // in place: the same products as `vjp`, without a second N x F
+                let mut g = gz;
+                let act = self.activation;
+                Zip::from(&mut g)
+                    .and(&z)
+                    .par_for_each(|g, &y| *g *= act.derivative_from_output(y));
+                g
+            }
+        };
+        drop((z_pre, z));
         // A' = S_g^T A_g S_g
         let g_blocks = grad
             .edge_weights
@@ -492,15 +522,15 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let denom = T::from_count(b.max(1));
         let g_link = grad.loss("link_pred") / denom;
         if g_link != T::zero() {
-            let (gs_link, ga_link) = link_vjp(a, s, segs, &cache.link, edge_grad, |g| {
+            let coef = |g: usize| {
                 let l = cache.link.norms[g];
                 if l > T::zero() {
                     g_link * self.variant.link_scale::<T>(segs.size(g)) / (T::c(2.0) * l)
                 } else {
                     T::zero()
                 }
-            });
-            gs += &gs_link;
+            };
+            let ga_link = link_vjp(a, s, segs, &cache.link, edge_grad, coef, &mut gs);
             if let (Some(ga), Some(ga_link)) = (&mut ga, ga_link) {
                 *ga += &ga_link;
             }
@@ -510,39 +540,39 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             gs += &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent);
         }
 
-        // S = softmax(F (X W_pool)), Z = act(F (X W_emb))
+        // S = softmax((F X) W_pool), Z = act((F X) W_emb): with G_p, G_e
+        // the gradients of the two pre-activations and H = G_p W_pool^T +
+        // G_e W_emb^T, the gradient of F X is H, so X gets F^T H, the
+        // filter's values <H_i, X_j>, and W = (F X)^T G (F X formed again
+        // chunk by chunk: never held whole)
         let g_logits = softmax_rows_vjp(s, gs.view());
-        let g_zpre = match &cache.z_pre {
-            Some(z_pre) => self.activation.vjp(z_pre.view(), cache.z.view(), gz.view()),
-            None => {
-                // in place: the same products as `vjp`, without a second N x F
-                let mut g = gz;
-                let act = self.activation;
-                Zip::from(&mut g)
-                    .and(&cache.z)
-                    .par_for_each(|g, &y| *g *= act.derivative_from_output(y));
-                g
-            }
-        };
-        let g_xwp = spmm_t(cache.filter.matrix.view(), g_logits.view());
-        let g_xwe = spmm_t(cache.filter.matrix.view(), g_zpre.view());
-        if let (Some(ga), Some((xw_emb, xw_pool))) = (&mut ga, &cache.xw) {
-            let mut g_fvals =
-                spmm_vjp_values(cache.filter.matrix.view(), xw_pool.view(), g_logits.view());
-            g_fvals += &spmm_vjp_values(cache.filter.matrix.view(), xw_emb.view(), g_zpre.view());
-            let g_fvals = g_fvals.to_vec();
-            *ga += &cache.filter.vjp(&g_fvals, a.nnz());
-        }
-
+        drop(gs);
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
+        let mut h = matmul(g_zpre.view(), w_emb.t(), None);
+        matmul_acc(g_logits.view(), w_pool.t(), &mut h);
+        let f = x.ncols();
+        let fm = cache.filter.matrix.view();
+        let (gw_emb, gw_pool) = reduce_chunked(
+            0..x.nrows(),
+            |r| {
+                let mut fx = vec![T::zero(); r.len() * f];
+                spmm_rows(fm, x, r.clone(), &mut fx);
+                let fx = ArrayView2::from_shape((r.len(), f), &fx).expect("rows * F entries");
+                (
+                    transpose_times(fx, g_zpre.slice(s![r.clone(), ..])),
+                    transpose_times(fx, g_logits.slice(s![r, ..])),
+                )
+            },
+            |(a, b), (c, d)| (a + c, b + d),
+        );
         drop((g_zpre, g_logits));
-        let (mut gx, gw_pool, _) = matmul_vjp(x, w_pool, g_xwp.view());
-        drop(g_xwp);
-        let (gx_e, gw_emb, _) = matmul_vjp(x, w_emb, g_xwe.view());
-        drop(g_xwe);
-        gx += &gx_e;
-        drop(gx_e);
+        if let Some(ga) = &mut ga {
+            let g_fvals = sddmm(fm, h.view(), x).to_vec();
+            *ga += &cache.filter.vjp(&g_fvals, a.nnz());
+        }
+        let gx = spmm_t(fm, h.view());
+        drop(h);
         let mut params = self.params.zeros_like();
         params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
         params.accumulate_dim(KERNEL_POOL, gw_pool.view())?;
@@ -567,9 +597,13 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
 
 /// VJP of the per-graph norms $\lVert A_g - S_gS_g^\top\rVert_F$ weighted by
 /// `coef(g)` $= \partial L / \partial \lVert\cdot\rVert \cdot \frac{1}{2\lVert\cdot\rVert}$:
-/// returns $(\bar S, \bar a)$. With $q_g$ the squared norm,
-/// $\partial q / \partial w_e = 2(w_e - p_e)$,
-/// $\partial q / \partial S = -2(AS + A^\top S) + 4 S_g (S_g^\top S_g)$.
+/// adds $\bar S$ into `gs` and returns $\bar a$ (when `edge_weights`). With
+/// $q_g$ the squared norm, $\partial q / \partial w_e = 2(w_e - p_e)$,
+/// $\partial q / \partial S = -2(AS + A^\top S) + 4 S_g (S_g^\top S_g)$; the
+/// Gram term is $S_g O_g + S_g O_g^\top$ with the symmetric $O_g = 2 c_g
+/// S_g^\top S_g$, formed once as $2\,S_g O_g$ (the Gram blocks are
+/// symmetric bit for bit: entry $(k, j)$ and $(j, k)$ are the same products
+/// in the same order).
 fn link_vjp<T: Scalar>(
     a: CsMatView<T>,
     s: ArrayView2<T>,
@@ -577,7 +611,8 @@ fn link_vjp<T: Scalar>(
     link: &LinkTerms<T>,
     edge_weights: bool,
     coef: impl Fn(usize) -> T + Sync,
-) -> (Array2<T>, Option<Array1<T>>) {
+    gs: &mut Array2<T>,
+) -> Option<Array1<T>> {
     let k = s.ncols();
     let coefs: Vec<T> = (0..segs.num_graphs()).map(&coef).collect();
     let node_coef = map_nodes(segs, |g, _| coefs[g]);
@@ -607,18 +642,19 @@ fn link_vjp<T: Scalar>(
         (gp, None)
     };
     let (gu, gv) = sddmm_vjp(a, s, s, ArrayView1::from(&gp[..]));
+    drop(gp);
     let mut g_gram = link.gram.clone();
     for (g, mut block) in g_gram.axis_chunks_iter_mut(Axis(0), k.max(1)).enumerate() {
         let c = two * coefs[g];
         block.mapv_inplace(|v| v * c);
     }
-    let (g1, g2) = segment_matmul_tn_vjp(s, s, segs, g_gram.view());
-    let mut gs = gu + gv;
-    Zip::from(&mut gs)
-        .and(&g1)
-        .and(&g2)
-        .par_for_each(|o, &u, &v| *o += u + v);
-    (gs, ga.map(Array1::from))
+    let sg = segment_matmul_nn(s, g_gram.view(), segs);
+    Zip::from(gs)
+        .and(&gu)
+        .and(&gv)
+        .and(&sg)
+        .par_for_each(|o, &u, &v, &q| *o += (u + v) + (q + q));
+    ga.map(Array1::from)
 }
 
 /// VJP of the mean over nodes of each graph of $-\sum_k s\ln(s+\varepsilon)$,
@@ -639,8 +675,11 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;
         let filter = gcn_filter(batch.a().view());
-        let (_, logits) = self.gnn(&filter, batch.x().view(), KERNEL_POOL)?;
-        let s = softmax_rows(logits.view());
+        let mut s = self
+            .gnn(&filter, batch.x().view(), &[KERNEL_POOL])?
+            .pop()
+            .expect("one kernel");
+        softmax_rows_in_place(&mut s);
         Ok((Selection::Dense(DenseAssignment { s }), None))
     }
 
@@ -650,12 +689,15 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
         let filter = gcn_filter(batch.a().view());
         let z = match self.check_input(batch) {
-            Ok(()) => self.gnn(&filter, batch.x().view(), KERNEL_EMB).ok(),
+            Ok(()) => self
+                .gnn(&filter, batch.x().view(), &[KERNEL_EMB])
+                .ok()
+                .and_then(|mut z| z.pop()),
             // `select` rejects such a batch
             Err(_) => None,
         };
         match (selection, z) {
-            (Selection::Dense(s), Some((_, z_pre))) => s.reduce(
+            (Selection::Dense(s), Some(z_pre)) => s.reduce(
                 self.activation.forward(z_pre.view()).view(),
                 batch.segments(),
             ),
