@@ -671,3 +671,39 @@ fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
         }
     }
 }
+
+/// `nn::dense_backward_streamed` (the gradient formed chunk by chunk) gives
+/// the bits of `matmul_acc` and `matmul_vjp_params` on the whole gradient,
+/// on every path of $\bar X = \bar Z W^\top$ (F wide: narrow for F <= 4,
+/// the small-product kernel up to 64, the GEMM beyond) and of
+/// $X^\top \bar Z$ (C wide: `outer_sum` up to 64, the GEMM beyond), over
+/// more rows than one chunk.
+#[test]
+fn streamed_dense_backward_equals_the_whole_gradient_products_bit_for_bit() {
+    use graphpool::nn::{dense_backward_streamed, matmul_acc, matmul_vjp_params};
+    let n = graphpool::kernels::CHUNK * 2 + 37;
+    for (f, c) in [(3, 8), (16, 8), (64, 16), (64, 64), (100, 7), (5, 100)] {
+        let x = Array2::from_shape_fn((n, f), |(i, j)| ((i * 13 + j * 7) % 17) as f32 / 7.0 - 1.1);
+        let w = Array2::from_shape_fn((f, c), |(i, j)| ((i * 5 + j * 3) % 11) as f32 / 5.0 - 0.9);
+        let g = Array2::from_shape_fn((n, c), |(i, j)| ((i * 3 + j * 11) % 13) as f32 / 6.0 - 1.0);
+        let gx0 = Array2::from_shape_fn((n, f), |(i, j)| ((i + j) % 5) as f32 / 3.0);
+        let mut streamed = gx0.clone();
+        let (gw, gb) = dense_backward_streamed(
+            x.view(),
+            w.view(),
+            |r| g.slice(ndarray::s![r, ..]).to_owned(),
+            &mut streamed,
+        );
+        let mut whole = gx0.clone();
+        matmul_acc(g.view(), w.t(), &mut whole);
+        let (gw2, gb2) = matmul_vjp_params(x.view(), g.view());
+        let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&streamed), bits(&whole), "gx, F {f} C {c}");
+        assert_eq!(bits(&gw), bits(&gw2), "gW, F {f} C {c}");
+        assert_eq!(
+            gb.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            gb2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "gb, F {f} C {c}"
+        );
+    }
+}
