@@ -46,12 +46,13 @@ pub type Target = fn(&[u8]);
 
 /// The fuzz targets by name (the directory names under `fuzz/seeds/` and
 /// `fuzz/regressions/`).
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("batch_construction", batch_construction),
     ("global_pools", global_pools),
     ("selection_pools", selection_pools),
     ("clustering_pools", clustering_pools),
     ("diff_mem_pools", diff_mem_pools),
+    ("wide_features", wide_features),
 ];
 
 /// Makes the fuzzing thread rayon's only worker (the `init` of every
@@ -967,6 +968,11 @@ pub fn clustering_pools(data: &[u8]) {
     let Some((vb, c)) = decode::<(ValidBatch, ClusteringConfig)>(data) else {
         return;
     };
+    run_clustering_pools(&vb, &c);
+}
+
+/// The body of `clustering_pools` on a decoded batch and configuration.
+fn run_clustering_pools(vb: &ValidBatch, c: &ClusteringConfig) {
     // the exponential activation overflows on moderate inputs by design
     let moderate = vb.moderate()
         && c.param_scale.moderate()
@@ -975,9 +981,9 @@ pub fn clustering_pools(data: &[u8]) {
         && c.coeff_b.moderate()
         && ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()] != Activation::Exponential;
     if c.f32 {
-        clustering_pools_t(&to_f32(&vb.0), &c, moderate);
+        clustering_pools_t(&to_f32(&vb.0), c, moderate);
     } else {
-        clustering_pools_t(&vb.0, &c, moderate);
+        clustering_pools_t(&vb.0, c, moderate);
     }
 }
 
@@ -1196,6 +1202,11 @@ pub fn diff_mem_pools(data: &[u8]) {
     let Some((vb, c)) = decode::<(ValidBatch, DiffMemConfig)>(data) else {
         return;
     };
+    run_diff_mem_pools(&vb, &c);
+}
+
+/// The body of `diff_mem_pools` on a decoded batch and configuration.
+fn run_diff_mem_pools(vb: &ValidBatch, c: &DiffMemConfig) {
     let act = ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()];
     let moderate = vb.moderate()
         && c.param_scale.moderate()
@@ -1203,9 +1214,49 @@ pub fn diff_mem_pools(data: &[u8]) {
         && c.tau.moderate()
         && act != Activation::Exponential;
     if c.f32 {
-        diff_mem_pools_t(&to_f32(&vb.0), &c, moderate);
+        diff_mem_pools_t(&to_f32(&vb.0), c, moderate);
     } else {
-        diff_mem_pools_t(&vb.0, &c, moderate);
+        diff_mem_pools_t(&vb.0, c, moderate);
+    }
+}
+
+/// Which pools `wide_features` runs, with their configuration.
+#[derive(Debug, Arbitrary)]
+pub enum WideRun {
+    /// The `clustering_pools` body.
+    Clustering(ClusteringConfig),
+    /// The `diff_mem_pools` body.
+    DiffMem(DiffMemConfig),
+}
+
+/// The batch with `65 + extra % 6` feature columns, more than the
+/// 64-column register kernels of the small products: its own columns, then
+/// copies of them in turn (a featureless batch gets the constant 0.5).
+pub fn widened(b: &DisjointBatch<f64>, extra: u8) -> DisjointBatch<f64> {
+    let f = b.num_features();
+    let wide = 65 + extra as usize % 6;
+    let x = Array2::from_shape_fn((b.num_nodes(), wide), |(i, j)| {
+        if f == 0 {
+            0.5
+        } else {
+            b.x()[[i, j % f]]
+        }
+    });
+    b.with_x(x).expect("the same nodes, finite features")
+}
+
+/// Target `wide_features`: the bodies of `clustering_pools` and
+/// `diff_mem_pools` (every check included) on batches widened past 64
+/// features, the widths where the shared small-product kernels leave their
+/// register paths (a backward pass once panicked there).
+pub fn wide_features(data: &[u8]) {
+    let Some((vb, extra, run)) = decode::<(ValidBatch, u8, WideRun)>(data) else {
+        return;
+    };
+    let vb = ValidBatch(widened(&vb.0, extra));
+    match &run {
+        WideRun::Clustering(c) => run_clustering_pools(&vb, c),
+        WideRun::DiffMem(c) => run_diff_mem_pools(&vb, c),
     }
 }
 
