@@ -18,7 +18,7 @@ use crate::kernels::rows::row_major;
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
 use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked_rows, ROW_BLOCK};
 use crate::nn::{
-    matmul, matmul_vjp, rng_from_seed, softmax_rows, softmax_rows_vjp, Initializer, Params,
+    matmul, matmul_vjp, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, Initializer, Params,
 };
 use crate::scalar::Scalar;
 use rayon::prelude::*;
@@ -375,7 +375,9 @@ impl<T: Scalar> MemPooling<T> {
         let shape = |c: usize, v: Vec<T>| {
             Array2::from_shape_vec((n, c), v).expect("the length is rows * columns")
         };
-        let s = softmax_rows(shape(k, logits).view());
+        // the logits become S in place (softmax_rows' bits, no N x K copy)
+        let mut s = shape(k, logits);
+        softmax_rows_in_place(&mut s);
         Ok((keep.then(|| shape(m, dist)), s))
     }
 
