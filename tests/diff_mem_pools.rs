@@ -162,6 +162,10 @@ proptest! {
             &DiffPool::<f64>::new(f, 2, None, Activation::Linear, 2).unwrap().with_variant(DiffPoolVariant::Pyg),
             &b,
         );
+        // activations whose derivative needs their input (Z is not
+        // overwritten by its gradient), with C = F and C != F
+        assert_gradients(&DiffPool::<f64>::new(f, K, None, Activation::Softplus, 5).unwrap(), &b);
+        assert_gradients(&DiffPool::<f64>::new(f, K, Some(3), Activation::Swish, 6).unwrap(), &b);
         assert_gradients(&MemPooling::<f64>::new(f, 2, 2, K, 1.0, 3).unwrap(), &b);
         assert_gradients(
             &MemPooling::<f64>::new(f, 3, 3, 2, 0.7, 4).unwrap().with_adjacency(MemAdjacency::Coarsened),

@@ -104,7 +104,7 @@ proptest! {
             let aw = CsMat::new((a.rows(), a.cols()), ip, ix, w.to_vec());
             gcn_filter(aw.view()).matrix.data().iter().zip(&g).map(|(x, y)| x * y).sum()
         };
-        let an = f.vjp(&g, a.nnz());
+        let an = f.vjp(a.view(), &g);
         let w0 = a.data().to_vec();
         for e in 0..a.nnz() {
             let (mut wp, mut wm) = (w0.clone(), w0.clone());
@@ -158,7 +158,7 @@ proptest! {
             prop_assert!((num - ga[e]).abs() < 1e-6 * (1.0 + num.abs()), "edge {}: {} vs {}", e, ga[e], num);
         }
         let g: Vec<f64> = (0..f.matrix.nnz()).map(|e| h(e, 11)).collect();
-        prop_assert_eq!(f.vjp_in_graphs(&g, a.nnz(), &seg), f.vjp(&g, a.nnz()));
+        prop_assert_eq!(f.vjp_in_graphs(a.view(), &g, &seg), f.vjp(a.view(), &g));
     }
 }
 
@@ -301,14 +301,14 @@ proptest! {
 /// $\bar Y_g = S_g \bar O_g$, for narrow, register-kernel and wide
 /// (more than `rows::SMALL_COLS`) widths of $K$ and $F$.
 #[test]
-fn segment_matmul_tn_and_vjp_equal_dense_per_graph_products_on_integers() {
+fn segment_matmul_tn_and_vjps_equal_dense_per_graph_products_on_integers() {
     for (k, f) in [(3, 2), (16, 64), (16, 100), (70, 5), (1, 65)] {
         segment_matmul_tn_case(k, f);
     }
 }
 
 fn segment_matmul_tn_case(k: usize, f: usize) {
-    use graphpool::kernels::segment::segment_matmul_tn_vjp;
+    use graphpool::kernels::segment::{segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place};
     let seg = Segments::from_sizes(&[3, 0, 1, 2000, 4]);
     let n = seg.num_nodes();
     let s = Array2::from_shape_fn((n, k), |(i, j)| ((i * 5 + j * 3) % 7) as f64 - 3.0);
@@ -331,6 +331,15 @@ fn segment_matmul_tn_case(k: usize, f: usize) {
         assert_eq!(gs.slice(ndarray::s![r.clone(), ..]), yg.dot(&og.t()));
         assert_eq!(gy.slice(ndarray::s![r, ..]), sg.dot(&og));
     }
+    // the in-place form: the same dS, and post(y_n, dy_n) in y's rows
+    let mut y2 = y.clone();
+    let gs2 = segment_matmul_tn_vjp_in_place(s.view(), &mut y2, &seg, o.view(), |row, dy| {
+        for (v, &d) in row.iter_mut().zip(dy) {
+            *v = 10.0 * d + *v;
+        }
+    });
+    assert_eq!(gs2, gs);
+    assert_eq!(y2, gy.mapv(|d| 10.0 * d) + &y);
 }
 
 proptest! {

@@ -137,9 +137,30 @@ impl<T: Scalar> DenseAssignment<T> {
         a: CsMatView<T>,
         segments: &Segments,
     ) -> (Array2<T>, DenseConnectCache<T>) {
-        let a_s = spmm(a, self.s.view());
-        let blocks = segment_matmul_tn(self.s.view(), a_s.view(), segments);
-        (blocks, DenseConnectCache { a_s })
+        let cache = self.connect_cache(a);
+        let blocks = segment_matmul_tn(self.s.view(), cache.a_s.view(), segments);
+        (blocks, cache)
+    }
+
+    /// What [`DenseAssignment::connect_blocks`] keeps for its VJP, $A S$
+    /// ($N \times K$), formed alone: for a layer that does not keep it from
+    /// the forward pass but forms it again when the backward pass needs it.
+    ///
+    /// ```
+    /// use graphpool::framework::DenseAssignment;
+    /// use graphpool::batch::Segments;
+    /// use ndarray::array;
+    /// use sprs::CsMat;
+    /// let a = CsMat::new((2, 2), vec![0, 1, 2], vec![1, 0], vec![1.0_f64, 2.0]);
+    /// let sel = DenseAssignment { s: array![[1.0, 0.0], [0.25, 0.75]] };
+    /// let (_, kept) = sel.connect_blocks(a.view(), &Segments::single(2));
+    /// assert_eq!(sel.connect_cache(a.view()).a_s, kept.a_s);
+    /// assert_eq!(kept.a_s, array![[0.25, 0.75], [2.0, 0.0]]);
+    /// ```
+    pub fn connect_cache(&self, a: CsMatView<T>) -> DenseConnectCache<T> {
+        DenseConnectCache {
+            a_s: spmm(a, self.s.view()),
+        }
     }
 
     /// VJP of [`DenseAssignment::connect_blocks`] given the gradient of the

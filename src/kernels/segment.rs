@@ -281,21 +281,85 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     segments: &Segments,
     grad: ArrayView2<T>,
 ) -> (Array2<T>, Array2<T>) {
-    let k = s.ncols();
-    let mut gs = rows::zeros(s.nrows(), k);
-    let mut gy = rows::zeros(y.nrows(), y.ncols());
-    // one small product per fixed piece of a graph's rows: dS = Y O^T, dY = S O
+    let gs = vjp_of_s(s.ncols(), y, segments, grad);
+    let gy = segment_matmul_nn(s, grad, segments);
+    (gs, gy)
+}
+
+/// [`segment_matmul_tn_vjp`] writing $\bar Y$ over $Y$, for a backward pass
+/// that needs $Y$ only until its own gradient is known (an activation's
+/// output): returns $\bar S$ and leaves in every row $n$ of `y` the result
+/// of `post(y_n, dy_n)`, which gets the row of $Y$ to overwrite and the
+/// row $\bar y_n = s_n \bar O_{g(n)}$. No second $N \times F$ array is
+/// made; $\bar S$ and $\bar y_n$ have the bits of
+/// [`segment_matmul_tn_vjp`].
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place};
+/// use ndarray::array;
+/// let segs = Segments::from_sizes(&[2, 1]);
+/// let s = array![[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]];
+/// let y = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// let grad = array![[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]];
+/// let (gs, gy) = segment_matmul_tn_vjp(s.view(), y.view(), &segs, grad.view());
+/// let mut z = y.clone();
+/// // the gradient through y = relu(pre): dy * [y > 0]
+/// let gs2 = segment_matmul_tn_vjp_in_place(s.view(), &mut z, &segs, grad.view(), |row, dy| {
+///     for (o, &d) in row.iter_mut().zip(dy) {
+///         *o = if *o > 0.0 { d } else { 0.0 };
+///     }
+/// });
+/// assert_eq!(gs2, gs);
+/// assert_eq!(z, gy);
+/// ```
+pub fn segment_matmul_tn_vjp_in_place<T, P>(
+    s: ArrayView2<T>,
+    y: &mut Array2<T>,
+    segments: &Segments,
+    grad: ArrayView2<T>,
+    post: P,
+) -> Array2<T>
+where
+    T: Scalar,
+    P: Fn(&mut [T], &[T]) + Sync,
+{
+    let gs = vjp_of_s(s.ncols(), y.view(), segments, grad);
+    let (k, f) = (s.ncols(), y.ncols());
+    if f == 0 {
+        return gs;
+    }
+    let (ss, gr) = (rows::row_major(&s), rows::row_major(&grad));
+    if !y.is_standard_layout() {
+        *y = y.as_standard_layout().into_owned();
+    }
+    for_each_segment_block(y.view_mut(), segments, |g, nodes, mut block| {
+        let og = &gr[g * k * f..(g + 1) * k * f];
+        let yb = block.as_slice_mut().expect("row blocks are contiguous");
+        let sb = &ss[nodes.start * k..nodes.end * k];
+        let mut dy = vec![T::zero(); yb.len()];
+        rows::rows_times(sb, k, og, f, None, false, &mut dy);
+        for (row, d) in yb.chunks_exact_mut(f).zip(dy.chunks_exact(f)) {
+            post(row, d);
+        }
+    });
+    gs
+}
+
+/// $\bar S_g = Y_g \bar O_g^\top$, one small product per fixed piece of a
+/// graph's rows (a row times $\bar O_g^\top$, [`rows::rows_times`]).
+fn vjp_of_s<T: Scalar>(
+    k: usize,
+    y: ArrayView2<T>,
+    segments: &Segments,
+    grad: ArrayView2<T>,
+) -> Array2<T> {
+    let mut gs = rows::zeros(y.nrows(), k);
     let f = y.ncols();
     if k == 0 || f == 0 {
-        return (gs, gy);
+        return gs;
     }
-    let (ss, ys, gr) = (
-        rows::row_major(&s),
-        rows::row_major(&y),
-        rows::row_major(&grad),
-    );
-    // one small product per fixed piece of a graph's rows, on slices:
-    // dS_n = y_n O_g^T and dY_n = s_n O_g (a row times a small matrix)
+    let (ys, gr) = (rows::row_major(&y), rows::row_major(&grad));
     for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
         let og = &gr[g * k * f..(g + 1) * k * f];
         let mut ogt = vec![T::zero(); f * k];
@@ -308,8 +372,7 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
         let yb = &ys[nodes.start * f..nodes.end * f];
         rows::rows_times(yb, f, &ogt, k, None, false, out);
     });
-    segment_matmul_nn_into(&ss, k, &gr, f, segments, &mut gy);
-    (gs, gy)
+    gs
 }
 
 /// Per-graph product $S_g O_g$ for a stacked per-node matrix $S$

@@ -573,15 +573,16 @@ pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
 /// `normalize_A(a + I)` and `gcn_filter`. An existing diagonal entry gets
 /// $+1$. A node whose degree $\hat D_{ii} \le 0$ (possible only with
 /// negative weights) gets $\hat D_{ii}^{-1/2} = 0$ instead of NaN.
+///
+/// Only $\hat A$ and $\hat D^{-1/2}$ are held (nnz + 2N values and
+/// indices): the values of $A + I$ and which entry of $A$ each entry of
+/// $\hat A$ comes from are read back from $A$ itself when the VJP needs
+/// them ([`GcnFilter::vjp`] takes $A$), row $r$ of $\hat A$ being row $r$
+/// of $A$ with its diagonal entry merged or inserted in column order.
 #[derive(Debug, Clone)]
 pub struct GcnFilter<T: Scalar> {
     /// $\hat A$, CSR, sorted indices; the structure of $A$ plus the diagonal.
     pub matrix: CsMat<T>,
-    /// $(A + I)$'s stored values, aligned with `matrix`.
-    pub with_loops: Vec<T>,
-    /// `source[e]`: position in `a.data()` of the $A$ entry that entry `e`
-    /// of `matrix` comes from, or `usize::MAX` for an added diagonal entry.
-    pub source: Vec<usize>,
     /// $\hat D^{-1/2}$ per node.
     pub deg_inv_sqrt: Array1<T>,
 }
@@ -597,8 +598,8 @@ fn diagonal_slot(cols: &[usize], r: usize) -> (usize, bool) {
 }
 
 /// Builds the [`GcnFilter`] of `a` (square), in parallel over fixed blocks
-/// of rows: one pass sizes the rows of $A + I$, one writes its structure,
-/// values and sources with each row's degree, one the normalised values.
+/// of rows: one pass sizes the rows of $A + I$, one writes its structure
+/// and values with each row's degree, one normalises the values in place.
 pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
     let n = a.rows();
     let ip = a.indptr();
@@ -622,44 +623,29 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
         indptr[r + 1] += indptr[r];
     }
     let total = indptr[n];
-    // pass 2: structure, values of A + I, sources, degrees
+    // pass 2: structure, values of A + I (in `data`, normalised by pass 3),
+    // degrees
     let mut indices: Vec<usize> = rows::fresh_vec(total);
-    let mut vals: Vec<T> = rows::fresh_vec(total);
-    let mut source: Vec<usize> = rows::fresh_vec(total);
+    let mut data: Vec<T> = rows::fresh_vec(total);
     let mut deg_inv_sqrt = vec![T::zero(); n];
     {
         let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
-        let (mut ri, mut rv, mut rs) = (&mut indices[..], &mut vals[..], &mut source[..]);
+        let (mut ri, mut rv) = (&mut indices[..], &mut data[..]);
         for (b, dis) in deg_inv_sqrt.chunks_mut(ROW_BLOCK).enumerate() {
             let rows = b * ROW_BLOCK..b * ROW_BLOCK + dis.len();
             let len = indptr[rows.end] - indptr[rows.start];
             let (hi, ti) = std::mem::take(&mut ri).split_at_mut(len);
             let (hv, tv) = std::mem::take(&mut rv).split_at_mut(len);
-            let (hs, ts) = std::mem::take(&mut rs).split_at_mut(len);
-            (ri, rv, rs) = (ti, tv, ts);
-            tasks.push((rows, hi, hv, hs, dis));
+            (ri, rv) = (ti, tv);
+            tasks.push((rows, hi, hv, dis));
         }
-        tasks.into_par_iter().for_each(|(rows, oi, ov, os, dis)| {
+        tasks.into_par_iter().for_each(|(rows, oi, ov, dis)| {
             let mut p = 0;
             for (r, d) in rows.zip(dis.iter_mut()) {
                 let start = p;
-                let (es, cols) = (row(r), &aidx[row(r)]);
-                let (slot, merged) = diagonal_slot(cols, r);
-                for (k, e) in es.enumerate() {
-                    if k == slot && !merged {
-                        (oi[p], ov[p], os[p]) = (r, T::one(), usize::MAX);
-                        p += 1;
-                    }
-                    let v = if k == slot && merged {
-                        adata[e] + T::one()
-                    } else {
-                        adata[e]
-                    };
-                    (oi[p], ov[p], os[p]) = (aidx[e], v, e);
-                    p += 1;
-                }
-                if slot == cols.len() && !merged {
-                    (oi[p], ov[p], os[p]) = (r, T::one(), usize::MAX);
+                let es = row(r);
+                for (_, c, b) in with_loop_row(&aidx[es.clone()], &adata[es.clone()], es.start, r) {
+                    (oi[p], ov[p]) = (c, b);
                     p += 1;
                 }
                 let deg: T = ov[start..p].iter().copied().sum();
@@ -672,8 +658,7 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
         });
     }
     let deg_inv_sqrt = Array1::from(deg_inv_sqrt);
-    // pass 3: the normalised values
-    let mut data: Vec<T> = rows::fresh_vec(total);
+    // pass 3: the normalised values, in place
     {
         let dis = deg_inv_sqrt.as_slice().expect("fresh array");
         let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
@@ -685,27 +670,70 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
             rd = td;
             tasks.push((rows, hd));
         }
+        let indices = &indices;
         tasks.into_par_iter().for_each(|(rows, od)| {
             let off = indptr[rows.start];
             for r in rows {
                 for e in indptr[r]..indptr[r + 1] {
-                    od[e - off] = dis[r] * vals[e] * dis[indices[e]];
+                    let v = &mut od[e - off];
+                    *v = dis[r] * *v * dis[indices[e]];
                 }
             }
         });
     }
     GcnFilter {
         matrix: CsMat::new((n, n), indptr, indices, data),
-        with_loops: vals,
-        source,
         deg_inv_sqrt,
+    }
+}
+
+/// Entry `e` = (r, c) of a [`GcnFilter`]'s matrix read back from $A$: the
+/// value of $A + I$ there, and the position in `a.data()` of the entry of
+/// $A$ it comes from (`None` for an inserted diagonal). Row $r$ of the
+/// filter is row $r$ of $A$ with the diagonal merged (same length) or
+/// inserted (one longer) in column order, so the position is found in
+/// $O(1)$: the same offset in the row, one less past an inserted diagonal.
+struct LoopEntries<'a, T: Scalar> {
+    filter_ip: &'a [usize],
+    a_ip: &'a [usize],
+    a_data: &'a [T],
+}
+
+impl<'a, T: Scalar> LoopEntries<'a, T> {
+    fn new(filter: &'a CsMat<T>, a: &'a CsMatView<'a, T>) -> Self {
+        Self {
+            filter_ip: filter.indptr().into_raw_storage(),
+            a_ip: a.indptr().into_raw_storage(),
+            a_data: a.data(),
+        }
+    }
+
+    #[inline]
+    fn source(&self, e: usize, r: usize, c: usize) -> Option<usize> {
+        let a_lo = self.a_ip[r] - self.a_ip[0];
+        let merged = self.filter_ip[r + 1] - self.filter_ip[r] == self.a_ip[r + 1] - self.a_ip[r];
+        let k = e - self.filter_ip[r];
+        match c.cmp(&r) {
+            std::cmp::Ordering::Less => Some(a_lo + k),
+            std::cmp::Ordering::Equal => merged.then_some(a_lo + k),
+            std::cmp::Ordering::Greater => Some(a_lo + k - usize::from(!merged)),
+        }
+    }
+
+    #[inline]
+    fn value(&self, e: usize, r: usize, c: usize) -> T {
+        match self.source(e, r, c) {
+            Some(s) if c == r => self.a_data[s] + T::one(),
+            Some(s) => self.a_data[s],
+            None => T::one(),
+        }
     }
 }
 
 impl<T: Scalar> GcnFilter<T> {
     /// VJP: the gradient with respect to $A$'s stored values (aligned with
     /// `a.data()`, length `nnz`) from the gradient $\bar{\hat a}$ of the
-    /// filter's stored values.
+    /// filter's stored values; `a` is the matrix the filter was built from.
     ///
     /// With $u = \hat D^{-1/2}$ and $b$ the values of $A + I$:
     /// $\bar b_{ij} = \bar{\hat a}_{ij} u_i u_j + \bar d_i$, where
@@ -716,29 +744,49 @@ impl<T: Scalar> GcnFilter<T> {
     /// ([`crate::kernels::segment::segment_column_sums`]); pass the batch's
     /// segments to [`GcnFilter::vjp_in_graphs`] for results that are, graph
     /// by graph, bit-identical to the graphs' alone.
-    pub fn vjp(&self, grad: &[T], nnz: usize) -> Array1<T> {
-        self.vjp_in_graphs(grad, nnz, &Segments::single(self.matrix.rows()))
+    ///
+    /// ```
+    /// use graphpool::kernels::sparse::gcn_filter;
+    /// use sprs::CsMat;
+    /// let a = CsMat::new((2, 2), vec![0, 1, 2], vec![1, 0], vec![1.0_f64, 1.0]);
+    /// let f = gcn_filter(a.view());
+    /// // A + I = [[1, 1], [1, 1]]: every degree is 2, every entry 1/2
+    /// assert!(f.matrix.data().iter().all(|v| (v - 0.5).abs() < 1e-15));
+    /// // d(sum of the filter's entries) / d(a_01) = 0: the filter's
+    /// // entries always sum to 2 for two nodes linked both ways
+    /// let g = f.vjp(a.view(), &[1.0; 4]);
+    /// assert!(g.iter().all(|v| v.abs() < 1e-15));
+    /// ```
+    pub fn vjp(&self, a: CsMatView<T>, grad: &[T]) -> Array1<T> {
+        self.vjp_in_graphs(a, grad, &Segments::single(self.matrix.rows()))
     }
 
     /// [`GcnFilter::vjp`] for the filter of a batch with these `segments`
     /// (every stored entry within a graph), in parallel.
-    pub fn vjp_in_graphs(&self, grad: &[T], nnz: usize, segments: &Segments) -> Array1<T> {
+    pub fn vjp_in_graphs(&self, a: CsMatView<T>, grad: &[T], segments: &Segments) -> Array1<T> {
         let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
-        let b = &self.with_loops;
+        let loops = LoopEntries::new(&self.matrix, &a);
         let g = |e: usize, _: usize, _: usize| grad[e];
         let col = segment_column_sums(
             self.matrix.view(),
             segments,
             |_| false,
-            |e, r, c| [g(e, r, c) * b[e] * u[r]],
+            |e, r, c| [g(e, r, c) * loops.value(e, r, c) * u[r]],
         );
-        self.values_vjp(nnz, g, |_| false, |i| col[i][0])
+        self.values_vjp(&loops, a.nnz(), g, |_| false, |i| col[i][0])
     }
 
     /// The gradient of $A$'s values from the gradient `g(e, r, c)` of the
     /// filter's entry `e` = (r, c) (0 on the rows where `zero_row`), given
     /// the column part $\sum_r \bar{\hat a}_{ri} b_{ri} u_r$ of every node.
-    fn values_vjp<G, Z, C>(&self, nnz: usize, g: G, zero_row: Z, col_part: C) -> Array1<T>
+    fn values_vjp<G, Z, C>(
+        &self,
+        loops: &LoopEntries<'_, T>,
+        nnz: usize,
+        g: G,
+        zero_row: Z,
+        col_part: C,
+    ) -> Array1<T>
     where
         G: Fn(usize, usize, usize) -> T + Sync,
         Z: Fn(usize) -> bool + Sync,
@@ -750,7 +798,6 @@ impl<T: Scalar> GcnFilter<T> {
         let ip = ip.raw_storage();
         let idx = m.indices();
         let u = self.deg_inv_sqrt.as_slice().expect("fresh array");
-        let b = &self.with_loops;
         let half = T::c(0.5);
         // dL/dd_i from the row part and the column part of dL/du_i
         let gd: Vec<T> = (0..n)
@@ -760,7 +807,7 @@ impl<T: Scalar> GcnFilter<T> {
                     T::zero()
                 } else {
                     (ip[r]..ip[r + 1])
-                        .map(|e| g(e, r, idx[e]) * b[e] * u[idx[e]])
+                        .map(|e| g(e, r, idx[e]) * loops.value(e, r, idx[e]) * u[idx[e]])
                         .fold(T::zero(), |s, v| s + v)
                 };
                 let gu = row + col_part(r);
@@ -768,37 +815,24 @@ impl<T: Scalar> GcnFilter<T> {
             })
             .collect();
         // every stored entry of A appears once in the filter, in order: each
-        // block of rows writes its own range of the result
-        let blocks = n.div_ceil(ROW_BLOCK);
-        let counts: Vec<usize> = (0..blocks)
-            .into_par_iter()
-            .map(|bl| {
-                let (lo, hi) = (ip[bl * ROW_BLOCK], ip[((bl + 1) * ROW_BLOCK).min(n)]);
-                self.source[lo..hi]
-                    .iter()
-                    .filter(|&&s| s != usize::MAX)
-                    .count()
-            })
-            .collect();
+        // block of rows writes its own range of the result (A's rows)
+        let a_ip = loops.a_ip;
         let mut out: Vec<T> = rows::fresh_vec(nnz);
-        let mut tasks = Vec::with_capacity(blocks);
+        let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
         let mut rest = &mut out[..];
-        let mut at = 0;
-        for (bl, &c) in counts.iter().enumerate() {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(c);
-            rest = tail;
-            tasks.push((bl, at, head));
-            at += c;
-        }
-        tasks.into_par_iter().for_each(|(bl, at, dst)| {
+        for bl in 0..n.div_ceil(ROW_BLOCK) {
             let rows = bl * ROW_BLOCK..((bl + 1) * ROW_BLOCK).min(n);
-            let mut p = 0;
+            let len = a_ip[rows.end] - a_ip[rows.start];
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            tasks.push((rows, head));
+        }
+        tasks.into_par_iter().for_each(|(rows, dst)| {
+            let at = a_ip[rows.start] - a_ip[0];
             for r in rows {
                 for (e, &c) in (ip[r]..).zip(&idx[ip[r]..ip[r + 1]]) {
-                    if self.source[e] != usize::MAX {
-                        debug_assert_eq!(self.source[e], at + p);
-                        dst[p] = T::zero() + (g(e, r, c) * u[r] * u[c] + gd[r]);
-                        p += 1;
+                    if let Some(s) = loops.source(e, r, c) {
+                        dst[s - at] = T::zero() + (g(e, r, c) * u[r] * u[c] + gd[r]);
                     }
                 }
             }

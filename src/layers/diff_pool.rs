@@ -2,7 +2,9 @@
 //! clusters of its own graph, with the link-prediction and entropy losses,
 //! all in sparse per-graph form.
 
-use ndarray::{s, Array1, Array2, ArrayD, ArrayView1, ArrayView2, Axis, Zip};
+use std::ops::Range;
+
+use ndarray::{s, Array1, Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 use sprs::CsMatView;
 
@@ -10,18 +12,18 @@ use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
 use crate::framework::{
-    DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
-    SrcPool,
+    DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
 };
 use crate::kernels::segment::{
-    segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_mean, segment_sum,
+    segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place,
+    segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
     gcn_filter, sddmm, sddmm_vjp, spmm_rows, spmm_t, spmm_times, GcnFilter,
 };
-use crate::kernels::{map_nodes, reduce_chunked};
+use crate::kernels::{map_nodes, reduce_chunked_rows};
 use crate::nn::{
-    matmul, matmul_acc, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
+    matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
     Activation, Initializer, Params,
 };
 use crate::scalar::Scalar;
@@ -162,16 +164,15 @@ pub struct DiffPool<T: Scalar> {
     params: Params<T>,
 }
 
-/// Saved state of [`DiffPool`]'s forward pass: the filter, $S$ and the
-/// connect and loss terms. $Z$ ($N \times C$) is not kept: the backward
-/// pass forms it again (one more pass over $\hat A$ and $X$) and drops it as
-/// soon as its gradients are taken, so the backward pass never holds $Z$
-/// beside the larger gradients.
+/// Saved state of [`DiffPool`]'s forward pass: the filter and the loss
+/// terms. Nothing $N$ rows long is kept: the backward pass forms $S$ and
+/// $Z$ again (one more pass over $\hat A$ and $X$, with the bits of the
+/// forward pass) and $A S$ for the connect step, and drops each as soon as
+/// its gradients are taken ($Z$ is overwritten by its own gradient), so the
+/// backward pass never holds them beside the larger gradients.
 #[derive(Debug, Clone)]
 pub struct DiffPoolCache<T: Scalar> {
     filter: GcnFilter<T>,
-    assignment: DenseAssignment<T>,
-    connect: DenseConnectCache<T>,
     link: LinkTerms<T>,
     out_x_shape: [usize; 2],
     out_nnz: usize,
@@ -347,8 +348,8 @@ impl<T: Scalar> DiffPool<T> {
         let assignment = DenseAssignment { s };
         let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
         drop(z);
-        let (blocks, connect) = assignment.connect_blocks(a, segs);
-        let connect = keep.then_some(connect);
+        // A S is formed again by the backward pass
+        let (blocks, _) = assignment.connect_blocks(a, segs);
         let a_out = DenseAssignment::blocks_to_csr(blocks.view());
         let mut link = link_terms(a, assignment.s.view(), segs);
         let losses = self.losses_from(segs, &link, assignment.s.view());
@@ -358,12 +359,9 @@ impl<T: Scalar> DiffPool<T> {
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let cached = keep.then(|| assignment.clone());
-        let cache = match (keep, filter, cached, connect) {
-            (true, Some(filter), Some(assignment), Some(connect)) => Some(DiffPoolCache {
+        let cache = match (keep, filter) {
+            (true, Some(filter)) => Some(DiffPoolCache {
                 filter,
-                assignment,
-                connect,
                 link,
                 out_x_shape,
                 out_nnz,
@@ -477,31 +475,31 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let k = self.k;
         let b = segs.num_graphs();
-        let assignment = &cache.assignment;
-        let s = assignment.s.view();
 
-        // X' = S_g^T Z_g
-        // Z is not cached (N x C): formed again, used for S's gradient and
-        // the activation's, then dropped before the other terms' buffers
-        let z_pre = self
-            .gnn(&cache.filter, x, &[KERNEL_EMB])?
-            .pop()
-            .expect("one kernel");
-        let (z_pre, z) = self.activate(z_pre);
-        let (mut gs, gz) = segment_matmul_tn_vjp(s, z.view(), segs, grad.x.view());
-        let g_zpre = match &z_pre {
-            Some(z_pre) => self.activation.vjp(z_pre.view(), z.view(), gz.view()),
-            None => {
-                // in place: the same products as `vjp`, without a second N x F
-                let mut g = gz;
-                let act = self.activation;
-                Zip::from(&mut g)
-                    .and(&z)
-                    .par_for_each(|g, &y| *g *= act.derivative_from_output(y));
-                g
-            }
+        // S and Z are not cached: formed again (the forward pass's bits).
+        // X' = S_g^T Z_g: Z is used for S's gradient and the activation's,
+        // and (for an activation whose derivative is a function of its
+        // output) overwritten by the gradient of its pre-activation, so
+        // that the two never coexist
+        let (s, z_pre) = self.assign_and_embed(&cache.filter, x)?;
+        let assignment = DenseAssignment { s };
+        let s = assignment.s.view();
+        let act = self.activation;
+        let (mut gs, g_zpre) = if act.derivative_from_output_only() {
+            // the gradient of Z's pre-activation written over Z itself
+            let mut z = z_pre;
+            act.forward_inplace(&mut z);
+            let gs = segment_matmul_tn_vjp_in_place(s, &mut z, segs, grad.x.view(), |row, dy| {
+                for (o, &d) in row.iter_mut().zip(dy) {
+                    *o = d * act.derivative_from_output(*o);
+                }
+            });
+            (gs, z)
+        } else {
+            let z = act.forward(z_pre.view());
+            let (gs, gz) = segment_matmul_tn_vjp(s, z.view(), segs, grad.x.view());
+            (gs, act.vjp(z_pre.view(), z.view(), gz.view()))
         };
-        drop((z_pre, z));
         // A' = S_g^T A_g S_g
         let g_blocks = grad
             .edge_weights
@@ -514,9 +512,12 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             })?;
         // the cache matches the batch's edge-weight setting (signature checked)
         let edge_grad = batch.edge_weight_grad();
+        let connect = assignment.connect_cache(a);
         let (gs_connect, mut ga) =
-            assignment.connect_blocks_vjp_opt(a, segs, &cache.connect, g_blocks, edge_grad);
+            assignment.connect_blocks_vjp_opt(a, segs, &connect, g_blocks, edge_grad);
+        drop(connect);
         gs += &gs_connect;
+        drop(gs_connect);
 
         // losses
         let denom = T::from_count(b.max(1));
@@ -543,33 +544,54 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         // S = softmax((F X) W_pool), Z = act((F X) W_emb): with G_p, G_e
         // the gradients of the two pre-activations and H = G_p W_pool^T +
         // G_e W_emb^T, the gradient of F X is H, so X gets F^T H, the
-        // filter's values <H_i, X_j>, and W = (F X)^T G (F X formed again
-        // chunk by chunk: never held whole)
+        // filter's values <H_i, X_j>, and W = (F X)^T G. One pass over fixed
+        // chunks of rows forms F X again for the chunk (never held whole),
+        // adds its share of both parameter gradients, then writes the
+        // chunk's rows of H: over G_e's own rows when C == F, so that H
+        // takes no memory of its own
         let g_logits = softmax_rows_vjp(s, gs.view());
         drop(gs);
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
-        let mut h = matmul(g_zpre.view(), w_emb.t(), None);
-        matmul_acc(g_logits.view(), w_pool.t(), &mut h);
         let f = x.ncols();
         let fm = cache.filter.matrix.view();
-        let (gw_emb, gw_pool) = reduce_chunked(
-            0..x.nrows(),
-            |r| {
-                let mut fx = vec![T::zero(); r.len() * f];
-                spmm_rows(fm, x, r.clone(), &mut fx);
-                let fx = ArrayView2::from_shape((r.len(), f), &fx).expect("rows * F entries");
-                (
-                    transpose_times(fx, g_zpre.slice(s![r.clone(), ..])),
-                    transpose_times(fx, g_logits.slice(s![r, ..])),
-                )
-            },
-            |(a, b), (c, d)| (a + c, b + d),
-        );
-        drop((g_zpre, g_logits));
+        let chunk = |r: Range<usize>, g_e: ArrayView2<T>, mut h: ArrayViewMut2<T>| {
+            let mut fx = vec![T::zero(); r.len() * f];
+            spmm_rows(fm, x, r.clone(), &mut fx);
+            let fx = ArrayView2::from_shape((r.len(), f), &fx).expect("rows * F entries");
+            let g_p = g_logits.slice(s![r, ..]);
+            let grads = (transpose_times(fx, g_e), transpose_times(fx, g_p));
+            h.fill(T::zero());
+            matmul_acc_piece(g_e, w_emb.t(), h.view_mut());
+            matmul_acc_piece(g_p, w_pool.t(), h);
+            grads
+        };
+        let sum = |(a, b), (c, d)| (a + c, b + d);
+        let (h, (gw_emb, gw_pool)) = if g_zpre.ncols() == f {
+            let mut h = g_zpre;
+            let grads = reduce_chunked_rows(
+                &mut h,
+                |r, rows| {
+                    let g_e = rows.to_owned();
+                    chunk(r, g_e.view(), rows)
+                },
+                sum,
+            );
+            (h, grads)
+        } else {
+            let mut h = Array2::zeros((x.nrows(), f));
+            let grads = reduce_chunked_rows(
+                &mut h,
+                |r, rows| chunk(r.clone(), g_zpre.slice(s![r, ..]), rows),
+                sum,
+            );
+            drop(g_zpre);
+            (h, grads)
+        };
+        drop(g_logits);
         if let Some(ga) = &mut ga {
             let g_fvals = sddmm(fm, h.view(), x).to_vec();
-            *ga += &cache.filter.vjp(&g_fvals, a.nnz());
+            *ga += &cache.filter.vjp(a, &g_fvals);
         }
         let gx = spmm_t(fm, h.view());
         drop(h);
@@ -641,19 +663,22 @@ fn link_vjp<T: Scalar>(
             .collect();
         (gp, None)
     };
+    // the edge term, then the Gram term, each added into `gs` and dropped:
+    // at most two N x K terms beside `gs`
     let (gu, gv) = sddmm_vjp(a, s, s, ArrayView1::from(&gp[..]));
     drop(gp);
+    Zip::from(&mut *gs)
+        .and(&gu)
+        .and(&gv)
+        .par_for_each(|o, &u, &v| *o += u + v);
+    drop((gu, gv));
     let mut g_gram = link.gram.clone();
     for (g, mut block) in g_gram.axis_chunks_iter_mut(Axis(0), k.max(1)).enumerate() {
         let c = two * coefs[g];
         block.mapv_inplace(|v| v * c);
     }
     let sg = segment_matmul_nn(s, g_gram.view(), segs);
-    Zip::from(gs)
-        .and(&gu)
-        .and(&gv)
-        .and(&sg)
-        .par_for_each(|o, &u, &v, &q| *o += (u + v) + (q + q));
+    Zip::from(gs).and(&sg).par_for_each(|o, &q| *o += q + q);
     ga.map(Array1::from)
 }
 

@@ -176,7 +176,11 @@ pub(crate) fn transpose_times<T: Scalar>(x: ArrayView2<T>, g: ArrayView2<T>) -> 
 /// `r0..r0 + x.nrows()` of a larger product, with `r0` a multiple of
 /// [`ROW_BLOCK`]. The same products, block by block, as [`matmul_acc`]
 /// (sequential here: the caller runs the pieces in parallel).
-fn matmul_acc_piece<T: Scalar>(x: ArrayView2<T>, w: ArrayView2<T>, mut out: ArrayViewMut2<T>) {
+pub(crate) fn matmul_acc_piece<T: Scalar>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    mut out: ArrayViewMut2<T>,
+) {
     if w.ncols() <= NARROW_COLS {
         let wt = w.t().as_standard_layout().into_owned();
         let ws = wt.as_slice().expect("standard layout");
