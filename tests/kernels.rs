@@ -335,7 +335,7 @@ fn segment_matmul_tn_case(k: usize, f: usize) {
     let mut y2 = y.clone();
     let gs2 = segment_matmul_tn_vjp_in_place(s.view(), &mut y2, &seg, o.view(), |row, dy| {
         for (v, &d) in row.iter_mut().zip(dy) {
-            *v = 10.0 * d + *v;
+            *v += 10.0 * d;
         }
     });
     assert_eq!(gs2, gs);

@@ -402,12 +402,10 @@ fn validate_adjacency<T: Scalar>(a: &CsMatView<T>, segments: &Segments) -> Resul
             cols: a.cols(),
         });
     }
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = crate::kernels::sparse::RawCsr::new(a);
     for (g, r) in segments.ranges().enumerate() {
         for row in r.clone() {
-            for e in ip[row] - base..ip[row + 1] - base {
+            for e in raw.range(row) {
                 let col = a.indices()[e];
                 let w = a.data()[e];
                 if col < r.start || col >= r.end {

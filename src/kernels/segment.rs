@@ -654,9 +654,7 @@ where
     use rayon::prelude::*;
     let n = segments.num_nodes();
     debug_assert_eq!(a.rows(), n);
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = super::sparse::RawCsr::new(&a);
     let idx = a.indices();
     let offsets = segments.offsets();
     // rows r0..r1 summed in row order into acc, whose first column is c0
@@ -665,8 +663,8 @@ where
             if skip_row(r) {
                 continue;
             }
-            let lo = ip[r] - base;
-            for (e, &c) in (lo..).zip(&idx[lo..ip[r + 1] - base]) {
+            let es = raw.range(r);
+            for (e, &c) in es.clone().zip(&idx[es]) {
                 let v = value(e, r, c);
                 let slot = &mut acc[c - c0];
                 for (s, v) in slot.iter_mut().zip(v) {

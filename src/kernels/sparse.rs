@@ -44,6 +44,12 @@ impl<'a, T> RawCsr<'a, T> {
         self.indptr[r] - self.base..self.indptr[r + 1] - self.base
     }
 
+    /// The positions in `data` of the stored entries of `rows` (consecutive).
+    #[inline]
+    pub(crate) fn rows_range(&self, rows: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        self.indptr[rows.start] - self.base..self.indptr[rows.end] - self.base
+    }
+
     /// Calls `f(r, c, e)` for every stored entry $(r, c)$ with
     /// `lo <= c < hi`, rows ascending (then columns), where `e` is the
     /// entry's position in `data`. A row whose first and last column both
@@ -352,12 +358,9 @@ pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
     let m = kept.len();
     let kept_set = RankedBitmap::new(a.rows(), kept);
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let idx = a.indices();
-    let vals = a.data();
-    let row_entries = |r: usize| ip[r] - base..ip[r + 1] - base;
+    let raw = RawCsr::new(&a);
+    let (idx, vals) = (a.indices(), a.data());
+    let row_entries = |r: usize| raw.range(r);
     // pass 1: kept entries per kept row
     let mut indptr = vec![0usize; m + 1];
     indptr[1..]
@@ -602,11 +605,9 @@ fn diagonal_slot(cols: &[usize], r: usize) -> (usize, bool) {
 /// and values with each row's degree, one normalises the values in place.
 pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
     let n = a.rows();
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&a);
     let (aidx, adata) = (a.indices(), a.data());
-    let row = |r: usize| ip[r] - base..ip[r + 1] - base;
+    let row = |r: usize| raw.range(r);
     // pass 1: row lengths of A + I
     let mut indptr = vec![0usize; n + 1];
     indptr[1..]
@@ -886,13 +887,10 @@ pub struct GcnSpmv<T: Scalar> {
 /// the result does not depend on the thread count.
 pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
     let n = a.rows();
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let (aidx, adata) = (a.indices(), a.data());
+    let raw = RawCsr::new(&a);
     let row = |r: usize| {
-        let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
-        with_loop_row(&aidx[lo..hi], &adata[lo..hi], lo, r)
+        let (cols, vals) = raw.row(r);
+        with_loop_row(cols, vals, raw.range(r).start, r)
     };
     let u: Vec<T> = (0..n)
         .into_par_iter()
@@ -952,9 +950,7 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
     edge_weights: bool,
 ) -> (Array1<T>, Option<Array1<T>>) {
     let n = a.rows();
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&a);
     let (aidx, adata) = (a.indices(), a.data());
     let (u, v, gy) = (
         deg_inv_sqrt.as_standard_layout(),
@@ -975,10 +971,7 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
             adata[e]
         }
     };
-    let has_diagonal = |r: usize| {
-        let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
-        diagonal_slot(&aidx[lo..hi], r).1
-    };
+    let has_diagonal = |r: usize| diagonal_slot(raw.row(r).0, r).1;
     let mut s = segment_column_sums(
         a,
         segments,
@@ -1001,14 +994,15 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
     let mut rest = &mut out[..];
     for blk in 0..n.div_ceil(ROW_BLOCK) {
         let rows = blk * ROW_BLOCK..((blk + 1) * ROW_BLOCK).min(n);
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(ip[rows.end] - ip[rows.start]);
+        let (head, tail) =
+            std::mem::take(&mut rest).split_at_mut(raw.rows_range(rows.clone()).len());
         rest = tail;
         tasks.push((rows, head));
     }
     tasks.into_par_iter().for_each(|(rows, dst)| {
-        let off = ip[rows.start] - base;
+        let off = raw.rows_range(rows.clone()).start;
         for r in rows {
-            let es = ip[r] - base..ip[r + 1] - base;
+            let es = raw.range(r);
             // the row part of dL/du_r, then dL/dd_r
             let mut acc = T::zero();
             if gy[r] != T::zero() {
@@ -1038,13 +1032,7 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
 /// The stored entries of row `r` of a CSR view as `(indices, values)`.
 #[inline]
 fn row_parts<'a, T: Scalar>(m: &'a CsMatView<'_, T>, r: usize) -> (&'a [usize], &'a [T]) {
-    let ip = m.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let (lo, hi) = (ip[r] - base, ip[r + 1] - base);
-    let idx: &'a [usize] = m.indices();
-    let data: &'a [T] = m.data();
-    (&idx[lo..hi], &data[lo..hi])
+    RawCsr::new(m).row(r)
 }
 
 /// Dot product of two sparse vectors given by sorted indices (a merge, in
@@ -1073,14 +1061,12 @@ fn map_entries<T: Scalar, R: Send, F>(m: CsMatView<T>, f: F) -> Vec<R>
 where
     F: Fn(usize, usize, usize) -> R + Sync,
 {
-    let ip = m.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&m);
     let idx = m.indices();
     let f = &f;
     (0..m.rows())
         .into_par_iter()
-        .flat_map_iter(|r| (ip[r] - base..ip[r + 1] - base).map(move |e| f(r, e, idx[e])))
+        .flat_map_iter(|r| raw.range(r).map(move |e| f(r, e, idx[e])))
         .collect()
 }
 
@@ -1144,13 +1130,11 @@ pub fn row_softmax_vjp<T: Scalar>(
     s: ArrayView1<T>,
     grad: ArrayView1<T>,
 ) -> Array1<T> {
-    let ip = m.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&m);
     let vals: Vec<T> = (0..m.rows())
         .into_par_iter()
         .flat_map_iter(|r| {
-            let range = ip[r] - base..ip[r + 1] - base;
+            let range = raw.range(r);
             let dot = range.clone().fold(T::zero(), |acc, e| acc + s[e] * grad[e]);
             range.map(move |e| s[e] * (grad[e] - dot))
         })
@@ -1191,16 +1175,14 @@ pub fn cosine_at<T: Scalar>(
     // the unit rows of `y` once; those of `x` row by row (each row of the
     // pattern is one row of `x`), never all N at once
     let uy = unit_rows(y, &ny);
-    let ip = pattern.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&pattern);
     let idx = pattern.indices();
     let mut vals = rows::fresh_vec(pattern.nnz());
     let mut pieces = Vec::with_capacity(pattern.rows().div_ceil(ROW_BLOCK));
     let mut rest = &mut vals[..];
     for r0 in (0..pattern.rows()).step_by(ROW_BLOCK) {
         let r1 = (r0 + ROW_BLOCK).min(pattern.rows());
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(ip[r1] - ip[r0]);
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(raw.rows_range(r0..r1).len());
         pieces.push((r0..r1, head));
         rest = tail;
     }
@@ -1208,10 +1190,10 @@ pub fn cosine_at<T: Scalar>(
         let mut ui = Array1::zeros(x.ncols());
         let mut k = 0;
         for i in rows {
-            let row_nnz = ip[i + 1] - ip[i];
+            let row_nnz = raw.range(i).len();
             if nx[i] > T::zero() {
                 unit_row_into(x.row(i), nx[i], &mut ui);
-                for &j in &idx[ip[i] - base..ip[i + 1] - base] {
+                for &j in &idx[raw.range(i)] {
                     out[k] = if ny[j] > T::zero() {
                         ui.dot(&uy.row(j))
                     } else {
@@ -1279,9 +1261,7 @@ fn cosine_at_vjp_into<T: Scalar>(
     debug_assert_eq!(gx.dim(), x.dim());
     let (nx, ny) = (super::row_norms(x), super::row_norms(y));
     let uy = unit_rows(y, &ny);
-    let ip = pattern.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&pattern);
     let idx = pattern.indices();
     let f = x.ncols();
     gx.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
@@ -1299,7 +1279,7 @@ fn cosine_at_vjp_into<T: Scalar>(
                 }
                 unit_row_into(x.row(i), nx[i], &mut ui);
                 acc.fill(T::zero());
-                for e in ip[i] - base..ip[i + 1] - base {
+                for e in raw.range(i) {
                     let j = idx[e];
                     if ny[j] > T::zero() {
                         let (g, ce) = (grad[e], c[e]);
@@ -1423,11 +1403,9 @@ struct UndirectedLengths {
 
 fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, PoolError> {
     let n = a.rows();
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&a);
     for r in 0..n {
-        for e in ip[r] - base..ip[r + 1] - base {
+        for e in raw.range(r) {
             let w = a.data()[e];
             if w < T::zero() {
                 return Err(PoolError::NegativePathLength {
@@ -1443,7 +1421,7 @@ fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, P
     // column, handed to `emit(v, length, sources)` in ascending v
     let merge_row = |u: usize, emit: &mut dyn FnMut(usize, f64, [usize; 2])| {
         let (oi, _) = row_parts(&a, u);
-        let out_base = ip[u] - base;
+        let out_base = raw.range(u).start;
         let tr = t.matrix.indptr();
         let tr = tr.raw_storage();
         let (lo, hi) = (tr[u], tr[u + 1]);
@@ -1625,9 +1603,7 @@ pub fn undirected_path_lengths_vjp<T: Scalar>(
     grad: &[Vec<f64>],
 ) -> Result<Array1<T>, PoolError> {
     let g = undirected_lengths(a)?;
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&a);
     // sources of each graph (sources need not be sorted)
     let mut by_graph: Vec<Vec<usize>> = vec![Vec::new(); segments.num_graphs()];
     for (k, &s) in sources.iter().enumerate() {
@@ -1638,7 +1614,8 @@ pub fn undirected_path_lengths_vjp<T: Scalar>(
         .enumerate()
         .map(|(gi, ks)| {
             let range = segments.range(gi);
-            let (elo, ehi) = (ip[range.start] - base, ip[range.end] - base);
+            let edges = raw.rows_range(range.clone());
+            let (elo, ehi) = (edges.start, edges.end);
             let mut out = vec![0.0f64; ehi - elo];
             let mut acc = vec![0.0f64; range.len()];
             for &k in ks {

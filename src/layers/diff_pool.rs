@@ -19,7 +19,7 @@ use crate::kernels::segment::{
     segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
-    gcn_filter, sddmm, sddmm_vjp, spmm_rows, spmm_t, spmm_times, GcnFilter,
+    gcn_filter, sddmm, sddmm_vjp, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
 use crate::kernels::{map_nodes, reduce_chunked_rows};
 use crate::nn::{
@@ -418,13 +418,12 @@ fn entropy_per_graph<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T) -> Ar
 fn link_terms<T: Scalar>(a: CsMatView<T>, s: ArrayView2<T>, segs: &Segments) -> LinkTerms<T> {
     let k = s.ncols();
     let p = sddmm(a, s, s);
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&a);
     let w = a.data();
     let two = T::c(2.0);
     let rows = Array1::from(map_nodes(segs, |_, n| {
-        (ip[n] - base..ip[n + 1] - base).fold(T::zero(), |acc, e| acc + w[e] * (w[e] - two * p[e]))
+        raw.range(n)
+            .fold(T::zero(), |acc, e| acc + w[e] * (w[e] - two * p[e]))
     }));
     let edge_part = segment_sum(rows.view().insert_axis(Axis(1)), segs);
     let gram = segment_matmul_tn(s, s, segs);
@@ -638,9 +637,7 @@ fn link_vjp<T: Scalar>(
     let k = s.ncols();
     let coefs: Vec<T> = (0..segs.num_graphs()).map(&coef).collect();
     let node_coef = map_nodes(segs, |g, _| coefs[g]);
-    let ip = a.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
+    let raw = RawCsr::new(&a);
     let w = a.data();
     let two = T::c(2.0);
     let (gp, ga): (Vec<T>, Option<Vec<T>>) = if edge_weights {
@@ -648,7 +645,7 @@ fn link_vjp<T: Scalar>(
             .into_par_iter()
             .flat_map_iter(|r| {
                 let c = node_coef[r];
-                (ip[r] - base..ip[r + 1] - base)
+                raw.range(r)
                     .map(move |e| (-two * w[e] * c, two * (w[e] - link.p[e]) * c))
             })
             .unzip();
@@ -658,7 +655,7 @@ fn link_vjp<T: Scalar>(
             .into_par_iter()
             .flat_map_iter(|r| {
                 let c = node_coef[r];
-                (ip[r] - base..ip[r + 1] - base).map(move |e| -two * w[e] * c)
+                raw.range(r).map(move |e| -two * w[e] * c)
             })
             .collect();
         (gp, None)
