@@ -291,8 +291,8 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
 /// output): returns $\bar S$ and leaves in every row $n$ of `y` the result
 /// of `post(y_n, dy_n)`, which gets the row of $Y$ to overwrite and the
 /// row $\bar y_n = s_n \bar O_{g(n)}$. No second $N \times F$ array is
-/// made; $\bar S$ and $\bar y_n$ have the bits of
-/// [`segment_matmul_tn_vjp`].
+/// made (unless `y` is not in standard layout: it is then first copied into
+/// it); $\bar S$ and $\bar y_n$ have the bits of [`segment_matmul_tn_vjp`].
 ///
 /// ```
 /// use graphpool::batch::Segments;
@@ -334,11 +334,9 @@ where
         *y = y.as_standard_layout().into_owned();
     }
     for_each_segment_block(y.view_mut(), segments, |g, nodes, mut block| {
-        let og = &gr[g * k * f..(g + 1) * k * f];
         let yb = block.as_slice_mut().expect("row blocks are contiguous");
-        let sb = &ss[nodes.start * k..nodes.end * k];
         let mut dy = vec![T::zero(); yb.len()];
-        rows::rows_times(sb, k, og, f, None, false, &mut dy);
+        nn_piece(&ss, k, &gr, f, g, nodes, &mut dy);
         for (row, d) in yb.chunks_exact_mut(f).zip(dy.chunks_exact(f)) {
             post(row, d);
         }
@@ -409,11 +407,26 @@ fn segment_matmul_nn_into<T: Scalar>(
     out: &mut Array2<T>,
 ) {
     for_each_segment_block(out.view_mut(), segments, |g, nodes, mut block| {
-        let og = &os[g * k * f..(g + 1) * k * f];
         let out = block.as_slice_mut().expect("row blocks are contiguous");
-        let sb = &ss[nodes.start * k..nodes.end * k];
-        rows::rows_times(sb, k, og, f, None, false, out);
+        nn_piece(ss, k, os, f, g, nodes, out);
     });
+}
+
+/// Rows `nodes` (of graph `g`) of [`segment_matmul_nn`] into `out`: the
+/// rows $s_n O_g$ ([`rows::rows_times`]), `ss` and `os` row-major.
+#[inline]
+fn nn_piece<T: Scalar>(
+    ss: &[T],
+    k: usize,
+    os: &[T],
+    f: usize,
+    g: usize,
+    nodes: std::ops::Range<usize>,
+    out: &mut [T],
+) {
+    let og = &os[g * k * f..(g + 1) * k * f];
+    let sb = &ss[nodes.start * k..nodes.end * k];
+    rows::rows_times(sb, k, og, f, None, false, out);
 }
 
 /// The `rank(n_g)`-th largest value of every column of $S$ within every graph

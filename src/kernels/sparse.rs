@@ -606,8 +606,6 @@ fn diagonal_slot(cols: &[usize], r: usize) -> (usize, bool) {
 pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
     let n = a.rows();
     let raw = RawCsr::new(&a);
-    let (aidx, adata) = (a.indices(), a.data());
-    let row = |r: usize| raw.range(r);
     // pass 1: row lengths of A + I
     let mut indptr = vec![0usize; n + 1];
     indptr[1..]
@@ -616,7 +614,7 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
         .for_each(|(b, lens)| {
             for (i, len) in lens.iter_mut().enumerate() {
                 let r = b * ROW_BLOCK + i;
-                let cols = &aidx[row(r)];
+                let cols = raw.row(r).0;
                 *len = cols.len() + usize::from(!diagonal_slot(cols, r).1);
             }
         });
@@ -644,8 +642,7 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
             let mut p = 0;
             for (r, d) in rows.zip(dis.iter_mut()) {
                 let start = p;
-                let es = row(r);
-                for (_, c, b) in with_loop_row(&aidx[es.clone()], &adata[es.clone()], es.start, r) {
+                for (_, c, b) in with_loop_row(raw, r) {
                     (oi[p], ov[p]) = (c, b);
                     p += 1;
                 }
@@ -842,17 +839,15 @@ impl<T: Scalar> GcnFilter<T> {
     }
 }
 
-/// The entries of row `r` of $A + I$ in column order, from the row's
-/// columns `cols` and values `vals` of $A$ (its first entry at position
-/// `lo` of `a.data()`): `(Some(e), c, b)` for $A$'s entry `e` (with $+1$ on
-/// the diagonal), `(None, r, 1)` for an added diagonal entry. The same
+/// The entries of row `r` of $A + I$ in column order, from row `r` of $A$:
+/// `(Some(e), c, b)` for $A$'s entry `e` (position in `a.data()`, with $+1$
+/// on the diagonal), `(None, r, 1)` for an added diagonal entry. The same
 /// sequence as the rows of [`GcnFilter::matrix`].
 fn with_loop_row<'a, T: Scalar>(
-    cols: &'a [usize],
-    vals: &'a [T],
-    lo: usize,
+    a: RawCsr<'a, T>,
     r: usize,
 ) -> impl Iterator<Item = (Option<usize>, usize, T)> + 'a {
+    let ((cols, vals), lo) = (a.row(r), a.range(r).start);
     let (slot, merged) = diagonal_slot(cols, r);
     let entry = move |k: usize| (Some(lo + k), cols[k], vals[k]);
     let diag = if merged {
@@ -888,10 +883,7 @@ pub struct GcnSpmv<T: Scalar> {
 pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
     let n = a.rows();
     let raw = RawCsr::new(&a);
-    let row = |r: usize| {
-        let (cols, vals) = raw.row(r);
-        with_loop_row(cols, vals, raw.range(r).start, r)
-    };
+    let row = |r: usize| with_loop_row(raw, r);
     let u: Vec<T> = (0..n)
         .into_par_iter()
         .map(|r| {
