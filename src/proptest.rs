@@ -31,6 +31,10 @@ pub struct BatchShape {
     pub edge_probability: f64,
     /// Whether edge weights are drawn in $[0.5, 2]$ (else all 1).
     pub weighted: bool,
+    /// Probability that a graph is directed: each of its edges is then
+    /// stored one way only (either way, drawn per edge), so its adjacency is
+    /// not symmetric. 0 (the default): every graph is undirected.
+    pub directed: f64,
 }
 
 impl Default for BatchShape {
@@ -41,13 +45,15 @@ impl Default for BatchShape {
             features: 1..=4,
             edge_probability: 0.4,
             weighted: true,
+            directed: 0.0,
         }
     }
 }
 
-/// Batches of random graphs: symmetric adjacency without self loops, weights
-/// in $[0.5, 2]$, features in $[-2, 2]$ (continuous, so ties have
-/// probability zero).
+/// Batches of random graphs: adjacency without self loops, symmetric unless
+/// a graph is drawn directed ([`BatchShape::directed`]), weights in
+/// $[0.5, 2]$, features in $[-2, 2]$ (continuous, so ties have probability
+/// zero).
 pub fn batches(shape: BatchShape) -> impl Strategy<Value = DisjointBatch<f64>> {
     let BatchShape {
         graphs,
@@ -55,33 +61,41 @@ pub fn batches(shape: BatchShape) -> impl Strategy<Value = DisjointBatch<f64>> {
         features,
         edge_probability,
         weighted,
+        directed,
     } = shape;
     (proptest::collection::vec(nodes, graphs), features)
         .prop_flat_map(move |(sizes, f)| {
             let n: usize = sizes.iter().sum();
             let pairs: usize = sizes.iter().map(|s| s * s.saturating_sub(1) / 2).sum();
+            let graphs = sizes.len();
             (
                 Just(sizes),
                 proptest::collection::vec(-2.0f64..2.0, n * f),
                 proptest::collection::vec((0.0f64..1.0, 0.5f64..2.0), pairs),
+                proptest::collection::vec(0.0f64..1.0, graphs),
                 Just(f),
             )
         })
-        .prop_map(move |(sizes, xs, edges, f)| {
+        .prop_map(move |(sizes, xs, edges, kinds, f)| {
             let segments = Segments::from_sizes(&sizes);
             let n = segments.num_nodes();
             let x = Array2::from_shape_vec((n, f), xs).expect("n * f features");
             let mut tri = TriMat::new((n, n));
             let mut e = 0;
-            for r in segments.ranges() {
+            for (r, &kind) in segments.ranges().zip(&kinds) {
+                let one_way = kind < directed;
                 for i in r.clone() {
                     for j in i + 1..r.end {
                         let (p, w) = edges[e];
                         e += 1;
                         if p < edge_probability {
                             let w = if weighted { w } else { 1.0 };
-                            tri.add_triplet(i, j, w);
-                            tri.add_triplet(j, i, w);
+                            if !one_way || p < edge_probability / 2.0 {
+                                tri.add_triplet(i, j, w);
+                            }
+                            if !one_way || p >= edge_probability / 2.0 {
+                                tri.add_triplet(j, i, w);
+                            }
                         }
                     }
                 }

@@ -155,6 +155,34 @@ proptest! {
         }
     }
 
+    /// A symmetric $A$ takes the path without a transpose (incoming entries
+    /// read as the outgoing ones): against the dense formula
+    /// $\bar S_i = \bar t_g \sum_j (a_{ij} + a_{ji})\,\mathrm{sign}(S_i - S_j)$.
+    #[test]
+    fn edge_total_variation_vjp_of_a_symmetric_matrix_equals_the_dense_formula((seg, s, a) in graph_data(), seed in 0u64..100) {
+        let at = a.transpose_view().to_csr();
+        let sym = &a + &at;
+        prop_assert!(graphpool::kernels::sparse::symmetric_graphs(sym.view(), &seg).iter().all(|&v| v));
+        let cot = Array1::from(cotangent(seg.num_graphs(), seed));
+        let (gs, _) = segment_edge_l1_vjp(sym.view(), s.view(), &seg, cot.view());
+        let mut dense = Array2::<f64>::zeros((sym.rows(), sym.cols()));
+        for (&v, (r, c)) in sym.iter() { dense[[r, c]] += v; }
+        for (g, range) in seg.ranges().enumerate() {
+            for i in range.clone() {
+                for c in 0..s.ncols() {
+                    let mut want = 0.0;
+                    for j in range.clone() {
+                        let d = s[[i, c]] - s[[j, c]];
+                        let sign = if d > 0.0 { 1.0 } else if d < 0.0 { -1.0 } else { 0.0 };
+                        want += (dense[[i, j]] + dense[[j, i]]) * sign;
+                    }
+                    want *= cot[g];
+                    prop_assert!((gs[[i, c]] - want).abs() < 1e-12 * (1.0 + want.abs()), "S({i}, {c}): {} vs {want}", gs[[i, c]]);
+                }
+            }
+        }
+    }
+
     #[test]
     fn edge_total_variation_vjp_matches_finite_differences((seg, s, a) in graph_data(), seed in 0u64..100) {
         let cot = Array1::from(cotangent(seg.num_graphs(), seed));

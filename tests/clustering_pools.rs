@@ -233,7 +233,7 @@ proptest! {
     }
 
     #[test]
-    fn gradients_match_finite_differences(b in batches(BatchShape { graphs: 1..=3, nodes: 0..=5, ..shape() })) {
+    fn gradients_match_finite_differences(b in batches(BatchShape { graphs: 1..=3, nodes: 0..=5, directed: 0.5, ..shape() })) {
         let f = b.num_features();
         assert_gradients(&MinCutPool::<f64>::new(f, K, &[4], Activation::Tanh, 1).unwrap(), &b);
         assert_gradients(&MinCutPool::<f64>::new(f, 2, &[], Activation::Relu, 2).unwrap().with_variant(MinCutVariant::Pyg), &b);
@@ -243,6 +243,42 @@ proptest! {
         assert_gradients(&JustBalancePool::<f64>::new(f, 2, &[], Activation::Softplus, false, 1).unwrap(), &b);
         assert_gradients(&AsymCheegerCutPool::<f64>::new(f, K, &[4], Activation::Tanh, 0.7, 1.3, 1).unwrap(), &b);
         assert_gradients(&AsymCheegerCutPool::<f64>::new(f, 2, &[], Activation::Linear, 1.0, 1.0, 3).unwrap(), &b);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The backward pass takes its shortcut for a symmetric adjacency
+    /// ([`DisjointBatch::symmetric_graphs`]) graph by graph: in a batch that
+    /// mixes directed and undirected graphs, the gradient of `x` from the
+    /// pooled outputs is, row for row and bit for bit, each graph's own.
+    #[test]
+    fn x_gradients_in_a_batch_of_directed_and_undirected_graphs_are_each_graphs_own(
+        b in batches(BatchShape { directed: 0.5, ..shape() })
+    ) {
+        let f = b.num_features();
+        fn check<L: Layer<f64, Output = Pooled<f64>>>(name: &str, l: &L, b: &DisjointBatch<f64>) -> Result<(), TestCaseError> {
+            let (y, cache) = l.forward(b).unwrap();
+            let mut cot = y.random_cotangent(&mut rng_from_seed(11));
+            cot.losses.values_mut().for_each(|v| *v = 0.0);
+            let g = l.backward(b, &cache, &cot).unwrap();
+            for (i, nodes) in b.segments().ranges().enumerate() {
+                let (x, a) = b.graph(i);
+                let alone = DisjointBatch::single(x, a).unwrap();
+                let (ya, ca) = l.forward(&alone).unwrap();
+                let mut cot_a = PooledGrad::zeros(&ya);
+                cot_a.x.assign(&cot.x.slice(s![i * K..(i + 1) * K, ..]));
+                cot_a.edge_weights.assign(&cot.edge_weights.slice(s![i * K * K..(i + 1) * K * K]));
+                let ga = l.backward(&alone, &ca, &cot_a).unwrap();
+                prop_assert_eq!(ga.x.view(), g.x.slice(s![nodes, ..]), "{} graph {} (symmetric: {})", name, i, alone.symmetric_graphs()[0]);
+            }
+            Ok(())
+        }
+        check("mincut", &MinCutPool::<f64>::new(f, K, &[4], Activation::Tanh, 1).unwrap(), &b)?;
+        check("dmon", &DMoNPool::<f64>::new(f, K, &[4], Activation::Tanh, 0.3, 1).unwrap(), &b)?;
+        check("just_balance", &JustBalancePool::<f64>::new(f, K, &[], Activation::Relu, true, 1).unwrap(), &b)?;
+        check("asym_cheeger", &AsymCheegerCutPool::<f64>::new(f, K, &[4], Activation::Tanh, 0.7, 1.3, 1).unwrap(), &b)?;
     }
 }
 

@@ -30,6 +30,7 @@ fn shape() -> BatchShape {
         features: F..=F,
         edge_probability: 0.5,
         weighted: true,
+        directed: 0.3,
     }
 }
 

@@ -5,7 +5,10 @@ mod common;
 
 use common::with_threads;
 use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
-use graphpool::kernels::sparse::{gcn_filter, induced_subgraph, spgemm, spmm, spmm_t, transpose};
+use graphpool::kernels::sparse::{
+    gcn_filter, induced_subgraph, spgemm, spmm, spmm_t, symmetric_graphs, transpose,
+};
+use graphpool::proptest::{batches, BatchShape};
 use graphpool::Segments;
 use ndarray::{Array1, Array2};
 use proptest::prelude::*;
@@ -714,5 +717,35 @@ fn streamed_dense_backward_equals_the_whole_gradient_products_bit_for_bit() {
             gb2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             "gb, F {f} C {c}"
         );
+    }
+}
+
+proptest! {
+    /// Against the dense test: a graph is symmetric iff its dense block
+    /// equals its transpose. Directed and undirected graphs are drawn, and
+    /// each batch is checked again with one stored weight changed (its
+    /// mirror kept: the structure stays symmetric, the values do not).
+    #[test]
+    fn symmetric_graphs_says_which_blocks_equal_their_transpose(
+        b in batches(BatchShape { directed: 0.5, ..BatchShape::default() }),
+        bump in any::<proptest::sample::Index>(),
+    ) {
+        let mut variants = vec![b.clone()];
+        let mut w = b.a().data().to_vec();
+        if !w.is_empty() {
+            let i = bump.index(w.len());
+            w[i] += 1.0;
+            variants.push(b.with_edge_weights(w).unwrap());
+        }
+        for v in variants {
+            let want: Vec<bool> = (0..v.num_graphs())
+                .map(|g| {
+                    let d = dense(&v.graph(g).1);
+                    d == d.t()
+                })
+                .collect();
+            prop_assert_eq!(symmetric_graphs(v.a().view(), v.segments()), want.clone());
+            prop_assert_eq!(v.symmetric_graphs(), &want[..]);
+        }
     }
 }

@@ -43,6 +43,19 @@ pub struct DisjointBatch<T: Scalar> {
     /// Whether backward passes differentiate the edge weights
     /// ([`DisjointBatch::with_edge_weight_grad`]).
     edge_weight_grad: bool,
+    /// Which graphs' blocks of `a` are symmetric, computed on first use.
+    symmetric: SymmetryCache,
+}
+
+/// [`DisjointBatch::symmetric_graphs`], computed on first use and kept. A
+/// function of `a` and the segments, so it takes no part in equality.
+#[derive(Debug, Clone, Default)]
+struct SymmetryCache(std::sync::OnceLock<Vec<bool>>);
+
+impl PartialEq for SymmetryCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl<T: Scalar> DisjointBatch<T> {
@@ -66,6 +79,7 @@ impl<T: Scalar> DisjointBatch<T> {
             a: rebased(a),
             segments,
             edge_weight_grad: true,
+            symmetric: SymmetryCache::default(),
         })
     }
 
@@ -178,6 +192,7 @@ impl<T: Scalar> DisjointBatch<T> {
             a,
             segments,
             edge_weight_grad: true,
+            symmetric: SymmetryCache::default(),
         })
     }
 
@@ -191,6 +206,7 @@ impl<T: Scalar> DisjointBatch<T> {
             a,
             segments,
             edge_weight_grad: true,
+            symmetric: SymmetryCache::default(),
         }
     }
 
@@ -230,6 +246,7 @@ impl<T: Scalar> DisjointBatch<T> {
             a: self.a.clone(),
             segments: self.segments.clone(),
             edge_weight_grad: self.edge_weight_grad,
+            symmetric: self.symmetric.clone(),
         })
     }
 
@@ -254,6 +271,7 @@ impl<T: Scalar> DisjointBatch<T> {
             a,
             segments: self.segments.clone(),
             edge_weight_grad: self.edge_weight_grad,
+            symmetric: SymmetryCache::default(),
         })
     }
 
@@ -299,6 +317,34 @@ impl<T: Scalar> DisjointBatch<T> {
     pub fn with_edge_weight_grad(mut self, on: bool) -> Self {
         self.edge_weight_grad = on;
         self
+    }
+
+    /// Which graphs have a symmetric adjacency block, bit for bit
+    /// ($A_g = A_g^\top$, [`crate::kernels::sparse::symmetric_graphs`]):
+    /// length $B$. Computed on the first call ($O(\mathrm{nnz} \log d)$,
+    /// in parallel) and kept with the batch; batches derived from it keep it
+    /// when they keep `a` ([`DisjointBatch::with_x`]).
+    ///
+    /// The backward passes of the clustering pools read it: for a symmetric
+    /// graph $A_g^\top (S_g \bar O_g) = (A S)_g \bar O_g$, so the gradient of
+    /// $S_g^\top A_g S_g$ needs no transposed sparse product. The choice is
+    /// per graph, so a graph's gradients are the same in any batch as alone.
+    ///
+    /// ```
+    /// use graphpool::DisjointBatch;
+    /// use ndarray::array;
+    /// use sprs::TriMat;
+    /// let mut t = TriMat::new((2, 2));
+    /// t.add_triplet(0, 1, 1.0_f64);
+    /// t.add_triplet(1, 0, 1.0);
+    /// let batch = DisjointBatch::single(array![[1.0], [2.0]], t.to_csr())?;
+    /// assert_eq!(batch.symmetric_graphs(), &[true]);
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    pub fn symmetric_graphs(&self) -> &[bool] {
+        self.symmetric
+            .0
+            .get_or_init(|| crate::kernels::sparse::symmetric_graphs(self.a.view(), &self.segments))
     }
 
     /// Whether backward passes on this batch compute edge-weight gradients
@@ -466,6 +512,7 @@ impl<T: Scalar> DisjointBatch<T> {
             a: tri.to_csr(),
             segments: self.segments.clone(),
             edge_weight_grad: self.edge_weight_grad,
+            symmetric: SymmetryCache::default(),
         })
     }
 

@@ -1,15 +1,15 @@
 //! The three forms a selection takes, with the generic reduce / connect /
 //! reduce_index of each and their vector-Jacobian products.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Zip};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Zip};
 use sprs::{CsMat, CsMatView};
 
 use crate::batch::Segments;
 use crate::kernels::for_each_node_row;
-use crate::kernels::segment::{segment_matmul_tn, segment_matmul_tn_vjp};
+use crate::kernels::segment::{segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp};
 use crate::kernels::sparse::{
     block_diag, induced_subgraph, scatter_values, spgemm, spgemm_vjp_a, spgemm_vjp_b, spmm,
-    spmm_vjp_values, spmm_vjp_x, transpose, Induced, Transposed,
+    spmm_vjp_values, spmm_vjp_x, symmetric_graphs, transpose, Induced, Transposed,
 };
 use crate::scalar::Scalar;
 
@@ -165,6 +165,28 @@ impl<T: Scalar> DenseAssignment<T> {
 
     /// VJP of [`DenseAssignment::connect_blocks`] given the gradient of the
     /// stacked blocks: $(\bar S, \bar a)$, the latter aligned with `a.data()`.
+    ///
+    /// $\bar S_g = (A S)_g \bar O_g^\top + A_g^\top (S_g \bar O_g)$. For a
+    /// graph whose block of $A$ is symmetric
+    /// ([`crate::kernels::sparse::symmetric_graphs`], checked here) the second
+    /// term is $(A S)_g \bar O_g$ and no transposed sparse product is made:
+    /// $\bar S_g = (A S)_g (\bar O_g^\top + \bar O_g)$.
+    ///
+    /// ```
+    /// use graphpool::batch::Segments;
+    /// use graphpool::framework::DenseAssignment;
+    /// use ndarray::array;
+    /// use sprs::CsMat;
+    /// // one symmetric graph: 0 <-> 1 with weight 2
+    /// let a = CsMat::new((2, 2), vec![0, 1, 2], vec![1, 0], vec![2.0_f64, 2.0]);
+    /// let sel = DenseAssignment { s: array![[1.0, 0.0], [0.5, 0.5]] };
+    /// let segs = Segments::single(2);
+    /// let (_, cache) = sel.connect_blocks(a.view(), &segs);
+    /// let grad = array![[1.0, 2.0], [0.0, 1.0]];
+    /// let (gs, _) = sel.connect_blocks_vjp(a.view(), &segs, &cache, grad.view());
+    /// // (A S)(G^T + G) with A S = [[1, 1], [2, 0]] and G^T + G = [[2, 2], [2, 2]]
+    /// assert_eq!(gs, array![[4.0, 4.0], [4.0, 4.0]]);
+    /// ```
     pub fn connect_blocks_vjp(
         &self,
         a: CsMatView<T>,
@@ -172,25 +194,68 @@ impl<T: Scalar> DenseAssignment<T> {
         cache: &DenseConnectCache<T>,
         grad_blocks: ArrayView2<T>,
     ) -> (Array2<T>, Array1<T>) {
-        let (gs, ga) = self.connect_blocks_vjp_opt(a, segments, cache, grad_blocks, true);
+        let symmetric = symmetric_graphs(a, segments);
+        let (gs, ga) =
+            self.connect_blocks_vjp_opt(a, segments, &symmetric, cache, grad_blocks, true);
         (gs, ga.unwrap_or_else(|| Array1::zeros(a.nnz())))
     }
 
-    /// [`DenseAssignment::connect_blocks_vjp`], with $\bar a$ (an SDDMM over
-    /// the stored entries, $O(\mathrm{nnz}\,K)$) only if `edge_weights`;
-    /// $\bar S$ is the same either way.
+    /// [`DenseAssignment::connect_blocks_vjp`] given which graphs are
+    /// symmetric (`symmetric[g]`, from the batch), with $\bar a$ (an SDDMM
+    /// over the stored entries, $O(\mathrm{nnz}\,K)$) only if
+    /// `edge_weights`; $\bar S$ is the same either way. A graph's rows of
+    /// $\bar S$ depend only on that graph (and on whether it is symmetric),
+    /// never on the others in the batch.
     pub(crate) fn connect_blocks_vjp_opt(
         &self,
         a: CsMatView<T>,
         segments: &Segments,
+        symmetric: &[bool],
         cache: &DenseConnectCache<T>,
         grad_blocks: ArrayView2<T>,
         edge_weights: bool,
     ) -> (Array2<T>, Option<Array1<T>>) {
-        let (mut gs, g_as) =
-            segment_matmul_tn_vjp(self.s.view(), cache.a_s.view(), segments, grad_blocks);
-        gs += &spmm_vjp_x(a, g_as.view());
+        let k = self.k();
+        debug_assert_eq!(symmetric.len(), segments.num_graphs());
+        // (A S)_g times the block O_g^T, plus O_g for a symmetric graph
+        let mut both = Array2::zeros(grad_blocks.raw_dim());
+        for (g, &sym) in symmetric.iter().enumerate() {
+            let rows = g * k..(g + 1) * k;
+            let og = grad_blocks.slice(s![rows.clone(), ..]);
+            let mut block = both.slice_mut(s![rows, ..]);
+            block.assign(&og.t());
+            if sym {
+                block += &og;
+            }
+        }
+        let mut gs = segment_matmul_nn(cache.a_s.view(), both.view(), segments);
+        let general = symmetric.iter().any(|&sym| !sym);
+        if !(general || edge_weights) {
+            return (gs, None);
+        }
+        let mut g_as = segment_matmul_nn(self.s.view(), grad_blocks, segments);
         let ga = edge_weights.then(|| spmm_vjp_values(a, self.s.view(), g_as.view()));
+        if general {
+            // A^T (S O) for the other graphs; a symmetric graph's rows of
+            // S O are zeroed (their term is in `gs`) and its rows skipped
+            let mixed = symmetric.iter().any(|&sym| sym);
+            for (g, r) in segments.ranges().enumerate() {
+                if symmetric[g] {
+                    g_as.slice_mut(s![r, ..]).fill(T::zero());
+                }
+            }
+            let t = spmm_vjp_x(a, g_as.view());
+            if mixed {
+                for (g, r) in segments.ranges().enumerate() {
+                    if !symmetric[g] {
+                        let mut rows = gs.slice_mut(s![r.clone(), ..]);
+                        rows += &t.slice(s![r, ..]);
+                    }
+                }
+            } else {
+                gs += &t;
+            }
+        }
         (gs, ga)
     }
 

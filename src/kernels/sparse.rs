@@ -86,6 +86,70 @@ impl<'a, T> RawCsr<'a, T> {
     }
 }
 
+/// Which graphs of a block-diagonal $A$ are symmetric, bit for bit: entry
+/// $g$ is `true` iff for every stored entry $(r, c)$ of graph $g$'s block
+/// the entry $(c, r)$ is stored with the same bits ($-0 \ne +0$; a NaN is
+/// never equal). Length $B$; an empty or edgeless graph is symmetric.
+///
+/// Each stored entry above the diagonal looks up its mirror by binary search
+/// in the mirror's row (sorted columns), and a graph must hold as many
+/// entries below its diagonal as above: the mirror map is then a bijection.
+/// $O(\mathrm{nnz} \log d)$ work, no allocation beyond the result, in
+/// parallel over the fixed [`segment_work`](super::segment_work) items
+/// (many small graphs per task, a large graph cut in pieces).
+///
+/// A symmetric graph has $A_g^\top Y_g = A_g Y_g$: the backward passes use it
+/// to skip a transposed product ([`crate::DisjointBatch::symmetric_graphs`]
+/// computes it once per batch).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::sparse::symmetric_graphs;
+/// use sprs::CsMat;
+/// // graph 0: 0 <-> 1 (weights 2, 2); graph 1: 2 -> 3 only
+/// let a = CsMat::new((4, 4), vec![0, 1, 2, 3, 3], vec![1, 0, 3], vec![2.0_f64, 2.0, 1.0]);
+/// let segs = Segments::from_offsets(vec![0, 2, 4]).unwrap();
+/// assert_eq!(symmetric_graphs(a.view(), &segs), vec![true, false]);
+/// ```
+pub fn symmetric_graphs<T: Scalar>(a: CsMatView<T>, segments: &Segments) -> Vec<bool> {
+    use super::SegmentWork;
+    debug_assert_eq!(a.rows(), segments.num_nodes());
+    let raw = RawCsr::new(&a);
+    let same = |p: T, q: T| p == q && p.is_sign_negative() == q.is_sign_negative();
+    // (entries above - entries below the diagonal) of row r, or None if an
+    // entry above has no equal mirror
+    let balance = |r: usize| -> Option<isize> {
+        let (cs, vs) = raw.row(r);
+        let below = cs.partition_point(|&c| c < r);
+        let above = cs.partition_point(|&c| c <= r);
+        for (&c, &v) in cs[above..].iter().zip(&vs[above..]) {
+            let (mc, mv) = raw.row(c);
+            match mc.binary_search(&r) {
+                Ok(i) if same(mv[i], v) => {}
+                _ => return None,
+            }
+        }
+        Some((cs.len() - above) as isize - below as isize)
+    };
+    let rows_balance =
+        |nodes: std::ops::Range<usize>| nodes.map(balance).try_fold(0isize, |t, b| Some(t + b?));
+    let offsets = segments.offsets();
+    let partials: Vec<Vec<(usize, Option<isize>)>> = super::segment_work(segments)
+        .into_par_iter()
+        .map(|item| match item {
+            SegmentWork::Graphs(gr) => gr
+                .map(|g| (g, rows_balance(offsets[g]..offsets[g + 1])))
+                .collect(),
+            SegmentWork::Piece { graph, nodes } => vec![(graph, rows_balance(nodes))],
+        })
+        .collect();
+    let mut total = vec![Some(0isize); segments.num_graphs()];
+    for (g, p) in partials.into_iter().flatten() {
+        total[g] = total[g].zip(p).map(|(t, p)| t + p);
+    }
+    total.into_iter().map(|t| t == Some(0)).collect()
+}
+
 /// Row-parallel sparse × dense product $A X$ ($N \times M$ times $M \times F$).
 ///
 /// Each output row is summed over its stored entries in index order, so the
@@ -1772,24 +1836,31 @@ pub fn segment_edge_l1<T: Scalar>(
 /// $\bar S_i = \bar t_g \big(\sum_{j:(i,j)} a_{ij}\,\mathrm{sign}(S_i - S_j) + \sum_{j:(j,i)} a_{ji}\,\mathrm{sign}(S_i - S_j)\big)$,
 /// with $\mathrm{sign}(0) = 0$ (TensorFlow's and PyTorch's gradient of $|x|$
 /// at 0). Incoming edges are read through [`transpose`], so every row is
-/// computed by one task (deterministic).
+/// computed by one task (deterministic). When $A$ is symmetric
+/// ([`symmetric_graphs`], checked here) the incoming entries of row $i$ are
+/// its outgoing ones, in the same order: row $i$ is read twice and no
+/// transpose is formed, with the same bits.
 pub fn segment_edge_l1_vjp<T: Scalar>(
     a: CsMatView<T>,
     s: ArrayView2<T>,
     segments: &crate::batch::Segments,
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array1<T>) {
-    let (gs, ga) = segment_edge_l1_vjp_opt(a, s, segments, grad, true);
+    let symmetric = symmetric_graphs(a, segments).iter().all(|&sym| sym);
+    let (gs, ga) = segment_edge_l1_vjp_opt(a, s, segments, grad, symmetric, true);
     (gs, ga.unwrap_or_else(|| Array1::zeros(a.nnz())))
 }
 
-/// [`segment_edge_l1_vjp`], with $\bar a$ only if `edge_weights`; $\bar S$
-/// is the same either way.
+/// [`segment_edge_l1_vjp`] given whether every graph of $A$ is symmetric
+/// (from the batch), with $\bar a$ only if `edge_weights`; $\bar S$ is the
+/// same either way, and the same whatever `symmetric` says of a symmetric
+/// $A$.
 pub(crate) fn segment_edge_l1_vjp_opt<T: Scalar>(
     a: CsMatView<T>,
     s: ArrayView2<T>,
     segments: &crate::batch::Segments,
     grad: ArrayView1<T>,
+    symmetric: bool,
     edge_weights: bool,
 ) -> (Array2<T>, Option<Array1<T>>) {
     let sign = |v: T| {
@@ -1815,24 +1886,36 @@ pub(crate) fn segment_edge_l1_vjp_opt<T: Scalar>(
         });
         Array1::from(g_edges)
     });
-    let t = transpose(a);
-    let tview = t.matrix.view();
-    let traw = RawCsr::new(&tview);
+    // incoming entries (c, r) of row r: its own outgoing ones when A is
+    // symmetric, else read through the transpose
+    let t = (!symmetric).then(|| transpose(a));
+    let tview = t.as_ref().map(|t| t.matrix.view());
+    let traw = tview.as_ref().map(RawCsr::new);
     let w = a.data();
     let gs = rows::build_rows(s.nrows(), k, |r, out| {
         let si = &ss[r * k..(r + 1) * k];
-        // outgoing entries (r, c), then incoming entries (c, r)
-        let (oc, ow) = raw.row(r);
-        let outgoing = oc.iter().copied().zip(ow.iter().copied());
-        let te = traw.range(r);
-        let incoming = traw.indices[te.clone()]
-            .iter()
-            .copied()
-            .zip(t.source[te].iter().map(|&e| w[e]));
-        for (c, wc) in outgoing.chain(incoming) {
+        let mut add = |c: usize, wc: T| {
             let sj = &ss[c * k..(c + 1) * k];
             for ((o, &p), &q) in out.iter_mut().zip(si).zip(sj) {
                 *o += wc * sign(p - q);
+            }
+        };
+        // outgoing entries (r, c), then incoming entries (c, r)
+        let (oc, ow) = raw.row(r);
+        for (&c, &wc) in oc.iter().zip(ow) {
+            add(c, wc);
+        }
+        match (&t, &traw) {
+            (Some(t), Some(traw)) => {
+                let te = traw.range(r);
+                for (&c, &e) in traw.indices[te.clone()].iter().zip(&t.source[te]) {
+                    add(c, w[e]);
+                }
+            }
+            _ => {
+                for (&c, &wc) in oc.iter().zip(ow) {
+                    add(c, wc);
+                }
             }
         }
         for o in out.iter_mut() {

@@ -265,6 +265,7 @@ impl WideGraph {
         let (g_s, g_a) = assignment.connect_blocks_vjp_opt(
             a_g.view(),
             &single,
+            &[batch.symmetric_graphs()[g]],
             &cache,
             block.view(),
             batch.edge_weight_grad(),
@@ -767,6 +768,7 @@ impl<T: Scalar> DenseClustering<T> {
                     s.view(),
                     seg,
                     g_tv.view(),
+                    batch.symmetric_graphs().iter().all(|&sym| sym),
                     cot.edges.is_some(),
                 );
                 cot.s += &gs;
@@ -874,6 +876,7 @@ impl<T: Scalar> DenseClustering<T> {
         let (gs_connect, ga_connect) = cache.assignment.connect_blocks_vjp_opt(
             a,
             seg,
+            batch.symmetric_graphs(),
             &cache.connect,
             blocks.view(),
             edge_grad,

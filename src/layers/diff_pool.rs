@@ -512,8 +512,14 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         // the cache matches the batch's edge-weight setting (signature checked)
         let edge_grad = batch.edge_weight_grad();
         let connect = assignment.connect_cache(a);
-        let (gs_connect, mut ga) =
-            assignment.connect_blocks_vjp_opt(a, segs, &connect, g_blocks, edge_grad);
+        let (gs_connect, mut ga) = assignment.connect_blocks_vjp_opt(
+            a,
+            segs,
+            batch.symmetric_graphs(),
+            &connect,
+            g_blocks,
+            edge_grad,
+        );
         drop(connect);
         gs += &gs_connect;
         drop(gs_connect);

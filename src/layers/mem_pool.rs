@@ -783,6 +783,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
             let (gs_c, ga_c) = cache.assignment.connect_blocks_vjp_opt(
                 batch.a().view(),
                 segs,
+                batch.symmetric_graphs(),
                 connect,
                 g_blocks,
                 batch.edge_weight_grad(),
