@@ -122,7 +122,19 @@ pub fn symmetric_graphs<T: Scalar>(a: CsMatView<T>, segments: &Segments) -> Vec<
         let (cs, vs) = raw.row(r);
         let below = cs.partition_point(|&c| c < r);
         let above = cs.partition_point(|&c| c <= r);
-        for (&c, &v) in cs[above..].iter().zip(&vs[above..]) {
+        let e0 = raw.range(r).start;
+        for (i, (&c, &v)) in cs[above..].iter().zip(&vs[above..]).enumerate() {
+            // the mirror rows' structure a few entries ahead (latency-bound
+            // lookups at random rows); a hint only
+            let e = e0 + above + i;
+            if let Some(&far) = raw.indices.get(e + 2 * rows::PREFETCH_AHEAD) {
+                rows::prefetch(&raw.indptr[far..far + 1]);
+            }
+            if let Some(&near) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
+                let m = raw.range(near);
+                rows::prefetch(&raw.indices[m.clone()]);
+                rows::prefetch(&raw.data[m.start..(m.start + 1).min(m.end)]);
+            }
             let (mc, mv) = raw.row(c);
             match mc.binary_search(&r) {
                 Ok(i) if same(mv[i], v) => {}
