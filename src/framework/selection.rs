@@ -238,22 +238,17 @@ impl<T: Scalar> DenseAssignment<T> {
         if general {
             // A^T (S O) for the other graphs; a symmetric graph's rows of
             // S O are zeroed (their term is in `gs`) and its rows skipped
-            let mixed = symmetric.iter().any(|&sym| sym);
             for (g, r) in segments.ranges().enumerate() {
                 if symmetric[g] {
                     g_as.slice_mut(s![r, ..]).fill(T::zero());
                 }
             }
             let t = spmm_vjp_x(a, g_as.view());
-            if mixed {
-                for (g, r) in segments.ranges().enumerate() {
-                    if !symmetric[g] {
-                        let mut rows = gs.slice_mut(s![r.clone(), ..]);
-                        rows += &t.slice(s![r, ..]);
-                    }
+            for (g, r) in segments.ranges().enumerate() {
+                if !symmetric[g] {
+                    let mut rows = gs.slice_mut(s![r.clone(), ..]);
+                    rows += &t.slice(s![r, ..]);
                 }
-            } else {
-                gs += &t;
             }
         }
         (gs, ga)
