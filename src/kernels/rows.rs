@@ -16,22 +16,22 @@ use rayon::prelude::*;
 use super::ROW_BLOCK;
 use crate::scalar::Scalar;
 
-/// $\langle a, b\rangle$ of two slices of the same length, in ndarray's
-/// order (its `unrolled_dot`, so the bits equal `ArrayView1::dot`'s on
-/// contiguous rows): eight interleaved partial sums $p_0..p_7$ (entry $j$
-/// to $p_{j \bmod 8}$) over the longest multiple of 8, combined as
-/// $((((0 + (p_0 + p_4)) + (p_1 + p_5)) + (p_2 + p_6)) + (p_3 + p_7))$, then
-/// the remaining entries added in order. The partial sums let the compiler
-/// vectorise the loop without reassociating.
-#[inline]
-pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
+/// $\sum_j t(a_j, b_j)$ over two slices of the same length, in ndarray's
+/// order (its `unrolled_dot`): eight interleaved partial sums $p_0..p_7$
+/// (entry $j$ to $p_{j \bmod 8}$) over the longest multiple of 8, combined
+/// as $((((0 + (p_0 + p_4)) + (p_1 + p_5)) + (p_2 + p_6)) + (p_3 + p_7))$,
+/// then the remaining entries added in order. The partial sums let the
+/// compiler vectorise the loop without reassociating; the order is fixed, so
+/// the bits do not depend on the caller or the thread count.
+#[inline(always)]
+fn lane_sum<T: Scalar>(a: &[T], b: &[T], t: impl Fn(T, T) -> T) -> T {
     debug_assert_eq!(a.len(), b.len());
     let mut p = [T::zero(); 8];
     let mut ca = a.chunks_exact(8);
     let mut cb = b.chunks_exact(8);
     for (x, y) in (&mut ca).zip(&mut cb) {
         for l in 0..8 {
-            p[l] += x[l] * y[l];
+            p[l] += t(x[l], y[l]);
         }
     }
     let mut sum = T::zero();
@@ -40,9 +40,17 @@ pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
     sum += p[2] + p[6];
     sum += p[3] + p[7];
     for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
-        sum += x * y;
+        sum += t(x, y);
     }
     sum
+}
+
+/// $\langle a, b\rangle$ of two slices of the same length, summed in
+/// [`lane_sum`]'s order, so the bits equal ndarray's `ArrayView1::dot` on
+/// contiguous rows.
+#[inline]
+pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
+    lane_sum(a, b, |x, y| x * y)
 }
 
 /// $o \leftarrow o + w\,x$ entrywise.
@@ -104,20 +112,14 @@ pub fn rows_times<T: Scalar>(
         32 if f > 0 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
         64 if f > 0 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
         _ => {
-            // one row's sums at a time, on the stack up to SMALL_COLS
-            let mut stack = [T::zero(); SMALL_COLS];
-            let mut heap = Vec::new();
-            let p = if c <= SMALL_COLS {
-                &mut stack[..c]
-            } else {
-                heap.resize(c, T::zero());
-                &mut heap[..]
-            };
-            for (i, o) in out.chunks_exact_mut(c).enumerate() {
-                // F = 0: empty sums, 0 (+ bias)
-                row_times(&x[i * f..(i + 1) * f], w, p);
-                finish_row(p, bias, accumulate, o);
-            }
+            // one row's sums at a time
+            with_scratch(c, |p: &mut [T]| {
+                for (i, o) in out.chunks_exact_mut(c).enumerate() {
+                    // F = 0: empty sums, 0 (+ bias)
+                    row_times(&x[i * f..(i + 1) * f], w, p);
+                    finish_row(p, bias, accumulate, o);
+                }
+            })
         }
     }
 }
@@ -348,12 +350,12 @@ pub fn row_major_1d<'a, T: Scalar>(x: &'a ndarray::ArrayView1<'a, T>) -> Cow<'a,
     }
 }
 
-/// $\lVert a - b\rVert_1$ of two slices of the same length, summed in order.
+/// $\lVert a - b\rVert_1$ of two slices of the same length, summed in
+/// [`dot`]'s order (eight interleaved partial sums, so the loop vectorises;
+/// a plain left-to-right sum is one dependent addition per entry).
 #[inline]
 pub fn l1_distance<T: Scalar>(a: &[T], b: &[T]) -> T {
-    a.iter()
-        .zip(b)
-        .fold(T::zero(), |t, (&p, &q)| t + (p - q).abs())
+    lane_sum(a, b, |p, q| (p - q).abs())
 }
 
 /// Asks the CPU to start loading `row` into cache (a hint: no effect on
@@ -400,6 +402,19 @@ pub fn zeros<T: Scalar>(rows: usize, cols: usize) -> Array2<T> {
 
 /// From how many bytes a fresh buffer asks for transparent huge pages.
 const HUGE_PAGES_FROM: usize = 4 << 20;
+
+/// Calls `f` with a scratch slice of `len` zeros: on the stack up to
+/// [`SMALL_COLS`] values (no allocation for a row of a narrow matrix), else
+/// on the heap.
+#[inline]
+pub fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    if len <= SMALL_COLS {
+        let mut stack = [T::zero(); SMALL_COLS];
+        f(&mut stack[..len])
+    } else {
+        f(&mut vec![T::zero(); len])
+    }
+}
 
 /// A fresh vector of `len` zeros (`T::default()`) for an output the caller writes in full
 /// (write before read, see [`zeros`]). From 4 MiB on (Linux), the kernel is

@@ -78,6 +78,20 @@ impl<'a, T> RawCsr<'a, T> {
         }
     }
 
+    /// Asks the CPU to start loading the row of `xs` (row-major, rows of
+    /// `width`) named by the column of stored entry `e + PREFETCH_AHEAD`, if
+    /// that entry exists: the row a gather over the entries in storage order
+    /// needs [`rows::PREFETCH_AHEAD`] entries from now, maybe in a later row.
+    /// A hint only: no effect on results.
+    #[inline(always)]
+    pub(crate) fn prefetch_column_row<U>(&self, e: usize, xs: &[U], width: usize) {
+        if let Some(&c) = self.indices.get(e + rows::PREFETCH_AHEAD) {
+            if let Some(row) = xs.get(c * width..(c + 1) * width) {
+                rows::prefetch(row);
+            }
+        }
+    }
+
     /// Column indices and values of row `r`.
     #[inline]
     pub(crate) fn row(&self, r: usize) -> (&'a [usize], &'a [T]) {
@@ -184,14 +198,8 @@ fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array
 #[inline]
 fn product_row<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], xs: &[T], r: usize, out: &mut [T]) {
     let f = out.len();
-    let nnz = vals.len();
     for e in raw.range(r) {
-        // the row needed PREFETCH_AHEAD entries from now (maybe in a later row)
-        if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
-            if e + rows::PREFETCH_AHEAD < nnz {
-                rows::prefetch(&xs[ahead * f..(ahead + 1) * f]);
-            }
-        }
+        raw.prefetch_column_row(e, xs, f);
         let c = raw.indices[e];
         rows::axpy(out, vals[e], &xs[c * f..(c + 1) * f]);
     }
@@ -1744,10 +1752,9 @@ pub fn sddmm<T: Scalar>(a: CsMatView<T>, u: ArrayView2<T>, v: ArrayView2<T>) -> 
     let mut out: Vec<T> = rows::fresh_vec(a.nnz());
     per_entry_blocks(raw, &mut out, |r, cols, vals| {
         let ur = &us[r * f..(r + 1) * f];
+        let e0 = raw.range(r).start;
         for (i, (o, &c)) in vals.iter_mut().zip(cols).enumerate() {
-            if let Some(&ahead) = cols.get(i + rows::PREFETCH_AHEAD) {
-                rows::prefetch(&vs[ahead * f..(ahead + 1) * f]);
-            }
+            raw.prefetch_column_row(e0 + i, &vs, f);
             *o = rows::dot(ur, &vs[c * f..(c + 1) * f]);
         }
     });
@@ -1828,9 +1835,10 @@ pub fn segment_edge_l1<T: Scalar>(
                     let mut acc = T::zero();
                     for row in rows {
                         let si = &ss[row * k..(row + 1) * k];
-                        let (cols, w) = raw.row(row);
-                        for (&c, &w) in cols.iter().zip(w) {
-                            acc += w * rows::l1_distance(si, &ss[c * k..(c + 1) * k]);
+                        for e in raw.range(row) {
+                            raw.prefetch_column_row(e, &ss, k);
+                            let c = raw.indices[e];
+                            acc += raw.data[e] * rows::l1_distance(si, &ss[c * k..(c + 1) * k]);
                         }
                     }
                     acc
@@ -1850,8 +1858,9 @@ pub fn segment_edge_l1<T: Scalar>(
 /// at 0). Incoming edges are read through [`transpose`], so every row is
 /// computed by one task (deterministic). When $A$ is symmetric
 /// ([`symmetric_graphs`], checked here) the incoming entries of row $i$ are
-/// its outgoing ones, in the same order: row $i$ is read twice and no
-/// transpose is formed, with the same bits.
+/// its outgoing ones, in the same order. Each row sums its outgoing terms and
+/// its incoming terms separately and then adds the two sums, so a symmetric
+/// row is read once and its sum doubled: no transpose, the same bits.
 pub fn segment_edge_l1_vjp<T: Scalar>(
     a: CsMatView<T>,
     s: ArrayView2<T>,
@@ -1904,29 +1913,37 @@ pub(crate) fn segment_edge_l1_vjp_opt<T: Scalar>(
     let tview = t.as_ref().map(|t| t.matrix.view());
     let traw = tview.as_ref().map(RawCsr::new);
     let w = a.data();
+    // Row i sums its outgoing terms and its incoming terms separately, then
+    // adds the two sums: for a symmetric A the incoming sum is the outgoing
+    // one bit for bit (the same terms in the same order), so the row is read
+    // once and the sum doubled, with the same bits as the general path.
+    let add = |sum: &mut [T], si: &[T], c: usize, wc: T| {
+        let sj = &ss[c * k..(c + 1) * k];
+        for ((o, &p), &q) in sum.iter_mut().zip(si).zip(sj) {
+            *o += wc * sign(p - q);
+        }
+    };
     let gs = rows::build_rows(s.nrows(), k, |r, out| {
         let si = &ss[r * k..(r + 1) * k];
-        let mut add = |c: usize, wc: T| {
-            let sj = &ss[c * k..(c + 1) * k];
-            for ((o, &p), &q) in out.iter_mut().zip(si).zip(sj) {
-                *o += wc * sign(p - q);
-            }
-        };
-        // outgoing entries (r, c), then incoming entries (c, r)
-        let (oc, ow) = raw.row(r);
-        for (&c, &wc) in oc.iter().zip(ow) {
-            add(c, wc);
+        for e in raw.range(r) {
+            raw.prefetch_column_row(e, &ss, k);
+            add(out, si, raw.indices[e], w[e]);
         }
         match (&t, &traw) {
             (Some(t), Some(traw)) => {
-                let te = traw.range(r);
-                for (&c, &e) in traw.indices[te.clone()].iter().zip(&t.source[te]) {
-                    add(c, w[e]);
-                }
+                rows::with_scratch(k, |incoming: &mut [T]| {
+                    for te in traw.range(r) {
+                        traw.prefetch_column_row(te, &ss, k);
+                        add(incoming, si, traw.indices[te], w[t.source[te]]);
+                    }
+                    for (o, &v) in out.iter_mut().zip(incoming.iter()) {
+                        *o += v;
+                    }
+                });
             }
             _ => {
-                for (&c, &wc) in oc.iter().zip(ow) {
-                    add(c, wc);
+                for o in out.iter_mut() {
+                    *o += *o;
                 }
             }
         }
