@@ -749,3 +749,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn row_sums_equal_spmm_with_a_column_of_ones_bit_for_bit() {
+    use graphpool::kernels::sparse::row_sums;
+    // non-integer values, so that a different order of additions shows;
+    // more rows than one ROW_BLOCK, and rows with no entries
+    let full = random_sparse(9000, 9000, 5, 3);
+    let mut tri = TriMat::new((9000, 9000));
+    for (&v, (r, c)) in full.iter() {
+        if r % 7 != 0 {
+            tri.add_triplet(r, c, v);
+        }
+    }
+    let a: CsMat<f64> = tri.to_csr();
+    let ones = Array2::ones((a.cols(), 1));
+    let reference = spmm(a.view(), ones.view()).column(0).to_owned();
+    for threads in [1, 2, 5] {
+        let d = with_threads(threads, || row_sums(a.view()));
+        assert_eq!(d.len(), a.rows());
+        for (i, (&got, &want)) in d.iter().zip(&reference).enumerate() {
+            assert_eq!(got.to_bits(), want.to_bits(), "row {i} on {threads} threads");
+        }
+    }
+    // the plain formula, summed in storage order from +0; an empty row is +0
+    let d = row_sums(a.view());
+    for (i, row) in a.outer_iterator().enumerate() {
+        let plain = row.data().iter().fold(0.0, |t, &v| t + v);
+        assert_eq!(d[i].to_bits(), plain.to_bits(), "row {i}");
+    }
+    assert!(a.outer_iterator().any(|row| row.nnz() == 0), "an empty row is covered");
+}

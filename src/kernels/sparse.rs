@@ -1408,6 +1408,33 @@ fn cosine_at_vjp_into<T: Scalar>(
     gy
 }
 
+/// The weighted degrees $d_i = \sum_j a_{ij}$: the row sums of the stored
+/// values (a self loop included), length $N$ (the rows of $A$). Each is
+/// summed from $+0$ in storage order, so the bits are those of
+/// [`spmm`]`(a, ones)`, without gathering a column of ones. In parallel over
+/// fixed blocks of [`ROW_BLOCK`] rows.
+///
+/// ```
+/// use graphpool::kernels::sparse::row_sums;
+/// use sprs::CsMat;
+/// // [[0, 2, 1], [2, 0, 0], [0, 0, 0]]
+/// let a = CsMat::new((3, 3), vec![0, 2, 3, 3], vec![1, 2, 0], vec![2.0_f64, 1.0, 2.0]);
+/// assert_eq!(row_sums(a.view()).to_vec(), vec![3.0, 2.0, 0.0]);
+/// ```
+pub fn row_sums<T: Scalar>(a: CsMatView<T>) -> Array1<T> {
+    let raw = RawCsr::new(&a);
+    let mut out: Vec<T> = rows::fresh_vec(raw.rows);
+    out.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            for (i, d) in block.iter_mut().enumerate() {
+                let (_, w) = raw.row(b * ROW_BLOCK + i);
+                *d = w.iter().fold(T::zero(), |t, &v| t + v);
+            }
+        });
+    Array1::from(out)
+}
+
 /// The graph Laplacian applied to features, $L X = (D - A) X$ with the
 /// weighted degrees $D_{ii} = \sum_j a_{ij}$ (row sums, a self loop
 /// included), computed row by row as $(LX)_i = \sum_j a_{ij}(x_i - x_j)$
@@ -1437,13 +1464,10 @@ pub fn laplacian_spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T>
 /// i.e. $\bar x_i = \sum_j a_{ij} \bar o_i - \sum_r a_{ri} \bar o_r$.
 pub fn laplacian_spmm_vjp_x<T: Scalar>(a: CsMatView<T>, grad: ArrayView2<T>) -> Array2<T> {
     let mut gx = spmm_vjp_x(a, grad);
-    let degrees: Vec<T> = (0..a.rows())
-        .into_par_iter()
-        .map(|i| row_parts(&a, i).1.iter().copied().sum::<T>())
-        .collect();
+    let degrees = row_sums(a);
     Zip::from(gx.rows_mut())
         .and(grad.rows())
-        .and(&Array1::from(degrees))
+        .and(&degrees)
         .par_for_each(|mut g, o, &d| {
             g.mapv_inplace(|v| -v);
             g.scaled_add(d, &o);

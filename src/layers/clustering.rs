@@ -39,7 +39,7 @@ use crate::kernels::segment::{
     segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
-    segment_edge_l1, segment_edge_l1_vjp_opt, segment_nnz, spmm, spmm_vjp_values,
+    row_sums, segment_edge_l1, segment_edge_l1_vjp_opt, segment_nnz, spmm_vjp_values,
 };
 use crate::nn::{rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Mlp, MlpCache, Params};
 use crate::scalar::Scalar;
@@ -437,7 +437,7 @@ impl<T: Scalar> DenseClustering<T> {
             .losses
             .iter()
             .any(|(_, l)| l.needs_degrees())
-            .then(|| spmm(a, Array2::ones((batch.num_nodes(), 1)).view()).remove_axis(Axis(1)));
+            .then(|| row_sums(a));
         let mut losses = Losses::new();
         let mut aux = Vec::with_capacity(self.losses.len());
         let inputs = LossInputs {
