@@ -769,7 +769,11 @@ fn row_sums_equal_spmm_with_a_column_of_ones_bit_for_bit() {
         let d = with_threads(threads, || row_sums(a.view()));
         assert_eq!(d.len(), a.rows());
         for (i, (&got, &want)) in d.iter().zip(&reference).enumerate() {
-            assert_eq!(got.to_bits(), want.to_bits(), "row {i} on {threads} threads");
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "row {i} on {threads} threads"
+            );
         }
     }
     // the plain formula, summed in storage order from +0; an empty row is +0
@@ -778,5 +782,83 @@ fn row_sums_equal_spmm_with_a_column_of_ones_bit_for_bit() {
         let plain = row.data().iter().fold(0.0, |t, &v| t + v);
         assert_eq!(d[i].to_bits(), plain.to_bits(), "row {i}");
     }
-    assert!(a.outer_iterator().any(|row| row.nnz() == 0), "an empty row is covered");
+    assert!(
+        a.outer_iterator().any(|row| row.nnz() == 0),
+        "an empty row is covered"
+    );
+}
+
+#[test]
+fn spmm_and_edge_l1_equal_spmm_and_segment_edge_l1_bit_for_bit_on_any_thread_count() {
+    use graphpool::kernels::sparse::{segment_edge_l1, spmm_and_edge_l1};
+    use graphpool::kernels::CHUNK;
+    // graphs of every kind of work item: runs of small graphs, an empty
+    // graph, one graph cut in several CHUNK pieces; blocks of a random
+    // matrix with non-integer values, so that any other order shows
+    let sizes = [3, 0, 7, 2 * CHUNK + 123, 1, 40, 5, 3 * CHUNK + 7, CHUNK + 1];
+    let n: usize = sizes.iter().sum();
+    let seg = Segments::from_sizes(&sizes);
+    let mut tri = TriMat::new((n, n));
+    let mut seen = std::collections::BTreeSet::new();
+    for (g, r) in seg.ranges().enumerate() {
+        for i in r.clone() {
+            for t in 0..4 {
+                let c = r.start + (i * 7919 + t * 104_729 + g) % r.len();
+                if seen.insert((i, c)) {
+                    tri.add_triplet(i, c, ((i * 13 + c * 5) % 1000) as f32 / 7.0 - 70.0);
+                }
+            }
+        }
+    }
+    let a: CsMat<f32> = tri.to_csr();
+    // rows on different scales, so that the pieces' partials differ in
+    // magnitude and any other association of them rounds differently
+    let scale = [1.0, 1e-3, 1e3];
+    let s = Array2::from_shape_fn((n, 5), |(i, j)| {
+        ((i * 31 + j * 17) % 97) as f32 / 13.0 * scale[(i / 1500) % 3]
+    });
+    // f32: its coarser rounding shows a different order of additions
+    // the documented order, written out: each graph's entries added to 0
+    // in storage order, a graph larger than CHUNK in pieces of CHUNK rows
+    // from its first node whose partials are added left to right
+    let l1 = graphpool::kernels::rows::l1_distance::<f32>;
+    let piece = |rows: std::ops::Range<usize>| {
+        let mut acc = 0.0;
+        for r in rows {
+            let row = a.outer_view(r).unwrap();
+            for (c, &w) in row.iter() {
+                acc += w * l1(s.row(r).as_slice().unwrap(), s.row(c).as_slice().unwrap());
+            }
+        }
+        acc
+    };
+    let want_tv: Vec<f32> = seg
+        .ranges()
+        .map(|r| {
+            let starts: Vec<usize> = r.clone().step_by(CHUNK).collect();
+            match starts.split_first() {
+                None => 0.0,
+                Some((&first, rest)) => rest
+                    .iter()
+                    .fold(piece(first..(first + CHUNK).min(r.end)), |t, &p| {
+                        t + piece(p..(p + CHUNK).min(r.end))
+                    }),
+            }
+        })
+        .collect();
+    assert!(want_tv.iter().filter(|&&t| t != 0.0).count() >= 4);
+
+    assert_eq!(segment_edge_l1(a.view(), s.view(), &seg).to_vec(), want_tv);
+    let want_as = spmm(a.view(), s.view());
+    for threads in [1, 2, 3] {
+        let (a_s, tv) = with_threads(threads, || spmm_and_edge_l1(a.view(), s.view(), &seg));
+        assert_eq!(a_s, want_as, "A S on {threads} threads");
+        for (g, (&got, &want)) in tv.iter().zip(&want_tv).enumerate() {
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "graph {g} on {threads} threads"
+            );
+        }
+    }
 }

@@ -137,7 +137,33 @@ impl<T: Scalar> DenseAssignment<T> {
         a: CsMatView<T>,
         segments: &Segments,
     ) -> (Array2<T>, DenseConnectCache<T>) {
-        let cache = self.connect_cache(a);
+        self.connect_blocks_from(self.connect_cache(a), segments)
+    }
+
+    /// [`DenseAssignment::connect_blocks`] given $A S$ formed by the caller,
+    /// for a layer that forms it in the same pass over $A$ as something else
+    /// ([`crate::kernels::sparse::spmm_and_edge_l1`]): the blocks
+    /// $S_g^\top (A S)_g$, and `cache` kept for the VJP.
+    ///
+    /// ```
+    /// use graphpool::framework::DenseAssignment;
+    /// use graphpool::batch::Segments;
+    /// use graphpool::kernels::sparse::spmm_and_edge_l1;
+    /// use ndarray::array;
+    /// use sprs::CsMat;
+    /// let a = CsMat::new((2, 2), vec![0, 1, 2], vec![1, 0], vec![1.0_f64, 2.0]);
+    /// let sel = DenseAssignment { s: array![[1.0, 0.0], [0.25, 0.75]] };
+    /// let seg = Segments::single(2);
+    /// let (a_s, _) = spmm_and_edge_l1(a.view(), sel.s.view(), &seg);
+    /// let cache = graphpool::framework::DenseConnectCache { a_s };
+    /// assert_eq!(sel.connect_blocks_from(cache, &seg).0, sel.connect_blocks(a.view(), &seg).0);
+    /// ```
+    pub fn connect_blocks_from(
+        &self,
+        cache: DenseConnectCache<T>,
+        segments: &Segments,
+    ) -> (Array2<T>, DenseConnectCache<T>) {
+        debug_assert_eq!(cache.a_s.dim(), self.s.dim());
         let blocks = segment_matmul_tn(self.s.view(), cache.a_s.view(), segments);
         (blocks, cache)
     }

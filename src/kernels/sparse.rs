@@ -1838,40 +1838,140 @@ pub fn sddmm_vjp<T: Scalar>(
 /// $$\mathrm{TV}_g = \sum_{(i,j) \in E_g} a_{ij} \lVert S_i - S_j \rVert_1,$$
 /// summed over every stored entry (both directions of an undirected edge,
 /// a self loop once, which contributes 0). Length $B$. Never forms the
-/// $N \times N$ matrix of pairwise distances; each graph's edges are summed
-/// in fixed chunks of rows (deterministic, batch = graph alone).
+/// $N \times N$ matrix of pairwise distances. Each graph's rows are summed
+/// in node order, a graph larger than [`CHUNK`](super::CHUNK) in its fixed
+/// [`segment_work`](super::segment_work) pieces folded in node order
+/// (deterministic, batch = graph alone).
+///
+/// ```
+/// use graphpool::kernels::sparse::segment_edge_l1;
+/// use graphpool::Segments;
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// // one graph, the edge 0 - 1 stored both ways with weight 2
+/// let a = CsMat::new((2, 2), vec![0, 1, 2], vec![1, 0], vec![2.0_f64, 2.0]);
+/// let s = array![[1.0, 0.0], [0.25, 0.75]];
+/// // 2 * (|1 - 0.25| + |0 - 0.75|), twice
+/// assert_eq!(segment_edge_l1(a.view(), s.view(), &Segments::single(2)).to_vec(), vec![6.0]);
+/// ```
 pub fn segment_edge_l1<T: Scalar>(
     a: CsMatView<T>,
     s: ArrayView2<T>,
     segments: &crate::batch::Segments,
 ) -> Array1<T> {
+    edge_l1_pass(a, s, segments, None)
+}
+
+/// [`spmm`]`(a, s)` and [`segment_edge_l1`]`(a, s, segments)` in one pass
+/// over the stored entries of $A$: each row of $S$ gathered for an entry
+/// $(i, j)$ feeds both $\lVert S_i - S_j\rVert_1$ and row $i$ of $A S$.
+/// The same bits as the two calls (every row of $A S$ is its stored entries
+/// added in index order to zeros), for about the cost of one: the gather of
+/// random rows of $S$ is what bounds both on a large graph.
+///
+/// ```
+/// use graphpool::kernels::sparse::{segment_edge_l1, spmm, spmm_and_edge_l1};
+/// use graphpool::Segments;
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// let a = CsMat::new((3, 3), vec![0, 1, 2, 2], vec![1, 0], vec![2.0_f64, 0.5]);
+/// let s = array![[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]];
+/// let seg = Segments::from_sizes(&[2, 1]);
+/// let (a_s, tv) = spmm_and_edge_l1(a.view(), s.view(), &seg);
+/// assert_eq!(a_s, spmm(a.view(), s.view()));
+/// assert_eq!(tv, segment_edge_l1(a.view(), s.view(), &seg));
+/// assert_eq!(tv.to_vec(), vec![3.75, 0.0]);
+/// ```
+pub fn spmm_and_edge_l1<T: Scalar>(
+    a: CsMatView<T>,
+    s: ArrayView2<T>,
+    segments: &crate::batch::Segments,
+) -> (Array2<T>, Array1<T>) {
+    debug_assert_eq!(a.cols(), s.nrows());
+    let mut a_s: Vec<T> = rows::fresh_vec(a.rows() * s.ncols());
+    let tv = edge_l1_pass(a, s, segments, Some(&mut a_s));
+    let a_s = Array2::from_shape_vec((a.rows(), s.ncols()), a_s).expect("N * K entries");
+    (a_s, tv)
+}
+
+/// The pass of [`segment_edge_l1`], also writing $A S$ into `a_s` ($N
+/// \times K$, row-major, overwritten) when given: over the fixed
+/// [`segment_work`](super::segment_work) items in parallel, each item
+/// writing its own rows of `a_s`; a graph's pieces folded in node order.
+fn edge_l1_pass<T: Scalar>(
+    a: CsMatView<T>,
+    s: ArrayView2<T>,
+    segments: &crate::batch::Segments,
+    a_s: Option<&mut [T]>,
+) -> Array1<T> {
+    use super::SegmentWork;
     let raw = RawCsr::new(&a);
     let k = s.ncols();
     let ss = rows::row_major(&s);
-    let per_graph: Vec<T> = segments
-        .ranges()
-        .collect::<Vec<_>>()
+    let offsets = segments.offsets();
+    // each item's node range and, if A S is asked for, its rows of it
+    let mut tasks = Vec::new();
+    let mut rest = a_s;
+    for item in super::segment_work(segments) {
+        let nodes = match &item {
+            SegmentWork::Graphs(gr) => offsets[gr.start]..offsets[gr.end],
+            SegmentWork::Piece { nodes, .. } => nodes.clone(),
+        };
+        let dst = rest.take().map(|r| {
+            let (head, tail) = r.split_at_mut(nodes.len() * k);
+            rest = Some(tail);
+            head
+        });
+        tasks.push((item, nodes, dst));
+    }
+    // the total variation of `rows`, their rows of A S into `dst` (rows
+    // from `first` on)
+    let rows_tv = |rows: std::ops::Range<usize>, first: usize, dst: &mut Option<&mut [T]>| {
+        let mut acc = T::zero();
+        for r in rows {
+            let si = &ss[r * k..(r + 1) * k];
+            let mut out = dst
+                .as_deref_mut()
+                .map(|d| &mut d[(r - first) * k..(r - first + 1) * k]);
+            for e in raw.range(r) {
+                raw.prefetch_column_row(e, &ss, k);
+                let c = raw.indices[e];
+                let sc = &ss[c * k..(c + 1) * k];
+                acc += raw.data[e] * rows::l1_distance(si, sc);
+                if let Some(o) = out.as_deref_mut() {
+                    rows::axpy(o, raw.data[e], sc);
+                }
+            }
+        }
+        acc
+    };
+    let partials: Vec<Vec<(usize, T)>> = tasks
         .into_par_iter()
-        .map(|r| {
-            super::reduce_chunked(
-                r,
-                |rows| {
-                    let mut acc = T::zero();
-                    for row in rows {
-                        let si = &ss[row * k..(row + 1) * k];
-                        for e in raw.range(row) {
-                            raw.prefetch_column_row(e, &ss, k);
-                            let c = raw.indices[e];
-                            acc += raw.data[e] * rows::l1_distance(si, &ss[c * k..(c + 1) * k]);
-                        }
-                    }
-                    acc
-                },
-                |x, y| x + y,
-            )
+        .map(|(item, nodes, mut dst)| {
+            // written before it is read (see `rows::zeros`)
+            if let Some(d) = dst.as_deref_mut() {
+                d.fill(T::zero());
+            }
+            match item {
+                SegmentWork::Graphs(gr) => gr
+                    .map(|g| {
+                        (
+                            g,
+                            rows_tv(offsets[g]..offsets[g + 1], nodes.start, &mut dst),
+                        )
+                    })
+                    .collect(),
+                SegmentWork::Piece { graph, nodes } => {
+                    vec![(graph, rows_tv(nodes.clone(), nodes.start, &mut dst))]
+                }
+            }
         })
         .collect();
-    Array1::from(per_graph)
+    let mut tv: Vec<Option<T>> = vec![None; segments.num_graphs()];
+    for (g, p) in partials.into_iter().flatten() {
+        tv[g] = Some(tv[g].map_or(p, |t| t + p));
+    }
+    tv.into_iter().map(|t| t.unwrap_or_else(T::zero)).collect()
 }
 
 /// VJP of [`segment_edge_l1`] given the gradient of each graph's total

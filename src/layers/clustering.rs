@@ -39,7 +39,7 @@ use crate::kernels::segment::{
     segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
-    row_sums, segment_edge_l1, segment_edge_l1_vjp_opt, segment_nnz, spmm_vjp_values,
+    row_sums, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1, spmm_vjp_values,
 };
 use crate::nn::{rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Mlp, MlpCache, Params};
 use crate::scalar::Scalar;
@@ -91,6 +91,11 @@ pub(crate) enum AuxLoss {
 impl AuxLoss {
     fn needs_degrees(self) -> bool {
         matches!(self, AuxLoss::CutRatio | AuxLoss::Modularity(_))
+    }
+
+    /// Whether the loss reads [`crate::kernels::sparse::segment_edge_l1`] of $S$.
+    fn needs_edge_l1(self) -> bool {
+        matches!(self, AuxLoss::TotalVariation(_))
     }
 }
 
@@ -191,6 +196,8 @@ struct LossInputs<'a, T: Scalar> {
     batch: &'a DisjointBatch<T>,
     s: &'a Array2<T>,
     degrees: Option<&'a Array1<T>>,
+    /// [`crate::kernels::sparse::segment_edge_l1`] of $S$, when a loss needs it.
+    edge_l1: Option<&'a Array1<T>>,
 }
 
 /// Gradients accumulated by the losses before the shared backward pass.
@@ -428,7 +435,16 @@ impl<T: Scalar> DenseClustering<T> {
             (x_pre, None)
         };
         let x_shape = [x_out.nrows(), x_out.ncols()];
-        let (blocks, connect) = assignment.connect_blocks(a, seg);
+        // a total-variation loss reads every edge's rows of S as A S does:
+        // both in one pass
+        let (blocks, connect, edge_l1) = if self.losses.iter().any(|(_, l)| l.needs_edge_l1()) {
+            let (a_s, tv) = spmm_and_edge_l1(a, assignment.s.view(), seg);
+            let (blocks, connect) = assignment.connect_blocks_from(DenseConnectCache { a_s }, seg);
+            (blocks, connect, Some(tv))
+        } else {
+            let (blocks, connect) = assignment.connect_blocks(a, seg);
+            (blocks, connect, None)
+        };
         let normalized = self
             .post
             .normalize_eps
@@ -444,6 +460,7 @@ impl<T: Scalar> DenseClustering<T> {
             batch,
             s: &assignment.s,
             degrees: degrees.as_ref(),
+            edge_l1: edge_l1.as_ref(),
         };
         for &(name, loss) in &self.losses {
             let (values, cache) = self.loss_forward(loss, &inputs, &blocks);
@@ -488,7 +505,12 @@ impl<T: Scalar> DenseClustering<T> {
         inputs: &LossInputs<'_, T>,
         blocks: &Array2<T>,
     ) -> (Array1<T>, AuxCache<T>) {
-        let LossInputs { batch, s, degrees } = *inputs;
+        let LossInputs {
+            batch,
+            s,
+            degrees,
+            edge_l1,
+        } = *inputs;
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
@@ -588,7 +610,7 @@ impl<T: Scalar> DenseClustering<T> {
                 (values, AuxCache::SqrtBalance { sq })
             }
             AuxLoss::TotalVariation(coeff) => {
-                let tv = segment_edge_l1(batch.a().view(), s.view(), seg);
+                let tv = edge_l1.expect("run forms the edge L1 sums for a total-variation loss");
                 let nnz = segment_nnz(batch.a().view(), seg);
                 let c = T::c(coeff);
                 let values = Array1::from_shape_fn(b, |g| {
@@ -634,7 +656,9 @@ impl<T: Scalar> DenseClustering<T> {
         lg: T,
         cot: &mut Cotangents<T>,
     ) {
-        let LossInputs { batch, s, degrees } = *inputs;
+        let LossInputs {
+            batch, s, degrees, ..
+        } = *inputs;
         let seg = batch.segments();
         let b = seg.num_graphs();
         let k = self.k;
@@ -845,10 +869,12 @@ impl<T: Scalar> DenseClustering<T> {
         } else {
             T::one() / T::from_count(b)
         };
+        // the backward pass does not read the losses' forward values
         let inputs = LossInputs {
             batch,
             s,
             degrees: cache.degrees.as_ref(),
+            edge_l1: None,
         };
         for (&(name, loss), aux) in self.losses.iter().zip(&cache.aux) {
             let lg = grad.loss(name);
