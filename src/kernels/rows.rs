@@ -16,13 +16,9 @@ use rayon::prelude::*;
 use super::ROW_BLOCK;
 use crate::scalar::Scalar;
 
-/// $\sum_j t(a_j, b_j)$ over two slices of the same length, in ndarray's
-/// order (its `unrolled_dot`): eight interleaved partial sums $p_0..p_7$
-/// (entry $j$ to $p_{j \bmod 8}$) over the longest multiple of 8, combined
-/// as $((((0 + (p_0 + p_4)) + (p_1 + p_5)) + (p_2 + p_6)) + (p_3 + p_7))$,
-/// then the remaining entries added in order. The partial sums let the
-/// compiler vectorise the loop without reassociating; the order is fixed, so
-/// the bits do not depend on the caller or the thread count.
+/// $\sum_j t(a_j, b_j)$ over two slices of the same length, in the order
+/// documented at [`dot`] (fixed, so the bits do not depend on the caller or
+/// the thread count).
 #[inline(always)]
 fn lane_sum<T: Scalar>(a: &[T], b: &[T], t: impl Fn(T, T) -> T) -> T {
     debug_assert_eq!(a.len(), b.len());
@@ -45,9 +41,13 @@ fn lane_sum<T: Scalar>(a: &[T], b: &[T], t: impl Fn(T, T) -> T) -> T {
     sum
 }
 
-/// $\langle a, b\rangle$ of two slices of the same length, summed in
-/// [`lane_sum`]'s order, so the bits equal ndarray's `ArrayView1::dot` on
-/// contiguous rows.
+/// $\langle a, b\rangle$ of two slices of the same length, in ndarray's
+/// order (its `unrolled_dot`, so the bits equal `ArrayView1::dot`'s on
+/// contiguous rows): eight interleaved partial sums $p_0..p_7$ (entry $j$
+/// to $p_{j \bmod 8}$) over the longest multiple of 8, combined as
+/// $((((0 + (p_0 + p_4)) + (p_1 + p_5)) + (p_2 + p_6)) + (p_3 + p_7))$, then
+/// the remaining entries added in order. The partial sums let the compiler
+/// vectorise the loop without reassociating.
 #[inline]
 pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
     lane_sum(a, b, |x, y| x * y)
