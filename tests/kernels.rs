@@ -862,3 +862,34 @@ fn spmm_and_edge_l1_equal_spmm_and_segment_edge_l1_bit_for_bit_on_any_thread_cou
         }
     }
 }
+
+/// The pieces of a graph larger than CHUNK are folded left to right,
+/// $(p_0 + p_1) + p_2$: with $p_0 = 2^{25}$ and $p_1 = p_2 = 1.5$ in f32
+/// that is $2^{25}$, while $(p_2 + p_1) + p_0$ rounds to $2^{25} + 4$.
+#[test]
+fn edge_l1_folds_a_large_graphs_pieces_left_to_right() {
+    use graphpool::kernels::sparse::{segment_edge_l1, spmm_and_edge_l1};
+    use graphpool::kernels::CHUNK;
+    let n = 3 * CHUNK;
+    let seg = Segments::from_sizes(&[n]);
+    // one edge per piece, from a row with S = 1 to a row with S = 0 (an L1
+    // distance of 1), weighted by the piece's partial
+    let mut tri = TriMat::new((n, n));
+    let big = (1u32 << 25) as f32;
+    for (p, w) in [big, 1.5, 1.5].into_iter().enumerate() {
+        tri.add_triplet(p * CHUNK, p * CHUNK + 1, w);
+    }
+    let a: CsMat<f32> = tri.to_csr();
+    let s = Array2::from_shape_fn((n, 1), |(i, _)| if i % CHUNK == 0 { 1.0f32 } else { 0.0 });
+    assert_ne!(
+        (1.5f32 + 1.5) + big,
+        (big + 1.5) + 1.5,
+        "the two orders differ"
+    );
+    for threads in [1, 2] {
+        let tv = with_threads(threads, || segment_edge_l1(a.view(), s.view(), &seg));
+        assert_eq!(tv[0], (big + 1.5) + 1.5, "{threads} threads");
+        let (_, fused) = with_threads(threads, || spmm_and_edge_l1(a.view(), s.view(), &seg));
+        assert_eq!(fused[0], (big + 1.5) + 1.5, "{threads} threads");
+    }
+}
