@@ -786,6 +786,23 @@ fn row_sums_equal_spmm_with_a_column_of_ones_bit_for_bit() {
         a.outer_iterator().any(|row| row.nnz() == 0),
         "an empty row is covered"
     );
+    // its VJP: every stored entry gets its row's gradient, as the VJP of
+    // spmm(A, ones) gives
+    use graphpool::kernels::sparse::{row_sums_vjp, spmm_vjp_values};
+    let g = Array1::from_shape_fn(a.rows(), |i| ((i * 37) % 101) as f64 / 9.0 - 5.0);
+    let via_spmm = spmm_vjp_values(
+        a.view(),
+        ones.view(),
+        g.view().insert_axis(ndarray::Axis(1)),
+    );
+    for threads in [1, 2, 5] {
+        let ga = with_threads(threads, || row_sums_vjp(a.view(), g.view()));
+        assert_eq!(ga, via_spmm, "{threads} threads");
+    }
+    let ga = row_sums_vjp(a.view(), g.view());
+    for (&v, (_, (r, _))) in ga.iter().zip(a.iter()) {
+        assert_eq!(v, g[r]);
+    }
 }
 
 #[test]

@@ -1435,6 +1435,27 @@ pub fn row_sums<T: Scalar>(a: CsMatView<T>) -> Array1<T> {
     Array1::from(out)
 }
 
+/// VJP of [`row_sums`] with respect to the stored values: $\bar a_{ij} =
+/// \bar d_i$, aligned with `a.data()` (each entry gets its row's gradient).
+/// Numerically the VJP of [`spmm`]`(a, ones)` without a column of ones to
+/// gather (that one also turns a $-0$ gradient into $+0$).
+///
+/// ```
+/// use graphpool::kernels::sparse::row_sums_vjp;
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// // [[0, 2, 1], [2, 0, 0], [0, 0, 0]]
+/// let a = CsMat::new((3, 3), vec![0, 2, 3, 3], vec![1, 2, 0], vec![2.0_f64, 1.0, 2.0]);
+/// let g = array![0.5, -1.0, 3.0];
+/// assert_eq!(row_sums_vjp(a.view(), g.view()).to_vec(), vec![0.5, 0.5, -1.0]);
+/// ```
+pub fn row_sums_vjp<T: Scalar>(a: CsMatView<T>, grad: ArrayView1<T>) -> Array1<T> {
+    debug_assert_eq!(grad.len(), a.rows());
+    let mut out: Vec<T> = rows::fresh_vec(a.nnz());
+    per_entry_blocks(RawCsr::new(&a), &mut out, |r, _, vals| vals.fill(grad[r]));
+    Array1::from(out)
+}
+
 /// The graph Laplacian applied to features, $L X = (D - A) X$ with the
 /// weighted degrees $D_{ii} = \sum_j a_{ij}$ (row sums, a self loop
 /// included), computed row by row as $(LX)_i = \sum_j a_{ij}(x_i - x_j)$

@@ -39,7 +39,7 @@ use crate::kernels::segment::{
     segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
-    row_sums, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1, spmm_vjp_values,
+    row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,
 };
 use crate::nn::{rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Mlp, MlpCache, Params};
 use crate::scalar::Scalar;
@@ -920,9 +920,7 @@ impl<T: Scalar> DenseClustering<T> {
                 w.add_edges(edges);
             }
             if cache.degrees.is_some() {
-                let ones = Array2::ones((batch.num_nodes(), 1));
-                let gd = cot.degrees.view().insert_axis(Axis(1));
-                *edges += &spmm_vjp_values(a, ones.view(), gd);
+                *edges += &row_sums_vjp(a, cot.degrees.view());
             }
         }
         // select
