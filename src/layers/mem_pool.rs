@@ -80,7 +80,9 @@ pub enum MemAdjacency {
 /// **Auxiliary loss** `kl` (PyG's `MemPooling.kl_loss`): per graph, with the
 /// column sums $c_{gj} = \sum_{n \in g} S_{nj}$ and the sharpened target
 /// $$P_{nj} = \frac{S_{nj}^2 / c_{gj}}{\sum_{l} S_{nl}^2 / c_{gl}}, \qquad \mathrm{kl} = \frac{1}{B}\sum_{g=1}^{B}\sum_{n \in g}\sum_{j} \bar P_{nj}\big(\ln \bar P_{nj} - \ln \bar S_{nj}\big),$$
-/// $\bar P = \max(P, 10^{-15})$, $\bar S = \max(S, 10^{-15})$. PyG computes
+/// $\bar P = \max(P, 10^{-15})$, $\bar S = \max(S, 10^{-15})$ (computed as
+/// $\bar P_{nj} \ln(\bar P_{nj} / \bar S_{nj})$, one logarithm per entry; PyG
+/// takes the two logarithms, which differs only by rounding). PyG computes
 /// it on the $[B, N_{\max}, K]$ batch padded by `to_dense_batch` with
 /// `KLDivLoss(reduction='batchmean')`: padded rows contribute exactly 0 and
 /// the sum is divided by $B$, so it is the mean over graphs of the per-graph
@@ -89,7 +91,7 @@ pub enum MemAdjacency {
 /// per-graph sums are segment sums, and the only batch-level term is the
 /// division by $B$ (which counts empty graphs). $P$ is **not** detached: as
 /// in PyG, gradients flow through the target too (and not through a clamped
-/// value). `kl` is non-negative in exact arithmetic; computed as PyG does, it
+/// value). `kl` is non-negative in exact arithmetic; in floating point it
 /// can round to a tiny negative value (about $-10^{-16}$ in `f64`) when $P = S$.
 ///
 /// Defined results for degenerate inputs: an empty graph gives $K$ zero rows
@@ -480,7 +482,8 @@ fn kl_terms<T: Scalar>(s: ArrayView2<T>, segs: &Segments) -> (Array2<T>, Array1<
                 T::zero()
             };
             let (pc, sc) = (p.max(eps), sv.max(eps));
-            acc += pc * (pc.ln() - sc.ln());
+            // ln(P / S): one logarithm per entry instead of two
+            acc += pc * (pc / sc).ln();
         }
         out[0] = acc;
     });
@@ -575,35 +578,94 @@ fn assign_block<T: Scalar>(
 /// The per-head weights $S^{(h)}$ of one node (`ph`, $HK$) from its squared
 /// distances `d` ($HK$): per head, Student-t assignments as ratios to the
 /// nearest key's kernel, $((\tau + d_{\min}) / (\tau + d_j))^\alpha$,
-/// normalised. Shared by the forward pass and the backward pass, which
-/// recomputes them from the cached distances (same operations, same bits).
+/// normalised by their sum (taken over $j$ in order; a head whose
+/// $\tau + d_{\min}$ is not finite gets $1/K$ everywhere). Shared by the
+/// forward pass and the backward pass, which recomputes them from the
+/// cached distances (same operations, same bits). Four heads at a time, so
+/// their four sums advance side by side instead of one chain after another.
 #[inline(always)]
 fn head_weights<T: Scalar>(d: &[T], ph: &mut [T], k: usize, tau: T, alpha: T, unit_alpha: bool) {
-    for (dh, row) in d.chunks_exact(k).zip(ph.chunks_exact_mut(k)) {
-        let d_min = dh.iter().fold(T::infinity(), |a, &v| a.min(v));
-        let base = tau + d_min;
+    let mut dg = d.chunks_exact(4 * k);
+    let mut pg = ph.chunks_exact_mut(4 * k);
+    for (d4, p4) in (&mut dg).zip(&mut pg) {
+        head_group::<T, 4>(d4, p4, k, tau, alpha, unit_alpha);
+    }
+    for (d1, p1) in dg
+        .remainder()
+        .chunks_exact(k)
+        .zip(pg.into_remainder().chunks_exact_mut(k))
+    {
+        head_group::<T, 1>(d1, p1, k, tau, alpha, unit_alpha);
+    }
+}
+
+/// [`head_weights`] for `G` heads (`d` and `ph` are $GK$ long).
+#[inline(always)]
+fn head_group<T: Scalar, const G: usize>(
+    d: &[T],
+    ph: &mut [T],
+    k: usize,
+    tau: T,
+    alpha: T,
+    unit_alpha: bool,
+) {
+    let mut uniform = [false; G];
+    for ((dh, row), flat) in d
+        .chunks_exact(k)
+        .zip(ph.chunks_exact_mut(k))
+        .zip(&mut uniform)
+    {
+        let base = tau + smallest(dh);
         if !base.is_finite() {
             row.fill(T::one() / T::from_count(k));
+            *flat = true;
             continue;
         }
         // the test outside the loop: inside, a vectorised loop would
         // compute powf for every lane and select
-        let mut z = T::zero();
         if unit_alpha {
             for (r, &dj) in row.iter_mut().zip(dh) {
                 *r = base / (tau + dj);
-                z += *r;
             }
         } else {
             for (r, &dj) in row.iter_mut().zip(dh) {
                 *r = (base / (tau + dj)).powf(alpha);
-                z += *r;
             }
         }
-        for r in row.iter_mut() {
-            *r /= z;
+    }
+    let mut z = [T::zero(); G];
+    for j in 0..k {
+        for (h, z) in z.iter_mut().enumerate() {
+            *z += ph[h * k + j];
         }
     }
+    for ((row, &z), &flat) in ph.chunks_exact_mut(k).zip(&z).zip(&uniform) {
+        if !flat {
+            for r in row.iter_mut() {
+                *r /= z;
+            }
+        }
+    }
+}
+
+/// The smallest value of `v` that is not NaN ($+\infty$ if there is none):
+/// the fold of `min` from $+\infty$, in eight lanes so that it vectorises.
+/// The minimum of a set does not depend on the order it is taken in, except
+/// between $-0$ and $+0$, which give the same $\tau + d_{\min}$.
+#[inline(always)]
+fn smallest<T: Scalar>(v: &[T]) -> T {
+    let mut m = [T::infinity(); 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, &x) in m.iter_mut().zip(c) {
+            if x < *m {
+                *m = x;
+            }
+        }
+    }
+    m.iter()
+        .chain(chunks.remainder())
+        .fold(T::infinity(), |a, &x| if x < a { x } else { a })
 }
 
 /// $\mathrm{out}_{ij} = \sum_f (x_{if} - K_{fj})^2$ for `R` nodes at once
@@ -672,14 +734,14 @@ fn kl_vjp_add<T: Scalar>(
                 T::zero()
             }
         };
-        // d kl / d P = ln P + 1 - ln S (through the clamp only where P >= eps),
+        // d kl / d P = ln(P / S) + 1 (through the clamp only where P >= eps),
         // kept in the second half of the row until it is used
         let (head, gp) = out.split_at_mut(k);
         let mut dot = T::zero();
         for (j, g) in gp.iter_mut().enumerate() {
             let v = p(j);
             *g = if v >= eps {
-                beta * (v.ln() + T::one() - srow[j].max(eps).ln())
+                beta * ((v / srow[j].max(eps)).ln() + T::one())
             } else {
                 T::zero()
             };
