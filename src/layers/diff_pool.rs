@@ -14,6 +14,7 @@ use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignatur
 use crate::framework::{
     DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
 };
+use crate::kernels::rows::{dot, row_major};
 use crate::kernels::segment::{
     segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place,
     segment_mean, segment_sum,
@@ -21,7 +22,7 @@ use crate::kernels::segment::{
 use crate::kernels::sparse::{
     gcn_filter, sddmm, sddmm_vjp, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
-use crate::kernels::{map_nodes, reduce_chunked_rows};
+use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows};
 use crate::nn::{
     matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
     Activation, Initializer, Params,
@@ -111,8 +112,12 @@ impl DiffPoolVariant {
 /// * `link_pred` $= \lVert A_g - S_g S_g^\top\rVert_F$, computed without any
 ///   $n_g \times n_g$ matrix as
 ///   $$\lVert A_g - S_gS_g^\top\rVert_F^2 = \sum_{(i,j) \in E_g} w_{ij}\,(w_{ij} - 2\langle S_i, S_j\rangle) + \lVert S_g^\top S_g\rVert_F^2$$
-///   (the stored entries $E_g$ of $A_g$, [`sddmm`], and the $K \times K$
-///   Gram matrix); the square root of a value that rounding makes negative
+///   (the stored entries $E_g$ of $A_g$ and the $K \times K$ Gram matrix),
+///   the edge sum taken per node $i$ as
+///   $\sum_j w_{ij}^2 - 2\langle S_i, (A S)_i\rangle$ from the $A S$ of the
+///   connect step, so no pass over the edges gathers rows of $S$ for it
+///   (the per-edge products, [`sddmm`], are formed only for the edge-weight
+///   gradients); the square root of a value that rounding makes negative
 ///   is taken as 0, and its gradient at 0 as 0;
 /// * `entropy` $= \frac{1}{n_g}\sum_{n \in g} -\sum_k s_{nk} \ln(s_{nk} + 10^{-7})$.
 ///
@@ -348,14 +353,14 @@ impl<T: Scalar> DiffPool<T> {
         let assignment = DenseAssignment { s };
         let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
         drop(z);
-        // A S is formed again by the backward pass
-        let (blocks, _) = assignment.connect_blocks(a, segs);
+        // A S, for the connect step and the link loss, is formed again by
+        // the backward pass
+        let (blocks, connect) = assignment.connect_blocks(a, segs);
         let a_out = DenseAssignment::blocks_to_csr(blocks.view());
-        let mut link = link_terms(a, assignment.s.view(), segs);
-        let losses = self.losses_from(segs, &link, assignment.s.view());
-        if !edge_grad {
-            link.p = Array1::zeros(0);
-        }
+        let s = assignment.s.view();
+        let link = link_terms(a, s, connect.a_s.view(), segs, edge_grad);
+        drop(connect);
+        let losses = self.losses_from(segs, &link, s);
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
@@ -414,16 +419,32 @@ fn entropy_per_graph<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T) -> Ar
     segment_mean(h.view().insert_axis(Axis(1)), segs).remove_axis(Axis(1))
 }
 
-/// The sparse link-prediction terms of $\lVert A_g - S_gS_g^\top\rVert_F$.
-fn link_terms<T: Scalar>(a: CsMatView<T>, s: ArrayView2<T>, segs: &Segments) -> LinkTerms<T> {
+/// The sparse link-prediction terms of $\lVert A_g - S_gS_g^\top\rVert_F$,
+/// given $A S$ (`a_s`): per node $i$, $\sum_j w_{ij}^2 - 2\langle S_i, (AS)_i\rangle$,
+/// the node's share of $\sum_{(i,j) \in E_g} w_{ij}(w_{ij} - 2\langle S_i, S_j\rangle)$.
+/// The per-edge products $\langle S_i, S_j\rangle$ ([`sddmm`]) only if
+/// `per_edge` (for the edge-weight gradients).
+fn link_terms<T: Scalar>(
+    a: CsMatView<T>,
+    s: ArrayView2<T>,
+    a_s: ArrayView2<T>,
+    segs: &Segments,
+    per_edge: bool,
+) -> LinkTerms<T> {
     let k = s.ncols();
-    let p = sddmm(a, s, s);
+    let p = if per_edge {
+        sddmm(a, s, s)
+    } else {
+        Array1::zeros(0)
+    };
     let raw = RawCsr::new(&a);
     let w = a.data();
     let two = T::c(2.0);
+    let (ss, ass) = (row_major(&s), row_major(&a_s));
     let rows = Array1::from(map_nodes(segs, |_, n| {
-        raw.range(n)
-            .fold(T::zero(), |acc, e| acc + w[e] * (w[e] - two * p[e]))
+        let squares = raw.range(n).fold(T::zero(), |acc, e| acc + w[e] * w[e]);
+        let r = n * k..(n + 1) * k;
+        squares - two * dot(&ss[r.clone()], &ass[r])
     }));
     let edge_part = segment_sum(rows.view().insert_axis(Axis(1)), segs);
     let gram = segment_matmul_tn(s, s, segs);
@@ -512,17 +533,19 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         // the cache matches the batch's edge-weight setting (signature checked)
         let edge_grad = batch.edge_weight_grad();
         let connect = assignment.connect_cache(a);
-        let (gs_connect, mut ga) = assignment.connect_blocks_vjp_opt(
-            a,
-            segs,
-            batch.symmetric_graphs(),
-            &connect,
-            g_blocks,
-            edge_grad,
-        );
-        drop(connect);
+        let symmetric = batch.symmetric_graphs();
+        let (gs_connect, mut ga) =
+            assignment.connect_blocks_vjp_opt(a, segs, symmetric, &connect, g_blocks, edge_grad);
         gs += &gs_connect;
         drop(gs_connect);
+        // the link loss's edge term takes A S again when every graph is
+        // symmetric (A^T S = A S)
+        let a_s = if symmetric.iter().all(|&y| y) {
+            Some(connect.a_s)
+        } else {
+            drop(connect);
+            None
+        };
 
         // losses
         let denom = T::from_count(b.max(1));
@@ -536,11 +559,18 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                     T::zero()
                 }
             };
-            let ga_link = link_vjp(a, s, segs, &cache.link, edge_grad, coef, &mut gs);
+            let edges = LinkEdges {
+                a,
+                a_s: a_s.as_ref().map(|m| m.view()),
+                p: &cache.link.p,
+                edge_weights: edge_grad,
+            };
+            let ga_link = link_vjp(&edges, s, segs, &cache.link.gram, coef, &mut gs);
             if let (Some(ga), Some(ga_link)) = (&mut ga, ga_link) {
                 *ga += &ga_link;
             }
         }
+        drop(a_s);
         let g_ent = grad.loss("entropy") / denom;
         if g_ent != T::zero() {
             gs += &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent);
@@ -622,60 +652,81 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
     }
 }
 
+/// What [`link_vjp`] reads of the edges: $A$, and $A S$ if every graph is
+/// symmetric ($A^\top S = A S$ then), the per-edge products $p_e$ of the
+/// forward pass, and whether $\bar a$ is wanted.
+struct LinkEdges<'a, T: Scalar> {
+    a: CsMatView<'a, T>,
+    a_s: Option<ArrayView2<'a, T>>,
+    p: &'a Array1<T>,
+    edge_weights: bool,
+}
+
 /// VJP of the per-graph norms $\lVert A_g - S_gS_g^\top\rVert_F$ weighted by
 /// `coef(g)` $= \partial L / \partial \lVert\cdot\rVert \cdot \frac{1}{2\lVert\cdot\rVert}$:
-/// adds $\bar S$ into `gs` and returns $\bar a$ (when `edge_weights`). With
+/// adds $\bar S$ into `gs` and returns $\bar a$ (when `edges.edge_weights`). With
 /// $q_g$ the squared norm, $\partial q / \partial w_e = 2(w_e - p_e)$,
-/// $\partial q / \partial S = -2(AS + A^\top S) + 4 S_g (S_g^\top S_g)$; the
-/// Gram term is $S_g O_g + S_g O_g^\top$ with the symmetric $O_g = 2 c_g
-/// S_g^\top S_g$, formed once as $2\,S_g O_g$ (the Gram blocks are
-/// symmetric bit for bit: entry $(k, j)$ and $(j, k)$ are the same products
-/// in the same order).
+/// $\partial q / \partial S = -2(AS + A^\top S) + 4 S_g (S_g^\top S_g)$. The
+/// edge term is $-4\,(AS)_g$ when every graph is symmetric (from
+/// `edges.a_s`, no pass over the edges), else the VJP of the per-edge
+/// products ([`sddmm_vjp`]). The Gram term is $S_g O_g + S_g O_g^\top$ with
+/// the symmetric $O_g = 2 c_g S_g^\top S_g$, formed once as $2\,S_g O_g$ (the
+/// Gram blocks are symmetric bit for bit: entry $(k, j)$ and $(j, k)$ are the
+/// same products in the same order).
 fn link_vjp<T: Scalar>(
-    a: CsMatView<T>,
+    edges: &LinkEdges<'_, T>,
     s: ArrayView2<T>,
     segs: &Segments,
-    link: &LinkTerms<T>,
-    edge_weights: bool,
+    gram: &Array2<T>,
     coef: impl Fn(usize) -> T + Sync,
     gs: &mut Array2<T>,
 ) -> Option<Array1<T>> {
+    let a = edges.a;
     let k = s.ncols();
     let coefs: Vec<T> = (0..segs.num_graphs()).map(&coef).collect();
     let node_coef = map_nodes(segs, |g, _| coefs[g]);
     let raw = RawCsr::new(&a);
     let w = a.data();
     let two = T::c(2.0);
-    let (gp, ga): (Vec<T>, Option<Vec<T>>) = if edge_weights {
-        let (gp, ga) = (0..a.rows())
+    let ga = edges.edge_weights.then(|| {
+        let p = edges.p;
+        (0..a.rows())
             .into_par_iter()
             .flat_map_iter(|r| {
                 let c = node_coef[r];
-                raw.range(r)
-                    .map(move |e| (-two * w[e] * c, two * (w[e] - link.p[e]) * c))
+                raw.range(r).map(move |e| two * (w[e] - p[e]) * c)
             })
-            .unzip();
-        (gp, Some(ga))
-    } else {
-        let gp = (0..a.rows())
-            .into_par_iter()
-            .flat_map_iter(|r| {
-                let c = node_coef[r];
-                raw.range(r).map(move |e| -two * w[e] * c)
-            })
-            .collect();
-        (gp, None)
-    };
+            .collect::<Vec<T>>()
+    });
     // the edge term, then the Gram term, each added into `gs` and dropped:
     // at most two N x K terms beside `gs`
-    let (gu, gv) = sddmm_vjp(a, s, s, ArrayView1::from(&gp[..]));
-    drop(gp);
-    Zip::from(&mut *gs)
-        .and(&gu)
-        .and(&gv)
-        .par_for_each(|o, &u, &v| *o += u + v);
-    drop((gu, gv));
-    let mut g_gram = link.gram.clone();
+    match edges.a_s {
+        Some(a_s) => {
+            let four = two * two;
+            for_each_node_row(gs.view_mut(), segs, |g, n, mut row| {
+                let c = -four * coefs[g];
+                Zip::from(&mut row)
+                    .and(a_s.row(n))
+                    .for_each(|o, &v| *o += c * v);
+            });
+        }
+        None => {
+            let gp: Vec<T> = (0..a.rows())
+                .into_par_iter()
+                .flat_map_iter(|r| {
+                    let c = node_coef[r];
+                    raw.range(r).map(move |e| -two * w[e] * c)
+                })
+                .collect();
+            let (gu, gv) = sddmm_vjp(a, s, s, ArrayView1::from(&gp[..]));
+            drop(gp);
+            Zip::from(&mut *gs)
+                .and(&gu)
+                .and(&gv)
+                .par_for_each(|o, &u, &v| *o += u + v);
+        }
+    }
+    let mut g_gram = gram.clone();
     for (g, mut block) in g_gram.axis_chunks_iter_mut(Axis(0), k.max(1)).enumerate() {
         let c = two * coefs[g];
         block.mapv_inplace(|v| v * c);
@@ -737,7 +788,9 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     fn losses(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Result<Losses<T>> {
         match selection {
             Selection::Dense(s) => {
-                let link = link_terms(batch.a().view(), s.s.view(), batch.segments());
+                let (a, segs) = (batch.a().view(), batch.segments());
+                let a_s = s.connect_cache(a).a_s;
+                let link = link_terms(a, s.s.view(), a_s.view(), segs, false);
                 Ok(self.losses_from(batch.segments(), &link, s.s.view()))
             }
             _ => Ok(Losses::new()),
