@@ -246,7 +246,10 @@ pub fn spmm_times<T: Scalar>(
     let raw = RawCsr::new(&a);
     let xs = rows::row_major(&x);
     let wss: Vec<_> = ws.iter().map(|w| rows::row_major(w).into_owned()).collect();
-    let mut outs: Vec<Vec<T>> = ws.iter().map(|w| rows::fresh_vec(n * w.ncols())).collect();
+    let mut outs: Vec<Array2<T>> = ws
+        .iter()
+        .map(|w| rows::fresh_matrix(n, w.ncols()))
+        .collect();
     let blocks = n.div_ceil(ROW_BLOCK);
     // one disjoint slice of every output per block
     let mut per_block: Vec<Vec<&mut [T]>> = (0..blocks).map(|_| Vec::new()).collect();
@@ -255,6 +258,7 @@ pub fn spmm_times<T: Scalar>(
             per_block.iter_mut().for_each(|p| p.push(&mut []));
             continue;
         }
+        let o = o.as_slice_mut().expect("standard layout");
         for (b, piece) in o.chunks_mut(ROW_BLOCK * w.ncols()).enumerate() {
             per_block[b].push(piece);
         }
@@ -275,10 +279,7 @@ pub fn spmm_times<T: Scalar>(
                 rows::rows_times(&ax, f, ws, w.ncols(), None, false, piece);
             }
         });
-    outs.into_iter()
-        .zip(ws)
-        .map(|(o, w)| Array2::from_shape_vec((n, w.ncols()), o).expect("N * C entries"))
-        .collect()
+    outs
 }
 
 /// The transposed product $A^\top X$ ($M \times N$ times $N \times F$)
@@ -1909,9 +1910,13 @@ pub fn spmm_and_edge_l1<T: Scalar>(
     segments: &crate::batch::Segments,
 ) -> (Array2<T>, Array1<T>) {
     debug_assert_eq!(a.cols(), s.nrows());
-    let mut a_s: Vec<T> = rows::fresh_vec(a.rows() * s.ncols());
-    let tv = edge_l1_pass(a, s, segments, Some(&mut a_s));
-    let a_s = Array2::from_shape_vec((a.rows(), s.ncols()), a_s).expect("N * K entries");
+    let mut a_s = rows::fresh_matrix(a.rows(), s.ncols());
+    let tv = edge_l1_pass(
+        a,
+        s,
+        segments,
+        Some(a_s.as_slice_mut().expect("standard layout")),
+    );
     (a_s, tv)
 }
 

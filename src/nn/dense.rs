@@ -47,11 +47,7 @@ pub fn matmul<T: Scalar>(
             }
         });
     }
-    let mut out = Array2::from_shape_vec(
-        (x.nrows(), w.ncols()),
-        rows::fresh_vec(x.nrows() * w.ncols()),
-    )
-    .expect("rows * cols entries");
+    let mut out = rows::fresh_matrix(x.nrows(), w.ncols());
     if w.ncols() <= rows::SMALL_COLS {
         small_product(x, w, bias, false, &mut out);
         return out;
