@@ -918,7 +918,7 @@ fn edge_l1_folds_a_large_graphs_pieces_left_to_right() {
 #[test]
 fn gathered_matrices_start_on_a_cache_line() {
     use graphpool::kernels::rows::{build_rows, fresh_matrix, zeros, CACHE_LINE};
-    let aligned = |p: *const u8| p as usize % CACHE_LINE == 0;
+    let aligned = |p: *const u8| (p as usize).is_multiple_of(CACHE_LINE);
     // (an empty matrix has no first entry to align)
     for (r, c) in [(1, 1), (3, 5), (100_000, 16), (70_001, 3)] {
         let m = fresh_matrix::<f32>(r, c);

@@ -435,7 +435,7 @@ pub fn fresh_matrix<T: Copy + Default>(rows: usize, cols: usize) -> Array2<T> {
     let off = data.as_ptr() as usize % CACHE_LINE;
     // the allocation is aligned to T, so the gap to the next line is a
     // whole number of entries when T's size divides the line
-    let start = if off == 0 || off % size != 0 {
+    let start = if off == 0 || !off.is_multiple_of(size) {
         0
     } else {
         ((CACHE_LINE - off) / size).min(pad)
