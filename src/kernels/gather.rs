@@ -51,7 +51,8 @@ pub fn gather_scaled_rows_checked<T: Scalar>(
 ) -> (Array2<T>, Option<usize>) {
     debug_assert_eq!(kept.len(), scale.len());
     let f = x.ncols();
-    let mut out = super::rows::fresh_vec(kept.len() * f);
+    let mut matrix = super::rows::fresh_matrix(kept.len(), f);
+    let out = matrix.as_slice_mut().expect("standard layout");
     let mut first_bad = None;
     if f > 0 {
         let xs = row_major(&x);
@@ -73,8 +74,7 @@ pub fn gather_scaled_rows_checked<T: Scalar>(
             })
             .min();
     }
-    let out = Array2::from_shape_vec((kept.len(), f), out).expect("the length is K * F");
-    (out, first_bad)
+    (matrix, first_bad)
 }
 
 /// VJP of [`gather_scaled_rows`] with respect to the scales:
@@ -118,10 +118,12 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
     debug_assert_eq!(c.ncols(), v.nrows());
     let f = grad.ncols();
     let r = v.nrows();
-    let mut out = super::rows::fresh_vec(n * f);
+    let mut out = super::rows::fresh_matrix(n, f);
     if f > 0 {
         let (gs, cs, vs) = (row_major(&grad), row_major(&c), row_major(&v));
-        out.par_chunks_mut(ROW_BLOCK * f)
+        out.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(ROW_BLOCK * f)
             .enumerate()
             .for_each(|(b, block)| {
                 let lo = b * ROW_BLOCK;
@@ -152,7 +154,7 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
                 }
             });
     }
-    Array2::from_shape_vec((n, f), out).expect("the length is N * F")
+    out
 }
 
 /// $X^\top c$ (an $F$-vector) for a per-node weight $c$: the parameter

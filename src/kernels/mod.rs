@@ -351,10 +351,11 @@ where
 {
     debug_assert_eq!(x.nrows(), segments.num_nodes());
     let b = segments.num_graphs();
-    let mut out = rows::fresh_vec(b * width);
+    let mut matrix = rows::fresh_matrix(b, width);
     if width == 0 || b == 0 {
-        return ndarray::Array2::from_shape_vec((b, width), out).expect("the length is b * width");
+        return matrix;
     }
+    let out = matrix.as_slice_mut().expect("standard layout");
     let f = x.ncols();
     let offsets = segments.offsets();
     let xs = x.as_slice();
@@ -362,7 +363,7 @@ where
     // each item's slice of the output: its graphs' rows, or for the first
     // piece of a large graph that graph's row (the other pieces return theirs)
     let mut tasks = Vec::with_capacity(items.len());
-    let mut rest: &mut [U] = &mut out;
+    let mut rest: &mut [U] = &mut *out;
     for item in &items {
         let len = match item {
             SegmentWork::Graphs(gr) => gr.len() * width,
@@ -420,7 +421,7 @@ where
             }
         }
     }
-    ndarray::Array2::from_shape_vec((b, width), out).expect("the length is b * width")
+    matrix
 }
 
 /// Calls `f(graph, node, row)` for every `width`-long row of the row-major
@@ -464,7 +465,12 @@ where
     F: Fn(usize, usize, &mut [U]) + Sync,
 {
     let n = segments.num_nodes();
-    let mut out = rows::fresh_vec(n * width);
-    for_each_node_slice(&mut out, width, segments, f);
-    ndarray::Array2::from_shape_vec((n, width), out).expect("the length is n * width")
+    let mut out = rows::fresh_matrix(n, width);
+    for_each_node_slice(
+        out.as_slice_mut().expect("standard layout"),
+        width,
+        segments,
+        f,
+    );
+    out
 }

@@ -239,8 +239,7 @@ pub fn segment_matmul_tn<T: Scalar>(
     let (k, f) = (s.ncols(), y.ncols());
     // every block is assigned once: fresh memory, first written
     let rows_out = segments.num_graphs() * k;
-    let mut out = Array2::from_shape_vec((rows_out, f), rows::fresh_vec(rows_out * f))
-        .expect("rows * cols entries");
+    let mut out = rows::fresh_matrix(rows_out, f);
     let (ss, ys) = (rows::row_major(&s), rows::row_major(&y));
     for_each_graph_block(out.view_mut(), k, |g, mut block| {
         let r = reduce_chunked(
