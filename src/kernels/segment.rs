@@ -25,6 +25,41 @@ pub fn segment_sum<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<T
     reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |_, _| {})
 }
 
+/// Segment sum of squares: $\mathrm{out}_{g} = \sum_{n \in g} x_n \odot x_n$,
+/// shape $B \times F$ (per graph, the diagonal of $X_g^\top X_g$).
+///
+/// The same bits as [`segment_sum`] of $X \odot X$ (each square rounded,
+/// then added in the same order), without the $N \times F$ temporary.
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_sum, segment_sum_squares};
+/// use ndarray::array;
+///
+/// let seg = Segments::from_graph_ids(&[0, 0, 1], 2)?;
+/// let x = array![[1.0, -2.0], [3.0, 0.5], [4.0, 1.0]];
+/// let sq = segment_sum_squares(x.view(), &seg);
+/// assert_eq!(sq, array![[10.0, 4.25], [16.0, 1.0]]);
+/// assert_eq!(sq, segment_sum((&x * &x).view(), &seg));
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+pub fn segment_sum_squares<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<T> {
+    reduce_segment_rows(
+        x,
+        segments,
+        x.ncols(),
+        |_, rows: &[T], acc: &mut [T]| {
+            for row in rows.chunks_exact(acc.len()) {
+                for (a, &v) in acc.iter_mut().zip(row) {
+                    *a += v * v;
+                }
+            }
+        },
+        add_row,
+        |_, _| {},
+    )
+}
+
 /// `acc += ` every row of `rows` in order (`acc` has the rows' width).
 #[inline]
 fn sum_rows<T: Scalar>(_: usize, rows: &[T], acc: &mut [T]) {

@@ -36,12 +36,14 @@ use crate::kernels::map_nodes;
 use crate::kernels::segment::{
     blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_kth_largest,
     segment_kth_largest_vjp, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
-    segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
+    segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
     row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,
 };
-use crate::nn::{rng_from_seed, softmax_rows, softmax_rows_vjp, Activation, Mlp, MlpCache, Params};
+use crate::nn::{
+    rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, Activation, Mlp, MlpCache, Params,
+};
 use crate::scalar::Scalar;
 
 /// Spektral's `K.epsilon()` in `normalize_A`.
@@ -395,8 +397,9 @@ impl<T: Scalar> DenseClustering<T> {
 
     /// Select: $S = \mathrm{softmax}(\mathrm{MLP}(X))$.
     fn select(&self, x: ndarray::ArrayView2<T>) -> Result<(MlpCache<T>, Array2<T>)> {
-        let mlp = self.mlp.forward(&self.params, x)?;
-        let s = softmax_rows(mlp.output().view());
+        let mut mlp = self.mlp.forward(&self.params, x)?;
+        let mut s = mlp.take_output();
+        softmax_rows_in_place(&mut s);
         check_finite_2d(
             &s.view(),
             "cluster assignment S (the MLP's logits overflowed)",
@@ -594,7 +597,7 @@ impl<T: Scalar> DenseClustering<T> {
                 (values, AuxCache::Collapse { sums })
             }
             AuxLoss::SqrtBalance(normalized) => {
-                let sq = segment_sum((s * s).view(), seg);
+                let sq = segment_sum_squares(s.view(), seg);
                 let values = Array1::from_shape_fn(b, |g| {
                     let n = seg.size(g);
                     if n == 0 {

@@ -288,6 +288,14 @@ impl<T: Scalar> DenseCache<T> {
     pub fn output(&self) -> &Array2<T> {
         self.out.as_ref().unwrap_or(&self.pre)
     }
+
+    /// Moves the output of a **linear** layer out, leaving a $0 \times 0$
+    /// array: its VJP reads neither the pre-activation nor the output (see
+    /// [`super::MlpCache::take_output`]).
+    pub(crate) fn take_linear_output(&mut self) -> Array2<T> {
+        debug_assert!(self.out.is_none(), "only a linear layer's output is dead");
+        std::mem::replace(&mut self.pre, Array2::zeros((0, 0)))
+    }
 }
 
 impl Dense {

@@ -28,6 +28,40 @@ impl<T: Scalar> MlpCache<T> {
     pub fn output(&self) -> &Array2<T> {
         self.layers[self.layers.len() - 1].output()
     }
+
+    /// Moves the output (linear logits) out of the cache, leaving a
+    /// $0 \times 0$ array in its place: [`Mlp::backward`] never reads it (the
+    /// last layer is linear, and a linear layer's VJP needs only its input),
+    /// so a caller that maps the logits (a softmax) can do it in place
+    /// instead of allocating a second $N \times$ `out` array.
+    ///
+    /// ```
+    /// use graphpool::nn::{rng_from_seed, Activation, Mlp, Params};
+    /// use ndarray::array;
+    ///
+    /// let mlp = Mlp::new(&[3], Activation::Relu, 2, 2);
+    /// let mut params = Params::default();
+    /// mlp.init_params(&mut params, &mut rng_from_seed(0));
+    /// let x = array![[1.0_f64, 2.0], [0.5, -1.0]];
+    /// let mut cache = mlp.forward(&params, x.view())?;
+    /// let logits = cache.output().clone();
+    /// assert_eq!(cache.take_output(), logits);
+    /// assert_eq!(cache.output().dim(), (0, 0));
+    /// // the backward pass is unchanged
+    /// let g = array![[1.0, 0.0], [0.0, 1.0]];
+    /// let full = mlp.forward(&params, x.view())?;
+    /// let (mut g1, mut g2) = (params.zeros_like(), params.zeros_like());
+    /// assert_eq!(
+    ///     mlp.backward(&params, x.view(), &cache, g.view(), &mut g1)?,
+    ///     mlp.backward(&params, x.view(), &full, g.view(), &mut g2)?,
+    /// );
+    /// assert_eq!(g1, g2);
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    pub fn take_output(&mut self) -> Array2<T> {
+        let last = self.layers.len() - 1;
+        self.layers[last].take_linear_output()
+    }
 }
 
 impl Mlp {
