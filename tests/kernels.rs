@@ -750,6 +750,44 @@ proptest! {
     }
 }
 
+proptest! {
+    /// `gcn_filter` rounds each value as b_ij (u_i u_j), so the filter of a
+    /// graph that is symmetric bit for bit is symmetric bit for bit (with
+    /// (u_i b_ij) u_j it is not: the two products round differently), and
+    /// on such a batch the transposed product equals the plain one, bit
+    /// for bit: DiffPool's backward takes F H for F^T H there.
+    #[test]
+    fn gcn_filter_of_a_symmetric_graph_is_symmetric_bit_for_bit(
+        b in batches(BatchShape { directed: 0.3, ..BatchShape::default() }),
+        und in batches(BatchShape::default()),
+        f in 1usize..5,
+        seed in 0u64..1000,
+    ) {
+        let filter = gcn_filter(b.a().view());
+        let m = &filter.matrix;
+        let symmetric = b.symmetric_graphs();
+        for (&v, (r, c)) in m.iter() {
+            if symmetric[b.segments().graph_of(r)] {
+                let mirror = m.get(c, r).copied();
+                prop_assert_eq!(mirror.map(f64::to_bits), Some(v.to_bits()), "entry ({}, {})", r, c);
+            }
+        }
+        let bits = |a: &Array2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let y = |n: usize| Array2::from_shape_fn((n, f), |(i, j)| {
+            ((i * 31 + j * 17) as f64 + seed as f64 * 0.61).sin()
+        });
+        if symmetric.iter().all(|&s| s) {
+            let y = y(m.rows());
+            prop_assert_eq!(bits(&spmm(m.view(), y.view())), bits(&spmm_t(m.view(), y.view())));
+        }
+        // an undirected batch: every graph symmetric
+        prop_assert!(und.symmetric_graphs().iter().all(|&s| s));
+        let mu = gcn_filter(und.a().view()).matrix;
+        let yu = y(mu.rows());
+        prop_assert_eq!(bits(&spmm(mu.view(), yu.view())), bits(&spmm_t(mu.view(), yu.view())));
+    }
+}
+
 #[test]
 fn row_sums_equal_spmm_with_a_column_of_ones_bit_for_bit() {
     use graphpool::kernels::sparse::row_sums;

@@ -662,6 +662,13 @@ pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
 /// $+1$. A node whose degree $\hat D_{ii} \le 0$ (possible only with
 /// negative weights) gets $\hat D_{ii}^{-1/2} = 0$ instead of NaN.
 ///
+/// Each value is rounded as $b_{ij} \cdot (u_i u_j)$ ($b$ the values of
+/// $A + I$, $u = \hat D^{-1/2}$): the product $u_i u_j$ does not depend on
+/// the order of $i$ and $j$, so the filter of a graph that is symmetric bit
+/// for bit is itself symmetric bit for bit, and a transposed product with
+/// it can be taken as a plain one ($\hat A^\top Y = \hat A Y$, the same
+/// bits: [`spmm`] and [`spmm_t`] add the same terms in the same order).
+///
 /// Only $\hat A$ and $\hat D^{-1/2}$ are held (nnz + 2N values and
 /// indices): the values of $A + I$ and which entry of $A$ each entry of
 /// $\hat A$ comes from are read back from $A$ itself when the VJP needs
@@ -759,7 +766,7 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
             for r in rows {
                 for e in indptr[r]..indptr[r + 1] {
                     let v = &mut od[e - off];
-                    *v = dis[r] * *v * dis[indices[e]];
+                    *v = *v * (dis[r] * dis[indices[e]]);
                 }
             }
         });

@@ -20,7 +20,7 @@ use crate::kernels::segment::{
     segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
-    gcn_filter, sddmm, sddmm_vjp, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
+    gcn_filter, sddmm, sddmm_vjp, spmm, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
 use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows};
 use crate::nn::{
@@ -628,7 +628,13 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             let g_fvals = sddmm(fm, h.view(), x).to_vec();
             *ga += &cache.filter.vjp(a, &g_fvals);
         }
-        let gx = spmm_t(fm, h.view());
+        // a filter of symmetric graphs is symmetric bit for bit (see
+        // gcn_filter): F^T H is then F H, the same bits, as a gather
+        let gx = if symmetric.iter().all(|&y| y) {
+            spmm(fm, h.view())
+        } else {
+            spmm_t(fm, h.view())
+        };
         drop(h);
         let mut params = self.params.zeros_like();
         params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
