@@ -8,6 +8,7 @@ mod common;
 use common::with_threads;
 use graphpool::kernels::segment::{
     normalize_blocks, normalize_blocks_vjp, segment_kth_largest, segment_kth_largest_vjp,
+    SMALL_RANK,
 };
 use graphpool::kernels::sparse::{segment_edge_l1, segment_edge_l1_vjp, segment_nnz};
 use graphpool::Segments;
@@ -46,6 +47,21 @@ fn graph_data() -> impl Strategy<Value = (Segments, Array2<f64>, CsMat<f64>)> {
     })
 }
 
+/// Segments of up to 3 * SMALL_RANK nodes (so that ranks reach both the
+/// scan and the selection of `segment_kth_largest`) and a per-node matrix.
+fn quantile_data() -> impl Strategy<Value = (Segments, Array2<f64>)> {
+    (
+        proptest::collection::vec(0usize..3 * SMALL_RANK, 1..4),
+        1usize..4,
+    )
+        .prop_flat_map(|(sizes, k)| {
+            let seg = Segments::from_sizes(&sizes);
+            let n = seg.num_nodes();
+            proptest::collection::vec(-3.0f64..3.0, n * k)
+                .prop_map(move |vals| (seg.clone(), Array2::from_shape_vec((n, k), vals).unwrap()))
+        })
+}
+
 fn cotangent(n: usize, seed: u64) -> Vec<f64> {
     (0..n)
         .map(|e| ((e as u64 * 2654435761 + seed) % 1000) as f64 / 500.0 - 1.0)
@@ -55,8 +71,15 @@ fn cotangent(n: usize, seed: u64) -> Vec<f64> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
+    /// Ranks on both sides of SMALL_RANK (scan and selection), and values
+    /// rounded to quarters when `ties` (many equal values per column).
     #[test]
-    fn kth_largest_equals_a_full_sort_per_graph_and_column((seg, s, _) in graph_data(), r in 1usize..5) {
+    fn kth_largest_equals_a_full_sort_per_graph_and_column(
+        (seg, s) in quantile_data(),
+        r in 1usize..3 * SMALL_RANK,
+        ties in any::<bool>(),
+    ) {
+        let s = if ties { s.mapv(|v| (v * 4.0).round() / 4.0) } else { s };
         let q = segment_kth_largest(s.view(), &seg, |_| r);
         for (g, range) in seg.ranges().enumerate() {
             for c in 0..s.ncols() {
@@ -74,7 +97,7 @@ proptest! {
     }
 
     #[test]
-    fn kth_largest_breaks_ties_by_the_smaller_node_index(n in 1usize..9, r in 1usize..9) {
+    fn kth_largest_breaks_ties_by_the_smaller_node_index(n in 1usize..20, r in 1usize..20) {
         let s = Array2::from_elem((n, 2), 0.5);
         let q = segment_kth_largest(s.view(), &Segments::single(n), |_| r);
         prop_assert_eq!(q.nodes[[0, 0]], r.min(n) - 1);

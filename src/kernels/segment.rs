@@ -478,12 +478,30 @@ pub struct SegmentKthLargest<T: Scalar> {
     pub nodes: Array2<usize>,
 }
 
-/// Computes [`SegmentKthLargest`]: per graph and column, a selection
-/// ($O(n_g)$ expected, not a full sort), in parallel over graphs and, inside
-/// a graph larger than [`super::CHUNK`], over columns.
+/// Computes [`SegmentKthLargest`]: per graph and column, in parallel over
+/// graphs and, inside a graph larger than [`super::CHUNK`], over columns. A
+/// rank up to [`SMALL_RANK`] is found by one scan that keeps the best `rank`
+/// values in order ($O(n_g \cdot \text{rank})$, no allocation); a larger one
+/// by a selection ($O(n_g)$ expected, not a full sort). The order is total,
+/// so both find the same node.
 ///
 /// AsymCheegerCutPool's balance term uses it with
 /// $\text{rank}(n) = \lfloor n / K \rfloor + 1$ (Spektral's `top_k(...)[-1]`).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::segment_kth_largest;
+/// use ndarray::array;
+///
+/// // graph 0: nodes 0..3, graph 1: node 3; the 2nd largest per column
+/// let seg = Segments::from_graph_ids(&[0, 0, 0, 1], 2)?;
+/// let s = array![[0.1, 0.5], [0.7, 0.5], [0.4, 0.2], [0.9, 0.3]];
+/// let q = segment_kth_largest(s.view(), &seg, |_| 2);
+/// assert_eq!(q.values, array![[0.4, 0.5], [0.9, 0.3]]);
+/// // the tie in column 1 (nodes 0 and 1): the smaller node ranks first
+/// assert_eq!(q.nodes, array![[2, 1], [3, 3]]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
 pub fn segment_kth_largest<T: Scalar>(
     s: ArrayView2<T>,
     segments: &Segments,
@@ -491,43 +509,93 @@ pub fn segment_kth_largest<T: Scalar>(
 ) -> SegmentKthLargest<T> {
     use rayon::prelude::*;
     let k = s.ncols();
-    let column = |r: std::ops::Range<usize>, c: usize, buf: &mut Vec<(T::Ordered, usize)>| {
-        buf.clear();
-        buf.extend(r.clone().map(|n| (s[[n, c]].ordered(), n)));
-        let pos = rank(r.len()).clamp(1, r.len()) - 1;
-        let (_, &mut (_, node), _) =
-            buf.select_nth_unstable_by(pos, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        (s[[node, c]], node)
-    };
-    let per_graph: Vec<Vec<(T, usize)>> = segments
-        .ranges()
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(|r| {
-            if r.is_empty() {
-                return vec![(T::zero(), usize::MAX); k];
-            }
-            if r.len() > super::CHUNK {
-                (0..k)
-                    .into_par_iter()
-                    .map_init(Vec::new, |buf, c| column(r.clone(), c, buf))
-                    .collect()
-            } else {
-                let mut buf = Vec::with_capacity(r.len());
-                (0..k).map(|c| column(r.clone(), c, &mut buf)).collect()
-            }
-        })
-        .collect();
     let b = segments.num_graphs();
-    let mut values = Array2::zeros((b, k));
-    let mut nodes = Array2::from_elem((b, k), usize::MAX);
-    for (g, row) in per_graph.into_iter().enumerate() {
-        for (c, (v, n)) in row.into_iter().enumerate() {
-            values[[g, c]] = v;
-            nodes[[g, c]] = n;
-        }
+    let mut values = vec![T::zero(); b * k];
+    let mut nodes = vec![usize::MAX; b * k];
+    if k > 0 {
+        let column = |r: std::ops::Range<usize>, c: usize, buf: &mut Vec<(T::Ordered, usize)>| {
+            let pos = rank(r.len()).clamp(1, r.len()) - 1;
+            let node = if pos < SMALL_RANK {
+                best_in_order::<T>(r.map(|n| (s[[n, c]].ordered(), n)), pos + 1)
+            } else {
+                buf.clear();
+                buf.extend(r.map(|n| (s[[n, c]].ordered(), n)));
+                let (_, &mut (_, node), _) =
+                    buf.select_nth_unstable_by(pos, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                node
+            };
+            (s[[node, c]], node)
+        };
+        values
+            .par_chunks_mut(k)
+            .zip(nodes.par_chunks_mut(k))
+            .enumerate()
+            .for_each_init(Vec::new, |buf, (g, (vs, ns))| {
+                let r = segments.range(g);
+                if r.is_empty() {
+                    return;
+                }
+                if r.len() > super::CHUNK {
+                    let picked: Vec<(T, usize)> = (0..k)
+                        .into_par_iter()
+                        .map_init(Vec::new, |buf, c| column(r.clone(), c, buf))
+                        .collect();
+                    for ((v, n), p) in vs.iter_mut().zip(ns.iter_mut()).zip(picked) {
+                        (*v, *n) = p;
+                    }
+                } else {
+                    for (c, (v, n)) in vs.iter_mut().zip(ns.iter_mut()).enumerate() {
+                        (*v, *n) = column(r.clone(), c, buf);
+                    }
+                }
+            });
     }
-    SegmentKthLargest { values, nodes }
+    SegmentKthLargest {
+        values: Array2::from_shape_vec((b, k), values).expect("B * K values"),
+        nodes: Array2::from_shape_vec((b, k), nodes).expect("B * K nodes"),
+    }
+}
+
+/// Ranks up to this one are found by a scan ([`segment_kth_largest`]).
+pub const SMALL_RANK: usize = 8;
+
+/// The node of the `want`-th best of `items` (`want` in $1..=$
+/// [`SMALL_RANK`], at most the number of items): larger value first, then
+/// smaller node. Keeps the best `want` seen so far in order.
+#[inline]
+fn best_in_order<T: Scalar>(
+    items: impl Iterator<Item = (T::Ordered, usize)>,
+    want: usize,
+) -> usize {
+    debug_assert!((1..=SMALL_RANK).contains(&want));
+    let better =
+        |a: &(T::Ordered, usize), b: &(T::Ordered, usize)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    let mut top: [Option<(T::Ordered, usize)>; SMALL_RANK] = [None; SMALL_RANK];
+    let mut len = 0;
+    for item in items {
+        if len == want {
+            // the worst kept is top[want - 1]
+            match &top[want - 1] {
+                Some(w) if better(&item, w) => {}
+                _ => continue,
+            }
+        } else {
+            len += 1;
+        }
+        // insert in order, the worst (if full) falling off the end
+        let mut i = len - 1;
+        while i > 0 {
+            match &top[i - 1] {
+                Some(p) if better(&item, p) => {
+                    top[i] = top[i - 1];
+                    i -= 1;
+                }
+                _ => break,
+            }
+        }
+        top[i] = Some(item);
+    }
+    top[want - 1].expect("at least `want` items").1
 }
 
 /// VJP of [`segment_kth_largest`]: the gradient of the value of column $k$
