@@ -479,17 +479,21 @@ pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T
         tasks.push((rows, hi, hs, hd));
     }
     tasks.into_par_iter().for_each(|(rows, oi, os, od)| {
+        // branch-free compaction (about half the entries are kept, in no
+        // pattern a branch predictor could learn): every entry is written at
+        // the next free slot, which only a kept entry then takes; the writes
+        // past the block's last kept entry fall outside it and are skipped
         let mut p = 0;
         for &r in &kept[rows] {
             for e in row_entries(r) {
-                if let Some(c) = kept_set.rank(idx[e]) {
-                    oi[p] = c;
-                    os[p] = e;
-                    od[p] = vals[e];
-                    p += 1;
+                let (is_kept, c) = kept_set.rank_or_next(idx[e]);
+                if let (Some(i), Some(s), Some(d)) = (oi.get_mut(p), os.get_mut(p), od.get_mut(p)) {
+                    (*i, *s, *d) = (c, e, vals[e]);
                 }
+                p += usize::from(is_kept);
             }
         }
+        debug_assert_eq!(p, oi.len());
     });
     Induced {
         matrix: CsMat::new((m, m), indptr, indices, data),
@@ -539,12 +543,16 @@ impl RankedBitmap {
         self.words[i / 64] >> (i % 64) & 1 == 1
     }
 
-    /// The position of `i` among the members, if it is one.
+    /// Whether `i` is a member, and the number of members before it (its
+    /// position among them if it is one), without a branch.
     #[inline]
-    fn rank(&self, i: usize) -> Option<usize> {
+    fn rank_or_next(&self, i: usize) -> (bool, usize) {
         let w = self.words[i / 64];
         let bit = 1u64 << (i % 64);
-        (w & bit != 0).then(|| self.ranks[i / 64] + (w & (bit - 1)).count_ones() as usize)
+        (
+            w & bit != 0,
+            self.ranks[i / 64] + (w & (bit - 1)).count_ones() as usize,
+        )
     }
 }
 
