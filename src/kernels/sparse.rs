@@ -774,7 +774,7 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
             for r in rows {
                 for e in indptr[r]..indptr[r + 1] {
                     let v = &mut od[e - off];
-                    *v = *v * (dis[r] * dis[indices[e]]);
+                    *v *= dis[r] * dis[indices[e]];
                 }
             }
         });
