@@ -347,10 +347,9 @@ fn invalid_configurations_are_typed_errors() {
     ));
 }
 
-/// A graph larger than a reduction chunk next to many small graphs: forward
-/// and backward give the same bits on 1, 2 and 3 threads.
-#[test]
-fn forward_and_backward_are_identical_on_any_thread_count_beyond_one_chunk() {
+/// One graph of 5,000 nodes (more than one CHUNK of 4,096) and 100 of 6,
+/// undirected, non-integer weights and features.
+fn batch_beyond_one_chunk() -> DisjointBatch<f64> {
     let mut sizes = vec![5_000usize];
     sizes.extend(std::iter::repeat_n(6, 100));
     let seg = graphpool::Segments::from_sizes(&sizes);
@@ -371,7 +370,28 @@ fn forward_and_backward_are_identical_on_any_thread_count_beyond_one_chunk() {
             }
         }
     }
-    let b = DisjointBatch::new(x, t.to_csr(), seg).unwrap();
+    DisjointBatch::new(x, t.to_csr(), seg).unwrap()
+}
+
+/// DiffPool's forward pass forms S and X' piece by piece without holding Z;
+/// the SRC steps (S, then Z whole, then S_g^T Z_g) give the same bits, also
+/// on a graph cut into several pieces, on any thread count.
+#[test]
+fn src_steps_compose_to_the_forward_pass_beyond_one_chunk() {
+    let b = batch_beyond_one_chunk();
+    for act in [Activation::Relu, Activation::Tanh, Activation::Linear] {
+        let diff = DiffPool::<f64>::new(3, K, Some(4), act, 6).unwrap();
+        for threads in [1, 2, 3] {
+            with_threads(threads, || src_agrees_with_forward(&diff, &b)).unwrap();
+        }
+    }
+}
+
+/// A graph larger than a reduction chunk next to many small graphs: forward
+/// and backward give the same bits on 1, 2 and 3 threads.
+#[test]
+fn forward_and_backward_are_identical_on_any_thread_count_beyond_one_chunk() {
+    let b = batch_beyond_one_chunk();
     fn run<L: Layer<f64, Output = Pooled<f64>>>(
         l: &L,
         b: &DisjointBatch<f64>,

@@ -22,10 +22,10 @@ use crate::kernels::segment::{
 use crate::kernels::sparse::{
     gcn_filter, sddmm, sddmm_vjp, spmm, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
-use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows};
+use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
-    matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
-    Activation, Initializer, Params,
+    matmul_acc_piece, rng_from_seed, softmax_in_place, softmax_rows_in_place, softmax_rows_vjp,
+    transpose_times, Activation, Initializer, Params,
 };
 use crate::scalar::Scalar;
 
@@ -323,18 +323,95 @@ impl<T: Scalar> DiffPool<T> {
         Ok((s, z_pre))
     }
 
-    /// $Z = \sigma(\text{pre})$, with the pre-activation kept only when the
-    /// activation's derivative needs it (not for relu and the others of
-    /// [`Activation::derivative_from_output_only`]).
-    fn activate(&self, z_pre: Array2<T>) -> (Option<Array2<T>>, Array2<T>) {
-        if self.activation.derivative_from_output_only() {
-            let mut z = z_pre;
-            self.activation.forward_inplace(&mut z);
-            (None, z)
-        } else {
-            let z = self.activation.forward(z_pre.view());
-            (Some(z_pre), z)
+    /// $S = \operatorname{softmax}(\hat A X W_{\text{pool}})$ and the pooled
+    /// features $X'_g = S_g^\top \sigma(\hat A X W_{\text{emb}})_g$, without
+    /// ever holding $Z = \sigma(\hat A X W_{\text{emb}})$ ($N \times C$).
+    ///
+    /// The nodes are taken in the pieces of [`segment_matmul_tn`] ([`CHUNK`]
+    /// nodes counted from each graph's first node), in parallel: a piece
+    /// forms its rows of $\hat A X$ ([`spmm_rows`]), writes its rows of $S$,
+    /// forms its rows of $Z$ in a scratch and reduces $S_p^\top Z_p$
+    /// ([`rows::outer_sum`]); a graph's pieces are then added in order. Every
+    /// row of $S$ and $Z$ has the bits of [`spmm_times`] (a row's product does
+    /// not depend on its block) and $X'$ those of [`segment_matmul_tn`] (same
+    /// pieces, same order), so the result is the unfused one's, bit for bit,
+    /// on any thread count.
+    fn assign_and_pool(
+        &self,
+        filter: &GcnFilter<T>,
+        x: ArrayView2<T>,
+        segs: &Segments,
+    ) -> Result<(Array2<T>, Array2<T>)> {
+        let w_pool = self.params.matrix(KERNEL_POOL)?;
+        let w_emb = self.params.matrix(KERNEL_EMB)?;
+        let (wp, we) = (row_major(&w_pool), row_major(&w_emb));
+        let (n, f) = x.dim();
+        let (k, c) = (w_pool.ncols(), w_emb.ncols());
+        let b = segs.num_graphs();
+        let fm = filter.matrix.view();
+        let act = self.activation;
+        // rows `nodes`: their rows of S into `s_rows`, S_p^T Z_p into `part`
+        let piece = |nodes: Range<usize>, s_rows: &mut [T], part: &mut [T]| {
+            let m = nodes.len();
+            let mut fx = vec![T::zero(); m * f];
+            spmm_rows(fm, x, nodes, &mut fx);
+            rows::rows_times(&fx, f, &wp, k, None, false, s_rows);
+            for row in s_rows.chunks_exact_mut(k) {
+                softmax_in_place(row);
+            }
+            let mut z = vec![T::zero(); m * c];
+            if c > 0 {
+                rows::rows_times(&fx, f, &we, c, None, false, &mut z);
+            }
+            if act != Activation::Linear {
+                z.iter_mut().for_each(|v| *v = act.apply(*v));
+            }
+            rows::outer_sum(s_rows, k, &z, c, part);
+        };
+        let mut s = rows::fresh_matrix(n, k);
+        let mut x_out = rows::fresh_matrix(b * k, c);
+        // the pieces in node order; a graph's first piece writes its block of
+        // X' (an empty graph's block stays 0), the others return a partial
+        let mut tasks = Vec::with_capacity(b);
+        {
+            let mut s_rest = s.as_slice_mut().expect("fresh matrix");
+            let mut out_rest = x_out.as_slice_mut().expect("fresh matrix");
+            for g in 0..b {
+                let (block, tail) = std::mem::take(&mut out_rest).split_at_mut(k * c);
+                out_rest = tail;
+                let mut block = Some(block);
+                let r = segs.range(g);
+                for start in r.clone().step_by(CHUNK) {
+                    let nodes = start..(start + CHUNK).min(r.end);
+                    let (rows, tail) = std::mem::take(&mut s_rest).split_at_mut(nodes.len() * k);
+                    s_rest = tail;
+                    tasks.push((g, nodes, rows, block.take()));
+                }
+            }
         }
+        let partials: Vec<(usize, Option<Vec<T>>)> = tasks
+            .into_par_iter()
+            .map(|(g, nodes, rows, block)| match block {
+                Some(block) => {
+                    piece(nodes, rows, block);
+                    (g, None)
+                }
+                None => {
+                    let mut part = vec![T::zero(); k * c];
+                    piece(nodes, rows, &mut part);
+                    (g, Some(part))
+                }
+            })
+            .collect();
+        let out = x_out.as_slice_mut().expect("fresh matrix");
+        for (g, part) in partials {
+            if let Some(part) = part {
+                for (o, &p) in out[g * k * c..(g + 1) * k * c].iter_mut().zip(&part) {
+                    *o += p;
+                }
+            }
+        }
+        Ok((s, x_out))
     }
 
     /// The forward pass, with its cache when `keep`.
@@ -347,12 +424,9 @@ impl<T: Scalar> DiffPool<T> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let filter = gcn_filter(a);
         let edge_grad = batch.edge_weight_grad();
-        let (s, z_pre) = self.assign_and_embed(&filter, x)?;
+        let (s, x_out) = self.assign_and_pool(&filter, x, segs)?;
         let filter = keep.then_some(filter);
-        let z = self.activate(z_pre).1;
         let assignment = DenseAssignment { s };
-        let x_out = segment_matmul_tn(assignment.s.view(), z.view(), segs);
-        drop(z);
         // A S, for the connect step and the link loss, is formed again by
         // the backward pass
         let (blocks, connect) = assignment.connect_blocks(a, segs);

@@ -242,7 +242,7 @@ pub fn softmax_rows_in_place<T: Scalar>(z: &mut Array2<T>) {
 /// One row's softmax, in place: $e^{z_k - m}$ with $m = \max_k z_k$,
 /// divided by their sum (added in order).
 #[inline]
-fn softmax_in_place<T: Scalar>(row: &mut [T]) {
+pub(crate) fn softmax_in_place<T: Scalar>(row: &mut [T]) {
     let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
     for v in row.iter_mut() {
         *v = (*v - m).exp();
