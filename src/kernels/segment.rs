@@ -520,8 +520,7 @@ pub fn segment_kth_largest<T: Scalar>(
             } else {
                 buf.clear();
                 buf.extend(r.map(|n| (s[[n, c]].ordered(), n)));
-                let (_, &mut (_, node), _) =
-                    buf.select_nth_unstable_by(pos, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                let (_, &mut (_, node), _) = buf.select_nth_unstable_by(pos, rank_order);
                 node
             };
             (s[[node, c]], node)
@@ -559,17 +558,23 @@ pub fn segment_kth_largest<T: Scalar>(
 /// Ranks up to this one are found by a scan ([`segment_kth_largest`]).
 pub const SMALL_RANK: usize = 8;
 
+/// The order of [`segment_kth_largest`]: larger value first, then smaller
+/// node (a total order: `Less` means `a` ranks before `b`).
+#[inline]
+fn rank_order<O: Ord>(a: &(O, usize), b: &(O, usize)) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
 /// The node of the `want`-th best of `items` (`want` in $1..=$
-/// [`SMALL_RANK`], at most the number of items): larger value first, then
-/// smaller node. Keeps the best `want` seen so far in order.
+/// [`SMALL_RANK`], at most the number of items) in [`rank_order`]. Keeps
+/// the best `want` seen so far in order.
 #[inline]
 fn best_in_order<T: Scalar>(
     items: impl Iterator<Item = (T::Ordered, usize)>,
     want: usize,
 ) -> usize {
     debug_assert!((1..=SMALL_RANK).contains(&want));
-    let better =
-        |a: &(T::Ordered, usize), b: &(T::Ordered, usize)| a.0 > b.0 || (a.0 == b.0 && a.1 < b.1);
+    let better = |a: &(T::Ordered, usize), b: &(T::Ordered, usize)| rank_order(a, b).is_lt();
     let mut top: [Option<(T::Ordered, usize)>; SMALL_RANK] = [None; SMALL_RANK];
     let mut len = 0;
     for item in items {

@@ -327,15 +327,15 @@ impl<T: Scalar> DiffPool<T> {
     /// features $X'_g = S_g^\top \sigma(\hat A X W_{\text{emb}})_g$, without
     /// ever holding $Z = \sigma(\hat A X W_{\text{emb}})$ ($N \times C$).
     ///
-    /// The nodes are taken in the pieces of [`segment_matmul_tn`] ([`CHUNK`]
-    /// nodes counted from each graph's first node), in parallel: a piece
-    /// forms its rows of $\hat A X$ ([`spmm_rows`]), writes its rows of $S$,
-    /// forms its rows of $Z$ in a scratch and reduces $S_p^\top Z_p$
-    /// ([`rows::outer_sum`]); a graph's pieces are then added in order. Every
-    /// row of $S$ and $Z$ has the bits of [`spmm_times`] (a row's product does
-    /// not depend on its block) and $X'$ those of [`segment_matmul_tn`] (same
-    /// pieces, same order), so the result is the unfused one's, bit for bit,
-    /// on any thread count.
+    /// The nodes are taken in the pieces of [`segment_matmul_tn`]
+    /// ([`Segments::chunks`] of [`CHUNK`] nodes, counted from each graph's
+    /// first node), in parallel: a piece forms its rows of $\hat A X$
+    /// ([`spmm_rows`]), writes its rows of $S$, keeps its rows of $Z$ in a
+    /// scratch and reduces $S_p^\top Z_p$ ([`rows::outer_sum`]); a graph's
+    /// pieces are then added in order. Every row of $S$ and $Z$ has the bits
+    /// of [`spmm_times`] (a row's product does not depend on its block) and
+    /// $X'$ those of [`segment_matmul_tn`] (same pieces, same order), so the
+    /// result is the unfused one's, bit for bit, on any thread count.
     fn assign_and_pool(
         &self,
         filter: &GcnFilter<T>,
@@ -370,23 +370,23 @@ impl<T: Scalar> DiffPool<T> {
         };
         let mut s = rows::fresh_matrix(n, k);
         let mut x_out = rows::fresh_matrix(b * k, c);
-        // the pieces in node order; a graph's first piece writes its block of
-        // X' (an empty graph's block stays 0), the others return a partial
+        // the pieces in node order (an empty graph has one, empty); a
+        // graph's first piece writes its block of X', the others return a
+        // partial
+        let offsets = segs.offsets();
         let mut tasks = Vec::with_capacity(b);
         {
             let mut s_rest = s.as_slice_mut().expect("fresh matrix");
             let mut out_rest = x_out.as_slice_mut().expect("fresh matrix");
-            for g in 0..b {
-                let (block, tail) = std::mem::take(&mut out_rest).split_at_mut(k * c);
-                out_rest = tail;
-                let mut block = Some(block);
-                let r = segs.range(g);
-                for start in r.clone().step_by(CHUNK) {
-                    let nodes = start..(start + CHUNK).min(r.end);
-                    let (rows, tail) = std::mem::take(&mut s_rest).split_at_mut(nodes.len() * k);
-                    s_rest = tail;
-                    tasks.push((g, nodes, rows, block.take()));
-                }
+            for item in segs.chunks(CHUNK) {
+                let block = (item.nodes.start == offsets[item.graph]).then(|| {
+                    let (block, tail) = std::mem::take(&mut out_rest).split_at_mut(k * c);
+                    out_rest = tail;
+                    block
+                });
+                let (rows, tail) = std::mem::take(&mut s_rest).split_at_mut(item.nodes.len() * k);
+                s_rest = tail;
+                tasks.push((item.graph, item.nodes, rows, block));
             }
         }
         let partials: Vec<(usize, Option<Vec<T>>)> = tasks
@@ -608,13 +608,14 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let edge_grad = batch.edge_weight_grad();
         let connect = assignment.connect_cache(a);
         let symmetric = batch.symmetric_graphs();
+        let all_symmetric = symmetric.iter().all(|&y| y);
         let (gs_connect, mut ga) =
             assignment.connect_blocks_vjp_opt(a, segs, symmetric, &connect, g_blocks, edge_grad);
         gs += &gs_connect;
         drop(gs_connect);
         // the link loss's edge term takes A S again when every graph is
         // symmetric (A^T S = A S)
-        let a_s = if symmetric.iter().all(|&y| y) {
+        let a_s = if all_symmetric {
             Some(connect.a_s)
         } else {
             drop(connect);
@@ -704,7 +705,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         }
         // a filter of symmetric graphs is symmetric bit for bit (see
         // gcn_filter): F^T H is then F H, the same bits, as a gather
-        let gx = if symmetric.iter().all(|&y| y) {
+        let gx = if all_symmetric {
             spmm(fm, h.view())
         } else {
             spmm_t(fm, h.view())
