@@ -92,7 +92,15 @@ pub fn row_times<T: Scalar>(x: &[T], w: &[T], out: &mut [T]) {
 /// time; the loops run across output columns (a row's sums stay in
 /// registers for $C \in \{8, 16, 32, 64\}$), so every level and every
 /// width gives the same bits.
-#[multiversion::multiversion(targets = "simd")]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon",
+))]
 pub fn rows_times<T: Scalar>(
     x: &[T],
     f: usize,
@@ -193,7 +201,15 @@ fn finish_row<T: Scalar>(p: &mut [T], bias: Option<&[T]>, accumulate: bool, o: &
 /// \dots$, the rows added in order. Compiled for each SIMD level and chosen
 /// at run time; each output entry is its own sum (kept in registers for
 /// $F \in \{16, 32, 64\}$), so every level gives the same bits.
-#[multiversion::multiversion(targets = "simd")]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon",
+))]
 pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T]) {
     debug_assert_eq!(out.len(), k * f);
     out.fill(T::zero());

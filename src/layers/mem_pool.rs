@@ -529,7 +529,15 @@ struct AssignBlock<'a, T: Scalar> {
 /// ([`multiversion`]): the loops run across keys, lane by lane, so every
 /// value is the same sequence of operations at any vector width (Rust never
 /// fuses a multiply and an add), and the bits do not depend on the CPU.
-#[multiversion::multiversion(targets = "simd")]
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon",
+))]
 fn assign_block<T: Scalar>(
     ctx: &AssignBlock<'_, T>,
     lo: usize,
