@@ -48,11 +48,13 @@ fn graph_data() -> impl Strategy<Value = (Segments, Array2<f64>, CsMat<f64>)> {
 }
 
 /// Segments of up to 3 * SMALL_RANK nodes (so that ranks reach both the
-/// scan and the selection of `segment_kth_largest`) and a per-node matrix.
+/// scan and the selection of `segment_kth_largest`) and a per-node matrix
+/// of 1 to 40 columns (so that the row scan takes its columns in several
+/// passes at the larger ranks).
 fn quantile_data() -> impl Strategy<Value = (Segments, Array2<f64>)> {
     (
         proptest::collection::vec(0usize..3 * SMALL_RANK, 1..4),
-        1usize..4,
+        1usize..40,
     )
         .prop_flat_map(|(sizes, k)| {
             let seg = Segments::from_sizes(&sizes);
@@ -93,6 +95,29 @@ proptest! {
                 let want = col[r.min(col.len()) - 1];
                 prop_assert_eq!((q.values[[g, c]], q.nodes[[g, c]]), want);
             }
+        }
+    }
+
+    /// Tied entries ahead of a larger one that enters later: each pushed
+    /// down one level, still in node order (the case rustc 1.95's LLVM
+    /// miscompiled in a vectorised form of the row scan), in every lane of a
+    /// 16-column group and its remainder.
+    #[test]
+    fn kth_largest_keeps_tied_entries_in_node_order_below_a_later_larger_one(
+        k in 1usize..40,
+        r in 1usize..=9,
+    ) {
+        let mut s = Array2::<f64>::zeros((9, k));
+        for c in 0..k {
+            s[[6, c]] = 0.86;
+            s[[7, c]] = 0.15;
+            s[[8, c]] = -0.5;
+        }
+        let q = segment_kth_largest(s.view(), &Segments::single(9), |_| r);
+        let order = [6, 7, 0, 1, 2, 3, 4, 5, 8];
+        for c in 0..k {
+            prop_assert_eq!(q.nodes[[0, c]], order[r - 1]);
+            prop_assert_eq!(q.values[[0, c]], s[[order[r - 1], c]]);
         }
     }
 

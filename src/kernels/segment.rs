@@ -525,6 +525,9 @@ pub fn segment_kth_largest<T: Scalar>(
             };
             (s[[node, c]], node)
         };
+        // the rows of S in row-major order, for the row scan
+        let rows = s.as_standard_layout();
+        let rows = rows.as_slice().expect("standard layout");
         values
             .par_chunks_mut(k)
             .zip(nodes.par_chunks_mut(k))
@@ -534,6 +537,7 @@ pub fn segment_kth_largest<T: Scalar>(
                 if r.is_empty() {
                     return;
                 }
+                let want = rank(r.len()).clamp(1, r.len());
                 if r.len() > super::CHUNK {
                     let picked: Vec<(T, usize)> = (0..k)
                         .into_par_iter()
@@ -542,6 +546,8 @@ pub fn segment_kth_largest<T: Scalar>(
                     for ((v, n), p) in vs.iter_mut().zip(ns.iter_mut()).zip(picked) {
                         (*v, *n) = p;
                     }
+                } else if want <= SMALL_RANK {
+                    best_in_rows(&rows[r.start * k..r.end * k], k, want, r.start, vs, ns);
                 } else {
                     for (c, (v, n)) in vs.iter_mut().zip(ns.iter_mut()).enumerate() {
                         (*v, *n) = column(r.clone(), c, buf);
@@ -601,6 +607,81 @@ fn best_in_order<T: Scalar>(
         top[i] = Some(item);
     }
     top[want - 1].expect("at least `want` items").1
+}
+
+/// Columns that [`best_in_rows`] takes side by side (one vector of `f32`
+/// with AVX-512).
+const ROW_SCAN_LANES: usize = 16;
+
+/// For the rows of one graph (`rows`, row-major with `k` columns, local node
+/// $i$ in row $i$; at least `want` rows, `want` in $1..=$ [`SMALL_RANK`]),
+/// the `want`-th best entry of every column in [`rank_order`]: writes its
+/// value to `vs[c]` and its node, `first` + local node, to `ns[c]`.
+///
+/// One pass over the rows in node order, [`ROW_SCAN_LANES`] columns at a
+/// time, each keeping its best `want` entries in order. A later node ranks
+/// before a kept one exactly when its value is larger, so each row's entry
+/// passes the kept levels that are not smaller, takes the first that is, and
+/// every kept entry from there moves one level down (all by selects, so the
+/// columns go side by side in vector lanes; each level's select reads only
+/// the row's entry and the old levels: a flag carried from level to level
+/// was miscompiled by rustc 1.95's LLVM for AVX2 and AVX-512, which
+/// `kth_largest_equals_a_full_sort_per_graph_and_column` caught). Compiled for each SIMD level
+/// and chosen at run time; only comparisons and moves, so the same node on
+/// every CPU.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+    "x86_64+avx2+fma",
+    "x86_64+sse4.2",
+    "x86+avx2+fma",
+    "x86+sse4.2",
+    "x86+sse2",
+    "aarch64+neon",
+))]
+fn best_in_rows<T: Scalar>(
+    rows: &[T],
+    k: usize,
+    want: usize,
+    first: usize,
+    vs: &mut [T],
+    ns: &mut [usize],
+) {
+    const L: usize = ROW_SCAN_LANES;
+    debug_assert!((1..=SMALL_RANK).contains(&want) && rows.len() >= want * k);
+    debug_assert!(rows.len() / k.max(1) <= u32::MAX as usize);
+    for c0 in (0..k).step_by(L) {
+        let w = L.min(k - c0);
+        let mut top_v = [[T::zero(); L]; SMALL_RANK];
+        let mut top_n = [[0u32; L]; SMALL_RANK];
+        for (i, row) in rows.chunks_exact(k).enumerate() {
+            let mut v = [T::zero(); L];
+            v[..w].copy_from_slice(&row[c0..c0 + w]);
+            let n = i as u32;
+            // level j keeps its entry when that is not smaller than the
+            // row's (a prefix of the levels; a free level keeps nothing);
+            // the first level that is smaller takes the row's entry, each
+            // one below it the entry of the level above; bottom up, so the
+            // level above is read before it changes
+            for j in (0..want.min(i + 1)).rev() {
+                for l in 0..L {
+                    let keep = j < i && !(v[l].ordered() > top_v[j][l].ordered());
+                    let (nv, nn) = if j == 0 || !(v[l].ordered() > top_v[j - 1][l].ordered()) {
+                        (v[l], n)
+                    } else {
+                        (top_v[j - 1][l], top_n[j - 1][l])
+                    };
+                    if !keep {
+                        top_v[j][l] = nv;
+                        top_n[j][l] = nn;
+                    }
+                }
+            }
+        }
+        for l in 0..w {
+            vs[c0 + l] = top_v[want - 1][l];
+            ns[c0 + l] = first + top_n[want - 1][l] as usize;
+        }
+    }
 }
 
 /// VJP of [`segment_kth_largest`]: the gradient of the value of column $k$

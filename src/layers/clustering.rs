@@ -628,10 +628,18 @@ impl<T: Scalar> DenseClustering<T> {
             AuxLoss::AsymBalance(coeff) => {
                 let quantile = segment_kth_largest(s.view(), seg, |n| n / k + 1);
                 let km1 = kt - T::one();
-                let q = &quantile.values;
+                // S and the quantiles as row-major slices (they are built
+                // in standard layout, so no copy)
+                let (s_rows, q_rows) =
+                    (s.as_standard_layout(), quantile.values.as_standard_layout());
+                let (s_rows, q_rows) = (
+                    s_rows.as_slice().expect("standard layout"),
+                    q_rows.as_slice().expect("standard layout"),
+                );
                 let per_node = Array1::from(map_nodes(seg, |g, n| {
-                    s.row(n).iter().enumerate().fold(zero, |a, (c, &v)| {
-                        let x = v - q[[g, c]];
+                    let (sn, qg) = (&s_rows[n * k..(n + 1) * k], &q_rows[g * k..(g + 1) * k]);
+                    sn.iter().zip(qg).fold(zero, |a, (&v, &qv)| {
+                        let x = v - qv;
                         a + if x >= zero { km1 * x } else { -x }
                     })
                 }));
