@@ -961,6 +961,39 @@ fn with_loop_row<'a, T: Scalar>(
         .chain((slot + usize::from(merged)..cols.len()).map(entry))
 }
 
+/// Folds row `r` of $A + I$ in column order (the order of
+/// [`with_loop_row`]) with `f(acc, column, value)`, on plain slices: the
+/// entries before the diagonal, the diagonal ($a_{rr} + 1$, or 1 where $A$
+/// stores none), the entries after it.
+#[inline(always)]
+fn fold_with_loop<T: Scalar, A>(
+    a: RawCsr<'_, T>,
+    r: usize,
+    init: A,
+    mut f: impl FnMut(A, usize, T) -> A,
+) -> A {
+    let (cols, vals) = a.row(r);
+    let (slot, merged) = diagonal_slot(cols, r);
+    let mut acc = init;
+    for (&c, &b) in cols[..slot].iter().zip(&vals[..slot]) {
+        acc = f(acc, c, b);
+    }
+    acc = f(
+        acc,
+        r,
+        if merged {
+            vals[slot] + T::one()
+        } else {
+            T::one()
+        },
+    );
+    let rest = slot + usize::from(merged);
+    for (&c, &b) in cols[rest..].iter().zip(&vals[rest..]) {
+        acc = f(acc, c, b);
+    }
+    acc
+}
+
 /// The GCN filter applied to a vector without building it (see
 /// [`gcn_spmv`]).
 #[derive(Debug, Clone)]
@@ -983,11 +1016,12 @@ pub struct GcnSpmv<T: Scalar> {
 pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
     let n = a.rows();
     let raw = RawCsr::new(&a);
-    let row = |r: usize| with_loop_row(raw, r);
     let u: Vec<T> = (0..n)
         .into_par_iter()
         .map(|r| {
-            let d: T = row(r).map(|(_, _, b)| b).sum();
+            // in column order from 0, as gcn_filter sums its rows (the
+            // diagonal term is never -0, so the sign of the start is moot)
+            let d = fold_with_loop(raw, r, T::zero(), |d, _, b| d + b);
             if d > T::zero() {
                 T::one() / d.sqrt()
             } else {
@@ -1000,7 +1034,7 @@ pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
     let p: Vec<T> = u.par_iter().zip(vs).map(|(&u, &v)| u * v).collect();
     let y: Vec<T> = (0..n)
         .into_par_iter()
-        .map(|r| u[r] * row(r).fold(T::zero(), |acc, (_, c, b)| acc + b * p[c]))
+        .map(|r| u[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p[c]))
         .collect();
     GcnSpmv {
         y: Array1::from(y),
