@@ -6,7 +6,7 @@ mod common;
 use common::with_threads;
 use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
 use graphpool::kernels::sparse::{
-    gcn_filter, induced_subgraph, spgemm, spmm, spmm_t, symmetric_graphs, transpose,
+    block_diag, gcn_filter, induced_subgraph, spgemm, spmm, spmm_t, symmetric_graphs, transpose,
 };
 use graphpool::proptest::{batches, BatchShape};
 use graphpool::Segments;
@@ -42,6 +42,69 @@ fn int_matrix(r: usize, c: usize) -> impl Strategy<Value = CsMat<f64>> {
             }
             tri.to_csr()
         })
+    }
+}
+
+/// A random square matrix of `n` nodes and about `4 n` entries (a few
+/// diagonal ones among them), values -3..=3.
+fn random_square(n: usize, seed: u64) -> CsMat<f64> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut tri = TriMat::new((n, n));
+    for _ in 0..4 * n {
+        let (i, j) = (next() % n, next() % n);
+        if seen.insert((i, j)) {
+            tri.add_triplet(i, j, (next() % 7) as f64 - 3.0);
+        }
+    }
+    tri.to_csr()
+}
+
+/// Passes sprs's full structure check (the kernels build their outputs
+/// without it in release builds).
+fn assert_valid_csr(m: &CsMat<f64>, what: &str) -> Result<(), TestCaseError> {
+    let ip = m.indptr();
+    let rebuilt = CsMat::try_new(
+        m.shape(),
+        ip.raw_storage().to_vec(),
+        m.indices().to_vec(),
+        m.data().to_vec(),
+    );
+    prop_assert!(
+        rebuilt.is_ok(),
+        "{} is not a valid CSR matrix: {:?}",
+        what,
+        rebuilt.err().map(|e| e.3)
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Every kernel that builds a CSR matrix without sprs's check in
+    /// release builds (induced_subgraph, transpose, spgemm, gcn_filter,
+    /// block_diag) gives one that passes it: monotone indptr from 0 to nnz,
+    /// each row's columns strictly increasing and in bounds. Up to 3,000
+    /// nodes, so several row blocks of the parallel passes.
+    #[test]
+    fn kernel_outputs_are_valid_csr(n in 1usize..3000, seed in any::<u64>(), keep in 1u64..8, k in 0usize..5) {
+        let a = random_square(n, seed);
+        let kept: Vec<usize> = (0..n).filter(|&i| (i as u64 * 2654435761 + seed) % 8 < keep).collect();
+        assert_valid_csr(&induced_subgraph(a.view(), &kept).matrix, "induced_subgraph")?;
+        assert_valid_csr(&transpose(a.view()).matrix, "transpose")?;
+        assert_valid_csr(&spgemm(a.view(), a.view()), "spgemm")?;
+        assert_valid_csr(&gcn_filter(a.view()).matrix, "gcn_filter")?;
+        let blocks = Array2::from_shape_fn((n / 50 * k, k), |(i, j)| (i * 3 + j) as f64);
+        assert_valid_csr(&block_diag(blocks.view()), "block_diag")?;
     }
 }
 

@@ -409,7 +409,7 @@ pub fn transpose<T: Scalar>(a: CsMatView<T>) -> Transposed<T> {
         });
     });
     Transposed {
-        matrix: CsMat::new((cols, rows), indptr, indices, data),
+        matrix: csr_by_construction((cols, rows), indptr, indices, data),
         source,
     }
 }
@@ -496,7 +496,7 @@ pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T
         debug_assert_eq!(p, oi.len());
     });
     Induced {
-        matrix: CsMat::new((m, m), indptr, indices, data),
+        matrix: csr_by_construction((m, m), indptr, indices, data),
         source,
     }
 }
@@ -589,6 +589,40 @@ pub fn scatter_values<T: Scalar>(grad: &[T], source: &[usize], len: usize) -> Ar
     Array1::from(out)
 }
 
+/// A CSR matrix from parts that a kernel of this crate built valid by
+/// construction: `indptr` of length `rows + 1` from 0 to `indices.len()`,
+/// non-decreasing (prefix sums of row lengths), and every row's columns
+/// strictly increasing and below `cols`. The O(1) parts are asserted; the
+/// O(nnz) scan of sprs's checked constructor (serial, about 3 % of a
+/// TopKPool forward pass on a million nodes) runs in debug builds only.
+/// `tests/kernels.rs::kernel_outputs_are_valid_csr` checks every caller's
+/// output with the full check in release builds.
+pub(crate) fn csr_by_construction<T: Scalar>(
+    shape: (usize, usize),
+    indptr: Vec<usize>,
+    indices: Vec<usize>,
+    data: Vec<T>,
+) -> CsMat<T> {
+    if cfg!(debug_assertions) {
+        return CsMat::new(shape, indptr, indices, data);
+    }
+    assert_eq!(indptr.len(), shape.0 + 1, "CSR indptr length");
+    assert_eq!(indptr.first().copied(), Some(0), "CSR indptr start");
+    assert_eq!(
+        indptr.last().copied(),
+        Some(indices.len()),
+        "CSR indptr end"
+    );
+    assert_eq!(indices.len(), data.len(), "CSR indices and data lengths");
+    // SAFETY: sprs's algorithms may rely on a valid compressed structure
+    // (in-bounds, sorted indices, monotone indptr). The lengths and ends
+    // are asserted above; monotone indptr and sorted in-bounds columns are
+    // what every caller builds (prefix sums of row lengths; rows written in
+    // column order), checked in full in debug builds and by the structure
+    // property test on every caller.
+    unsafe { CsMat::new_unchecked(sprs::CompressedStorage::CSR, shape, indptr, indices, data) }
+}
+
 /// A block-diagonal CSR matrix from stacked dense $K \times K$ blocks
 /// (a $(B K) \times K$ matrix). Every entry of every block is stored, explicit
 /// zeros included, so that the data vector is the blocks flattened row-major
@@ -609,7 +643,7 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
         });
     }
     let data: Vec<T> = rows::row_major(&blocks).into_owned();
-    CsMat::new((n, n), indptr, indices, data)
+    csr_by_construction((n, n), indptr, indices, data)
 }
 
 /// Row-parallel sparse × sparse product $A B$ (Gustavson's algorithm with a
@@ -661,7 +695,7 @@ pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
         }
         indptr.push(indices.len());
     }
-    CsMat::new((a.rows(), b.cols()), indptr, indices, data)
+    csr_by_construction((a.rows(), b.cols()), indptr, indices, data)
 }
 
 /// The GCN filter $\hat A = \hat D^{-1/2} (A + I) \hat D^{-1/2}$ with
@@ -780,7 +814,7 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
         });
     }
     GcnFilter {
-        matrix: CsMat::new((n, n), indptr, indices, data),
+        matrix: csr_by_construction((n, n), indptr, indices, data),
         deg_inv_sqrt,
     }
 }
