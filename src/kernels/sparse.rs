@@ -440,6 +440,29 @@ pub struct Induced<T: Scalar> {
 /// `kept` must be sorted ascending without duplicates (as returned by
 /// [`crate::kernels::sort::segment_top_k`]).
 pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T> {
+    let (matrix, source) = induced::<T, true>(a, kept);
+    Induced { matrix, source }
+}
+
+/// [`induced_subgraph`]'s matrix alone, without the sources (which only a
+/// backward pass needs: one `usize` per kept entry not written).
+///
+/// ```
+/// use graphpool::kernels::sparse::{induced_matrix, induced_subgraph};
+/// use sprs::CsMat;
+/// let a = CsMat::new((3, 3), vec![0, 2, 3, 4], vec![1, 2, 0, 0], vec![1.0_f64, 2.0, 3.0, 4.0]);
+/// assert_eq!(induced_matrix(a.view(), &[0, 2]), induced_subgraph(a.view(), &[0, 2]).matrix);
+/// ```
+pub fn induced_matrix<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> CsMat<T> {
+    induced::<T, false>(a, kept).0
+}
+
+/// The induced subgraph, with the sources of its entries if `SOURCE` (an
+/// empty vector otherwise).
+fn induced<T: Scalar, const SOURCE: bool>(
+    a: CsMatView<T>,
+    kept: &[usize],
+) -> (CsMat<T>, Vec<usize>) {
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
     let m = kept.len();
     let kept_set = RankedBitmap::new(a.rows(), kept);
@@ -465,7 +488,7 @@ pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T
     let total = indptr[m];
     // every entry is written once below (fresh pages, huge when large)
     let mut indices: Vec<usize> = rows::fresh_vec(total);
-    let mut source: Vec<usize> = rows::fresh_vec(total);
+    let mut source: Vec<usize> = rows::fresh_vec(if SOURCE { total } else { 0 });
     let mut data: Vec<T> = rows::fresh_vec(total);
     let mut tasks = Vec::with_capacity(m.div_ceil(ROW_BLOCK));
     let (mut ri, mut rs, mut rd) = (&mut indices[..], &mut source[..], &mut data[..]);
@@ -473,7 +496,7 @@ pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T
         let rows = b * ROW_BLOCK..((b + 1) * ROW_BLOCK).min(m);
         let len = indptr[rows.end] - indptr[rows.start];
         let (hi, ti) = std::mem::take(&mut ri).split_at_mut(len);
-        let (hs, ts) = std::mem::take(&mut rs).split_at_mut(len);
+        let (hs, ts) = std::mem::take(&mut rs).split_at_mut(if SOURCE { len } else { 0 });
         let (hd, td) = std::mem::take(&mut rd).split_at_mut(len);
         (ri, rs, rd) = (ti, ts, td);
         tasks.push((rows, hi, hs, hd));
@@ -487,18 +510,18 @@ pub fn induced_subgraph<T: Scalar>(a: CsMatView<T>, kept: &[usize]) -> Induced<T
         for &r in &kept[rows] {
             for e in row_entries(r) {
                 let (is_kept, c) = kept_set.rank_or_next(idx[e]);
-                if let (Some(i), Some(s), Some(d)) = (oi.get_mut(p), os.get_mut(p), od.get_mut(p)) {
-                    (*i, *s, *d) = (c, e, vals[e]);
+                if let (Some(i), Some(d)) = (oi.get_mut(p), od.get_mut(p)) {
+                    (*i, *d) = (c, vals[e]);
+                    if SOURCE {
+                        os[p] = e;
+                    }
                 }
                 p += usize::from(is_kept);
             }
         }
         debug_assert_eq!(p, oi.len());
     });
-    Induced {
-        matrix: csr_by_construction((m, m), indptr, indices, data),
-        source,
-    }
+    (csr_by_construction((m, m), indptr, indices, data), source)
 }
 
 /// A set of node indices as a bitmap with the rank (number of members

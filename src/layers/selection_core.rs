@@ -18,7 +18,7 @@ use crate::kernels::gather::{
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
 use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
-use crate::kernels::sparse::{scatter_values, Induced};
+use crate::kernels::sparse::{induced_matrix, scatter_values, Induced};
 use crate::nn::Activation;
 use crate::scalar::Scalar;
 use crate::Segments;
@@ -259,17 +259,19 @@ impl SelectionCore {
 
     /// Select, reduce (gated features times the multiplier), connect
     /// (induced subgraph) and reduce_index from the raw scores `y`: the
-    /// pooled result, and what a cache needs (the subset, the raw scores of
-    /// the kept nodes, the softmax, the source of every pooled edge).
+    /// pooled result, and if `cache`, what a cache needs (the subset, the raw
+    /// scores of the kept nodes, the softmax, the source of every pooled
+    /// edge; without it, none of them is formed).
     #[allow(clippy::type_complexity)]
     fn run<T: Scalar>(
         &self,
         layer: &str,
         batch: &DisjointBatch<T>,
         y: Array1<T>,
+        cache: bool,
     ) -> Result<(
         Pooled<T>,
-        (Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>),
+        Option<(Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>)>,
     )> {
         let (subset, softmax) = self.select(y.view(), batch.segments())?;
         // the gather checks what it writes: `x` is not scanned again below
@@ -283,10 +285,14 @@ impl SelectionCore {
             x.par_mapv_inplace(|v| v * m);
             check_finite_2d(&x.view(), "pooled x (the multiplier overflows)")?;
         }
-        let Induced { matrix, source } = subset.connect(batch.a().view());
         let segments = subset.reduce_index(batch.segments());
-        let y_kept = Array1::from_iter(subset.kept.iter().map(|&n| y[n]));
-        let kept = subset.clone();
+        let (matrix, kept) = if cache {
+            let Induced { matrix, source } = subset.connect(batch.a().view());
+            let y_kept = Array1::from_iter(subset.kept.iter().map(|&n| y[n]));
+            (matrix, Some((subset.clone(), y_kept, softmax, source)))
+        } else {
+            (induced_matrix(batch.a().view(), &subset.kept), None)
+        };
         let pooled = Pooled::checked_after_x(
             layer,
             x,
@@ -296,7 +302,7 @@ impl SelectionCore {
             Some(y),
             Losses::new(),
         )?;
-        Ok((pooled, (kept, y_kept, softmax, source)))
+        Ok((pooled, kept))
     }
 
     /// The pooled result of [`SelectionCore::forward`] without a cache.
@@ -306,7 +312,7 @@ impl SelectionCore {
         batch: &DisjointBatch<T>,
         y: Array1<T>,
     ) -> Result<Pooled<T>> {
-        Ok(self.run(layer, batch, y)?.0)
+        Ok(self.run(layer, batch, y, false)?.0)
     }
 
     /// Select, reduce, connect and reduce_index from the raw scores `y`,
@@ -318,7 +324,8 @@ impl SelectionCore {
         batch: &DisjointBatch<T>,
         y: Array1<T>,
     ) -> Result<(Pooled<T>, SelectionPoolCache<T>)> {
-        let (pooled, (subset, y_kept, softmax, source)) = self.run(layer, batch, y)?;
+        let (pooled, kept) = self.run(layer, batch, y, true)?;
+        let (subset, y_kept, softmax, source) = kept.expect("run with a cache");
         let x = pooled.batch.x();
         let cache = SelectionPoolCache {
             y_kept,
