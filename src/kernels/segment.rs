@@ -664,8 +664,8 @@ fn best_in_rows<T: Scalar>(
             // level above is read before it changes
             for j in (0..want.min(i + 1)).rev() {
                 for l in 0..L {
-                    let keep = j < i && !(v[l].ordered() > top_v[j][l].ordered());
-                    let (nv, nn) = if j == 0 || !(v[l].ordered() > top_v[j - 1][l].ordered()) {
+                    let keep = j < i && v[l].ordered() <= top_v[j][l].ordered();
+                    let (nv, nn) = if j == 0 || v[l].ordered() <= top_v[j - 1][l].ordered() {
                         (v[l], n)
                     } else {
                         (top_v[j - 1][l], top_n[j - 1][l])
