@@ -15,6 +15,29 @@
 //! whatever `RAYON_NUM_THREADS` is, and a graph gives the same bits inside a
 //! batch as alone.
 
+/// Compiles the function it wraps for every SIMD level the CPU may have
+/// and picks one at run time ([`multiversion`]): AVX-512 (which
+/// multiversion's `"simd"` preset leaves out), AVX2 with FMA, SSE4.2 and
+/// SSE2 on x86, NEON on AArch64. The one list of levels for every hot loop;
+/// the loops it wraps do the same operations in the same order at every
+/// width, so the level changes the speed, not the bits.
+macro_rules! simd_levels {
+    ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
+        $(#[$attr])*
+        #[multiversion::multiversion(targets(
+            "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
+            "x86_64+avx2+fma",
+            "x86_64+sse4.2",
+            "x86+avx2+fma",
+            "x86+sse4.2",
+            "x86+sse2",
+            "aarch64+neon",
+        ))]
+        $vis fn $($rest)*
+    };
+}
+pub(crate) use simd_levels;
+
 pub mod gather;
 pub mod rows;
 pub mod segment;

@@ -83,6 +83,7 @@ pub fn row_times<T: Scalar>(x: &[T], w: &[T], out: &mut [T]) {
     }
 }
 
+simd_levels! {
 /// $O = X W$ row by row for $X$ ($R \times F$, row-major `x`) and a small
 /// $W$ ($F \times C$, row-major `w`, $C$ = `c`; any width, but the kernel is
 /// tuned for $C \le$ [`SMALL_COLS`]): each row of
@@ -92,15 +93,6 @@ pub fn row_times<T: Scalar>(x: &[T], w: &[T], out: &mut [T]) {
 /// time; the loops run across output columns (a row's sums stay in
 /// registers for $C \in \{8, 16, 32, 64\}$), so every level and every
 /// width gives the same bits.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
-    "x86_64+avx2+fma",
-    "x86_64+sse4.2",
-    "x86+avx2+fma",
-    "x86+sse4.2",
-    "x86+sse2",
-    "aarch64+neon",
-))]
 pub fn rows_times<T: Scalar>(
     x: &[T],
     f: usize,
@@ -130,6 +122,7 @@ pub fn rows_times<T: Scalar>(
             })
         }
     }
+}
 }
 
 /// [`rows_times`] for $C$ known at compile time: `R` rows at a time, their
@@ -195,21 +188,13 @@ fn finish_row<T: Scalar>(p: &mut [T], bias: Option<&[T]>, accumulate: bool, o: &
     }
 }
 
+simd_levels! {
 /// $O = S^\top Y = \sum_n s_n y_n^\top$ for the rows of $S$ ($R \times K$,
 /// row-major `s`) and $Y$ ($R \times F$, row-major `y`): entry $(k, j)$ of
 /// `out` ($K \times F$, overwritten) is $0 + s_{0k} y_{0j} + s_{1k} y_{1j} +
 /// \dots$, the rows added in order. Compiled for each SIMD level and chosen
 /// at run time; each output entry is its own sum (kept in registers for
 /// $F \in \{16, 32, 64\}$), so every level gives the same bits.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
-    "x86_64+avx2+fma",
-    "x86_64+sse4.2",
-    "x86+avx2+fma",
-    "x86+sse4.2",
-    "x86+sse2",
-    "aarch64+neon",
-))]
 pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T]) {
     debug_assert_eq!(out.len(), k * f);
     out.fill(T::zero());
@@ -228,6 +213,7 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
             }
         }
     }
+}
 }
 
 /// [`outer_sum`] for $F$ known at compile time: `R` output rows at a time,

@@ -613,6 +613,7 @@ fn best_in_order<T: Scalar>(
 /// with AVX-512).
 const ROW_SCAN_LANES: usize = 16;
 
+simd_levels! {
 /// For the rows of one graph (`rows`, row-major with `k` columns, local node
 /// $i$ in row $i$; at least `want` rows, `want` in $1..=$ [`SMALL_RANK`]),
 /// the `want`-th best entry of every column in [`rank_order`]: writes its
@@ -629,15 +630,6 @@ const ROW_SCAN_LANES: usize = 16;
 /// `kth_largest_equals_a_full_sort_per_graph_and_column` caught). Compiled for each SIMD level
 /// and chosen at run time; only comparisons and moves, so the same node on
 /// every CPU.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
-    "x86_64+avx2+fma",
-    "x86_64+sse4.2",
-    "x86+avx2+fma",
-    "x86+sse4.2",
-    "x86+sse2",
-    "aarch64+neon",
-))]
 fn best_in_rows<T: Scalar>(
     rows: &[T],
     k: usize,
@@ -682,6 +674,7 @@ fn best_in_rows<T: Scalar>(
             ns[c0 + l] = first + top_n[want - 1][l] as usize;
         }
     }
+}
 }
 
 /// VJP of [`segment_kth_largest`]: the gradient of the value of column $k$

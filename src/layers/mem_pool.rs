@@ -16,6 +16,7 @@ use crate::framework::{
 };
 use crate::kernels::rows::row_major;
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
+use crate::kernels::simd_levels;
 use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked_rows, ROW_BLOCK};
 use crate::nn::{
     matmul, matmul_vjp, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, Initializer, Params,
@@ -523,21 +524,13 @@ struct AssignBlock<'a, T: Scalar> {
     alpha: T,
 }
 
+simd_levels! {
 /// One block of nodes from `lo`: squared distances `db` and per-head
 /// weights `pb` (rows of $HK$), logits `lb` (rows of $K$). Compiled for
 /// every SIMD level the CPU may have and chosen at run time
 /// ([`multiversion`]): the loops run across keys, lane by lane, so every
 /// value is the same sequence of operations at any vector width (Rust never
 /// fuses a multiply and an add), and the bits do not depend on the CPU.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
-    "x86_64+avx2+fma",
-    "x86_64+sse4.2",
-    "x86+avx2+fma",
-    "x86+sse4.2",
-    "x86+sse2",
-    "aarch64+neon",
-))]
 fn assign_block<T: Scalar>(
     ctx: &AssignBlock<'_, T>,
     lo: usize,
@@ -581,6 +574,7 @@ fn assign_block<T: Scalar>(
             }
         }
     }
+}
 }
 
 /// The per-head weights $S^{(h)}$ of one node (`ph`, $HK$) from its squared
