@@ -686,12 +686,24 @@ pub fn segment_kth_largest_vjp<T: Scalar>(
     num_nodes: usize,
 ) -> Array2<T> {
     let mut gs = Array2::zeros((num_nodes, picked.nodes.ncols()));
+    segment_kth_largest_vjp_add(picked, grad, &mut gs);
+    gs
+}
+
+/// [`segment_kth_largest_vjp`] added into `gs` ($N \times K$) in place:
+/// `gs[node, k] += grad[g, k]` for each picked node, nothing else touched
+/// (no $N \times K$ temporary; a node holds at most one pick per column, as
+/// it lies in one graph).
+pub fn segment_kth_largest_vjp_add<T: Scalar>(
+    picked: &SegmentKthLargest<T>,
+    grad: ArrayView2<T>,
+    gs: &mut Array2<T>,
+) {
     for ((g, c), &n) in picked.nodes.indexed_iter() {
         if n != usize::MAX {
             gs[[n, c]] += grad[[g, c]];
         }
     }
-    gs
 }
 
 /// Zero-diagonal, symmetrically normalised stacked $K \times K$ blocks (the

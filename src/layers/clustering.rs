@@ -35,7 +35,7 @@ use crate::framework::{
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{
     blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_kth_largest,
-    segment_kth_largest_vjp, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
+    segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
     segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
@@ -829,7 +829,7 @@ impl<T: Scalar> DenseClustering<T> {
                 // through the quantile: q̄_gk = -sum_i direct_ik
                 let g_q = -segment_sum(direct.view(), seg);
                 cot.s += &direct;
-                cot.s += &segment_kth_largest_vjp(quantile, g_q.view(), s.nrows());
+                segment_kth_largest_vjp_add(quantile, g_q.view(), &mut cot.s);
             }
             _ => unreachable!("loss caches are built in the order of the losses"),
         }
