@@ -32,7 +32,6 @@ use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignatur
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
-use crate::kernels::map_nodes;
 use crate::kernels::segment::{
     blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_kth_largest,
     segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
@@ -41,6 +40,7 @@ use crate::kernels::segment::{
 use crate::kernels::sparse::{
     row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,
 };
+use crate::kernels::{map_nodes, reduce_segment_rows};
 use crate::nn::{
     rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, Activation, Mlp, MlpCache, Params,
 };
@@ -815,20 +815,42 @@ impl<T: Scalar> DenseClustering<T> {
                 let c = T::c(coeff);
                 let km1 = kt - T::one();
                 let q = &quantile.values;
-                // d loss_g / d s_ik (direct) = -c lg asym'(s_ik - q_gk) / (n (K-1))
-                let mut direct = Array2::zeros(s.raw_dim());
-                add_rows(&mut direct, seg, |g, n, mut row| {
-                    let scale = -lg * c / (T::from_count(seg.size(g)) * km1);
+                // d loss_g / d s_ik (direct) = -c lg asym'(s_ik - q_gk) / (n (K-1)),
+                // formed where it is used (no N x K array of it)
+                let scale = |g: usize| -lg * c / (T::from_count(seg.size(g)) * km1);
+                let direct =
+                    |scale: T, v: T, qq: T| scale * if v - qq >= zero { km1 } else { -T::one() };
+                // through the quantile: q̄_gk = -sum_i direct_ik (summed as
+                // segment_sum sums, so the same bits)
+                let q_rows = q.as_standard_layout();
+                let q_rows = q_rows.as_slice().expect("standard layout");
+                let sum_direct = reduce_segment_rows(
+                    s.view(),
+                    seg,
+                    k,
+                    |g, rows: &[T], acc: &mut [T]| {
+                        let (sc, qg) = (scale(g), &q_rows[g * k..(g + 1) * k]);
+                        for row in rows.chunks_exact(k) {
+                            for ((a, &v), &qq) in acc.iter_mut().zip(row).zip(qg) {
+                                *a += direct(sc, v, qq);
+                            }
+                        }
+                    },
+                    |acc: &mut [T], next: &[T]| {
+                        for (a, &v) in acc.iter_mut().zip(next) {
+                            *a += v;
+                        }
+                    },
+                    |_, _| {},
+                );
+                let g_q = -sum_direct;
+                add_rows(&mut cot.s, seg, |g, n, mut row| {
+                    let sc = scale(g);
                     Zip::from(&mut row)
                         .and(&s.row(n))
                         .and(&q.row(g))
-                        .for_each(|o, &v, &qq| {
-                            *o = scale * if v - qq >= zero { km1 } else { -T::one() }
-                        });
+                        .for_each(|o, &v, &qq| *o += direct(sc, v, qq));
                 });
-                // through the quantile: q̄_gk = -sum_i direct_ik
-                let g_q = -segment_sum(direct.view(), seg);
-                cot.s += &direct;
                 segment_kth_largest_vjp_add(quantile, g_q.view(), &mut cot.s);
             }
             _ => unreachable!("loss caches are built in the order of the losses"),
