@@ -193,16 +193,18 @@ fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array
     rows::build_rows(raw.rows, f, |r, out| product_row(raw, vals, &xs, r, out))
 }
 
+super::simd_levels! {
 /// Row `r` of $A X$ into `out` (zeroed, $F$ = `out.len()` entries, `xs`
-/// the rows of $X$): the stored entries added in index order.
-#[inline]
-fn product_row<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], xs: &[T], r: usize, out: &mut [T]) {
+/// the rows of $X$): the stored entries added in index order (each entry
+/// its own multiply and add, so the same bits at every SIMD level).
+fn product_row<'a, T: Scalar>(raw: RawCsr<'a, T>, vals: &[T], xs: &[T], r: usize, out: &mut [T]) {
     let f = out.len();
     for e in raw.range(r) {
         raw.prefetch_column_row(e, xs, f);
         let c = raw.indices[e];
         rows::axpy(out, vals[e], &xs[c * f..(c + 1) * f]);
     }
+}
 }
 
 /// Rows `rows` of $A X$ into `out` (`rows.len()` $\times F$, row-major,
