@@ -624,12 +624,12 @@ simd_levels! {
 /// before a kept one exactly when its value is larger, so each row's entry
 /// passes the kept levels that are not smaller, takes the first that is, and
 /// every kept entry from there moves one level down (all by selects, so the
-/// columns go side by side in vector lanes; each level's select reads only
+/// columns go side by side in vector lanes). Each level's select reads only
 /// the row's entry and the old levels: a flag carried from level to level
 /// was miscompiled by rustc 1.95's LLVM for AVX2 and AVX-512, which
-/// `kth_largest_equals_a_full_sort_per_graph_and_column` caught). Compiled for each SIMD level
-/// and chosen at run time; only comparisons and moves, so the same node on
-/// every CPU.
+/// `kth_largest_equals_a_full_sort_per_graph_and_column` caught. Compiled
+/// for each SIMD level and chosen at run time; only comparisons and moves,
+/// so the same node on every CPU.
 fn best_in_rows<T: Scalar>(
     rows: &[T],
     k: usize,

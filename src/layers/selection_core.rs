@@ -261,7 +261,8 @@ impl SelectionCore {
     /// (induced subgraph) and reduce_index from the raw scores `y`: the
     /// pooled result, and if `cache`, what a cache needs (the subset, the raw
     /// scores of the kept nodes, the softmax, the source of every pooled
-    /// edge; without it, none of them is formed).
+    /// edge; without it, the sources, the kept raw scores and the copy of
+    /// the subset are not formed).
     #[allow(clippy::type_complexity)]
     fn run<T: Scalar>(
         &self,
