@@ -7,10 +7,11 @@ mod common;
 
 use common::with_threads;
 use graphpool::framework::SparseAssignment;
+use graphpool::kernels::row_norms;
 use graphpool::kernels::sparse::{
-    cosine_at, cosine_at_vjp, laplacian_spmm, laplacian_spmm_vjp_values, laplacian_spmm_vjp_x,
-    row_softmax, row_softmax_vjp, spgemm, spgemm_vjp_a, spgemm_vjp_b, undirected_path_lengths,
-    undirected_path_lengths_vjp,
+    cosine_at, cosine_at_vjp, laplacian_row_norms, laplacian_spmm, laplacian_spmm_vjp_values,
+    laplacian_spmm_vjp_x, row_softmax, row_softmax_vjp, spgemm, spgemm_vjp_a, spgemm_vjp_b,
+    undirected_path_lengths, undirected_path_lengths_vjp,
 };
 use graphpool::{PoolError, Segments};
 use ndarray::{Array1, Array2};
@@ -193,6 +194,8 @@ proptest! {
         let l = &deg - &ad;
         let lx = laplacian_spmm(a.view(), x.view());
         prop_assert!(close(lx.as_slice().unwrap(), l.dot(&x).as_slice().unwrap(), 1e-12));
+        // the signal without LX held whole: the norms of its rows, bit for bit
+        prop_assert_eq!(laplacian_row_norms(a.view(), x.view()), row_norms(lx.view()));
         let gx = laplacian_spmm_vjp_x(a.view(), g.view());
         prop_assert!(close(gx.as_slice().unwrap(), l.t().dot(&g).as_slice().unwrap(), 1e-12));
         let ga = laplacian_spmm_vjp_values(a.view(), x.view(), g.view());
@@ -345,6 +348,11 @@ fn new_kernels_are_thread_count_independent() {
     let r1 = with_threads(1, run);
     let r4 = with_threads(4, run);
     assert!(r1 == r4);
+    // LaPool's signal over several row blocks: the norms of L X's rows, bit for bit
+    for t in [1, 3] {
+        let v = with_threads(t, || laplacian_row_norms(a.view(), x.view()));
+        assert_eq!(v, row_norms(r1.0.view()));
+    }
 }
 
 /// `segment_top_k` keeps exactly the first `count(n)` nodes of each graph

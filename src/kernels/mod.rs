@@ -65,28 +65,30 @@ pub const ROW_BLOCK: usize = 1024;
 /// a row of $10^{30}$s is $\approx 10^{30}$ in `f32`, not infinity; it is
 /// infinite only when the true norm exceeds the type's range.
 pub fn row_norms<T: crate::scalar::Scalar>(x: ndarray::ArrayView2<'_, T>) -> ndarray::Array1<T> {
-    // below this sum of squares, squares of the entries may have lost bits to underflow
-    let tiny = T::min_positive_value() / T::epsilon();
     let norms: Vec<T> = (0..x.nrows())
         .into_par_iter()
-        .map(|r| {
-            let row = x.row(r);
-            let s = row.dot(&row);
-            if s.is_finite() && s >= tiny {
-                return s.sqrt();
-            }
-            let m = row.iter().fold(T::zero(), |m, &v| m.max(v.abs()));
-            if m == T::zero() || !m.is_finite() {
-                return m;
-            }
-            let scaled = row.iter().fold(T::zero(), |acc, &v| {
-                let q = v / m;
-                acc + q * q
-            });
-            m * scaled.sqrt()
-        })
+        .map(|r| row_norm(x.row(r)))
         .collect();
     ndarray::Array1::from(norms)
+}
+
+/// The norm of one row, as [`row_norms`] takes it.
+pub(crate) fn row_norm<T: crate::scalar::Scalar>(row: ndarray::ArrayView1<'_, T>) -> T {
+    // below this sum of squares, squares of the entries may have lost bits to underflow
+    let tiny = T::min_positive_value() / T::epsilon();
+    let s = row.dot(&row);
+    if s.is_finite() && s >= tiny {
+        return s.sqrt();
+    }
+    let m = row.iter().fold(T::zero(), |m, &v| m.max(v.abs()));
+    if m == T::zero() || !m.is_finite() {
+        return m;
+    }
+    let scaled = row.iter().fold(T::zero(), |acc, &v| {
+        let q = v / m;
+        acc + q * q
+    });
+    m * scaled.sqrt()
 }
 
 /// VJP of [`row_norms`]: $\bar x_r = \bar n_r \, x_r / \lVert x_r\rVert$

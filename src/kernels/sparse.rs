@@ -1576,18 +1576,63 @@ pub fn laplacian_spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T>
         .into_par_iter()
         .enumerate()
         .for_each(|(b, mut block)| {
-            for (k, mut row) in block.outer_iter_mut().enumerate() {
-                let i = b * ROW_BLOCK + k;
-                let (ci, cv) = row_parts(&a, i);
-                for (&j, &w) in ci.iter().zip(cv) {
-                    Zip::from(&mut row)
-                        .and(&x.row(i))
-                        .and(&x.row(j))
-                        .for_each(|o, &xi, &xj| *o += w * (xi - xj));
-                }
+            for (k, row) in block.outer_iter_mut().enumerate() {
+                laplacian_row(&a, x, b * ROW_BLOCK + k, row);
             }
         });
     out
+}
+
+/// $v_i = \lVert (LX)_i \rVert_2$ for every row (LaPool's Laplacian
+/// signal) without forming $LX$ ($N \times F$): each row of $LX$ is formed
+/// in a scratch row exactly as [`laplacian_spmm`] forms it and its norm
+/// taken as [`super::row_norms`] takes it, so the same bits as
+/// `row_norms(laplacian_spmm(a, x))` in $O(F)$ memory per thread.
+///
+/// ```
+/// use graphpool::kernels::row_norms;
+/// use graphpool::kernels::sparse::{laplacian_row_norms, laplacian_spmm};
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// let a = CsMat::new((3, 3), vec![0, 1, 3, 4], vec![1, 0, 2, 1], vec![1.0_f64, 1.0, 2.0, 2.0]);
+/// let x = array![[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]];
+/// let v = laplacian_row_norms(a.view(), x.view());
+/// assert_eq!(v, row_norms(laplacian_spmm(a.view(), x.view()).view()));
+/// ```
+pub fn laplacian_row_norms<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array1<T> {
+    debug_assert_eq!(a.cols(), x.nrows());
+    let f = x.ncols();
+    let mut out: Vec<T> = rows::fresh_vec(a.rows());
+    out.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let mut lx = Array1::zeros(f);
+            for (k, v) in block.iter_mut().enumerate() {
+                let i = b * ROW_BLOCK + k;
+                lx.fill(T::zero());
+                laplacian_row(&a, x, i, lx.view_mut());
+                *v = super::row_norm(lx.view());
+            }
+        });
+    Array1::from(out)
+}
+
+/// Row `i` of $LX$ added into `row` (zeroed): $\sum_j a_{ij}(x_i - x_j)$,
+/// the stored entries in index order.
+#[inline]
+fn laplacian_row<T: Scalar>(
+    a: &CsMatView<T>,
+    x: ArrayView2<T>,
+    i: usize,
+    mut row: ndarray::ArrayViewMut1<T>,
+) {
+    let (ci, cv) = row_parts(a, i);
+    for (&j, &w) in ci.iter().zip(cv) {
+        Zip::from(&mut row)
+            .and(&x.row(i))
+            .and(&x.row(j))
+            .for_each(|o, &xi, &xj| *o += w * (xi - xj));
+    }
 }
 
 /// VJP of [`laplacian_spmm`] with respect to $X$: $\bar X = L^\top \bar O$,

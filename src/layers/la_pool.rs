@@ -11,10 +11,9 @@ use crate::framework::{
     Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SparseAssignment, SparseConnectCache,
     SrcPool,
 };
-use crate::kernels::row_norms;
 use crate::kernels::sort::check_scores;
 use crate::kernels::sparse::{
-    cosine_at, cosine_at_vjp_acc, laplacian_spmm, row_softmax, row_softmax_vjp,
+    cosine_at, cosine_at_vjp_acc, laplacian_row_norms, row_softmax, row_softmax_vjp,
     undirected_path_lengths, undirected_path_lengths_vjp,
 };
 use crate::nn::Params;
@@ -146,9 +145,9 @@ impl LaPool {
     /// [`PoolError::NonFiniteScore`] if some $v_i$ is not finite.
     pub fn leaders<T: Scalar>(&self, batch: &DisjointBatch<T>) -> Result<Vec<usize>> {
         let a = batch.a();
-        let lx = laplacian_spmm(a.view(), batch.x().view());
-        // overflow-safe: rows of 1e30 have a finite signal in f32 too
-        let v: Array1<T> = row_norms(lx.view());
+        // overflow-safe: rows of 1e30 have a finite signal in f32 too; LX
+        // is never held whole
+        let v: Array1<T> = laplacian_row_norms(a.view(), batch.x().view());
         check_scores(v.view())?;
         let is_leader: Vec<bool> = (0..a.rows())
             .into_par_iter()
