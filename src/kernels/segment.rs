@@ -68,8 +68,9 @@ fn sum_rows<T: Scalar>(_: usize, rows: &[T], acc: &mut [T]) {
     }
 }
 
+/// `acc += row` entrywise (the fold of the segment sums' pieces).
 #[inline]
-fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
+pub(crate) fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
     for (a, &v) in acc.iter_mut().zip(row) {
         *a += v;
     }

@@ -33,7 +33,7 @@ use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
 use crate::kernels::segment::{
-    blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_kth_largest,
+    add_row, blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_kth_largest,
     segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
     segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
@@ -836,11 +836,7 @@ impl<T: Scalar> DenseClustering<T> {
                             }
                         }
                     },
-                    |acc: &mut [T], next: &[T]| {
-                        for (a, &v) in acc.iter_mut().zip(next) {
-                            *a += v;
-                        }
-                    },
+                    add_row,
                     |_, _| {},
                 );
                 let g_q = -sum_direct;
