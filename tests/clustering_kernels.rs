@@ -257,6 +257,37 @@ proptest! {
     }
 }
 
+/// A graph larger than a chunk (its columns taken in parallel: groups of 16
+/// by the scan, one by one by the selection) next to a small one, against a
+/// full sort per column: ranks on both sides of SMALL_RANK, many ties, 40
+/// columns (two full groups and a part), on 1 and 3 threads.
+#[test]
+fn kth_largest_of_a_graph_beyond_a_chunk_equals_a_full_sort() {
+    let seg = Segments::from_sizes(&[4500, 30]);
+    let (n, k) = (seg.num_nodes(), 40);
+    let s = Array2::from_shape_fn((n, k), |(i, j)| {
+        ((i * 7919 + j * 104_729) % 23) as f64 / 4.0
+    });
+    for r in [1, 3, SMALL_RANK, SMALL_RANK + 1] {
+        for th in [1, 3] {
+            let q = with_threads(th, || segment_kth_largest(s.view(), &seg, |_| r));
+            for (g, range) in seg.ranges().enumerate() {
+                for c in 0..k {
+                    let mut col: Vec<(f64, usize)> =
+                        range.clone().map(|n| (s[[n, c]], n)).collect();
+                    col.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap().then(a.1.cmp(&b.1)));
+                    let want = col[r.min(col.len()) - 1];
+                    assert_eq!(
+                        (q.values[[g, c]], q.nodes[[g, c]]),
+                        want,
+                        "rank {r}, graph {g}, column {c}, {th} threads"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A graph larger than a chunk next to small ones: the same bits on 1, 2, 3
 /// and 8 threads for every new kernel and its VJP.
 #[test]

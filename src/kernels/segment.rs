@@ -481,10 +481,11 @@ pub struct SegmentKthLargest<T: Scalar> {
 
 /// Computes [`SegmentKthLargest`]: per graph and column, in parallel over
 /// graphs and, inside a graph larger than [`super::CHUNK`], over columns. A
-/// rank up to [`SMALL_RANK`] is found by one scan that keeps the best `rank`
-/// values in order ($O(n_g \cdot \text{rank})$, no allocation); a larger one
-/// by a selection ($O(n_g)$ expected, not a full sort). The order is total,
-/// so both find the same node.
+/// rank up to [`SMALL_RANK`] is found by one scan over the graph's rows that
+/// keeps the best `rank` values of 16 columns at a time in order
+/// ($O(n_g \cdot \text{rank})$, no allocation); a larger one by a selection
+/// per column ($O(n_g)$ expected, not a full sort). The order is total, so
+/// both find the same node.
 ///
 /// AsymCheegerCutPool's balance term uses it with
 /// $\text{rank}(n) = \lfloor n / K \rfloor + 1$ (Spektral's `top_k(...)[-1]`).
@@ -514,16 +515,12 @@ pub fn segment_kth_largest<T: Scalar>(
     let mut values = vec![T::zero(); b * k];
     let mut nodes = vec![usize::MAX; b * k];
     if k > 0 {
+        // a rank above SMALL_RANK: a selection over one column
         let column = |r: std::ops::Range<usize>, c: usize, buf: &mut Vec<(T::Ordered, usize)>| {
             let pos = rank(r.len()).clamp(1, r.len()) - 1;
-            let node = if pos < SMALL_RANK {
-                best_in_order::<T>(r.map(|n| (s[[n, c]].ordered(), n)), pos + 1)
-            } else {
-                buf.clear();
-                buf.extend(r.map(|n| (s[[n, c]].ordered(), n)));
-                let (_, &mut (_, node), _) = buf.select_nth_unstable_by(pos, rank_order);
-                node
-            };
+            buf.clear();
+            buf.extend(r.map(|n| (s[[n, c]].ordered(), n)));
+            let (_, &mut (_, node), _) = buf.select_nth_unstable_by(pos, rank_order);
             (s[[node, c]], node)
         };
         // the rows of S in row-major order, for the row scan
@@ -539,19 +536,38 @@ pub fn segment_kth_largest<T: Scalar>(
                     return;
                 }
                 let want = rank(r.len()).clamp(1, r.len());
-                if r.len() > super::CHUNK {
-                    let picked: Vec<(T, usize)> = (0..k)
-                        .into_par_iter()
-                        .map_init(Vec::new, |buf, c| column(r.clone(), c, buf))
-                        .collect();
-                    for ((v, n), p) in vs.iter_mut().zip(ns.iter_mut()).zip(picked) {
-                        (*v, *n) = p;
+                let large = r.len() > super::CHUNK;
+                let graph_rows = &rows[r.start * k..r.end * k];
+                // one group of ROW_SCAN_LANES columns: its first column and
+                // its slices of the results
+                let scan = |(j, (v, n)): (usize, (&mut [T], &mut [usize]))| {
+                    let c0 = j * ROW_SCAN_LANES;
+                    best_in_rows(graph_rows, k, c0..c0 + v.len(), want, r.start, v, n);
+                };
+                match (want <= SMALL_RANK, large) {
+                    (true, false) => vs
+                        .chunks_mut(ROW_SCAN_LANES)
+                        .zip(ns.chunks_mut(ROW_SCAN_LANES))
+                        .enumerate()
+                        .for_each(scan),
+                    (true, true) => vs
+                        .par_chunks_mut(ROW_SCAN_LANES)
+                        .zip(ns.par_chunks_mut(ROW_SCAN_LANES))
+                        .enumerate()
+                        .for_each(scan),
+                    (false, false) => {
+                        for (c, (v, n)) in vs.iter_mut().zip(ns.iter_mut()).enumerate() {
+                            (*v, *n) = column(r.clone(), c, buf);
+                        }
                     }
-                } else if want <= SMALL_RANK {
-                    best_in_rows(&rows[r.start * k..r.end * k], k, want, r.start, vs, ns);
-                } else {
-                    for (c, (v, n)) in vs.iter_mut().zip(ns.iter_mut()).enumerate() {
-                        (*v, *n) = column(r.clone(), c, buf);
+                    (false, true) => {
+                        let picked: Vec<(T, usize)> = (0..k)
+                            .into_par_iter()
+                            .map_init(Vec::new, |buf, c| column(r.clone(), c, buf))
+                            .collect();
+                        for ((v, n), p) in vs.iter_mut().zip(ns.iter_mut()).zip(picked) {
+                            (*v, *n) = p;
+                        }
                     }
                 }
             });
@@ -572,56 +588,20 @@ fn rank_order<O: Ord>(a: &(O, usize), b: &(O, usize)) -> std::cmp::Ordering {
     b.0.cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
-/// The node of the `want`-th best of `items` (`want` in $1..=$
-/// [`SMALL_RANK`], at most the number of items) in [`rank_order`]. Keeps
-/// the best `want` seen so far in order.
-#[inline]
-fn best_in_order<T: Scalar>(
-    items: impl Iterator<Item = (T::Ordered, usize)>,
-    want: usize,
-) -> usize {
-    debug_assert!((1..=SMALL_RANK).contains(&want));
-    let better = |a: &(T::Ordered, usize), b: &(T::Ordered, usize)| rank_order(a, b).is_lt();
-    let mut top: [Option<(T::Ordered, usize)>; SMALL_RANK] = [None; SMALL_RANK];
-    let mut len = 0;
-    for item in items {
-        if len == want {
-            // the worst kept is top[want - 1]
-            match &top[want - 1] {
-                Some(w) if better(&item, w) => {}
-                _ => continue,
-            }
-        } else {
-            len += 1;
-        }
-        // insert in order, the worst (if full) falling off the end
-        let mut i = len - 1;
-        while i > 0 {
-            match &top[i - 1] {
-                Some(p) if better(&item, p) => {
-                    top[i] = top[i - 1];
-                    i -= 1;
-                }
-                _ => break,
-            }
-        }
-        top[i] = Some(item);
-    }
-    top[want - 1].expect("at least `want` items").1
-}
-
 /// Columns that [`best_in_rows`] takes side by side (one vector of `f32`
 /// with AVX-512).
 const ROW_SCAN_LANES: usize = 16;
 
 simd_levels! {
 /// For the rows of one graph (`rows`, row-major with `k` columns, local node
-/// $i$ in row $i$; at least `want` rows, `want` in $1..=$ [`SMALL_RANK`]),
-/// the `want`-th best entry of every column in [`rank_order`]: writes its
-/// value to `vs[c]` and its node, `first` + local node, to `ns[c]`.
+/// $i$ in row $i$; at least `want` rows, `want` in $1..=$ [`SMALL_RANK`])
+/// and a group `cols` of at most [`ROW_SCAN_LANES`] columns, the `want`-th
+/// best entry of every column in [`rank_order`]: writes the value of column
+/// `cols.start + j` to `vs[j]` and its node, `first` + local node, to
+/// `ns[j]`.
 ///
-/// One pass over the rows in node order, [`ROW_SCAN_LANES`] columns at a
-/// time, each keeping its best `want` entries in order. A later node ranks
+/// One pass over the rows in node order, the group's columns side by side,
+/// each keeping its best `want` entries in order. A later node ranks
 /// before a kept one exactly when its value is larger, so each row's entry
 /// passes the kept levels that are not smaller, takes the first that is, and
 /// every kept entry from there moves one level down (all by selects, so the
@@ -634,6 +614,7 @@ simd_levels! {
 fn best_in_rows<T: Scalar>(
     rows: &[T],
     k: usize,
+    cols: std::ops::Range<usize>,
     want: usize,
     first: usize,
     vs: &mut [T],
@@ -642,38 +623,37 @@ fn best_in_rows<T: Scalar>(
     const L: usize = ROW_SCAN_LANES;
     debug_assert!((1..=SMALL_RANK).contains(&want) && rows.len() >= want * k);
     debug_assert!(rows.len() / k.max(1) <= u32::MAX as usize);
-    for c0 in (0..k).step_by(L) {
-        let w = L.min(k - c0);
-        let mut top_v = [[T::zero(); L]; SMALL_RANK];
-        let mut top_n = [[0u32; L]; SMALL_RANK];
-        for (i, row) in rows.chunks_exact(k).enumerate() {
-            let mut v = [T::zero(); L];
-            v[..w].copy_from_slice(&row[c0..c0 + w]);
-            let n = i as u32;
-            // level j keeps its entry when that is not smaller than the
-            // row's (a prefix of the levels; a free level keeps nothing);
-            // the first level that is smaller takes the row's entry, each
-            // one below it the entry of the level above; bottom up, so the
-            // level above is read before it changes
-            for j in (0..want.min(i + 1)).rev() {
-                for l in 0..L {
-                    let keep = j < i && v[l].ordered() <= top_v[j][l].ordered();
-                    let (nv, nn) = if j == 0 || v[l].ordered() <= top_v[j - 1][l].ordered() {
-                        (v[l], n)
-                    } else {
-                        (top_v[j - 1][l], top_n[j - 1][l])
-                    };
-                    if !keep {
-                        top_v[j][l] = nv;
-                        top_n[j][l] = nn;
-                    }
+    let w = cols.len();
+    debug_assert!(w <= L && vs.len() == w && ns.len() == w);
+    let mut top_v = [[T::zero(); L]; SMALL_RANK];
+    let mut top_n = [[0u32; L]; SMALL_RANK];
+    for (i, row) in rows.chunks_exact(k).enumerate() {
+        let mut v = [T::zero(); L];
+        v[..w].copy_from_slice(&row[cols.clone()]);
+        let n = i as u32;
+        // level j keeps its entry when that is not smaller than the row's
+        // (a prefix of the levels; a free level keeps nothing); the first
+        // level that is smaller takes the row's entry, each one below it the
+        // entry of the level above; bottom up, so the level above is read
+        // before it changes
+        for j in (0..want.min(i + 1)).rev() {
+            for l in 0..L {
+                let keep = j < i && v[l].ordered() <= top_v[j][l].ordered();
+                let (nv, nn) = if j == 0 || v[l].ordered() <= top_v[j - 1][l].ordered() {
+                    (v[l], n)
+                } else {
+                    (top_v[j - 1][l], top_n[j - 1][l])
+                };
+                if !keep {
+                    top_v[j][l] = nv;
+                    top_n[j][l] = nn;
                 }
             }
         }
-        for l in 0..w {
-            vs[c0 + l] = top_v[want - 1][l];
-            ns[c0 + l] = first + top_n[want - 1][l] as usize;
-        }
+    }
+    for l in 0..w {
+        vs[l] = top_v[want - 1][l];
+        ns[l] = first + top_n[want - 1][l] as usize;
     }
 }
 }
