@@ -293,9 +293,7 @@ pub fn segment_matmul_tn<T: Scalar>(
                 p
             },
             |mut a, b| {
-                for (a, &b) in a.iter_mut().zip(&b) {
-                    *a += b;
-                }
+                add_row(&mut a, &b);
                 a
             },
         );

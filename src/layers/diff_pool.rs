@@ -16,8 +16,8 @@ use crate::framework::{
 };
 use crate::kernels::rows::{dot, row_major};
 use crate::kernels::segment::{
-    segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place,
-    segment_mean, segment_sum,
+    add_row, segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp,
+    segment_matmul_tn_vjp_in_place, segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
     gcn_filter, sddmm, sddmm_vjp, spmm, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
@@ -406,9 +406,7 @@ impl<T: Scalar> DiffPool<T> {
         let out = x_out.as_slice_mut().expect("fresh matrix");
         for (g, part) in partials {
             if let Some(part) = part {
-                for (o, &p) in out[g * k * c..(g + 1) * k * c].iter_mut().zip(&part) {
-                    *o += p;
-                }
+                add_row(&mut out[g * k * c..(g + 1) * k * c], &part);
             }
         }
         Ok((s, x_out))
