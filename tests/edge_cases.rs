@@ -275,3 +275,42 @@ fn every_layer_runs_forward_and_backward_with_more_than_64_features_or_clusters(
         }
     }
 }
+
+/// An output gradient so large (`f32::MAX`) that the gradient of $X$
+/// overflows. TopKPool and SAGPool check $\bar X$ as their kernel writes it
+/// (`scatter_scaled_rows_plus_checked`) rather than in a pass after it; the
+/// typed error must still name $X$, which is checked before the parameters
+/// (whose gradients overflow too), with the position of its first
+/// non-finite entry.
+#[test]
+fn selection_pools_name_x_when_its_gradient_overflows() {
+    let x = ndarray::array![[1.5_f32, -2.0], [2.0, 1.0], [0.5, 3.0], [-1.0, 2.5]];
+    let mut t = TriMat::new((4, 4));
+    for i in 0..4 {
+        t.add_triplet(i, (i + 1) % 4, 1.0_f32);
+        t.add_triplet((i + 1) % 4, i, 1.0);
+    }
+    let b = DisjointBatch::single(x, t.to_csr()).unwrap();
+    let check = |name: &str, r: graphpool::Result<graphpool::framework::Gradients<f32>>| {
+        match r {
+            Err(PoolError::NonFinite { what, index, .. }) => {
+                assert!(what.contains("gradient of x"), "{name}: {what}");
+                // the first non-finite entry in row-major order
+                assert!(index.starts_with('('), "{name}: {index}");
+            }
+            other => panic!("{name}: expected an overflow of x's gradient, got {other:?}"),
+        }
+    };
+    for seed in 0..4 {
+        let topk = TopKPool::<f32>::new(2, 0.5, seed).unwrap();
+        let (out, cache) = topk.forward(&b).unwrap();
+        let mut g = graphpool::framework::PooledGrad::zeros(&out);
+        g.x.fill(f32::MAX);
+        check("TopKPool", topk.backward(&b, &cache, &g));
+        let sag = SAGPool::<f32>::new(2, 0.5, seed).unwrap();
+        let (out, cache) = sag.forward(&b).unwrap();
+        let mut g = graphpool::framework::PooledGrad::zeros(&out);
+        g.x.fill(f32::MAX);
+        check("SAGPool", sag.backward(&b, &cache, &g));
+    }
+}

@@ -1056,3 +1056,53 @@ fn gathered_matrices_start_on_a_cache_line() {
         .unwrap();
     assert_eq!(spmm(a.view(), off.view()), y);
 }
+
+/// `scatter_scaled_rows_plus_checked` reports the flat index of the first
+/// non-finite entry of the gradient it wrote, the one a scan of the whole
+/// result finds, over several row blocks (the blocks run in parallel; the
+/// earliest must win), and writes the same bits as the unchecked kernel.
+#[test]
+fn checked_scatter_reports_the_first_non_finite_entry_of_its_result() {
+    use graphpool::kernels::gather::{scatter_scaled_rows_plus, scatter_scaled_rows_plus_checked};
+    use graphpool::kernels::rows::first_non_finite;
+    let (n, f) = (5000, 3);
+    let kept: Vec<usize> = (0..n).step_by(3).collect();
+    let scale = ndarray::Array1::from_shape_fn(kept.len(), |j| 0.5 + (j % 7) as f32 / 8.0);
+    let c = Array2::from_shape_fn((n, 1), |(i, _)| {
+        if i % 5 == 0 {
+            0.0
+        } else {
+            1.0 + (i % 3) as f32
+        }
+    });
+    let v = ndarray::array![[1.0_f32, -2.0, 0.25]];
+    for bad_rows in [vec![], vec![4321], vec![4999, 1200], vec![2, 3000, 3001]] {
+        let mut grad = Array2::from_shape_fn((kept.len(), f), |(j, t)| (j + t) as f32 / 100.0);
+        for &r in &bad_rows {
+            // kept rows get f32::MAX + a positive product: +inf
+            if let Ok(j) = kept.binary_search(&r) {
+                grad[[j, 0]] = f32::MAX;
+            } else {
+                grad[[0, 2]] = f32::NAN; // row 0 (kept) instead
+            }
+        }
+        let (gx, bad) = scatter_scaled_rows_plus_checked(
+            n,
+            &kept,
+            scale.view(),
+            grad.view(),
+            c.view(),
+            v.view(),
+        );
+        let plain =
+            scatter_scaled_rows_plus(n, &kept, scale.view(), grad.view(), c.view(), v.view());
+        assert_eq!(
+            bad,
+            first_non_finite(gx.as_slice().unwrap()),
+            "bad rows {bad_rows:?}"
+        );
+        assert_eq!(bad.is_some(), !bad_rows.is_empty(), "bad rows {bad_rows:?}");
+        let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&gx), bits(&plain));
+    }
+}

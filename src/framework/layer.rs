@@ -419,6 +419,21 @@ impl LayerStamp {
 /// edge weights, parameters or cotangents), reported as a typed
 /// [`PoolError::NonFinite`] instead of gradients holding infinities or NaN.
 pub(crate) fn finite_gradients<T: Scalar>(layer: &str, g: Gradients<T>) -> Result<Gradients<T>> {
+    let x_first_bad = {
+        let xv = g.x.view();
+        rows::first_non_finite(&rows::row_major(&xv))
+    };
+    finite_gradients_given_x(layer, g, x_first_bad)
+}
+
+/// [`finite_gradients`] for a gradient of $X$ whose kernel already found
+/// its first non-finite entry (`x_first_bad`, a flat row-major index) as it
+/// wrote it, so that $\bar X$ is not read a second time.
+pub(crate) fn finite_gradients_given_x<T: Scalar>(
+    layer: &str,
+    g: Gradients<T>,
+    x_first_bad: Option<usize>,
+) -> Result<Gradients<T>> {
     let overflow = |what: String, index: String, v: T| {
         PoolError::NonFinite {
         what: format!("{layer} gradient of {what} (overflow: inputs, parameters or output gradient too large)"),
@@ -427,11 +442,9 @@ pub(crate) fn finite_gradients<T: Scalar>(layer: &str, g: Gradients<T>) -> Resul
     }
     };
     {
-        let xv = g.x.view();
-        let xs = rows::row_major(&xv);
-        if let Some(i) = rows::first_non_finite(&xs) {
+        if let Some(i) = x_first_bad {
             let (r, c) = (i / g.x.ncols(), i % g.x.ncols());
-            return Err(overflow("x".into(), format!("({r}, {c})"), xs[i]));
+            return Err(overflow("x".into(), format!("({r}, {c})"), g.x[[r, c]]));
         }
         if let Some(w) = &g.edge_weights {
             let wv = w.view();

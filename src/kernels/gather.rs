@@ -113,19 +113,48 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
     c: ArrayView2<T>,
     v: ArrayView2<T>,
 ) -> Array2<T> {
+    scatter_scaled_rows_plus_checked(n, kept, scale, grad, c, v).0
+}
+
+/// [`scatter_scaled_rows_plus`], plus the flat index of the result's first
+/// non-finite entry (an overflow), if any: each block of rows is scanned
+/// right after it is written, while it is still in cache, instead of in a
+/// second pass over the whole $N \times F$ gradient (as
+/// [`gather_scaled_rows_checked`] does for the forward pass).
+///
+/// ```
+/// use graphpool::kernels::gather::scatter_scaled_rows_plus_checked;
+/// use ndarray::array;
+/// let (c, v) = (array![[1.0_f32], [1.0]], array![[3e38_f32, 1.0]]);
+/// let g = array![[3e38_f32, 0.0]];
+/// let (gx, bad) =
+///     scatter_scaled_rows_plus_checked(2, &[1], array![1.0].view(), g.view(), c.view(), v.view());
+/// assert_eq!(bad, Some(2)); // row 1: 3e38 + 3e38 overflows
+/// assert_eq!(gx.row(0).to_vec(), vec![3e38, 1.0]);
+/// ```
+pub fn scatter_scaled_rows_plus_checked<T: Scalar>(
+    n: usize,
+    kept: &[usize],
+    scale: ArrayView1<T>,
+    grad: ArrayView2<T>,
+    c: ArrayView2<T>,
+    v: ArrayView2<T>,
+) -> (Array2<T>, Option<usize>) {
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
     debug_assert_eq!(c.nrows(), n);
     debug_assert_eq!(c.ncols(), v.nrows());
     let f = grad.ncols();
     let r = v.nrows();
     let mut out = super::rows::fresh_matrix(n, f);
+    let mut first_bad = None;
     if f > 0 {
         let (gs, cs, vs) = (row_major(&grad), row_major(&c), row_major(&v));
-        out.as_slice_mut()
+        first_bad = out
+            .as_slice_mut()
             .expect("standard layout")
             .par_chunks_mut(ROW_BLOCK * f)
             .enumerate()
-            .for_each(|(b, block)| {
+            .filter_map(|(b, block)| {
                 let lo = b * ROW_BLOCK;
                 let mut j = kept.partition_point(|&k| k < lo);
                 for (i, row) in block.chunks_exact_mut(f).enumerate() {
@@ -152,9 +181,14 @@ pub fn scatter_scaled_rows_plus<T: Scalar>(
                         }
                     }
                 }
-            });
+                let bad = block.iter().fold(false, |bad, v| bad | !v.is_finite());
+                bad.then(|| block.iter().position(|v| !v.is_finite()))
+                    .flatten()
+                    .map(|p| b * ROW_BLOCK * f + p)
+            })
+            .min();
     }
-    out
+    (out, first_bad)
 }
 
 /// $X^\top c$ (an $F$-vector) for a per-node weight $c$: the parameter

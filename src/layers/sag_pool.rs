@@ -8,7 +8,7 @@ use super::selection_core::{
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{finite_gradients, LayerStamp};
+use crate::framework::layer::{finite_gradients_given_x, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::gather::weighted_row_sum;
 use crate::kernels::reduce_chunked;
@@ -292,13 +292,14 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
                 core.grad_x(c.view(), v.view())
             }
         };
-        finite_gradients(
+        finite_gradients_given_x(
             "SAGPool",
             Gradients {
-                x: gx,
+                x: gx.0,
                 edge_weights,
                 params,
             },
+            gx.1,
         )
     }
 

@@ -13,7 +13,7 @@ use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::pooled::pooled_x_overflow;
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::gather::{
-    gather_scaled_rows_checked, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
+    gather_scaled_rows_checked, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus_checked,
 };
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
@@ -158,10 +158,13 @@ pub(crate) struct CoreGrads<'a, T: Scalar> {
 impl<T: Scalar> CoreGrads<'_, T> {
     /// $\bar X$: the direct path (the gates times the pooled gradient, on the
     /// kept rows) plus the score's path $C V$ ($C$: $N \times r$, $V$:
-    /// $r \times F$), see [`scatter_scaled_rows_plus`].
-    pub(crate) fn grad_x(&self, c: ArrayView2<T>, v: ArrayView2<T>) -> Array2<T> {
+    /// $r \times F$), see
+    /// [`crate::kernels::gather::scatter_scaled_rows_plus`]; with the flat index
+    /// of its first non-finite entry, found as it is written (for
+    /// [`crate::framework::layer::finite_gradients_given_x`]).
+    pub(crate) fn grad_x(&self, c: ArrayView2<T>, v: ArrayView2<T>) -> (Array2<T>, Option<usize>) {
         let sub = &self.cache.subset;
-        scatter_scaled_rows_plus(
+        scatter_scaled_rows_plus_checked(
             c.nrows(),
             &sub.kept,
             sub.gate.view(),

@@ -7,7 +7,7 @@ use super::selection_core::{
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{finite_gradients, LayerStamp};
+use crate::framework::layer::{finite_gradients_given_x, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::gather::weighted_row_sum;
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
@@ -181,13 +181,14 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         };
         let mut params = self.params.zeros_like();
         params.accumulate_dim("kernel", gp.view())?;
-        finite_gradients(
+        finite_gradients_given_x(
             "TopKPool",
             Gradients {
-                x: gx,
+                x: gx.0,
                 edge_weights: core.edge_weights,
                 params,
             },
+            gx.1,
         )
     }
 
