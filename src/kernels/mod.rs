@@ -25,8 +25,8 @@ macro_rules! simd_levels {
     ($(#[$attr:meta])* $vis:vis fn $($rest:tt)*) => {
         $(#[$attr])*
         #[multiversion::multiversion(targets(
-            "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl",
-            "x86_64+avx2+fma",
+            "x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+popcnt",
+            "x86_64+avx2+fma+popcnt",
             "x86_64+sse4.2",
             "x86+avx2+fma",
             "x86+sse4.2",

@@ -469,19 +469,13 @@ fn induced<T: Scalar, const SOURCE: bool>(
     let m = kept.len();
     let kept_set = RankedBitmap::new(a.rows(), kept);
     let raw = RawCsr::new(&a);
-    let (idx, vals) = (a.indices(), a.data());
-    let row_entries = |r: usize| raw.range(r);
     // pass 1: kept entries per kept row
     let mut indptr = vec![0usize; m + 1];
     indptr[1..]
         .par_chunks_mut(ROW_BLOCK)
         .enumerate()
         .for_each(|(b, counts)| {
-            for (c, &r) in counts.iter_mut().zip(&kept[b * ROW_BLOCK..]) {
-                *c = row_entries(r)
-                    .filter(|&e| kept_set.contains(idx[e]))
-                    .count();
-            }
+            count_members_per_row(&kept_set, raw, &kept[b * ROW_BLOCK..], counts)
         });
     for j in 0..m {
         indptr[j + 1] += indptr[j];
@@ -504,26 +498,57 @@ fn induced<T: Scalar, const SOURCE: bool>(
         tasks.push((rows, hi, hs, hd));
     }
     tasks.into_par_iter().for_each(|(rows, oi, os, od)| {
-        // branch-free compaction (about half the entries are kept, in no
-        // pattern a branch predictor could learn): every entry is written at
-        // the next free slot, which only a kept entry then takes; the writes
-        // past the block's last kept entry fall outside it and are skipped
-        let mut p = 0;
-        for &r in &kept[rows] {
-            for e in row_entries(r) {
-                let (is_kept, c) = kept_set.rank_or_next(idx[e]);
-                if let (Some(i), Some(d)) = (oi.get_mut(p), od.get_mut(p)) {
-                    (*i, *d) = (c, vals[e]);
-                    if SOURCE {
-                        os[p] = e;
-                    }
-                }
-                p += usize::from(is_kept);
-            }
-        }
-        debug_assert_eq!(p, oi.len());
+        compact_members::<T, SOURCE>(&kept_set, raw, &kept[rows], oi, os, od)
     });
     (csr_by_construction((m, m), indptr, indices, data), source)
+}
+
+super::simd_levels! {
+/// The stored entries of each row in `rows` whose column is in `set`, into
+/// `counts` (one per row).
+fn count_members_per_row<T>(set: &RankedBitmap, raw: RawCsr<'_, T>, rows: &[usize], counts: &mut [usize]) {
+    for (c, &r) in counts.iter_mut().zip(rows) {
+        *c = raw.indices[raw.range(r)]
+            .iter()
+            .map(|&j| usize::from(set.contains(j)))
+            .sum();
+    }
+}
+}
+
+super::simd_levels! {
+/// The stored entries of `rows` whose column is in `set`, in order, with
+/// their columns renumbered by rank in `set`, into `oi` (columns), `od`
+/// (values) and, if `SOURCE`, `os` (their positions in the input), which
+/// have exactly their number of slots.
+///
+/// A branch-free compaction (about half the entries are kept, in no pattern
+/// a branch predictor could learn): every entry is written at the next free
+/// slot, which only a kept entry then takes; the writes past the last kept
+/// entry fall outside the slices and are skipped.
+fn compact_members<T: Scalar, const SOURCE: bool>(
+    set: &RankedBitmap,
+    raw: RawCsr<'_, T>,
+    rows: &[usize],
+    oi: &mut [usize],
+    os: &mut [usize],
+    od: &mut [T],
+) {
+    let mut p = 0;
+    for &r in rows {
+        for e in raw.range(r) {
+            let (is_kept, c) = set.rank_or_next(raw.indices[e]);
+            if let (Some(i), Some(d)) = (oi.get_mut(p), od.get_mut(p)) {
+                (*i, *d) = (c, raw.data[e]);
+                if SOURCE {
+                    os[p] = e;
+                }
+            }
+            p += usize::from(is_kept);
+        }
+    }
+    debug_assert_eq!(p, oi.len());
+}
 }
 
 /// A set of node indices as a bitmap with the rank (number of members
