@@ -129,7 +129,8 @@ const USIZE: u64 = std::mem::size_of::<usize>() as u64;
 
 impl BenchOutput for Array2<f32> {
     fn ones(&self) -> Array2<f32> {
-        let mut g = Array2::zeros(self.raw_dim());
+        // in fresh memory as the layers' outputs are (huge pages when large)
+        let mut g = graphpool::kernels::rows::fresh_matrix(self.nrows(), self.ncols());
         g.par_mapv_inplace(|_| 1.0);
         g
     }
@@ -140,7 +141,10 @@ impl BenchOutput for Array2<f32> {
 
 impl BenchOutput for Array3<f32> {
     fn ones(&self) -> Array3<f32> {
-        let mut g = Array3::zeros(self.raw_dim());
+        let (a, b, c) = self.dim();
+        let mut g =
+            Array3::from_shape_vec((a, b, c), graphpool::kernels::rows::fresh_vec(a * b * c))
+                .expect("a * b * c entries");
         g.par_mapv_inplace(|_| 1.0);
         g
     }
@@ -151,8 +155,9 @@ impl BenchOutput for Array3<f32> {
 
 impl BenchOutput for Pooled<f32> {
     fn ones(&self) -> PooledGrad<f32> {
+        // fresh memory (PooledGrad::zeros), filled in parallel: the pages
+        // are faulted in on every core
         let mut g = PooledGrad::zeros(self);
-        // filled in parallel: the fresh pages are faulted in on every core
         g.x.par_mapv_inplace(|_| 1.0);
         g.edge_weights.par_mapv_inplace(|_| 1.0);
         g.losses.values_mut().for_each(|v| *v = 1.0);

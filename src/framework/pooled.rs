@@ -48,11 +48,15 @@ pub struct PooledGrad<T: Scalar> {
 }
 
 impl<T: Scalar> PooledGrad<T> {
-    /// Zero gradients matching `pooled`.
+    /// Zero gradients matching `pooled`, in fresh memory like the layers'
+    /// outputs ([`crate::kernels::rows::fresh_matrix`]: a large array is
+    /// backed by transparent huge pages, so that filling it in takes one
+    /// page fault per 2 MiB instead of per 4 KiB).
     pub fn zeros(pooled: &Pooled<T>) -> Self {
+        let (rows, cols) = pooled.batch.x().dim();
         Self {
-            x: Array2::zeros(pooled.batch.x().raw_dim()),
-            edge_weights: Array1::zeros(pooled.batch.a().nnz()),
+            x: crate::kernels::rows::fresh_matrix(rows, cols),
+            edge_weights: Array1::from(crate::kernels::rows::fresh_vec(pooled.batch.a().nnz())),
             losses: pooled
                 .losses
                 .keys()
