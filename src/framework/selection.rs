@@ -244,7 +244,8 @@ impl<T: Scalar> DenseAssignment<T> {
         let k = self.k();
         debug_assert_eq!(symmetric.len(), segments.num_graphs());
         // (A S)_g times the block O_g^T, plus O_g for a symmetric graph
-        let mut both = Array2::zeros(grad_blocks.raw_dim());
+        // every entry is assigned below
+        let mut both = crate::kernels::rows::fresh_matrix(grad_blocks.nrows(), k);
         for (g, &sym) in symmetric.iter().enumerate() {
             let rows = g * k..(g + 1) * k;
             let og = grad_blocks.slice(s![rows.clone(), ..]);

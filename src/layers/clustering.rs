@@ -474,7 +474,11 @@ impl<T: Scalar> DenseClustering<T> {
         let a_out = DenseAssignment::blocks_to_csr(a_blocks.view());
         let out_segments = assignment.reduce_index(seg);
         let (selection, kept) = if keep {
-            (assignment.clone(), Some(assignment))
+            // the cache's copy in fresh memory, written in parallel
+            let copy = DenseAssignment {
+                s: crate::kernels::rows::fresh_copy(assignment.s.view()),
+            };
+            (copy, Some(assignment))
         } else {
             (assignment, None)
         };
@@ -884,7 +888,7 @@ impl<T: Scalar> DenseClustering<T> {
             // joins it below, through the normalisation when there is one
             blocks: match &cache.normalized {
                 Some(_) => Array2::zeros((b * k, k)),
-                None => g_out.to_owned(),
+                None => crate::kernels::rows::fresh_copy(g_out),
             },
             degrees: Array1::zeros(if cache.degrees.is_some() && edge_grad {
                 batch.num_nodes()
