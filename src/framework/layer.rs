@@ -35,7 +35,7 @@ impl<T: Scalar> Gradients<T> {
     /// `batch` has edge-weight gradients off).
     pub fn zeros(batch: &DisjointBatch<T>, params: &Params<T>) -> Self {
         Self {
-            x: Array2::zeros(batch.x().raw_dim()),
+            x: crate::kernels::rows::zeros(batch.num_nodes(), batch.num_features()),
             edge_weights: zero_edge_grad(batch),
             params: params.zeros_like(),
         }

@@ -39,7 +39,7 @@ pub struct Subset<T: Scalar> {
 impl<T: Scalar> Subset<T> {
     /// Reduce: row $j$ of the result is $\mathrm{gate}_j \, x_{\text{kept}_j}$.
     pub fn reduce(&self, x: ArrayView2<T>) -> Array2<T> {
-        let mut out = Array2::zeros((self.kept.len(), x.ncols()));
+        let mut out = crate::kernels::rows::zeros(self.kept.len(), x.ncols());
         let segs = Segments::single(self.kept.len());
         for_each_node_row(out.view_mut(), &segs, |_, j, mut row| {
             let g = self.gate[j];
@@ -54,7 +54,7 @@ impl<T: Scalar> Subset<T> {
     /// $\bar X_{\text{kept}_j} = \mathrm{gate}_j \bar X'_j$ (0 for dropped nodes)
     /// and $\bar{\mathrm{gate}}_j = \langle x_{\text{kept}_j}, \bar X'_j\rangle$.
     pub fn reduce_vjp(&self, x: ArrayView2<T>, grad: ArrayView2<T>) -> (Array2<T>, Array1<T>) {
-        let mut gx = Array2::zeros(x.raw_dim());
+        let mut gx = crate::kernels::rows::zeros(x.nrows(), x.ncols());
         let mut ggate = Array1::zeros(self.kept.len());
         for (j, &n) in self.kept.iter().enumerate() {
             let g = grad.row(j);

@@ -100,7 +100,7 @@ pub fn row_norms_vjp<T: crate::scalar::Scalar>(
     norms: ndarray::ArrayView1<'_, T>,
     grad: ndarray::ArrayView1<'_, T>,
 ) -> ndarray::Array2<T> {
-    let mut out = ndarray::Array2::zeros(x.raw_dim());
+    let mut out = rows::zeros(x.nrows(), x.ncols());
     out.axis_iter_mut(ndarray::Axis(0))
         .into_par_iter()
         .enumerate()

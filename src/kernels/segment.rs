@@ -664,7 +664,7 @@ pub fn segment_kth_largest_vjp<T: Scalar>(
     grad: ArrayView2<T>,
     num_nodes: usize,
 ) -> Array2<T> {
-    let mut gs = Array2::zeros((num_nodes, picked.nodes.ncols()));
+    let mut gs = super::rows::zeros(num_nodes, picked.nodes.ncols());
     segment_kth_largest_vjp_add(picked, grad, &mut gs);
     gs
 }
@@ -754,7 +754,7 @@ pub fn normalize_blocks_vjp<T: Scalar>(
 ) -> Array2<f64> {
     let k = norm.out.ncols();
     let wide = |v: T| v.to_f64().unwrap_or(f64::NAN);
-    let mut gc = Array2::zeros(norm.out.raw_dim());
+    let mut gc = super::rows::zeros(norm.out.nrows(), norm.out.ncols());
     for_each_graph_block(gc.view_mut(), k, |g, mut block| {
         let r = g * k..(g + 1) * k;
         let out = norm.out.slice(s![r.clone(), ..]);

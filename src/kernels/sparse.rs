@@ -1442,7 +1442,7 @@ pub fn cosine_at_vjp<T: Scalar>(
     c: ArrayView1<T>,
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array2<T>) {
-    let mut gx = Array2::zeros(x.raw_dim());
+    let mut gx = rows::zeros(x.nrows(), x.ncols());
     let gy = cosine_at_vjp_into(pattern, x, y, c, grad, &mut gx, false);
     (gx, gy)
 }
@@ -1514,7 +1514,7 @@ fn cosine_at_vjp_into<T: Scalar>(
     let tip = t.matrix.indptr();
     let tip = tip.raw_storage();
     let tidx = t.matrix.indices();
-    let mut gy = Array2::zeros(y.raw_dim());
+    let mut gy = rows::zeros(y.nrows(), y.ncols());
     gy.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
@@ -1599,7 +1599,7 @@ pub fn row_sums_vjp<T: Scalar>(a: CsMatView<T>, grad: ArrayView1<T>) -> Array1<T
 /// (Spektral's `laplacian(a)` then `modal_dot`).
 pub fn laplacian_spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
     debug_assert_eq!(a.cols(), x.nrows());
-    let mut out = Array2::zeros((a.rows(), x.ncols()));
+    let mut out = rows::zeros(a.rows(), x.ncols());
     out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
         .into_par_iter()
         .enumerate()

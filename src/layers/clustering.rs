@@ -707,7 +707,7 @@ impl<T: Scalar> DenseClustering<T> {
             }
             (AuxLoss::Orthogonality, AuxCache::Orthogonality { gram, norms }) => {
                 let inv_sqrt_k = T::one() / kt.sqrt();
-                let mut g_gram = Array2::zeros(gram.raw_dim());
+                let mut g_gram = crate::kernels::rows::zeros(gram.nrows(), gram.ncols());
                 for (g, &(n, l)) in norms.iter().enumerate() {
                     if n == zero || l == zero {
                         continue;
@@ -729,7 +729,7 @@ impl<T: Scalar> DenseClustering<T> {
                 cot.s += &g2;
             }
             (AuxLoss::Modularity(count), AuxCache::Modularity { trace, sd, m }) => {
-                let mut g_sd = Array2::zeros(sd.raw_dim());
+                let mut g_sd = crate::kernels::rows::zeros(sd.nrows(), sd.ncols());
                 let mut g_m = Array1::zeros(b);
                 for g in 0..b {
                     let m = m[g];
@@ -761,7 +761,7 @@ impl<T: Scalar> DenseClustering<T> {
             }
             (AuxLoss::Collapse(coeff), AuxCache::Collapse { sums }) => {
                 let c = T::c(coeff);
-                let mut g_sums = Array2::zeros(sums.raw_dim());
+                let mut g_sums = crate::kernels::rows::zeros(sums.nrows(), sums.ncols());
                 for g in 0..b {
                     let n = seg.size(g);
                     let norm = sums.row(g).dot(&sums.row(g)).sqrt();
@@ -887,7 +887,7 @@ impl<T: Scalar> DenseClustering<T> {
             // the losses' direct gradient of the raw blocks; the output's
             // joins it below, through the normalisation when there is one
             blocks: match &cache.normalized {
-                Some(_) => Array2::zeros((b * k, k)),
+                Some(_) => crate::kernels::rows::zeros(b * k, k),
                 None => crate::kernels::rows::fresh_copy(g_out),
             },
             degrees: Array1::zeros(if cache.degrees.is_some() && edge_grad {

@@ -687,7 +687,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             );
             (h, grads)
         } else {
-            let mut h = Array2::zeros((x.nrows(), f));
+            let mut h = crate::kernels::rows::zeros(x.nrows(), f);
             let grads = reduce_chunked_rows(
                 &mut h,
                 |r, rows| chunk(r.clone(), g_zpre.slice(s![r, ..]), rows),
@@ -818,7 +818,7 @@ fn link_vjp<T: Scalar>(
 /// VJP of the mean over nodes of each graph of $-\sum_k s\ln(s+\varepsilon)$,
 /// each graph's mean weighted by `scale`.
 fn entropy_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T, scale: T) -> Array2<T> {
-    let mut gs = Array2::zeros(s.raw_dim());
+    let mut gs = crate::kernels::rows::zeros(s.nrows(), s.ncols());
     crate::kernels::for_each_node_row(gs.view_mut(), segs, |g, n, mut row| {
         let c = scale / T::from_count(segs.size(g).max(1));
         Zip::from(&mut row).and(&s.row(n)).for_each(|o, &v| {

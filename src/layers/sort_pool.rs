@@ -126,7 +126,7 @@ impl<T: Scalar> Layer<T> for SortPool {
         cache.stamp.check(stamp, "SortPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
-        let mut gx = ndarray::Array2::zeros(batch.x().raw_dim());
+        let mut gx = crate::kernels::rows::zeros(batch.num_nodes(), batch.num_features());
         for (g, idx) in cache.kept.iter().enumerate() {
             for (j, &n) in idx.iter().enumerate() {
                 gx.row_mut(n).assign(&grad.slice(s![g, j, ..]));

@@ -375,7 +375,7 @@ impl Dense {
         grad_out: ArrayView2<T>,
         grads: &mut Params<T>,
     ) -> Result<Array2<T>> {
-        let mut gx = Array2::zeros(x.raw_dim());
+        let mut gx = crate::kernels::rows::zeros(x.nrows(), x.ncols());
         self.backward_acc(params, x, cache, grad_out, grads, &mut gx)?;
         Ok(gx)
     }

@@ -125,7 +125,7 @@ impl Mlp {
         grad_out: ArrayView2<T>,
         grads: &mut Params<T>,
     ) -> Result<Array2<T>> {
-        let mut gx = Array2::zeros(x.raw_dim());
+        let mut gx = crate::kernels::rows::zeros(x.nrows(), x.ncols());
         self.backward_acc(params, x, cache, grad_out, grads, &mut gx)?;
         Ok(gx)
     }
@@ -148,7 +148,7 @@ impl Mlp {
         for j in (1..self.layers.len()).rev() {
             let input = cache.layers[j - 1].output().view();
             let go = g.as_ref().map_or(grad_out, |g| g.view());
-            let mut gi = Array2::zeros(input.raw_dim());
+            let mut gi = crate::kernels::rows::zeros(input.nrows(), input.ncols());
             self.layers[j].backward_acc(params, input, &cache.layers[j], go, grads, &mut gi)?;
             g = Some(gi);
         }
