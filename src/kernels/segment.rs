@@ -710,7 +710,7 @@ pub struct NormalizedBlocks<T: Scalar> {
 pub fn normalize_blocks<T: Scalar>(blocks: ArrayView2<T>, eps: T) -> NormalizedBlocks<T> {
     let k = blocks.ncols();
     let rows = blocks.nrows();
-    let mut z = blocks.to_owned();
+    let mut z = super::rows::fresh_copy(blocks);
     for_each_graph_block(z.view_mut(), k, |_, mut block| {
         for i in 0..block.nrows() {
             block[[i, i]] = T::zero();

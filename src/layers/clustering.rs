@@ -220,11 +220,12 @@ fn split_wide_blocks<T: Scalar>(
     k: usize,
 ) -> (Array2<T>, Vec<(usize, Array2<f64>)>) {
     let fits = blocks_fit::<T>(wide.view(), k);
-    let narrow = Array2::from_shape_fn(wide.raw_dim(), |(r, c)| {
-        if fits[r / k] {
-            T::c(wide[[r, c]])
-        } else {
-            T::zero()
+    // fresh zeros; the blocks that fit are written in parallel
+    let mut narrow = crate::kernels::rows::fresh_matrix(wide.nrows(), wide.ncols());
+    crate::kernels::for_each_graph_block(narrow.view_mut(), k, |g, mut block| {
+        if fits[g] {
+            let w = wide.slice(s![g * k..(g + 1) * k, ..]);
+            block.zip_mut_with(&w, |o, &v| *o = T::c(v));
         }
     });
     let blocks = fits
