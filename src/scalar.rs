@@ -37,6 +37,21 @@ pub trait Scalar:
     /// The value under a total order ([`OrderedFloat`]: NaN above +inf), used
     /// by every sort and top-k so that selections are deterministic.
     fn ordered(self) -> Self::Ordered;
+    /// A 64-bit key with the order of [`Scalar::ordered`], left-aligned
+    /// (its top bits are the sign, the exponent, then the leading mantissa
+    /// bits): `a.ordered() <= b.ordered()` exactly when
+    /// `a.order_key() <= b.order_key()`. `-0.0` has the key of `+0.0` and
+    /// every NaN the largest key, as [`OrderedFloat`] orders them. Used to
+    /// bucket values by their leading bits (a radix selection).
+    ///
+    /// ```
+    /// use graphpool::Scalar;
+    /// let v = [f32::NEG_INFINITY, -2.5, -1e-30, -0.0, 0.0, 1e-30, 3.0, f32::INFINITY, f32::NAN];
+    /// for w in v.windows(2) {
+    ///     assert_eq!(w[0].ordered().cmp(&w[1].ordered()), w[0].order_key().cmp(&w[1].order_key()));
+    /// }
+    /// ```
+    fn order_key(self) -> u64;
     /// The (static) empty parameter set, returned by parameterless layers.
     #[doc(hidden)]
     fn no_params() -> &'static crate::nn::Params<Self>;
@@ -58,6 +73,16 @@ impl Scalar for f32 {
         OrderedFloat(self)
     }
     type Ordered = OrderedFloat<Self>;
+    #[inline]
+    fn order_key(self) -> u64 {
+        if self.is_nan() {
+            return u64::MAX;
+        }
+        // -0.0 as +0.0; negatives complemented, positives above them
+        let b = if self == 0.0 { 0 } else { self.to_bits() };
+        let k = if b >> 31 == 1 { !b } else { b | (1 << 31) };
+        u64::from(k) << 32
+    }
     fn no_params() -> &'static crate::nn::Params<Self> {
         crate::nn::params::no_params_f32()
     }
@@ -77,6 +102,18 @@ impl Scalar for f64 {
         OrderedFloat(self)
     }
     type Ordered = OrderedFloat<Self>;
+    #[inline]
+    fn order_key(self) -> u64 {
+        if self.is_nan() {
+            return u64::MAX;
+        }
+        let b = if self == 0.0 { 0 } else { self.to_bits() };
+        if b >> 63 == 1 {
+            !b
+        } else {
+            b | (1 << 63)
+        }
+    }
     fn no_params() -> &'static crate::nn::Params<Self> {
         crate::nn::params::no_params_f64()
     }

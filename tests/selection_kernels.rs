@@ -358,11 +358,11 @@ fn new_kernels_are_thread_count_independent() {
 /// `segment_top_k` keeps exactly the first `count(n)` nodes of each graph
 /// in the order of `segment_argsort_desc` (score descending, ties by node
 /// index), returned in input order: many ties, negative zeros, empty
-/// graphs, graphs larger than a chunk, every count from 0 to n; the same
-/// on 1 and 3 threads.
+/// graphs, graphs larger than a chunk (whose threshold a parallel radix
+/// selection finds), values spread over magnitudes and signs in `f32` and
+/// `f64`, counts from 0 to n; the same on 1 and 3 threads.
 #[test]
 fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
-    use graphpool::kernels::sort::{segment_argsort_desc, segment_top_k};
     let sizes = [0usize, 1, 2, 7, 30, 0, 9_000, 50, 4_097, 3];
     let seg = Segments::from_sizes(&sizes);
     let n = seg.num_nodes();
@@ -372,7 +372,26 @@ fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
         1 => 0.0,
         v => (v as f32 - 5.0) * 0.25,
     });
-    let sorted = segment_argsort_desc(score.view(), &seg);
+    check_top_k_against_sort(&seg, score.view());
+    // many distinct values across magnitudes and signs (the radix selection
+    // of a large graph then finds its threshold in one bucket among many),
+    // a few ties, in f32 and f64
+    let spread = |i: usize| {
+        let u = ((i as u64).wrapping_mul(2654435761) % 1_000_003) as f64 / 1_000_003.0;
+        let v = (u - 0.5) * 10f64.powi((i % 13) as i32 - 6);
+        if i.is_multiple_of(97) {
+            0.125
+        } else {
+            v
+        }
+    };
+    check_top_k_against_sort(&seg, Array1::from_shape_fn(n, |i| spread(i) as f32).view());
+    check_top_k_against_sort(&seg, Array1::from_shape_fn(n, spread).view());
+}
+
+fn check_top_k_against_sort<T: graphpool::Scalar>(seg: &Segments, score: ndarray::ArrayView1<T>) {
+    use graphpool::kernels::sort::{segment_argsort_desc, segment_top_k};
+    let sorted = segment_argsort_desc(score, seg);
     for frac in [0.0, 0.1, 0.5, 0.9, 1.0] {
         let count = |m: usize| ((m as f64) * frac).ceil() as usize;
         let mut want: Vec<usize> = sorted
@@ -385,7 +404,7 @@ fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
             .collect();
         want.sort_unstable();
         for t in [1, 3] {
-            let got = with_threads(t, || segment_top_k(score.view(), &seg, count).unwrap());
+            let got = with_threads(t, || segment_top_k(score, seg, count).unwrap());
             assert_eq!(got, want, "fraction {frac}, {t} threads");
         }
     }

@@ -145,39 +145,61 @@ pub fn segment_top_k<T: Scalar>(
         let g = graphs.start;
         let r = segments.range(g);
         let k = out.len();
-        let mut buf = Vec::new();
-        let t = kth_largest(&keys[r.clone()], k, &mut buf);
-        let quota = ties_to_keep(&keys[r.clone()], k, t);
-        let starts: Vec<usize> = r.clone().step_by(CHUNK).collect();
-        // per piece: the nodes above t, and the positions of those tied at t
-        let pieces: Vec<Vec<(usize, bool)>> = starts
-            .into_par_iter()
-            .map(|s| {
-                (s..(s + CHUNK).min(r.end))
-                    .filter_map(|n| {
-                        let o = keys[n].ordered();
-                        t.and_then(|t| (o >= t).then_some((n, o == t)))
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut quota = quota;
-        let mut j = 0;
-        for (n, tied) in pieces.into_iter().flatten() {
-            if !tied || quota > 0 {
-                quota -= usize::from(tied);
-                out[j] = n;
-                j += 1;
-            }
-        }
-        if t.is_none() {
+        let graph_keys = &keys[r.clone()];
+        let Some(t) = kth_largest_parallel(graph_keys, k) else {
             // k == n: every node
             for (o, n) in out.iter_mut().zip(r) {
                 *o = n;
             }
-            j = k;
+            continue;
+        };
+        // per piece: the nodes above t or tied at t, and how many are tied
+        let pieces: Vec<(Vec<usize>, usize)> = r
+            .clone()
+            .step_by(CHUNK)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|s| {
+                let mut tied = 0;
+                let nodes = (s..(s + CHUNK).min(r.end))
+                    .filter(|&n| {
+                        let o = keys[n].ordered();
+                        tied += usize::from(o == t);
+                        o >= t
+                    })
+                    .collect();
+                (nodes, tied)
+            })
+            .collect();
+        // the ties kept are the first in node order: each piece's share of
+        // the quota, then its place in the output, in piece order
+        let above: usize = pieces.iter().map(|(nodes, tied)| nodes.len() - tied).sum();
+        let mut quota = k - above;
+        let mut tasks = Vec::with_capacity(pieces.len());
+        let mut rest: &mut [usize] = out;
+        for (nodes, tied) in &pieces {
+            let keep_tied = (*tied).min(quota);
+            quota -= keep_tied;
+            let len = nodes.len() - tied + keep_tied;
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            tasks.push((nodes, keep_tied, head));
         }
-        debug_assert_eq!(j, k);
+        debug_assert!(rest.is_empty());
+        tasks
+            .into_par_iter()
+            .for_each(|(nodes, mut keep_tied, dst)| {
+                let mut j = 0;
+                for &n in nodes {
+                    let tied = keys[n].ordered() == t;
+                    if !tied || keep_tied > 0 {
+                        keep_tied -= usize::from(tied);
+                        dst[j] = n;
+                        j += 1;
+                    }
+                }
+                debug_assert_eq!(j, dst.len());
+            });
     }
     // graphs are contiguous and ordered, so the concatenation is sorted
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
@@ -200,6 +222,55 @@ fn kth_largest<T: Scalar>(keys: &[T], k: usize, buf: &mut Vec<T::Ordered>) -> Op
     let (_, &mut t, _) = buf.select_nth_unstable_by(k - 1, |a, b| b.cmp(a));
     Some(t)
 }
+
+/// [`kth_largest`] for a large graph, in parallel: a radix selection. The
+/// keys are counted by the top [`RADIX_BITS`] bits of their
+/// [`Scalar::order_key`] (per-thread histograms added up: counts, so the
+/// same on any thread count); the bucket holding the `k`-th largest is
+/// found from the top, and only its keys are gathered and selected among
+/// (`select_nth_unstable`). The value selected is the `k`-th largest, the
+/// same as [`kth_largest`] finds.
+fn kth_largest_parallel<T: Scalar>(keys: &[T], k: usize) -> Option<T::Ordered> {
+    if k >= keys.len() || k == 0 || keys.len() <= CHUNK {
+        return kth_largest(keys, k, &mut Vec::new());
+    }
+    const BUCKETS: usize = 1 << RADIX_BITS;
+    let bucket = |v: T| (v.order_key() >> (64 - RADIX_BITS)) as usize;
+    let counts = keys
+        .par_chunks(CHUNK)
+        .fold(
+            || vec![0usize; BUCKETS],
+            |mut h, c| {
+                for &v in c {
+                    h[bucket(v)] += 1;
+                }
+                h
+            },
+        )
+        .reduce(
+            || vec![0usize; BUCKETS],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    // the bucket of the k-th largest, and how many keys lie above it
+    let (mut above, mut at) = (0, BUCKETS - 1);
+    while above + counts[at] < k {
+        above += counts[at];
+        at -= 1;
+    }
+    let mut candidates: Vec<T::Ordered> = keys
+        .par_iter()
+        .filter(|&&v| bucket(v) == at)
+        .map(|v| v.ordered())
+        .collect();
+    let (_, &mut t, _) = candidates.select_nth_unstable_by(k - above - 1, |a, b| b.cmp(a));
+    Some(t)
+}
+
+/// Leading key bits a radix selection buckets by ([`kth_largest_parallel`]).
+const RADIX_BITS: u32 = 16;
 
 /// How many of the keys equal to `t` are kept: `k` minus those above `t`.
 fn ties_to_keep<T: Scalar>(keys: &[T], k: usize, t: Option<T::Ordered>) -> usize {
