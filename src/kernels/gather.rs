@@ -6,7 +6,7 @@
 use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
-use super::rows::row_major;
+use super::rows::{first_non_finite_in, row_major};
 use super::{CHUNK, ROW_BLOCK};
 use crate::scalar::Scalar;
 
@@ -67,10 +67,7 @@ pub fn gather_scaled_rows_checked<T: Scalar>(
                         *o = g * v;
                     }
                 }
-                let bad = block.iter().fold(false, |bad, v| bad | !v.is_finite());
-                bad.then(|| block.iter().position(|v| !v.is_finite()))
-                    .flatten()
-                    .map(|p| b * ROW_BLOCK * f + p)
+                first_non_finite_in(block).map(|p| b * ROW_BLOCK * f + p)
             })
             .min();
     }
@@ -181,10 +178,7 @@ pub fn scatter_scaled_rows_plus_checked<T: Scalar>(
                         }
                     }
                 }
-                let bad = block.iter().fold(false, |bad, v| bad | !v.is_finite());
-                bad.then(|| block.iter().position(|v| !v.is_finite()))
-                    .flatten()
-                    .map(|p| b * ROW_BLOCK * f + p)
+                first_non_finite_in(block).map(|p| b * ROW_BLOCK * f + p)
             })
             .min();
     }

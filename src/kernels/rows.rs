@@ -328,8 +328,26 @@ pub fn first_non_finite<T: Scalar>(x: &[T]) -> Option<usize> {
     const BLOCK: usize = 1 << 14;
     x.par_chunks(BLOCK)
         .enumerate()
-        .find_first(|(_, c)| c.iter().fold(false, |bad, v| bad | !v.is_finite()))
-        .and_then(|(b, c)| c.iter().position(|v| !v.is_finite()).map(|i| b * BLOCK + i))
+        .find_map_first(|(b, c)| first_non_finite_in(c).map(|i| b * BLOCK + i))
+}
+
+/// [`first_non_finite`] of one block, on the calling thread: a branch-free
+/// pass that vectorises, then the position only if the block has one. The
+/// kernels that check what they write scan each block with it while the
+/// block is still in cache.
+///
+/// ```
+/// use graphpool::kernels::rows::first_non_finite_in;
+/// assert_eq!(first_non_finite_in(&[1.0_f32, f32::NAN, f32::INFINITY]), Some(1));
+/// assert_eq!(first_non_finite_in(&[1.0_f64, -2.0]), None);
+/// ```
+#[inline]
+pub fn first_non_finite_in<T: Scalar>(block: &[T]) -> Option<usize> {
+    if block.iter().fold(false, |bad, v| bad | !v.is_finite()) {
+        block.iter().position(|v| !v.is_finite())
+    } else {
+        None
+    }
 }
 
 /// The first non-finite entry of an array in logical (row-major) order, as
@@ -431,6 +449,11 @@ pub fn fresh_copy<T: Scalar>(x: ArrayView2<T>) -> Array2<T> {
 }
 
 /// A copy of a slice in fresh memory ([`fresh_vec`]), written in parallel.
+///
+/// ```
+/// use graphpool::kernels::rows::fresh_copy_slice;
+/// assert_eq!(fresh_copy_slice(&[1.0_f32, 2.0, 3.0]), vec![1.0, 2.0, 3.0]);
+/// ```
 pub fn fresh_copy_slice<T: Scalar>(x: &[T]) -> Vec<T> {
     let mut out = fresh_vec(x.len());
     out.par_chunks_mut(1 << 16)
