@@ -70,11 +70,12 @@ pub fn keep_count(ratio: f64, n: usize) -> usize {
 /// indices sorted ascending (input order).
 ///
 /// Selection, not sorting: with $t$ the `count`-th largest score of the
-/// graph (found by `select_nth_unstable`, expected $O(n_g)$), the kept
+/// graph (found by `select_nth_unstable`, expected $O(n_g)$; for a graph
+/// larger than [`CHUNK`], by a parallel radix selection), the kept
 /// nodes are those scoring above $t$ and, of those scoring exactly $t$, the
 /// ones with the smallest indices — exactly the first `count` of the order
 /// of [`segment_argsort_desc`]. Runs of small graphs are one task each and
-/// a graph larger than [`CHUNK`] is scanned in parallel pieces
+/// a graph larger than [`CHUNK`] is scanned and written in parallel pieces
 /// ([`super::segment_work`]); the result does not depend on the thread count.
 ///
 /// # Errors
