@@ -192,9 +192,7 @@ pub fn segment_top_k<T: Scalar>(
             .for_each(|(nodes, mut keep_tied, dst)| {
                 let mut j = 0;
                 for &n in nodes {
-                    let tied = keys[n].ordered() == t;
-                    if !tied || keep_tied > 0 {
-                        keep_tied -= usize::from(tied);
+                    if keeps(keys[n], Some(t), &mut keep_tied) {
                         dst[j] = n;
                         j += 1;
                     }

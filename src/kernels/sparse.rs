@@ -692,10 +692,7 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
             }
         });
     }
-    let data: Vec<T> = match blocks.as_slice() {
-        Some(v) => rows::fresh_copy_slice(v),
-        None => rows::row_major(&blocks).into_owned(),
-    };
+    let data: Vec<T> = rows::fresh_copy_slice(&rows::row_major(&blocks));
     csr_by_construction((n, n), indptr, indices, data)
 }
 
