@@ -199,3 +199,31 @@ fn empty_single_node_and_edgeless_graphs_are_valid_and_split_back() {
             .unwrap();
     assert_eq!(none.num_graphs(), 0);
 }
+
+#[test]
+fn every_batch_constructor_keeps_x_on_a_cache_line() {
+    use graphpool::kernels::rows::CACHE_LINE;
+    let aligned = |b: &DisjointBatch<f32>| (b.x().as_ptr() as usize).is_multiple_of(CACHE_LINE);
+    // a large x from the allocator starts 16 bytes past a page: not on a line
+    let n = 1 << 16;
+    let x = Array2::from_shape_fn((n, 16), |(i, j)| (i * 16 + j) as f32);
+    let mut t = TriMat::new((n, n));
+    t.add_triplet(0, 1, 1.0_f32);
+    t.add_triplet(1, 0, 1.0);
+    let b = DisjointBatch::single(x.clone(), t.to_csr()).unwrap();
+    assert!(aligned(&b));
+    assert_eq!(b.x(), &x);
+    let c = b.clone();
+    assert!(aligned(&c));
+    assert_eq!(c, b);
+    assert!(aligned(&b.with_x(x.clone()).unwrap()));
+    assert!(aligned(&b.with_edge_weights(vec![2.0, 2.0]).unwrap()));
+    let mut perm: Vec<usize> = (0..n).collect();
+    perm.swap(0, 5);
+    let p = b.permute_nodes(&perm).unwrap();
+    assert!(aligned(&p));
+    assert_eq!(p.x().row(0), x.row(5));
+    let s = DisjointBatch::stack(&[(x.clone(), t.to_csr()), (x.clone(), t.to_csr())]).unwrap();
+    assert!(aligned(&s));
+    assert_eq!(s.x().row(n + 3), x.row(3));
+}

@@ -1106,3 +1106,30 @@ fn checked_scatter_reports_the_first_non_finite_entry_of_its_result() {
         assert_eq!(bits(&gx), bits(&plain));
     }
 }
+
+proptest! {
+    /// Any matrix, in any layout or offset within its buffer, comes back with
+    /// the same shape and values (bit for bit) and its first entry on a cache
+    /// line.
+    #[test]
+    fn align_to_cache_line_keeps_every_value_and_starts_on_a_line(
+        rows in 0usize..40, cols in 0usize..20, skip in 0usize..5, transpose in any::<bool>()
+    ) {
+        use graphpool::kernels::rows::{align_to_cache_line, CACHE_LINE};
+        // `skip` leading rows sliced off in place: an array that starts
+        // inside its buffer, at any address
+        let whole = Array2::from_shape_fn((rows + skip, cols), |(i, j)| (i * 31 + j) as f64 * 0.5 - 7.0);
+        let mut x = whole.clone();
+        x.slice_collapse(ndarray::s![skip.., ..]);
+        if transpose {
+            x = x.reversed_axes();
+        }
+        let expected = x.clone();
+        let y = align_to_cache_line(x);
+        prop_assert_eq!(&y, &expected);
+        prop_assert!(y.is_standard_layout() || y.is_empty());
+        if !y.is_empty() {
+            prop_assert_eq!(y.as_ptr() as usize % CACHE_LINE, 0);
+        }
+    }
+}

@@ -9,6 +9,7 @@ use ndarray::{s, Array2, ArrayView2};
 use sprs::{CsMat, CsMatView};
 
 use crate::error::{PoolError, Result};
+use crate::kernels::rows;
 use crate::scalar::Scalar;
 
 /// A batch of graphs in disjoint mode.
@@ -35,8 +36,10 @@ use crate::scalar::Scalar;
 /// assert_eq!(batch.split().len(), 2);
 /// # Ok::<(), graphpool::PoolError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct DisjointBatch<T: Scalar> {
+    /// Starts on a cache line ([`rows::align_to_cache_line`]; every
+    /// constructor goes through [`DisjointBatch::assemble`]).
     x: Array2<T>,
     a: CsMat<T>,
     segments: Segments,
@@ -58,7 +61,40 @@ impl PartialEq for SymmetryCache {
     }
 }
 
+/// A copy whose `x` starts on a cache line too ([`rows::fresh_copy`]; a
+/// derived `clone` would take the allocator's address).
+impl<T: Scalar> Clone for DisjointBatch<T> {
+    fn clone(&self) -> Self {
+        Self::assemble(
+            rows::fresh_copy(self.x.view()),
+            self.a.clone(),
+            self.segments.clone(),
+            self.edge_weight_grad,
+            self.symmetric.clone(),
+        )
+    }
+}
+
 impl<T: Scalar> DisjointBatch<T> {
+    /// The one place a batch is put together: `x` is moved to start on a
+    /// cache line ([`rows::align_to_cache_line`], within its own buffer),
+    /// so that the sparse products' row gathers read whole lines.
+    fn assemble(
+        x: Array2<T>,
+        a: CsMat<T>,
+        segments: Segments,
+        edge_weight_grad: bool,
+        symmetric: SymmetryCache,
+    ) -> Self {
+        Self {
+            x: rows::align_to_cache_line(x),
+            a,
+            segments,
+            edge_weight_grad,
+            symmetric,
+        }
+    }
+
     /// Validates and builds a batch.
     ///
     /// # Errors
@@ -74,13 +110,13 @@ impl<T: Scalar> DisjointBatch<T> {
     pub fn new(x: Array2<T>, a: CsMat<T>, segments: Segments) -> Result<Self> {
         validate_x(&x.view(), &segments)?;
         validate_adjacency(&a.view(), &segments)?;
-        Ok(Self {
+        Ok(Self::assemble(
             x,
-            a: rebased(a),
+            rebased(a),
             segments,
-            edge_weight_grad: true,
-            symmetric: SymmetryCache::default(),
-        })
+            true,
+            SymmetryCache::default(),
+        ))
     }
 
     /// Builds a batch from per-node graph ids and an explicit number of graphs
@@ -169,7 +205,7 @@ impl<T: Scalar> DisjointBatch<T> {
         }
         let segments = Segments::from_sizes(&sizes);
         let n = segments.num_nodes();
-        let mut x = Array2::zeros((n, f));
+        let mut x = rows::zeros(n, f);
         let mut indptr = Vec::with_capacity(n + 1);
         let nnz: usize = graphs.iter().map(|(_, a)| a.nnz()).sum();
         let mut indices = Vec::with_capacity(nnz);
@@ -187,13 +223,13 @@ impl<T: Scalar> DisjointBatch<T> {
             }
         }
         let a = CsMat::new((n, n), indptr, indices, data);
-        Ok(Self {
+        Ok(Self::assemble(
             x,
             a,
             segments,
-            edge_weight_grad: true,
-            symmetric: SymmetryCache::default(),
-        })
+            true,
+            SymmetryCache::default(),
+        ))
     }
 
     /// Builds a batch without validation. For results computed by this crate
@@ -201,13 +237,7 @@ impl<T: Scalar> DisjointBatch<T> {
     pub fn new_unchecked(x: Array2<T>, a: CsMat<T>, segments: Segments) -> Self {
         debug_assert!(validate_x(&x.view(), &segments).is_ok());
         debug_assert!(validate_adjacency(&a.view(), &segments).is_ok());
-        Self {
-            x,
-            a,
-            segments,
-            edge_weight_grad: true,
-            symmetric: SymmetryCache::default(),
-        }
+        Self::assemble(x, a, segments, true, SymmetryCache::default())
     }
 
     /// Splits the batch back into its graphs `(x_g, a_g)`, local node ids.
@@ -241,13 +271,13 @@ impl<T: Scalar> DisjointBatch<T> {
     /// Those of `x`'s validation in [`DisjointBatch::new`].
     pub fn with_x(&self, x: Array2<T>) -> Result<Self> {
         validate_x(&x.view(), &self.segments)?;
-        Ok(Self {
+        Ok(Self::assemble(
             x,
-            a: self.a.clone(),
-            segments: self.segments.clone(),
-            edge_weight_grad: self.edge_weight_grad,
-            symmetric: self.symmetric.clone(),
-        })
+            self.a.clone(),
+            self.segments.clone(),
+            self.edge_weight_grad,
+            self.symmetric.clone(),
+        ))
     }
 
     /// A batch with the same structure and new edge weights (aligned with `a().data()`).
@@ -266,13 +296,13 @@ impl<T: Scalar> DisjointBatch<T> {
         let n = self.num_nodes();
         let a = CsMat::new((n, n), indptr, indices, w);
         validate_adjacency(&a.view(), &self.segments)?;
-        Ok(Self {
-            x: self.x.clone(),
+        Ok(Self::assemble(
+            rows::fresh_copy(self.x.view()),
             a,
-            segments: self.segments.clone(),
-            edge_weight_grad: self.edge_weight_grad,
-            symmetric: SymmetryCache::default(),
-        })
+            self.segments.clone(),
+            self.edge_weight_grad,
+            SymmetryCache::default(),
+        ))
     }
 
     /// The same batch (no copy) with edge-weight gradients on or off: the
@@ -354,7 +384,11 @@ impl<T: Scalar> DisjointBatch<T> {
         self.edge_weight_grad
     }
 
-    /// Node features, $N \times F$.
+    /// Node features, $N \times F$, in standard layout with the first entry
+    /// on a cache line: every constructor (and `clone`) moves `x` there if
+    /// it is not ([`rows::align_to_cache_line`], within its own buffer, no
+    /// second copy), so that the sparse products' gathers of its rows read
+    /// whole cache lines.
     #[inline]
     pub fn x(&self) -> &Array2<T> {
         &self.x
@@ -507,13 +541,13 @@ impl<T: Scalar> DisjointBatch<T> {
         for (&v, (r, c)) in self.a.iter() {
             tri.add_triplet(inverse[r], inverse[c], v);
         }
-        Ok(Self {
+        Ok(Self::assemble(
             x,
-            a: tri.to_csr(),
-            segments: self.segments.clone(),
-            edge_weight_grad: self.edge_weight_grad,
-            symmetric: SymmetryCache::default(),
-        })
+            tri.to_csr(),
+            self.segments.clone(),
+            self.edge_weight_grad,
+            SymmetryCache::default(),
+        ))
     }
 
     /// The batch of graphs `order[0], order[1], …` of `self` (graphs may be

@@ -505,6 +505,68 @@ pub fn fresh_matrix<T: Copy + Default>(rows: usize, cols: usize) -> Array2<T> {
         .expect("rows * cols entries")
 }
 
+/// `x` with its first entry on a [`CACHE_LINE`], in standard layout: the
+/// same shape and values, moved within its own buffer when it does not
+/// start on a line.
+///
+/// A large array from the allocator (`read_npy`, `Array2::zeros`, `clone`)
+/// starts 16 bytes past a page boundary, so with rows a multiple of 64
+/// bytes wide every row straddles one more cache line than it fills, and
+/// every SIMD load of it crosses a line. The sparse products gather one
+/// row of $X$ per stored entry: on the 10⁷ entries of `single-1e6`,
+/// [`crate::kernels::sparse::spmm`] over a 64-wide `f32` $X$ took 195-230 ms
+/// from the allocator's address and 117-135 ms from a line boundary.
+///
+/// The buffer grows by at most one line (`realloc`: for a large buffer the
+/// allocator remaps its pages rather than copying them) and the entries
+/// move up by less than a line (one `memmove`), so the matrix is never held
+/// twice. A matrix in another layout is copied once ([`fresh_copy`]).
+///
+/// ```
+/// use graphpool::kernels::rows::{align_to_cache_line, CACHE_LINE};
+/// use ndarray::Array2;
+/// let x = Array2::from_shape_fn((1000, 16), |(i, j)| (i * 16 + j) as f32);
+/// let y = align_to_cache_line(x.clone());
+/// assert_eq!(y, x);
+/// assert_eq!(y.as_ptr() as usize % CACHE_LINE, 0);
+/// let t = align_to_cache_line(x.t().to_owned());
+/// assert_eq!(t, x.t());
+/// assert_eq!(t.as_ptr() as usize % CACHE_LINE, 0);
+/// ```
+pub fn align_to_cache_line<T: Scalar>(x: Array2<T>) -> Array2<T> {
+    if !x.is_standard_layout() {
+        return fresh_copy(x.view());
+    }
+    let size = std::mem::size_of::<T>();
+    let misalign = x.as_ptr() as usize % CACHE_LINE;
+    if x.is_empty() || misalign == 0 || !misalign.is_multiple_of(size) {
+        return x;
+    }
+    let (rows, cols) = x.dim();
+    let len = rows * cols;
+    let (mut data, offset) = x.into_raw_vec_and_offset();
+    let offset = offset.unwrap_or(0);
+    // room for a shift of up to a line, reserved before the address is
+    // read (the reservation may move the buffer)
+    let room = CACHE_LINE / size;
+    data.reserve_exact((len + room).saturating_sub(data.len()));
+    let off = data.as_ptr() as usize % CACHE_LINE;
+    let start = if off.is_multiple_of(size) {
+        ((CACHE_LINE - off) % CACHE_LINE) / size
+    } else {
+        0
+    };
+    if data.len() < start + len {
+        data.resize(start + len, T::zero());
+    }
+    data.copy_within(offset..offset + len, start);
+    data.truncate(start + len);
+    Array1::from_vec(data)
+        .slice_move(s![start..])
+        .into_shape_with_order((rows, cols))
+        .expect("rows * cols entries")
+}
+
 /// From how many bytes a fresh buffer asks for transparent huge pages.
 const HUGE_PAGES_FROM: usize = 4 << 20;
 
