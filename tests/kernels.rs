@@ -6,7 +6,8 @@ mod common;
 use common::with_threads;
 use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
 use graphpool::kernels::sparse::{
-    block_diag, gcn_filter, induced_subgraph, spgemm, spmm, spmm_t, symmetric_graphs, transpose,
+    block_diag, gcn_filter, induced_subgraph, spgemm, spmm, spmm_many, spmm_t, symmetric_graphs,
+    transpose,
 };
 use graphpool::proptest::{batches, BatchShape};
 use graphpool::Segments;
@@ -113,6 +114,20 @@ proptest! {
     fn spmm_equals_dense_product_exactly_on_integers(a in int_sparse(), f in 1usize..4, seed in 0i64..100) {
         let x = Array2::from_shape_fn((a.cols(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 5 - 2) as f64);
         prop_assert_eq!(spmm(a.view(), x.view()), dense(&a).dot(&x));
+    }
+
+    #[test]
+    fn spmm_many_equals_spmm_of_each_input_bit_for_bit(a in int_sparse(), f in 0usize..4, g in 0usize..3, seed in 0i64..100) {
+        // fractional values: every output must add the same terms in the
+        // same order as spmm to give the same bits
+        let x = Array2::from_shape_fn((a.cols(), f), |(i, j)| ((i as i64 * 7 + j as i64 * 3 + seed) % 11) as f64 / 7.0 - 0.6);
+        let y = Array2::from_shape_fn((a.cols(), g), |(i, j)| ((i as i64 * 5 + j as i64 + seed) % 13) as f64 / 3.0 - 1.1);
+        let outs = spmm_many(a.view(), &[x.view(), y.view()]);
+        prop_assert_eq!(outs.len(), 2);
+        prop_assert_eq!(&outs[0], &spmm(a.view(), x.view()));
+        prop_assert_eq!(&outs[1], &spmm(a.view(), y.view()));
+        let d = dense(&a).dot(&x);
+        prop_assert!(outs[0].iter().zip(&d).all(|(p, q)| (p - q).abs() <= 1e-12 * (1.0 + q.abs())));
     }
 
     #[test]

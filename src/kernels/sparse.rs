@@ -284,6 +284,89 @@ pub fn spmm_times<T: Scalar>(
     outs
 }
 
+/// $A X_i$ for several $X_i$ with $A$'s columns as rows, in one pass over
+/// $A$: each stored entry $(r, c)$ adds $a_{rc}$ times row $c$ of every
+/// $X_i$ into row $r$ of the $i$-th output.
+///
+/// Every output is [`spmm`]`(a, xs[i])` bit for bit (each row summed over
+/// its entries in index order; thread-count independent). One pass reads
+/// $A$'s structure once and keeps the gathers of all the $X_i$ in flight
+/// together: for a 64-wide and a 16-wide $X$ on the 10⁷ entries of
+/// `single-1e6`, one pass instead of two.
+///
+/// ```
+/// use graphpool::kernels::sparse::{spmm, spmm_many};
+/// use ndarray::array;
+/// use sprs::TriMat;
+/// let mut t = TriMat::new((2, 2));
+/// t.add_triplet(0, 1, 2.0_f32);
+/// t.add_triplet(1, 0, 3.0);
+/// let a = t.to_csr::<usize>();
+/// let (x, y) = (array![[1.0_f32, 2.0], [3.0, 4.0]], array![[5.0_f32], [6.0]]);
+/// let outs = spmm_many(a.view(), &[x.view(), y.view()]);
+/// assert_eq!(outs[0], spmm(a.view(), x.view()));
+/// assert_eq!(outs[1], array![[12.0], [15.0]]);
+/// ```
+pub fn spmm_many<T: Scalar>(a: CsMatView<T>, xs: &[ArrayView2<T>]) -> Vec<Array2<T>> {
+    debug_assert!(xs.iter().all(|x| x.nrows() == a.cols()));
+    let n = a.rows();
+    let raw = RawCsr::new(&a);
+    let inputs: Vec<_> = xs.iter().map(|x| rows::row_major(x)).collect();
+    let inputs: Vec<&[T]> = inputs.iter().map(|x| &x[..]).collect();
+    let widths: Vec<usize> = xs.iter().map(|x| x.ncols()).collect();
+    let mut outs: Vec<Array2<T>> = widths.iter().map(|&w| rows::fresh_matrix(n, w)).collect();
+    let blocks = n.div_ceil(ROW_BLOCK);
+    // one disjoint slice of every output per block
+    let mut per_block: Vec<Vec<&mut [T]>> = (0..blocks).map(|_| Vec::new()).collect();
+    for (o, &w) in outs.iter_mut().zip(&widths) {
+        if w == 0 {
+            per_block.iter_mut().for_each(|p| p.push(&mut []));
+            continue;
+        }
+        let o = o.as_slice_mut().expect("standard layout");
+        for (b, piece) in o.chunks_mut(ROW_BLOCK * w).enumerate() {
+            per_block[b].push(piece);
+        }
+    }
+    per_block
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(b, mut pieces)| {
+            // written before any read: one page fault per page
+            pieces.iter_mut().for_each(|p| p.fill(T::zero()));
+            let r0 = b * ROW_BLOCK;
+            let r1 = (r0 + ROW_BLOCK).min(n);
+            for r in r0..r1 {
+                product_row_many(raw, a.data(), &inputs, &widths, r, r - r0, &mut pieces);
+            }
+        });
+    outs
+}
+
+super::simd_levels! {
+/// Row `r` of every $A X_i$ ([`spmm_many`]) into row `local` of `outs[i]`:
+/// the stored entries in index order, as [`product_row`] does for one.
+fn product_row_many<'a, T: Scalar>(
+    raw: RawCsr<'a, T>,
+    vals: &[T],
+    inputs: &[&[T]],
+    widths: &[usize],
+    r: usize,
+    local: usize,
+    outs: &mut [&mut [T]],
+) {
+    for e in raw.range(r) {
+        for (x, &w) in inputs.iter().zip(widths) {
+            raw.prefetch_column_row(e, x, w);
+        }
+        let (c, v) = (raw.indices[e], vals[e]);
+        for ((x, &w), o) in inputs.iter().zip(widths).zip(outs.iter_mut()) {
+            rows::axpy(&mut o[local * w..(local + 1) * w], v, &x[c * w..(c + 1) * w]);
+        }
+    }
+}
+}
+
 /// The transposed product $A^\top X$ ($M \times N$ times $N \times F$)
 /// without forming $A^\top$.
 ///

@@ -20,7 +20,7 @@ use crate::kernels::segment::{
     segment_matmul_tn_vjp_in_place, segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
-    gcn_filter, sddmm, sddmm_vjp, spmm, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
+    gcn_filter, sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
 use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
@@ -650,65 +650,80 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         }
 
         // S = softmax((F X) W_pool), Z = act((F X) W_emb): with G_p, G_e
-        // the gradients of the two pre-activations and H = G_p W_pool^T +
-        // G_e W_emb^T, the gradient of F X is H, so X gets F^T H, the
-        // filter's values <H_i, X_j>, and W = (F X)^T G. One pass over fixed
-        // chunks of rows forms F X again for the chunk (never held whole),
-        // adds its share of both parameter gradients, then writes the
-        // chunk's rows of H: over G_e's own rows when C == F, so that H
-        // takes no memory of its own
+        // the gradients of the two pre-activations, W_pool gets
+        // (F X)^T G_p = X^T (F^T G_p) and X gets F^T (G_e W_emb^T + G_p
+        // W_pool^T) = U_e W_emb^T + U_p W_pool^T with U = F^T G. So F is
+        // applied once, to G (C + K columns), and never to X again: U_e and
+        // U_p, then one pass over fixed chunks of rows adds each chunk's
+        // share of both parameter gradients (X^T U) and writes its rows of
+        // X's gradient, over U_e's own rows when C == F, so that it takes
+        // no memory of its own. The filter's values get <H_i, X_j> with H =
+        // G_e W_emb^T + G_p W_pool^T, formed only when they are asked for
         let g_logits = softmax_rows_vjp(s, gs.view());
         drop(gs);
+        drop(assignment);
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
         let f = x.ncols();
         let fm = cache.filter.matrix.view();
-        let chunk = |r: Range<usize>, g_e: ArrayView2<T>, mut h: ArrayViewMut2<T>| {
-            let mut fx = vec![T::zero(); r.len() * f];
-            spmm_rows(fm, x, r.clone(), &mut fx);
-            let fx = ArrayView2::from_shape((r.len(), f), &fx).expect("rows * F entries");
-            let g_p = g_logits.slice(s![r, ..]);
-            let grads = (transpose_times(fx, g_e), transpose_times(fx, g_p));
-            h.fill(T::zero());
-            matmul_acc_piece(g_e, w_emb.t(), h.view_mut());
-            matmul_acc_piece(g_p, w_pool.t(), h);
-            grads
-        };
-        let sum = |(a, b), (c, d)| (a + c, b + d);
-        let (h, (gw_emb, gw_pool)) = if g_zpre.ncols() == f {
-            let mut h = g_zpre;
-            let grads = reduce_chunked_rows(
-                &mut h,
-                |r, rows| {
-                    let g_e = rows.to_owned();
-                    chunk(r, g_e.view(), rows)
-                },
-                sum,
-            );
-            (h, grads)
-        } else {
-            let mut h = crate::kernels::rows::zeros(x.nrows(), f);
-            let grads = reduce_chunked_rows(
-                &mut h,
-                |r, rows| chunk(r.clone(), g_zpre.slice(s![r, ..]), rows),
-                sum,
-            );
-            drop(g_zpre);
-            (h, grads)
-        };
-        drop(g_logits);
         if let Some(ga) = &mut ga {
+            let mut h = crate::kernels::rows::zeros(x.nrows(), f);
+            let g_e = g_zpre.view();
+            reduce_chunked_rows(
+                &mut h,
+                |r, mut rows| {
+                    matmul_acc_piece(g_e.slice(s![r.clone(), ..]), w_emb.t(), rows.view_mut());
+                    matmul_acc_piece(g_logits.slice(s![r, ..]), w_pool.t(), rows);
+                },
+                |(), ()| (),
+            );
             let g_fvals = sddmm(fm, h.view(), x).to_vec();
             *ga += &cache.filter.vjp(a, &g_fvals);
         }
         // a filter of symmetric graphs is symmetric bit for bit (see
-        // gcn_filter): F^T H is then F H, the same bits, as a gather
-        let gx = if all_symmetric {
-            spmm(fm, h.view())
+        // gcn_filter): F^T G is then F G, the same bits, as a gather (both
+        // products in one pass over F)
+        let (u_e, u_p) = if all_symmetric {
+            let mut u = spmm_many(fm, &[g_zpre.view(), g_logits.view()]);
+            let u_p = u.pop().expect("two products");
+            (u.pop().expect("two products"), u_p)
         } else {
-            spmm_t(fm, h.view())
+            (spmm_t(fm, g_zpre.view()), spmm_t(fm, g_logits.view()))
         };
-        drop(h);
+        drop(g_zpre);
+        drop(g_logits);
+        let chunk = |r: Range<usize>, u_e: ArrayView2<T>, mut gx: ArrayViewMut2<T>| {
+            let xr = x.slice(s![r.clone(), ..]);
+            let u_p = u_p.slice(s![r, ..]);
+            let grads = (transpose_times(xr, u_e), transpose_times(xr, u_p));
+            gx.fill(T::zero());
+            matmul_acc_piece(u_e, w_emb.t(), gx.view_mut());
+            matmul_acc_piece(u_p, w_pool.t(), gx);
+            grads
+        };
+        let sum = |(a, b), (c, d)| (a + c, b + d);
+        let (gx, (gw_emb, gw_pool)) = if u_e.ncols() == f {
+            let mut gx = u_e;
+            let grads = reduce_chunked_rows(
+                &mut gx,
+                |r, rows| {
+                    let u_e = rows.to_owned();
+                    chunk(r, u_e.view(), rows)
+                },
+                sum,
+            );
+            (gx, grads)
+        } else {
+            let mut gx = crate::kernels::rows::zeros(x.nrows(), f);
+            let grads = reduce_chunked_rows(
+                &mut gx,
+                |r, rows| chunk(r.clone(), u_e.slice(s![r, ..]), rows),
+                sum,
+            );
+            drop(u_e);
+            (gx, grads)
+        };
+        drop(u_p);
         let mut params = self.params.zeros_like();
         params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
         params.accumulate_dim(KERNEL_POOL, gw_pool.view())?;
