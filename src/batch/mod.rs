@@ -5,11 +5,14 @@ mod segments;
 
 pub use segments::{SegmentChunk, Segments};
 
+use std::sync::Arc;
+
 use ndarray::{s, Array2, ArrayView2};
 use sprs::{CsMat, CsMatView};
 
 use crate::error::{PoolError, Result};
 use crate::kernels::rows;
+use crate::kernels::sparse::GcnFilter;
 use crate::scalar::Scalar;
 
 /// A batch of graphs in disjoint mode.
@@ -46,16 +49,30 @@ pub struct DisjointBatch<T: Scalar> {
     /// Whether backward passes differentiate the edge weights
     /// ([`DisjointBatch::with_edge_weight_grad`]).
     edge_weight_grad: bool,
-    /// Which graphs' blocks of `a` are symmetric, computed on first use.
-    symmetric: SymmetryCache,
+    /// What is derived from `a` and the segments, computed on first use.
+    derived: Derived<T>,
 }
 
-/// [`DisjointBatch::symmetric_graphs`], computed on first use and kept. A
-/// function of `a` and the segments, so it takes no part in equality.
-#[derive(Debug, Clone, Default)]
-struct SymmetryCache(std::sync::OnceLock<Vec<bool>>);
+/// [`DisjointBatch::symmetric_graphs`] and [`DisjointBatch::gcn_filter`],
+/// each computed on first use and kept. Functions of `a` and the segments,
+/// so they take no part in equality; a batch derived with the same `a`
+/// shares them.
+#[derive(Debug, Clone)]
+struct Derived<T: Scalar> {
+    symmetric: std::sync::OnceLock<Vec<bool>>,
+    gcn: std::sync::OnceLock<Arc<GcnFilter<T>>>,
+}
 
-impl PartialEq for SymmetryCache {
+impl<T: Scalar> Default for Derived<T> {
+    fn default() -> Self {
+        Self {
+            symmetric: std::sync::OnceLock::new(),
+            gcn: std::sync::OnceLock::new(),
+        }
+    }
+}
+
+impl<T: Scalar> PartialEq for Derived<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
@@ -70,7 +87,7 @@ impl<T: Scalar> Clone for DisjointBatch<T> {
             self.a.clone(),
             self.segments.clone(),
             self.edge_weight_grad,
-            self.symmetric.clone(),
+            self.derived.clone(),
         )
     }
 }
@@ -84,14 +101,14 @@ impl<T: Scalar> DisjointBatch<T> {
         a: CsMat<T>,
         segments: Segments,
         edge_weight_grad: bool,
-        symmetric: SymmetryCache,
+        derived: Derived<T>,
     ) -> Self {
         Self {
             x: rows::align_to_cache_line(x),
             a,
             segments,
             edge_weight_grad,
-            symmetric,
+            derived,
         }
     }
 
@@ -115,7 +132,7 @@ impl<T: Scalar> DisjointBatch<T> {
             rebased(a),
             segments,
             true,
-            SymmetryCache::default(),
+            Derived::default(),
         ))
     }
 
@@ -223,13 +240,7 @@ impl<T: Scalar> DisjointBatch<T> {
             }
         }
         let a = CsMat::new((n, n), indptr, indices, data);
-        Ok(Self::assemble(
-            x,
-            a,
-            segments,
-            true,
-            SymmetryCache::default(),
-        ))
+        Ok(Self::assemble(x, a, segments, true, Derived::default()))
     }
 
     /// Builds a batch without validation. For results computed by this crate
@@ -237,7 +248,7 @@ impl<T: Scalar> DisjointBatch<T> {
     pub fn new_unchecked(x: Array2<T>, a: CsMat<T>, segments: Segments) -> Self {
         debug_assert!(validate_x(&x.view(), &segments).is_ok());
         debug_assert!(validate_adjacency(&a.view(), &segments).is_ok());
-        Self::assemble(x, a, segments, true, SymmetryCache::default())
+        Self::assemble(x, a, segments, true, Derived::default())
     }
 
     /// Splits the batch back into its graphs `(x_g, a_g)`, local node ids.
@@ -276,7 +287,7 @@ impl<T: Scalar> DisjointBatch<T> {
             self.a.clone(),
             self.segments.clone(),
             self.edge_weight_grad,
-            self.symmetric.clone(),
+            self.derived.clone(),
         ))
     }
 
@@ -301,7 +312,7 @@ impl<T: Scalar> DisjointBatch<T> {
             a,
             self.segments.clone(),
             self.edge_weight_grad,
-            SymmetryCache::default(),
+            Derived::default(),
         ))
     }
 
@@ -372,9 +383,37 @@ impl<T: Scalar> DisjointBatch<T> {
     /// # Ok::<(), graphpool::PoolError>(())
     /// ```
     pub fn symmetric_graphs(&self) -> &[bool] {
-        self.symmetric
-            .0
+        self.derived
+            .symmetric
             .get_or_init(|| crate::kernels::sparse::symmetric_graphs(self.a.view(), &self.segments))
+    }
+
+    /// The GCN filter of `a`, $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$
+    /// ([`crate::kernels::sparse::gcn_filter`]), built on the first call and
+    /// kept with the batch (nnz + 2N values and indices, about the size of
+    /// `a`), as PyG's `GCNConv(cached=True)` keeps its normalised adjacency:
+    /// a model that runs several passes over one batch builds it once.
+    /// Batches derived from this one keep it when they keep `a`
+    /// ([`DisjointBatch::with_x`], clones).
+    ///
+    /// ```
+    /// use graphpool::DisjointBatch;
+    /// use ndarray::array;
+    /// use sprs::TriMat;
+    /// let mut t = TriMat::new((2, 2));
+    /// t.add_triplet(0, 1, 1.0_f64);
+    /// t.add_triplet(1, 0, 1.0);
+    /// let batch = DisjointBatch::single(array![[1.0], [2.0]], t.to_csr())?;
+    /// let f = batch.gcn_filter();
+    /// // degrees 2 with the self-loops: every value is 1/2
+    /// assert!(f.matrix.data().iter().all(|&v| v == 0.5));
+    /// assert!(std::sync::Arc::ptr_eq(f, batch.gcn_filter()));
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    pub fn gcn_filter(&self) -> &Arc<GcnFilter<T>> {
+        self.derived
+            .gcn
+            .get_or_init(|| Arc::new(crate::kernels::sparse::gcn_filter(self.a.view())))
     }
 
     /// Whether backward passes on this batch compute edge-weight gradients
@@ -546,7 +585,7 @@ impl<T: Scalar> DisjointBatch<T> {
             tri.to_csr(),
             self.segments.clone(),
             self.edge_weight_grad,
-            SymmetryCache::default(),
+            Derived::default(),
         ))
     }
 

@@ -3,6 +3,7 @@
 //! all in sparse per-graph form.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use ndarray::{s, Array1, Array2, ArrayD, ArrayView1, ArrayView2, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
@@ -20,7 +21,7 @@ use crate::kernels::segment::{
     segment_matmul_tn_vjp_in_place, segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
-    gcn_filter, sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
+    sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
 use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
@@ -98,7 +99,8 @@ impl DiffPoolVariant {
 /// `dense_diff_pool`), sparse and per graph.
 ///
 /// With the GCN filter $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$ (built
-/// sparse, [`gcn_filter`]):
+/// sparse, [`crate::kernels::sparse::gcn_filter`], once per batch and kept
+/// with it: [`DisjointBatch::gcn_filter`]):
 /// $$Z = \sigma(\hat A X W_{\text{emb}}), \qquad S = \operatorname{softmax}(\hat A X W_{\text{pool}}),$$
 /// $$X'_g = S_g^\top Z_g, \qquad A'_g = S_g^\top A_g S_g,$$
 /// where $S$ is $N \times K$ and row $n$ holds node $n$'s weights over the
@@ -177,7 +179,8 @@ pub struct DiffPool<T: Scalar> {
 /// backward pass never holds them beside the larger gradients.
 #[derive(Debug, Clone)]
 pub struct DiffPoolCache<T: Scalar> {
-    filter: GcnFilter<T>,
+    /// The batch's own ([`DisjointBatch::gcn_filter`]), shared.
+    filter: Arc<GcnFilter<T>>,
     link: LinkTerms<T>,
     out_x_shape: [usize; 2],
     out_nnz: usize,
@@ -420,7 +423,7 @@ impl<T: Scalar> DiffPool<T> {
     ) -> Result<(Pooled<T>, Option<DiffPoolCache<T>>)> {
         self.check_input(batch)?;
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
-        let filter = gcn_filter(a);
+        let filter = Arc::clone(batch.gcn_filter());
         let edge_grad = batch.edge_weight_grad();
         let (s, x_out) = self.assign_and_pool(&filter, x, segs)?;
         let filter = keep.then_some(filter);
@@ -681,7 +684,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             *ga += &cache.filter.vjp(a, &g_fvals);
         }
         // a filter of symmetric graphs is symmetric bit for bit (see
-        // gcn_filter): F^T G is then F G, the same bits, as a gather (both
+        // kernels::sparse::gcn_filter): F^T G is then F G, the same bits, as a gather (both
         // products in one pass over F)
         let (u_e, u_p) = if all_symmetric {
             let mut u = spmm_many(fm, &[g_zpre.view(), g_logits.view()]);
@@ -847,7 +850,7 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     /// $S = \operatorname{softmax}(\hat A X W_{\text{pool}})$.
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;
-        let filter = gcn_filter(batch.a().view());
+        let filter = batch.gcn_filter();
         let mut s = self
             .gnn(&filter, batch.x().view(), &[KERNEL_POOL])?
             .pop()
@@ -860,7 +863,7 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     /// DiffPool only makes dense assignments: any other selection, or a batch
     /// that [`SrcPool::select`] rejects, gives 0 rows.
     fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
-        let filter = gcn_filter(batch.a().view());
+        let filter = batch.gcn_filter();
         let z = match self.check_input(batch) {
             Ok(()) => self
                 .gnn(&filter, batch.x().view(), &[KERNEL_EMB])
