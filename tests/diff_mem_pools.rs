@@ -419,3 +419,43 @@ fn forward_and_backward_are_identical_on_any_thread_count_beyond_one_chunk() {
         );
     }
 }
+
+/// DiffPool's cache hands the forward pass's S and Z pre-activation to the
+/// first backward pass (which overwrites them); a second backward pass with
+/// the same cache, or with a clone of it, forms them again: all give the
+/// same bits, on a graph cut into several pieces and with every activation
+/// kind (derivative from the output, over Z in place, or from its input).
+#[test]
+fn backward_passes_with_one_cache_are_identical_whether_they_take_or_form_s_and_z() {
+    let b = batch_beyond_one_chunk();
+    for (act, c) in [
+        (Activation::Tanh, None),
+        (Activation::Relu, Some(4)),
+        (Activation::Softplus, None),
+        (Activation::Linear, Some(2)),
+    ] {
+        let diff = DiffPool::<f64>::new(3, K, c, act, 7).unwrap();
+        let (y, cache) = diff.forward(&b).unwrap();
+        let mut g = graphpool::framework::PooledGrad::zeros(&y);
+        g.x.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = ((i % 7) as f64 - 3.0) / 5.0);
+        g.edge_weights.fill(-0.5);
+        g.losses.values_mut().for_each(|v| *v = 0.75);
+        let unused_clone = cache.clone();
+        let first = diff.backward(&b, &cache, &g).unwrap();
+        let second = diff.backward(&b, &cache, &g).unwrap();
+        let after = cache.clone();
+        assert_eq!(first, second, "{act:?}: second pass");
+        assert_eq!(
+            diff.backward(&b, &after, &g).unwrap(),
+            first,
+            "{act:?}: clone after"
+        );
+        assert_eq!(
+            diff.backward(&b, &unused_clone, &g).unwrap(),
+            first,
+            "{act:?}: clone before"
+        );
+    }
+}

@@ -171,21 +171,55 @@ pub struct DiffPool<T: Scalar> {
     params: Params<T>,
 }
 
-/// Saved state of [`DiffPool`]'s forward pass: the filter and the loss
-/// terms. Nothing $N$ rows long is kept: the backward pass forms $S$ and
-/// $Z$ again (one more pass over $\hat A$ and $X$, with the bits of the
-/// forward pass) and $A S$ for the connect step, and drops each as soon as
-/// its gradients are taken ($Z$ is overwritten by its own gradient), so the
-/// backward pass never holds them beside the larger gradients.
+/// Saved state of [`DiffPool`]'s forward pass: the filter (the batch's,
+/// shared), $S$ and the pre-activation $\hat A X W_{\text{emb}}$ of $Z$, and
+/// the loss terms. The first backward pass with the cache takes $S$ and
+/// the pre-activation out of it and overwrites them with their gradients
+/// (so they are never held twice); a second backward pass with the same
+/// cache forms them again from $\hat A$ and $X$ (one more pass, the same
+/// bits). Keeping them costs $N(K + C)$ values between the passes and
+/// saves the backward pass a product with $\hat A$ ($N \times F$ gathered
+/// rows) and $\hat A X [W_{\text{pool}} \; W_{\text{emb}}]$.
 #[derive(Debug, Clone)]
 pub struct DiffPoolCache<T: Scalar> {
     /// The batch's own ([`DisjointBatch::gcn_filter`]), shared.
     filter: Arc<GcnFilter<T>>,
+    /// $S$ and $\hat A X W_{\text{emb}}$ (the pre-activation of $Z$), for
+    /// the first backward pass to take.
+    forward: TakeOnce<(Array2<T>, Array2<T>)>,
     link: LinkTerms<T>,
     out_x_shape: [usize; 2],
     out_nnz: usize,
     input: InputSignature,
     stamp: LayerStamp,
+}
+
+/// $S$, $X'$ and, when asked for, the pre-activation of $Z$
+/// ([`DiffPool::assign_and_pool`]).
+type AssignedAndPooled<T> = (Array2<T>, Array2<T>, Option<Array2<T>>);
+
+/// A value that the first backward pass with a cache takes and then
+/// overwrites (a second backward pass with the same cache forms it again).
+#[derive(Debug)]
+struct TakeOnce<V>(std::sync::Mutex<Option<V>>);
+
+impl<V> TakeOnce<V> {
+    fn new(v: V) -> Self {
+        Self(std::sync::Mutex::new(Some(v)))
+    }
+
+    /// The value if no backward pass has taken it yet (a poisoned lock, a
+    /// pass that panicked while taking it, counts as taken).
+    fn take(&self) -> Option<V> {
+        self.0.lock().ok().and_then(|mut v| v.take())
+    }
+}
+
+impl<V: Clone> Clone for TakeOnce<V> {
+    fn clone(&self) -> Self {
+        let v = self.0.lock().ok().and_then(|v| v.clone());
+        Self(std::sync::Mutex::new(v))
+    }
 }
 
 /// The pieces of the sparse link-prediction loss.
@@ -338,13 +372,16 @@ impl<T: Scalar> DiffPool<T> {
     /// pieces are then added in order. Every row of $S$ and $Z$ has the bits
     /// of [`spmm_times`] (a row's product does not depend on its block) and
     /// $X'$ those of [`segment_matmul_tn`] (same pieces, same order), so the
-    /// result is the unfused one's, bit for bit, on any thread count.
+    /// result is the unfused one's, bit for bit, on any thread count. With
+    /// `keep_z` each piece also writes its rows of the pre-activation
+    /// $\hat A X W_{\text{emb}}$ into an $N \times C$ matrix, for the cache.
     fn assign_and_pool(
         &self,
         filter: &GcnFilter<T>,
         x: ArrayView2<T>,
         segs: &Segments,
-    ) -> Result<(Array2<T>, Array2<T>)> {
+        keep_z: bool,
+    ) -> Result<AssignedAndPooled<T>> {
         let w_pool = self.params.matrix(KERNEL_POOL)?;
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let (wp, we) = (row_major(&w_pool), row_major(&w_emb));
@@ -354,7 +391,7 @@ impl<T: Scalar> DiffPool<T> {
         let fm = filter.matrix.view();
         let act = self.activation;
         // rows `nodes`: their rows of S into `s_rows`, S_p^T Z_p into `part`
-        let piece = |nodes: Range<usize>, s_rows: &mut [T], part: &mut [T]| {
+        let piece = |nodes: Range<usize>, s_rows: &mut [T], z_rows: &mut [T], part: &mut [T]| {
             let m = nodes.len();
             let mut fx = vec![T::zero(); m * f];
             spmm_rows(fm, x, nodes, &mut fx);
@@ -366,12 +403,15 @@ impl<T: Scalar> DiffPool<T> {
             if c > 0 {
                 rows::rows_times(&fx, f, &we, c, None, false, &mut z);
             }
+            // the pre-activation kept for the backward pass when asked
+            z_rows.copy_from_slice(&z[..z_rows.len()]);
             if act != Activation::Linear {
                 z.iter_mut().for_each(|v| *v = act.apply(*v));
             }
             rows::outer_sum(s_rows, k, &z, c, part);
         };
         let mut s = rows::fresh_matrix(n, k);
+        let mut z_pre = keep_z.then(|| rows::fresh_matrix(n, c));
         let mut x_out = rows::fresh_matrix(b * k, c);
         // the pieces in node order (an empty graph has one, empty); a
         // graph's first piece writes its block of X', the others return a
@@ -380,6 +420,10 @@ impl<T: Scalar> DiffPool<T> {
         let mut tasks = Vec::with_capacity(b);
         {
             let mut s_rest = s.as_slice_mut().expect("fresh matrix");
+            let mut z_rest: &mut [T] = match &mut z_pre {
+                Some(z) => z.as_slice_mut().expect("fresh matrix"),
+                None => &mut [],
+            };
             let mut out_rest = x_out.as_slice_mut().expect("fresh matrix");
             for item in segs.chunks(CHUNK) {
                 let block = (item.nodes.start == offsets[item.graph]).then(|| {
@@ -389,19 +433,22 @@ impl<T: Scalar> DiffPool<T> {
                 });
                 let (rows, tail) = std::mem::take(&mut s_rest).split_at_mut(item.nodes.len() * k);
                 s_rest = tail;
-                tasks.push((item.graph, item.nodes, rows, block));
+                let z_len = if keep_z { item.nodes.len() * c } else { 0 };
+                let (z_rows, tail) = std::mem::take(&mut z_rest).split_at_mut(z_len);
+                z_rest = tail;
+                tasks.push((item.graph, item.nodes, rows, z_rows, block));
             }
         }
         let partials: Vec<(usize, Option<Vec<T>>)> = tasks
             .into_par_iter()
-            .map(|(g, nodes, rows, block)| match block {
+            .map(|(g, nodes, rows, z_rows, block)| match block {
                 Some(block) => {
-                    piece(nodes, rows, block);
+                    piece(nodes, rows, z_rows, block);
                     (g, None)
                 }
                 None => {
                     let mut part = vec![T::zero(); k * c];
-                    piece(nodes, rows, &mut part);
+                    piece(nodes, rows, z_rows, &mut part);
                     (g, Some(part))
                 }
             })
@@ -412,7 +459,7 @@ impl<T: Scalar> DiffPool<T> {
                 add_row(&mut out[g * k * c..(g + 1) * k * c], &part);
             }
         }
-        Ok((s, x_out))
+        Ok((s, x_out, z_pre))
     }
 
     /// The forward pass, with its cache when `keep`.
@@ -425,7 +472,7 @@ impl<T: Scalar> DiffPool<T> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let filter = Arc::clone(batch.gcn_filter());
         let edge_grad = batch.edge_weight_grad();
-        let (s, x_out) = self.assign_and_pool(&filter, x, segs)?;
+        let (s, x_out, z_pre) = self.assign_and_pool(&filter, x, segs, keep)?;
         let filter = keep.then_some(filter);
         let assignment = DenseAssignment { s };
         // A S, for the connect step and the link loss, is formed again by
@@ -439,9 +486,11 @@ impl<T: Scalar> DiffPool<T> {
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let cache = match (keep, filter) {
-            (true, Some(filter)) => Some(DiffPoolCache {
+        let cache = match (keep, filter, z_pre) {
+            (true, Some(filter), Some(z_pre)) => Some(DiffPoolCache {
                 filter,
+                // the cache's copy of S in fresh memory, written in parallel
+                forward: TakeOnce::new((rows::fresh_copy(assignment.s.view()), z_pre)),
                 link,
                 out_x_shape,
                 out_nnz,
@@ -576,7 +625,10 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         // and (for an activation whose derivative is a function of its
         // output) overwritten by the gradient of its pre-activation, so
         // that the two never coexist
-        let (s, z_pre) = self.assign_and_embed(&cache.filter, x)?;
+        let (s, z_pre) = match cache.forward.take() {
+            Some(values) => values,
+            None => self.assign_and_embed(&cache.filter, x)?,
+        };
         let assignment = DenseAssignment { s };
         let s = assignment.s.view();
         let act = self.activation;
@@ -852,7 +904,7 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
         self.check_input(batch)?;
         let filter = batch.gcn_filter();
         let mut s = self
-            .gnn(&filter, batch.x().view(), &[KERNEL_POOL])?
+            .gnn(filter, batch.x().view(), &[KERNEL_POOL])?
             .pop()
             .expect("one kernel");
         softmax_rows_in_place(&mut s);
@@ -866,7 +918,7 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
         let filter = batch.gcn_filter();
         let z = match self.check_input(batch) {
             Ok(()) => self
-                .gnn(&filter, batch.x().view(), &[KERNEL_EMB])
+                .gnn(filter, batch.x().view(), &[KERNEL_EMB])
                 .ok()
                 .and_then(|mut z| z.pop()),
             // `select` rejects such a batch
