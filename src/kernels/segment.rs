@@ -157,24 +157,9 @@ pub fn segment_extremum<T: Scalar>(
             // an empty graph keeps its zeroed row; a piece is never empty
             let mut it = rows.chunks_exact(f);
             if let Some(first) = it.next() {
-                // a narrow row is reduced in a stack row and stored once:
-                // reduced in the output itself, every merge stored the row
-                // that the next loads of x could alias (x and the output
-                // both start on a cache line, rows 256 bytes apart: on
-                // global-1e7, 74-84 ms against 64-78 ms this way)
-                if f <= rows::SMALL_COLS {
-                    let mut m = [T::zero(); rows::SMALL_COLS];
-                    let m = &mut m[..f];
-                    m.copy_from_slice(first);
-                    for row in it {
-                        which.merge(m, row);
-                    }
-                    acc.copy_from_slice(m);
-                } else {
-                    acc.copy_from_slice(first);
-                    for row in it {
-                        which.merge(acc, row);
-                    }
+                acc.copy_from_slice(first);
+                for row in it {
+                    which.merge(acc, row);
                 }
             }
         },
