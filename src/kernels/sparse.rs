@@ -252,20 +252,7 @@ pub fn spmm_times<T: Scalar>(
         .iter()
         .map(|w| rows::fresh_matrix(n, w.ncols()))
         .collect();
-    let blocks = n.div_ceil(ROW_BLOCK);
-    // one disjoint slice of every output per block
-    let mut per_block: Vec<Vec<&mut [T]>> = (0..blocks).map(|_| Vec::new()).collect();
-    for (o, w) in outs.iter_mut().zip(ws) {
-        if w.ncols() == 0 {
-            per_block.iter_mut().for_each(|p| p.push(&mut []));
-            continue;
-        }
-        let o = o.as_slice_mut().expect("standard layout");
-        for (b, piece) in o.chunks_mut(ROW_BLOCK * w.ncols()).enumerate() {
-            per_block[b].push(piece);
-        }
-    }
-    per_block
+    row_blocks_of(&mut outs, n)
         .into_par_iter()
         .enumerate()
         .for_each(|(b, mut pieces)| {
@@ -282,6 +269,27 @@ pub fn spmm_times<T: Scalar>(
             }
         });
     outs
+}
+
+/// The row blocks of several standard-layout outputs of `n` rows: entry
+/// `b` holds every output's rows of the [`ROW_BLOCK`] block `b` (an empty
+/// slice for an output without columns), so that one task per block writes
+/// all of them ([`spmm_times`], [`spmm_many`]).
+fn row_blocks_of<T>(outs: &mut [Array2<T>], n: usize) -> Vec<Vec<&mut [T]>> {
+    let mut per_block: Vec<Vec<&mut [T]>> =
+        (0..n.div_ceil(ROW_BLOCK)).map(|_| Vec::new()).collect();
+    for o in outs.iter_mut() {
+        let w = o.ncols();
+        if w == 0 {
+            per_block.iter_mut().for_each(|p| p.push(&mut []));
+            continue;
+        }
+        let o = o.as_slice_mut().expect("standard layout");
+        for (b, piece) in o.chunks_mut(ROW_BLOCK * w).enumerate() {
+            per_block[b].push(piece);
+        }
+    }
+    per_block
 }
 
 /// $A X_i$ for several $X_i$ with $A$'s columns as rows, in one pass over
@@ -315,20 +323,7 @@ pub fn spmm_many<T: Scalar>(a: CsMatView<T>, xs: &[ArrayView2<T>]) -> Vec<Array2
     let inputs: Vec<&[T]> = inputs.iter().map(|x| &x[..]).collect();
     let widths: Vec<usize> = xs.iter().map(|x| x.ncols()).collect();
     let mut outs: Vec<Array2<T>> = widths.iter().map(|&w| rows::fresh_matrix(n, w)).collect();
-    let blocks = n.div_ceil(ROW_BLOCK);
-    // one disjoint slice of every output per block
-    let mut per_block: Vec<Vec<&mut [T]>> = (0..blocks).map(|_| Vec::new()).collect();
-    for (o, &w) in outs.iter_mut().zip(&widths) {
-        if w == 0 {
-            per_block.iter_mut().for_each(|p| p.push(&mut []));
-            continue;
-        }
-        let o = o.as_slice_mut().expect("standard layout");
-        for (b, piece) in o.chunks_mut(ROW_BLOCK * w).enumerate() {
-            per_block[b].push(piece);
-        }
-    }
-    per_block
+    row_blocks_of(&mut outs, n)
         .into_par_iter()
         .enumerate()
         .for_each(|(b, mut pieces)| {
