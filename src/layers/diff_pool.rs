@@ -721,14 +721,19 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let w_pool = self.params.matrix(KERNEL_POOL)?;
         let f = x.ncols();
         let fm = cache.filter.matrix.view();
+        // E W_emb^T + P W_pool^T for a piece of rows, into `out`
+        let back_project = |e: ArrayView2<T>, p: ArrayView2<T>, mut out: ArrayViewMut2<T>| {
+            out.fill(T::zero());
+            matmul_acc_piece(e, w_emb.t(), out.view_mut());
+            matmul_acc_piece(p, w_pool.t(), out);
+        };
         if let Some(ga) = &mut ga {
             let mut h = crate::kernels::rows::zeros(x.nrows(), f);
-            let g_e = g_zpre.view();
             reduce_chunked_rows(
                 &mut h,
-                |r, mut rows| {
-                    matmul_acc_piece(g_e.slice(s![r.clone(), ..]), w_emb.t(), rows.view_mut());
-                    matmul_acc_piece(g_logits.slice(s![r, ..]), w_pool.t(), rows);
+                |r, rows| {
+                    let (g_e, g_p) = (g_zpre.slice(s![r.clone(), ..]), g_logits.slice(s![r, ..]));
+                    back_project(g_e, g_p, rows);
                 },
                 |(), ()| (),
             );
@@ -736,8 +741,8 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             *ga += &cache.filter.vjp(a, &g_fvals);
         }
         // a filter of symmetric graphs is symmetric bit for bit (see
-        // kernels::sparse::gcn_filter): F^T G is then F G, the same bits, as a gather (both
-        // products in one pass over F)
+        // kernels::sparse::gcn_filter): F^T G is then F G, the same bits,
+        // as a gather (both products in one pass over F)
         let (u_e, u_p) = if all_symmetric {
             let mut u = spmm_many(fm, &[g_zpre.view(), g_logits.view()]);
             let u_p = u.pop().expect("two products");
@@ -747,13 +752,11 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         };
         drop(g_zpre);
         drop(g_logits);
-        let chunk = |r: Range<usize>, u_e: ArrayView2<T>, mut gx: ArrayViewMut2<T>| {
+        let chunk = |r: Range<usize>, u_e: ArrayView2<T>, gx: ArrayViewMut2<T>| {
             let xr = x.slice(s![r.clone(), ..]);
             let u_p = u_p.slice(s![r, ..]);
             let grads = (transpose_times(xr, u_e), transpose_times(xr, u_p));
-            gx.fill(T::zero());
-            matmul_acc_piece(u_e, w_emb.t(), gx.view_mut());
-            matmul_acc_piece(u_p, w_pool.t(), gx);
+            back_project(u_e, u_p, gx);
             grads
         };
         let sum = |(a, b), (c, d)| (a + c, b + d);
