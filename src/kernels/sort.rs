@@ -129,15 +129,8 @@ pub fn segment_top_k<T: Scalar>(
             let dst = &mut out[at..at + k];
             at += k;
             let t = kth_largest(&keys[r.clone()], k, &mut buf);
-            let mut quota = ties_to_keep(&keys[r.clone()], k, t);
-            let mut j = 0;
-            for n in r {
-                if keeps(keys[n], t, &mut quota) {
-                    dst[j] = n;
-                    j += 1;
-                }
-            }
-            debug_assert_eq!(j, k);
+            let quota = ties_to_keep(&keys[r.clone()], k, t);
+            write_kept(keys, r, t, quota, dst);
         }
     });
     for (_, graphs, out) in large {
@@ -154,51 +147,36 @@ pub fn segment_top_k<T: Scalar>(
             }
             continue;
         };
-        // per piece: the nodes above t or tied at t, and how many are tied
-        let pieces: Vec<(Vec<usize>, usize)> = r
-            .clone()
-            .step_by(CHUNK)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|s| {
-                let mut tied = 0;
-                let nodes = (s..(s + CHUNK).min(r.end))
-                    .filter(|&n| {
-                        let o = keys[n].ordered();
-                        tied += usize::from(o == t);
-                        o >= t
-                    })
-                    .collect();
-                (nodes, tied)
+        // per piece: how many nodes are above t and how many tied at t
+        let starts: Vec<usize> = r.clone().step_by(CHUNK).collect();
+        let piece = |s: usize| s..(s + CHUNK).min(r.end);
+        let counts: Vec<(usize, usize)> = starts
+            .par_iter()
+            .map(|&s| {
+                keys[piece(s)].iter().fold((0, 0), |(above, tied), v| {
+                    let o = v.ordered();
+                    (above + usize::from(o > t), tied + usize::from(o == t))
+                })
             })
             .collect();
         // the ties kept are the first in node order: each piece's share of
         // the quota, then its place in the output, in piece order
-        let above: usize = pieces.iter().map(|(nodes, tied)| nodes.len() - tied).sum();
+        let above: usize = counts.iter().map(|c| c.0).sum();
         let mut quota = k - above;
-        let mut tasks = Vec::with_capacity(pieces.len());
+        let mut tasks = Vec::with_capacity(starts.len());
         let mut rest: &mut [usize] = out;
-        for (nodes, tied) in &pieces {
-            let keep_tied = (*tied).min(quota);
+        for (&s, &(above, tied)) in starts.iter().zip(&counts) {
+            let keep_tied = tied.min(quota);
             quota -= keep_tied;
-            let len = nodes.len() - tied + keep_tied;
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(above + keep_tied);
             rest = tail;
-            tasks.push((nodes, keep_tied, head));
+            tasks.push((piece(s), keep_tied, head));
         }
         debug_assert!(rest.is_empty());
+        // a second scan of each piece (its keys still cached) writes them
         tasks
             .into_par_iter()
-            .for_each(|(nodes, mut keep_tied, dst)| {
-                let mut j = 0;
-                for &n in nodes {
-                    if keeps(keys[n], Some(t), &mut keep_tied) {
-                        dst[j] = n;
-                        j += 1;
-                    }
-                }
-                debug_assert_eq!(j, dst.len());
-            });
+            .for_each(|(nodes, keep_tied, dst)| write_kept(keys, nodes, Some(t), keep_tied, dst));
     }
     // graphs are contiguous and ordered, so the concatenation is sorted
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
@@ -280,17 +258,37 @@ fn ties_to_keep<T: Scalar>(keys: &[T], k: usize, t: Option<T::Ordered>) -> usize
 }
 
 /// Whether a key is kept, in node order: above `t`, or tied at `t` while the
-/// quota of ties lasts (`t` is `None` when every key is kept).
+/// quota of ties lasts (`t` is `None` when every key is kept). Without a
+/// branch on the key: which keys are kept follows no pattern a branch
+/// predictor could learn.
 #[inline]
 fn keeps<T: Scalar>(v: T, t: Option<T::Ordered>, quota: &mut usize) -> bool {
     let Some(t) = t else { return true };
     let o = v.ordered();
-    if o > t {
-        true
-    } else if o == t && *quota > 0 {
-        *quota -= 1;
-        true
-    } else {
-        false
+    let tie = (o == t) & (*quota > 0);
+    *quota -= usize::from(tie);
+    (o > t) | tie
+}
+
+/// Writes the nodes of `nodes` that [`keeps`] keeps, in order, into `dst`
+/// (which has exactly their number of slots), without a branch on the
+/// keys: every node is written at the next free slot, which only a kept
+/// node then takes.
+#[inline]
+fn write_kept<T: Scalar>(
+    keys: &[T],
+    nodes: std::ops::Range<usize>,
+    t: Option<T::Ordered>,
+    mut quota: usize,
+    dst: &mut [usize],
+) {
+    let mut j = 0;
+    for n in nodes {
+        let kept = keeps(keys[n], t, &mut quota);
+        if let Some(d) = dst.get_mut(j) {
+            *d = n;
+        }
+        j += usize::from(kept);
     }
+    debug_assert_eq!(j, dst.len());
 }
