@@ -92,6 +92,28 @@ impl<'a, T> RawCsr<'a, T> {
         }
     }
 
+    /// Asks the CPU to start loading what a pass over the rows `rows` (in
+    /// order) will read [`ROWS_AHEAD`] rows after the `i`-th: the row
+    /// pointer of `rows[i + 2 * ROWS_AHEAD]` and the columns (and, if
+    /// `values`, the values) of `rows[i + ROWS_AHEAD]`. A pass over
+    /// scattered rows of a few entries each mispredicts every row's loop
+    /// exit, which would otherwise wait out each row's loads in turn (the
+    /// count of an induced subgraph of 10⁶ nodes and 10⁷ edges: 7.9-8.3 ms
+    /// without, 5.7-6.2 ms with). A hint only: no effect on results.
+    #[inline(always)]
+    pub(crate) fn prefetch_rows_ahead(&self, rows: &[usize], i: usize, values: bool) {
+        if let Some(&far) = rows.get(i + 2 * ROWS_AHEAD) {
+            rows::prefetch(&self.indptr[far..far + 1]);
+        }
+        if let Some(&near) = rows.get(i + ROWS_AHEAD) {
+            let m = self.range(near);
+            rows::prefetch(&self.indices[m.clone()]);
+            if values {
+                rows::prefetch(&self.data[m]);
+            }
+        }
+    }
+
     /// Column indices and values of row `r`.
     #[inline]
     pub(crate) fn row(&self, r: usize) -> (&'a [usize], &'a [T]) {
@@ -99,6 +121,11 @@ impl<'a, T> RawCsr<'a, T> {
         (&self.indices[e.clone()], &self.data[e])
     }
 }
+
+/// How many rows ahead [`RawCsr::prefetch_rows_ahead`] asks for: rows of
+/// about ten entries (80 bytes of columns), so some 30 rows keep as many
+/// lines in flight as [`rows::PREFETCH_AHEAD`] rows of 64 `f32` do.
+const ROWS_AHEAD: usize = 32;
 
 /// Which graphs of a block-diagonal $A$ are symmetric, bit for bit: entry
 /// $g$ is `true` iff for every stored entry $(r, c)$ of graph $g$'s block
@@ -585,7 +612,8 @@ super::simd_levels! {
 /// The stored entries of each row in `rows` whose column is in `set`, into
 /// `counts` (one per row).
 fn count_members_per_row<T>(set: &RankedBitmap, raw: RawCsr<'_, T>, rows: &[usize], counts: &mut [usize]) {
-    for (c, &r) in counts.iter_mut().zip(rows) {
+    for (i, (c, &r)) in counts.iter_mut().zip(rows).enumerate() {
+        raw.prefetch_rows_ahead(rows, i, false);
         *c = raw.indices[raw.range(r)]
             .iter()
             .map(|&j| usize::from(set.contains(j)))
@@ -613,7 +641,8 @@ fn compact_members<T: Scalar, const SOURCE: bool>(
     od: &mut [T],
 ) {
     let mut p = 0;
-    for &r in rows {
+    for (i, &r) in rows.iter().enumerate() {
+        raw.prefetch_rows_ahead(rows, i, true);
         for e in raw.range(r) {
             let (is_kept, c) = set.rank_or_next(raw.indices[e]);
             if let (Some(i), Some(d)) = (oi.get_mut(p), od.get_mut(p)) {
