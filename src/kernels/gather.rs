@@ -50,27 +50,78 @@ pub fn gather_scaled_rows_checked<T: Scalar>(
     scale: ArrayView1<T>,
 ) -> (Array2<T>, Option<usize>) {
     debug_assert_eq!(kept.len(), scale.len());
+    gather_rows_scaled_by(x, kept, |j| scale[j], None)
+}
+
+/// [`gather_scaled_rows_checked`] with each scale computed as its row is
+/// gathered: $\mathrm{scale}_j = \mathrm{gate}(\text{kept}_j)$, returned
+/// beside the rows. A gate that costs a transcendental function (the
+/// $\tanh$ of a selection pool's score) is then evaluated while the row's
+/// loads are in flight, instead of in a pass of its own.
+///
+/// ```
+/// use graphpool::kernels::gather::gather_gated_rows_checked;
+/// use ndarray::array;
+/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// let y = [0.5, 9.0, -1.0];
+/// let (out, gate, bad) = gather_gated_rows_checked(x.view(), &[0, 2], |n| y[n] * 2.0);
+/// assert_eq!(gate, array![1.0, -2.0]);
+/// assert_eq!(out, array![[1.0, 2.0], [-10.0, -12.0]]);
+/// assert_eq!(bad, None);
+/// ```
+pub fn gather_gated_rows_checked<T: Scalar>(
+    x: ArrayView2<T>,
+    kept: &[usize],
+    gate: impl Fn(usize) -> T + Sync,
+) -> (Array2<T>, Array1<T>, Option<usize>) {
+    let mut gates: Vec<T> = super::rows::fresh_vec(kept.len());
+    let (matrix, bad) = gather_rows_scaled_by(x, kept, |j| gate(kept[j]), Some(&mut gates));
+    (matrix, Array1::from(gates), bad)
+}
+
+/// The gather of [`gather_scaled_rows_checked`] with the scale of output row
+/// `j` from `scale_of(j)`, also written to `scales[j]` if given.
+fn gather_rows_scaled_by<T: Scalar>(
+    x: ArrayView2<T>,
+    kept: &[usize],
+    scale_of: impl Fn(usize) -> T + Sync,
+    scales: Option<&mut [T]>,
+) -> (Array2<T>, Option<usize>) {
     let f = x.ncols();
     let mut matrix = super::rows::fresh_matrix(kept.len(), f);
     let out = matrix.as_slice_mut().expect("standard layout");
-    let mut first_bad = None;
-    if f > 0 {
-        let xs = row_major(&x);
-        first_bad = out
-            .par_chunks_mut(ROW_BLOCK * f)
-            .enumerate()
-            .filter_map(|(b, block)| {
-                for (j, row) in block.chunks_exact_mut(f).enumerate() {
-                    let j = b * ROW_BLOCK + j;
-                    let (g, n) = (scale[j], kept[j]);
-                    for (o, &v) in row.iter_mut().zip(&xs[n * f..(n + 1) * f]) {
-                        *o = g * v;
-                    }
-                }
-                first_non_finite_in(block).map(|p| b * ROW_BLOCK * f + p)
-            })
-            .min();
-    }
+    let xs = row_major(&x);
+    let gather = |b: usize, block: &mut [T], mut scales: Option<&mut [T]>| {
+        for (i, row) in block.chunks_exact_mut(f.max(1)).enumerate() {
+            let j = b * ROW_BLOCK + i;
+            let (g, n) = (scale_of(j), kept[j]);
+            if let Some(s) = scales.as_deref_mut() {
+                s[i] = g;
+            }
+            for (o, &v) in row.iter_mut().zip(&xs[n * f..(n + 1) * f]) {
+                *o = g * v;
+            }
+        }
+        first_non_finite_in(block).map(|p| b * ROW_BLOCK * f + p)
+    };
+    let first_bad = if f == 0 {
+        // no rows to gather: the scales alone
+        if let Some(s) = scales {
+            s.par_iter_mut()
+                .enumerate()
+                .for_each(|(j, s)| *s = scale_of(j));
+        }
+        None
+    } else {
+        let blocks = out.par_chunks_mut(ROW_BLOCK * f).enumerate();
+        match scales {
+            Some(s) => blocks
+                .zip(s.par_chunks_mut(ROW_BLOCK))
+                .filter_map(|((b, block), s)| gather(b, block, Some(s)))
+                .min(),
+            None => blocks.filter_map(|(b, block)| gather(b, block, None)).min(),
+        }
+    };
     (matrix, first_bad)
 }
 

@@ -13,7 +13,7 @@ use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::pooled::pooled_x_overflow;
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::gather::{
-    gather_scaled_rows_checked, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus_checked,
+    gather_gated_rows_checked, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus_checked,
 };
 use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
@@ -207,16 +207,27 @@ impl SelectionCore {
         y: ArrayView1<T>,
         segments: &Segments,
     ) -> Result<(Subset<T>, Option<Array1<T>>)> {
+        let (kept, softmax) = self.choose(y, segments)?;
+        let gate = {
+            let of = self.gate_of(y, softmax.as_ref());
+            // one gate per kept node, in parallel (elementwise: the same bits
+            // on any thread count)
+            Array1::from(kept.par_iter().map(|&n| of(n)).collect::<Vec<T>>())
+        };
+        Ok((Subset { kept, gate }, softmax))
+    }
+
+    /// The kept nodes (ascending) from the raw scores, and the softmax of
+    /// the scores for [`KeepRule::MinScore`].
+    fn choose<T: Scalar>(
+        &self,
+        y: ArrayView1<T>,
+        segments: &Segments,
+    ) -> Result<(Vec<usize>, Option<Array1<T>>)> {
         check_scores(y)?;
         match self.keep {
-            KeepRule::Ratio(r) => {
-                let kept = segment_top_k(y, segments, |n| keep_count(r, n))?;
-                Ok((self.gate(y, kept), None))
-            }
-            KeepRule::Count(k) => {
-                let kept = segment_top_k(y, segments, |n| k.min(n))?;
-                Ok((self.gate(y, kept), None))
-            }
+            KeepRule::Ratio(r) => Ok((segment_top_k(y, segments, |n| keep_count(r, n))?, None)),
+            KeepRule::Count(k) => Ok((segment_top_k(y, segments, |n| k.min(n))?, None)),
             KeepRule::MinScore(min_score) => {
                 let s = segment_softmax(y, segments, T::c(PYG_SOFTMAX_EPS));
                 let smax = segment_max(s.view().insert_axis(Axis(1)), segments);
@@ -225,9 +236,22 @@ impl SelectionCore {
                     s[n] > thr
                 });
                 let kept: Vec<usize> = (0..y.len()).filter(|&n| keep[n]).collect();
-                let gate = Array1::from_iter(kept.iter().map(|&n| s[n]));
-                Ok((Subset { kept, gate }, Some(s)))
+                Ok((kept, Some(s)))
             }
+        }
+    }
+
+    /// The gate of a kept node `n`: the gating activation of its raw score,
+    /// or for [`KeepRule::MinScore`] its softmax (`softmax` is then given).
+    fn gate_of<'a, T: Scalar>(
+        &self,
+        y: ArrayView1<'a, T>,
+        softmax: Option<&'a Array1<T>>,
+    ) -> impl Fn(usize) -> T + Sync + 'a {
+        let act = self.gating.activation();
+        move |n| match softmax {
+            Some(s) => s[n],
+            None => act.apply(y[n]),
         }
     }
 
@@ -251,15 +275,6 @@ impl SelectionCore {
         out
     }
 
-    fn gate<T: Scalar>(&self, y: ArrayView1<T>, kept: Vec<usize>) -> Subset<T> {
-        let act = self.gating.activation();
-        // one activation per kept node, in parallel (elementwise: the same bits
-        // on any thread count)
-        let gate: Vec<T> = kept.par_iter().map(|&n| act.apply(y[n])).collect();
-        let gate = Array1::from(gate);
-        Subset { kept, gate }
-    }
-
     /// Select, reduce (gated features times the multiplier), connect
     /// (induced subgraph) and reduce_index from the raw scores `y`: the
     /// pooled result, and if `cache`, what a cache needs (the subset, the raw
@@ -277,10 +292,15 @@ impl SelectionCore {
         Pooled<T>,
         Option<(Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>)>,
     )> {
-        let (subset, softmax) = self.select(y.view(), batch.segments())?;
-        // the gather checks what it writes: `x` is not scanned again below
-        let (mut x, bad) =
-            gather_scaled_rows_checked(batch.x().view(), &subset.kept, subset.gate.view());
+        let (kept, softmax) = self.choose(y.view(), batch.segments())?;
+        // the gather computes the gates as it goes, and checks what it
+        // writes: `x` is not scanned again below
+        let (mut x, gate, bad) = gather_gated_rows_checked(
+            batch.x().view(),
+            &kept,
+            self.gate_of(y.view(), softmax.as_ref()),
+        );
+        let subset = Subset { kept, gate };
         if let Some(p) = bad {
             return Err(pooled_x_overflow(layer, &x, p));
         }
