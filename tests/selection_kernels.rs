@@ -411,15 +411,16 @@ fn check_top_k_against_sort<T: graphpool::Scalar>(seg: &Segments, score: ndarray
 }
 
 /// The row kernels of the subset selections against plain loops: the
-/// gathered scaled rows, the gradient of the scales, the gradient of `X`
+/// gathered scaled rows (scales given, or computed per kept node as the
+/// rows are gathered), the gradient of the scales, the gradient of `X`
 /// with its rank-r score term written in one pass (bit for bit the order
 /// `(0 + s * g) + c_1 v_1 + c_2 v_2`), and `X^T c` (exact on integers), on
 /// 1 and 3 threads, for more rows than a chunk.
 #[test]
 fn row_kernels_equal_plain_loops() {
     use graphpool::kernels::gather::{
-        gather_scaled_rows, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus,
-        weighted_row_sum,
+        gather_gated_rows_checked, gather_scaled_rows, gather_scaled_rows_vjp_scale,
+        scatter_scaled_rows_plus, weighted_row_sum,
     };
     let (n, f) = (9_000usize, 3usize);
     let x = Array2::from_shape_fn((n, f), |(i, j)| ((i * 7 + j * 3) % 13) as f64 - 6.0);
@@ -435,6 +436,18 @@ fn row_kernels_equal_plain_loops() {
         }
     });
     let v = Array2::from_shape_fn((2, f), |(t, j)| (t * 3 + j) as f64 * 0.5 - 1.0);
+    // a gate of the node index, and the scales it gives the kept rows
+    let gate_of = |i: usize| (i % 7) as f64 * 0.25 - 0.75;
+    let gate = Array1::from_iter(kept.iter().map(|&i| gate_of(i)));
+    let gated = || gather_gated_rows_checked(x.view(), &kept, gate_of);
+    let (g_out, g_scale, g_bad) = with_threads(1, gated);
+    assert_eq!(
+        with_threads(3, gated),
+        (g_out.clone(), g_scale.clone(), None)
+    );
+    assert_eq!(g_bad, None);
+    assert_eq!(g_scale, gate);
+    assert_eq!(g_out, gather_scaled_rows(x.view(), &kept, gate.view()));
     let run = || {
         (
             gather_scaled_rows(x.view(), &kept, scale.view()),

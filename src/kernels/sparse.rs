@@ -92,20 +92,20 @@ impl<'a, T> RawCsr<'a, T> {
         }
     }
 
-    /// Asks the CPU to start loading what a pass over the rows `rows` (in
-    /// order) will read [`ROWS_AHEAD`] rows after the `i`-th: the row
-    /// pointer of `rows[i + 2 * ROWS_AHEAD]` and the columns (and, if
-    /// `values`, the values) of `rows[i + ROWS_AHEAD]`. A pass over
+    /// Asks the CPU to start loading what a pass over the rows `order` (in
+    /// that order) will read [`ROWS_AHEAD`] rows after the `i`-th: the row
+    /// pointer of `order[i + 2 * ROWS_AHEAD]` and the columns (and, if
+    /// `values`, the values) of `order[i + ROWS_AHEAD]`. A pass over
     /// scattered rows of a few entries each mispredicts every row's loop
     /// exit, which would otherwise wait out each row's loads in turn (the
     /// count of an induced subgraph of 10⁶ nodes and 10⁷ edges: 7.9-8.3 ms
     /// without, 5.7-6.2 ms with). A hint only: no effect on results.
     #[inline(always)]
-    pub(crate) fn prefetch_rows_ahead(&self, rows: &[usize], i: usize, values: bool) {
-        if let Some(&far) = rows.get(i + 2 * ROWS_AHEAD) {
+    pub(crate) fn prefetch_rows_ahead(&self, order: &[usize], i: usize, values: bool) {
+        if let Some(&far) = order.get(i + 2 * ROWS_AHEAD) {
             rows::prefetch(&self.indptr[far..far + 1]);
         }
-        if let Some(&near) = rows.get(i + ROWS_AHEAD) {
+        if let Some(&near) = order.get(i + ROWS_AHEAD) {
             let m = self.range(near);
             rows::prefetch(&self.indices[m.clone()]);
             if values {
