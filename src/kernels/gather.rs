@@ -261,6 +261,7 @@ pub fn scatter_scaled_rows_plus_checked<T: Scalar>(
 /// fixed chunks of [`CHUNK`] rows in node order (rows with $c_n = 0$ are
 /// skipped: they would only add $\pm 0$ to a sum that starts at $+0$), the
 /// chunks' partial sums added in order: the same bits on any thread count.
+/// The rows read are prefetched, as in [`gather_gated_rows_checked`].
 ///
 /// ```
 /// use graphpool::kernels::gather::weighted_row_sum;
@@ -276,6 +277,12 @@ pub fn weighted_row_sum<T: Scalar>(x: ArrayView2<T>, c: ArrayView1<T>) -> Array1
     let partial = |rows: std::ops::Range<usize>| {
         let mut acc = vec![T::zero(); f];
         for node in rows {
+            // the row PREFETCH_AHEAD nodes ahead if it will be read (a
+            // selection's gradient is 0 on the dropped nodes, at random)
+            let ahead = node + super::rows::PREFETCH_AHEAD;
+            let read = c.get(ahead).is_some_and(|&w| w != T::zero());
+            let soon = if read { ahead } else { node };
+            super::rows::prefetch(&xs[soon * f..(soon + 1) * f]);
             let w = c[node];
             if w != T::zero() {
                 for (a, &v) in acc.iter_mut().zip(&xs[node * f..(node + 1) * f]) {
