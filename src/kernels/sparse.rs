@@ -93,19 +93,26 @@ impl<'a, T> RawCsr<'a, T> {
     }
 
     /// Asks the CPU to start loading what a pass over the rows `order` (in
-    /// that order) will read [`ROWS_AHEAD`] rows after the `i`-th: the row
-    /// pointer of `order[i + 2 * ROWS_AHEAD]` and the columns (and, if
-    /// `values`, the values) of `order[i + ROWS_AHEAD]`. A pass over
-    /// scattered rows of a few entries each mispredicts every row's loop
-    /// exit, which would otherwise wait out each row's loads in turn (the
+    /// that order) will read `ahead` rows after the `i`-th: the row pointer
+    /// of `order[i + 2 * ahead]` and the columns (and, if `values`, the
+    /// values) of `order[i + ahead]`. A pass over scattered rows of a few
+    /// entries each is latency-bound: each row's loop exit mispredicts,
+    /// which would otherwise leave every row waiting for its own loads (the
     /// count of an induced subgraph of 10⁶ nodes and 10⁷ edges: 7.9-8.3 ms
-    /// without, 5.7-6.2 ms with). A hint only: no effect on results.
+    /// without, 5.7-6.2 ms with, [`ROWS_AHEAD`] rows ahead). A hint only:
+    /// no effect on results.
     #[inline(always)]
-    pub(crate) fn prefetch_rows_ahead(&self, order: &[usize], i: usize, values: bool) {
-        if let Some(&far) = order.get(i + 2 * ROWS_AHEAD) {
+    pub(crate) fn prefetch_rows_ahead(
+        &self,
+        order: &[usize],
+        i: usize,
+        ahead: usize,
+        values: bool,
+    ) {
+        if let Some(&far) = order.get(i + 2 * ahead) {
             rows::prefetch(&self.indptr[far..far + 1]);
         }
-        if let Some(&near) = order.get(i + ROWS_AHEAD) {
+        if let Some(&near) = order.get(i + ahead) {
             let m = self.range(near);
             rows::prefetch(&self.indices[m.clone()]);
             if values {
@@ -122,9 +129,10 @@ impl<'a, T> RawCsr<'a, T> {
     }
 }
 
-/// How many rows ahead [`RawCsr::prefetch_rows_ahead`] asks for: rows of
-/// about ten entries (80 bytes of columns), so some 30 rows keep as many
-/// lines in flight as [`rows::PREFETCH_AHEAD`] rows of 64 `f32` do.
+/// How many rows ahead the induced subgraph's passes ask
+/// [`RawCsr::prefetch_rows_ahead`] for: rows of about ten entries (80 bytes
+/// of columns), so some 30 rows keep as many lines in flight as
+/// [`rows::PREFETCH_AHEAD`] rows of 64 `f32` do.
 const ROWS_AHEAD: usize = 32;
 
 /// Which graphs of a block-diagonal $A$ are symmetric, bit for bit: entry
@@ -165,17 +173,9 @@ pub fn symmetric_graphs<T: Scalar>(a: CsMatView<T>, segments: &Segments) -> Vec<
         let above = cs.partition_point(|&c| c <= r);
         let e0 = raw.range(r).start;
         for (i, (&c, &v)) in cs[above..].iter().zip(&vs[above..]).enumerate() {
-            // the mirror rows' structure a few entries ahead (latency-bound
-            // lookups at random rows); a hint only
-            let e = e0 + above + i;
-            if let Some(&far) = raw.indices.get(e + 2 * rows::PREFETCH_AHEAD) {
-                rows::prefetch(&raw.indptr[far..far + 1]);
-            }
-            if let Some(&near) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
-                let m = raw.range(near);
-                rows::prefetch(&raw.indices[m.clone()]);
-                rows::prefetch(&raw.data[m.start..(m.start + 1).min(m.end)]);
-            }
+            // the mirror rows a few entries ahead (latency-bound lookups at
+            // random rows): the rows named by the columns, in storage order
+            raw.prefetch_rows_ahead(raw.indices, e0 + above + i, rows::PREFETCH_AHEAD, true);
             let (mc, mv) = raw.row(c);
             match mc.binary_search(&r) {
                 Ok(i) if same(mv[i], v) => {}
@@ -613,7 +613,7 @@ super::simd_levels! {
 /// `counts` (one per row).
 fn count_members_per_row<T>(set: &RankedBitmap, raw: RawCsr<'_, T>, rows: &[usize], counts: &mut [usize]) {
     for (i, (c, &r)) in counts.iter_mut().zip(rows).enumerate() {
-        raw.prefetch_rows_ahead(rows, i, false);
+        raw.prefetch_rows_ahead(rows, i, ROWS_AHEAD, false);
         *c = raw.indices[raw.range(r)]
             .iter()
             .map(|&j| usize::from(set.contains(j)))
@@ -642,7 +642,7 @@ fn compact_members<T: Scalar, const SOURCE: bool>(
 ) {
     let mut p = 0;
     for (i, &r) in rows.iter().enumerate() {
-        raw.prefetch_rows_ahead(rows, i, true);
+        raw.prefetch_rows_ahead(rows, i, ROWS_AHEAD, true);
         for e in raw.range(r) {
             let (is_kept, c) = set.rank_or_next(raw.indices[e]);
             if let (Some(i), Some(d)) = (oi.get_mut(p), od.get_mut(p)) {
