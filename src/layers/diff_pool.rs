@@ -473,7 +473,6 @@ impl<T: Scalar> DiffPool<T> {
         let filter = Arc::clone(batch.gcn_filter());
         let edge_grad = batch.edge_weight_grad();
         let (s, x_out, z_pre) = self.assign_and_pool(&filter, x, segs, keep)?;
-        let filter = keep.then_some(filter);
         let assignment = DenseAssignment { s };
         // A S, for the connect step and the link loss, is formed again by
         // the backward pass
@@ -486,19 +485,17 @@ impl<T: Scalar> DiffPool<T> {
         let out_segments = assignment.reduce_index(segs);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let cache = match (keep, filter, z_pre) {
-            (true, Some(filter), Some(z_pre)) => Some(DiffPoolCache {
-                filter,
-                // the cache's copy of S in fresh memory, written in parallel
-                forward: TakeOnce::new((rows::fresh_copy(assignment.s.view()), z_pre)),
-                link,
-                out_x_shape,
-                out_nnz,
-                input: InputSignature::of(batch),
-                stamp: self.stamp(),
-            }),
-            _ => None,
-        };
+        // the pre-activation is formed exactly when a cache is asked for
+        let cache = z_pre.map(|z_pre| DiffPoolCache {
+            filter,
+            // the cache's copy of S in fresh memory, written in parallel
+            forward: TakeOnce::new((rows::fresh_copy(assignment.s.view()), z_pre)),
+            link,
+            out_x_shape,
+            out_nnz,
+            input: InputSignature::of(batch),
+            stamp: self.stamp(),
+        });
         Ok((
             Pooled::checked(
                 "DiffPool",
