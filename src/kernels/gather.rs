@@ -95,7 +95,7 @@ fn gather_rows_scaled_by<T: Scalar>(
         for (i, row) in block.chunks_exact_mut(f.max(1)).enumerate() {
             let j = b * ROW_BLOCK + i;
             let (g, n) = (scale_of(j), kept[j]);
-            prefetch_kept_row(&xs, f, kept, j);
+            super::rows::prefetch_row_ahead(&xs, f, kept, j);
             if let Some(s) = scales.as_deref_mut() {
                 s[i] = g;
             }
@@ -126,22 +126,6 @@ fn gather_rows_scaled_by<T: Scalar>(
     (matrix, first_bad)
 }
 
-/// Asks the CPU to start loading the row of `xs` (row-major, rows of `f`)
-/// that a pass over the kept rows in order reads
-/// [`PREFETCH_AHEAD`](super::rows::PREFETCH_AHEAD) rows after the `j`-th.
-/// The kept rows ascend with gaps at random, which the hardware prefetcher
-/// does not follow: the gather of TopKPool on disjoint-small (150k of 300k
-/// rows of 64 `f32`) took 8.3-10.7 ms without, 5.5-6.2 ms with. A hint
-/// only: no effect on results.
-#[inline(always)]
-fn prefetch_kept_row<T>(xs: &[T], f: usize, kept: &[usize], j: usize) {
-    if let Some(&ahead) = kept.get(j + super::rows::PREFETCH_AHEAD) {
-        if let Some(row) = xs.get(ahead * f..(ahead + 1) * f) {
-            super::rows::prefetch(row);
-        }
-    }
-}
-
 /// VJP of [`gather_scaled_rows`] with respect to the scales:
 /// $\bar{\mathrm{scale}}_j = \langle x_{\text{kept}_j}, \bar O_j\rangle$
 /// (ndarray's `dot`, in parallel over the kept rows).
@@ -156,7 +140,7 @@ pub fn gather_scaled_rows_vjp_scale<T: Scalar>(
         .par_iter()
         .enumerate()
         .map(|(j, &n)| {
-            prefetch_kept_row(&xs, f, kept, j);
+            super::rows::prefetch_row_ahead(&xs, f, kept, j);
             aview1(&gs[j * f..(j + 1) * f]).dot(&aview1(&xs[n * f..(n + 1) * f]))
         })
         .collect();

@@ -407,6 +407,23 @@ pub fn prefetch<T>(row: &[T]) {
 /// How many stored entries ahead the sparse products prefetch.
 pub const PREFETCH_AHEAD: usize = 8;
 
+/// Asks the CPU to start loading row `list[i + PREFETCH_AHEAD]` of `xs`
+/// (row-major, rows of `width`), if there is one: the row a pass over
+/// `list` in order reads [`PREFETCH_AHEAD`] steps from now. For the
+/// columns of a sparse product's stored entries (random rows) and for the
+/// kept rows of a selection (ascending with random gaps, which the hardware
+/// prefetcher does not follow: the gather of TopKPool on disjoint-small,
+/// 150k of 300k rows of 64 `f32`, took 8.3-10.7 ms without, 5.5-6.2 ms
+/// with). A hint only: no effect on results.
+#[inline(always)]
+pub(crate) fn prefetch_row_ahead<T>(xs: &[T], width: usize, list: &[usize], i: usize) {
+    if let Some(&r) = list.get(i + PREFETCH_AHEAD) {
+        if let Some(row) = xs.get(r * width..(r + 1) * width) {
+            prefetch(row);
+        }
+    }
+}
+
 /// An $R \times C$ matrix of zeros whose memory is written (in parallel
 /// blocks) before it is returned.
 ///

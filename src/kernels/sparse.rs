@@ -81,15 +81,11 @@ impl<'a, T> RawCsr<'a, T> {
     /// Asks the CPU to start loading the row of `xs` (row-major, rows of
     /// `width`) named by the column of stored entry `e + PREFETCH_AHEAD`, if
     /// that entry exists: the row a gather over the entries in storage order
-    /// needs [`rows::PREFETCH_AHEAD`] entries from now, maybe in a later row.
-    /// A hint only: no effect on results.
+    /// needs [`rows::PREFETCH_AHEAD`] entries from now, maybe in a later row
+    /// ([`rows::prefetch_row_ahead`] over the columns).
     #[inline(always)]
     pub(crate) fn prefetch_column_row<U>(&self, e: usize, xs: &[U], width: usize) {
-        if let Some(&c) = self.indices.get(e + rows::PREFETCH_AHEAD) {
-            if let Some(row) = xs.get(c * width..(c + 1) * width) {
-                rows::prefetch(row);
-            }
-        }
+        rows::prefetch_row_ahead(xs, width, self.indices, e);
     }
 
     /// Asks the CPU to start loading what a pass over the rows `order` (in
