@@ -6,6 +6,8 @@
 
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 
+use rayon::prelude::*;
+
 use super::rows;
 use super::{
     fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, reduce_chunked,
@@ -710,26 +712,43 @@ pub struct NormalizedBlocks<T: Scalar> {
 pub fn normalize_blocks<T: Scalar>(blocks: ArrayView2<T>, eps: T) -> NormalizedBlocks<T> {
     let k = blocks.ncols();
     let rows = blocks.nrows();
-    let mut z = super::rows::fresh_copy(blocks);
-    for_each_graph_block(z.view_mut(), k, |_, mut block| {
-        for i in 0..block.nrows() {
-            block[[i, i]] = T::zero();
-        }
-    });
-    let degrees = z.sum_axis(Axis(1));
-    let denominators = degrees.mapv(|d| d.max(T::zero()).sqrt() + eps);
-    let mut out = z;
-    for_each_graph_block(out.view_mut(), k, |g, mut block| {
-        let den = denominators.slice(s![g * k..(g + 1) * k]);
-        for ((i, j), v) in block.indexed_iter_mut() {
-            *v = *v / den[i] / den[j];
-        }
-    });
-    debug_assert_eq!(out.nrows(), rows);
+    let src = super::rows::row_major(&blocks);
+    // one pass per block over contiguous slices, into fresh memory: Z's row
+    // i (copied, diagonal entry 0), its sum d_i (ndarray's sum of a
+    // contiguous row, as `sum_axis` forms it), D_i, then Z_ij / D_i / D_j
+    let mut out = super::rows::fresh_matrix(rows, k);
+    let mut degrees = vec![T::zero(); rows];
+    let mut denominators = vec![T::zero(); rows];
+    if k > 0 {
+        out.as_slice_mut()
+            .expect("fresh matrices are standard layout")
+            .par_chunks_mut(k * k)
+            .zip(src.par_chunks(k * k))
+            .zip(degrees.par_chunks_mut(k))
+            .zip(denominators.par_chunks_mut(k))
+            .for_each(|(((ob, sb), db), qb)| {
+                for (i, ((row, from), (d, q))) in ob
+                    .chunks_exact_mut(k)
+                    .zip(sb.chunks_exact(k))
+                    .zip(db.iter_mut().zip(qb.iter_mut()))
+                    .enumerate()
+                {
+                    row.copy_from_slice(from);
+                    row[i] = T::zero();
+                    *d = ndarray::aview1(row).sum();
+                    *q = d.max(T::zero()).sqrt() + eps;
+                }
+                for (row, &qi) in ob.chunks_exact_mut(k).zip(qb.iter()) {
+                    for (v, &qj) in row.iter_mut().zip(qb.iter()) {
+                        *v = *v / qi / qj;
+                    }
+                }
+            });
+    }
     NormalizedBlocks {
         out,
-        degrees,
-        denominators,
+        degrees: Array1::from(degrees),
+        denominators: Array1::from(denominators),
     }
 }
 
