@@ -20,7 +20,7 @@ use crate::scalar::Scalar;
 /// documented at [`dot`] (fixed, so the bits do not depend on the caller or
 /// the thread count).
 #[inline(always)]
-fn lane_sum<T: Scalar>(a: &[T], b: &[T], t: impl Fn(T, T) -> T) -> T {
+pub(crate) fn lane_sum<T: Scalar>(a: &[T], b: &[T], t: impl Fn(T, T) -> T) -> T {
     debug_assert_eq!(a.len(), b.len());
     let mut p = [T::zero(); 8];
     let mut ca = a.chunks_exact(8);

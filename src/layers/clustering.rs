@@ -25,6 +25,7 @@
 //! in range whenever the true one does.
 
 use ndarray::{s, Array1, Array2, ArrayD, Axis, Zip};
+use rayon::prelude::*;
 
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
@@ -40,7 +41,7 @@ use crate::kernels::segment::{
 use crate::kernels::sparse::{
     row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,
 };
-use crate::kernels::{map_nodes, reduce_segment_rows};
+use crate::kernels::{map_nodes, reduce_segment_rows, rows};
 use crate::nn::{
     rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, Activation, Mlp, MlpCache, Params,
 };
@@ -544,23 +545,29 @@ impl<T: Scalar> DenseClustering<T> {
             AuxLoss::Orthogonality => {
                 let gram = segment_matmul_tn(s.view(), s.view(), seg);
                 let inv_sqrt_k = T::one() / kt.sqrt();
-                let norms: Vec<(T, T)> = (0..b)
-                    .map(|g| {
-                        let p = gram.slice(ndarray::s![g * k..(g + 1) * k, ..]);
-                        let n = p.iter().fold(zero, |a, &v| a + v * v).sqrt();
-                        if n == zero {
-                            return (zero, zero);
-                        }
-                        let l = p
-                            .indexed_iter()
-                            .fold(zero, |a, ((i, j), &v)| {
-                                let q = v / n - if i == j { inv_sqrt_k } else { zero };
-                                a + q * q
-                            })
-                            .sqrt();
-                        (n, l)
-                    })
+                // per graph, in parallel: ||P||_F and the loss, each a sum
+                // over the block in rows::dot's order (eight partial sums)
+                let eye: Vec<T> = (0..k * k)
+                    .map(|ij| if ij / k == ij % k { inv_sqrt_k } else { zero })
                     .collect();
+                let norms: Vec<(T, T)> = if k == 0 {
+                    vec![(zero, zero); b]
+                } else {
+                    rows::row_major(&gram.view())
+                        .par_chunks(k * k)
+                        .map(|p| {
+                            let n = rows::dot(p, p).sqrt();
+                            if n == zero {
+                                return (zero, zero);
+                            }
+                            let l = rows::lane_sum(p, &eye, |v, e| {
+                                let q = v / n - e;
+                                q * q
+                            });
+                            (n, l.sqrt())
+                        })
+                        .collect()
+                };
                 let values = norms.iter().map(|&(_, l)| l).collect();
                 (values, AuxCache::Orthogonality { gram, norms })
             }
