@@ -55,8 +55,90 @@ pub trait Scalar:
     /// The (static) empty parameter set, returned by parameterless layers.
     #[doc(hidden)]
     fn no_params() -> &'static crate::nn::Params<Self>;
+    /// $e^x$ written so that a loop over it vectorises: the exponential of
+    /// every softmax (rows, segments, sparse rows).
+    ///
+    /// For `f32`: [`exp_f32`], evaluated in `f64` with plain additions and
+    /// multiplications and rounded once, so the result is the correctly
+    /// rounded $e^x$ except within about $10^{-8}$ ULP of a tie, and has
+    /// the same bits on every platform and SIMD level. For `f64`: the
+    /// platform's `exp` (not vectorised).
+    ///
+    /// ```
+    /// use graphpool::Scalar;
+    /// assert_eq!(0.0_f32.exp_vectorizable(), 1.0);
+    /// assert_eq!(1.0_f32.exp_vectorizable(), std::f32::consts::E);
+    /// assert_eq!((-1.5_f64).exp_vectorizable(), (-1.5_f64).exp());
+    /// ```
+    fn exp_vectorizable(self) -> Self;
     /// The totally ordered wrapper, `OrderedFloat<Self>`.
     type Ordered: Ord + Copy + Send + Sync;
+}
+
+/// $e^x$ for `f32`, computed in `f64` and rounded once to `f32`.
+///
+/// With $k = \mathrm{round}(x \log_2 e)$ and $r = x - k \ln 2$ (Cody and
+/// Waite's two-part $\ln 2$, so $k \ln 2_{\mathrm{hi}}$ is exact),
+/// $|r| \le \tfrac12 \ln 2$ and
+/// $$e^x = 2^k \sum_{i=0}^{12} \frac{r^i}{i!},$$
+/// the sum by Horner's rule. Its relative error is about $10^{-15}$
+/// (truncation $|r|^{13}/13! < 2 \cdot 10^{-16}$, plus the `f64`
+/// roundings), so the single rounding to `f32` gives the correctly rounded
+/// $e^x$ unless the exact value lies within about $10^{-8}$ ULP of a tie
+/// between two `f32` (where the result is within $0.5 + 10^{-8}$ ULP). $x$ is first clamped to
+/// $[-150, 100]$: below, $e^x$ rounds to 0 in `f32`; above, to $+\infty$.
+/// NaN stays NaN. Subnormal results are rounded once, by the conversion.
+///
+/// Only additions, multiplications and bit operations: no table, no
+/// branch, no fused multiply-add (Rust does not contract), so a loop over
+/// it vectorises and every SIMD level gives the same bits.
+///
+/// ```
+/// use graphpool::scalar::exp_f32;
+/// for x in [-103.0_f32, -20.5, -1e-3, 0.0, 0.5, 10.0, 88.5] {
+///     assert_eq!(exp_f32(x), f64::from(x).exp() as f32);
+/// }
+/// assert_eq!(exp_f32(-200.0), 0.0);
+/// assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+/// assert_eq!(exp_f32(89.0), f32::INFINITY);
+/// assert!(exp_f32(f32::NAN).is_nan());
+/// ```
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    // 1.5 * 2^52: adding it rounds to an integer held in the low bits
+    const SHIFT: f64 = 6_755_399_441_055_744.0;
+    // ln 2 in two parts (fdlibm's ln2_hi, ln2_lo): the high part has 32
+    // significant bits
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    // 1 / i!, i = 12 down to 2
+    const C: [f64; 11] = [
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+    ];
+    let xd = f64::from(x).clamp(-150.0, 100.0);
+    let t = xd * std::f64::consts::LOG2_E + SHIFT;
+    let kd = t - SHIFT;
+    let r = (xd - kd * LN2_HI) - kd * LN2_LO;
+    let mut p = C[0];
+    for &c in &C[1..] {
+        p = p * r + c;
+    }
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    // 2^k from k's bits: the exponent field holds k + 1023 (|k| <= 217)
+    let k_bits = t.to_bits().wrapping_sub(SHIFT.to_bits());
+    let scale = f64::from_bits(k_bits.wrapping_add(1023) << 52);
+    (p * scale) as f32
 }
 
 impl Scalar for f32 {
@@ -85,6 +167,10 @@ impl Scalar for f32 {
     }
     fn no_params() -> &'static crate::nn::Params<Self> {
         crate::nn::params::no_params_f32()
+    }
+    #[inline(always)]
+    fn exp_vectorizable(self) -> Self {
+        exp_f32(self)
     }
 }
 
@@ -116,5 +202,9 @@ impl Scalar for f64 {
     }
     fn no_params() -> &'static crate::nn::Params<Self> {
         crate::nn::params::no_params_f64()
+    }
+    #[inline(always)]
+    fn exp_vectorizable(self) -> Self {
+        self.exp()
     }
 }

@@ -306,6 +306,23 @@ where
     F: Fn(usize, &mut [T]) + Sync,
 {
     let cols = x.ncols();
+    update_row_blocks(x, |first, block| {
+        for (j, row) in block.chunks_mut(cols).enumerate() {
+            f(first + j, row);
+        }
+    });
+}
+
+/// Applies `f(first, block)` to fixed blocks of [`ROW_BLOCK`] rows of a
+/// standard-layout `x` (a non-standard one is first copied into it), in
+/// parallel: `block` is the row-major slice of rows `first..`, so a kernel
+/// can run over many rows at once.
+pub fn update_row_blocks<T, F>(x: &mut Array2<T>, f: F)
+where
+    T: Scalar,
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    let cols = x.ncols();
     if cols == 0 {
         return;
     }
@@ -315,11 +332,39 @@ where
     let data = x.as_slice_mut().expect("standard layout");
     data.par_chunks_mut(ROW_BLOCK * cols)
         .enumerate()
-        .for_each(|(b, block)| {
-            for (j, row) in block.chunks_mut(cols).enumerate() {
-                f(b * ROW_BLOCK + j, row);
-            }
-        });
+        .for_each(|(b, block)| f(b * ROW_BLOCK, block));
+}
+
+simd_levels! {
+/// Every `k`-long row of the row-major slice `x` replaced by its softmax,
+/// max-shifted: with $m = \max_j z_j$, $s_j = e^{z_j - m} / \sum_i e^{z_i - m}$,
+/// the exponentials by [`Scalar::exp_vectorizable`] and their sum added in
+/// order from 0. Compiled for each SIMD level (the exponentials
+/// vectorise); every level gives the same bits.
+///
+/// ```
+/// use graphpool::kernels::rows::softmax_rows_slice;
+/// let mut x = vec![0.0_f64, 2.0_f64.ln(), 1.0, 1.0];
+/// softmax_rows_slice(&mut x, 2);
+/// assert!((x[0] - 1.0 / 3.0).abs() < 1e-15 && (x[1] - 2.0 / 3.0).abs() < 1e-15);
+/// assert_eq!(&x[2..], &[0.5, 0.5]);
+/// ```
+pub fn softmax_rows_slice<T: Scalar>(x: &mut [T], k: usize) {
+    if k == 0 {
+        return;
+    }
+    for row in x.chunks_exact_mut(k) {
+        let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        // the exponentials in a loop of their own, so that it vectorises
+        for v in row.iter_mut() {
+            *v = (*v - m).exp_vectorizable();
+        }
+        let total = row.iter().fold(T::zero(), |a, &v| a + v);
+        for v in row.iter_mut() {
+            *v /= total;
+        }
+    }
+}
 }
 
 /// The position of the first non-finite value of `x` (NaN or $\pm\infty$),

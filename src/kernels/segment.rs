@@ -244,7 +244,9 @@ pub fn segment_extremum_vjp<T: Scalar>(
 pub fn segment_softmax<T: Scalar>(v: ArrayView1<T>, segments: &Segments, eps: T) -> Array1<T> {
     let v2 = v.view().insert_axis(Axis(1));
     let m = segment_max(v2, segments);
-    let e: Array1<T> = Array1::from(map_nodes(segments, |g, n| (v[n] - m[[g, 0]]).exp()));
+    let e: Array1<T> = Array1::from(map_nodes(segments, |g, n| {
+        (v[n] - m[[g, 0]]).exp_vectorizable()
+    }));
     let z = segment_sum(e.view().insert_axis(Axis(1)), segments);
     Array1::from(map_nodes(segments, |g, n| e[n] / (z[[g, 0]] + eps)))
 }

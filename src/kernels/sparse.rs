@@ -1429,8 +1429,10 @@ pub fn row_softmax<T: Scalar>(m: CsMatView<T>) -> Array1<T> {
         .flat_map_iter(|r| {
             let (_, v) = row_parts(&m, r);
             let mx = v.iter().copied().fold(T::neg_infinity(), T::max);
-            let z: T = v.iter().fold(T::zero(), |s, &x| s + (x - mx).exp());
-            v.iter().map(move |&x| (x - mx).exp() / z)
+            let z: T = v
+                .iter()
+                .fold(T::zero(), |s, &x| s + (x - mx).exp_vectorizable());
+            v.iter().map(move |&x| (x - mx).exp_vectorizable() / z)
         })
         .collect();
     Array1::from(vals)

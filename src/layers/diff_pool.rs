@@ -25,8 +25,8 @@ use crate::kernels::sparse::{
 };
 use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
-    matmul_acc_piece, rng_from_seed, softmax_in_place, softmax_rows_in_place, softmax_rows_vjp,
-    transpose_times, Activation, Initializer, Params,
+    matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
+    Activation, Initializer, Params,
 };
 use crate::scalar::Scalar;
 
@@ -396,9 +396,7 @@ impl<T: Scalar> DiffPool<T> {
             let mut fx = vec![T::zero(); m * f];
             spmm_rows(fm, x, nodes, &mut fx);
             rows::rows_times(&fx, f, &wp, k, None, false, s_rows);
-            for row in s_rows.chunks_exact_mut(k) {
-                softmax_in_place(row);
-            }
+            rows::softmax_rows_slice(s_rows, k);
             let mut z = vec![T::zero(); m * c];
             if c > 0 {
                 rows::rows_times(&fx, f, &we, c, None, false, &mut z);

@@ -223,34 +223,19 @@ pub(crate) fn sigmoid<T: Scalar>(x: T) -> T {
     }
 }
 
-/// Softmax over each row (max-shifted): $s_{nk} = e^{z_{nk}} / \sum_j e^{z_{nj}}$.
+/// Softmax over each row (max-shifted): $s_{nk} = e^{z_{nk}} / \sum_j e^{z_{nj}}$
+/// ([`rows::softmax_rows_slice`]).
 pub fn softmax_rows<T: Scalar>(z: ArrayView2<T>) -> Array2<T> {
-    let k = z.ncols();
-    let zs = rows::row_major(&z);
-    rows::build_rows(z.nrows(), k, |r, out| {
-        out.copy_from_slice(&zs[r * k..(r + 1) * k]);
-        softmax_in_place(out);
-    })
+    let mut out = rows::fresh_copy(z);
+    softmax_rows_in_place(&mut out);
+    out
 }
 
 /// [`softmax_rows`] in place, the same bits: every row of the
 /// standard-layout `z` replaced by its softmax.
 pub fn softmax_rows_in_place<T: Scalar>(z: &mut Array2<T>) {
-    rows::update_rows(z, |_, row| softmax_in_place(row));
-}
-
-/// One row's softmax, in place: $e^{z_k - m}$ with $m = \max_k z_k$,
-/// divided by their sum (added in order).
-#[inline]
-pub(crate) fn softmax_in_place<T: Scalar>(row: &mut [T]) {
-    let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
-    for v in row.iter_mut() {
-        *v = (*v - m).exp();
-    }
-    let total: T = row.iter().copied().sum();
-    for v in row.iter_mut() {
-        *v /= total;
-    }
+    let k = z.ncols();
+    rows::update_row_blocks(z, |_, block| rows::softmax_rows_slice(block, k));
 }
 
 /// VJP of [`softmax_rows`] given its output $S$:

@@ -7,7 +7,6 @@ mod init;
 mod mlp;
 pub(crate) mod params;
 
-pub(crate) use activation::softmax_in_place;
 pub use activation::{softmax_rows, softmax_rows_in_place, softmax_rows_vjp, Activation};
 pub use dense::{
     dense_backward_streamed, matmul, matmul_acc, matmul_vjp, matmul_vjp_params, Dense, DenseCache,
