@@ -1149,27 +1149,30 @@ proptest! {
     }
 }
 
-/// `exp_f32` (the softmaxes' exponential) is the correctly rounded $e^x$:
-/// on every 13th `f32` of either sign below $+\infty$ (about 330 million
-/// values) it equals `f64::exp` rounded once to `f32`, except where that
-/// `f64` lies within $10^{-7}$ ULP of a tie between two `f32` (there the
-/// `f64` reference itself cannot decide, and the two neighbours are both
-/// within $0.5 + 10^{-7}$ ULP). For comparison the platform's `f32::exp`
-/// (glibc's is within 0.502 ULP) is counted, not asserted.
-#[test]
-fn exp_f32_is_correctly_rounded_except_at_near_ties() {
-    use graphpool::scalar::exp_f32;
+/// Sweeps every 13th `f32` of either sign below $+\infty$ (about 330
+/// million values): `ours(x)` must equal `reference(x)` (an `f64` function)
+/// rounded once to `f32`, except where that `f64` lies within $10^{-7}$ ULP
+/// of a tie between two `f32` (there the `f64` reference itself cannot
+/// decide, and both neighbours are within $0.5 + 10^{-7}$ ULP). Returns how
+/// many near ties there were, and on how many values the platform's `f32`
+/// function differs from the correctly rounded value (counted, not
+/// asserted: glibc's `expf` and `tanhf` are within about 0.5 and 1 ULP).
+fn assert_correctly_rounded_except_at_near_ties(
+    ours: impl Fn(f32) -> f32,
+    reference: impl Fn(f64) -> f64,
+    platform: impl Fn(f32) -> f32,
+) -> (u64, u64) {
     let (mut checked, mut near_ties, mut platform_differs) = (0u64, 0u64, 0u64);
     let mut wrong = Vec::new();
     let mut b: u32 = 0;
     while b < 0x7f80_0000 {
         for sign in [0u32, 1 << 31] {
             let x = f32::from_bits(b | sign);
-            let e = f64::from(x).exp();
+            let e = reference(f64::from(x));
             let want = e as f32;
-            let got = exp_f32(x);
+            let got = ours(x);
             checked += 1;
-            platform_differs += u64::from(x.exp().to_bits() != want.to_bits());
+            platform_differs += u64::from(platform(x).to_bits() != want.to_bits());
             if got.to_bits() == want.to_bits() {
                 continue;
             }
@@ -1184,22 +1187,29 @@ fn exp_f32_is_correctly_rounded_except_at_near_ties() {
         }
         b += 13;
     }
-    eprintln!(
-        "{checked} values: {near_ties} near ties; the platform's f32::exp differs from the \
-         correctly rounded value on {platform_differs}"
-    );
     assert!(checked > 320_000_000);
+    assert!(
+        wrong.is_empty(),
+        "{} of {checked} differ, e.g. at {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    (near_ties, platform_differs)
+}
+
+/// `exp_f32` (every softmax's exponential) is the correctly rounded $e^x$
+/// but at near ties (of which the sweep meets none), overflow, underflow
+/// and subnormals included.
+#[test]
+fn exp_f32_is_correctly_rounded_except_at_near_ties() {
+    use graphpool::scalar::exp_f32;
+    let (near_ties, platform) =
+        assert_correctly_rounded_except_at_near_ties(exp_f32, f64::exp, f32::exp);
+    eprintln!("exp: {near_ties} near ties; f32::exp differs on {platform}");
     assert!(
         near_ties <= 2,
         "{near_ties} near ties: more than the error bound allows"
     );
-    assert!(
-        wrong.is_empty(),
-        "{} differ, e.g. at {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
-    );
-    // the ends: overflow, underflow, subnormals, NaN
     assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
     assert_eq!(exp_f32(f32::MAX), f32::INFINITY);
     assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
@@ -1210,4 +1220,28 @@ fn exp_f32_is_correctly_rounded_except_at_near_ties() {
     // the near tie this test found at degree 11: e^x is 0.49999996 ULP
     // below the f32 0.36240962 (mpmath, 200 bits)
     assert_eq!(exp_f32(-1.014_980_2), 0.362_409_62);
+}
+
+/// `tanh_f32` (the selection pools' gates) is the correctly rounded
+/// $\tanh x$ but at near ties, on both sides of its switch at $|x| = 1/16$,
+/// signed zeros and the infinities included.
+#[test]
+fn tanh_f32_is_correctly_rounded_except_at_near_ties() {
+    use graphpool::scalar::tanh_f32;
+    let (near_ties, platform) =
+        assert_correctly_rounded_except_at_near_ties(tanh_f32, f64::tanh, f32::tanh);
+    eprintln!("tanh: {near_ties} near ties; f32::tanh differs on {platform}");
+    assert!(
+        near_ties <= 2,
+        "{near_ties} near ties: more than the error bound allows"
+    );
+    assert_eq!(tanh_f32(f32::INFINITY), 1.0);
+    assert_eq!(tanh_f32(f32::NEG_INFINITY), -1.0);
+    assert_eq!(tanh_f32(0.0).to_bits(), 0.0_f32.to_bits());
+    assert_eq!(tanh_f32(-0.0).to_bits(), (-0.0_f32).to_bits());
+    assert_eq!(tanh_f32(1e-30), 1e-30);
+    assert!(tanh_f32(f32::NAN).is_nan());
+    for x in [0.0625_f32, 0.062_499_996] {
+        assert_eq!(tanh_f32(x), f64::from(x).tanh() as f32);
+    }
 }

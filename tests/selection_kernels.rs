@@ -436,10 +436,15 @@ fn row_kernels_equal_plain_loops() {
         }
     });
     let v = Array2::from_shape_fn((2, f), |(t, j)| (t * 3 + j) as f64 * 0.5 - 1.0);
-    // a gate of the node index, and the scales it gives the kept rows
-    let gate_of = |i: usize| (i % 7) as f64 * 0.25 - 0.75;
-    let gate = Array1::from_iter(kept.iter().map(|&i| gate_of(i)));
-    let gated = || gather_gated_rows_checked(x.view(), &kept, gate_of);
+    // a gate of a per-node value, and the scales it gives the kept rows
+    let values = Array1::from_shape_fn(n, |i| (i % 7) as f64);
+    let gate_of = |v: f64| v * 0.25 - 0.75;
+    let gate = Array1::from_iter(kept.iter().map(|&i| gate_of(values[i])));
+    let gated = || {
+        gather_gated_rows_checked(x.view(), &kept, values.view(), |g: &mut [f64]| {
+            g.iter_mut().for_each(|v| *v = gate_of(*v))
+        })
+    };
     let (g_out, g_scale, g_bad) = with_threads(1, gated);
     assert_eq!(
         with_threads(3, gated),

@@ -50,21 +50,24 @@ pub fn gather_scaled_rows_checked<T: Scalar>(
     scale: ArrayView1<T>,
 ) -> (Array2<T>, Option<usize>) {
     debug_assert_eq!(kept.len(), scale.len());
-    gather_rows_scaled_by(x, kept, |j| scale[j], None)
+    gather_rows_scaled_by(x, kept, |j| scale[j], |_| {}, None)
 }
 
-/// [`gather_scaled_rows_checked`] with each scale computed as its row is
-/// gathered: $\mathrm{scale}_j = \mathrm{gate}(\text{kept}_j)$, returned
-/// beside the rows. A gate that costs a transcendental function (the
-/// $\tanh$ of a selection pool's score) is then evaluated while the row's
-/// loads are in flight, instead of in a pass of its own.
+/// [`gather_scaled_rows_checked`] with the scales computed block by block
+/// as the rows are gathered: $\mathrm{scale}_j = \mathrm{gate}(v_{\text{kept}_j})$,
+/// returned beside the rows. For each block of [`ROW_BLOCK`] rows the
+/// values $v_{\text{kept}_j}$ are gathered, `gate` turns the block's values
+/// into its scales in place (a selection pool's $\tanh$ or $\sigma$, in one
+/// loop that vectorises: [`crate::nn::Activation::apply_in_place`]), then
+/// the rows are scaled; the gates are not a pass of their own.
 ///
 /// ```
 /// use graphpool::kernels::gather::gather_gated_rows_checked;
 /// use ndarray::array;
 /// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
-/// let y = [0.5, 9.0, -1.0];
-/// let (out, gate, bad) = gather_gated_rows_checked(x.view(), &[0, 2], |n| y[n] * 2.0);
+/// let y = array![0.5, 9.0, -1.0];
+/// let double = |g: &mut [f64]| g.iter_mut().for_each(|v| *v *= 2.0);
+/// let (out, gate, bad) = gather_gated_rows_checked(x.view(), &[0, 2], y.view(), double);
 /// assert_eq!(gate, array![1.0, -2.0]);
 /// assert_eq!(out, array![[1.0, 2.0], [-10.0, -12.0]]);
 /// assert_eq!(bad, None);
@@ -72,33 +75,48 @@ pub fn gather_scaled_rows_checked<T: Scalar>(
 pub fn gather_gated_rows_checked<T: Scalar>(
     x: ArrayView2<T>,
     kept: &[usize],
-    gate: impl Fn(usize) -> T + Sync,
+    values: ArrayView1<T>,
+    gate: impl Fn(&mut [T]) + Sync,
 ) -> (Array2<T>, Array1<T>, Option<usize>) {
     let mut gates: Vec<T> = super::rows::fresh_vec(kept.len());
-    let (matrix, bad) = gather_rows_scaled_by(x, kept, |j| gate(kept[j]), Some(&mut gates));
+    let (matrix, bad) = gather_rows_scaled_by(x, kept, |j| values[kept[j]], gate, Some(&mut gates));
     (matrix, Array1::from(gates), bad)
 }
 
 /// The gather of [`gather_scaled_rows_checked`] with the scale of output row
-/// `j` from `scale_of(j)`, also written to `scales[j]` if given.
+/// `j` from `finish` applied to a block's `scale_of(j)` values, also written
+/// to `scales[j]` if given.
 fn gather_rows_scaled_by<T: Scalar>(
     x: ArrayView2<T>,
     kept: &[usize],
     scale_of: impl Fn(usize) -> T + Sync,
+    finish: impl Fn(&mut [T]) + Sync,
     scales: Option<&mut [T]>,
 ) -> (Array2<T>, Option<usize>) {
     let f = x.ncols();
     let mut matrix = super::rows::fresh_matrix(kept.len(), f);
     let out = matrix.as_slice_mut().expect("standard layout");
     let xs = row_major(&x);
-    let gather = |b: usize, block: &mut [T], mut scales: Option<&mut [T]>| {
-        for (i, row) in block.chunks_exact_mut(f.max(1)).enumerate() {
-            let j = b * ROW_BLOCK + i;
-            let (g, n) = (scale_of(j), kept[j]);
-            super::rows::prefetch_row_ahead(&xs, f, kept, j);
-            if let Some(s) = scales.as_deref_mut() {
-                s[i] = g;
+    let gather = |b: usize, block: &mut [T], scales: Option<&mut [T]>| {
+        let rows = block.len() / f.max(1);
+        let mut own = Vec::new();
+        let g = match scales {
+            Some(s) => s,
+            None => {
+                own.resize(rows, T::zero());
+                &mut own[..]
             }
+        };
+        // the block's scales first (a gate's tanh or sigmoid over the
+        // block at once vectorises), then the rows
+        let first = b * ROW_BLOCK;
+        for (i, g) in g.iter_mut().enumerate() {
+            *g = scale_of(first + i);
+        }
+        finish(g);
+        for (i, (row, &g)) in block.chunks_exact_mut(f.max(1)).zip(g.iter()).enumerate() {
+            let (j, n) = (first + i, kept[first + i]);
+            super::rows::prefetch_row_ahead(&xs, f, kept, j);
             for (o, &v) in row.iter_mut().zip(&xs[n * f..(n + 1) * f]) {
                 *o = g * v;
             }
@@ -108,9 +126,12 @@ fn gather_rows_scaled_by<T: Scalar>(
     let first_bad = if f == 0 {
         // no rows to gather: the scales alone
         if let Some(s) = scales {
-            s.par_iter_mut()
-                .enumerate()
-                .for_each(|(j, s)| *s = scale_of(j));
+            s.par_chunks_mut(ROW_BLOCK).enumerate().for_each(|(b, s)| {
+                for (i, s) in s.iter_mut().enumerate() {
+                    *s = scale_of(b * ROW_BLOCK + i);
+                }
+                finish(s);
+            });
         }
         None
     } else {

@@ -15,10 +15,10 @@ use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::gather::{
     gather_gated_rows_checked, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus_checked,
 };
-use crate::kernels::map_nodes;
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
 use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
 use crate::kernels::sparse::{induced_matrix, scatter_values, Induced};
+use crate::kernels::{map_nodes, ROW_BLOCK};
 use crate::nn::Activation;
 use crate::scalar::Scalar;
 use crate::Segments;
@@ -209,10 +209,13 @@ impl SelectionCore {
     ) -> Result<(Subset<T>, Option<Array1<T>>)> {
         let (kept, softmax) = self.choose(y, segments)?;
         let gate = {
-            let of = self.gate_of(y, softmax.as_ref());
+            let (values, act) = self.gate_of(y, softmax.as_ref());
             // one gate per kept node, in parallel (elementwise: the same bits
             // on any thread count)
-            Array1::from(kept.par_iter().map(|&n| of(n)).collect::<Vec<T>>())
+            let mut g: Vec<T> = kept.par_iter().map(|&n| values[n]).collect();
+            g.par_chunks_mut(ROW_BLOCK)
+                .for_each(|c| act.map_or((), |a| a.apply_in_place(c)));
+            Array1::from(g)
         };
         Ok((Subset { kept, gate }, softmax))
     }
@@ -241,17 +244,17 @@ impl SelectionCore {
         }
     }
 
-    /// The gate of a kept node `n`: the gating activation of its raw score,
-    /// or for [`KeepRule::MinScore`] its softmax (`softmax` is then given).
+    /// The gate of a kept node `n` is `act` of `values[n]`: the gating
+    /// activation of its raw score, or for [`KeepRule::MinScore`] its
+    /// softmax itself (`softmax` is then given, and `act` is `None`).
     fn gate_of<'a, T: Scalar>(
         &self,
         y: ArrayView1<'a, T>,
         softmax: Option<&'a Array1<T>>,
-    ) -> impl Fn(usize) -> T + Sync + 'a {
-        let act = self.gating.activation();
-        move |n| match softmax {
-            Some(s) => s[n],
-            None => act.apply(y[n]),
+    ) -> (ArrayView1<'a, T>, Option<Activation>) {
+        match softmax {
+            Some(s) => (s.view(), None),
+            None => (y, Some(self.gating.activation())),
         }
     }
 
@@ -295,11 +298,11 @@ impl SelectionCore {
         let (kept, softmax) = self.choose(y.view(), batch.segments())?;
         // the gather computes the gates as it goes, and checks what it
         // writes: `x` is not scanned again below
-        let (mut x, gate, bad) = gather_gated_rows_checked(
-            batch.x().view(),
-            &kept,
-            self.gate_of(y.view(), softmax.as_ref()),
-        );
+        let (values, act) = self.gate_of(y.view(), softmax.as_ref());
+        let (mut x, gate, bad) =
+            gather_gated_rows_checked(batch.x().view(), &kept, values, |g: &mut [T]| {
+                act.map_or((), |a| a.apply_in_place(g))
+            });
         let subset = Subset { kept, gate };
         if let Some(p) = bad {
             return Err(pooled_x_overflow(layer, &x, p));
