@@ -421,6 +421,14 @@ fn segment_matmul_tn_case(k: usize, f: usize) {
     });
     assert_eq!(gs2, gs);
     assert_eq!(y2, gy.mapv(|d| 10.0 * d) + &y);
+    // the Gram form S^T S: one product with the symmetrised gradient equals
+    // the sum of the two halves of the general VJP (exact on integers)
+    let og = Array2::from_shape_fn((seg.num_graphs() * k, k), |(i, j)| {
+        ((i * 3 + j) % 5) as f64 - 2.0
+    });
+    let (g1, g2) = segment_matmul_tn_vjp(s.view(), s.view(), &seg, og.view());
+    let gram = graphpool::kernels::segment::segment_gram_vjp(s.view(), &seg, og.view());
+    assert_eq!(gram, &g1 + &g2);
 }
 
 proptest! {

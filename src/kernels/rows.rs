@@ -367,6 +367,33 @@ pub fn softmax_rows_slice<T: Scalar>(x: &mut [T], k: usize) {
 }
 }
 
+/// $a \mathrel{+}= b$ entrywise, in parallel over fixed blocks when both are
+/// in standard layout (else ndarray's serial `+=`): the same bits either
+/// way, one addition per entry. For the sums of $N \times K$ (or
+/// $N \times F$) gradients that a backward pass accumulates.
+///
+/// ```
+/// use graphpool::kernels::rows::add_into;
+/// use ndarray::array;
+/// let mut a = array![[1.0, 2.0], [3.0, 4.0]];
+/// add_into(&mut a, &array![[0.5, 0.5], [-3.0, 1.0]]);
+/// assert_eq!(a, array![[1.5, 2.5], [0.0, 5.0]]);
+/// ```
+pub fn add_into<T: Scalar, D: ndarray::Dimension>(
+    a: &mut ndarray::Array<T, D>,
+    b: &ndarray::Array<T, D>,
+) {
+    const BLOCK: usize = 1 << 14;
+    assert_eq!(a.shape(), b.shape(), "add_into: shapes differ");
+    match (a.as_slice_mut(), b.as_slice()) {
+        (Some(x), Some(y)) => x
+            .par_chunks_mut(BLOCK)
+            .zip(y.par_chunks(BLOCK))
+            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, &y)| *x += y)),
+        _ => *a += b,
+    }
+}
+
 /// The position of the first non-finite value of `x` (NaN or $\pm\infty$),
 /// scanning fixed blocks in parallel; `None` if every value is finite.
 pub fn first_non_finite<T: Scalar>(x: &[T]) -> Option<usize> {

@@ -389,11 +389,12 @@ fn vjp_of_s<T: Scalar>(
     segments: &Segments,
     grad: ArrayView2<T>,
 ) -> Array2<T> {
-    let mut gs = rows::zeros(y.nrows(), k);
     let f = y.ncols();
     if k == 0 || f == 0 {
-        return gs;
+        return rows::zeros(y.nrows(), k);
     }
+    // every row is written once (the graphs cover the nodes): fresh memory
+    let mut gs = rows::fresh_matrix(y.nrows(), k);
     let (ys, gr) = (rows::row_major(&y), rows::row_major(&grad));
     for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
         let og = &gr[g * k * f..(g + 1) * k * f];
@@ -410,6 +411,46 @@ fn vjp_of_s<T: Scalar>(
     gs
 }
 
+/// VJP of the per-graph Gram matrix $P_g = S_g^\top S_g$
+/// ([`segment_matmul_tn`] of $S$ with itself): with $\bar P_g$ the gradient
+/// of block $g$, $\bar S_g = S_g (\bar P_g + \bar P_g^\top)$, one product
+/// ([`segment_matmul_nn`]) with the symmetrised blocks instead of the two
+/// of [`segment_matmul_tn_vjp`] (half the work, one $N \times K$ array).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_gram_vjp, segment_matmul_tn_vjp};
+/// use ndarray::array;
+/// let segs = Segments::from_sizes(&[2, 1]);
+/// let s = array![[1.0, 0.0], [2.0, 3.0], [0.0, 1.0]];
+/// let grad = array![[1.0, 2.0], [0.0, -1.0], [3.0, 0.0], [1.0, 1.0]];
+/// let (g1, g2) = segment_matmul_tn_vjp(s.view(), s.view(), &segs, grad.view());
+/// assert_eq!(segment_gram_vjp(s.view(), &segs, grad.view()), g1 + g2);
+/// ```
+pub fn segment_gram_vjp<T: Scalar>(
+    s: ArrayView2<T>,
+    segments: &Segments,
+    grad: ArrayView2<T>,
+) -> Array2<T> {
+    let k = s.ncols();
+    debug_assert_eq!(grad.dim(), (segments.num_graphs() * k, k));
+    let mut sym = rows::fresh_matrix(grad.nrows(), k);
+    if k > 0 {
+        let gs = rows::row_major(&grad);
+        sym.as_slice_mut()
+            .expect("fresh matrices are standard layout")
+            .par_chunks_mut(k * k)
+            .zip(gs.par_chunks(k * k))
+            .for_each(|(out, g)| {
+                for (ij, o) in out.iter_mut().enumerate() {
+                    let (i, j) = (ij / k, ij % k);
+                    *o = g[ij] + g[j * k + i];
+                }
+            });
+    }
+    segment_matmul_nn(s, sym.view(), segments)
+}
+
 /// Per-graph product $S_g O_g$ for a stacked per-node matrix $S$
 /// ($N \times K$) and stacked per-graph blocks $O$ ($(BK) \times F$): the
 /// $N \times F$ result holds node $n$'s row $s_n O_{g(n)}$ (the second half
@@ -421,7 +462,8 @@ pub fn segment_matmul_nn<T: Scalar>(
     segments: &Segments,
 ) -> Array2<T> {
     let (k, f) = (s.ncols(), o.ncols());
-    let mut out = rows::zeros(s.nrows(), f);
+    // every row is written once (the graphs cover the nodes): fresh memory
+    let mut out = rows::fresh_matrix(s.nrows(), f);
     if f > 0 {
         segment_matmul_nn_into(
             &rows::row_major(&s),

@@ -399,7 +399,7 @@ impl<T: Scalar> Layer<T> for GlobalAttnSumPool<T> {
         Zip::from(gx.rows_mut())
             .and(&cache.alpha)
             .par_for_each(|mut r, &a| r.mapv_inplace(|v| v * a));
-        gx += &gx_score;
+        crate::kernels::rows::add_into(&mut gx, &gx_score);
         let mut params = self.params.zeros_like();
         params.accumulate_dim("attn_kernel", gw.view())?;
         finite_gradients(

@@ -34,9 +34,9 @@ use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
 use crate::kernels::segment::{
-    add_row, blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_kth_largest,
-    segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
-    segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
+    add_row, blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_gram_vjp,
+    segment_kth_largest, segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp,
+    segment_sum, segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
     row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,
@@ -716,25 +716,32 @@ impl<T: Scalar> DenseClustering<T> {
             (AuxLoss::Orthogonality, AuxCache::Orthogonality { gram, norms }) => {
                 let inv_sqrt_k = T::one() / kt.sqrt();
                 let mut g_gram = crate::kernels::rows::zeros(gram.nrows(), gram.ncols());
-                for (g, &(n, l)) in norms.iter().enumerate() {
-                    if n == zero || l == zero {
-                        continue;
-                    }
-                    let p = gram.slice(ndarray::s![g * k..(g + 1) * k, ..]);
-                    // G = lg Q / L, P̄ = G/n - P <P, G> / n^3
-                    let gq = Array2::from_shape_fn((k, k), |(i, j)| {
-                        lg * (p[[i, j]] / n - if i == j { inv_sqrt_k } else { zero }) / l
-                    });
-                    let pg = Zip::from(&p).and(&gq).fold(zero, |a, &x, &y| a + x * y);
-                    let mut out = g_gram.slice_mut(ndarray::s![g * k..(g + 1) * k, ..]);
-                    Zip::from(&mut out)
-                        .and(&gq)
-                        .and(&p)
-                        .for_each(|o, &y, &x| *o = y / n - x * pg / (n * n * n));
+                if k > 0 {
+                    // per graph, in parallel over the contiguous blocks
+                    let gs = g_gram
+                        .as_slice_mut()
+                        .expect("fresh matrices are standard layout");
+                    gs.par_chunks_mut(k * k)
+                        .zip(rows::row_major(&gram.view()).par_chunks(k * k))
+                        .zip(norms.par_iter())
+                        .for_each(|((out, p), &(n, l))| {
+                            if n == zero || l == zero {
+                                return;
+                            }
+                            // G = lg Q / L, P̄ = G/n - P <P, G> / n^3 (the
+                            // inner product summed in row-major order)
+                            for (ij, (o, &v)) in out.iter_mut().zip(p).enumerate() {
+                                let e = if ij / k == ij % k { inv_sqrt_k } else { zero };
+                                *o = lg * (v / n - e) / l;
+                            }
+                            let pg = p.iter().zip(out.iter()).fold(zero, |a, (&x, &y)| a + x * y);
+                            for (o, &x) in out.iter_mut().zip(p) {
+                                *o = *o / n - x * pg / (n * n * n);
+                            }
+                        });
                 }
-                let (g1, g2) = segment_matmul_tn_vjp(s.view(), s.view(), seg, g_gram.view());
-                cot.s += &g1;
-                cot.s += &g2;
+                let gs = segment_gram_vjp(s.view(), seg, g_gram.view());
+                rows::add_into(&mut cot.s, &gs);
             }
             (AuxLoss::Modularity(count), AuxCache::Modularity { trace, sd, m }) => {
                 let mut g_sd = crate::kernels::rows::zeros(sd.nrows(), sd.ncols());
@@ -758,7 +765,7 @@ impl<T: Scalar> DenseClustering<T> {
                     seg,
                     g_sd.view(),
                 );
-                cot.s += &gs;
+                rows::add_into(&mut cot.s, &gs);
                 if cot.edges.is_some() {
                     cot.degrees += &gd.remove_axis(Axis(1));
                 }
@@ -779,7 +786,7 @@ impl<T: Scalar> DenseClustering<T> {
                     let f = lg * c * kt.sqrt() / T::from_count(n) / norm;
                     g_sums.row_mut(g).scaled_add(f, &sums.row(g));
                 }
-                cot.s += &segment_sum_vjp(g_sums.view(), seg);
+                rows::add_into(&mut cot.s, &segment_sum_vjp(g_sums.view(), seg));
             }
             (AuxLoss::SqrtBalance(normalized), AuxCache::SqrtBalance { sq }) => {
                 let g_sq = Array2::from_shape_fn(sq.raw_dim(), |(g, c)| {
@@ -818,7 +825,7 @@ impl<T: Scalar> DenseClustering<T> {
                     batch.symmetric_graphs().iter().all(|&sym| sym),
                     cot.edges.is_some(),
                 );
-                cot.s += &gs;
+                rows::add_into(&mut cot.s, &gs);
                 if let (Some(edges), Some(ge)) = (&mut cot.edges, ge) {
                     *edges += &ge;
                 }
@@ -966,8 +973,8 @@ impl<T: Scalar> DenseClustering<T> {
         }
         // select
         let mut gs = cot.s;
-        gs += &gs_reduce;
-        gs += &gs_connect;
+        rows::add_into(&mut gs, &gs_reduce);
+        rows::add_into(&mut gs, &gs_connect);
         let mut g_logits = softmax_rows_vjp(s.view(), gs.view());
         for w in &wide {
             w.softmax_vjp_rows(s, &gs, &mut g_logits);

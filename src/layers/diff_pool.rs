@@ -659,7 +659,7 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         let all_symmetric = symmetric.iter().all(|&y| y);
         let (gs_connect, mut ga) =
             assignment.connect_blocks_vjp_opt(a, segs, symmetric, &connect, g_blocks, edge_grad);
-        gs += &gs_connect;
+        rows::add_into(&mut gs, &gs_connect);
         drop(gs_connect);
         // the link loss's edge term takes A S again when every graph is
         // symmetric (A^T S = A S)
@@ -696,7 +696,10 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
         drop(a_s);
         let g_ent = grad.loss("entropy") / denom;
         if g_ent != T::zero() {
-            gs += &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent);
+            rows::add_into(
+                &mut gs,
+                &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent),
+            );
         }
 
         // S = softmax((F X) W_pool), Z = act((F X) W_emb): with G_p, G_e

@@ -852,7 +852,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                 g_blocks,
                 batch.edge_weight_grad(),
             );
-            gs += &gs_c;
+            crate::kernels::rows::add_into(&mut gs, &gs_c);
             ga = ga_c;
         }
         // kl
