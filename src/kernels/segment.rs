@@ -4,7 +4,7 @@
 //! Conventions for an empty graph (documented contract): its sum, mean, max
 //! and min are 0 (the mean divides by $\max(n, 1)$); its softmax is empty.
 
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use rayon::prelude::*;
 
@@ -817,39 +817,54 @@ pub fn normalize_blocks_vjp<T: Scalar>(
 ) -> Array2<f64> {
     let k = norm.out.ncols();
     let wide = |v: T| v.to_f64().unwrap_or(f64::NAN);
-    let mut gc = super::rows::zeros(norm.out.nrows(), norm.out.ncols());
-    for_each_graph_block(gc.view_mut(), k, |g, mut block| {
-        let r = g * k..(g + 1) * k;
-        let out = norm.out.slice(s![r.clone(), ..]);
-        let go = grad.slice(s![r.clone(), ..]);
-        let direct = direct.slice(s![r.clone(), ..]);
-        let den = norm.denominators.slice(s![r.clone()]);
-        let deg = norm.degrees.slice(s![r]);
-        let gd: Vec<f64> = (0..k)
-            .map(|i| {
-                let mut acc = 0.0;
-                for j in 0..k {
-                    acc +=
-                        wide(go[[i, j]]) * wide(out[[i, j]]) + wide(go[[j, i]]) * wide(out[[j, i]]);
-                }
-                let g_den = -acc / wide(den[i]);
-                let d = wide(deg[i]);
-                if d > 0.0 {
-                    g_den / (2.0 * d.sqrt())
+    // every entry is written once: fresh memory; per block, in parallel,
+    // on contiguous slices
+    let mut gc = super::rows::fresh_matrix(norm.out.nrows(), k);
+    if k == 0 {
+        return gc;
+    }
+    let out_view = norm.out.view();
+    let (outs, gos, dirs) = (
+        rows::row_major(&out_view),
+        rows::row_major(&grad),
+        rows::row_major(&direct),
+    );
+    let (den_view, deg_view) = (norm.denominators.view(), norm.degrees.view());
+    let (dens, degs) = (rows::row_major_1d(&den_view), rows::row_major_1d(&deg_view));
+    gc.as_slice_mut()
+        .expect("fresh matrices are standard layout")
+        .par_chunks_mut(k * k)
+        .enumerate()
+        .for_each(|(g, block)| {
+            let r = g * k * k..(g + 1) * k * k;
+            let (out, go, direct) = (&outs[r.clone()], &gos[r.clone()], &dirs[r]);
+            let (den, deg) = (&dens[g * k..(g + 1) * k], &degs[g * k..(g + 1) * k]);
+            let gd: Vec<f64> = (0..k)
+                .map(|i| {
+                    let mut acc = 0.0;
+                    for j in 0..k {
+                        acc += wide(go[i * k + j]) * wide(out[i * k + j])
+                            + wide(go[j * k + i]) * wide(out[j * k + i]);
+                    }
+                    let g_den = -acc / wide(den[i]);
+                    let d = wide(deg[i]);
+                    if d > 0.0 {
+                        g_den / (2.0 * d.sqrt())
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            for (ij, v) in block.iter_mut().enumerate() {
+                let (i, j) = (ij / k, ij % k);
+                let through_norm = if i != j {
+                    wide(go[ij]) / (wide(den[i]) * wide(den[j])) + gd[i]
                 } else {
                     0.0
-                }
-            })
-            .collect();
-        for ((i, j), v) in block.indexed_iter_mut() {
-            let through_norm = if i != j {
-                wide(go[[i, j]]) / (wide(den[i]) * wide(den[j])) + gd[i]
-            } else {
-                0.0
-            };
-            *v = through_norm + wide(direct[[i, j]]);
-        }
-    });
+                };
+                *v = through_norm + wide(direct[ij]);
+            }
+        });
     gc
 }
 
