@@ -175,29 +175,31 @@ where
 }
 
 /// Calls `f(graph, node)` for every node, in parallel over fixed blocks of
-/// [`ROW_BLOCK`] nodes; `f` returns the value stored for that node.
+/// [`ROW_BLOCK`] nodes; `f` returns the value (a plain `Copy` value: a
+/// float, a flag) stored for that node, written in place.
 pub fn map_nodes<R, F>(segments: &Segments, f: F) -> Vec<R>
 where
-    R: Send,
+    R: Copy + Default + Send + Sync,
     F: Fn(usize, usize) -> R + Sync,
 {
     let n = segments.num_nodes();
     let offsets = segments.offsets();
-    (0..n.div_ceil(ROW_BLOCK))
-        .into_par_iter()
-        .flat_map_iter(|b| {
+    // written in place, block by block (no per-block vectors to join)
+    let mut out: Vec<R> = rows::fresh_vec(n);
+    out.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
             let start = b * ROW_BLOCK;
-            let end = (start + ROW_BLOCK).min(n);
             let mut g = segments.graph_of(start);
-            let f = &f;
-            (start..end).map(move |node| {
+            for (i, o) in block.iter_mut().enumerate() {
+                let node = start + i;
                 while node >= offsets[g + 1] {
                     g += 1;
                 }
-                f(g, node)
-            })
-        })
-        .collect()
+                *o = f(g, node);
+            }
+        });
+    out
 }
 
 /// Calls `f(graph, node, row)` for every row of `out` (one row per node), in
