@@ -1369,18 +1369,36 @@ fn sparse_dot<T: Scalar>(ai: &[usize], av: &[T], bi: &[usize], bv: &[T]) -> T {
 }
 
 /// Maps every stored entry of a CSR view, row-parallel, to a value:
-/// `f(row, entry position in data, column)`; the result is aligned with `m.data()`.
-fn map_entries<T: Scalar, R: Send, F>(m: CsMatView<T>, f: F) -> Vec<R>
+/// `f(row, entry position in data, column)`; the result is aligned with
+/// `m.data()`, each block of [`ROW_BLOCK`] rows writing its own entries in
+/// place (a fresh vector, no per-row vectors to join).
+pub(crate) fn map_entries<T: Scalar, R, F>(m: CsMatView<T>, f: F) -> Vec<R>
 where
+    R: Copy + Default + Send + Sync,
     F: Fn(usize, usize, usize) -> R + Sync,
 {
     let raw = RawCsr::new(&m);
     let idx = m.indices();
-    let f = &f;
-    (0..m.rows())
-        .into_par_iter()
-        .flat_map_iter(|r| raw.range(r).map(move |e| f(r, e, idx[e])))
-        .collect()
+    let mut out: Vec<R> = rows::fresh_vec(m.nnz());
+    // each block's slice of the output: its rows' entries
+    let mut parts = Vec::with_capacity(m.rows().div_ceil(ROW_BLOCK));
+    let mut rest = &mut out[..];
+    for first in (0..m.rows()).step_by(ROW_BLOCK) {
+        let rows = first..(first + ROW_BLOCK).min(m.rows());
+        let (head, tail) =
+            std::mem::take(&mut rest).split_at_mut(raw.rows_range(rows.clone()).len());
+        parts.push((rows, head));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(rows, part)| {
+        let base = raw.rows_range(rows.clone()).start;
+        for r in rows {
+            for e in raw.range(r) {
+                part[e - base] = f(r, e, idx[e]);
+            }
+        }
+    });
+    out
 }
 
 /// The values of `m` at the stored positions of `pattern` (same shape), 0

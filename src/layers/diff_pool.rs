@@ -21,7 +21,7 @@ use crate::kernels::segment::{
     segment_matmul_tn_vjp_in_place, segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
-    sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
+    map_entries, sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
 use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
@@ -403,9 +403,7 @@ impl<T: Scalar> DiffPool<T> {
             }
             // the pre-activation kept for the backward pass when asked
             z_rows.copy_from_slice(&z[..z_rows.len()]);
-            if act != Activation::Linear {
-                z.iter_mut().for_each(|v| *v = act.apply(*v));
-            }
+            act.apply_in_place(&mut z);
             rows::outer_sum(s_rows, k, &z, c, part);
         };
         let mut s = rows::fresh_matrix(n, k);
@@ -835,18 +833,11 @@ fn link_vjp<T: Scalar>(
     let k = s.ncols();
     let coefs: Vec<T> = (0..segs.num_graphs()).map(&coef).collect();
     let node_coef = map_nodes(segs, |g, _| coefs[g]);
-    let raw = RawCsr::new(&a);
     let w = a.data();
     let two = T::c(2.0);
     let ga = edges.edge_weights.then(|| {
         let p = edges.p;
-        (0..a.rows())
-            .into_par_iter()
-            .flat_map_iter(|r| {
-                let c = node_coef[r];
-                raw.range(r).map(move |e| two * (w[e] - p[e]) * c)
-            })
-            .collect::<Vec<T>>()
+        map_entries(a, |r, e, _| two * (w[e] - p[e]) * node_coef[r])
     });
     // the edge term, then the Gram term, each added into `gs` and dropped:
     // at most two N x K terms beside `gs`
@@ -861,13 +852,7 @@ fn link_vjp<T: Scalar>(
             });
         }
         None => {
-            let gp: Vec<T> = (0..a.rows())
-                .into_par_iter()
-                .flat_map_iter(|r| {
-                    let c = node_coef[r];
-                    raw.range(r).map(move |e| -two * w[e] * c)
-                })
-                .collect();
+            let gp: Vec<T> = map_entries(a, |r, e, _| -two * w[e] * node_coef[r]);
             let (gu, gv) = sddmm_vjp(a, s, s, ArrayView1::from(&gp[..]));
             drop(gp);
             Zip::from(&mut *gs)

@@ -77,8 +77,10 @@ impl Activation {
         apply_slice(self, v);
     }
 
-    /// The activation of one value.
-    #[inline]
+    /// The activation of one value (always inlined: with the `f64`
+    /// evaluation of `tanh` the body is too large for the compiler to
+    /// inline it on its own, and a call per entry is slow).
+    #[inline(always)]
     pub fn apply<T: Scalar>(self, x: T) -> T {
         let one = T::one();
         match self {
@@ -156,25 +158,17 @@ impl Activation {
     /// Applies the activation to every entry (in parallel over fixed
     /// blocks of rows).
     pub fn forward<T: Scalar>(self, x: ArrayView2<T>) -> Array2<T> {
-        let xs = rows::row_major(&x);
-        let f = x.ncols();
-        if self == Activation::Linear {
-            return rows::build_rows(x.nrows(), f, |r, out| {
-                out.copy_from_slice(&xs[r * f..(r + 1) * f])
-            });
-        }
-        rows::build_rows(x.nrows(), f, |r, out| {
-            for (o, &v) in out.iter_mut().zip(&xs[r * f..(r + 1) * f]) {
-                *o = self.apply(v);
-            }
-        })
+        let mut out = rows::fresh_copy(x);
+        self.forward_inplace(&mut out);
+        out
     }
 
     /// [`Activation::forward`] in place: overwrites every entry of `x` with
-    /// its activation (the same bits, without a second array).
+    /// its activation (the same bits, without a second array), block by
+    /// block with [`Activation::apply_in_place`].
     pub fn forward_inplace<T: Scalar>(self, x: &mut Array2<T>) {
         if self != Activation::Linear {
-            rows::update_rows(x, |_, row| row.iter_mut().for_each(|v| *v = self.apply(*v)));
+            rows::update_row_blocks(x, |_, block| self.apply_in_place(block));
         }
     }
 
@@ -232,6 +226,7 @@ crate::kernels::simd_levels! {
 fn apply_slice<T: Scalar>(act: Activation, v: &mut [T]) {
     match act {
         Activation::Linear => {}
+        Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(T::zero())),
         Activation::Tanh => v.iter_mut().for_each(|x| *x = x.tanh_vectorizable()),
         Activation::Sigmoid => v.iter_mut().for_each(|x| *x = sigmoid(*x)),
         other => v.iter_mut().for_each(|x| *x = other.apply(*x)),
