@@ -100,7 +100,7 @@ fn gather_rows_scaled_by<T: Scalar>(
     let gather = |b: usize, block: &mut [T], scales: Option<&mut [T]>| {
         let rows = block.len() / f.max(1);
         let mut own = Vec::new();
-        let g = match scales {
+        let block_scales = match scales {
             Some(s) => s,
             None => {
                 own.resize(rows, T::zero());
@@ -110,11 +110,15 @@ fn gather_rows_scaled_by<T: Scalar>(
         // the block's scales first (a gate's tanh or sigmoid over the
         // block at once vectorises), then the rows
         let first = b * ROW_BLOCK;
-        for (i, g) in g.iter_mut().enumerate() {
-            *g = scale_of(first + i);
+        for (i, s) in block_scales.iter_mut().enumerate() {
+            *s = scale_of(first + i);
         }
-        finish(g);
-        for (i, (row, &g)) in block.chunks_exact_mut(f.max(1)).zip(g.iter()).enumerate() {
+        finish(block_scales);
+        for (i, (row, &g)) in block
+            .chunks_exact_mut(f.max(1))
+            .zip(block_scales.iter())
+            .enumerate()
+        {
             let (j, n) = (first + i, kept[first + i]);
             super::rows::prefetch_row_ahead(&xs, f, kept, j);
             for (o, &v) in row.iter_mut().zip(&xs[n * f..(n + 1) * f]) {

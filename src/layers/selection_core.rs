@@ -213,8 +213,10 @@ impl SelectionCore {
             // one gate per kept node, in parallel (elementwise: the same bits
             // on any thread count)
             let mut g: Vec<T> = kept.par_iter().map(|&n| values[n]).collect();
-            g.par_chunks_mut(ROW_BLOCK)
-                .for_each(|c| act.map_or((), |a| a.apply_in_place(c)));
+            if let Some(act) = act {
+                g.par_chunks_mut(ROW_BLOCK)
+                    .for_each(|c| act.apply_in_place(c));
+            }
             Array1::from(g)
         };
         Ok((Subset { kept, gate }, softmax))
@@ -301,7 +303,9 @@ impl SelectionCore {
         let (values, act) = self.gate_of(y.view(), softmax.as_ref());
         let (mut x, gate, bad) =
             gather_gated_rows_checked(batch.x().view(), &kept, values, |g: &mut [T]| {
-                act.map_or((), |a| a.apply_in_place(g))
+                if let Some(act) = act {
+                    act.apply_in_place(g);
+                }
             });
         let subset = Subset { kept, gate };
         if let Some(p) = bad {
