@@ -947,20 +947,6 @@ pub struct ClusteringConfig {
     pub seed: u64,
 }
 
-/// Every activation.
-pub const ACTIVATIONS: [Activation; 10] = [
-    Activation::Linear,
-    Activation::Relu,
-    Activation::Tanh,
-    Activation::Sigmoid,
-    Activation::Elu,
-    Activation::Selu,
-    Activation::Softplus,
-    Activation::Softsign,
-    Activation::Swish,
-    Activation::Exponential,
-];
-
 /// Target `clustering_pools`: MinCut (both variants), DMoN (both variants),
 /// JustBalance and AsymCheegerCut with arbitrary k, MLP widths, activation
 /// and loss coefficients, in `f32` or `f64`.
@@ -979,7 +965,8 @@ fn run_clustering_pools(vb: &ValidBatch, c: &ClusteringConfig) {
         && c.cot_scale.moderate()
         && c.coeff_a.moderate()
         && c.coeff_b.moderate()
-        && ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()] != Activation::Exponential;
+        && Activation::ALL[c.activation as usize % Activation::ALL.len()]
+            != Activation::Exponential;
     if c.f32 {
         clustering_pools_t(&to_f32(&vb.0), c, moderate);
     } else {
@@ -1005,7 +992,7 @@ pub fn mincut_pyg_f32_and_f64(
     let (fin, width_ok) = in_features(b32.num_features(), c.width);
     let k = c.k as usize % 7;
     let hidden: Vec<usize> = c.hidden.iter().take(2).map(|&h| h as usize % 5).collect();
-    let act = ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()];
+    let act = Activation::ALL[c.activation as usize % Activation::ALL.len()];
     if !width_ok || k == 0 || hidden.contains(&0) {
         return None;
     }
@@ -1119,7 +1106,7 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
     let k = c.k as usize % 7;
     let hidden: Vec<usize> = c.hidden.iter().take(2).map(|&h| h as usize % 5).collect();
     let bad_hidden = hidden.contains(&0);
-    let act = ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()];
+    let act = Activation::ALL[c.activation as usize % Activation::ALL.len()];
     let (a, bb) = (c.coeff_a.0, c.coeff_b.0);
     let p = c.param_scale.0;
     if let Some(l) = built(
@@ -1207,7 +1194,7 @@ pub fn diff_mem_pools(data: &[u8]) {
 
 /// The body of `diff_mem_pools` on a decoded batch and configuration.
 fn run_diff_mem_pools(vb: &ValidBatch, c: &DiffMemConfig) {
-    let act = ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()];
+    let act = Activation::ALL[c.activation as usize % Activation::ALL.len()];
     let moderate = vb.moderate()
         && c.param_scale.moderate()
         && c.cot_scale.moderate()
@@ -1271,7 +1258,7 @@ fn diff_mem_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &DiffMemConfig, moderate
     };
     let k = c.k as usize % 6;
     let channels = c.channels as usize % 5;
-    let act = ACTIVATIONS[c.activation as usize % ACTIVATIONS.len()];
+    let act = Activation::ALL[c.activation as usize % Activation::ALL.len()];
     let channels_opt = (c.channels % 2 == 1).then_some(channels);
     let variant = if c.pyg {
         DiffPoolVariant::Pyg

@@ -36,6 +36,27 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Every activation, in declaration order (for tests and fuzz targets
+    /// that run each one).
+    ///
+    /// ```
+    /// use graphpool::nn::Activation;
+    /// assert_eq!(Activation::ALL.len(), 10);
+    /// assert_eq!(Activation::ALL[0], Activation::default());
+    /// ```
+    pub const ALL: [Activation; 10] = [
+        Activation::Linear,
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Elu,
+        Activation::Selu,
+        Activation::Softplus,
+        Activation::Softsign,
+        Activation::Swish,
+        Activation::Exponential,
+    ];
+
     /// Parses a Keras activation name (`None`/`"linear"` is the identity).
     ///
     /// # Errors
