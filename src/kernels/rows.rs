@@ -367,6 +367,15 @@ pub fn softmax_rows_slice<T: Scalar>(x: &mut [T], k: usize) {
 }
 }
 
+/// `acc += row` entrywise (the fold of the segment sums' pieces, and the
+/// blocks of [`add_into`]).
+#[inline]
+pub(crate) fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
+    for (a, &v) in acc.iter_mut().zip(row) {
+        *a += v;
+    }
+}
+
 /// $a \mathrel{+}= b$ entrywise, in parallel over fixed blocks when both are
 /// in standard layout (else ndarray's serial `+=`): the same bits either
 /// way, one addition per entry. For the sums of $N \times K$ (or
@@ -389,7 +398,7 @@ pub fn add_into<T: Scalar, D: ndarray::Dimension>(
         (Some(x), Some(y)) => x
             .par_chunks_mut(BLOCK)
             .zip(y.par_chunks(BLOCK))
-            .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(x, &y)| *x += y)),
+            .for_each(|(x, y)| add_row(x, y)),
         _ => *a += b,
     }
 }

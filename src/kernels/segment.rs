@@ -70,13 +70,7 @@ fn sum_rows<T: Scalar>(_: usize, rows: &[T], acc: &mut [T]) {
     }
 }
 
-/// `acc += row` entrywise (the fold of the segment sums' pieces).
-#[inline]
-pub(crate) fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
-    for (a, &v) in acc.iter_mut().zip(row) {
-        *a += v;
-    }
-}
+pub(crate) use super::rows::add_row;
 
 /// VJP of [`segment_sum`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g$.
 pub fn segment_sum_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {
