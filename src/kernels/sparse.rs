@@ -50,6 +50,27 @@ impl<'a, T> RawCsr<'a, T> {
         self.indptr[rows.start] - self.base..self.indptr[rows.end] - self.base
     }
 
+    /// `out` (one value per stored entry, aligned with `data`) cut into the
+    /// pieces of consecutive blocks of [`ROW_BLOCK`] rows: each block's rows
+    /// and the slice of `out` that holds their entries (whose first element
+    /// is entry `rows_range(rows).start`), for a row-parallel pass that
+    /// writes every entry in place.
+    pub(crate) fn entry_blocks<'o, R>(
+        &self,
+        out: &'o mut [R],
+    ) -> Vec<(std::ops::Range<usize>, &'o mut [R])> {
+        let mut pieces = Vec::with_capacity(self.rows.div_ceil(ROW_BLOCK));
+        let mut rest = out;
+        for first in (0..self.rows).step_by(ROW_BLOCK) {
+            let rows = first..(first + ROW_BLOCK).min(self.rows);
+            let (head, tail) =
+                std::mem::take(&mut rest).split_at_mut(self.rows_range(rows.clone()).len());
+            pieces.push((rows, head));
+            rest = tail;
+        }
+        pieces
+    }
+
     /// Calls `f(r, c, e)` for every stored entry $(r, c)$ with
     /// `lo <= c < hi`, rows ascending (then columns), where `e` is the
     /// entry's position in `data`. A row whose first and last column both
@@ -1262,7 +1283,6 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
     segments: &Segments,
     edge_weights: bool,
 ) -> (Array1<T>, Option<Array1<T>>) {
-    let n = a.rows();
     let raw = RawCsr::new(&a);
     let (aidx, adata) = (a.indices(), a.data());
     let (u, v, gy) = (
@@ -1303,37 +1323,30 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
     let p: Vec<T> = v.par_iter().zip(u).map(|(&v, &u)| v * u).collect();
     let half = T::c(0.5);
     let mut out: Vec<T> = rows::fresh_vec(a.nnz());
-    let mut tasks = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
-    let mut rest = &mut out[..];
-    for blk in 0..n.div_ceil(ROW_BLOCK) {
-        let rows = blk * ROW_BLOCK..((blk + 1) * ROW_BLOCK).min(n);
-        let (head, tail) =
-            std::mem::take(&mut rest).split_at_mut(raw.rows_range(rows.clone()).len());
-        rest = tail;
-        tasks.push((rows, head));
-    }
-    tasks.into_par_iter().for_each(|(rows, dst)| {
-        let off = raw.rows_range(rows.clone()).start;
-        for r in rows {
-            let es = raw.range(r);
-            // the row part of dL/du_r, then dL/dd_r
-            let mut acc = T::zero();
-            if gy[r] != T::zero() {
-                for e in es.clone() {
-                    let c = aidx[e];
-                    acc += b_of(e, r, c) * p[c];
+    raw.entry_blocks(&mut out)
+        .into_par_iter()
+        .for_each(|(rows, dst)| {
+            let off = raw.rows_range(rows.clone()).start;
+            for r in rows {
+                let es = raw.range(r);
+                // the row part of dL/du_r, then dL/dd_r
+                let mut acc = T::zero();
+                if gy[r] != T::zero() {
+                    for e in es.clone() {
+                        let c = aidx[e];
+                        acc += b_of(e, r, c) * p[c];
+                    }
+                    if !has_diagonal(r) {
+                        acc += p[r];
+                    }
                 }
-                if !has_diagonal(r) {
-                    acc += p[r];
+                let gu = gy[r] * acc + v[r] * s[r][0];
+                let gd = -half * u[r] * u[r] * u[r] * gu;
+                for e in es {
+                    dst[e - off] = T::zero() + (q[r] * p[aidx[e]] + gd);
                 }
             }
-            let gu = gy[r] * acc + v[r] * s[r][0];
-            let gd = -half * u[r] * u[r] * u[r] * gu;
-            for e in es {
-                dst[e - off] = T::zero() + (q[r] * p[aidx[e]] + gd);
-            }
-        }
-    });
+        });
     (gv, Some(Array1::from(out)))
 }
 
@@ -1380,24 +1393,16 @@ where
     let raw = RawCsr::new(&m);
     let idx = m.indices();
     let mut out: Vec<R> = rows::fresh_vec(m.nnz());
-    // each block's slice of the output: its rows' entries
-    let mut parts = Vec::with_capacity(m.rows().div_ceil(ROW_BLOCK));
-    let mut rest = &mut out[..];
-    for first in (0..m.rows()).step_by(ROW_BLOCK) {
-        let rows = first..(first + ROW_BLOCK).min(m.rows());
-        let (head, tail) =
-            std::mem::take(&mut rest).split_at_mut(raw.rows_range(rows.clone()).len());
-        parts.push((rows, head));
-        rest = tail;
-    }
-    parts.into_par_iter().for_each(|(rows, part)| {
-        let base = raw.rows_range(rows.clone()).start;
-        for r in rows {
-            for e in raw.range(r) {
-                part[e - base] = f(r, e, idx[e]);
+    raw.entry_blocks(&mut out)
+        .into_par_iter()
+        .for_each(|(rows, part)| {
+            let base = raw.rows_range(rows.clone()).start;
+            for r in rows {
+                for e in raw.range(r) {
+                    part[e - base] = f(r, e, idx[e]);
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -1511,35 +1516,29 @@ pub fn cosine_at<T: Scalar>(
     let raw = RawCsr::new(&pattern);
     let idx = pattern.indices();
     let mut vals = rows::fresh_vec(pattern.nnz());
-    let mut pieces = Vec::with_capacity(pattern.rows().div_ceil(ROW_BLOCK));
-    let mut rest = &mut vals[..];
-    for r0 in (0..pattern.rows()).step_by(ROW_BLOCK) {
-        let r1 = (r0 + ROW_BLOCK).min(pattern.rows());
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(raw.rows_range(r0..r1).len());
-        pieces.push((r0..r1, head));
-        rest = tail;
-    }
-    pieces.into_par_iter().for_each(|(rows, out)| {
-        let mut ui = Array1::zeros(x.ncols());
-        let mut k = 0;
-        for i in rows {
-            let row_nnz = raw.range(i).len();
-            if nx[i] > T::zero() {
-                unit_row_into(x.row(i), nx[i], &mut ui);
-                for &j in &idx[raw.range(i)] {
-                    out[k] = if ny[j] > T::zero() {
-                        ui.dot(&uy.row(j))
-                    } else {
-                        T::zero()
-                    };
-                    k += 1;
+    raw.entry_blocks(&mut vals)
+        .into_par_iter()
+        .for_each(|(rows, out)| {
+            let mut ui = Array1::zeros(x.ncols());
+            let mut k = 0;
+            for i in rows {
+                let row_nnz = raw.range(i).len();
+                if nx[i] > T::zero() {
+                    unit_row_into(x.row(i), nx[i], &mut ui);
+                    for &j in &idx[raw.range(i)] {
+                        out[k] = if ny[j] > T::zero() {
+                            ui.dot(&uy.row(j))
+                        } else {
+                            T::zero()
+                        };
+                        k += 1;
+                    }
+                } else {
+                    out[k..k + row_nnz].fill(T::zero());
+                    k += row_nnz;
                 }
-            } else {
-                out[k..k + row_nnz].fill(T::zero());
-                k += row_nnz;
             }
-        }
-    });
+        });
     Array1::from(vals)
 }
 
