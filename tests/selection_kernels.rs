@@ -486,3 +486,70 @@ fn row_kernels_equal_plain_loops() {
     }
     assert_eq!(xtc, x.t().dot(&c.column(0)));
 }
+
+#[test]
+fn linear_score_selection_vjp_gives_the_bits_of_the_kernels_it_fuses() {
+    use graphpool::kernels::gather::{
+        gather_scaled_rows_vjp_scale, linear_score_selection_vjp, scatter_scaled_rows_plus_checked,
+        weighted_row_sum,
+    };
+    // f32 values that round (so a different order of operations would show),
+    // over three chunks of nodes, with score gradients of +0 and -0
+    let (n, f) = (10_000usize, 5usize);
+    let x = Array2::from_shape_fn((n, f), |(i, j)| {
+        ((i * 31 + j * 17) % 101) as f32 / 7.3 - 6.1
+    });
+    let kept: Vec<usize> = (0..n).filter(|i| i % 5 != 2 && i % 7 != 0).collect();
+    let k = kept.len();
+    let gate = Array1::from_shape_fn(k, |j| ((j * 13) % 29) as f32 / 11.0 - 1.2);
+    let w = Array1::from_shape_fn(f, |j| j as f32 / 3.0 - 0.7);
+    let score_grad = |j: usize, g: f32| match j % 11 {
+        0 => 0.0,
+        1 => -0.0 * g,
+        _ => g * (1.0 - gate[j] * gate[j]),
+    };
+    let composed = |grad: &Array2<f32>| {
+        let ggate = gather_scaled_rows_vjp_scale(x.view(), &kept, grad.view());
+        let mut gy = Array1::<f32>::zeros(n);
+        for (j, &node) in kept.iter().enumerate() {
+            gy[node] = score_grad(j, ggate[j]);
+        }
+        let (gx, bad) = scatter_scaled_rows_plus_checked(
+            n,
+            &kept,
+            gate.view(),
+            grad.view(),
+            gy.view().insert_axis(ndarray::Axis(1)),
+            w.view().insert_axis(ndarray::Axis(0)),
+        );
+        (gx, bad, weighted_row_sum(x.view(), gy.view()))
+    };
+    let fused = |grad: &Array2<f32>| {
+        linear_score_selection_vjp(
+            x.view(),
+            &kept,
+            gate.view(),
+            grad.view(),
+            w.view(),
+            score_grad,
+        )
+    };
+    let bits = |(gx, bad, gw): (Array2<f32>, Option<usize>, Array1<f32>)| {
+        let b = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        (b(gx.as_slice().unwrap()), bad, b(gw.as_slice().unwrap()))
+    };
+    let mut grad =
+        Array2::from_shape_fn((k, f), |(j, c)| ((j * 7 + c * 3) % 23) as f32 / 9.7 - 1.1);
+    let want = bits(with_threads(1, || composed(&grad)));
+    assert_eq!(want.1, None);
+    assert!(want.2.iter().any(|&b| b != 0));
+    for threads in [1, 2, 3] {
+        assert_eq!(bits(with_threads(threads, || fused(&grad))), want);
+    }
+    // an overflow in the third chunk is reported at the same flat index
+    grad[[k - 3, 1]] = f32::MAX;
+    grad[[k - 2, 4]] = f32::INFINITY;
+    let want = bits(composed(&grad));
+    assert!(want.1.is_some());
+    assert_eq!(bits(with_threads(2, || fused(&grad))), want);
+}

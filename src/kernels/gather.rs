@@ -265,6 +265,107 @@ pub fn scatter_scaled_rows_plus_checked<T: Scalar>(
     (out, first_bad)
 }
 
+/// The whole backward pass of a gated subset selection whose raw score is
+/// linear in $X$, $y = X w$, with the gate an entrywise function of the
+/// score, in one pass over the nodes: for kept node $n = \text{kept}_j$,
+/// $$\bar g_j = \langle \bar O_j, x_n \rangle, \qquad
+/// \bar y_n = \texttt{score\_grad}(j, \bar g_j),$$
+/// $$\bar X_n = \big(0 + g_j \bar O_j\big) + \bar y_n w^\top, \qquad
+/// \bar w = \sum_n \bar y_n x_n,$$
+/// and $\bar X_n = 0$, $\bar y_n = 0$ on the dropped nodes ($g$: the gates,
+/// $\bar O$: the gradient of the gathered rows, $K \times F$; $w$: an
+/// $F$-vector). Returns $\bar X$ ($N \times F$), the flat index of its first
+/// non-finite entry (scanned block by block as it is written), and
+/// $\bar w$.
+///
+/// It gives the bits of the kernels it fuses, on any thread count:
+/// [`gather_scaled_rows_vjp_scale`] for $\bar g$,
+/// [`scatter_scaled_rows_plus_checked`] with $C = \bar y$, $V = w^\top$ for
+/// $\bar X$, and [`weighted_row_sum`] for $\bar w$ (the same fixed chunks
+/// of [`CHUNK`] nodes, added in order). Composed, those read each kept row
+/// of $X$ twice and $\bar O$ twice, and keep $\bar g$ and an $N$-vector
+/// $\bar y$; here each kept row and each row of $\bar O$ is read once, and
+/// used again while it is in cache.
+///
+/// ```
+/// use graphpool::kernels::gather::linear_score_selection_vjp;
+/// use ndarray::array;
+/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// let (gate, grad, w) = (array![0.5], array![[1.0, -1.0]], array![1.0, 2.0]);
+/// // keep node 2; the score's gradient is twice the gate's
+/// let (gx, bad, gw) =
+///     linear_score_selection_vjp(x.view(), &[2], gate.view(), grad.view(), w.view(), |_, g| 2.0 * g);
+/// // g_bar = <(1, -1), (5, 6)> = -1, so y_bar = -2
+/// assert_eq!(gx, array![[0.0, 0.0], [0.0, 0.0], [0.5 - 2.0, -0.5 - 4.0]]);
+/// assert_eq!(bad, None);
+/// assert_eq!(gw, array![-10.0, -12.0]);
+/// ```
+pub fn linear_score_selection_vjp<T: Scalar>(
+    x: ArrayView2<T>,
+    kept: &[usize],
+    gate: ArrayView1<T>,
+    grad: ArrayView2<T>,
+    w: ArrayView1<T>,
+    score_grad: impl Fn(usize, T) -> T + Sync,
+) -> (Array2<T>, Option<usize>, Array1<T>) {
+    debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
+    debug_assert_eq!(gate.len(), kept.len());
+    debug_assert_eq!(grad.dim(), (kept.len(), x.ncols()));
+    debug_assert_eq!(w.len(), x.ncols());
+    let (n, f) = x.dim();
+    let mut out = super::rows::fresh_matrix(n, f);
+    if f == 0 {
+        return (out, None, Array1::zeros(0));
+    }
+    let (xs, gs) = (row_major(&x), row_major(&grad));
+    let ws = w.to_vec();
+    // one fixed chunk of CHUNK nodes: its rows of X-bar, its partial sum of
+    // w-bar (in node order, as weighted_row_sum) and its first bad entry
+    let chunk = |c: usize, block: &mut [T]| {
+        let lo = c * CHUNK;
+        let mut j = kept.partition_point(|&k| k < lo);
+        let mut acc = vec![T::zero(); f];
+        for (i, row) in block.chunks_exact_mut(f).enumerate() {
+            let node = lo + i;
+            if j < kept.len() && kept[j] == node {
+                super::rows::prefetch_row_ahead(&xs, f, kept, j);
+                let (d, xn) = (&gs[j * f..(j + 1) * f], &xs[node * f..(node + 1) * f]);
+                let gy = score_grad(j, aview1(d).dot(&aview1(xn)));
+                let g = gate[j];
+                for ((o, &dv), &wv) in row.iter_mut().zip(d).zip(&ws) {
+                    *o = (T::zero() + g * dv) + gy * wv;
+                }
+                // a zero weight only adds +-0 to a sum that starts at +0
+                if gy != T::zero() {
+                    for (a, &v) in acc.iter_mut().zip(xn) {
+                        *a += gy * v;
+                    }
+                }
+                j += 1;
+            } else {
+                row.fill(T::zero());
+            }
+        }
+        (acc, first_non_finite_in(block).map(|p| lo * f + p))
+    };
+    let parts: Vec<(Vec<T>, Option<usize>)> = out
+        .as_slice_mut()
+        .expect("standard layout")
+        .par_chunks_mut(CHUNK * f)
+        .enumerate()
+        .map(|(c, block)| chunk(c, block))
+        .collect();
+    let mut total = vec![T::zero(); f];
+    let mut first_bad = None;
+    for (p, bad) in parts {
+        for (t, v) in total.iter_mut().zip(p) {
+            *t += v;
+        }
+        first_bad = first_bad.or(bad);
+    }
+    (out, first_bad, Array1::from(total))
+}
+
 /// $X^\top c$ (an $F$-vector) for a per-node weight $c$: the parameter
 /// gradient of a linear score $y = X w$ given $\bar y = c$. Summed over
 /// fixed chunks of [`CHUNK`] rows in node order (rows with $c_n = 0$ are

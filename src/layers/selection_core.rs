@@ -13,7 +13,8 @@ use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::pooled::pooled_x_overflow;
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::gather::{
-    gather_gated_rows_checked, gather_scaled_rows_vjp_scale, scatter_scaled_rows_plus_checked,
+    gather_gated_rows_checked, gather_scaled_rows_vjp_scale, linear_score_selection_vjp,
+    scatter_scaled_rows_plus_checked, weighted_row_sum,
 };
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
 use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
@@ -153,6 +154,19 @@ pub(crate) struct CoreGrads<'a, T: Scalar> {
     /// The output gradient of the pooled features times the multiplier.
     gx_out: ndarray::CowArray<'a, T, ndarray::Ix2>,
     cache: &'a SelectionPoolCache<T>,
+}
+
+/// The gradients of a selection with a linear score
+/// ([`SelectionCore::backward_linear_score`]).
+pub(crate) struct LinearScoreGrads<T: Scalar> {
+    /// $\bar X$, written once.
+    pub(crate) x: Array2<T>,
+    /// The flat index of the first non-finite entry of `x`, if any.
+    pub(crate) first_bad: Option<usize>,
+    /// Through the induced adjacency (`None` with edge-weight gradients off).
+    pub(crate) edge_weights: Option<Array1<T>>,
+    /// $\bar w = X^\top \bar y$.
+    pub(crate) w: Array1<T>,
 }
 
 impl<T: Scalar> CoreGrads<'_, T> {
@@ -371,6 +385,83 @@ impl SelectionCore {
         Ok((pooled, cache))
     }
 
+    /// What every selection pool's backward pass starts with: the checks of
+    /// the cache and of `grad`, the pooled features' gradient times the
+    /// multiplier, and the gradient of the edge weights through the induced
+    /// adjacency (`None` with edge-weight gradients off).
+    #[allow(clippy::type_complexity)]
+    fn backward_shared<'a, T: Scalar>(
+        &self,
+        layer: &str,
+        stamp: LayerStamp,
+        batch: &DisjointBatch<T>,
+        cache: &'a SelectionPoolCache<T>,
+        grad: &'a PooledGrad<T>,
+    ) -> Result<(ndarray::CowArray<'a, T, ndarray::Ix2>, Option<Array1<T>>)> {
+        cache.stamp.check(stamp, layer)?;
+        cache.input.check(batch)?;
+        check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
+        let gx_out: ndarray::CowArray<'a, T, ndarray::Ix2> = if self.multiplier != 1.0 {
+            let m = T::c(self.multiplier);
+            grad.x.mapv(|v| v * m).into()
+        } else {
+            grad.x.view().into()
+        };
+        let edge_weights = batch.edge_weight_grad().then(|| {
+            scatter_values(
+                grad.edge_weights
+                    .as_slice()
+                    .expect("a one-dimensional array is contiguous"),
+                &cache.source,
+                batch.a().nnz(),
+            )
+        });
+        Ok((gx_out, edge_weights))
+    }
+
+    /// The whole backward pass of a selection whose raw score is linear in
+    /// $X$, $y = X w$ (TopKPool): $\bar X$ (with the flat index of its first
+    /// non-finite entry), the edge weights' gradient and $\bar w = X^\top
+    /// \bar y$. With a tanh or sigmoid gate every node's part is local, and
+    /// [`linear_score_selection_vjp`] does it in one pass over the nodes;
+    /// PyG's `min_score` softmax couples the nodes of a graph, so that rule
+    /// goes through [`SelectionCore::backward`], [`CoreGrads::grad_x`] and
+    /// [`weighted_row_sum`]. Both give the same bits as that composition.
+    pub(crate) fn backward_linear_score<T: Scalar>(
+        &self,
+        (layer, stamp): (&str, LayerStamp),
+        batch: &DisjointBatch<T>,
+        cache: &SelectionPoolCache<T>,
+        grad: &PooledGrad<T>,
+        w: ArrayView1<T>,
+    ) -> Result<LinearScoreGrads<T>> {
+        let x = batch.x().view();
+        if cache.softmax.is_some() {
+            let core = self.backward((layer, stamp), batch, cache, grad)?;
+            let (gx, first_bad) =
+                core.grad_x(core.y.view().insert_axis(Axis(1)), w.insert_axis(Axis(0)));
+            return Ok(LinearScoreGrads {
+                w: weighted_row_sum(x, core.y.view()),
+                x: gx,
+                first_bad,
+                edge_weights: core.edge_weights,
+            });
+        }
+        let (gx_out, edge_weights) = self.backward_shared(layer, stamp, batch, cache, grad)?;
+        let act = self.gating.activation();
+        let sub = &cache.subset;
+        let (gx, first_bad, gw) =
+            linear_score_selection_vjp(x, &sub.kept, sub.gate.view(), gx_out.view(), w, |j, g| {
+                g * act.derivative(cache.y_kept[j], sub.gate[j])
+            });
+        Ok(LinearScoreGrads {
+            x: gx,
+            first_bad,
+            edge_weights,
+            w: gw,
+        })
+    }
+
     /// The gradients of the core: through the gated features to $X$,
     /// through the induced adjacency to the edge weights, and through the
     /// gates to the raw scores (0 for dropped nodes: the choice itself is
@@ -382,26 +473,9 @@ impl SelectionCore {
         cache: &'a SelectionPoolCache<T>,
         grad: &'a PooledGrad<T>,
     ) -> Result<CoreGrads<'a, T>> {
-        cache.stamp.check(stamp, layer)?;
-        cache.input.check(batch)?;
-        check_pooled_grad(grad, &cache.x_shape, cache.nnz, &[])?;
-        let gx_out: ndarray::CowArray<'a, T, ndarray::Ix2> = if self.multiplier != 1.0 {
-            let m = T::c(self.multiplier);
-            grad.x.mapv(|v| v * m).into()
-        } else {
-            grad.x.view().into()
-        };
+        let (gx_out, edge_weights) = self.backward_shared(layer, stamp, batch, cache, grad)?;
         let kept = &cache.subset.kept;
         let ggate = gather_scaled_rows_vjp_scale(batch.x().view(), kept, gx_out.view());
-        let edge_weights = batch.edge_weight_grad().then(|| {
-            scatter_values(
-                grad.edge_weights
-                    .as_slice()
-                    .expect("a one-dimensional array is contiguous"),
-                &cache.source,
-                batch.a().nnz(),
-            )
-        });
         let n = batch.num_nodes();
         let mut gy = Array1::zeros(n);
         match &cache.softmax {

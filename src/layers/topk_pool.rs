@@ -9,7 +9,6 @@ use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{finite_gradients_given_x, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
-use crate::kernels::gather::weighted_row_sum;
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
@@ -156,15 +155,18 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         cache: &Self::Cache,
         grad: &PooledGrad<T>,
     ) -> Result<Gradients<T>> {
-        let core = self
-            .core
-            .backward(("TopKPool", self.stamp()), batch, cache, grad)?;
         let x = batch.x().view();
         let (p_hat, norm) = self.projection(x.ncols())?;
-        // the score path y = X p^: dX += dy p^T (fused into one write of dX)
-        // and dp^ = X^T dy (dy is 0 off the kept nodes)
-        let gx = core.grad_x(core.y.view().insert_axis(Axis(1)), p_hat.t());
-        let gp_hat = weighted_row_sum(x, core.y.view()).insert_axis(Axis(1));
+        // the score path y = X p^: dX += dy p^T (written with dX's direct
+        // path) and dp^ = X^T dy (dy is 0 off the kept nodes), in one pass
+        let core = self.core.backward_linear_score(
+            ("TopKPool", self.stamp()),
+            batch,
+            cache,
+            grad,
+            p_hat.column(0),
+        )?;
+        let gp_hat = core.w.insert_axis(Axis(1));
         // through p / max(|p|, eps): (I - p^ p^T) / |p| above the floor
         let gp = match norm {
             None => gp_hat,
@@ -184,11 +186,11 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
         finite_gradients_given_x(
             "TopKPool",
             Gradients {
-                x: gx.0,
+                x: core.x,
                 edge_weights: core.edge_weights,
                 params,
             },
-            gx.1,
+            core.first_bad,
         )
     }
 
