@@ -2,7 +2,6 @@
 
 use ndarray::{Array1, Array2, Array3, Dimension, Zip};
 use rand::Rng;
-use rayon::prelude::*;
 
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
@@ -283,47 +282,16 @@ pub(crate) struct InputSignature {
 }
 
 impl InputSignature {
-    /// The signature of `batch` ($O(N + \mathrm{nnz})$, no allocation beyond
-    /// the $B + 1$ offsets).
+    /// The signature of `batch`: $O(B)$, with the fingerprint of its
+    /// structure ([`DisjointBatch::structure_hash`], $O(N + \mathrm{nnz})$
+    /// once per batch).
     pub(crate) fn of<T: Scalar>(batch: &DisjointBatch<T>) -> Self {
-        let a = batch.a();
-        let ip = a.indptr();
-        let ip = ip.raw_storage();
-        let base = ip.first().copied().unwrap_or(0);
-        // a word-at-a-time multiplicative hash (FxHash's) of fixed blocks,
-        // in parallel, then of the blocks' hashes in order: cheap, and the
-        // same on any thread count. Within a block, four interleaved states
-        // (word i goes to state i mod 4, combined at the end): each state's
-        // chain of multiplications is a quarter as long, so the block is
-        // hashed at the speed of its reads rather than of one chain
-        const BLOCK: usize = 1 << 16;
-        const LANES: usize = 4;
-        let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        let block = |c: &[usize], sub: usize| -> u64 {
-            let mut lanes = [0u64; LANES];
-            let mut words = c.chunks_exact(LANES);
-            for w in &mut words {
-                for (h, &v) in lanes.iter_mut().zip(w) {
-                    *h = mix(*h, (v - sub) as u64);
-                }
-            }
-            let h = lanes.into_iter().fold(0, mix);
-            words
-                .remainder()
-                .iter()
-                .fold(h, |h, &v| mix(h, (v - sub) as u64))
-        };
-        let blocks = |words: &[usize], sub: usize| -> Vec<u64> {
-            words.par_chunks(BLOCK).map(|c| block(c, sub)).collect()
-        };
-        let (hp, hi) = rayon::join(|| blocks(ip, base), || blocks(a.indices(), 0));
-        let h = hp.into_iter().chain(hi).fold(0, mix);
         Self {
             nodes: batch.num_nodes(),
             features: batch.num_features(),
-            nnz: a.nnz(),
+            nnz: batch.a().nnz(),
             offsets: batch.segments().offsets().to_vec(),
-            structure: h,
+            structure: batch.structure_hash(),
             edge_weight_grad: batch.edge_weight_grad(),
         }
     }
