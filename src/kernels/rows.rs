@@ -552,7 +552,7 @@ pub fn fresh_copy<T: Scalar>(x: ArrayView2<T>) -> Array2<T> {
 /// use graphpool::kernels::rows::fresh_copy_slice;
 /// assert_eq!(fresh_copy_slice(&[1.0_f32, 2.0, 3.0]), vec![1.0, 2.0, 3.0]);
 /// ```
-pub fn fresh_copy_slice<T: Scalar>(x: &[T]) -> Vec<T> {
+pub fn fresh_copy_slice<T: Copy + Default + Send + Sync>(x: &[T]) -> Vec<T> {
     let mut out = fresh_vec(x.len());
     out.par_chunks_mut(1 << 16)
         .zip(x.par_chunks(1 << 16))

@@ -16,6 +16,7 @@ use crate::kernels::gather::{
     gather_gated_rows_checked, gather_scaled_rows_vjp_scale, linear_score_selection_vjp,
     scatter_scaled_rows_plus_checked, weighted_row_sum,
 };
+use crate::kernels::rows::{fresh_copy_slice, fresh_vec};
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
 use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
 use crate::kernels::sparse::{induced_matrix, scatter_values, Induced};
@@ -134,7 +135,8 @@ pub struct SelectionPoolCache<T: Scalar> {
     y_kept: Array1<T>,
     /// The per-graph softmax of the scores ([`KeepRule::MinScore`] only).
     softmax: Option<Array1<T>>,
-    /// The source entry in the input adjacency of every pooled edge.
+    /// The source entry in the input adjacency of every pooled edge (empty
+    /// when the batch does not ask for edge-weight gradients).
     source: Vec<usize>,
     x_shape: [usize; 2],
     nnz: usize,
@@ -332,9 +334,33 @@ impl SelectionCore {
         }
         let segments = subset.reduce_index(batch.segments());
         let (matrix, kept) = if cache {
-            let Induced { matrix, source } = subset.connect(batch.a().view());
-            let y_kept = Array1::from_iter(subset.kept.iter().map(|&n| y[n]));
-            (matrix, Some((subset.clone(), y_kept, softmax, source)))
+            // the sources of the pooled edges only serve the edge weights'
+            // gradient: with it off (checked again at the backward pass,
+            // InputSignature) they are not formed
+            let Induced { matrix, source } = if batch.edge_weight_grad() {
+                subset.connect(batch.a().view())
+            } else {
+                Induced {
+                    matrix: induced_matrix(batch.a().view(), &subset.kept),
+                    source: Vec::new(),
+                }
+            };
+            let mut y_kept = fresh_vec(subset.kept.len());
+            y_kept
+                .par_iter_mut()
+                .zip(&subset.kept)
+                .for_each(|(o, &n)| *o = y[n]);
+            let y_kept = Array1::from(y_kept);
+            let copy = Subset {
+                kept: fresh_copy_slice(&subset.kept),
+                gate: Array1::from(fresh_copy_slice(
+                    subset
+                        .gate
+                        .as_slice()
+                        .expect("a fresh vector is contiguous"),
+                )),
+            };
+            (matrix, Some((copy, y_kept, softmax, source)))
         } else {
             (induced_matrix(batch.a().view(), &subset.kept), None)
         };
@@ -376,7 +402,7 @@ impl SelectionCore {
             y_kept,
             softmax,
             x_shape: [x.nrows(), x.ncols()],
-            nnz: source.len(),
+            nnz: pooled.batch.a().nnz(),
             subset,
             source,
             input: InputSignature::of(batch),
