@@ -53,14 +53,16 @@ pub struct DisjointBatch<T: Scalar> {
     derived: Derived<T>,
 }
 
-/// [`DisjointBatch::symmetric_graphs`], [`DisjointBatch::gcn_filter`] and
-/// [`DisjointBatch::structure_hash`], each computed on first use and kept. Functions of `a` and the segments,
+/// [`DisjointBatch::symmetric_graphs`], [`DisjointBatch::gcn_filter`],
+/// [`DisjointBatch::gcn_deg_inv_sqrt`] and [`DisjointBatch::structure_hash`],
+/// each computed on first use and kept. Functions of `a` and the segments,
 /// so they take no part in equality; a batch derived with the same `a`
 /// shares them.
 #[derive(Debug, Clone)]
 struct Derived<T: Scalar> {
     symmetric: std::sync::OnceLock<Vec<bool>>,
     gcn: std::sync::OnceLock<Arc<GcnFilter<T>>>,
+    gcn_degrees: std::sync::OnceLock<Arc<ndarray::Array1<T>>>,
     structure: std::sync::OnceLock<u64>,
 }
 
@@ -69,6 +71,7 @@ impl<T: Scalar> Default for Derived<T> {
         Self {
             symmetric: std::sync::OnceLock::new(),
             gcn: std::sync::OnceLock::new(),
+            gcn_degrees: std::sync::OnceLock::new(),
             structure: std::sync::OnceLock::new(),
         }
     }
@@ -416,6 +419,31 @@ impl<T: Scalar> DisjointBatch<T> {
         self.derived
             .gcn
             .get_or_init(|| Arc::new(crate::kernels::sparse::gcn_filter(self.a.view())))
+    }
+
+    /// $\hat D^{-1/2}$ of $A + I$, one value per node
+    /// ([`crate::kernels::sparse::gcn_deg_inv_sqrt`]), computed on the first
+    /// call and kept with the batch ($N$ values): SAGPool's GCN score
+    /// ([`crate::kernels::sparse::gcn_spmv_with`]) then makes one pass over
+    /// the entries instead of two. Batches derived from this one keep it
+    /// when they keep `a` ([`DisjointBatch::with_x`], clones); new edge
+    /// weights ([`DisjointBatch::with_edge_weights`]) recompute it.
+    ///
+    /// ```
+    /// use graphpool::DisjointBatch;
+    /// use ndarray::array;
+    /// use sprs::TriMat;
+    /// let mut t = TriMat::new((2, 2));
+    /// t.add_triplet(0, 1, 3.0_f64);
+    /// let batch = DisjointBatch::single(array![[1.0], [2.0]], t.to_csr())?;
+    /// assert_eq!(batch.gcn_deg_inv_sqrt().to_vec(), vec![0.5, 1.0]);
+    /// assert!(std::sync::Arc::ptr_eq(batch.gcn_deg_inv_sqrt(), batch.gcn_deg_inv_sqrt()));
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    pub fn gcn_deg_inv_sqrt(&self) -> &Arc<ndarray::Array1<T>> {
+        self.derived
+            .gcn_degrees
+            .get_or_init(|| Arc::new(crate::kernels::sparse::gcn_deg_inv_sqrt(self.a.view())))
     }
 
     /// A fingerprint of the adjacency's sparsity structure (`indptr`,

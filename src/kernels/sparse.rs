@@ -1215,39 +1215,84 @@ pub struct GcnSpmv<T: Scalar> {
 /// $y = \hat A v = \hat D^{-1/2}(A + I)\hat D^{-1/2} v$ for a vector $v$
 /// (SAGPool's GCN score) straight from $A$, without storing $\hat A$ (whose
 /// structure, values and sources take 24 bytes per entry): the degrees of
-/// $A + I$ exactly as [`gcn_filter`] sums them, then
-/// $y_r = u_r \sum_c b_{rc}\,(u_c v_c)$ with $u = \hat D^{-1/2}$ and $b$
-/// the values of $A + I$ in column order: one gathered value per stored
-/// entry. (The same value as `spmm(gcn_filter(a).matrix, v)` up to
-/// rounding: the products are grouped differently.) Parallel over rows;
-/// the result does not depend on the thread count.
+/// $A + I$ ([`gcn_deg_inv_sqrt`]), then [`gcn_spmv_with`]. (The same value
+/// as `spmm(gcn_filter(a).matrix, v)` up to rounding: the products are
+/// grouped differently.) Parallel over rows; the result does not depend on
+/// the thread count.
 pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
-    let n = a.rows();
-    let raw = RawCsr::new(&a);
-    let u: Vec<T> = (0..n)
-        .into_par_iter()
-        .map(|r| {
-            // in column order from 0, as gcn_filter sums its rows (the
-            // diagonal term is never -0, so the sign of the start is moot)
-            let d = fold_with_loop(raw, r, T::zero(), |d, _, b| d + b);
-            if d > T::zero() {
-                T::one() / d.sqrt()
-            } else {
-                T::zero()
-            }
-        })
-        .collect();
-    let v = v.as_standard_layout();
-    let vs = v.as_slice().expect("standard layout");
-    let p: Vec<T> = u.par_iter().zip(vs).map(|(&u, &v)| u * v).collect();
-    let y: Vec<T> = (0..n)
-        .into_par_iter()
-        .map(|r| u[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p[c]))
-        .collect();
+    let u = gcn_deg_inv_sqrt(a);
     GcnSpmv {
-        y: Array1::from(y),
-        deg_inv_sqrt: Array1::from(u),
+        y: gcn_spmv_with(a, u.view(), v),
+        deg_inv_sqrt: u,
     }
+}
+
+/// $\hat D^{-1/2}$ of $A + I$, one value per node (0 where the degree is
+/// $\le 0$): each row of $A + I$ summed in column order from 0, exactly as
+/// [`gcn_filter`] sums it (the diagonal term is never $-0$, so the sign of
+/// the start is moot). Parallel over rows. A batch keeps it
+/// ([`crate::DisjointBatch::gcn_deg_inv_sqrt`]).
+///
+/// ```
+/// use graphpool::kernels::sparse::gcn_deg_inv_sqrt;
+/// use sprs::CsMat;
+/// // node 0 has an edge of weight 3 (degree 1 + 3), node 1 none (degree 1)
+/// let a = CsMat::new((2, 2), vec![0, 1, 1], vec![1], vec![3.0_f64]);
+/// assert_eq!(gcn_deg_inv_sqrt(a.view()).to_vec(), vec![0.5, 1.0]);
+/// ```
+pub fn gcn_deg_inv_sqrt<T: Scalar>(a: CsMatView<T>) -> Array1<T> {
+    let raw = RawCsr::new(&a);
+    let mut u: Vec<T> = rows::fresh_vec(a.rows());
+    u.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            for (i, o) in block.iter_mut().enumerate() {
+                let d = fold_with_loop(raw, b * ROW_BLOCK + i, T::zero(), |d, _, b| d + b);
+                *o = if d > T::zero() {
+                    T::one() / d.sqrt()
+                } else {
+                    T::zero()
+                };
+            }
+        });
+    Array1::from(u)
+}
+
+/// $y = \hat A v$ given $u = \hat D^{-1/2}$ ([`gcn_deg_inv_sqrt`]):
+/// $y_r = u_r \sum_c b_{rc}\,(u_c v_c)$ with $b$ the values of $A + I$ in
+/// column order, one gathered value per stored entry. Parallel over rows;
+/// the result does not depend on the thread count.
+///
+/// ```
+/// use graphpool::kernels::sparse::{gcn_deg_inv_sqrt, gcn_spmv, gcn_spmv_with};
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// // A + I = [[1, 3], [3, 1]]: degrees 4, u = 1/2
+/// let a = CsMat::new((2, 2), vec![0, 1, 2], vec![1, 0], vec![3.0_f64, 3.0]);
+/// let v = array![1.0, 3.0];
+/// let u = gcn_deg_inv_sqrt(a.view());
+/// assert_eq!(gcn_spmv_with(a.view(), u.view(), v.view()), gcn_spmv(a.view(), v.view()).y);
+/// // y_0 = (1 * 1 + 3 * 3) / 4, y_1 = (3 * 1 + 1 * 3) / 4
+/// assert_eq!(gcn_spmv_with(a.view(), u.view(), v.view()).to_vec(), vec![2.5, 1.5]);
+/// ```
+pub fn gcn_spmv_with<T: Scalar>(a: CsMatView<T>, u: ArrayView1<T>, v: ArrayView1<T>) -> Array1<T> {
+    let raw = RawCsr::new(&a);
+    let (u, v) = (u.as_standard_layout(), v.as_standard_layout());
+    let (us, vs) = (
+        u.as_slice().expect("standard layout"),
+        v.as_slice().expect("standard layout"),
+    );
+    let p: Vec<T> = us.par_iter().zip(vs).map(|(&u, &v)| u * v).collect();
+    let mut y: Vec<T> = rows::fresh_vec(a.rows());
+    y.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            for (i, o) in block.iter_mut().enumerate() {
+                let r = b * ROW_BLOCK + i;
+                *o = us[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p[c]);
+            }
+        });
+    Array1::from(y)
 }
 
 /// VJP of [`gcn_spmv`]: given $\bar y$, returns

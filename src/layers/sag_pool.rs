@@ -12,7 +12,7 @@ use crate::framework::layer::{finite_gradients_given_x, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::gather::weighted_row_sum;
 use crate::kernels::reduce_chunked;
-use crate::kernels::sparse::{gcn_spmv, gcn_spmv_vjp_opt, spmm, transpose};
+use crate::kernels::sparse::{gcn_spmv_vjp_opt, gcn_spmv_with, spmm, transpose};
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
@@ -101,8 +101,8 @@ pub struct SagPoolCache<T: Scalar> {
 
 #[derive(Debug, Clone)]
 enum ScorerCache<T: Scalar> {
-    /// $\hat D^{-1/2}$ and $X w$.
-    Gcn(Box<(Array1<T>, Array1<T>)>),
+    /// $\hat D^{-1/2}$ (the batch's, shared) and $X w$.
+    Gcn(Box<(std::sync::Arc<Array1<T>>, Array1<T>)>),
     GraphConv,
 }
 
@@ -205,8 +205,9 @@ impl<T: Scalar> SAGPool<T> {
             SagScorer::Gcn => {
                 let w = self.kernel(KERNEL, f)?;
                 let xw = matmul(x, w, None).remove_axis(Axis(1));
-                let gcn = gcn_spmv(batch.a().view(), xw.view());
-                Ok((gcn.y, ScorerCache::Gcn(Box::new((gcn.deg_inv_sqrt, xw)))))
+                let u = batch.gcn_deg_inv_sqrt();
+                let y = gcn_spmv_with(batch.a().view(), u.view(), xw.view());
+                Ok((y, ScorerCache::Gcn(Box::new((u.clone(), xw)))))
             }
             SagScorer::GraphConv => {
                 let w_rel = self.kernel(REL_KERNEL, f)?;
