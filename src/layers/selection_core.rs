@@ -19,7 +19,7 @@ use crate::kernels::gather::{
 use crate::kernels::rows::{fresh_copy_slice, fresh_vec};
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
 use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
-use crate::kernels::sparse::{induced_matrix, induced_subgraph, scatter_values, Induced};
+use crate::kernels::sparse::{induced_matrix, scatter_values, Induced};
 use crate::kernels::{map_nodes, ROW_BLOCK};
 use crate::nn::Activation;
 use crate::scalar::Scalar;
@@ -315,32 +315,14 @@ impl SelectionCore {
     )> {
         let (kept, softmax) = self.choose(y.view(), batch.segments())?;
         // the gather computes the gates as it goes, and checks what it
-        // writes: `x` is not scanned again below. The induced subgraph only
-        // needs the kept nodes, so it is built alongside: the gather waits on
-        // memory, the subgraph's membership tests on the core. Its sources
-        // only serve the edge weights' gradient: with that off (checked
-        // again at the backward pass, InputSignature) they are not formed.
+        // writes: `x` is not scanned again below
         let (values, act) = self.gate_of(y.view(), softmax.as_ref());
-        let a = batch.a().view();
-        let ((mut x, gate, bad), Induced { matrix, source }) = rayon::join(
-            || {
-                gather_gated_rows_checked(batch.x().view(), &kept, values, |g: &mut [T]| {
-                    if let Some(act) = act {
-                        act.apply_in_place(g);
-                    }
-                })
-            },
-            || {
-                if cache && batch.edge_weight_grad() {
-                    induced_subgraph(a, &kept)
-                } else {
-                    Induced {
-                        matrix: induced_matrix(a, &kept),
-                        source: Vec::new(),
-                    }
+        let (mut x, gate, bad) =
+            gather_gated_rows_checked(batch.x().view(), &kept, values, |g: &mut [T]| {
+                if let Some(act) = act {
+                    act.apply_in_place(g);
                 }
-            },
-        );
+            });
         let subset = Subset { kept, gate };
         if let Some(p) = bad {
             return Err(pooled_x_overflow(layer, &x, p));
@@ -351,12 +333,24 @@ impl SelectionCore {
             check_finite_2d(&x.view(), "pooled x (the multiplier overflows)")?;
         }
         let segments = subset.reduce_index(batch.segments());
-        let kept = cache.then(|| {
+        let (matrix, kept) = if cache {
+            // the sources of the pooled edges only serve the edge weights'
+            // gradient: with it off (checked again at the backward pass,
+            // InputSignature) they are not formed
+            let Induced { matrix, source } = if batch.edge_weight_grad() {
+                subset.connect(batch.a().view())
+            } else {
+                Induced {
+                    matrix: induced_matrix(batch.a().view(), &subset.kept),
+                    source: Vec::new(),
+                }
+            };
             let mut y_kept = fresh_vec(subset.kept.len());
             y_kept
                 .par_iter_mut()
                 .zip(&subset.kept)
                 .for_each(|(o, &n)| *o = y[n]);
+            let y_kept = Array1::from(y_kept);
             let copy = Subset {
                 kept: fresh_copy_slice(&subset.kept),
                 gate: Array1::from(fresh_copy_slice(
@@ -366,8 +360,10 @@ impl SelectionCore {
                         .expect("a fresh vector is contiguous"),
                 )),
             };
-            (copy, Array1::from(y_kept), softmax, source)
-        });
+            (matrix, Some((copy, y_kept, softmax, source)))
+        } else {
+            (induced_matrix(batch.a().view(), &subset.kept), None)
+        };
         let pooled = Pooled::checked_after_x(
             layer,
             x,
