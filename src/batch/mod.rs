@@ -459,8 +459,9 @@ impl<T: Scalar> DisjointBatch<T> {
     /// a block, word $i$ goes to state $i \bmod 4$ and the four states are
     /// combined at the end, so each chain of multiplications is a quarter
     /// as long and the block is hashed at the speed of its reads. On
-    /// `single-1e6` that is 88 MB of `usize`, a few milliseconds, which a
-    /// forward and backward pass used to pay once each.
+    /// `single-1e6` that still reads 88 MB of `usize` (a few milliseconds),
+    /// which is why it is kept rather than recomputed by every forward and
+    /// backward pass.
     ///
     /// ```
     /// use graphpool::DisjointBatch;

@@ -308,7 +308,7 @@ pub fn linear_score_selection_vjp<T: Scalar>(
     w: ArrayView1<T>,
     score_grad: impl Fn(usize, T) -> T + Sync,
 ) -> (Array2<T>, Option<usize>, Array1<T>) {
-    debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
+    debug_assert!(kept.windows(2).all(|pair| pair[0] < pair[1]));
     debug_assert_eq!(gate.len(), kept.len());
     debug_assert_eq!(grad.dim(), (kept.len(), x.ncols()));
     debug_assert_eq!(w.len(), x.ncols());
