@@ -6,8 +6,8 @@
 use ndarray::{aview1, Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
-use super::rows::{first_non_finite_in, row_major};
-use super::{CHUNK, ROW_BLOCK};
+use super::rows::{add_row, first_non_finite_in, row_major};
+use super::{reduce_chunked, reduce_chunked_rows, ROW_BLOCK};
 use crate::scalar::Scalar;
 
 /// The kept rows scaled by their gates: row $j$ of the result ($K \times F$)
@@ -282,7 +282,7 @@ pub fn scatter_scaled_rows_plus_checked<T: Scalar>(
 /// [`gather_scaled_rows_vjp_scale`] for $\bar g$,
 /// [`scatter_scaled_rows_plus_checked`] with $C = \bar y$, $V = w^\top$ for
 /// $\bar X$, and [`weighted_row_sum`] for $\bar w$ (the same fixed chunks
-/// of [`CHUNK`] nodes, added in order). Composed, those read each kept row
+/// of [`CHUNK`](super::CHUNK) nodes, added in order). Composed, those read each kept row
 /// of $X$ twice and $\bar O$ twice, and keep $\bar g$ and an $N$-vector
 /// $\bar y$; here each kept row and each row of $\bar O$ is read once, and
 /// used again while it is in cache.
@@ -319,10 +319,10 @@ pub fn linear_score_selection_vjp<T: Scalar>(
     }
     let (xs, gs) = (row_major(&x), row_major(&grad));
     let ws = w.to_vec();
-    // one fixed chunk of CHUNK nodes: its rows of X-bar, its partial sum of
-    // w-bar (in node order, as weighted_row_sum) and its first bad entry
-    let chunk = |c: usize, block: &mut [T]| {
-        let lo = c * CHUNK;
+    // one fixed chunk of CHUNK nodes from `lo`: its rows of X-bar, its
+    // partial sum of w-bar (in node order, as weighted_row_sum) and its
+    // first bad entry
+    let chunk = |lo: usize, block: &mut [T]| {
         let mut j = kept.partition_point(|&k| k < lo);
         let mut acc = vec![T::zero(); f];
         for (i, row) in block.chunks_exact_mut(f).enumerate() {
@@ -348,29 +348,26 @@ pub fn linear_score_selection_vjp<T: Scalar>(
         }
         (acc, first_non_finite_in(block).map(|p| lo * f + p))
     };
-    let parts: Vec<(Vec<T>, Option<usize>)> = out
-        .as_slice_mut()
-        .expect("standard layout")
-        .par_chunks_mut(CHUNK * f)
-        .enumerate()
-        .map(|(c, block)| chunk(c, block))
-        .collect();
-    let mut total = vec![T::zero(); f];
-    let mut first_bad = None;
-    for (p, bad) in parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-        first_bad = first_bad.or(bad);
-    }
+    let (total, first_bad) = reduce_chunked_rows(
+        &mut out,
+        |nodes, rows| {
+            let block = rows.into_slice().expect("rows of a standard-layout matrix");
+            chunk(nodes.start, block)
+        },
+        |(mut total, bad), (part, later)| {
+            add_row(&mut total, &part);
+            (total, bad.or(later))
+        },
+    );
     (out, first_bad, Array1::from(total))
 }
 
 /// $X^\top c$ (an $F$-vector) for a per-node weight $c$: the parameter
 /// gradient of a linear score $y = X w$ given $\bar y = c$. Summed over
-/// fixed chunks of [`CHUNK`] rows in node order (rows with $c_n = 0$ are
+/// fixed chunks of [`CHUNK`](super::CHUNK) rows in node order (rows with $c_n = 0$ are
 /// skipped: they would only add $\pm 0$ to a sum that starts at $+0$), the
-/// chunks' partial sums added in order: the same bits on any thread count.
+/// chunks' partial sums added in order ([`reduce_chunked`]): the same bits
+/// on any thread count.
 /// The rows read are prefetched, as in [`gather_gated_rows_checked`].
 ///
 /// ```
@@ -402,15 +399,8 @@ pub fn weighted_row_sum<T: Scalar>(x: ArrayView2<T>, c: ArrayView1<T>) -> Array1
         }
         acc
     };
-    let parts: Vec<Vec<T>> = (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .map(|b| partial(b * CHUNK..((b + 1) * CHUNK).min(n)))
-        .collect();
-    let mut total = vec![T::zero(); f];
-    for p in parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    Array1::from(total)
+    Array1::from(reduce_chunked(0..n, partial, |mut total, part| {
+        add_row(&mut total, &part);
+        total
+    }))
 }
