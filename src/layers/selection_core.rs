@@ -333,24 +333,24 @@ impl SelectionCore {
             check_finite_2d(&x.view(), "pooled x (the multiplier overflows)")?;
         }
         let segments = subset.reduce_index(batch.segments());
-        let (matrix, kept) = if cache {
-            // the sources of the pooled edges only serve the edge weights'
-            // gradient: with it off (checked again at the backward pass,
-            // InputSignature) they are not formed
-            let Induced { matrix, source } = if batch.edge_weight_grad() {
-                subset.connect(batch.a().view())
-            } else {
-                Induced {
-                    matrix: induced_matrix(batch.a().view(), &subset.kept),
-                    source: Vec::new(),
-                }
-            };
+        // the sources of the pooled edges only serve the edge weights'
+        // gradient: without a cache, or with that gradient off (checked
+        // again at the backward pass, InputSignature), they are not formed
+        let a = batch.a().view();
+        let Induced { matrix, source } = if cache && batch.edge_weight_grad() {
+            subset.connect(a)
+        } else {
+            Induced {
+                matrix: induced_matrix(a, &subset.kept),
+                source: Vec::new(),
+            }
+        };
+        let kept = cache.then(|| {
             let mut y_kept = fresh_vec(subset.kept.len());
             y_kept
                 .par_iter_mut()
                 .zip(&subset.kept)
                 .for_each(|(o, &n)| *o = y[n]);
-            let y_kept = Array1::from(y_kept);
             let copy = Subset {
                 kept: fresh_copy_slice(&subset.kept),
                 gate: Array1::from(fresh_copy_slice(
@@ -360,10 +360,8 @@ impl SelectionCore {
                         .expect("a fresh vector is contiguous"),
                 )),
             };
-            (matrix, Some((copy, y_kept, softmax, source)))
-        } else {
-            (induced_matrix(batch.a().view(), &subset.kept), None)
-        };
+            (copy, Array1::from(y_kept), softmax, source)
+        });
         let pooled = Pooled::checked_after_x(
             layer,
             x,
