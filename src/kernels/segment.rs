@@ -8,7 +8,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use rayon::prelude::*;
 
-use super::rows;
+use super::rows::{self, add_row};
 use super::{
     fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, reduce_chunked,
     reduce_segment_rows,
@@ -69,8 +69,6 @@ fn sum_rows<T: Scalar>(_: usize, rows: &[T], acc: &mut [T]) {
         add_row(acc, row);
     }
 }
-
-pub(crate) use super::rows::add_row;
 
 /// VJP of [`segment_sum`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g$.
 pub fn segment_sum_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> Array2<T> {

@@ -33,10 +33,11 @@ use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignatur
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
+use crate::kernels::rows::add_row;
 use crate::kernels::segment::{
-    add_row, blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_gram_vjp,
-    segment_kth_largest, segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp,
-    segment_sum, segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
+    blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_gram_vjp, segment_kth_largest,
+    segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
+    segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
     row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,

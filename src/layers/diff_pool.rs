@@ -15,10 +15,10 @@ use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignatur
 use crate::framework::{
     DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
 };
-use crate::kernels::rows::{dot, row_major};
+use crate::kernels::rows::{add_row, dot, row_major};
 use crate::kernels::segment::{
-    add_row, segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp,
-    segment_matmul_tn_vjp_in_place, segment_mean, segment_sum,
+    segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place,
+    segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{
     map_entries, sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
