@@ -770,6 +770,71 @@ fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
     }
 }
 
+/// The plain row-by-row softmax that `softmax_rows_slice` documents: the
+/// maximum folded from -inf, the exponentials added from 0, in column order.
+fn softmax_row_by_row<T: graphpool::Scalar>(x: &mut [T], k: usize) {
+    for row in x.chunks_exact_mut(k) {
+        let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        for v in row.iter_mut() {
+            *v = (*v - m).exp_vectorizable();
+        }
+        let total = row.iter().fold(T::zero(), |a, &v| a + v);
+        for v in row.iter_mut() {
+            *v /= total;
+        }
+    }
+}
+
+/// `softmax_rows_slice` gives the row-by-row bits whether a row goes
+/// through the across-the-rows blocks (16 rows, up to 64 columns) or the
+/// remainder, on rough values and on the special ones (NaN, infinities,
+/// signed zeros, huge and tied values), in `f32` and `f64`.
+#[test]
+fn softmax_rows_give_the_row_by_row_bits_in_blocks_and_remainders() {
+    use graphpool::kernels::rows::softmax_rows_slice;
+    let special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        -0.0,
+        0.0,
+        1e30,
+        -1e30,
+        88.0,
+        -150.0,
+        1.0,
+        1.0,
+    ];
+    for k in [1usize, 2, 3, 7, 16, 17, 33, 63, 64, 65, 70] {
+        for rows in [0usize, 1, 15, 16, 17, 31, 32, 40] {
+            let mut x = rough(rows * k, (k * 100 + rows) as u64);
+            // a sprinkling of special values, and whole rows of them
+            for (i, v) in x.iter_mut().enumerate() {
+                if i % 5 == 0 {
+                    *v = special[(i / 5) % special.len()];
+                }
+            }
+            if rows > 3 {
+                x[2 * k..3 * k].fill(f32::NEG_INFINITY);
+                x[3 * k..4 * k].fill(-0.0);
+            }
+            let xd: Vec<f64> = x.iter().map(|&v| v as f64 * 7.0).collect();
+            let (mut got, mut want) = (x.clone(), x);
+            softmax_rows_slice(&mut got, k);
+            softmax_row_by_row(&mut want, k);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "f32 k {k} rows {rows} entry {i}");
+            }
+            let (mut got, mut want) = (xd.clone(), xd);
+            softmax_rows_slice(&mut got, k);
+            softmax_row_by_row(&mut want, k);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), w.to_bits(), "f64 k {k} rows {rows} entry {i}");
+            }
+        }
+    }
+}
+
 /// `nn::dense_backward_streamed` (the gradient formed chunk by chunk) gives
 /// the bits of `matmul_acc` and `matmul_vjp_params` on the whole gradient,
 /// on every path of $\bar X = \bar Z W^\top$ (F wide: narrow for F <= 4,

@@ -338,9 +338,15 @@ where
 simd_levels! {
 /// Every `k`-long row of the row-major slice `x` replaced by its softmax,
 /// max-shifted: with $m = \max_j z_j$, $s_j = e^{z_j - m} / \sum_i e^{z_i - m}$,
-/// the exponentials by [`Scalar::exp_vectorizable`] and their sum added in
-/// order from 0. Compiled for each SIMD level (the exponentials
-/// vectorise); every level gives the same bits.
+/// the maximum folded from $-\infty$ and the exponentials (by
+/// [`Scalar::exp_vectorizable`]) added from 0, both in column order.
+/// Compiled for each SIMD level; every level, and every way of cutting `x`,
+/// gives the same bits.
+///
+/// Each row's maximum and sum are chains of dependent operations, so up to
+/// 64 columns the rows go [`SOFTMAX_LANES`] at a time, transposed into a
+/// scratch block, and every step runs across the rows (one vector lane per
+/// row, the same operations in the same order per row as row by row).
 ///
 /// ```
 /// use graphpool::kernels::rows::softmax_rows_slice;
@@ -353,7 +359,16 @@ pub fn softmax_rows_slice<T: Scalar>(x: &mut [T], k: usize) {
     if k == 0 {
         return;
     }
-    for row in x.chunks_exact_mut(k) {
+    let mut rest = x;
+    if k <= SOFTMAX_BLOCK_COLS {
+        let mut scratch = [[T::zero(); SOFTMAX_LANES]; SOFTMAX_BLOCK_COLS];
+        let mut blocks = rest.chunks_exact_mut(SOFTMAX_LANES * k);
+        for block in &mut blocks {
+            softmax_lanes(block, &mut scratch[..k]);
+        }
+        rest = blocks.into_remainder();
+    }
+    for row in rest.chunks_exact_mut(k) {
         let m = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
         // the exponentials in a loop of their own, so that it vectorises
         for v in row.iter_mut() {
@@ -365,6 +380,49 @@ pub fn softmax_rows_slice<T: Scalar>(x: &mut [T], k: usize) {
         }
     }
 }
+}
+
+/// Rows per block of [`softmax_rows_slice`]'s across-the-rows path: one
+/// AVX-512 vector of `f32`.
+pub const SOFTMAX_LANES: usize = 16;
+
+/// Up to how many columns [`softmax_rows_slice`] takes the across-the-rows
+/// path (its scratch block is `SOFTMAX_LANES` × this, on the stack).
+const SOFTMAX_BLOCK_COLS: usize = 64;
+
+/// The softmax of the [`SOFTMAX_LANES`] rows of `block` (`t.len()` columns),
+/// through the transposed scratch block `t`: column $j$ of every row in
+/// `t[j]`. Inlined into each SIMD level of [`softmax_rows_slice`].
+#[inline(always)]
+fn softmax_lanes<T: Scalar>(block: &mut [T], t: &mut [[T; SOFTMAX_LANES]]) {
+    let k = t.len();
+    for (r, row) in block.chunks_exact(k).enumerate() {
+        for (tj, &v) in t.iter_mut().zip(row) {
+            tj[r] = v;
+        }
+    }
+    let mut m = [T::neg_infinity(); SOFTMAX_LANES];
+    for tj in t.iter() {
+        for (mr, &v) in m.iter_mut().zip(tj) {
+            *mr = mr.max(v);
+        }
+    }
+    for tj in t.iter_mut() {
+        for (v, &mr) in tj.iter_mut().zip(&m) {
+            *v = (*v - mr).exp_vectorizable();
+        }
+    }
+    let mut total = [T::zero(); SOFTMAX_LANES];
+    for tj in t.iter() {
+        for (sum, &v) in total.iter_mut().zip(tj) {
+            *sum += v;
+        }
+    }
+    for (r, row) in block.chunks_exact_mut(k).enumerate() {
+        for (v, tj) in row.iter_mut().zip(t.iter()) {
+            *v = tj[r] / total[r];
+        }
+    }
 }
 
 /// `acc += row` entrywise (the fold of the segment sums' pieces, and the
