@@ -10,8 +10,11 @@ mod fuzz;
 
 use std::path::Path;
 
-use graphpool::PoolError;
-use ndarray::{Array1, Array2};
+use graphpool::framework::{Differentiable, Layer, PooledGrad};
+use graphpool::layers::{MinCutPool, MinCutVariant};
+use graphpool::nn::{rng_from_seed, Activation};
+use graphpool::{DisjointBatch, PoolError};
+use ndarray::{s, Array1, Array2};
 
 /// Replays every file of `dir/<target>/` through `<target>`; returns how many.
 fn replay(dir: &str) -> usize {
@@ -95,6 +98,83 @@ fn mincut_pyg_f32_gradient_agrees_with_f64_when_pooled_degrees_underflow() {
             assert!(
                 (g - w).abs() <= 1e-4 * scale,
                 "{what} gradient {i}: f32 {g:e}, f64 {w:e} (scale {scale:e})"
+            );
+        }
+    }
+}
+
+/// The gradient of `x` of `layer` on `b` with a random cotangent of the
+/// pooled outputs and 0 for the losses (a loss's per-graph gradient is its
+/// cotangent over the number of graphs, which a filler changes), and the
+/// same after a filler graph of `filler` nodes (zero features, no edges)
+/// is put before `b`'s graphs: the second's rows of `b`'s nodes.
+fn x_grad_alone_and_after_filler(
+    layer: &MinCutPool<f32>,
+    b: &DisjointBatch<f32>,
+    filler: usize,
+) -> (Array2<f32>, Array2<f32>) {
+    let (y, cache) = layer.forward(b).expect("forward");
+    let mut g = y.random_cotangent(&mut rng_from_seed(7));
+    g.losses.values_mut().for_each(|v| *v = 0.0);
+    let alone = layer.backward(b, &cache, &g).expect("backward").x;
+    let filler_graph = (
+        Array2::zeros((filler, b.num_features())),
+        sprs::CsMat::zero((filler, filler)),
+    );
+    let mut graphs = vec![filler_graph];
+    graphs.extend(b.split());
+    let padded = DisjointBatch::stack(&graphs).expect("a valid batch");
+    let (yp, cache_p) = layer.forward(&padded).expect("forward");
+    // the filler's pooled nodes and edges come first; their cotangent is 0
+    let (rows, edges) = (
+        yp.batch.num_nodes() - g.x.nrows(),
+        yp.batch.a().nnz() - g.edge_weights.len(),
+    );
+    let mut gx = Array2::zeros((rows + g.x.nrows(), g.x.ncols()));
+    gx.slice_mut(s![rows.., ..]).assign(&g.x);
+    let mut ge = Array1::zeros(edges + g.edge_weights.len());
+    ge.slice_mut(s![edges..]).assign(&g.edge_weights);
+    let gp = PooledGrad {
+        x: gx,
+        edge_weights: ge,
+        losses: g.losses.clone(),
+    };
+    let after = layer.backward(&padded, &cache_p, &gp).expect("backward").x;
+    let n = b.num_nodes();
+    (alone, after.slice(s![filler..filler + n, ..]).to_owned())
+}
+
+#[test]
+fn mincut_f32_gradient_of_a_graph_in_f64_keeps_its_bits_across_a_chunk_boundary() {
+    // on the finding's batch, a one-layer MinCutPool (PyG) whose scaled
+    // kernel saturates the assignment: a graph's block gradient leaves f32
+    // (|dx| reaches 1e14), so its softmax VJP runs in f64 on its own. The
+    // backward pass forms the logits' gradient in fixed chunks of CHUNK
+    // nodes (a one-layer MLP takes them as they come); the fillers put the
+    // chunk boundary after each of the finding's nodes in turn, or the
+    // finding inside the second chunk
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/clustering_pools/mincut-pyg-f32-intermediate-overflow");
+    let data = std::fs::read(path).expect("the finding's input");
+    let b = fuzz::mincut_pyg_f32_batch(&data).expect("the finding's batch");
+    let layer = fuzz::scaled(
+        MinCutPool::<f32>::new(b.num_features(), 2, &[], Activation::Linear, 4).unwrap(),
+        3.0,
+    )
+    .with_variant(MinCutVariant::Pyg);
+    let n = b.num_nodes();
+    let chunk = graphpool::kernels::CHUNK;
+    for filler in (chunk - n + 1..chunk).chain([0, 1, chunk + 3]) {
+        let (alone, after) = x_grad_alone_and_after_filler(&layer, &b, filler);
+        assert!(
+            alone.iter().any(|v| v.abs() > 1e10),
+            "the gradient no longer reaches the f64 path"
+        );
+        for (i, (a, w)) in alone.iter().zip(&after).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                w.to_bits(),
+                "filler {filler}, entry {i}: {a:e} vs {w:e}"
             );
         }
     }

@@ -974,19 +974,20 @@ fn run_clustering_pools(vb: &ValidBatch, c: &ClusteringConfig) {
     }
 }
 
-/// For the tests (not a target): MinCutPool's PyG variant exactly as
-/// `clustering_pools` builds and runs it in `f32` for `data` (batch,
-/// scaled parameters, cotangent), and the same function in `f64` (the
-/// `f32` batch, parameters and cotangent widened): the two gradients of
-/// `x` and of the edge weights, each as `f64`. `None` if `data` does not
-/// decode to such a run.
-#[allow(clippy::type_complexity)]
-pub fn mincut_pyg_f32_and_f64(
-    data: &[u8],
-) -> Option<(
-    Result<(Array2<f64>, Array1<f64>), PoolError>,
-    Result<(Array2<f64>, Array1<f64>), PoolError>,
-)> {
+/// MinCutPool's PyG variant in `f32` and its batch exactly as
+/// `clustering_pools` builds them for some input, with what built them.
+struct MinCutPygF32 {
+    layer: MinCutPool<f32>,
+    batch: DisjointBatch<f32>,
+    config: ClusteringConfig,
+    in_features: usize,
+    k: usize,
+    hidden: Vec<usize>,
+    activation: Activation,
+}
+
+/// [`MinCutPygF32`] for `data`, `None` if it does not decode to a run.
+fn mincut_pyg_f32(data: &[u8]) -> Option<MinCutPygF32> {
     let (vb, c) = decode::<(ValidBatch, ClusteringConfig)>(data)?;
     let b32 = to_f32(&vb.0);
     let (fin, width_ok) = in_features(b32.num_features(), c.width);
@@ -1001,6 +1002,45 @@ pub fn mincut_pyg_f32_and_f64(
         c.param_scale.0,
     )
     .with_variant(MinCutVariant::Pyg);
+    Some(MinCutPygF32 {
+        layer: l32,
+        batch: b32,
+        config: c,
+        in_features: fin,
+        k,
+        hidden,
+        activation: act,
+    })
+}
+
+/// For the tests (not a target): the `f32` batch that `clustering_pools`
+/// builds for `data`, `None` if `data` does not decode to a MinCutPool run.
+pub fn mincut_pyg_f32_batch(data: &[u8]) -> Option<DisjointBatch<f32>> {
+    mincut_pyg_f32(data).map(|run| run.batch)
+}
+
+/// For the tests (not a target): MinCutPool's PyG variant exactly as
+/// `clustering_pools` builds and runs it in `f32` for `data` (batch,
+/// scaled parameters, cotangent), and the same function in `f64` (the
+/// `f32` batch, parameters and cotangent widened): the two gradients of
+/// `x` and of the edge weights, each as `f64`. `None` if `data` does not
+/// decode to such a run.
+#[allow(clippy::type_complexity)]
+pub fn mincut_pyg_f32_and_f64(
+    data: &[u8],
+) -> Option<(
+    Result<(Array2<f64>, Array1<f64>), PoolError>,
+    Result<(Array2<f64>, Array1<f64>), PoolError>,
+)> {
+    let MinCutPygF32 {
+        layer: l32,
+        batch: b32,
+        config: c,
+        in_features: fin,
+        k,
+        hidden,
+        activation: act,
+    } = mincut_pyg_f32(data)?;
     let mut l64 = MinCutPool::<f64>::new(fin, k, &hidden, act, c.seed)
         .ok()?
         .with_variant(MinCutVariant::Pyg);

@@ -300,16 +300,34 @@ impl WideGraph {
         }
     }
 
-    /// Rewrites the graph's rows of the logits' gradient: the softmax VJP of
-    /// `gs` (its other terms) plus $\bar S$ from the connect step, in `f64`.
-    fn softmax_vjp_rows<T: Scalar>(&self, s: &Array2<T>, gs: &Array2<T>, g_logits: &mut Array2<T>) {
+    /// Rewrites the graph's rows among `rows` of the logits' gradient
+    /// `g_logits` (which holds rows `rows`): the softmax VJP of `gs` (the
+    /// other terms of $\bar S$, rows `rows`) plus $\bar S$ from the connect
+    /// step, in `f64`.
+    fn softmax_vjp_rows<T: Scalar>(
+        &self,
+        s: &Array2<T>,
+        rows: std::ops::Range<usize>,
+        gs: ndarray::ArrayView2<T>,
+        g_logits: &mut Array2<T>,
+    ) {
+        let (lo, hi) = (
+            self.nodes.start.max(rows.start),
+            self.nodes.end.min(rows.end),
+        );
+        if lo >= hi {
+            return;
+        }
         let wide = |v: &T| v.to_f64().unwrap_or(f64::NAN);
-        let rows = s![self.nodes.clone(), ..];
-        let gs = gs.slice(rows).map(wide) + &self.g_s;
-        let s = s.slice(rows).map(wide);
+        let local = s![lo - rows.start..hi - rows.start, ..];
+        let g_s = self
+            .g_s
+            .slice(s![lo - self.nodes.start..hi - self.nodes.start, ..]);
+        let gs = gs.slice(local).map(wide) + g_s;
+        let s = s.slice(s![lo..hi, ..]).map(wide);
         let out = softmax_rows_vjp(s.view(), gs.view());
         g_logits
-            .slice_mut(rows)
+            .slice_mut(local)
             .zip_mut_with(&out, |o, &v| *o = T::c(v));
     }
 }
@@ -972,20 +990,26 @@ impl<T: Scalar> DenseClustering<T> {
                 *edges += &row_sums_vjp(a, cot.degrees.view());
             }
         }
-        // select
-        let mut gs = cot.s;
-        rows::add_into(&mut gs, &gs_reduce);
-        rows::add_into(&mut gs, &gs_connect);
-        let mut g_logits = softmax_rows_vjp(s.view(), gs.view());
-        for w in &wide {
-            w.softmax_vjp_rows(s, &gs, &mut g_logits);
-        }
+        // select: S's gradient (the losses' terms, then the reduce's, then
+        // the connect's), its softmax VJP and the MLP's backward pass, formed
+        // chunk by chunk as the MLP's backward pass reads them
+        let g_logits = |r: std::ops::Range<usize>| {
+            let piece = s![r.clone(), ..];
+            let mut gs = cot.s.slice(piece).to_owned();
+            gs += &gs_reduce.slice(piece);
+            gs += &gs_connect.slice(piece);
+            let mut g = softmax_rows_vjp(s.slice(piece), gs.view());
+            for w in &wide {
+                w.softmax_vjp_rows(s, r.clone(), gs.view(), &mut g);
+            }
+            g
+        };
         let mut params = self.params.zeros_like();
-        self.mlp.backward_acc(
+        self.mlp.backward_streamed_acc(
             &self.params,
             batch.x().view(),
             &cache.mlp,
-            g_logits.view(),
+            g_logits,
             &mut params,
             &mut gx,
         )?;

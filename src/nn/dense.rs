@@ -402,6 +402,61 @@ impl Dense {
         let gpre = activated.as_ref().map_or(grad_out, |g| g.view());
         matmul_acc(gpre, w.t(), gx);
         let (gw, gb) = matmul_vjp_params(x, gpre);
+        self.accumulate_param_grads(grads, gw, gb)
+    }
+
+    /// [`Dense::backward_acc`] with the gradient of the **pre-activation**,
+    /// $\bar Z$, produced piece by piece by `grad_pre(rows)`
+    /// ([`dense_backward_streamed`]): adds $\bar X = \bar Z W^\top$ into
+    /// `gx` and $X^\top \bar Z$, $\sum_n \bar Z_n$ into `grads`, in one pass
+    /// over $X$, without the whole $N \times C$ gradient. For a linear layer
+    /// $\bar Z$ is the output's gradient, and the bits are
+    /// [`Dense::backward_acc`]'s.
+    ///
+    /// ```
+    /// use graphpool::nn::{rng_from_seed, Activation, Dense, Params};
+    /// use ndarray::{array, s};
+    ///
+    /// let layer = Dense::new("", true, Activation::Linear);
+    /// let mut params = Params::default();
+    /// layer.init_params(&mut params, 2, 3, &mut rng_from_seed(1));
+    /// let x = array![[1.0_f64, 2.0], [0.5, -1.0]];
+    /// let g = array![[1.0, 0.0, 2.0], [0.0, -1.0, 1.0]];
+    /// let cache = layer.forward(&params, x.view())?;
+    /// let (mut g1, mut g2) = (params.zeros_like(), params.zeros_like());
+    /// let (mut gx1, mut gx2) = (x.clone(), x.clone());
+    /// layer.backward_acc(&params, x.view(), &cache, g.view(), &mut g1, &mut gx1)?;
+    /// layer.backward_streamed_acc(&params, x.view(), |r| g.slice(s![r, ..]).to_owned(), &mut g2, &mut gx2)?;
+    /// assert_eq!((g1, gx1), (g2, gx2));
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Parameter look-up errors only.
+    pub fn backward_streamed_acc<T, G>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        grad_pre: G,
+        grads: &mut Params<T>,
+        gx: &mut Array2<T>,
+    ) -> Result<()>
+    where
+        T: Scalar,
+        G: Fn(Range<usize>) -> Array2<T> + Sync,
+    {
+        let w = params.matrix(&self.kernel_name())?;
+        let (gw, gb) = dense_backward_streamed(x, w.view(), grad_pre, gx);
+        self.accumulate_param_grads(grads, gw, gb)
+    }
+
+    /// Adds $\bar W$ (and $\bar b$ when the layer has a bias) into `grads`.
+    fn accumulate_param_grads<T: Scalar>(
+        &self,
+        grads: &mut Params<T>,
+        gw: Array2<T>,
+        gb: Array1<T>,
+    ) -> Result<()> {
         grads.accumulate_dim(&self.kernel_name(), gw.view())?;
         if self.use_bias {
             grads.accumulate_dim(&self.bias_name(), gb.view())?;

@@ -155,4 +155,56 @@ impl Mlp {
         let go = g.as_ref().map_or(grad_out, |g| g.view());
         self.layers[0].backward_acc(params, x, &cache.layers[0], go, grads, gx)
     }
+
+    /// [`Mlp::backward_acc`] with the output's gradient produced piece by
+    /// piece by `grad_out(rows)`, the same bits. Without hidden layers the
+    /// MLP is one linear layer, and its backward pass takes the pieces as
+    /// they come ([`Dense::backward_streamed_acc`]): one pass over $X$, and
+    /// the $N \times$ `out` gradient is never held whole. With hidden layers
+    /// the gradient is formed whole (`grad_out(0..N)`) for the chain.
+    ///
+    /// ```
+    /// use graphpool::nn::{rng_from_seed, Activation, Mlp, Params};
+    /// use ndarray::{array, s};
+    ///
+    /// for hidden in [vec![], vec![3]] {
+    ///     let mlp = Mlp::new(&hidden, Activation::Relu, 2, 2);
+    ///     let mut params = Params::default();
+    ///     mlp.init_params(&mut params, &mut rng_from_seed(0));
+    ///     let x = array![[1.0_f64, 2.0], [0.5, -1.0], [0.0, 3.0]];
+    ///     let g = array![[1.0, 0.0], [0.0, 1.0], [-2.0, 0.5]];
+    ///     let cache = mlp.forward(&params, x.view())?;
+    ///     let (mut g1, mut g2) = (params.zeros_like(), params.zeros_like());
+    ///     let (mut gx1, mut gx2) = (x.clone(), x.clone());
+    ///     mlp.backward_acc(&params, x.view(), &cache, g.view(), &mut g1, &mut gx1)?;
+    ///     let pieces = |r| g.slice(s![r, ..]).to_owned();
+    ///     mlp.backward_streamed_acc(&params, x.view(), &cache, pieces, &mut g2, &mut gx2)?;
+    ///     assert_eq!((g1, gx1), (g2, gx2));
+    /// }
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Parameter look-up errors only.
+    pub fn backward_streamed_acc<T, G>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        cache: &MlpCache<T>,
+        grad_out: G,
+        grads: &mut Params<T>,
+        gx: &mut Array2<T>,
+    ) -> Result<()>
+    where
+        T: Scalar,
+        G: Fn(std::ops::Range<usize>) -> Array2<T> + Sync,
+    {
+        if let [layer] = &self.layers[..] {
+            // the output layer is linear: its output's gradient is its
+            // pre-activation's
+            return layer.backward_streamed_acc(params, x, grad_out, grads, gx);
+        }
+        let g = grad_out(0..x.nrows());
+        self.backward_acc(params, x, cache, g.view(), grads, gx)
+    }
 }
