@@ -275,7 +275,8 @@ pub fn scatter_scaled_rows_plus_checked<T: Scalar>(
 /// and $\bar X_n = 0$, $\bar y_n = 0$ on the dropped nodes ($g$: the gates,
 /// $\bar O$: the gradient of the gathered rows, $K \times F$; $w$: an
 /// $F$-vector). Returns $\bar X$ ($N \times F$), the flat index of its first
-/// non-finite entry (scanned block by block as it is written), and
+/// non-finite entry (each kept row scanned as it is written; the dropped
+/// rows are the zeros of the fresh matrix, never written or read), and
 /// $\bar w$.
 ///
 /// It gives the bits of the kernels it fuses, on any thread count:
@@ -319,34 +320,39 @@ pub fn linear_score_selection_vjp<T: Scalar>(
     }
     let (xs, gs) = (row_major(&x), row_major(&grad));
     let ws = w.to_vec();
-    // one fixed chunk of CHUNK nodes from `lo`: its rows of X-bar, its
-    // partial sum of w-bar (in node order, as weighted_row_sum) and its
-    // first bad entry
+    // one fixed chunk of CHUNK nodes from `lo`: its kept rows of X-bar
+    // (a dropped node's row keeps the fresh matrix's zeros: no write, and
+    // no read that would map a page before it is written), its partial
+    // sum of w-bar (in node order, as weighted_row_sum) and its first bad
+    // entry
     let chunk = |lo: usize, block: &mut [T]| {
-        let mut j = kept.partition_point(|&k| k < lo);
+        let hi = lo + block.len() / f;
+        let (first, last) = (
+            kept.partition_point(|&k| k < lo),
+            kept.partition_point(|&k| k < hi),
+        );
         let mut acc = vec![T::zero(); f];
-        for (i, row) in block.chunks_exact_mut(f).enumerate() {
-            let node = lo + i;
-            if j < kept.len() && kept[j] == node {
-                super::rows::prefetch_row_ahead(&xs, f, kept, j);
-                let (d, xn) = (&gs[j * f..(j + 1) * f], &xs[node * f..(node + 1) * f]);
-                let gy = score_grad(j, aview1(d).dot(&aview1(xn)));
-                let g = gate[j];
-                for ((o, &dv), &wv) in row.iter_mut().zip(d).zip(&ws) {
-                    *o = (T::zero() + g * dv) + gy * wv;
+        let mut bad = None;
+        for (j, &node) in kept.iter().enumerate().take(last).skip(first) {
+            super::rows::prefetch_row_ahead(&xs, f, kept, j);
+            let row = &mut block[(node - lo) * f..(node - lo + 1) * f];
+            let (d, xn) = (&gs[j * f..(j + 1) * f], &xs[node * f..(node + 1) * f]);
+            let gy = score_grad(j, aview1(d).dot(&aview1(xn)));
+            let g = gate[j];
+            for ((o, &dv), &wv) in row.iter_mut().zip(d).zip(&ws) {
+                *o = (T::zero() + g * dv) + gy * wv;
+            }
+            if bad.is_none() {
+                bad = first_non_finite_in(row).map(|p| node * f + p);
+            }
+            // a zero weight only adds +-0 to a sum that starts at +0
+            if gy != T::zero() {
+                for (a, &v) in acc.iter_mut().zip(xn) {
+                    *a += gy * v;
                 }
-                // a zero weight only adds +-0 to a sum that starts at +0
-                if gy != T::zero() {
-                    for (a, &v) in acc.iter_mut().zip(xn) {
-                        *a += gy * v;
-                    }
-                }
-                j += 1;
-            } else {
-                row.fill(T::zero());
             }
         }
-        (acc, first_non_finite_in(block).map(|p| lo * f + p))
+        (acc, bad)
     };
     let (total, first_bad) = reduce_chunked_rows(
         &mut out,
