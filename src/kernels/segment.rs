@@ -434,9 +434,11 @@ pub fn segment_gram_vjp<T: Scalar>(
             .par_chunks_mut(k * k)
             .zip(gs.par_chunks(k * k))
             .for_each(|(out, g)| {
-                for (ij, o) in out.iter_mut().enumerate() {
-                    let (i, j) = (ij / k, ij % k);
-                    *o = g[ij] + g[j * k + i];
+                for (i, (orow, grow)) in out.chunks_exact_mut(k).zip(g.chunks_exact(k)).enumerate()
+                {
+                    for (j, (o, &v)) in orow.iter_mut().zip(grow).enumerate() {
+                        *o = v + g[j * k + i];
+                    }
                 }
             });
     }
@@ -847,14 +849,16 @@ pub fn normalize_blocks_vjp<T: Scalar>(
                     }
                 })
                 .collect();
-            for (ij, v) in block.iter_mut().enumerate() {
-                let (i, j) = (ij / k, ij % k);
-                let through_norm = if i != j {
-                    wide(go[ij]) / (wide(den[i]) * wide(den[j])) + gd[i]
-                } else {
-                    0.0
-                };
-                *v = through_norm + wide(direct[ij]);
+            for (i, row) in block.chunks_exact_mut(k).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let ij = i * k + j;
+                    let through_norm = if i != j {
+                        wide(go[ij]) / (wide(den[i]) * wide(den[j])) + gd[i]
+                    } else {
+                        0.0
+                    };
+                    *v = through_norm + wide(direct[ij]);
+                }
             }
         });
     gc

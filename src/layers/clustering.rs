@@ -749,9 +749,13 @@ impl<T: Scalar> DenseClustering<T> {
                             }
                             // G = lg Q / L, P̄ = G/n - P <P, G> / n^3 (the
                             // inner product summed in row-major order)
-                            for (ij, (o, &v)) in out.iter_mut().zip(p).enumerate() {
-                                let e = if ij / k == ij % k { inv_sqrt_k } else { zero };
-                                *o = lg * (v / n - e) / l;
+                            for (i, (orow, prow)) in
+                                out.chunks_exact_mut(k).zip(p.chunks_exact(k)).enumerate()
+                            {
+                                for (j, (o, &v)) in orow.iter_mut().zip(prow).enumerate() {
+                                    let e = if i == j { inv_sqrt_k } else { zero };
+                                    *o = lg * (v / n - e) / l;
+                                }
                             }
                             let pg = p.iter().zip(out.iter()).fold(zero, |a, (&x, &y)| a + x * y);
                             for (o, &x) in out.iter_mut().zip(p) {
