@@ -341,7 +341,8 @@ simd_levels! {
 /// the maximum folded from $-\infty$ and the exponentials (by
 /// [`Scalar::exp_vectorizable`]) added from 0, both in column order.
 /// Compiled for each SIMD level; every level, and every way of cutting `x`,
-/// gives the same bits.
+/// gives the same bits (a NaN result is NaN; Rust does not fix its sign
+/// and payload).
 ///
 /// Each row's maximum and sum are chains of dependent operations, so up to
 /// 64 columns the rows go [`SOFTMAX_LANES`] at a time, transposed into a
