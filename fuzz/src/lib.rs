@@ -977,13 +977,17 @@ fn run_clustering_pools(vb: &ValidBatch, c: &ClusteringConfig) {
 /// MinCutPool's PyG variant in `f32` and its batch exactly as
 /// `clustering_pools` builds them for some input, with what built them.
 struct MinCutPygF32 {
-    layer: MinCutPool<f32>,
-    batch: DisjointBatch<f32>,
-    config: ClusteringConfig,
-    in_features: usize,
+    /// The layer.
+    l32: MinCutPool<f32>,
+    /// The batch.
+    b32: DisjointBatch<f32>,
+    /// The decoded configuration.
+    c: ClusteringConfig,
+    /// The layer's input width, `K`, hidden sizes and activation.
+    fin: usize,
     k: usize,
     hidden: Vec<usize>,
-    activation: Activation,
+    act: Activation,
 }
 
 /// [`MinCutPygF32`] for `data`, `None` if it does not decode to a run.
@@ -1003,20 +1007,20 @@ fn mincut_pyg_f32(data: &[u8]) -> Option<MinCutPygF32> {
     )
     .with_variant(MinCutVariant::Pyg);
     Some(MinCutPygF32 {
-        layer: l32,
-        batch: b32,
-        config: c,
-        in_features: fin,
+        l32,
+        b32,
+        c,
+        fin,
         k,
         hidden,
-        activation: act,
+        act,
     })
 }
 
 /// For the tests (not a target): the `f32` batch that `clustering_pools`
 /// builds for `data`, `None` if `data` does not decode to a MinCutPool run.
 pub fn mincut_pyg_f32_batch(data: &[u8]) -> Option<DisjointBatch<f32>> {
-    mincut_pyg_f32(data).map(|run| run.batch)
+    mincut_pyg_f32(data).map(|run| run.b32)
 }
 
 /// For the tests (not a target): MinCutPool's PyG variant exactly as
@@ -1033,13 +1037,13 @@ pub fn mincut_pyg_f32_and_f64(
     Result<(Array2<f64>, Array1<f64>), PoolError>,
 )> {
     let MinCutPygF32 {
-        layer: l32,
-        batch: b32,
-        config: c,
-        in_features: fin,
+        l32,
+        b32,
+        c,
+        fin,
         k,
         hidden,
-        activation: act,
+        act,
     } = mincut_pyg_f32(data)?;
     let mut l64 = MinCutPool::<f64>::new(fin, k, &hidden, act, c.seed)
         .ok()?
