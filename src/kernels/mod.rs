@@ -174,6 +174,31 @@ where
     it.fold(first, fold)
 }
 
+/// `f(r)` for every row `r` in `0..n`, in parallel over fixed blocks of
+/// [`ROW_BLOCK`] rows, written in place into a fresh vector: for a kernel
+/// that makes one value per row (a row sum, a degree), each computed on its
+/// own, so the result does not depend on the thread count.
+///
+/// ```
+/// use graphpool::kernels::map_rows;
+/// assert_eq!(map_rows(3000, |r| r * 2)[2999], 5998);
+/// ```
+pub fn map_rows<R, F>(n: usize, f: F) -> Vec<R>
+where
+    R: Copy + Default + Send + Sync,
+    F: Fn(usize) -> R + Sync,
+{
+    let mut out: Vec<R> = rows::fresh_vec(n);
+    out.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            for (i, o) in block.iter_mut().enumerate() {
+                *o = f(b * ROW_BLOCK + i);
+            }
+        });
+    out
+}
+
 /// Calls `f(graph, node)` for every node, in parallel over fixed blocks of
 /// [`ROW_BLOCK`] nodes; `f` returns the value (a plain `Copy` value: a
 /// float, a flag) stored for that node, written in place.

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use sprs::{CsMat, CsMatView};
 
 use super::segment::segment_column_sums;
-use super::{rows, ROW_BLOCK};
+use super::{map_rows, rows, ROW_BLOCK};
 use crate::batch::Segments;
 use crate::error::PoolError;
 use crate::scalar::Scalar;
@@ -1242,20 +1242,14 @@ pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
 /// ```
 pub fn gcn_deg_inv_sqrt<T: Scalar>(a: CsMatView<T>) -> Array1<T> {
     let raw = RawCsr::new(&a);
-    let mut u: Vec<T> = rows::fresh_vec(a.rows());
-    u.par_chunks_mut(ROW_BLOCK)
-        .enumerate()
-        .for_each(|(b, block)| {
-            for (i, o) in block.iter_mut().enumerate() {
-                let d = fold_with_loop(raw, b * ROW_BLOCK + i, T::zero(), |d, _, b| d + b);
-                *o = if d > T::zero() {
-                    T::one() / d.sqrt()
-                } else {
-                    T::zero()
-                };
-            }
-        });
-    Array1::from(u)
+    Array1::from(map_rows(a.rows(), |r| {
+        let d = fold_with_loop(raw, r, T::zero(), |d, _, b| d + b);
+        if d > T::zero() {
+            T::one() / d.sqrt()
+        } else {
+            T::zero()
+        }
+    }))
 }
 
 /// $y = \hat A v$ given $u = \hat D^{-1/2}$ ([`gcn_deg_inv_sqrt`]):
@@ -1283,16 +1277,9 @@ pub fn gcn_spmv_with<T: Scalar>(a: CsMatView<T>, u: ArrayView1<T>, v: ArrayView1
         v.as_slice().expect("standard layout"),
     );
     let p: Vec<T> = us.par_iter().zip(vs).map(|(&u, &v)| u * v).collect();
-    let mut y: Vec<T> = rows::fresh_vec(a.rows());
-    y.par_chunks_mut(ROW_BLOCK)
-        .enumerate()
-        .for_each(|(b, block)| {
-            for (i, o) in block.iter_mut().enumerate() {
-                let r = b * ROW_BLOCK + i;
-                *o = us[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p[c]);
-            }
-        });
-    Array1::from(y)
+    Array1::from(map_rows(a.rows(), |r| {
+        us[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p[c])
+    }))
 }
 
 /// VJP of [`gcn_spmv`]: given $\bar y$, returns
@@ -1724,16 +1711,9 @@ fn cosine_at_vjp_into<T: Scalar>(
 /// ```
 pub fn row_sums<T: Scalar>(a: CsMatView<T>) -> Array1<T> {
     let raw = RawCsr::new(&a);
-    let mut out: Vec<T> = rows::fresh_vec(raw.rows);
-    out.par_chunks_mut(ROW_BLOCK)
-        .enumerate()
-        .for_each(|(b, block)| {
-            for (i, d) in block.iter_mut().enumerate() {
-                let (_, w) = raw.row(b * ROW_BLOCK + i);
-                *d = w.iter().fold(T::zero(), |t, &v| t + v);
-            }
-        });
-    Array1::from(out)
+    Array1::from(map_rows(raw.rows, |r| {
+        raw.row(r).1.iter().fold(T::zero(), |t, &v| t + v)
+    }))
 }
 
 /// VJP of [`row_sums`] with respect to the stored values: $\bar a_{ij} =
