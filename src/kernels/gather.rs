@@ -320,16 +320,16 @@ pub fn linear_score_selection_vjp<T: Scalar>(
     }
     let (xs, gs) = (row_major(&x), row_major(&grad));
     let ws = w.to_vec();
-    // one fixed chunk of CHUNK nodes from `lo`: its kept rows of X-bar
-    // (a dropped node's row keeps the fresh matrix's zeros: no write, and
-    // no read that would map a page before it is written), its partial
-    // sum of w-bar (in node order, as weighted_row_sum) and its first bad
-    // entry
-    let chunk = |lo: usize, block: &mut [T]| {
-        let hi = lo + block.len() / f;
+    // one fixed chunk of CHUNK nodes (`block` holds their rows): its kept
+    // rows of X-bar (a dropped node's row keeps the fresh matrix's zeros:
+    // no write, and no read that would map a page before it is written),
+    // its partial sum of w-bar (in node order, as weighted_row_sum) and its
+    // first bad entry
+    let chunk = |nodes: std::ops::Range<usize>, block: &mut [T]| {
+        let lo = nodes.start;
         let (first, last) = (
             kept.partition_point(|&k| k < lo),
-            kept.partition_point(|&k| k < hi),
+            kept.partition_point(|&k| k < nodes.end),
         );
         let mut acc = vec![T::zero(); f];
         let mut bad = None;
@@ -358,7 +358,7 @@ pub fn linear_score_selection_vjp<T: Scalar>(
         &mut out,
         |nodes, rows| {
             let block = rows.into_slice().expect("rows of a standard-layout matrix");
-            chunk(nodes.start, block)
+            chunk(nodes, block)
         },
         |(mut total, bad), (part, later)| {
             add_row(&mut total, &part);
