@@ -795,7 +795,6 @@ fn softmax_row_by_row<T: graphpool::Scalar>(x: &mut [T], k: usize) {
 /// NaN), and they differ between debug and release builds.
 #[test]
 fn softmax_rows_give_the_row_by_row_bits_in_blocks_and_remainders() {
-    use graphpool::kernels::rows::softmax_rows_slice;
     let special = [
         f32::NAN,
         f32::INFINITY,
@@ -823,25 +822,25 @@ fn softmax_rows_give_the_row_by_row_bits_in_blocks_and_remainders() {
                 x[3 * k..4 * k].fill(-0.0);
             }
             let xd: Vec<f64> = x.iter().map(|&v| v as f64 * 7.0).collect();
-            let (mut got, mut want) = (x.clone(), x);
-            softmax_rows_slice(&mut got, k);
-            softmax_row_by_row(&mut want, k);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                    "f32 k {k} rows {rows} entry {i}: {g:e} vs {w:e}"
-                );
-            }
-            let (mut got, mut want) = (xd.clone(), xd);
-            softmax_rows_slice(&mut got, k);
-            softmax_row_by_row(&mut want, k);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
-                    "f64 k {k} rows {rows} entry {i}: {g:e} vs {w:e}"
-                );
-            }
+            assert_softmax_gives_the_row_by_row_bits(x, k, &format!("f32 k {k} rows {rows}"));
+            assert_softmax_gives_the_row_by_row_bits(xd, k, &format!("f64 k {k} rows {rows}"));
         }
+    }
+}
+
+/// `softmax_rows_slice` of `x` (rows of `k`) against
+/// [`softmax_row_by_row`]: every entry's bits, or NaN for NaN (compared
+/// through `f64`, which holds every `f32` exactly and apart).
+fn assert_softmax_gives_the_row_by_row_bits<T: graphpool::Scalar>(x: Vec<T>, k: usize, what: &str) {
+    let (mut got, mut want) = (x.clone(), x);
+    graphpool::kernels::rows::softmax_rows_slice(&mut got, k);
+    softmax_row_by_row(&mut want, k);
+    let bits = |v: T| v.to_f64().map(f64::to_bits);
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            bits(g) == bits(w) || (g.is_nan() && w.is_nan()),
+            "{what} entry {i}: {g:?} vs {w:?}"
+        );
     }
 }
 
