@@ -181,6 +181,47 @@ proptest! {
     }
 
     #[test]
+    fn pooling_run_by_run_gives_the_whole_batch_outputs_and_gradients_on_any_thread_count(
+        b in batches(BatchShape { graphs: 1..=8, ..shape() }),
+        budget in 7usize..=20,
+        edge_grad in any::<bool>(),
+    ) {
+        let b = b.with_edge_weight_grad(edge_grad);
+        let f = b.num_features();
+
+        macro_rules! check {
+            ($name:literal, $l:expr) => {{
+                let by_runs = $l.with_run_nodes(budget);
+                let whole = $l.with_run_nodes(0);
+                let (y, g) = with_threads(1, || forward_backward(&by_runs, &b));
+                let (yw, gw) = forward_backward(&whole, &b);
+                // every output and the gradients of X and of the edge
+                // weights depend on their own graph alone: the same bits
+                prop_assert_eq!(&y, &yw, "{} outputs", $name);
+                prop_assert_eq!(&g.x, &gw.x, "{} gradient of x", $name);
+                prop_assert_eq!(&g.edge_weights, &gw.edge_weights, "{} edge gradients", $name);
+                // the parameters' sums over the nodes, added run by run
+                for ((p, v), (_, w)) in g.params.iter().zip(gw.params.iter()) {
+                    for (a, c) in v.iter().zip(w.iter()) {
+                        prop_assert!(close(*a, *c, 1e-12), "{} gradient of {}: {} against {}", $name, p, a, c);
+                    }
+                }
+                // run by run, the same bits on any number of threads
+                prop_assert_eq!(&with_threads(2, || forward_backward(&by_runs, &b)), &(y.clone(), g.clone()), "{} on 2 threads", $name);
+                prop_assert_eq!(&with_threads(3, || forward_backward(&by_runs, &b)), &(y, g), "{} on 3 threads", $name);
+            }};
+        }
+        let act = Activation::Tanh;
+        check!("mincut", MinCutPool::<f64>::new(f, K, &[4], act, 1).unwrap());
+        check!("mincut_pyg", MinCutPool::<f64>::new(f, K, &[], act, 2).unwrap().with_variant(MinCutVariant::Pyg));
+        check!("dmon", DMoNPool::<f64>::new(f, K, &[4], act, 0.3, 3).unwrap());
+        check!("dmon_pyg", DMoNPool::<f64>::new(f, K, &[4], Activation::Linear, 0.3, 4).unwrap().with_variant(DMoNVariant::Pyg));
+        check!("just_balance", JustBalancePool::<f64>::new(f, K, &[4], act, false, 5).unwrap());
+        check!("just_balance_normalized", JustBalancePool::<f64>::new(f, K, &[], act, true, 6).unwrap());
+        check!("asym_cheeger", AsymCheegerCutPool::<f64>::new(f, K, &[4], act, 0.7, 1.3, 7).unwrap());
+    }
+
+    #[test]
     fn losses_stay_within_their_known_bounds_on_every_graph(b in batches(BatchShape { weighted: false, ..shape() })) {
         let f = b.num_features();
         let k = K as f64;
@@ -537,16 +578,12 @@ fn overflowing_logits_are_a_typed_error_not_nan() {
     assert!(matches!(l.forward(&b), Err(PoolError::NonFinite { .. })));
 }
 
-/// A graph larger than a kernel chunk (4096 nodes) next to small ones, so
-/// that chunked partial sums are combined: the same bits on any number of
-/// threads, forward and backward.
-#[test]
-fn chunked_large_graph_results_are_identical_on_any_thread_count() {
-    let mut sizes = vec![5000usize];
-    sizes.extend(std::iter::repeat_n(6, 20));
-    let seg = graphpool::Segments::from_sizes(&sizes);
+/// Graphs of the given sizes, `f` features, each node joined to one other
+/// node of its graph by an undirected edge of weight 1, 2 or 3.
+fn sized_batch(sizes: &[usize], f: usize) -> DisjointBatch<f64> {
+    let seg = graphpool::Segments::from_sizes(sizes);
     let n = seg.num_nodes();
-    let x = Array2::from_shape_fn((n, 3), |(i, j)| {
+    let x = Array2::from_shape_fn((n, f), |(i, j)| {
         ((i * 31 + j * 17) % 101) as f64 / 50.0 - 1.0
     });
     let mut t = TriMat::new((n, n));
@@ -559,31 +596,102 @@ fn chunked_large_graph_results_are_identical_on_any_thread_count() {
             }
         }
     }
-    let b = DisjointBatch::new(x, t.to_csr(), seg).unwrap();
-    fn run<L: Layer<f64, Output = Pooled<f64>> + Sync>(
-        l: &L,
-        b: &DisjointBatch<f64>,
-    ) -> (Pooled<f64>, Gradients<f64>) {
-        let (y, cache) = l.forward(b).unwrap();
-        let cot = y.random_cotangent(&mut rng_from_seed(3));
-        (y.clone(), l.backward(b, &cache, &cot).unwrap())
+    DisjointBatch::new(x, t.to_csr(), seg).unwrap()
+}
+
+/// A forward pass and the backward pass of a random cotangent (seed 3).
+fn forward_backward<L: Layer<f64, Output = Pooled<f64>> + Sync>(
+    l: &L,
+    b: &DisjointBatch<f64>,
+) -> (Pooled<f64>, Gradients<f64>) {
+    let (y, cache) = l.forward(b).unwrap();
+    let cot = y.random_cotangent(&mut rng_from_seed(3));
+    let g = l.backward(b, &cache, &cot).unwrap();
+    (y, g)
+}
+
+/// A run by run batch whose second run overflows reports the whole
+/// batch's error: the node is counted in the batch, not in its run.
+#[test]
+fn overflowing_logits_in_a_later_run_are_the_whole_batch_error() {
+    let seg = graphpool::Segments::from_sizes(&[2, 2, 2]);
+    let mut x = Array2::from_elem((6, 1), 1.0);
+    x[[5, 0]] = 1e308;
+    let b = DisjointBatch::new(x, CsMat::zero((6, 6)), seg).unwrap();
+    let mut l = MinCutPool::<f64>::new(1, 2, &[], Activation::Relu, 0).unwrap();
+    l.set_param("mlp.0.kernel", ndarray::arr2(&[[1e10, -1e10]]).into_dyn())
+        .unwrap();
+    let whole = l.clone().with_run_nodes(0).forward(&b).unwrap_err();
+    let by_runs = l.with_run_nodes(2).forward(&b).unwrap_err();
+    assert!(matches!(whole, PoolError::NonFinite { .. }));
+    assert_eq!(by_runs.to_string(), whole.to_string());
+}
+
+/// Many small graphs, more than [`graphpool::layers::RUN_NODES`] nodes
+/// together, so that the default budget pools them run by run: the whole
+/// batch's outputs and gradients of X and of the edge weights bit for bit,
+/// its parameter gradients to rounding, and the same bits on any number of
+/// threads.
+#[test]
+fn many_small_graphs_pool_run_by_run_as_the_whole_batch_on_any_thread_count() {
+    let sizes: Vec<usize> = (0..300).map(|g| [0, 1, 9, 30, 41, 17][g % 6]).collect();
+    let b = sized_batch(&sizes, 5).with_edge_weight_grad(true);
+    assert!(b.num_nodes() > 2 * graphpool::layers::RUN_NODES);
+
+    macro_rules! check {
+        ($l:expr) => {{
+            let l = $l;
+            assert_eq!(l.run_nodes(), graphpool::layers::RUN_NODES);
+            let base = with_threads(1, || forward_backward(&l, &b));
+            for threads in [2, 4] {
+                assert_eq!(
+                    with_threads(threads, || forward_backward(&l, &b)),
+                    base,
+                    "{threads} threads"
+                );
+            }
+            let (yw, gw) = forward_backward(&l.with_run_nodes(0), &b);
+            assert_eq!(base.0, yw);
+            assert_eq!(base.1.x, gw.x);
+            assert_eq!(base.1.edge_weights, gw.edge_weights);
+            for ((p, v), (_, w)) in base.1.params.iter().zip(gw.params.iter()) {
+                for (a, c) in v.iter().zip(w.iter()) {
+                    assert!(close(*a, *c, 1e-12), "gradient of {p}: {a} against {c}");
+                }
+            }
+        }};
     }
+    check!(MinCutPool::<f64>::new(5, 4, &[8], Activation::Relu, 0).unwrap());
+    check!(DMoNPool::<f64>::new(5, 4, &[8], Activation::Relu, 0.1, 0).unwrap());
+    check!(JustBalancePool::<f64>::new(5, 4, &[], Activation::Relu, true, 0).unwrap());
+    check!(AsymCheegerCutPool::<f64>::new(5, 4, &[8], Activation::Relu, 1.0, 1.0, 0).unwrap());
+}
+
+/// A graph larger than a kernel chunk (4096 nodes) next to small ones, so
+/// that chunked partial sums are combined: the same bits on any number of
+/// threads, forward and backward.
+#[test]
+fn chunked_large_graph_results_are_identical_on_any_thread_count() {
+    let mut sizes = vec![5000usize];
+    sizes.extend(std::iter::repeat_n(6, 20));
+    let b = sized_batch(&sizes, 3);
+
     let layers: Vec<Run> = vec![
         {
             let l = MinCutPool::<f64>::new(3, 4, &[8], Activation::Relu, 0).unwrap();
             let b = b.clone();
-            Box::new(move || run(&l, &b))
+            Box::new(move || forward_backward(&l, &b))
         },
         {
             let l = DMoNPool::<f64>::new(3, 4, &[8], Activation::Relu, 0.1, 0).unwrap();
             let b = b.clone();
-            Box::new(move || run(&l, &b))
+            Box::new(move || forward_backward(&l, &b))
         },
         {
             let l =
                 AsymCheegerCutPool::<f64>::new(3, 4, &[8], Activation::Relu, 1.0, 1.0, 0).unwrap();
             let b = b.clone();
-            Box::new(move || run(&l, &b))
+            Box::new(move || forward_backward(&l, &b))
         },
     ];
     for f in &layers {

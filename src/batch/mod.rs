@@ -266,7 +266,36 @@ impl<T: Scalar> DisjointBatch<T> {
     /// # Panics
     /// If `g >= num_graphs()`.
     pub fn graph(&self, g: usize) -> (Array2<T>, CsMat<T>) {
-        let r = self.segments.range(g);
+        self.node_rows(self.segments.range(g))
+    }
+
+    /// The consecutive graphs `graphs` of the batch as a batch of their own
+    /// (node ids shifted to start at 0), for a layer that pools a batch of
+    /// small graphs run by run: their rows of `x` and `a` are copied, and
+    /// the per-graph symmetry flags are carried over when already known.
+    ///
+    /// # Panics
+    /// If `graphs.end > num_graphs()`.
+    pub(crate) fn graph_run(&self, graphs: std::ops::Range<usize>) -> Self {
+        let offsets = self.segments.offsets();
+        let first = offsets[graphs.start];
+        let (x, a) = self.node_rows(first..offsets[graphs.end]);
+        let segments = Segments::from_offsets_unchecked(
+            offsets[graphs.start..=graphs.end]
+                .iter()
+                .map(|&o| o - first)
+                .collect(),
+        );
+        let derived = Derived::default();
+        if let Some(flags) = self.derived.symmetric.get() {
+            let _ = derived.symmetric.set(flags[graphs].to_vec());
+        }
+        Self::assemble(x, a, segments, self.edge_weight_grad, derived)
+    }
+
+    /// The rows `r` of `x` and the block `r × r` of `a` (all of their
+    /// entries when `r` is a run of whole graphs), with local node ids.
+    fn node_rows(&self, r: std::ops::Range<usize>) -> (Array2<T>, CsMat<T>) {
         let x = self.x.slice(s![r.clone(), ..]).to_owned();
         let ip = self.a.indptr();
         let ip = ip.raw_storage();
@@ -278,7 +307,9 @@ impl<T: Scalar> DisjointBatch<T> {
             .collect();
         let data = self.a.data()[lo..hi].to_vec();
         let n = r.len();
-        (x, CsMat::new((n, n), indptr, indices, data))
+        // a block of whole graphs of a valid batch: a valid CSR matrix
+        let a = crate::kernels::sparse::csr_by_construction((n, n), indptr, indices, data);
+        (x, a)
     }
 
     /// A batch with the same graphs and new features (same number of rows; any width).

@@ -100,6 +100,13 @@ impl Segments {
         Ok(Self { offsets })
     }
 
+    /// [`Segments::from_offsets`] without the check, for offsets this crate
+    /// derived from a valid layout (checked in debug builds).
+    pub(crate) fn from_offsets_unchecked(offsets: Vec<usize>) -> Self {
+        debug_assert!(offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]));
+        Self { offsets }
+    }
+
     /// Builds the layout from the number of nodes of each graph.
     ///
     /// Sizes summing beyond `usize::MAX` saturate instead of wrapping (no

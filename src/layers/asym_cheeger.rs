@@ -129,4 +129,7 @@ impl<T: Scalar> AsymCheegerCutPool<T> {
     }
 }
 
-clustering_layer!(AsymCheegerCutPool);
+clustering_layer!(
+    AsymCheegerCutPool,
+    "AsymCheegerCutPool::<f64>::new(4, 2, &[], Activation::Linear, 1.0, 1.0, 0)?"
+);

@@ -18,11 +18,19 @@
 //! is $0/0$ in the references (an edgeless or empty graph) it is a
 //! documented finite value, given with each layer.
 //!
+//! A batch of many small graphs is pooled run by run (`with_run_nodes` on
+//! each layer): runs of consecutive whole graphs of at most [`RUN_NODES`]
+//! nodes, each pooled as a batch of its own, in parallel, so that the
+//! steps' $N \times F$ and $N \times K$ intermediates stay in cache. The
+//! results are the whole batch's (the parameters' gradients to rounding).
+//!
 //! The backward pass of a normalised $A'$ ([`normalize_blocks_vjp`]) is
 //! computed in `f64`; a graph whose block gradient exceeds
 //! $\sqrt{\mathrm{T::MAX}}$ ([`blocks_fit`]) is carried through the connect
 //! and softmax VJPs in `f64` on its own, so the gradient of `f32` logits stays
 //! in range whenever the true one does.
+
+use std::ops::Range;
 
 use ndarray::{s, Array1, Array2, ArrayD, Axis, Zip};
 use rayon::prelude::*;
@@ -143,23 +151,130 @@ pub(crate) struct DenseClustering<T: Scalar> {
     params: Params<T>,
     post: PostProcess,
     losses: Vec<(&'static str, AuxLoss)>,
+    /// The node budget of a run ([`graph_runs`]); 0: every batch whole.
+    run_nodes: usize,
 }
 
 /// Saved state of a dense-assignment clustering pool's forward pass
-/// (MinCutPool, DMoNPool, JustBalancePool, AsymCheegerCutPool).
+/// (MinCutPool, DMoNPool, JustBalancePool, AsymCheegerCutPool): the
+/// batch's, or each run's for a batch pooled run by run
+/// ([`crate::layers::MinCutPool::with_run_nodes`]).
 #[derive(Debug, Clone)]
 pub struct ClusteringCache<T: Scalar> {
+    saved: Saved<T>,
+    x_shape: [usize; 2],
+    input: InputSignature,
+    stamp: LayerStamp,
+}
+
+/// The forward state of the whole batch, or of each of its runs of graphs.
+#[derive(Debug, Clone)]
+enum Saved<T: Scalar> {
+    Whole(Box<BatchState<T>>),
+    Runs(Vec<RunState<T>>),
+}
+
+/// A run of graphs and its forward state.
+type RunState<T> = (Range<usize>, BatchState<T>);
+
+/// What the backward pass of one batch (or run of graphs) reads.
+#[derive(Debug, Clone)]
+struct BatchState<T: Scalar> {
     mlp: MlpCache<T>,
     assignment: DenseAssignment<T>,
     /// $(S^\top X, \mathrm{selu}(S^\top X))$ when $X'$ is activated (PyG's DMoN).
     selu: Option<(Array2<T>, Array2<T>)>,
-    x_shape: [usize; 2],
     connect: DenseConnectCache<T>,
     normalized: Option<NormalizedBlocks<T>>,
     degrees: Option<Array1<T>>,
     aux: Vec<AuxCache<T>>,
-    input: InputSignature,
-    stamp: LayerStamp,
+}
+
+impl<T: Scalar> BatchState<T> {
+    /// The pooled blocks: the normalised ones if there are, else `raw`.
+    fn out_blocks<'a>(&'a self, raw: &'a Array2<T>) -> &'a Array2<T> {
+        self.normalized.as_ref().map_or(raw, |n| &n.out)
+    }
+}
+
+/// The forward pass of one batch (or run of graphs), before its outputs
+/// are assembled: $X'$, the raw blocks $S_g^\top A_g S_g$ stacked, each
+/// loss's per-graph values and the state the backward pass reads.
+struct Forward<T: Scalar> {
+    x_out: Array2<T>,
+    blocks: Array2<T>,
+    values: Vec<Array1<T>>,
+    state: BatchState<T>,
+}
+
+/// A forward pass's outputs, before they are checked and assembled into
+/// a [`Pooled`]: $X'$, $A'$, each loss's per-graph values, $S$ and, when
+/// kept, the state for the backward pass.
+struct Outputs<T: Scalar> {
+    x_out: Array2<T>,
+    a_out: sprs::CsMat<T>,
+    values: Vec<Array1<T>>,
+    s: Array2<T>,
+    saved: Option<Saved<T>>,
+}
+
+/// The default node budget of a run of whole graphs that a batch of small
+/// graphs is pooled by ([`crate::layers::MinCutPool::with_run_nodes`] and
+/// the same method of DMoNPool, JustBalancePool, AsymCheegerCutPool):
+/// 0.25 MiB of a 64-wide `f32` $X$, so that a run's $X$, $S$ and
+/// intermediates stay in a core's L2 cache (1 MiB on the bench machine)
+/// between the steps that read them. Of budgets 256 to 4096, 1024 was the
+/// fastest for MinCutPool on the `disjoint-small` bench workload.
+pub const RUN_NODES: usize = 1024;
+
+/// Cuts a batch of small graphs into runs of consecutive whole graphs of
+/// at most `budget` nodes together (a run takes graphs while they fit),
+/// each pooled as a batch of its own; `None` (pool the batch whole) if the
+/// budget is 0, a graph has more than `budget` nodes, or there would be a
+/// single run. The runs depend on the graph sizes alone, never on the
+/// thread count.
+fn graph_runs(seg: &Segments, budget: usize) -> Option<Vec<Range<usize>>> {
+    let b = seg.num_graphs();
+    if budget == 0 {
+        return None;
+    }
+    let mut runs = Vec::with_capacity(seg.num_nodes() / budget + 1);
+    let (mut start, mut nodes) = (0, 0);
+    for g in 0..b {
+        let size = seg.size(g);
+        if size > budget {
+            return None;
+        }
+        if nodes + size > budget {
+            runs.push(start..g);
+            (start, nodes) = (g, 0);
+        }
+        nodes += size;
+    }
+    if start < b {
+        runs.push(start..b);
+    }
+    (runs.len() > 1).then_some(runs)
+}
+
+/// Cuts `data` (rows of `width` entries) into the consecutive row counts
+/// `rows`, in order.
+fn split_rows<T>(
+    mut data: &mut [T],
+    width: usize,
+    rows: impl Iterator<Item = usize>,
+) -> Vec<&mut [T]> {
+    rows.map(|r| {
+        let (head, tail) = std::mem::take(&mut data).split_at_mut(r * width);
+        data = tail;
+        head
+    })
+    .collect()
+}
+
+/// Copies `src` (any layout) into `dst`, row-major.
+fn copy_rows<T: Scalar>(dst: &mut [T], src: ndarray::ArrayView2<'_, T>) {
+    dst.copy_from_slice(&rows::row_major(&src));
 }
 
 /// What each auxiliary loss keeps for its VJP.
@@ -388,6 +503,7 @@ impl<T: Scalar> DenseClustering<T> {
             params,
             post,
             losses,
+            run_nodes: RUN_NODES,
         })
     }
 
@@ -410,6 +526,14 @@ impl<T: Scalar> DenseClustering<T> {
 
     pub(crate) fn set_post(&mut self, post: PostProcess) {
         self.post = post;
+    }
+
+    pub(crate) fn set_run_nodes(&mut self, nodes: usize) {
+        self.run_nodes = nodes;
+    }
+
+    pub(crate) fn run_nodes(&self) -> usize {
+        self.run_nodes
     }
 
     pub(crate) fn set_losses(&mut self, losses: Vec<(&'static str, AuxLoss)>) {
@@ -442,11 +566,169 @@ impl<T: Scalar> DenseClustering<T> {
         Ok(self.run(batch, false)?.0)
     }
 
+    /// The forward pass, whole or run by run ([`graph_runs`]); the cache
+    /// if `keep`.
+    ///
+    /// A batch of small graphs is pooled run by run, every run as a batch
+    /// of its own, in parallel: each step of a run reads what the previous
+    /// one wrote while it is still in cache, where the whole batch would
+    /// pass over $N \times F$ and $N \times K$ arrays in memory once per
+    /// step. Every output of a graph depends on that graph alone, so the
+    /// results are those of the whole batch, bit for bit.
     fn run(
         &self,
         batch: &DisjointBatch<T>,
         keep: bool,
     ) -> Result<(Pooled<T>, Option<ClusteringCache<T>>)> {
+        let seg = batch.segments();
+        let by_runs =
+            graph_runs(seg, self.run_nodes).and_then(|runs| self.forward_runs(batch, &runs, keep));
+        let Outputs {
+            x_out,
+            a_out,
+            values,
+            s,
+            saved,
+        } = match by_runs {
+            Some(outputs) => outputs,
+            None => self.forward_whole(batch, keep)?,
+        };
+        let x_shape = [x_out.nrows(), x_out.ncols()];
+        let mut losses = Losses::new();
+        for (&(name, _), v) in self.losses.iter().zip(&values) {
+            losses.insert(name.to_string(), mean(v));
+        }
+        let selection = DenseAssignment { s };
+        let out_segments = selection.reduce_index(seg);
+        let pooled = Pooled::checked(
+            self.name,
+            x_out,
+            a_out,
+            out_segments,
+            Selection::Dense(selection),
+            None,
+            losses,
+        )?;
+        let cache = saved.map(|saved| ClusteringCache {
+            saved,
+            x_shape,
+            input: InputSignature::of(batch),
+            stamp: self.stamp(),
+        });
+        Ok((pooled, cache))
+    }
+
+    /// The whole batch's forward pass: $X'$, $A'$, the losses' per-graph
+    /// values, $S$ for the output and, if `keep`, the saved state.
+    fn forward_whole(&self, batch: &DisjointBatch<T>, keep: bool) -> Result<Outputs<T>> {
+        let Forward {
+            x_out,
+            blocks,
+            values,
+            state,
+        } = self.compute(batch)?;
+        let a_out = DenseAssignment::blocks_to_csr(state.out_blocks(&blocks).view());
+        Ok(if keep {
+            // the output's copy in fresh memory, written in parallel
+            let s = rows::fresh_copy(state.assignment.s.view());
+            Outputs {
+                x_out,
+                a_out,
+                values,
+                s,
+                saved: Some(Saved::Whole(Box::new(state))),
+            }
+        } else {
+            Outputs {
+                x_out,
+                a_out,
+                values,
+                s: state.assignment.s,
+                saved: None,
+            }
+        })
+    }
+
+    /// [`DenseClustering::forward_whole`] run by run: each run of `runs`
+    /// pooled as a batch of its own, in parallel, its outputs copied into
+    /// the batch's. `None` if a run fails: the caller then pools the whole
+    /// batch, whose error names the batch's own nodes and graphs.
+    fn forward_runs(
+        &self,
+        batch: &DisjointBatch<T>,
+        runs: &[Range<usize>],
+        keep: bool,
+    ) -> Option<Outputs<T>> {
+        let seg = batch.segments();
+        let offsets = seg.offsets();
+        let (b, k, f) = (seg.num_graphs(), self.k, batch.num_features());
+        // every output in fresh memory, each run writing its own rows
+        let mut x_out = rows::fresh_matrix::<T>(b * k, f);
+        let mut blocks = rows::fresh_matrix::<T>(b * k, k);
+        let mut s = rows::fresh_matrix::<T>(batch.num_nodes(), k);
+        let mut values: Vec<Vec<T>> = self.losses.iter().map(|_| rows::fresh_vec(b)).collect();
+        let graphs = || runs.iter().map(|r| r.len());
+        let xs = split_rows(
+            x_out.as_slice_mut().expect("standard layout"),
+            k * f,
+            graphs(),
+        );
+        let bs = split_rows(
+            blocks.as_slice_mut().expect("standard layout"),
+            k * k,
+            graphs(),
+        );
+        let ss = split_rows(
+            s.as_slice_mut().expect("standard layout"),
+            k,
+            runs.iter().map(|r| offsets[r.end] - offsets[r.start]),
+        );
+        let mut vs: Vec<std::vec::IntoIter<&mut [T]>> = values
+            .iter_mut()
+            .map(|v| split_rows(v, 1, graphs()).into_iter())
+            .collect();
+        let pieces: Vec<_> = runs
+            .iter()
+            .cloned()
+            .zip(xs)
+            .zip(bs)
+            .zip(ss)
+            .map(|(((r, xo), bo), so)| {
+                let vo: Vec<&mut [T]> = vs
+                    .iter_mut()
+                    .map(|v| v.next().expect("one per run"))
+                    .collect();
+                (r, xo, bo, so, vo)
+            })
+            .collect();
+        let states: Result<Vec<Option<RunState<T>>>> = pieces
+            .into_par_iter()
+            .map(|(r, xo, bo, so, vo)| {
+                let fw = self.compute(&batch.graph_run(r.clone()))?;
+                copy_rows(xo, fw.x_out.view());
+                copy_rows(bo, fw.state.out_blocks(&fw.blocks).view());
+                copy_rows(so, fw.state.assignment.s.view());
+                for (o, v) in vo.into_iter().zip(&fw.values) {
+                    o.copy_from_slice(&rows::row_major_1d(&v.view()));
+                }
+                Ok(keep.then_some((r, fw.state)))
+            })
+            .collect();
+        let states = states.ok()?;
+        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
+        let values = values.into_iter().map(Array1::from).collect();
+        let saved = keep.then(|| Saved::Runs(states.into_iter().flatten().collect()));
+        Some(Outputs {
+            x_out,
+            a_out,
+            values,
+            s,
+            saved,
+        })
+    }
+
+    /// Select, reduce, connect and the losses of one batch (or run).
+    fn compute(&self, batch: &DisjointBatch<T>) -> Result<Forward<T>> {
         let seg = batch.segments();
         let a = batch.a().view();
         let (mlp, s) = self.select(batch.x().view())?;
@@ -458,7 +740,6 @@ impl<T: Scalar> DenseClustering<T> {
         } else {
             (x_pre, None)
         };
-        let x_shape = [x_out.nrows(), x_out.ncols()];
         // a total-variation loss reads every edge's rows of S as A S does:
         // both in one pass
         let (blocks, connect, edge_l1) = if self.losses.iter().any(|(_, l)| l.needs_edge_l1()) {
@@ -478,53 +759,31 @@ impl<T: Scalar> DenseClustering<T> {
             .iter()
             .any(|(_, l)| l.needs_degrees())
             .then(|| row_sums(a));
-        let mut losses = Losses::new();
-        let mut aux = Vec::with_capacity(self.losses.len());
         let inputs = LossInputs {
             batch,
             s: &assignment.s,
             degrees: degrees.as_ref(),
             edge_l1: edge_l1.as_ref(),
         };
-        for &(name, loss) in &self.losses {
-            let (values, cache) = self.loss_forward(loss, &inputs, &blocks);
-            losses.insert(name.to_string(), mean(&values));
-            aux.push(cache);
-        }
-        let a_blocks = normalized.as_ref().map_or(&blocks, |n| &n.out);
-        let a_out = DenseAssignment::blocks_to_csr(a_blocks.view());
-        let out_segments = assignment.reduce_index(seg);
-        let (selection, kept) = if keep {
-            // the cache's copy in fresh memory, written in parallel
-            let copy = DenseAssignment {
-                s: crate::kernels::rows::fresh_copy(assignment.s.view()),
-            };
-            (copy, Some(assignment))
-        } else {
-            (assignment, None)
-        };
-        let pooled = Pooled::checked(
-            self.name,
+        let (values, aux) = self
+            .losses
+            .iter()
+            .map(|&(_, loss)| self.loss_forward(loss, &inputs, &blocks))
+            .unzip();
+        Ok(Forward {
             x_out,
-            a_out,
-            out_segments,
-            Selection::Dense(selection),
-            None,
-            losses,
-        )?;
-        let cache = kept.map(|assignment| ClusteringCache {
-            mlp,
-            assignment,
-            selu,
-            x_shape,
-            connect,
-            normalized,
-            degrees,
-            aux,
-            input: InputSignature::of(batch),
-            stamp: self.stamp(),
-        });
-        Ok((pooled, cache))
+            blocks,
+            values,
+            state: BatchState {
+                mlp,
+                assignment,
+                selu,
+                connect,
+                normalized,
+                degrees,
+                aux,
+            },
+        })
     }
 
     fn loss_forward(
@@ -908,9 +1167,6 @@ impl<T: Scalar> DenseClustering<T> {
         cache.input.check(batch)?;
         let names: Vec<&str> = self.losses.iter().map(|(l, _)| *l).collect();
         check_pooled_grad(grad, &cache.x_shape, b * k * k, &names)?;
-        let s = &cache.assignment.s;
-        let a = batch.a().view();
-        let edge_grad = batch.edge_weight_grad();
         let g_out = grad
             .edge_weights
             .view()
@@ -920,61 +1176,164 @@ impl<T: Scalar> DenseClustering<T> {
                 expected: format!("{} values", b * k * k),
                 got: e.to_string(),
             })?;
+        let inv_b = if b == 0 {
+            T::zero()
+        } else {
+            T::one() / T::from_count(b)
+        };
+        // each loss's per-graph gradient (the mean's 1/B of the whole
+        // batch's), if its gradient is not 0
+        let loss_grads: Vec<Option<T>> = names
+            .iter()
+            .map(|&name| {
+                let lg = grad.loss(name);
+                (lg != T::zero()).then(|| lg * inv_b)
+            })
+            .collect();
+        let gradients = match &cache.saved {
+            Saved::Whole(state) => {
+                self.backward_state(batch, state, grad.x.view(), g_out, &loss_grads)?
+            }
+            Saved::Runs(runs) => {
+                self.backward_runs(batch, runs, grad.x.view(), g_out, &loss_grads)?
+            }
+        };
+        finite_gradients(self.name, gradients)
+    }
+
+    /// The backward pass of a batch pooled run by run: each run's as a
+    /// batch of its own, in parallel, its rows of $\bar X$ and entries of
+    /// $\bar a$ copied into the batch's, and the parameters' gradients of
+    /// the runs added in run order (the same sum whatever the thread count).
+    fn backward_runs(
+        &self,
+        batch: &DisjointBatch<T>,
+        runs: &[RunState<T>],
+        g_x: ndarray::ArrayView2<'_, T>,
+        g_out: ndarray::ArrayView2<'_, T>,
+        loss_grads: &[Option<T>],
+    ) -> Result<Gradients<T>> {
+        let offsets = batch.segments().offsets();
+        let (n, f) = batch.x().dim();
+        let k = self.k;
+        // known once for the batch, then carried over to every run
+        batch.symmetric_graphs();
+        let mut gx = rows::fresh_matrix::<T>(n, f);
+        let mut edges: Option<Vec<T>> = batch
+            .edge_weight_grad()
+            .then(|| rows::fresh_vec(batch.a().nnz()));
+        let node_counts = || runs.iter().map(|(r, _)| offsets[r.end] - offsets[r.start]);
+        let gxs = split_rows(
+            gx.as_slice_mut().expect("standard layout"),
+            f,
+            node_counts(),
+        );
+        let indptr = batch.a().indptr();
+        let indptr = indptr.raw_storage();
+        let edge_counts = runs
+            .iter()
+            .map(|(r, _)| indptr[offsets[r.end]] - indptr[offsets[r.start]]);
+        let es: Vec<&mut [T]> = match &mut edges {
+            Some(e) => split_rows(e, 1, edge_counts),
+            None => runs.iter().map(|_| Default::default()).collect(),
+        };
+        let params: Vec<Params<T>> = runs
+            .par_iter()
+            .zip(gxs)
+            .zip(es)
+            .map(|(((r, state), gxo), eo)| {
+                let sub = batch.graph_run(r.clone());
+                let pooled = r.start * k..r.end * k;
+                let g = self.backward_state(
+                    &sub,
+                    state,
+                    g_x.slice(s![pooled.clone(), ..]),
+                    g_out.slice(s![pooled, ..]),
+                    loss_grads,
+                )?;
+                copy_rows(gxo, g.x.view());
+                if let Some(w) = &g.edge_weights {
+                    eo.copy_from_slice(&rows::row_major_1d(&w.view()));
+                }
+                Ok(g.params)
+            })
+            .collect::<Result<_>>()?;
+        let mut total = self.params.zeros_like();
+        for p in &params {
+            for (name, v) in p.iter() {
+                total.accumulate(name, v.view())?;
+            }
+        }
+        Ok(Gradients {
+            x: gx,
+            edge_weights: edges.map(Array1::from),
+            params: total,
+        })
+    }
+
+    /// The backward pass of one batch (or run) from its saved state, the
+    /// output gradients `g_x` ($\bar X'$) and `g_out` (the pooled blocks'),
+    /// and each loss's per-graph gradient; the gradients are not checked.
+    fn backward_state(
+        &self,
+        batch: &DisjointBatch<T>,
+        state: &BatchState<T>,
+        g_x: ndarray::ArrayView2<'_, T>,
+        g_out: ndarray::ArrayView2<'_, T>,
+        loss_grads: &[Option<T>],
+    ) -> Result<Gradients<T>> {
+        let seg = batch.segments();
+        let b = seg.num_graphs();
+        let k = self.k;
+        let s = &state.assignment.s;
+        let a = batch.a().view();
+        let edge_grad = batch.edge_weight_grad();
         let mut cot = Cotangents {
             s: crate::kernels::rows::zeros(s.nrows(), s.ncols()),
             // the losses' direct gradient of the raw blocks; the output's
             // joins it below, through the normalisation when there is one
-            blocks: match &cache.normalized {
+            blocks: match &state.normalized {
                 Some(_) => crate::kernels::rows::zeros(b * k, k),
                 None => crate::kernels::rows::fresh_copy(g_out),
             },
-            degrees: Array1::zeros(if cache.degrees.is_some() && edge_grad {
+            degrees: Array1::zeros(if state.degrees.is_some() && edge_grad {
                 batch.num_nodes()
             } else {
                 0
             }),
             edges: edge_grad.then(|| Array1::zeros(a.nnz())),
         };
-        let inv_b = if b == 0 {
-            T::zero()
-        } else {
-            T::one() / T::from_count(b)
-        };
         // the backward pass does not read the losses' forward values
         let inputs = LossInputs {
             batch,
             s,
-            degrees: cache.degrees.as_ref(),
+            degrees: state.degrees.as_ref(),
             edge_l1: None,
         };
-        for (&(name, loss), aux) in self.losses.iter().zip(&cache.aux) {
-            let lg = grad.loss(name);
-            if lg != T::zero() {
-                self.loss_backward(loss, aux, &inputs, lg * inv_b, &mut cot);
+        for ((&(_, loss), aux), lg) in self.losses.iter().zip(&state.aux).zip(loss_grads) {
+            if let Some(lg) = *lg {
+                self.loss_backward(loss, aux, &inputs, lg, &mut cot);
             }
         }
-        let (blocks, wide) = match &cache.normalized {
+        let (blocks, wide) = match &state.normalized {
             Some(norm) => {
                 split_wide_blocks::<T>(normalize_blocks_vjp(norm, g_out, cot.blocks.view()), k)
             }
             None => (cot.blocks, Vec::new()),
         };
         // reduce
-        let g_selu = cache
+        let g_selu = state
             .selu
             .as_ref()
-            .map(|(pre, out)| Activation::Selu.vjp(pre.view(), out.view(), grad.x.view()));
-        let g_x_pre = g_selu.as_ref().unwrap_or(&grad.x);
-        let (gs_reduce, mut gx) =
-            cache
-                .assignment
-                .reduce_vjp(batch.x().view(), seg, g_x_pre.view());
+            .map(|(pre, out)| Activation::Selu.vjp(pre.view(), out.view(), g_x));
+        let g_x_pre = g_selu.as_ref().map_or(g_x, |g| g.view());
+        let (gs_reduce, mut gx) = state.assignment.reduce_vjp(batch.x().view(), seg, g_x_pre);
         // connect
-        let (gs_connect, ga_connect) = cache.assignment.connect_blocks_vjp_opt(
+        let (gs_connect, ga_connect) = state.assignment.connect_blocks_vjp_opt(
             a,
             seg,
             batch.symmetric_graphs(),
-            &cache.connect,
+            &state.connect,
             blocks.view(),
             edge_grad,
         );
@@ -984,13 +1343,13 @@ impl<T: Scalar> DenseClustering<T> {
         }
         let wide: Vec<WideGraph> = wide
             .into_iter()
-            .map(|(g, block)| WideGraph::connect_vjp(batch, g, s, &cache.connect, block))
+            .map(|(g, block)| WideGraph::connect_vjp(batch, g, s, &state.connect, block))
             .collect();
         if let Some(edges) = &mut edges {
             for w in &wide {
                 w.add_edges(edges);
             }
-            if cache.degrees.is_some() {
+            if state.degrees.is_some() {
                 *edges += &row_sums_vjp(a, cot.degrees.view());
             }
         }
@@ -1012,19 +1371,16 @@ impl<T: Scalar> DenseClustering<T> {
         self.mlp.backward_streamed_acc(
             &self.params,
             batch.x().view(),
-            &cache.mlp,
+            &state.mlp,
             g_logits,
             &mut params,
             &mut gx,
         )?;
-        finite_gradients(
-            self.name,
-            Gradients {
-                x: gx,
-                edge_weights: edges,
-                params,
-            },
-        )
+        Ok(Gradients {
+            x: gx,
+            edge_weights: edges,
+            params,
+        })
     }
 }
 
@@ -1039,7 +1395,56 @@ where
 /// Implements [`crate::framework::Layer`] for a pool wrapping a
 /// [`DenseClustering`] in its field `inner`.
 macro_rules! clustering_layer {
-    ($name:ident) => {
+    ($name:ident, $example:literal) => {
+        impl<T: $crate::scalar::Scalar> $name<T> {
+            /// Pools a batch of small graphs run by run: in runs of
+            /// consecutive whole graphs of at most `nodes` nodes together,
+            /// each run as a batch of its own, in parallel, so that every
+            /// step reads what the previous one wrote while it is still in
+            /// cache. A batch with a graph larger than `nodes`, or that
+            /// fits in one run, is pooled whole; `nodes = 0` pools every
+            /// batch whole. Default
+            /// [`RUN_NODES`](crate::layers::RUN_NODES).
+            ///
+            /// The outputs, losses and gradients of $X$ and of the edge
+            /// weights are the whole batch's, bit for bit, whatever the
+            /// budget (every one depends on its own graph alone). The
+            /// parameters' gradients are sums over the nodes of the batch:
+            /// run by run, each run's sum is added in run order, so they
+            /// can differ from the whole batch's in the last bits; for a
+            /// given budget they never depend on the thread count.
+            ///
+            /// ```
+            /// use graphpool::framework::Layer;
+            /// use graphpool::layers::*;
+            /// use graphpool::nn::Activation;
+            /// use graphpool::DisjointBatch;
+            /// use ndarray::Array2;
+            /// use sprs::CsMat;
+            /// // three graphs of two nodes joined by one edge each
+            /// let a = CsMat::new((6, 6), vec![0, 1, 2, 3, 4, 5, 6], vec![1, 0, 3, 2, 5, 4], vec![1.0; 6]);
+            /// let x = Array2::from_shape_fn((6, 4), |(i, j)| ((i * 4 + j) % 7) as f64 / 7.0);
+            /// let batch = DisjointBatch::from_offsets(x, a, vec![0, 2, 4, 6])?;
+            #[doc = concat!("let pool = ", $example, ";")]
+            /// // three runs of one graph each, then the whole batch
+            /// let by_runs = pool.clone().with_run_nodes(2).call(&batch)?;
+            /// let whole = pool.with_run_nodes(0).call(&batch)?;
+            /// assert_eq!(by_runs.batch.x(), whole.batch.x());
+            /// assert_eq!(by_runs.batch.a(), whole.batch.a());
+            /// assert_eq!(by_runs.losses, whole.losses);
+            /// # Ok::<(), graphpool::PoolError>(())
+            /// ```
+            pub fn with_run_nodes(mut self, nodes: usize) -> Self {
+                self.inner.set_run_nodes(nodes);
+                self
+            }
+
+            /// The node budget of a run ([`Self::with_run_nodes`]).
+            pub fn run_nodes(&self) -> usize {
+                self.inner.run_nodes()
+            }
+        }
+
         impl<T: $crate::scalar::Scalar> $crate::framework::Layer<T> for $name<T> {
             type Output = $crate::framework::Pooled<T>;
             type Cache = $crate::layers::clustering::ClusteringCache<T>;

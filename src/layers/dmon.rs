@@ -177,4 +177,7 @@ impl<T: Scalar> DMoNPool<T> {
     }
 }
 
-clustering_layer!(DMoNPool);
+clustering_layer!(
+    DMoNPool,
+    "DMoNPool::<f64>::new(4, 2, &[], Activation::Linear, 0.1, 0)?"
+);

@@ -107,4 +107,7 @@ impl<T: Scalar> JustBalancePool<T> {
     }
 }
 
-clustering_layer!(JustBalancePool);
+clustering_layer!(
+    JustBalancePool,
+    "JustBalancePool::<f64>::new(4, 2, &[], Activation::Linear, true, 0)?"
+);

@@ -155,4 +155,7 @@ impl<T: Scalar> MinCutPool<T> {
     }
 }
 
-clustering_layer!(MinCutPool);
+clustering_layer!(
+    MinCutPool,
+    "MinCutPool::<f64>::new(4, 2, &[], Activation::Linear, 0)?"
+);

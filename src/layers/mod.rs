@@ -20,7 +20,7 @@ pub use attention::{
     GlobalAttentionCache, GlobalAttentionPool, GlobalAttnSumCache, GlobalAttnSumPool,
     NodeAttentionPool,
 };
-pub use clustering::ClusteringCache;
+pub use clustering::{ClusteringCache, RUN_NODES};
 pub use diff_pool::{DiffPool, DiffPoolCache, DiffPoolVariant};
 pub use dmon::{DMoNPool, DMoNVariant};
 pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};
