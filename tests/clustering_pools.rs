@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_gradients, with_threads};
+use common::{assert_gradients, assert_run_by_run, with_threads};
 use graphpool::framework::{Differentiable, Gradients, Layer, Pooled, PooledGrad, Selection};
 use graphpool::layers::{
     AsymCheegerCutPool, DMoNPool, DMoNVariant, JustBalancePool, MinCutPool, MinCutVariant,
@@ -193,22 +193,7 @@ proptest! {
             ($name:literal, $l:expr) => {{
                 let by_runs = $l.with_run_nodes(budget);
                 let whole = $l.with_run_nodes(0);
-                let (y, g) = with_threads(1, || forward_backward(&by_runs, &b));
-                let (yw, gw) = forward_backward(&whole, &b);
-                // every output and the gradients of X and of the edge
-                // weights depend on their own graph alone: the same bits
-                prop_assert_eq!(&y, &yw, "{} outputs", $name);
-                prop_assert_eq!(&g.x, &gw.x, "{} gradient of x", $name);
-                prop_assert_eq!(&g.edge_weights, &gw.edge_weights, "{} edge gradients", $name);
-                // the parameters' sums over the nodes, added run by run
-                for ((p, v), (_, w)) in g.params.iter().zip(gw.params.iter()) {
-                    for (a, c) in v.iter().zip(w.iter()) {
-                        prop_assert!(close(*a, *c, 1e-12), "{} gradient of {}: {} against {}", $name, p, a, c);
-                    }
-                }
-                // run by run, the same bits on any number of threads
-                prop_assert_eq!(&with_threads(2, || forward_backward(&by_runs, &b)), &(y.clone(), g.clone()), "{} on 2 threads", $name);
-                prop_assert_eq!(&with_threads(3, || forward_backward(&by_runs, &b)), &(y, g), "{} on 3 threads", $name);
+                assert_run_by_run($name, || forward_backward(&by_runs, &b), || forward_backward(&whole, &b));
             }};
         }
         let act = Activation::Tanh;
@@ -642,23 +627,12 @@ fn many_small_graphs_pool_run_by_run_as_the_whole_batch_on_any_thread_count() {
         ($l:expr) => {{
             let l = $l;
             assert_eq!(l.run_nodes(), graphpool::layers::RUN_NODES);
-            let base = with_threads(1, || forward_backward(&l, &b));
-            for threads in [2, 4] {
-                assert_eq!(
-                    with_threads(threads, || forward_backward(&l, &b)),
-                    base,
-                    "{threads} threads"
-                );
-            }
-            let (yw, gw) = forward_backward(&l.with_run_nodes(0), &b);
-            assert_eq!(base.0, yw);
-            assert_eq!(base.1.x, gw.x);
-            assert_eq!(base.1.edge_weights, gw.edge_weights);
-            for ((p, v), (_, w)) in base.1.params.iter().zip(gw.params.iter()) {
-                for (a, c) in v.iter().zip(w.iter()) {
-                    assert!(close(*a, *c, 1e-12), "gradient of {p}: {a} against {c}");
-                }
-            }
+            let whole = l.clone().with_run_nodes(0);
+            assert_run_by_run(
+                "run by run",
+                || forward_backward(&l, &b),
+                || forward_backward(&whole, &b),
+            );
         }};
     }
     check!(MinCutPool::<f64>::new(5, 4, &[8], Activation::Relu, 0).unwrap());

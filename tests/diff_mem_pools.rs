@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_gradients, with_threads};
+use common::{assert_gradients, assert_run_by_run, with_threads};
 use graphpool::framework::{Layer, Pooled, Selection, SrcPool};
 use graphpool::layers::{DiffPool, DiffPoolVariant, MemAdjacency, MemPooling};
 use graphpool::nn::Activation;
@@ -134,6 +134,25 @@ proptest! {
             let y3 = with_threads(3, || pool(&b));
             prop_assert_eq!(&y1, &y2, "{}", name);
             prop_assert_eq!(&y1, &y3, "{}", name);
+        }
+    }
+
+    #[test]
+    fn diffpool_run_by_run_gives_the_whole_batch_outputs_and_gradients_on_any_thread_count(
+        b in batches(BatchShape { graphs: 1..=8, ..shape() }),
+        budget in 7usize..=20,
+        edge_grad in any::<bool>(),
+    ) {
+        let b = b.with_edge_weight_grad(edge_grad);
+        let f = b.num_features();
+        for (name, l) in [
+            ("relu", DiffPool::<f64>::new(f, K, None, Activation::Relu, 3).unwrap()),
+            ("pyg_tanh", DiffPool::<f64>::new(f, K, Some(2), Activation::Tanh, 4).unwrap().with_variant(DiffPoolVariant::Pyg)),
+            ("softplus", DiffPool::<f64>::new(f, K, Some(3), Activation::Softplus, 5).unwrap()),
+        ] {
+            let by_runs = l.clone().with_run_nodes(budget);
+            let whole = l.with_run_nodes(0);
+            assert_run_by_run(name, || forward_backward(&by_runs, &b), || forward_backward(&whole, &b));
         }
     }
 
@@ -392,28 +411,19 @@ fn src_steps_compose_to_the_forward_pass_beyond_one_chunk() {
 #[test]
 fn forward_and_backward_are_identical_on_any_thread_count_beyond_one_chunk() {
     let b = batch_beyond_one_chunk();
-    fn run<L: Layer<f64, Output = Pooled<f64>>>(
-        l: &L,
-        b: &DisjointBatch<f64>,
-    ) -> (Pooled<f64>, graphpool::framework::Gradients<f64>) {
-        let (y, cache) = l.forward(b).unwrap();
-        let mut g = graphpool::framework::PooledGrad::zeros(&y);
-        g.x.iter_mut()
-            .enumerate()
-            .for_each(|(i, v)| *v = ((i % 5) as f64 - 2.0) / 3.0);
-        g.edge_weights.fill(0.25);
-        g.losses.values_mut().for_each(|v| *v = 1.0);
-        let grads = l.backward(b, &cache, &g).unwrap();
-        (y, grads)
-    }
     let diff = DiffPool::<f64>::new(3, K, None, Activation::Tanh, 1).unwrap();
     let mem = MemPooling::<f64>::new(3, 2, 2, K, 0.5, 2)
         .unwrap()
         .with_adjacency(MemAdjacency::Coarsened);
-    let base = with_threads(1, || (run(&diff, &b), run(&mem, &b)));
+    let base = with_threads(1, || {
+        (forward_backward(&diff, &b), forward_backward(&mem, &b))
+    });
     for threads in [2, 3] {
         assert_eq!(
-            with_threads(threads, || (run(&diff, &b), run(&mem, &b))),
+            with_threads(threads, || (
+                forward_backward(&diff, &b),
+                forward_backward(&mem, &b)
+            )),
             base,
             "{threads} threads"
         );
@@ -458,4 +468,66 @@ fn backward_passes_with_one_cache_are_identical_whether_they_take_or_form_s_and_
             "{act:?}: clone before"
         );
     }
+}
+
+/// A forward pass and the backward pass of a fixed output gradient.
+fn forward_backward<L: Layer<f64, Output = Pooled<f64>>>(
+    l: &L,
+    b: &DisjointBatch<f64>,
+) -> (Pooled<f64>, graphpool::framework::Gradients<f64>) {
+    let (y, cache) = l.forward(b).unwrap();
+    let mut g = graphpool::framework::PooledGrad::zeros(&y);
+    g.x.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = ((i % 5) as f64 - 2.0) / 3.0);
+    g.edge_weights.fill(0.25);
+    g.losses.values_mut().for_each(|v| *v = 1.0);
+    let grads = l.backward(b, &cache, &g).unwrap();
+    (y, grads)
+}
+
+/// Many small graphs, more than twice [`graphpool::layers::RUN_NODES`]
+/// nodes together, pooled run by run at the default budget: the whole
+/// batch's outputs and gradients of X and of the edge weights bit for bit,
+/// its parameter gradients to rounding, the same bits on any number of
+/// threads, and a second backward pass with the same cache (which forms
+/// each run's S and Z again) gives the first one's bits.
+#[test]
+fn diffpool_pools_many_small_graphs_run_by_run_as_the_whole_batch() {
+    let sizes: Vec<usize> = (0..300).map(|g| [0, 1, 9, 30, 41, 17][g % 6]).collect();
+    let seg = graphpool::Segments::from_sizes(&sizes);
+    let n = seg.num_nodes();
+    assert!(n > 2 * graphpool::layers::RUN_NODES);
+    let x = Array2::from_shape_fn((n, 3), |(i, j)| {
+        ((i * 31 + j * 17) % 101) as f64 / 25.0 - 2.0
+    });
+    let mut t = sprs::TriMat::new((n, n));
+    for r in seg.ranges() {
+        for i in r.clone() {
+            let j = i + 1 + i % 3;
+            if j < r.end {
+                let w = 0.5 + ((i * 13) % 7) as f64 / 7.0;
+                t.add_triplet(i, j, w);
+                t.add_triplet(j, i, w);
+            }
+        }
+    }
+    let b = DisjointBatch::new(x, t.to_csr(), seg)
+        .unwrap()
+        .with_edge_weight_grad(true);
+    let l = DiffPool::<f64>::new(3, K, Some(4), Activation::Tanh, 8).unwrap();
+    assert_eq!(l.run_nodes(), graphpool::layers::RUN_NODES);
+    let whole = l.clone().with_run_nodes(0);
+    assert_run_by_run(
+        "DiffPool",
+        || forward_backward(&l, &b),
+        || forward_backward(&whole, &b),
+    );
+    let (y, cache) = l.forward(&b).unwrap();
+    let g = graphpool::framework::PooledGrad::zeros(&y);
+    let mut g = g;
+    g.x.fill(0.5);
+    g.losses.values_mut().for_each(|v| *v = 1.0);
+    let first = l.backward(&b, &cache, &g).unwrap();
+    assert_eq!(l.backward(&b, &cache, &g).unwrap(), first, "second pass");
 }

@@ -266,50 +266,45 @@ impl<T: Scalar> DisjointBatch<T> {
     /// # Panics
     /// If `g >= num_graphs()`.
     pub fn graph(&self, g: usize) -> (Array2<T>, CsMat<T>) {
-        self.node_rows(self.segments.range(g))
+        let r = self.segments.range(g);
+        (
+            self.x.slice(s![r.clone(), ..]).to_owned(),
+            csr_block(&self.a, r),
+        )
     }
 
     /// The consecutive graphs `graphs` of the batch as a batch of their own
     /// (node ids shifted to start at 0), for a layer that pools a batch of
-    /// small graphs run by run: their rows of `x` and `a` are copied, and
-    /// the per-graph symmetry flags are carried over when already known.
+    /// small graphs run by run ([`crate::framework::runs`]): their rows of
+    /// `x` and `a` are copied, and what is already known of the batch's
+    /// per-graph symmetry flags and GCN filter is carried over (the run's
+    /// slice of them: the same values the run would compute).
     ///
     /// # Panics
     /// If `graphs.end > num_graphs()`.
     pub(crate) fn graph_run(&self, graphs: std::ops::Range<usize>) -> Self {
         let offsets = self.segments.offsets();
-        let first = offsets[graphs.start];
-        let (x, a) = self.node_rows(first..offsets[graphs.end]);
+        let nodes = offsets[graphs.start]..offsets[graphs.end];
+        let x = self.x.slice(s![nodes.clone(), ..]).to_owned();
+        let a = csr_block(&self.a, nodes.clone());
         let segments = Segments::from_offsets_unchecked(
             offsets[graphs.start..=graphs.end]
                 .iter()
-                .map(|&o| o - first)
+                .map(|&o| o - nodes.start)
                 .collect(),
         );
         let derived = Derived::default();
         if let Some(flags) = self.derived.symmetric.get() {
             let _ = derived.symmetric.set(flags[graphs].to_vec());
         }
+        if let Some(f) = self.derived.gcn.get() {
+            // a row of the filter is a function of its own graph alone
+            let _ = derived.gcn.set(Arc::new(GcnFilter {
+                matrix: csr_block(&f.matrix, nodes.clone()),
+                deg_inv_sqrt: f.deg_inv_sqrt.slice(s![nodes]).to_owned(),
+            }));
+        }
         Self::assemble(x, a, segments, self.edge_weight_grad, derived)
-    }
-
-    /// The rows `r` of `x` and the block `r × r` of `a` (all of their
-    /// entries when `r` is a run of whole graphs), with local node ids.
-    fn node_rows(&self, r: std::ops::Range<usize>) -> (Array2<T>, CsMat<T>) {
-        let x = self.x.slice(s![r.clone(), ..]).to_owned();
-        let ip = self.a.indptr();
-        let ip = ip.raw_storage();
-        let (lo, hi) = (ip[r.start], ip[r.end]);
-        let indptr: Vec<usize> = ip[r.start..=r.end].iter().map(|p| p - lo).collect();
-        let indices: Vec<usize> = self.a.indices()[lo..hi]
-            .iter()
-            .map(|c| c - r.start)
-            .collect();
-        let data = self.a.data()[lo..hi].to_vec();
-        let n = r.len();
-        // a block of whole graphs of a valid batch: a valid CSR matrix
-        let a = crate::kernels::sparse::csr_by_construction((n, n), indptr, indices, data);
-        (x, a)
     }
 
     /// A batch with the same graphs and new features (same number of rows; any width).
@@ -594,6 +589,20 @@ fn validate_x<T: Scalar>(x: &ArrayView2<T>, segments: &Segments) -> Result<()> {
 }
 
 /// Checks that every entry of a matrix is finite; names the first bad one.
+/// The block `r × r` of the CSR matrix `m` (indptr from 0), with local
+/// indices: all the entries of its rows when `r` is a run of whole graphs
+/// of a block-diagonal `m`, so a valid CSR matrix built without a check.
+fn csr_block<T: Scalar>(m: &CsMat<T>, r: std::ops::Range<usize>) -> CsMat<T> {
+    let ip = m.indptr();
+    let ip = ip.raw_storage();
+    let (lo, hi) = (ip[r.start], ip[r.end]);
+    let indptr: Vec<usize> = ip[r.start..=r.end].iter().map(|p| p - lo).collect();
+    let indices: Vec<usize> = m.indices()[lo..hi].iter().map(|c| c - r.start).collect();
+    let data = m.data()[lo..hi].to_vec();
+    let n = r.len();
+    crate::kernels::sparse::csr_by_construction((n, n), indptr, indices, data)
+}
+
 pub(crate) fn check_finite_2d<T: Scalar>(x: &ArrayView2<T>, what: &str) -> Result<()> {
     let values = crate::kernels::rows::row_major(x);
     match crate::kernels::rows::first_non_finite(&values) {

@@ -16,6 +16,7 @@
 
 pub(crate) mod layer;
 pub(crate) mod pooled;
+pub(crate) mod runs;
 mod selection;
 mod src_pool;
 

@@ -38,6 +38,7 @@ use rayon::prelude::*;
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, RUN_NODES};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
@@ -161,21 +162,11 @@ pub(crate) struct DenseClustering<T: Scalar> {
 /// ([`crate::layers::MinCutPool::with_run_nodes`]).
 #[derive(Debug, Clone)]
 pub struct ClusteringCache<T: Scalar> {
-    saved: Saved<T>,
+    saved: Saved<BatchState<T>>,
     x_shape: [usize; 2],
     input: InputSignature,
     stamp: LayerStamp,
 }
-
-/// The forward state of the whole batch, or of each of its runs of graphs.
-#[derive(Debug, Clone)]
-enum Saved<T: Scalar> {
-    Whole(Box<BatchState<T>>),
-    Runs(Vec<RunState<T>>),
-}
-
-/// A run of graphs and its forward state.
-type RunState<T> = (Range<usize>, BatchState<T>);
 
 /// What the backward pass of one batch (or run of graphs) reads.
 #[derive(Debug, Clone)]
@@ -215,66 +206,7 @@ struct Outputs<T: Scalar> {
     a_out: sprs::CsMat<T>,
     values: Vec<Array1<T>>,
     s: Array2<T>,
-    saved: Option<Saved<T>>,
-}
-
-/// The default node budget of a run of whole graphs that a batch of small
-/// graphs is pooled by ([`crate::layers::MinCutPool::with_run_nodes`] and
-/// the same method of DMoNPool, JustBalancePool, AsymCheegerCutPool):
-/// 0.25 MiB of a 64-wide `f32` $X$, so that a run's $X$, $S$ and
-/// intermediates stay in a core's L2 cache (1 MiB on the bench machine)
-/// between the steps that read them. Of budgets 256 to 4096, 1024 was the
-/// fastest for MinCutPool on the `disjoint-small` bench workload.
-pub const RUN_NODES: usize = 1024;
-
-/// Cuts a batch of small graphs into runs of consecutive whole graphs of
-/// at most `budget` nodes together (a run takes graphs while they fit),
-/// each pooled as a batch of its own; `None` (pool the batch whole) if the
-/// budget is 0, a graph has more than `budget` nodes, or there would be a
-/// single run. The runs depend on the graph sizes alone, never on the
-/// thread count.
-fn graph_runs(seg: &Segments, budget: usize) -> Option<Vec<Range<usize>>> {
-    let b = seg.num_graphs();
-    if budget == 0 {
-        return None;
-    }
-    let mut runs = Vec::with_capacity(seg.num_nodes() / budget + 1);
-    let (mut start, mut nodes) = (0, 0);
-    for g in 0..b {
-        let size = seg.size(g);
-        if size > budget {
-            return None;
-        }
-        if nodes + size > budget {
-            runs.push(start..g);
-            (start, nodes) = (g, 0);
-        }
-        nodes += size;
-    }
-    if start < b {
-        runs.push(start..b);
-    }
-    (runs.len() > 1).then_some(runs)
-}
-
-/// Cuts `data` (rows of `width` entries) into the consecutive row counts
-/// `rows`, in order.
-fn split_rows<T>(
-    mut data: &mut [T],
-    width: usize,
-    rows: impl Iterator<Item = usize>,
-) -> Vec<&mut [T]> {
-    rows.map(|r| {
-        let (head, tail) = std::mem::take(&mut data).split_at_mut(r * width);
-        data = tail;
-        head
-    })
-    .collect()
-}
-
-/// Copies `src` (any layout) into `dst`, row-major.
-fn copy_rows<T: Scalar>(dst: &mut [T], src: ndarray::ArrayView2<'_, T>) {
-    dst.copy_from_slice(&rows::row_major(&src));
+    saved: Option<Saved<BatchState<T>>>,
 }
 
 /// What each auxiliary loss keeps for its VJP.
@@ -659,71 +591,38 @@ impl<T: Scalar> DenseClustering<T> {
         runs: &[Range<usize>],
         keep: bool,
     ) -> Option<Outputs<T>> {
-        let seg = batch.segments();
-        let offsets = seg.offsets();
-        let (b, k, f) = (seg.num_graphs(), self.k, batch.num_features());
-        // every output in fresh memory, each run writing its own rows
-        let mut x_out = rows::fresh_matrix::<T>(b * k, f);
-        let mut blocks = rows::fresh_matrix::<T>(b * k, k);
-        let mut s = rows::fresh_matrix::<T>(batch.num_nodes(), k);
-        let mut values: Vec<Vec<T>> = self.losses.iter().map(|_| rows::fresh_vec(b)).collect();
-        let graphs = || runs.iter().map(|r| r.len());
-        let xs = split_rows(
-            x_out.as_slice_mut().expect("standard layout"),
-            k * f,
-            graphs(),
-        );
-        let bs = split_rows(
-            blocks.as_slice_mut().expect("standard layout"),
-            k * k,
-            graphs(),
-        );
-        let ss = split_rows(
-            s.as_slice_mut().expect("standard layout"),
-            k,
-            runs.iter().map(|r| offsets[r.end] - offsets[r.start]),
-        );
-        let mut vs: Vec<std::vec::IntoIter<&mut [T]>> = values
-            .iter_mut()
-            .map(|v| split_rows(v, 1, graphs()).into_iter())
-            .collect();
-        let pieces: Vec<_> = runs
-            .iter()
-            .cloned()
-            .zip(xs)
-            .zip(bs)
-            .zip(ss)
-            .map(|(((r, xo), bo), so)| {
-                let vo: Vec<&mut [T]> = vs
-                    .iter_mut()
-                    .map(|v| v.next().expect("one per run"))
-                    .collect();
-                (r, xo, bo, so, vo)
-            })
-            .collect();
-        let states: Result<Vec<Option<RunState<T>>>> = pieces
-            .into_par_iter()
-            .map(|(r, xo, bo, so, vo)| {
-                let fw = self.compute(&batch.graph_run(r.clone()))?;
-                copy_rows(xo, fw.x_out.view());
-                copy_rows(bo, fw.state.out_blocks(&fw.blocks).view());
-                copy_rows(so, fw.state.assignment.s.view());
-                for (o, v) in vo.into_iter().zip(&fw.values) {
-                    o.copy_from_slice(&rows::row_major_1d(&v.view()));
-                }
-                Ok(keep.then_some((r, fw.state)))
-            })
-            .collect();
-        let states = states.ok()?;
-        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
-        let values = values.into_iter().map(Array1::from).collect();
-        let saved = keep.then(|| Saved::Runs(states.into_iter().flatten().collect()));
+        let (outputs, states) = DenseRunOutputs::by_runs(
+            batch.segments(),
+            runs,
+            self.k,
+            batch.num_features(),
+            self.losses.len(),
+            |r, rows| {
+                let fw = self.compute(&batch.graph_run(r))?;
+                let values: Vec<Vec<T>> = fw.values.iter().map(|v| v.to_vec()).collect();
+                let values: Vec<&[T]> = values.iter().map(|v| &v[..]).collect();
+                rows.fill(
+                    fw.x_out.view(),
+                    fw.state.out_blocks(&fw.blocks).view(),
+                    fw.state.assignment.s.view(),
+                    &values,
+                );
+                Ok::<_, PoolError>(keep.then_some(fw.state))
+            },
+        )
+        .ok()?;
+        let DenseRunOutputs {
+            x_out,
+            blocks,
+            s,
+            per_graph,
+        } = outputs;
         Some(Outputs {
             x_out,
-            a_out,
-            values,
+            a_out: DenseAssignment::blocks_to_csr(blocks.view()),
+            values: per_graph.into_iter().map(Array1::from).collect(),
             s,
-            saved,
+            saved: keep.then_some(Saved::Runs(states)),
         })
     }
 
@@ -1190,85 +1089,18 @@ impl<T: Scalar> DenseClustering<T> {
                 (lg != T::zero()).then(|| lg * inv_b)
             })
             .collect();
-        let gradients = match &cache.saved {
-            Saved::Whole(state) => {
-                self.backward_state(batch, state, grad.x.view(), g_out, &loss_grads)?
-            }
-            Saved::Runs(runs) => {
-                self.backward_runs(batch, runs, grad.x.view(), g_out, &loss_grads)?
-            }
-        };
-        finite_gradients(self.name, gradients)
-    }
-
-    /// The backward pass of a batch pooled run by run: each run's as a
-    /// batch of its own, in parallel, its rows of $\bar X$ and entries of
-    /// $\bar a$ copied into the batch's, and the parameters' gradients of
-    /// the runs added in run order (the same sum whatever the thread count).
-    fn backward_runs(
-        &self,
-        batch: &DisjointBatch<T>,
-        runs: &[RunState<T>],
-        g_x: ndarray::ArrayView2<'_, T>,
-        g_out: ndarray::ArrayView2<'_, T>,
-        loss_grads: &[Option<T>],
-    ) -> Result<Gradients<T>> {
-        let offsets = batch.segments().offsets();
-        let (n, f) = batch.x().dim();
-        let k = self.k;
-        // known once for the batch, then carried over to every run
-        batch.symmetric_graphs();
-        let mut gx = rows::fresh_matrix::<T>(n, f);
-        let mut edges: Option<Vec<T>> = batch
-            .edge_weight_grad()
-            .then(|| rows::fresh_vec(batch.a().nnz()));
-        let node_counts = || runs.iter().map(|(r, _)| offsets[r.end] - offsets[r.start]);
-        let gxs = split_rows(
-            gx.as_slice_mut().expect("standard layout"),
-            f,
-            node_counts(),
-        );
-        let indptr = batch.a().indptr();
-        let indptr = indptr.raw_storage();
-        let edge_counts = runs
-            .iter()
-            .map(|(r, _)| indptr[offsets[r.end]] - indptr[offsets[r.start]]);
-        let es: Vec<&mut [T]> = match &mut edges {
-            Some(e) => split_rows(e, 1, edge_counts),
-            None => runs.iter().map(|_| Default::default()).collect(),
-        };
-        let params: Vec<Params<T>> = runs
-            .par_iter()
-            .zip(gxs)
-            .zip(es)
-            .map(|(((r, state), gxo), eo)| {
-                let sub = batch.graph_run(r.clone());
-                let pooled = r.start * k..r.end * k;
-                let g = self.backward_state(
-                    &sub,
+        let gradients = cache
+            .saved
+            .backward(batch, &self.params, k, |part, state, rows| {
+                self.backward_state(
+                    part,
                     state,
-                    g_x.slice(s![pooled.clone(), ..]),
-                    g_out.slice(s![pooled, ..]),
-                    loss_grads,
-                )?;
-                copy_rows(gxo, g.x.view());
-                if let Some(w) = &g.edge_weights {
-                    eo.copy_from_slice(&rows::row_major_1d(&w.view()));
-                }
-                Ok(g.params)
-            })
-            .collect::<Result<_>>()?;
-        let mut total = self.params.zeros_like();
-        for p in &params {
-            for (name, v) in p.iter() {
-                total.accumulate(name, v.view())?;
-            }
-        }
-        Ok(Gradients {
-            x: gx,
-            edge_weights: edges.map(Array1::from),
-            params: total,
-        })
+                    grad.x.slice(s![rows.clone(), ..]),
+                    g_out.slice(s![rows, ..]),
+                    &loss_grads,
+                )
+            })?;
+        finite_gradients(self.name, gradients)
     }
 
     /// The backward pass of one batch (or run) from its saved state, the

@@ -12,6 +12,7 @@ use sprs::CsMatView;
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, RUN_NODES};
 use crate::framework::{
     DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
 };
@@ -169,29 +170,68 @@ pub struct DiffPool<T: Scalar> {
     activation: Activation,
     variant: DiffPoolVariant,
     params: Params<T>,
+    /// The node budget of a run ([`DiffPool::with_run_nodes`]).
+    run_nodes: usize,
 }
 
-/// Saved state of [`DiffPool`]'s forward pass: the filter (the batch's,
-/// shared), $S$ and the pre-activation $\hat A X W_{\text{emb}}$ of $Z$, and
-/// the loss terms. The first backward pass with the cache takes $S$ and
-/// the pre-activation out of it and overwrites them with their gradients
-/// (so they are never held twice); a second backward pass with the same
-/// cache forms them again from $\hat A$ and $X$ (one more pass, the same
-/// bits). Keeping them costs $N(K + C)$ values between the passes and
-/// saves the backward pass a product with $\hat A$ ($N \times F$ gathered
-/// rows) and $\hat A X [W_{\text{pool}} \; W_{\text{emb}}]$.
+/// Saved state of [`DiffPool`]'s forward pass: the batch's, or each run's
+/// for a batch pooled run by run ([`DiffPool::with_run_nodes`]).
 #[derive(Debug, Clone)]
 pub struct DiffPoolCache<T: Scalar> {
-    /// The batch's own ([`DisjointBatch::gcn_filter`]), shared.
+    saved: Saved<ForwardState<T>>,
+    out_x_shape: [usize; 2],
+    out_nnz: usize,
+    input: InputSignature,
+    stamp: LayerStamp,
+}
+
+/// What the backward pass of one batch (or run) reads: its filter (the
+/// batch's, shared), $S$ and the pre-activation $\hat A X W_{\text{emb}}$
+/// of $Z$, and the loss terms. The first backward pass with the cache
+/// takes $S$ and the pre-activation out of it and overwrites them with
+/// their gradients (so they are never held twice); a second backward pass
+/// with the same cache forms them again from $\hat A$ and $X$ (one more
+/// pass, the same bits). Keeping them costs $N(K + C)$ values between the
+/// passes and saves the backward pass a product with $\hat A$ ($N \times
+/// F$ gathered rows) and $\hat A X [W_{\text{pool}} \; W_{\text{emb}}]$.
+#[derive(Debug, Clone)]
+struct ForwardState<T: Scalar> {
     filter: Arc<GcnFilter<T>>,
     /// $S$ and $\hat A X W_{\text{emb}}$ (the pre-activation of $Z$), for
     /// the first backward pass to take.
     forward: TakeOnce<(Array2<T>, Array2<T>)>,
     link: LinkTerms<T>,
-    out_x_shape: [usize; 2],
-    out_nnz: usize,
-    input: InputSignature,
-    stamp: LayerStamp,
+}
+
+/// One batch's (or run's) forward pass, before its outputs are assembled.
+struct Forward<T: Scalar> {
+    s: Array2<T>,
+    x_out: Array2<T>,
+    /// $S_g^\top A_g S_g$, stacked.
+    blocks: Array2<T>,
+    entropies: Array1<T>,
+    link: LinkTerms<T>,
+    /// The pre-activation of $Z$, when a cache is asked for.
+    z_pre: Option<Array2<T>>,
+    filter: Arc<GcnFilter<T>>,
+}
+
+/// Each loss's gradient per graph: the batch's loss gradient over $B$.
+#[derive(Debug, Clone, Copy)]
+struct LossGrads<T> {
+    link: T,
+    entropy: T,
+}
+
+/// The batch's outputs before they are checked: $X'$, the stacked
+/// blocks, $S$, each graph's link norm and entropy, and the saved state.
+struct Outputs<T: Scalar> {
+    x_out: Array2<T>,
+    blocks: Array2<T>,
+    s: Array2<T>,
+    norms: Vec<T>,
+    entropies: Vec<T>,
+    saved: Option<Saved<ForwardState<T>>>,
 }
 
 /// $S$, $X'$ and, when asked for, the pre-activation of $Z$
@@ -289,6 +329,7 @@ impl<T: Scalar> DiffPool<T> {
             activation,
             variant: DiffPoolVariant::Spektral,
             params,
+            run_nodes: RUN_NODES,
         })
     }
 
@@ -296,6 +337,51 @@ impl<T: Scalar> DiffPool<T> {
     pub fn with_variant(mut self, variant: DiffPoolVariant) -> Self {
         self.variant = variant;
         self
+    }
+
+    /// Pools a batch of small graphs run by run: in runs of consecutive
+    /// whole graphs of at most `nodes` nodes together, each run as a batch
+    /// of its own (with its slice of the batch's GCN filter), in parallel,
+    /// so that every step reads what the previous one wrote while it is
+    /// still in cache. A batch with a graph larger than `nodes`, or that
+    /// fits in one run, is pooled whole; `nodes = 0` pools every batch
+    /// whole. Default [`RUN_NODES`](crate::layers::RUN_NODES).
+    ///
+    /// The outputs, losses and gradients of $X$ and of the edge weights
+    /// are the whole batch's, bit for bit, whatever the budget (every one
+    /// depends on its own graph alone). The parameters' gradients are sums
+    /// over the nodes of the batch: run by run, each run's sum is added in
+    /// run order, so they can differ from the whole batch's in the last
+    /// bits; for a given budget they never depend on the thread count.
+    ///
+    /// ```
+    /// use graphpool::framework::Layer;
+    /// use graphpool::layers::DiffPool;
+    /// use graphpool::nn::Activation;
+    /// use graphpool::DisjointBatch;
+    /// use ndarray::Array2;
+    /// use sprs::CsMat;
+    /// // three graphs of two nodes joined by one edge each
+    /// let a = CsMat::new((6, 6), vec![0, 1, 2, 3, 4, 5, 6], vec![1, 0, 3, 2, 5, 4], vec![1.0; 6]);
+    /// let x = Array2::from_shape_fn((6, 4), |(i, j)| ((i * 4 + j) % 7) as f64 / 7.0);
+    /// let batch = DisjointBatch::from_offsets(x, a, vec![0, 2, 4, 6])?;
+    /// let pool = DiffPool::<f64>::new(4, 2, None, Activation::Relu, 0)?;
+    /// // three runs of one graph each, then the whole batch
+    /// let by_runs = pool.clone().with_run_nodes(2).call(&batch)?;
+    /// let whole = pool.with_run_nodes(0).call(&batch)?;
+    /// assert_eq!(by_runs.batch.x(), whole.batch.x());
+    /// assert_eq!(by_runs.batch.a(), whole.batch.a());
+    /// assert_eq!(by_runs.losses, whole.losses);
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    pub fn with_run_nodes(mut self, nodes: usize) -> Self {
+        self.run_nodes = nodes;
+        self
+    }
+
+    /// The node budget of a run ([`DiffPool::with_run_nodes`]).
+    pub fn run_nodes(&self) -> usize {
+        self.run_nodes
     }
 
     /// Clusters per graph $K$.
@@ -458,37 +544,37 @@ impl<T: Scalar> DiffPool<T> {
         Ok((s, x_out, z_pre))
     }
 
-    /// The forward pass, with its cache when `keep`.
+    /// The forward pass, with its cache when `keep`: whole, or run by run
+    /// ([`DiffPool::with_run_nodes`]).
     fn run(
         &self,
         batch: &DisjointBatch<T>,
         keep: bool,
     ) -> Result<(Pooled<T>, Option<DiffPoolCache<T>>)> {
         self.check_input(batch)?;
-        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
-        let filter = Arc::clone(batch.gcn_filter());
-        let edge_grad = batch.edge_weight_grad();
-        let (s, x_out, z_pre) = self.assign_and_pool(&filter, x, segs, keep)?;
-        let assignment = DenseAssignment { s };
-        // A S, for the connect step and the link loss, is formed again by
-        // the backward pass
-        let (blocks, connect) = assignment.connect_blocks(a, segs);
+        let segs = batch.segments();
+        // the batch's filter, kept with it (a run takes its slice)
+        batch.gcn_filter();
+        let Outputs {
+            x_out,
+            blocks,
+            s,
+            norms,
+            entropies,
+            saved,
+        } = match graph_runs(segs, self.run_nodes) {
+            Some(runs) => self.forward_runs(batch, &runs, keep)?,
+            None => self.forward_whole(batch, keep)?,
+        };
         let a_out = DenseAssignment::blocks_to_csr(blocks.view());
-        let s = assignment.s.view();
-        let link = link_terms(a, s, connect.a_s.view(), segs, edge_grad);
-        drop(connect);
-        let losses = self.losses_from(segs, &link, s);
+        drop(blocks);
+        let losses = self.losses_from(segs, &norms, &entropies);
+        let assignment = DenseAssignment { s };
         let out_segments = assignment.reduce_index(segs);
-        let out_x_shape = [x_out.nrows(), x_out.ncols()];
-        let out_nnz = a_out.nnz();
-        // the pre-activation is formed exactly when a cache is asked for
-        let cache = z_pre.map(|z_pre| DiffPoolCache {
-            filter,
-            // the cache's copy of S in fresh memory, written in parallel
-            forward: TakeOnce::new((rows::fresh_copy(assignment.s.view()), z_pre)),
-            link,
-            out_x_shape,
-            out_nnz,
+        let cache = saved.map(|saved| DiffPoolCache {
+            saved,
+            out_x_shape: [x_out.nrows(), x_out.ncols()],
+            out_nnz: a_out.nnz(),
             input: InputSignature::of(batch),
             stamp: self.stamp(),
         });
@@ -506,16 +592,302 @@ impl<T: Scalar> DiffPool<T> {
         ))
     }
 
-    /// The mean over graphs of the scaled per-graph norms, and of the entropies.
-    fn losses_from(&self, segs: &Segments, link: &LinkTerms<T>, s: ArrayView2<T>) -> Losses<T> {
+    /// The whole batch's forward pass.
+    fn forward_whole(&self, batch: &DisjointBatch<T>, keep: bool) -> Result<Outputs<T>> {
+        let fw = self.compute(batch, keep)?;
+        let norms = fw.link.norms.clone();
+        let (s, saved) = match fw.z_pre {
+            Some(z_pre) => {
+                // the cache's copy of S in fresh memory, written in parallel
+                let state = ForwardState {
+                    filter: fw.filter,
+                    forward: TakeOnce::new((rows::fresh_copy(fw.s.view()), z_pre)),
+                    link: fw.link,
+                };
+                (fw.s, Some(Saved::Whole(Box::new(state))))
+            }
+            None => (fw.s, None),
+        };
+        Ok(Outputs {
+            x_out: fw.x_out,
+            blocks: fw.blocks,
+            s,
+            norms,
+            entropies: fw.entropies.to_vec(),
+            saved,
+        })
+    }
+
+    /// [`DiffPool::forward_whole`] run by run: each run of `runs` pooled as
+    /// a batch of its own, in parallel, its outputs copied into the
+    /// batch's.
+    fn forward_runs(
+        &self,
+        batch: &DisjointBatch<T>,
+        runs: &[Range<usize>],
+        keep: bool,
+    ) -> Result<Outputs<T>> {
+        let (outputs, states) = DenseRunOutputs::by_runs(
+            batch.segments(),
+            runs,
+            self.k,
+            self.channels,
+            2,
+            |r, rows| {
+                let fw = self.compute(&batch.graph_run(r), keep)?;
+                let entropies = fw.entropies.to_vec();
+                rows.fill(
+                    fw.x_out.view(),
+                    fw.blocks.view(),
+                    fw.s.view(),
+                    &[&fw.link.norms[..], &entropies[..]],
+                );
+                Ok::<_, PoolError>(fw.z_pre.map(|z_pre| ForwardState {
+                    filter: fw.filter,
+                    forward: TakeOnce::new((fw.s, z_pre)),
+                    link: fw.link,
+                }))
+            },
+        )?;
+        let DenseRunOutputs {
+            x_out,
+            blocks,
+            s,
+            mut per_graph,
+        } = outputs;
+        let entropies = per_graph.pop().expect("two values per graph");
+        let norms = per_graph.pop().expect("two values per graph");
+        Ok(Outputs {
+            x_out,
+            blocks,
+            s,
+            norms,
+            entropies,
+            saved: keep.then_some(Saved::Runs(states)),
+        })
+    }
+
+    /// $S$, $X'$, the blocks $S_g^\top A_g S_g$, the per-graph entropies and
+    /// link terms of one batch (or run), and the pre-activation of $Z$ if
+    /// `keep`.
+    fn compute(&self, batch: &DisjointBatch<T>, keep: bool) -> Result<Forward<T>> {
+        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
+        let filter = Arc::clone(batch.gcn_filter());
+        let (s, x_out, z_pre) = self.assign_and_pool(&filter, x, segs, keep)?;
+        let assignment = DenseAssignment { s };
+        // A S, for the connect step and the link loss, is formed again by
+        // the backward pass
+        let (blocks, connect) = assignment.connect_blocks(a, segs);
+        let s = assignment.s;
+        let link = link_terms(
+            a,
+            s.view(),
+            connect.a_s.view(),
+            segs,
+            batch.edge_weight_grad(),
+        );
+        drop(connect);
+        let entropies = entropy_per_graph(s.view(), segs, self.variant.entropy_eps());
+        Ok(Forward {
+            s,
+            x_out,
+            blocks,
+            entropies,
+            link,
+            z_pre,
+            filter,
+        })
+    }
+
+    /// The backward pass of one batch (or run) of `batch` from its forward
+    /// state, the output gradients `g_x` ($\bar X'$) and `g_blocks` (the
+    /// pooled blocks'), and each loss's per-graph gradient; the gradients
+    /// are not checked.
+    fn backward_state(
+        &self,
+        batch: &DisjointBatch<T>,
+        state: &ForwardState<T>,
+        g_x: ArrayView2<'_, T>,
+        g_blocks: ArrayView2<'_, T>,
+        loss_grads: LossGrads<T>,
+    ) -> Result<Gradients<T>> {
+        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
+
+        // S and Z are not cached: formed again (the forward pass's bits).
+        // X' = S_g^T Z_g: Z is used for S's gradient and the activation's,
+        // and (for an activation whose derivative is a function of its
+        // output) overwritten by the gradient of its pre-activation, so
+        // that the two never coexist
+        let (s, z_pre) = match state.forward.take() {
+            Some(values) => values,
+            None => self.assign_and_embed(&state.filter, x)?,
+        };
+        let assignment = DenseAssignment { s };
+        let s = assignment.s.view();
+        let act = self.activation;
+        let (mut gs, g_zpre) = if act.derivative_from_output_only() {
+            // the gradient of Z's pre-activation written over Z itself
+            let mut z = z_pre;
+            act.forward_inplace(&mut z);
+            let gs = segment_matmul_tn_vjp_in_place(s, &mut z, segs, g_x, |row, dy| {
+                for (o, &d) in row.iter_mut().zip(dy) {
+                    *o = d * act.derivative_from_output(*o);
+                }
+            });
+            (gs, z)
+        } else {
+            let z = act.forward(z_pre.view());
+            let (gs, gz) = segment_matmul_tn_vjp(s, z.view(), segs, g_x);
+            (gs, act.vjp(z_pre.view(), z.view(), gz.view()))
+        };
+        // A' = S_g^T A_g S_g
+        // the cache matches the batch's edge-weight setting (signature checked)
+        let edge_grad = batch.edge_weight_grad();
+        let connect = assignment.connect_cache(a);
+        let symmetric = batch.symmetric_graphs();
+        let all_symmetric = symmetric.iter().all(|&y| y);
+        let (gs_connect, mut ga) =
+            assignment.connect_blocks_vjp_opt(a, segs, symmetric, &connect, g_blocks, edge_grad);
+        rows::add_into(&mut gs, &gs_connect);
+        drop(gs_connect);
+        // the link loss's edge term takes A S again when every graph is
+        // symmetric (A^T S = A S)
+        let a_s = if all_symmetric {
+            Some(connect.a_s)
+        } else {
+            drop(connect);
+            None
+        };
+
+        // losses
+        let g_link = loss_grads.link;
+        if g_link != T::zero() {
+            let coef = |g: usize| {
+                let l = state.link.norms[g];
+                if l > T::zero() {
+                    g_link * self.variant.link_scale::<T>(segs.size(g)) / (T::c(2.0) * l)
+                } else {
+                    T::zero()
+                }
+            };
+            let edges = LinkEdges {
+                a,
+                a_s: a_s.as_ref().map(|m| m.view()),
+                p: &state.link.p,
+                edge_weights: edge_grad,
+            };
+            let ga_link = link_vjp(&edges, s, segs, &state.link.gram, coef, &mut gs);
+            if let (Some(ga), Some(ga_link)) = (&mut ga, ga_link) {
+                *ga += &ga_link;
+            }
+        }
+        drop(a_s);
+        let g_ent = loss_grads.entropy;
+        if g_ent != T::zero() {
+            rows::add_into(
+                &mut gs,
+                &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent),
+            );
+        }
+
+        // S = softmax((F X) W_pool), Z = act((F X) W_emb): with G_p, G_e
+        // the gradients of the two pre-activations, W_pool gets
+        // (F X)^T G_p = X^T (F^T G_p) and X gets F^T (G_e W_emb^T + G_p
+        // W_pool^T) = U_e W_emb^T + U_p W_pool^T with U = F^T G. So F is
+        // applied once, to G (C + K columns), and never to X again: U_e and
+        // U_p, then one pass over fixed chunks of rows adds each chunk's
+        // share of both parameter gradients (X^T U) and writes its rows of
+        // X's gradient, over U_e's own rows when C == F, so that it takes
+        // no memory of its own. The filter's values get <H_i, X_j> with H =
+        // G_e W_emb^T + G_p W_pool^T, formed only when they are asked for
+        let g_logits = softmax_rows_vjp(s, gs.view());
+        drop(gs);
+        drop(assignment);
+        let w_emb = self.params.matrix(KERNEL_EMB)?;
+        let w_pool = self.params.matrix(KERNEL_POOL)?;
+        let f = x.ncols();
+        let fm = state.filter.matrix.view();
+        // E W_emb^T + P W_pool^T for a piece of rows, into `out`
+        let back_project = |e: ArrayView2<T>, p: ArrayView2<T>, mut out: ArrayViewMut2<T>| {
+            out.fill(T::zero());
+            matmul_acc_piece(e, w_emb.t(), out.view_mut());
+            matmul_acc_piece(p, w_pool.t(), out);
+        };
+        if let Some(ga) = &mut ga {
+            let mut h = crate::kernels::rows::zeros(x.nrows(), f);
+            reduce_chunked_rows(
+                &mut h,
+                |r, rows| {
+                    let (g_e, g_p) = (g_zpre.slice(s![r.clone(), ..]), g_logits.slice(s![r, ..]));
+                    back_project(g_e, g_p, rows);
+                },
+                |(), ()| (),
+            );
+            let g_fvals = sddmm(fm, h.view(), x).to_vec();
+            *ga += &state.filter.vjp(a, &g_fvals);
+        }
+        // a filter of symmetric graphs is symmetric bit for bit (see
+        // kernels::sparse::gcn_filter): F^T G is then F G, the same bits,
+        // as a gather (both products in one pass over F)
+        let (u_e, u_p) = if all_symmetric {
+            let mut u = spmm_many(fm, &[g_zpre.view(), g_logits.view()]);
+            let u_p = u.pop().expect("two products");
+            (u.pop().expect("two products"), u_p)
+        } else {
+            (spmm_t(fm, g_zpre.view()), spmm_t(fm, g_logits.view()))
+        };
+        drop(g_zpre);
+        drop(g_logits);
+        let chunk = |r: Range<usize>, u_e: ArrayView2<T>, gx: ArrayViewMut2<T>| {
+            let xr = x.slice(s![r.clone(), ..]);
+            let u_p = u_p.slice(s![r, ..]);
+            let grads = (transpose_times(xr, u_e), transpose_times(xr, u_p));
+            back_project(u_e, u_p, gx);
+            grads
+        };
+        let sum = |(a, b), (c, d)| (a + c, b + d);
+        let (gx, (gw_emb, gw_pool)) = if u_e.ncols() == f {
+            let mut gx = u_e;
+            let grads = reduce_chunked_rows(
+                &mut gx,
+                |r, rows| {
+                    let u_e = rows.to_owned();
+                    chunk(r, u_e.view(), rows)
+                },
+                sum,
+            );
+            (gx, grads)
+        } else {
+            let mut gx = crate::kernels::rows::zeros(x.nrows(), f);
+            let grads = reduce_chunked_rows(
+                &mut gx,
+                |r, rows| chunk(r.clone(), u_e.slice(s![r, ..]), rows),
+                sum,
+            );
+            drop(u_e);
+            (gx, grads)
+        };
+        drop(u_p);
+        let mut params = self.params.zeros_like();
+        params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
+        params.accumulate_dim(KERNEL_POOL, gw_pool.view())?;
+        Ok(Gradients {
+            x: gx,
+            edge_weights: ga,
+            params,
+        })
+    }
+
+    /// The mean over graphs of the scaled per-graph link norms `norms`, and
+    /// of the per-graph `entropies`.
+    fn losses_from(&self, segs: &Segments, norms: &[T], entropies: &[T]) -> Losses<T> {
         let b = segs.num_graphs();
         let mut link_pred = T::zero();
-        for (g, &l) in link.norms.iter().enumerate() {
+        for (g, &l) in norms.iter().enumerate() {
             link_pred += self.variant.link_scale::<T>(segs.size(g)) * l;
         }
-        let ent = entropy_per_graph(s, segs, self.variant.entropy_eps());
         let mut entropy = T::zero();
-        for &e in ent.iter() {
+        for &e in entropies {
             entropy += e;
         }
         let denom = T::from_count(b.max(1));
@@ -609,38 +981,8 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             cache.out_nnz,
             &["link_pred", "entropy"],
         )?;
-        let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let k = self.k;
-        let b = segs.num_graphs();
-
-        // S and Z are not cached: formed again (the forward pass's bits).
-        // X' = S_g^T Z_g: Z is used for S's gradient and the activation's,
-        // and (for an activation whose derivative is a function of its
-        // output) overwritten by the gradient of its pre-activation, so
-        // that the two never coexist
-        let (s, z_pre) = match cache.forward.take() {
-            Some(values) => values,
-            None => self.assign_and_embed(&cache.filter, x)?,
-        };
-        let assignment = DenseAssignment { s };
-        let s = assignment.s.view();
-        let act = self.activation;
-        let (mut gs, g_zpre) = if act.derivative_from_output_only() {
-            // the gradient of Z's pre-activation written over Z itself
-            let mut z = z_pre;
-            act.forward_inplace(&mut z);
-            let gs = segment_matmul_tn_vjp_in_place(s, &mut z, segs, grad.x.view(), |row, dy| {
-                for (o, &d) in row.iter_mut().zip(dy) {
-                    *o = d * act.derivative_from_output(*o);
-                }
-            });
-            (gs, z)
-        } else {
-            let z = act.forward(z_pre.view());
-            let (gs, gz) = segment_matmul_tn_vjp(s, z.view(), segs, grad.x.view());
-            (gs, act.vjp(z_pre.view(), z.view(), gz.view()))
-        };
-        // A' = S_g^T A_g S_g
+        let b = batch.num_graphs();
         let g_blocks = grad
             .edge_weights
             .view()
@@ -650,145 +992,24 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
                 expected: format!("{} = B * K * K values", b * k * k),
                 got: e.to_string(),
             })?;
-        // the cache matches the batch's edge-weight setting (signature checked)
-        let edge_grad = batch.edge_weight_grad();
-        let connect = assignment.connect_cache(a);
-        let symmetric = batch.symmetric_graphs();
-        let all_symmetric = symmetric.iter().all(|&y| y);
-        let (gs_connect, mut ga) =
-            assignment.connect_blocks_vjp_opt(a, segs, symmetric, &connect, g_blocks, edge_grad);
-        rows::add_into(&mut gs, &gs_connect);
-        drop(gs_connect);
-        // the link loss's edge term takes A S again when every graph is
-        // symmetric (A^T S = A S)
-        let a_s = if all_symmetric {
-            Some(connect.a_s)
-        } else {
-            drop(connect);
-            None
-        };
-
-        // losses
+        // each loss's per-graph gradient (the mean's 1/B of the batch's)
         let denom = T::from_count(b.max(1));
-        let g_link = grad.loss("link_pred") / denom;
-        if g_link != T::zero() {
-            let coef = |g: usize| {
-                let l = cache.link.norms[g];
-                if l > T::zero() {
-                    g_link * self.variant.link_scale::<T>(segs.size(g)) / (T::c(2.0) * l)
-                } else {
-                    T::zero()
-                }
-            };
-            let edges = LinkEdges {
-                a,
-                a_s: a_s.as_ref().map(|m| m.view()),
-                p: &cache.link.p,
-                edge_weights: edge_grad,
-            };
-            let ga_link = link_vjp(&edges, s, segs, &cache.link.gram, coef, &mut gs);
-            if let (Some(ga), Some(ga_link)) = (&mut ga, ga_link) {
-                *ga += &ga_link;
-            }
-        }
-        drop(a_s);
-        let g_ent = grad.loss("entropy") / denom;
-        if g_ent != T::zero() {
-            rows::add_into(
-                &mut gs,
-                &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent),
-            );
-        }
-
-        // S = softmax((F X) W_pool), Z = act((F X) W_emb): with G_p, G_e
-        // the gradients of the two pre-activations, W_pool gets
-        // (F X)^T G_p = X^T (F^T G_p) and X gets F^T (G_e W_emb^T + G_p
-        // W_pool^T) = U_e W_emb^T + U_p W_pool^T with U = F^T G. So F is
-        // applied once, to G (C + K columns), and never to X again: U_e and
-        // U_p, then one pass over fixed chunks of rows adds each chunk's
-        // share of both parameter gradients (X^T U) and writes its rows of
-        // X's gradient, over U_e's own rows when C == F, so that it takes
-        // no memory of its own. The filter's values get <H_i, X_j> with H =
-        // G_e W_emb^T + G_p W_pool^T, formed only when they are asked for
-        let g_logits = softmax_rows_vjp(s, gs.view());
-        drop(gs);
-        drop(assignment);
-        let w_emb = self.params.matrix(KERNEL_EMB)?;
-        let w_pool = self.params.matrix(KERNEL_POOL)?;
-        let f = x.ncols();
-        let fm = cache.filter.matrix.view();
-        // E W_emb^T + P W_pool^T for a piece of rows, into `out`
-        let back_project = |e: ArrayView2<T>, p: ArrayView2<T>, mut out: ArrayViewMut2<T>| {
-            out.fill(T::zero());
-            matmul_acc_piece(e, w_emb.t(), out.view_mut());
-            matmul_acc_piece(p, w_pool.t(), out);
+        let loss_grads = LossGrads {
+            link: grad.loss("link_pred") / denom,
+            entropy: grad.loss("entropy") / denom,
         };
-        if let Some(ga) = &mut ga {
-            let mut h = crate::kernels::rows::zeros(x.nrows(), f);
-            reduce_chunked_rows(
-                &mut h,
-                |r, rows| {
-                    let (g_e, g_p) = (g_zpre.slice(s![r.clone(), ..]), g_logits.slice(s![r, ..]));
-                    back_project(g_e, g_p, rows);
-                },
-                |(), ()| (),
-            );
-            let g_fvals = sddmm(fm, h.view(), x).to_vec();
-            *ga += &cache.filter.vjp(a, &g_fvals);
-        }
-        // a filter of symmetric graphs is symmetric bit for bit (see
-        // kernels::sparse::gcn_filter): F^T G is then F G, the same bits,
-        // as a gather (both products in one pass over F)
-        let (u_e, u_p) = if all_symmetric {
-            let mut u = spmm_many(fm, &[g_zpre.view(), g_logits.view()]);
-            let u_p = u.pop().expect("two products");
-            (u.pop().expect("two products"), u_p)
-        } else {
-            (spmm_t(fm, g_zpre.view()), spmm_t(fm, g_logits.view()))
-        };
-        drop(g_zpre);
-        drop(g_logits);
-        let chunk = |r: Range<usize>, u_e: ArrayView2<T>, gx: ArrayViewMut2<T>| {
-            let xr = x.slice(s![r.clone(), ..]);
-            let u_p = u_p.slice(s![r, ..]);
-            let grads = (transpose_times(xr, u_e), transpose_times(xr, u_p));
-            back_project(u_e, u_p, gx);
-            grads
-        };
-        let sum = |(a, b), (c, d)| (a + c, b + d);
-        let (gx, (gw_emb, gw_pool)) = if u_e.ncols() == f {
-            let mut gx = u_e;
-            let grads = reduce_chunked_rows(
-                &mut gx,
-                |r, rows| {
-                    let u_e = rows.to_owned();
-                    chunk(r, u_e.view(), rows)
-                },
-                sum,
-            );
-            (gx, grads)
-        } else {
-            let mut gx = crate::kernels::rows::zeros(x.nrows(), f);
-            let grads = reduce_chunked_rows(
-                &mut gx,
-                |r, rows| chunk(r.clone(), u_e.slice(s![r, ..]), rows),
-                sum,
-            );
-            drop(u_e);
-            (gx, grads)
-        };
-        drop(u_p);
-        let mut params = self.params.zeros_like();
-        params.accumulate_dim(KERNEL_EMB, gw_emb.view())?;
-        params.accumulate_dim(KERNEL_POOL, gw_pool.view())?;
-        finite_gradients(
-            "DiffPool",
-            Gradients {
-                x: gx,
-                edge_weights: ga,
-                params,
-            },
-        )
+        let gradients = cache
+            .saved
+            .backward(batch, &self.params, k, |part, state, rows| {
+                self.backward_state(
+                    part,
+                    state,
+                    grad.x.slice(s![rows.clone(), ..]),
+                    g_blocks.slice(s![rows, ..]),
+                    loss_grads,
+                )
+            })?;
+        finite_gradients("DiffPool", gradients)
     }
 
     fn params(&self) -> &Params<T> {
@@ -926,7 +1147,8 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
                 let (a, segs) = (batch.a().view(), batch.segments());
                 let a_s = s.connect_cache(a).a_s;
                 let link = link_terms(a, s.s.view(), a_s.view(), segs, false);
-                Ok(self.losses_from(batch.segments(), &link, s.s.view()))
+                let entropies = entropy_per_graph(s.s.view(), segs, self.variant.entropy_eps());
+                Ok(self.losses_from(segs, &link.norms, &entropies.to_vec()))
             }
             _ => Ok(Losses::new()),
         }

@@ -15,12 +15,13 @@ mod selection_core;
 mod sort_pool;
 mod topk_pool;
 
+pub use crate::framework::runs::RUN_NODES;
 pub use asym_cheeger::AsymCheegerCutPool;
 pub use attention::{
     GlobalAttentionCache, GlobalAttentionPool, GlobalAttnSumCache, GlobalAttnSumPool,
     NodeAttentionPool,
 };
-pub use clustering::{ClusteringCache, RUN_NODES};
+pub use clustering::ClusteringCache;
 pub use diff_pool::{DiffPool, DiffPoolCache, DiffPoolVariant};
 pub use dmon::{DMoNPool, DMoNVariant};
 pub use global::{GlobalAvgPool, GlobalMaxPool, GlobalSumPool};

@@ -15,6 +15,52 @@ pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R 
         .install(f)
 }
 
+/// A forward pass and the backward pass of an output gradient.
+pub type ForwardBackward = (
+    graphpool::framework::Pooled<f64>,
+    graphpool::framework::Gradients<f64>,
+);
+
+/// Asserts that a batch pooled run by run (`runs`) gives the whole batch's
+/// (`whole`) outputs and gradients of X and of the edge weights bit for
+/// bit, and its parameter gradients (sums over the nodes, added run by
+/// run) to a relative `1e-12`.
+pub fn assert_runs_match_whole(name: &str, runs: &ForwardBackward, whole: &ForwardBackward) {
+    assert_eq!(runs.0, whole.0, "{name}: outputs");
+    assert_eq!(runs.1.x, whole.1.x, "{name}: gradient of x");
+    assert_eq!(
+        runs.1.edge_weights, whole.1.edge_weights,
+        "{name}: edge gradients"
+    );
+    for ((p, v), (_, w)) in runs.1.params.iter().zip(whole.1.params.iter()) {
+        for (a, c) in v.iter().zip(w.iter()) {
+            let tol = 1e-12 * (1.0 + a.abs().max(c.abs()));
+            assert!(
+                (a - c).abs() <= tol,
+                "{name}: gradient of {p}: {a} against {c}"
+            );
+        }
+    }
+}
+
+/// Asserts that `by_runs` (a batch pooled run by run) gives the same bits
+/// on 1, 2 and 3 threads, and the results of `whole` (the same batch
+/// pooled whole) as [`assert_runs_match_whole`] says.
+pub fn assert_run_by_run(
+    name: &str,
+    by_runs: impl Fn() -> ForwardBackward + Sync,
+    whole: impl Fn() -> ForwardBackward,
+) {
+    let base = with_threads(1, &by_runs);
+    for threads in [2, 3] {
+        assert!(
+            with_threads(threads, &by_runs) == base,
+            "{name}: {threads} threads"
+        );
+    }
+    assert_runs_match_whole(name, &base, &whole());
+}
+
 /// Asserts that a layer's backward pass matches central differences.
 pub fn assert_gradients<L: Layer<f64> + Clone>(layer: &L, batch: &DisjointBatch<f64>) {
     let report = check_layer_gradients(layer, batch, GradCheckOptions::default())

@@ -1,0 +1,300 @@
+//! Pooling a batch of many small graphs run by run: runs of consecutive
+//! whole graphs, each pooled as a batch of its own
+//! ([`crate::DisjointBatch::graph_run`]), in parallel, so that the steps of
+//! a layer read each other's $N \times F$ and $N \times K$ intermediates
+//! from cache instead of memory. The helpers here cut a batch into runs,
+//! split the batch's outputs into the runs' rows, and add the runs'
+//! parameter gradients in run order.
+
+use std::ops::Range;
+
+use ndarray::{Array1, Array2, ArrayView2};
+use rayon::prelude::*;
+
+use crate::batch::{DisjointBatch, Segments};
+use crate::error::Result;
+use crate::framework::Gradients;
+use crate::kernels::rows;
+use crate::nn::Params;
+use crate::scalar::Scalar;
+
+/// The default node budget of a run of whole graphs that a batch of small
+/// graphs is pooled by (`with_run_nodes` of [`crate::layers::MinCutPool`],
+/// DMoNPool, JustBalancePool, AsymCheegerCutPool and DiffPool):
+/// 0.25 MiB of a 64-wide `f32` $X$, so that a run's $X$, $S$ and
+/// intermediates stay in a core's L2 cache (1 MiB on the bench machine)
+/// between the steps that read them. Of budgets 256 to 4096, 1024 was the
+/// fastest for MinCutPool on the `disjoint-small` bench workload.
+pub const RUN_NODES: usize = 1024;
+
+/// Cuts a batch of small graphs into runs of consecutive whole graphs of
+/// at most `budget` nodes together (a run takes graphs while they fit),
+/// each pooled as a batch of its own; `None` (pool the batch whole) if the
+/// budget is 0, a graph has more than `budget` nodes, or there would be a
+/// single run. The runs depend on the graph sizes alone, never on the
+/// thread count.
+pub(crate) fn graph_runs(seg: &Segments, budget: usize) -> Option<Vec<Range<usize>>> {
+    let b = seg.num_graphs();
+    if budget == 0 {
+        return None;
+    }
+    let mut runs = Vec::with_capacity(seg.num_nodes() / budget + 1);
+    let (mut start, mut nodes) = (0, 0);
+    for g in 0..b {
+        let size = seg.size(g);
+        if size > budget {
+            return None;
+        }
+        if nodes + size > budget {
+            runs.push(start..g);
+            (start, nodes) = (g, 0);
+        }
+        nodes += size;
+    }
+    if start < b {
+        runs.push(start..b);
+    }
+    (runs.len() > 1).then_some(runs)
+}
+
+/// Cuts `data` (rows of `width` entries) into the consecutive row counts
+/// `rows`, in order.
+pub(crate) fn split_rows<T>(
+    mut data: &mut [T],
+    width: usize,
+    rows: impl Iterator<Item = usize>,
+) -> Vec<&mut [T]> {
+    rows.map(|r| {
+        let (head, tail) = std::mem::take(&mut data).split_at_mut(r * width);
+        data = tail;
+        head
+    })
+    .collect()
+}
+
+/// Copies `src` (any layout) into `dst`, row-major.
+pub(crate) fn copy_rows<T: Scalar>(dst: &mut [T], src: ArrayView2<'_, T>) {
+    dst.copy_from_slice(&rows::row_major(&src));
+}
+
+/// The sum of the runs' parameter gradients `parts`, added in run order
+/// (so the same bits whatever the thread count), shaped like `params`.
+///
+/// # Errors
+/// A part that does not have `params`' names and shapes.
+pub(crate) fn sum_in_order<T: Scalar>(
+    params: &Params<T>,
+    parts: &[Params<T>],
+) -> Result<Params<T>> {
+    let mut total = params.zeros_like();
+    for p in parts {
+        for (name, v) in p.iter() {
+            total.accumulate(name, v.view())?;
+        }
+    }
+    Ok(total)
+}
+
+/// The state each run keeps for the backward pass, with the run's graphs,
+/// in run order.
+pub(crate) type RunStates<S> = Vec<(Range<usize>, S)>;
+
+/// The forward state `S` a layer keeps for its backward pass: the whole
+/// batch's, or each run's.
+#[derive(Debug, Clone)]
+pub(crate) enum Saved<S> {
+    Whole(Box<S>),
+    Runs(RunStates<S>),
+}
+
+impl<S: Sync> Saved<S> {
+    /// The backward pass from the saved state of a layer with `k` pooled
+    /// rows per graph: `pass(batch, state, rows)` on the whole batch, or on
+    /// each run's batch through [`backward_by_runs`], with `rows` the
+    /// pooled rows whose output gradients are the batch's (or run's). The
+    /// gradients are not checked.
+    ///
+    /// # Errors
+    /// Those of `pass`.
+    pub(crate) fn backward<T, F>(
+        &self,
+        batch: &DisjointBatch<T>,
+        params: &Params<T>,
+        k: usize,
+        pass: F,
+    ) -> Result<Gradients<T>>
+    where
+        T: Scalar,
+        F: Fn(&DisjointBatch<T>, &S, Range<usize>) -> Result<Gradients<T>> + Sync,
+    {
+        match self {
+            Saved::Whole(state) => pass(batch, state, 0..batch.num_graphs() * k),
+            Saved::Runs(runs) => {
+                // known once for the batch, then carried over to every run
+                batch.symmetric_graphs();
+                backward_by_runs(batch, runs, params, |run, graphs, state| {
+                    pass(run, state, graphs.start * k..graphs.end * k)
+                })
+            }
+        }
+    }
+}
+
+/// The outputs of a dense-assignment pool (one $K \times K$ block and $K$
+/// pooled rows per graph), written run by run: $X'$ ($BK \times C$), the
+/// stacked blocks ($BK \times K$), $S$ ($N \times K$) and some per-graph
+/// values ($B$ each), all in fresh memory.
+pub(crate) struct DenseRunOutputs<T: Scalar> {
+    pub x_out: Array2<T>,
+    pub blocks: Array2<T>,
+    pub s: Array2<T>,
+    pub per_graph: Vec<Vec<T>>,
+}
+
+/// One run's rows of [`DenseRunOutputs`], filled by [`RunRows::fill`].
+pub(crate) struct RunRows<'a, T> {
+    x_out: &'a mut [T],
+    blocks: &'a mut [T],
+    s: &'a mut [T],
+    per_graph: Vec<&'a mut [T]>,
+}
+
+impl<T: Scalar> RunRows<'_, T> {
+    /// Copies a run's $X'$, blocks, $S$ and per-graph values into its rows
+    /// of the batch's.
+    pub(crate) fn fill(
+        self,
+        x_out: ArrayView2<'_, T>,
+        blocks: ArrayView2<'_, T>,
+        s: ArrayView2<'_, T>,
+        per_graph: &[&[T]],
+    ) {
+        copy_rows(self.x_out, x_out);
+        copy_rows(self.blocks, blocks);
+        copy_rows(self.s, s);
+        for (o, v) in self.per_graph.into_iter().zip(per_graph) {
+            o.copy_from_slice(v);
+        }
+    }
+}
+
+impl<T: Scalar> DenseRunOutputs<T> {
+    /// Pools every run of `runs` (graphs of `seg`) with `run`, in parallel:
+    /// each gets its graphs and its rows of the outputs ($K$ clusters,
+    /// `width` pooled features, `per_graph` values per graph), and returns
+    /// the state it keeps, if any. The outputs and the kept states, in run
+    /// order; the first error of a run in run order otherwise.
+    pub(crate) fn by_runs<S, E, F>(
+        seg: &Segments,
+        runs: &[Range<usize>],
+        k: usize,
+        width: usize,
+        per_graph: usize,
+        run: F,
+    ) -> std::result::Result<(Self, RunStates<S>), E>
+    where
+        S: Send,
+        E: Send,
+        F: Fn(Range<usize>, RunRows<'_, T>) -> std::result::Result<Option<S>, E> + Sync,
+    {
+        let offsets = seg.offsets();
+        let b = seg.num_graphs();
+        let mut x_out = rows::fresh_matrix::<T>(b * k, width);
+        let mut blocks = rows::fresh_matrix::<T>(b * k, k);
+        let mut s = rows::fresh_matrix::<T>(seg.num_nodes(), k);
+        let mut values: Vec<Vec<T>> = (0..per_graph).map(|_| rows::fresh_vec(b)).collect();
+        let graphs = || runs.iter().map(|r| r.len());
+        let nodes = runs.iter().map(|r| offsets[r.end] - offsets[r.start]);
+        let mut xs = split_rows(x_out.as_slice_mut().expect("standard"), k * width, graphs());
+        let mut bs = split_rows(blocks.as_slice_mut().expect("standard"), k * k, graphs());
+        let mut ss = split_rows(s.as_slice_mut().expect("standard"), k, nodes);
+        let mut vs: Vec<Vec<&mut [T]>> = values
+            .iter_mut()
+            .map(|v| split_rows(v, 1, graphs()))
+            .collect();
+        // in reverse, so that each run pops its own rows
+        let mut tasks = Vec::with_capacity(runs.len());
+        for r in runs.iter().rev() {
+            let rows = RunRows {
+                x_out: xs.pop().expect("one per run"),
+                blocks: bs.pop().expect("one per run"),
+                s: ss.pop().expect("one per run"),
+                per_graph: vs
+                    .iter_mut()
+                    .map(|v| v.pop().expect("one per run"))
+                    .collect(),
+            };
+            tasks.push((r.clone(), rows));
+        }
+        tasks.reverse();
+        let kept: Vec<Option<(Range<usize>, S)>> = tasks
+            .into_par_iter()
+            .map(|(r, rows)| Ok(run(r.clone(), rows)?.map(|state| (r, state))))
+            .collect::<std::result::Result<_, E>>()?;
+        Ok((
+            Self {
+                x_out,
+                blocks,
+                s,
+                per_graph: values,
+            },
+            kept.into_iter().flatten().collect(),
+        ))
+    }
+}
+
+/// The backward pass of a batch pooled run by run: `run` gives each run's
+/// gradients from its own batch ([`DisjointBatch::graph_run`]), its graphs
+/// and its state, in parallel; their rows of $\bar X$ and entries of
+/// $\bar a$ are copied into the batch's, and their parameter gradients
+/// added in run order ([`sum_in_order`]). The gradients are not checked.
+///
+/// # Errors
+/// The first error of a run, in run order.
+fn backward_by_runs<T, S, F>(
+    batch: &DisjointBatch<T>,
+    runs: &[(Range<usize>, S)],
+    params: &Params<T>,
+    run: F,
+) -> Result<Gradients<T>>
+where
+    T: Scalar,
+    S: Sync,
+    F: Fn(&DisjointBatch<T>, Range<usize>, &S) -> Result<Gradients<T>> + Sync,
+{
+    let offsets = batch.segments().offsets();
+    let (n, f) = batch.x().dim();
+    let mut gx = rows::fresh_matrix::<T>(n, f);
+    let mut edges: Option<Vec<T>> = batch
+        .edge_weight_grad()
+        .then(|| rows::fresh_vec(batch.a().nnz()));
+    let node_counts = runs.iter().map(|(r, _)| offsets[r.end] - offsets[r.start]);
+    let gxs = split_rows(gx.as_slice_mut().expect("standard"), f, node_counts);
+    let indptr = batch.a().indptr();
+    let indptr = indptr.raw_storage();
+    let edge_counts = runs
+        .iter()
+        .map(|(r, _)| indptr[offsets[r.end]] - indptr[offsets[r.start]]);
+    let es: Vec<&mut [T]> = match &mut edges {
+        Some(e) => split_rows(e, 1, edge_counts),
+        None => runs.iter().map(|_| Default::default()).collect(),
+    };
+    let parts: Vec<Params<T>> = runs
+        .par_iter()
+        .zip(gxs)
+        .zip(es)
+        .map(|(((r, state), gxo), eo)| {
+            let g = run(&batch.graph_run(r.clone()), r.clone(), state)?;
+            copy_rows(gxo, g.x.view());
+            if let Some(w) = &g.edge_weights {
+                eo.copy_from_slice(&rows::row_major_1d(&w.view()));
+            }
+            Ok(g.params)
+        })
+        .collect::<Result<_>>()?;
+    Ok(Gradients {
+        x: gx,
+        edge_weights: edges.map(Array1::from),
+        params: sum_in_order(params, &parts)?,
+    })
+}
