@@ -945,6 +945,9 @@ pub struct ClusteringConfig {
     pub cot_scale: Num,
     /// Weights and cotangent seed.
     pub seed: u64,
+    /// Node budget of a run (`with_run_nodes`, taken modulo 12; 0 pools
+    /// every batch whole).
+    pub run_nodes: u8,
 }
 
 /// Target `clustering_pools`: MinCut (both variants), DMoN (both variants),
@@ -1138,6 +1141,20 @@ where
     }
 }
 
+/// A batch pooled run by run (`by_runs`) pools as the whole batch does
+/// (`whole`): the same outputs and losses, bit for bit, or the same error.
+fn runs_match_whole<T: Scalar, L: Layer<T, Output = Pooled<T>>>(
+    by_runs: &L,
+    whole: &L,
+    b: &DisjointBatch<T>,
+) {
+    match (by_runs.call(b), whole.call(b)) {
+        (Ok(y), Ok(w)) => assert_eq!(y, w, "run by run against the whole batch"),
+        (Err(e), Err(w)) => assert_eq!(e.to_string(), w.to_string()),
+        (y, w) => panic!("run by run {y:?} against the whole batch {w:?}"),
+    }
+}
+
 fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, moderate: bool) {
     let f = b.num_features();
     let (fin, width_ok) = in_features(f, c.width);
@@ -1153,15 +1170,24 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
     let act = Activation::ALL[c.activation as usize % Activation::ALL.len()];
     let (a, bb) = (c.coeff_a.0, c.coeff_b.0);
     let p = c.param_scale.0;
+    let budget = c.run_nodes as usize % 12;
+    // every layer pooled run by run, checked against the whole batch
+    macro_rules! by_runs {
+        ($l:expr) => {{
+            let l = $l.with_run_nodes(budget);
+            runs_match_whole(&l, &l.clone().with_run_nodes(0), b);
+            l
+        }};
+    }
     if let Some(l) = built(
         MinCutPool::<T>::new(fin, k, &hidden, act, c.seed),
         k == 0 || bad_hidden,
         "MinCutPool",
     ) {
-        let l = scaled(l, p);
+        let l = by_runs!(scaled(l, p));
         let twin = || MinCutPool::<f64>::new(fin, k, &hidden, act, c.seed);
         exercise(&l, b, exact_answer_fits(&l, twin(), b, ctx));
-        let l = l.with_variant(MinCutVariant::Pyg);
+        let l = by_runs!(l.with_variant(MinCutVariant::Pyg));
         let twin = twin().map(|t| t.with_variant(MinCutVariant::Pyg));
         exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
@@ -1170,10 +1196,10 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
         k == 0 || bad_hidden || !finite_in::<T>(a),
         "DMoNPool",
     ) {
-        let l = scaled(l, p);
+        let l = by_runs!(scaled(l, p));
         let twin = || DMoNPool::<f64>::new(fin, k, &hidden, act, a, c.seed);
         exercise(&l, b, exact_answer_fits(&l, twin(), b, ctx));
-        let l = l.with_variant(DMoNVariant::Pyg);
+        let l = by_runs!(l.with_variant(DMoNVariant::Pyg));
         let twin = twin().map(|t| t.with_variant(DMoNVariant::Pyg));
         exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
@@ -1182,7 +1208,7 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
         k == 0 || bad_hidden,
         "JustBalancePool",
     ) {
-        let l = scaled(l, p);
+        let l = by_runs!(scaled(l, p));
         let twin = JustBalancePool::<f64>::new(fin, k, &hidden, act, c.normalized, c.seed);
         exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
@@ -1191,7 +1217,7 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
         k < 2 || bad_hidden || !finite_in::<T>(a) || !finite_in::<T>(bb),
         "AsymCheegerCutPool",
     ) {
-        let l = scaled(l, p);
+        let l = by_runs!(scaled(l, p));
         let twin = AsymCheegerCutPool::<f64>::new(fin, k, &hidden, act, a, bb, c.seed);
         exercise(&l, b, exact_answer_fits(&l, twin, b, ctx));
     }
@@ -1224,6 +1250,9 @@ pub struct DiffMemConfig {
     pub cot_scale: Num,
     /// Weights and cotangent seed.
     pub seed: u64,
+    /// DiffPool's node budget of a run (`with_run_nodes`, taken modulo 12;
+    /// 0 pools every batch whole).
+    pub run_nodes: u8,
 }
 
 /// Target `diff_mem_pools`: DiffPool (both loss variants) and MemPooling
@@ -1314,7 +1343,9 @@ fn diff_mem_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &DiffMemConfig, moderate
         k == 0 || channels_opt == Some(0),
         "DiffPool",
     ) {
-        let l = scaled(l.with_variant(variant), c.param_scale.0);
+        let l = scaled(l.with_variant(variant), c.param_scale.0)
+            .with_run_nodes(c.run_nodes as usize % 12);
+        runs_match_whole(&l, &l.clone().with_run_nodes(0), b);
         exercise(&l, b, ctx);
         exercise_src(&l, b);
     }
