@@ -227,10 +227,17 @@ impl<T: Scalar> DenseRunOutputs<T> {
             tasks.push((r.clone(), rows));
         }
         tasks.reverse();
-        let kept: Vec<Option<(Range<usize>, S)>> = tasks
+        let results: Vec<std::result::Result<Option<S>, E>> = tasks
             .into_par_iter()
-            .map(|(r, rows)| Ok(run(r.clone(), rows)?.map(|state| (r, state))))
-            .collect::<std::result::Result<_, E>>()?;
+            .map(|(r, rows)| run(r, rows))
+            .collect();
+        // the first error in run order, whatever the thread count
+        let mut kept = Vec::with_capacity(runs.len());
+        for (r, result) in runs.iter().zip(results) {
+            if let Some(state) = result? {
+                kept.push((r.clone(), state));
+            }
+        }
         Ok((
             Self {
                 x_out,
@@ -238,7 +245,7 @@ impl<T: Scalar> DenseRunOutputs<T> {
                 s,
                 per_graph: values,
             },
-            kept.into_iter().flatten().collect(),
+            kept,
         ))
     }
 }
@@ -279,7 +286,7 @@ where
         Some(e) => split_rows(e, 1, edge_counts),
         None => runs.iter().map(|_| Default::default()).collect(),
     };
-    let parts: Vec<Params<T>> = runs
+    let results: Vec<Result<Params<T>>> = runs
         .par_iter()
         .zip(gxs)
         .zip(es)
@@ -291,7 +298,9 @@ where
             }
             Ok(g.params)
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    // the first error in run order, whatever the thread count
+    let parts = results.into_iter().collect::<Result<Vec<_>>>()?;
     Ok(Gradients {
         x: gx,
         edge_weights: edges.map(Array1::from),
