@@ -588,7 +588,6 @@ fn validate_x<T: Scalar>(x: &ArrayView2<T>, segments: &Segments) -> Result<()> {
     check_finite_2d(x, "x")
 }
 
-/// Checks that every entry of a matrix is finite; names the first bad one.
 /// The block `r × r` of the CSR matrix `m` (indptr from 0), with local
 /// indices: all the entries of its rows when `r` is a run of whole graphs
 /// of a block-diagonal `m`, so a valid CSR matrix built without a check.
@@ -603,6 +602,7 @@ fn csr_block<T: Scalar>(m: &CsMat<T>, r: std::ops::Range<usize>) -> CsMat<T> {
     crate::kernels::sparse::csr_by_construction((n, n), indptr, indices, data)
 }
 
+/// Checks that every entry of a matrix is finite; names the first bad one.
 pub(crate) fn check_finite_2d<T: Scalar>(x: &ArrayView2<T>, what: &str) -> Result<()> {
     let values = crate::kernels::rows::row_major(x);
     match crate::kernels::rows::first_non_finite(&values) {
