@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
 use crate::batch::{DisjointBatch, Segments};
@@ -167,13 +167,13 @@ impl<T: Scalar> RunRows<'_, T> {
         x_out: ArrayView2<'_, T>,
         blocks: ArrayView2<'_, T>,
         s: ArrayView2<'_, T>,
-        per_graph: &[&[T]],
+        per_graph: &[ArrayView1<'_, T>],
     ) {
         copy_rows(self.x_out, x_out);
         copy_rows(self.blocks, blocks);
         copy_rows(self.s, s);
         for (o, v) in self.per_graph.into_iter().zip(per_graph) {
-            o.copy_from_slice(v);
+            o.copy_from_slice(&rows::row_major_1d(v));
         }
     }
 }
@@ -205,28 +205,30 @@ impl<T: Scalar> DenseRunOutputs<T> {
         let mut values: Vec<Vec<T>> = (0..per_graph).map(|_| rows::fresh_vec(b)).collect();
         let graphs = || runs.iter().map(|r| r.len());
         let nodes = runs.iter().map(|r| offsets[r.end] - offsets[r.start]);
-        let mut xs = split_rows(x_out.as_slice_mut().expect("standard"), k * width, graphs());
-        let mut bs = split_rows(blocks.as_slice_mut().expect("standard"), k * k, graphs());
-        let mut ss = split_rows(s.as_slice_mut().expect("standard"), k, nodes);
-        let mut vs: Vec<Vec<&mut [T]>> = values
+        let xs = split_rows(x_out.as_slice_mut().expect("standard"), k * width, graphs());
+        let bs = split_rows(blocks.as_slice_mut().expect("standard"), k * k, graphs());
+        let ss = split_rows(s.as_slice_mut().expect("standard"), k, nodes);
+        let mut vs: Vec<_> = values
             .iter_mut()
-            .map(|v| split_rows(v, 1, graphs()))
+            .map(|v| split_rows(v, 1, graphs()).into_iter())
             .collect();
-        // in reverse, so that each run pops its own rows
-        let mut tasks = Vec::with_capacity(runs.len());
-        for r in runs.iter().rev() {
-            let rows = RunRows {
-                x_out: xs.pop().expect("one per run"),
-                blocks: bs.pop().expect("one per run"),
-                s: ss.pop().expect("one per run"),
-                per_graph: vs
-                    .iter_mut()
-                    .map(|v| v.pop().expect("one per run"))
-                    .collect(),
-            };
-            tasks.push((r.clone(), rows));
-        }
-        tasks.reverse();
+        let tasks: Vec<_> = runs
+            .iter()
+            .cloned()
+            .zip(xs)
+            .zip(bs)
+            .zip(ss)
+            .map(|(((r, x_out), blocks), s)| {
+                let per_graph = vs.iter_mut().map(|v| v.next().expect("one per run"));
+                let rows = RunRows {
+                    x_out,
+                    blocks,
+                    s,
+                    per_graph: per_graph.collect(),
+                };
+                (r, rows)
+            })
+            .collect();
         let results: Vec<std::result::Result<Option<S>, E>> = tasks
             .into_par_iter()
             .map(|(r, rows)| run(r, rows))

@@ -599,8 +599,7 @@ impl<T: Scalar> DenseClustering<T> {
             self.losses.len(),
             |r, rows| {
                 let fw = self.compute(&batch.graph_run(r))?;
-                let values: Vec<Vec<T>> = fw.values.iter().map(|v| v.to_vec()).collect();
-                let values: Vec<&[T]> = values.iter().map(|v| &v[..]).collect();
+                let values: Vec<_> = fw.values.iter().map(|v| v.view()).collect();
                 rows.fill(
                     fw.x_out.view(),
                     fw.state.out_blocks(&fw.blocks).view(),

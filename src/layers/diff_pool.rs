@@ -635,12 +635,11 @@ impl<T: Scalar> DiffPool<T> {
             2,
             |r, rows| {
                 let fw = self.compute(&batch.graph_run(r), keep)?;
-                let entropies = fw.entropies.to_vec();
                 rows.fill(
                     fw.x_out.view(),
                     fw.blocks.view(),
                     fw.s.view(),
-                    &[&fw.link.norms[..], &entropies[..]],
+                    &[ArrayView1::from(&fw.link.norms), fw.entropies.view()],
                 );
                 Ok::<_, PoolError>(fw.z_pre.map(|z_pre| ForwardState {
                     filter: fw.filter,
