@@ -1008,6 +1008,7 @@ fn mincut_pyg_f32(data: &[u8]) -> Option<MinCutPygF32> {
         MinCutPool::<f32>::new(fin, k, &hidden, act, c.seed).ok()?,
         c.param_scale.0,
     )
+    .with_run_nodes(run_budget(c.run_nodes))
     .with_variant(MinCutVariant::Pyg);
     Some(MinCutPygF32 {
         l32,
@@ -1141,6 +1142,12 @@ where
     }
 }
 
+/// The node budget of a run (`with_run_nodes`) that a configuration's
+/// `run_nodes` byte selects: 0 (every batch whole) to 11.
+fn run_budget(byte: u8) -> usize {
+    byte as usize % 12
+}
+
 /// A batch pooled run by run (`by_runs`) pools as the whole batch does
 /// (`whole`): the same outputs and losses, bit for bit, or the same error.
 fn runs_match_whole<T: Scalar, L: Layer<T, Output = Pooled<T>>>(
@@ -1170,7 +1177,7 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
     let act = Activation::ALL[c.activation as usize % Activation::ALL.len()];
     let (a, bb) = (c.coeff_a.0, c.coeff_b.0);
     let p = c.param_scale.0;
-    let budget = c.run_nodes as usize % 12;
+    let budget = run_budget(c.run_nodes);
     // every layer pooled run by run, checked against the whole batch
     macro_rules! by_runs {
         ($l:expr) => {{
@@ -1344,7 +1351,7 @@ fn diff_mem_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &DiffMemConfig, moderate
         "DiffPool",
     ) {
         let l = scaled(l.with_variant(variant), c.param_scale.0)
-            .with_run_nodes(c.run_nodes as usize % 12);
+            .with_run_nodes(run_budget(c.run_nodes));
         runs_match_whole(&l, &l.clone().with_run_nodes(0), b);
         exercise(&l, b, ctx);
         exercise_src(&l, b);
