@@ -143,9 +143,6 @@ pub struct MemPooling<T: Scalar> {
 /// Saved state of [`MemPooling`]'s forward pass.
 #[derive(Debug, Clone)]
 pub struct MemPoolingCache<T: Scalar> {
-    /// Squared distances $\lVert x_n - k^{(h)}_j\rVert^2$, $N \times HK$
-    /// (the per-head assignments $S^{(h)}$ are recomputed from them).
-    dist: Array2<T>,
     assignment: DenseAssignment<T>,
     /// Column sums $c_g$, $B \times K$.
     colsum: Array2<T>,
@@ -307,58 +304,52 @@ impl<T: Scalar> MemPooling<T> {
         Ok(())
     }
 
-    /// $S$ ($N \times K$), and when `keep` the squared distances
-    /// ($N \times HK$, for the backward pass, which recomputes the per-head
-    /// assignments from them). One parallel pass over fixed blocks of
-    /// [`ROW_BLOCK`] nodes on plain slices (distances two nodes at a time,
-    /// per-head weights, logits; the per-head weights, and without `keep`
-    /// the distances, live in a per-task scratch block), then the row
-    /// softmax. Every value is computed as the per-row formulas say, so the
-    /// result does not depend on `keep` nor on the thread count.
-    #[allow(clippy::type_complexity)]
-    fn assign_with(&self, x: ArrayView2<T>, keep: bool) -> Result<(Option<Array2<T>>, Array2<T>)> {
-        let (h, k) = (self.heads, self.k);
-        let m = h * k;
+    /// The keys transposed ($F \times HK$, one contiguous row of key entries
+    /// per feature) and the head convolution, as [`assign_block`] reads them.
+    fn block_params(&self) -> Result<(Vec<T>, Vec<T>)> {
         let keys = self.keys()?;
-        let conv = self.params.vector(CONV)?;
-        let (tau, alpha) = (self.tau, self.alpha());
-        let n = x.nrows();
-        // the keys as F x HK rows: one contiguous row of key entries per feature
-        let keys_t = keys.t().as_standard_layout().into_owned();
-        let kt = keys_t.as_slice().expect("standard layout");
-        let f = x.ncols();
-        let xs = row_major(&x);
-        let conv = crate::kernels::rows::row_major_1d(&conv);
-        let ctx = AssignBlock {
-            xs: &xs,
+        let keys_t = keys.t().iter().copied().collect();
+        let conv = self.params.vector(CONV)?.iter().copied().collect();
+        Ok((keys_t, conv))
+    }
+
+    /// What [`assign_block`] reads for the nodes of `xs` (row-major, $F$ per
+    /// node) and the keys and convolution of [`MemPooling::block_params`].
+    fn block_context<'a>(
+        &self,
+        xs: &'a [T],
+        f: usize,
+        kt: &'a [T],
+        conv: &'a [T],
+    ) -> AssignBlock<'a, T> {
+        AssignBlock {
+            xs,
             kt,
-            conv: &conv,
+            conv,
             f,
-            m,
-            k,
-            tau,
-            alpha,
-        };
-        let block = |lo: usize, db: &mut [T], pb: &mut [T], lb: &mut [T]| {
-            assign_block(&ctx, lo, db, pb, lb)
-        };
+            m: self.heads * self.k,
+            k: self.k,
+            tau: self.tau,
+            alpha: self.alpha(),
+        }
+    }
+
+    /// $S$ ($N \times K$): one parallel pass over fixed blocks of
+    /// [`ROW_BLOCK`] nodes on plain slices (distances two nodes at a time,
+    /// per-head weights, logits; the distances and per-head weights live in
+    /// a per-task scratch block), then the row softmax. Every value is
+    /// computed as the per-row formulas say, so the result does not depend
+    /// on the thread count. The backward pass recomputes a chunk's
+    /// distances and per-head weights with the same [`assign_block`] (the
+    /// same bits) rather than keeping the $N \times HK$ distances.
+    fn assign(&self, x: ArrayView2<T>) -> Result<Array2<T>> {
+        let (n, f, k) = (x.nrows(), x.ncols(), self.k);
+        let m = self.heads * k;
+        let (kt, conv) = self.block_params()?;
+        let xs = row_major(&x);
+        let ctx = self.block_context(&xs, f, &kt, &conv);
         let mut logits = vec![T::zero(); n * k];
-        let mut dist = Vec::new();
-        if m > 0 && keep {
-            // the per-head weights in scratch: the backward pass recomputes
-            // them from the distances (a division per entry)
-            dist = vec![T::zero(); n * m];
-            dist.par_chunks_mut(ROW_BLOCK * m)
-                .zip(logits.par_chunks_mut(ROW_BLOCK * k))
-                .enumerate()
-                .for_each_init(
-                    || vec![T::zero(); ROW_BLOCK * m],
-                    |pb, (b, (db, lb))| {
-                        let len = db.len();
-                        block(b * ROW_BLOCK, db, &mut pb[..len], lb)
-                    },
-                );
-        } else if m > 0 {
+        if m > 0 {
             logits
                 .par_chunks_mut(ROW_BLOCK * k)
                 .enumerate()
@@ -371,17 +362,14 @@ impl<T: Scalar> MemPooling<T> {
                     },
                     |(db, pb), (b, lb)| {
                         let len = lb.len() / k * m;
-                        block(b * ROW_BLOCK, &mut db[..len], &mut pb[..len], lb);
+                        assign_block(&ctx, b * ROW_BLOCK, &mut db[..len], &mut pb[..len], lb);
                     },
                 );
         }
-        let shape = |c: usize, v: Vec<T>| {
-            Array2::from_shape_vec((n, c), v).expect("the length is rows * columns")
-        };
         // the logits become S in place (softmax_rows' bits, no N x K copy)
-        let mut s = shape(k, logits);
+        let mut s = Array2::from_shape_vec((n, k), logits).expect("the length is rows * columns");
         softmax_rows_in_place(&mut s);
-        Ok((keep.then(|| shape(m, dist)), s))
+        Ok(s)
     }
 
     /// The forward pass, with its cache when `keep`.
@@ -392,7 +380,7 @@ impl<T: Scalar> MemPooling<T> {
     ) -> Result<(Pooled<T>, Option<MemPoolingCache<T>>)> {
         self.check_input(batch)?;
         let (x, segs) = (batch.x().view(), batch.segments());
-        let (dist, s) = self.assign_with(x, keep)?;
+        let s = self.assign(x)?;
         let assignment = DenseAssignment { s };
         let (x_out, _) = self.reduce_features(&assignment, x, segs)?;
         let out_segments = assignment.reduce_index(segs);
@@ -402,19 +390,15 @@ impl<T: Scalar> MemPooling<T> {
         losses.insert("kl".into(), kl);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let cache = match dist {
-            Some(dist) => Some(MemPoolingCache {
-                dist,
-                assignment: assignment.clone(),
-                colsum,
-                connect,
-                out_x_shape,
-                out_nnz,
-                input: InputSignature::of(batch),
-                stamp: self.stamp(),
-            }),
-            None => None,
-        };
+        let cache = keep.then(|| MemPoolingCache {
+            assignment: assignment.clone(),
+            colsum,
+            connect,
+            out_x_shape,
+            out_nnz,
+            input: InputSignature::of(batch),
+            stamp: self.stamp(),
+        });
         let pooled = Pooled::checked(
             "MemPooling",
             x_out,
@@ -581,9 +565,9 @@ fn assign_block<T: Scalar>(
 /// distances `d` ($HK$): per head, Student-t assignments as ratios to the
 /// nearest key's kernel, $((\tau + d_{\min}) / (\tau + d_j))^\alpha$,
 /// normalised by their sum (taken over $j$ in order; a head whose
-/// $\tau + d_{\min}$ is not finite gets $1/K$ everywhere). Shared by the
-/// forward pass and the backward pass, which recomputes them from the
-/// cached distances (same operations, same bits). Four heads at a time, so
+/// $\tau + d_{\min}$ is not finite gets $1/K$ everywhere). Called by
+/// [`assign_block`], which both passes run (the backward pass recomputes a
+/// chunk's distances and weights: same operations, same bits). Four heads at a time, so
 /// their four sums advance side by side instead of one chain after another.
 #[inline(always)]
 fn head_weights<T: Scalar>(d: &[T], ph: &mut [T], k: usize, tau: T, alpha: T, unit_alpha: bool) {
@@ -865,28 +849,32 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         drop(gs);
         let m = h * k;
         let f = x.ncols();
-        let d_view = cache.dist.view();
-        let ds = row_major(&d_view);
         let gzs = gz.as_slice().expect("fresh array");
         let xs = row_major(&x);
-        let unit_alpha = alpha == T::one();
+        let (kt, conv_w) = self.block_params()?;
+        let ctx = self.block_context(&xs, f, &kt, &conv_w);
         let two = T::c(2.0);
-        // one pass over the fixed chunks of reduce_chunked: per node the
-        // per-head weights (recomputed from the distances), the gradient of
-        // the distances gd (a chunk at a time, never N x HK), its share of
-        // gx, and the partial sums of the convolution, key and column
+        // one pass over the fixed chunks of reduce_chunked: per chunk the
+        // distances and per-head weights of the forward pass, recomputed
+        // by its own assign_block (the same bits; the N x HK distances are
+        // not kept between the passes), then per node the gradient of the
+        // distances gd (a chunk at a time, never N x HK), its share of gx,
+        // and the partial sums of the convolution, key and column
         // gradients, folded in chunk order
         let (g_conv, gk_t, gd_col) = reduce_chunked_rows(
             &mut gx,
             |nodes, mut gx_rows| {
                 let rows = nodes.len();
                 let mut acc = Array1::<T>::zeros(h);
-                let mut ph = vec![T::zero(); m];
+                let (mut dc, mut pc) = (vec![T::zero(); rows * m], vec![T::zero(); rows * m]);
+                if m > 0 {
+                    let mut logits = vec![T::zero(); rows * k];
+                    assign_block(&ctx, nodes.start, &mut dc, &mut pc, &mut logits);
+                }
                 let mut gd = Array2::<T>::zeros((rows, m));
                 for (i, gdr) in gd.outer_iter_mut().enumerate() {
                     let node = nodes.start + i;
-                    let d = &ds[node * m..(node + 1) * m];
-                    head_weights(d, &mut ph, k, tau, alpha, unit_alpha);
+                    let (d, ph) = (&dc[i * m..(i + 1) * m], &pc[i * m..(i + 1) * m]);
                     let g = &gzs[node * k..(node + 1) * k];
                     for (a, row) in acc.iter_mut().zip(ph.chunks_exact(k)) {
                         for (&gj, &pj) in g.iter().zip(row) {
@@ -975,7 +963,7 @@ impl<T: Scalar> SrcPool<T> for MemPooling<T> {
     /// $S = \operatorname{softmax}\big(\sum_h w_h S^{(h)}\big)$.
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;
-        let (_, s) = self.assign_with(batch.x().view(), false)?;
+        let s = self.assign(batch.x().view())?;
         Ok((Selection::Dense(DenseAssignment { s }), None))
     }
 
