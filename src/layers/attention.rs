@@ -171,10 +171,11 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
             .for_each(|(b, mut block)| {
                 let r0 = b * ROW_BLOCK;
                 let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
-                let attention = matmul(xb, w2, Some(b2));
+                let mut attention = matmul(xb, w2, Some(b2));
+                activation.forward_inplace(&mut attention);
                 Zip::from(&mut block)
                     .and(&attention)
-                    .for_each(|f, &a| *f *= activation.apply(a));
+                    .for_each(|f, &a| *f *= a);
             });
         Self::pool(&gated, batch)
     }

@@ -255,15 +255,16 @@ fn apply_slice<T: Scalar>(act: Activation, v: &mut [T]) {
 }
 }
 
-#[inline]
+/// $\sigma(x) = 1 / (1 + e^{-x})$ for $x \ge 0$, $e^x / (1 + e^x)$ below
+/// (no overflow either way), from the one exponential $e^{0 - |x|}$ and a
+/// select rather than a branch, and always inlined, so that a loop over it
+/// vectorises. ($0 - |x|$ rather than $-|x|$: a NaN keeps its sign, as it
+/// did through $e^x$, on every code path.)
+#[inline(always)]
 pub(crate) fn sigmoid<T: Scalar>(x: T) -> T {
     let one = T::one();
-    if x >= T::zero() {
-        one / (one + (-x).exp_vectorizable())
-    } else {
-        let e = x.exp_vectorizable();
-        e / (one + e)
-    }
+    let e = (T::zero() - x.abs()).exp_vectorizable();
+    (if x >= T::zero() { one } else { e }) / (one + e)
 }
 
 /// Softmax over each row (max-shifted): $s_{nk} = e^{z_{nk}} / \sum_j e^{z_{nj}}$
