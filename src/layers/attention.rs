@@ -16,8 +16,8 @@ use crate::kernels::segment::{segment_softmax, segment_softmax_vjp, segment_sum,
 use crate::kernels::{map_nodes, rows, ROW_BLOCK};
 use crate::nn::params::check_array_size;
 use crate::nn::{
-    dense_backward_streamed, matmul, matmul_vjp, rng_from_seed, Activation, Dense, Initializer,
-    Params,
+    dense_pair_backward_streamed, matmul, matmul_vjp, rng_from_seed, Activation, Dense,
+    Initializer, Params,
 };
 use crate::scalar::Scalar;
 
@@ -46,19 +46,18 @@ pub struct GlobalAttentionPool<T: Scalar> {
     attention: Dense,
 }
 
-/// Saved state of [`GlobalAttentionPool`]'s forward pass: the two
-/// $N \times C$ factors of the gate. The pre-activation of the attention
-/// branch is not kept (the sigmoid's derivative is $\sigma(1 - \sigma)$), nor
-/// the gated product (the backward pass forms its gradients chunk by chunk).
+/// Saved state of [`GlobalAttentionPool`]'s forward pass: the output's
+/// shape and what identifies the batch and the weights. No $N \times C$
+/// array is kept: the backward pass recomputes the two factors of the gate,
+/// $X W_1 + b_1$ and $\sigma(X W_2 + b_2)$, a chunk of rows at a time while
+/// it forms their gradients (the same bits as the forward pass's), so the
+/// layer holds at most one $N \times C$ matrix in either pass.
 #[derive(Debug, Clone)]
 pub struct GlobalAttentionCache<T: Scalar> {
-    /// $X W_1 + b_1$.
-    features: Array2<T>,
-    /// $\sigma(X W_2 + b_2)$.
-    attention: Array2<T>,
     out_shape: [usize; 2],
     input: InputSignature,
     stamp: LayerStamp,
+    _scalar: std::marker::PhantomData<T>,
 }
 
 impl<T: Scalar> GlobalAttentionPool<T> {
@@ -134,30 +133,23 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
     type Cache = GlobalAttentionCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Array2<T>, Self::Cache)> {
-        let x = batch.x().view();
-        let (w1, b1) = self.weights(self.features.prefix.as_str(), &x)?;
-        let (w2, b2) = self.weights(self.attention.prefix.as_str(), &x)?;
-        let features = matmul(x, w1, Some(b1));
-        let mut attention = matmul(x, w2, Some(b2));
-        self.attention.activation.forward_inplace(&mut attention);
-        let out = Self::pool(&(&features * &attention), batch)?;
+        let out = self.call(batch)?;
         let out_shape = [out.nrows(), out.ncols()];
         Ok((
             out,
             GlobalAttentionCache {
-                features,
-                attention,
                 out_shape,
                 input: InputSignature::of(batch),
                 stamp: self.stamp(),
+                _scalar: std::marker::PhantomData,
             },
         ))
     }
 
-    /// The forward pass without a cache: the attention branch is computed a
-    /// block of [`ROW_BLOCK`](crate::kernels::ROW_BLOCK) rows at a time and
-    /// multiplied into the features, so one $N \times C$ matrix is held
-    /// instead of four (the same bits as [`Layer::forward`]).
+    /// The forward pass without a cache (the forward pass keeps none of its
+    /// arrays either): the attention branch is computed a block of
+    /// [`ROW_BLOCK`](crate::kernels::ROW_BLOCK) rows at a time and
+    /// multiplied into the features, so one $N \times C$ matrix is held.
     fn call(&self, batch: &DisjointBatch<T>) -> Result<Array2<T>> {
         let x = batch.x().view();
         let (w1, b1) = self.weights(self.features.prefix.as_str(), &x)?;
@@ -190,43 +182,40 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
         let x = batch.x().view();
-        let (w1, _) = self.weights(self.features.prefix.as_str(), &x)?;
-        let (w2, _) = self.weights(self.attention.prefix.as_str(), &x)?;
+        let (w1, b1) = self.weights(self.features.prefix.as_str(), &x)?;
+        let (w2, b2) = self.weights(self.attention.prefix.as_str(), &x)?;
         let activation = self.attention.activation;
         let segments = batch.segments();
-        // the gradient of the gated rows is grad[g] on every node of graph g:
-        // each piece of rows forms its products with it on the fly
-        let gated_grad =
-            |rows: Range<usize>, other: &Array2<T>, derivative: bool| {
-                let c = other.ncols();
-                let mut out = Array2::zeros((rows.len(), c));
-                let offsets = segments.offsets();
-                let mut g = segments.graph_of(rows.start);
-                for (j, mut o) in out.outer_iter_mut().enumerate() {
-                    let n = rows.start + j;
-                    while n >= offsets[g + 1] {
-                        g += 1;
-                    }
-                    let (gr, fr) = (grad.row(g), other.row(n));
-                    if derivative {
-                        let ar = cache.attention.row(n);
-                        Zip::from(&mut o).and(&gr).and(&fr).and(&ar).for_each(
-                            |o, &gv, &fv, &av| *o = gv * fv * activation.derivative_from_output(av),
-                        );
-                    } else {
-                        Zip::from(&mut o)
-                            .and(&gr)
-                            .and(&fr)
-                            .for_each(|o, &gv, &fv| *o = gv * fv);
-                    }
+        // per chunk of rows, the factors of the gate recomputed from its rows
+        // of X (the products of the forward pass's row blocks, since a chunk
+        // starts on one: the same bits), then the gradients of the two
+        // pre-activations, in their buffers: grad * attention for the
+        // features, grad * features * sigma' (from sigma itself) for the
+        // attention; grad[g] on every node of graph g
+        let grad_pre = |rows: Range<usize>| {
+            let xr = x.slice(s![rows.clone(), ..]);
+            let mut att = matmul(xr, w2, Some(b2));
+            activation.forward_inplace(&mut att);
+            let mut feat = matmul(xr, w1, Some(b1));
+            let offsets = segments.offsets();
+            let mut g = segments.graph_of(rows.start);
+            for (j, (mut a, mut f)) in att.outer_iter_mut().zip(feat.outer_iter_mut()).enumerate() {
+                while rows.start + j >= offsets[g + 1] {
+                    g += 1;
                 }
-                out
-            };
+                let gr = grad.row(g);
+                Zip::from(&mut a)
+                    .and(&mut f)
+                    .and(&gr)
+                    .for_each(|a, f, &gv| {
+                        *f = gv * *f * activation.derivative_from_output(*a);
+                        *a = gv * *a;
+                    });
+            }
+            (att, feat)
+        };
         let mut gx = rows::zeros(x.nrows(), x.ncols());
-        let (gw1, gb1) =
-            dense_backward_streamed(x, w1, |r| gated_grad(r, &cache.attention, false), &mut gx);
-        let (gw2, gb2) =
-            dense_backward_streamed(x, w2, |r| gated_grad(r, &cache.features, true), &mut gx);
+        let ((gw1, gb1), (gw2, gb2)) = dense_pair_backward_streamed(x, w1, w2, grad_pre, &mut gx);
         let mut params = self.params.zeros_like();
         let p1 = self.features.prefix.as_str();
         let p2 = self.attention.prefix.as_str();

@@ -243,6 +243,44 @@ where
     )
 }
 
+/// [`dense_backward_streamed`] for two dense layers that read the same
+/// $X$, $Y_1 = f_1(X W_1 + b_1)$ and $Y_2 = f_2(X W_2 + b_2)$, whose
+/// pre-activation gradients `grad_pre(rows)` forms together, a chunk at a
+/// time (a gate and its gated factor, say, recomputed from the chunk's
+/// rows of $X$). Adds $\bar Z_1 W_1^\top$ then $\bar Z_2 W_2^\top$ into each
+/// row of `gx` and returns $((\bar W_1, \bar b_1), (\bar W_2, \bar b_2))$:
+/// the bits of [`dense_backward_streamed`] for layer 1 and then for layer 2
+/// on the same `gx`, in one pass over the chunks instead of two.
+#[allow(clippy::type_complexity)]
+pub(crate) fn dense_pair_backward_streamed<T, G>(
+    x: ArrayView2<T>,
+    w1: ArrayView2<T>,
+    w2: ArrayView2<T>,
+    grad_pre: G,
+    gx: &mut Array2<T>,
+) -> ((Array2<T>, Array1<T>), (Array2<T>, Array1<T>))
+where
+    T: Scalar,
+    G: Fn(Range<usize>) -> (Array2<T>, Array2<T>) + Sync,
+{
+    debug_assert_eq!(gx.dim(), x.dim());
+    let piece =
+        |xs: ArrayView2<T>, g: &Array2<T>| (transpose_times(xs, g.view()), g.sum_axis(Axis(0)));
+    reduce_chunked_rows(
+        gx,
+        |r, mut gx_rows| {
+            let (g1, g2) = grad_pre(r.clone());
+            debug_assert_eq!(g1.dim(), (r.len(), w1.ncols()));
+            debug_assert_eq!(g2.dim(), (r.len(), w2.ncols()));
+            matmul_acc_piece(g1.view(), w1.t(), gx_rows.view_mut());
+            matmul_acc_piece(g2.view(), w2.t(), gx_rows);
+            let xs = x.slice(s![r, ..]);
+            (piece(xs, &g1), piece(xs, &g2))
+        },
+        |((a, b), (c, d)), ((e, f), (g, h))| ((a + e, b + f), (c + g, d + h)),
+    )
+}
+
 /// VJP of [`matmul`]: returns $(\bar X = \bar Y W^\top,\ \bar W = X^\top \bar Y,\ \bar b = \sum_n \bar Y_n)$.
 /// The reductions over rows use fixed chunks (deterministic).
 pub fn matmul_vjp<T: Scalar>(
