@@ -135,7 +135,9 @@ impl Activation {
 
     /// The derivative at pre-activation `x` (with `y = apply(x)`).
     /// At the kink of relu the derivative is taken as 0, as in TensorFlow.
-    #[inline]
+    /// (Always inlined, as [`Activation::apply`]: a loop over it then
+    /// chooses the activation once, not per entry through a call.)
+    #[inline(always)]
     pub fn derivative<T: Scalar>(self, x: T, y: T) -> T {
         let one = T::one();
         match self {
@@ -209,7 +211,7 @@ impl Activation {
     /// [`Activation::derivative`]`(x, y)` when
     /// [`Activation::derivative_from_output_only`] holds (where it does not,
     /// this is not the derivative).
-    #[inline]
+    #[inline(always)]
     pub fn derivative_from_output<T: Scalar>(self, y: T) -> T {
         self.derivative(y, y)
     }
