@@ -667,8 +667,8 @@ def report(a, run_id):
       f"when a run is expected under 1 s, {meta['peer_repeat']} when longer, "
       f"{meta['slow_repeat']} for tgp's clustering pools on disjoint-small (23-85 s per "
       f"forward+backward); each after one untimed warm-up; graphpool's all-ones "
-      f"output gradient built once before its timed runs (PyTorch's backward of a sum "
-      f"expands a scalar; Spektral's tape builds it in every run); "
+      f"output gradient built between its two passes, outside the timed span (PyTorch's "
+      f"backward of a sum expands a scalar; Spektral's tape builds it in every run); "
       f"timeout {meta['timeout_s']:g} s per command\n")
     w("## Memory read bandwidth\n")
     for when in ("start", "end"):

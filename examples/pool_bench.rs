@@ -11,9 +11,9 @@
 //! Layers take Spektral's names and the peers' settings: K = 16 clusters,
 //! ratio 0.5, MemPooling with 4 heads and F' = F, MLPs without hidden
 //! layers. `--backward` times the forward pass plus the backward pass of the
-//! sum of every output and auxiliary loss (all-ones output gradients, a
-//! constant built once before the timed runs, as PyTorch's backward of a
-//! sum expands a scalar without building them), with
+//! sum of every output and auxiliary loss (all-ones output gradients,
+//! built between the two passes outside the timed span, as PyTorch's
+//! backward of a sum expands a scalar without building them), with
 //! respect to `x` and the parameters only, as the peers differentiate (the
 //! batch has edge-weight gradients off,
 //! `DisjointBatch::with_edge_weight_grad(false)`); `--edge-grad` (with
@@ -47,41 +47,33 @@ impl WithLayer for Timer<'_> {
         L: Layer<f32>,
         L::Output: BenchOutput,
     {
-        // the all-ones output gradient is a constant, built once from an
-        // untimed run's output (PyTorch's backward of a sum does not build
-        // it either: it expands a scalar); an output of another shape would
-        // get its own, built in its timed run
-        let ones = match self.backward {
-            true => {
-                let y = layer.call(self.batch)?;
-                Some((y.shape_key(), y.ones()))
-            }
-            false => None,
-        };
-        let step = || -> graphpool::Result<()> {
+        // one run, its timed span in seconds: with --backward, the all-ones
+        // output gradient is built between the forward and the backward
+        // pass, outside the timed span (PyTorch's backward of a sum does
+        // not build it either: it expands a scalar), and dropped after it;
+        // it is held, as before, only while the backward pass runs
+        let step = || -> graphpool::Result<f64> {
             if self.backward {
+                let t = Instant::now();
                 let (y, cache) = layer.forward(self.batch)?;
-                let key = y.shape_key();
-                let fresh;
-                let g = match &ones {
-                    Some((k, g)) if *k == key => g,
-                    _ => {
-                        fresh = y.ones();
-                        &fresh
-                    }
-                };
-                std::hint::black_box(layer.backward(self.batch, &cache, g)?);
+                let forward = t.elapsed();
+                let ones = y.ones();
+                let t = Instant::now();
+                std::hint::black_box(layer.backward(self.batch, &cache, &ones)?);
+                drop((y, cache));
+                let backward = t.elapsed();
+                drop(ones);
+                Ok((forward + backward).as_secs_f64())
             } else {
+                let t = Instant::now();
                 std::hint::black_box(layer.call(self.batch)?);
+                Ok(t.elapsed().as_secs_f64())
             }
-            Ok(())
         };
         step()?;
         let mut times = Vec::with_capacity(self.repeat);
         for _ in 0..self.repeat {
-            let t = Instant::now();
-            step()?;
-            times.push(t.elapsed().as_secs_f64());
+            times.push(step()?);
         }
         Ok(times)
     }

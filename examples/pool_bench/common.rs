@@ -120,9 +120,6 @@ pub fn load(dir: &Path) -> Result<DisjointBatch<f32>, BoxError> {
 pub trait BenchOutput: Differentiable<f32> {
     /// The all-ones output gradient.
     fn ones(&self) -> Self::Grad;
-    /// The shapes of the output's arrays (and its number of losses): two
-    /// outputs with the same key take the same output gradient.
-    fn shape_key(&self) -> Vec<usize>;
     /// Appends (name, bytes) for every array the output holds.
     fn footprint(&self, parts: &mut Vec<(String, u64)>);
 }
@@ -136,9 +133,6 @@ impl BenchOutput for Array2<f32> {
         let mut g = graphpool::kernels::rows::fresh_matrix(self.nrows(), self.ncols());
         g.par_mapv_inplace(|_| 1.0);
         g
-    }
-    fn shape_key(&self) -> Vec<usize> {
-        self.shape().to_vec()
     }
     fn footprint(&self, parts: &mut Vec<(String, u64)>) {
         parts.push(("out".into(), self.len() as u64 * F32));
@@ -154,9 +148,6 @@ impl BenchOutput for Array3<f32> {
         g.par_mapv_inplace(|_| 1.0);
         g
     }
-    fn shape_key(&self) -> Vec<usize> {
-        self.shape().to_vec()
-    }
     fn footprint(&self, parts: &mut Vec<(String, u64)>) {
         parts.push(("out".into(), self.len() as u64 * F32));
     }
@@ -171,15 +162,6 @@ impl BenchOutput for Pooled<f32> {
         g.edge_weights.par_mapv_inplace(|_| 1.0);
         g.losses.values_mut().for_each(|v| *v = 1.0);
         g
-    }
-    fn shape_key(&self) -> Vec<usize> {
-        let x = self.batch.x();
-        vec![
-            x.nrows(),
-            x.ncols(),
-            self.batch.a().nnz(),
-            self.losses.len(),
-        ]
     }
     fn footprint(&self, parts: &mut Vec<(String, u64)>) {
         batch_footprint("pooled_", &self.batch, parts);
