@@ -258,15 +258,16 @@ fn apply_slice<T: Scalar>(act: Activation, v: &mut [T]) {
 }
 
 /// $\sigma(x) = 1 / (1 + e^{-x})$ for $x \ge 0$, $e^x / (1 + e^x)$ below
-/// (no overflow either way), from the one exponential $e^{0 - |x|}$ and a
-/// select rather than a branch, and always inlined, so that a loop over it
-/// vectorises. ($0 - |x|$ rather than $-|x|$: a NaN keeps its sign, as it
-/// did through $e^x$, on every code path.)
+/// (no overflow either way), from the one exponential of $-x$ or $x$ and
+/// selects rather than a branch, and always inlined, so that a loop over
+/// it vectorises. A NaN is not $\ge 0$: it goes through $e^x$ itself, as in
+/// the branch, so even its sign is the branch's.
 #[inline(always)]
 pub(crate) fn sigmoid<T: Scalar>(x: T) -> T {
     let one = T::one();
-    let e = (T::zero() - x.abs()).exp_vectorizable();
-    (if x >= T::zero() { one } else { e }) / (one + e)
+    let up = x >= T::zero();
+    let e = (if up { -x } else { x }).exp_vectorizable();
+    (if up { one } else { e }) / (one + e)
 }
 
 /// Softmax over each row (max-shifted): $s_{nk} = e^{z_{nk}} / \sum_j e^{z_{nj}}$
