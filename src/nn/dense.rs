@@ -251,8 +251,26 @@ where
 /// row of `gx` and returns $((\bar W_1, \bar b_1), (\bar W_2, \bar b_2))$:
 /// the bits of [`dense_backward_streamed`] for layer 1 and then for layer 2
 /// on the same `gx`, in one pass over the chunks instead of two.
+///
+/// ```
+/// use graphpool::nn::{dense_backward_streamed, dense_pair_backward_streamed};
+/// use ndarray::{array, s, Array2};
+/// let x = array![[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]];
+/// let (w1, w2) = (array![[1.0], [2.0]], array![[0.0, 1.0], [1.0, -1.0]]);
+/// let g1 = array![[1.0], [0.0], [2.0]];
+/// let g2 = array![[1.0, 1.0], [-1.0, 0.5], [0.0, 3.0]];
+/// let rows = |g: &Array2<f64>, r: std::ops::Range<usize>| g.slice(s![r, ..]).to_owned();
+/// let mut gx = Array2::zeros((3, 2));
+/// let ((gw1, gb1), (gw2, gb2)) = dense_pair_backward_streamed(
+///     x.view(), w1.view(), w2.view(), |r| (rows(&g1, r.clone()), rows(&g2, r)), &mut gx);
+/// let mut twice = Array2::zeros((3, 2));
+/// let (hw1, hb1) = dense_backward_streamed(x.view(), w1.view(), |r| rows(&g1, r), &mut twice);
+/// let (hw2, hb2) = dense_backward_streamed(x.view(), w2.view(), |r| rows(&g2, r), &mut twice);
+/// assert_eq!(gw1, array![[2.0], [2.0]]); // X^T g1
+/// assert_eq!((gx, gw1, gb1, gw2, gb2), (twice, hw1, hb1, hw2, hb2));
+/// ```
 #[allow(clippy::type_complexity)]
-pub(crate) fn dense_pair_backward_streamed<T, G>(
+pub fn dense_pair_backward_streamed<T, G>(
     x: ArrayView2<T>,
     w1: ArrayView2<T>,
     w2: ArrayView2<T>,
