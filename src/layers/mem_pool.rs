@@ -14,7 +14,7 @@ use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
 };
-use crate::kernels::rows::row_major;
+use crate::kernels::rows::{row_major, row_major_1d};
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
 use crate::kernels::simd_levels;
 use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked_rows, ROW_BLOCK};
@@ -304,17 +304,9 @@ impl<T: Scalar> MemPooling<T> {
         Ok(())
     }
 
-    /// The keys transposed ($F \times HK$, one contiguous row of key entries
-    /// per feature) and the head convolution, as [`assign_block`] reads them.
-    fn block_params(&self) -> Result<(Vec<T>, Vec<T>)> {
-        let keys = self.keys()?;
-        let keys_t = keys.t().iter().copied().collect();
-        let conv = self.params.vector(CONV)?.iter().copied().collect();
-        Ok((keys_t, conv))
-    }
-
     /// What [`assign_block`] reads for the nodes of `xs` (row-major, $F$ per
-    /// node) and the keys and convolution of [`MemPooling::block_params`].
+    /// node), the keys as [`transposed_keys`] lays them out and the head
+    /// convolution.
     fn block_context<'a>(
         &self,
         xs: &'a [T],
@@ -345,7 +337,9 @@ impl<T: Scalar> MemPooling<T> {
     fn assign(&self, x: ArrayView2<T>) -> Result<Array2<T>> {
         let (n, f, k) = (x.nrows(), x.ncols(), self.k);
         let m = self.heads * k;
-        let (kt, conv) = self.block_params()?;
+        let kt = transposed_keys(&self.keys()?);
+        let conv = self.params.vector(CONV)?;
+        let conv = row_major_1d(&conv);
         let xs = row_major(&x);
         let ctx = self.block_context(&xs, f, &kt, &conv);
         let mut logits = vec![T::zero(); n * k];
@@ -492,6 +486,12 @@ fn sharpened_sum<T: Scalar>(s: &[T], c: &[T]) -> T {
     s.iter()
         .zip(c)
         .fold(T::zero(), |a, (&v, &c)| a + sharpened_entry(v, c))
+}
+
+/// The keys ($HK \times F$) transposed, $F \times HK$: one contiguous row
+/// of key entries per feature, as [`assign_block`] reads them.
+fn transposed_keys<T: Scalar>(keys: &Array2<T>) -> Vec<T> {
+    keys.t().iter().copied().collect()
 }
 
 /// What [`assign_block`] reads: the features (row-major, $F$ per node),
@@ -781,8 +781,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         Ok((pooled, cache.expect("requested")))
     }
 
-    /// The forward pass without the cache (nor the per-node distances and
-    /// per-head weights only the backward pass needs).
+    /// The forward pass without the cache.
     fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
         Ok(self.run(batch, false)?.0)
     }
@@ -801,6 +800,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let b = segs.num_graphs();
         let keys = self.keys()?;
         let conv = self.params.vector(CONV)?;
+        let conv = row_major_1d(&conv);
         let lin = self.params.matrix(LIN)?;
         let (tau, alpha) = (self.tau, self.alpha());
         let s = cache.assignment.s.view();
@@ -851,8 +851,8 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
         let f = x.ncols();
         let gzs = gz.as_slice().expect("fresh array");
         let xs = row_major(&x);
-        let (kt, conv_w) = self.block_params()?;
-        let ctx = self.block_context(&xs, f, &kt, &conv_w);
+        let kt = transposed_keys(&keys);
+        let ctx = self.block_context(&xs, f, &kt, &conv);
         let two = T::c(2.0);
         // one pass over the fixed chunks of reduce_chunked: per chunk the
         // distances and per-head weights of the forward pass, recomputed
