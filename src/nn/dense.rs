@@ -236,11 +236,17 @@ where
             let g = grad_pre(r.clone());
             debug_assert_eq!(g.dim(), (r.len(), w.ncols()));
             matmul_acc_piece(g.view(), wt, gx_rows);
-            let xs = x.slice(s![r, ..]);
-            (transpose_times(xs, g.view()), g.sum_axis(Axis(0)))
+            params_piece(x.slice(s![r, ..]), &g)
         },
         |(a, b), (c, d)| (a + c, b + d),
     )
+}
+
+/// One chunk's share of a dense layer's parameter gradients, from its rows
+/// of $X$ and of $\bar Z$: $(X_r^\top \bar Z_r,\ \sum_{n \in r} \bar Z_n)$
+/// (the streamed backward passes add these up in chunk order).
+fn params_piece<T: Scalar>(xs: ArrayView2<T>, g: &Array2<T>) -> (Array2<T>, Array1<T>) {
+    (transpose_times(xs, g.view()), g.sum_axis(Axis(0)))
 }
 
 /// [`dense_backward_streamed`] for two dense layers that read the same
@@ -282,8 +288,6 @@ where
     G: Fn(Range<usize>) -> (Array2<T>, Array2<T>) + Sync,
 {
     debug_assert_eq!(gx.dim(), x.dim());
-    let piece =
-        |xs: ArrayView2<T>, g: &Array2<T>| (transpose_times(xs, g.view()), g.sum_axis(Axis(0)));
     reduce_chunked_rows(
         gx,
         |r, mut gx_rows| {
@@ -293,7 +297,7 @@ where
             matmul_acc_piece(g1.view(), w1.t(), gx_rows.view_mut());
             matmul_acc_piece(g2.view(), w2.t(), gx_rows);
             let xs = x.slice(s![r, ..]);
-            (piece(xs, &g1), piece(xs, &g2))
+            (params_piece(xs, &g1), params_piece(xs, &g2))
         },
         |((a, b), (c, d)), ((e, f), (g, h))| ((a + e, b + f), (c + g, d + h)),
     )
