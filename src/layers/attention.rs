@@ -128,6 +128,22 @@ impl<T: Scalar> GlobalAttentionPool<T> {
     }
 }
 
+/// The attention factor of the gate for some rows $X_r$ of $X$:
+/// $f_2(X_r W_2 + b_2)$. The forward pass forms it a block of rows at a time
+/// and the backward pass recomputes it a chunk at a time; each row's value
+/// does not depend on the rows around it ([`matmul`]), so both get the
+/// same bits.
+fn attention_rows<T: Scalar>(
+    xr: ArrayView2<T>,
+    w2: ArrayView2<T>,
+    b2: ArrayView1<T>,
+    activation: Activation,
+) -> Array2<T> {
+    let mut a = matmul(xr, w2, Some(b2));
+    activation.forward_inplace(&mut a);
+    a
+}
+
 impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
     type Output = Array2<T>;
     type Cache = GlobalAttentionCache<T>;
@@ -163,8 +179,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
             .for_each(|(b, mut block)| {
                 let r0 = b * ROW_BLOCK;
                 let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
-                let mut attention = matmul(xb, w2, Some(b2));
-                activation.forward_inplace(&mut attention);
+                let attention = attention_rows(xb, w2, b2, activation);
                 Zip::from(&mut block)
                     .and(&attention)
                     .for_each(|f, &a| *f *= a);
@@ -194,8 +209,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
         // attention; grad[g] on every node of graph g
         let grad_pre = |rows: Range<usize>| {
             let xr = x.slice(s![rows.clone(), ..]);
-            let mut att = matmul(xr, w2, Some(b2));
-            activation.forward_inplace(&mut att);
+            let mut att = attention_rows(xr, w2, b2, activation);
             let mut feat = matmul(xr, w1, Some(b1));
             let offsets = segments.offsets();
             let mut g = segments.graph_of(rows.start);
