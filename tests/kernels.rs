@@ -6,8 +6,8 @@ mod common;
 use common::with_threads;
 use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
 use graphpool::kernels::sparse::{
-    block_diag, gcn_filter, induced_subgraph, spgemm, spmm, spmm_many, spmm_t, symmetric_graphs,
-    transpose,
+    block_diag, gcn_filter, induced_subgraph, spgemm, spmm, spmm_many, spmm_rows, spmm_t,
+    symmetric_graphs, transpose,
 };
 use graphpool::proptest::{batches, BatchShape};
 use graphpool::Segments;
@@ -106,6 +106,42 @@ proptest! {
         assert_valid_csr(&gcn_filter(a.view()).matrix, "gcn_filter")?;
         let blocks = Array2::from_shape_fn((n / 50 * k, k), |(i, j)| (i * 3 + j) as f64);
         assert_valid_csr(&block_diag(blocks.view()), "block_diag")?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// spmm and spmm_many at the widths whose row sums are held in registers
+    /// (8, 16, 32, 64) and at others, over several row blocks (up to 3,000
+    /// rows): exactly the product on integers, summed entry by entry from the
+    /// stored triplets; spmm_rows gives the same rows for any range, and
+    /// spmm_many the same matrices.
+    #[test]
+    fn spmm_is_exact_on_integers_at_every_width_and_row_block(
+        n in 1usize..3000,
+        seed in any::<u64>(),
+        f in proptest::sample::select(vec![1usize, 5, 8, 16, 32, 64]),
+        lo in 0usize..3000,
+        len in 0usize..1500,
+    ) {
+        let a = random_square(n, seed);
+        let x = Array2::from_shape_fn((n, f), |(i, j)| ((i * 7 + j * 3) % 5) as f64 - 2.0);
+        let mut want = Array2::<f64>::zeros((n, f));
+        for (&v, (r, c)) in a.iter() {
+            for j in 0..f {
+                want[[r, j]] += v * x[[c, j]];
+            }
+        }
+        let got = spmm(a.view(), x.view());
+        prop_assert_eq!(&got, &want);
+        let (lo, hi) = (lo.min(n), (lo + len).min(n));
+        let mut rows = vec![f64::NAN; (hi - lo) * f];
+        spmm_rows(a.view(), x.view(), lo..hi, &mut rows);
+        prop_assert_eq!(&rows[..], got.slice(ndarray::s![lo..hi, ..]).to_slice().unwrap());
+        let many = spmm_many(a.view(), &[x.view(), want.view()]);
+        prop_assert_eq!(&many[0], &got);
+        prop_assert_eq!(&many[1], &spmm(a.view(), want.view()));
     }
 }
 

@@ -274,10 +274,28 @@ pub fn row_major<'a, T: Scalar>(x: &'a ArrayView2<'a, T>) -> Cow<'a, [T]> {
     }
 }
 
-/// An $R \times C$ matrix whose row $r$ is written by `f(r, row)`, in
-/// parallel over fixed blocks of [`ROW_BLOCK`] rows. Every row is written
-/// once (no zero fill first, no second pass).
+/// An $R \times C$ matrix whose row $r$ is written by `f(r, row)` (`row`
+/// zeroed on entry), in parallel over fixed blocks of [`ROW_BLOCK`] rows
+/// ([`build_row_blocks`]).
 pub fn build_rows<T, F>(rows: usize, cols: usize, f: F) -> Array2<T>
+where
+    T: Scalar,
+    F: Fn(usize, &mut [T]) + Sync,
+{
+    build_row_blocks(rows, cols, |first, block| {
+        for (j, row) in block.chunks_mut(cols).enumerate() {
+            f(first + j, row);
+        }
+    })
+}
+
+/// An $R \times C$ matrix written block by block: `f(first, block)` gets
+/// the row-major slice of rows `first..` (at most [`ROW_BLOCK`] of them,
+/// zeroed on entry), for every fixed block, in parallel, so that a kernel
+/// can run over many rows per call. The zeros are written before anything
+/// reads the block: one page fault per page of a fresh output (see
+/// [`zeros`]).
+pub fn build_row_blocks<T, F>(rows: usize, cols: usize, f: F) -> Array2<T>
 where
     T: Scalar,
     F: Fn(usize, &mut [T]) + Sync,
@@ -288,11 +306,8 @@ where
         data.par_chunks_mut(ROW_BLOCK * cols)
             .enumerate()
             .for_each(|(b, block)| {
-                // written before any read: one page fault per page (see `zeros`)
                 block.iter_mut().for_each(|v| *v = T::zero());
-                for (j, row) in block.chunks_mut(cols).enumerate() {
-                    f(b * ROW_BLOCK + j, row);
-                }
+                f(b * ROW_BLOCK, block);
             });
     }
     out

@@ -234,21 +234,69 @@ pub fn spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
 fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
     let f = x.ncols();
     let xs = rows::row_major(&x);
-    rows::build_rows(raw.rows, f, |r, out| product_row(raw, vals, &xs, r, out))
+    rows::build_row_blocks(raw.rows, f, |first, block| {
+        product_rows(raw, vals, &xs, f, first, block)
+    })
 }
 
 super::simd_levels! {
-/// Row `r` of $A X$ into `out` (zeroed, $F$ = `out.len()` entries, `xs`
-/// the rows of $X$): the stored entries added in index order (each entry
-/// its own multiply and add, so the same bits at every SIMD level).
-fn product_row<'a, T: Scalar>(raw: RawCsr<'a, T>, vals: &[T], xs: &[T], r: usize, out: &mut [T]) {
-    let f = out.len();
-    for e in raw.range(r) {
-        raw.prefetch_column_row(e, xs, f);
-        let c = raw.indices[e];
-        rows::axpy(out, vals[e], &xs[c * f..(c + 1) * f]);
+/// Rows `first..` of $A X$ into `out` (zeroed, whole rows of $F$ = `f`
+/// entries; `xs` the rows of $X$): each row's stored entries added in index
+/// order, each entry its own multiply and add, so the same bits at every
+/// SIMD level. Called once per block of rows, so that the SIMD level is
+/// chosen once per block, not once per row. For $F \in \{8, 16, 32, 64\}$
+/// a row's sum is kept in registers ([`product_row_fixed`]).
+fn product_rows<'a, T: Scalar>(
+    raw: RawCsr<'a, T>,
+    vals: &[T],
+    xs: &[T],
+    f: usize,
+    first: usize,
+    out: &mut [T],
+) {
+    if f == 0 {
+        return;
+    }
+    let rows = out.chunks_exact_mut(f).enumerate().map(|(j, o)| (first + j, o));
+    match f {
+        8 => rows.for_each(|(r, o)| product_row_fixed::<T, 8>(raw, vals, xs, r, o)),
+        16 => rows.for_each(|(r, o)| product_row_fixed::<T, 16>(raw, vals, xs, r, o)),
+        32 => rows.for_each(|(r, o)| product_row_fixed::<T, 32>(raw, vals, xs, r, o)),
+        64 => rows.for_each(|(r, o)| product_row_fixed::<T, 64>(raw, vals, xs, r, o)),
+        _ => rows.for_each(|(r, o)| {
+            for e in raw.range(r) {
+                raw.prefetch_column_row(e, xs, f);
+                let c = raw.indices[e];
+                rows::axpy(o, vals[e], &xs[c * f..(c + 1) * f]);
+            }
+        }),
     }
 }
+}
+
+/// Row `r` of $A X$ into `out` for $F$ = `W` known at compile time (inlined
+/// into each SIMD level of [`product_rows`]): the sum is kept in a
+/// `[T; W]` (registers) instead of `out`, so an entry's add does not wait
+/// for the previous one's store. Each entry is still its own multiply and
+/// add, in index order, from `+0`: the bits of accumulating into `out`.
+#[inline(always)]
+fn product_row_fixed<T: Scalar, const W: usize>(
+    raw: RawCsr<'_, T>,
+    vals: &[T],
+    xs: &[T],
+    r: usize,
+    out: &mut [T],
+) {
+    let mut acc = [T::zero(); W];
+    for e in raw.range(r) {
+        raw.prefetch_column_row(e, xs, W);
+        let c = raw.indices[e];
+        let v = vals[e];
+        for (a, &x) in acc.iter_mut().zip(&xs[c * W..(c + 1) * W]) {
+            *a += v * x;
+        }
+    }
+    out.copy_from_slice(&acc);
 }
 
 /// Rows `rows` of $A X$ into `out` (`rows.len()` $\times F$, row-major,
@@ -265,12 +313,7 @@ pub fn spmm_rows<T: Scalar>(
     let raw = RawCsr::new(&a);
     let xs = rows::row_major(&x);
     out.fill(T::zero());
-    if f == 0 {
-        return;
-    }
-    for (r, o) in rows.zip(out.chunks_exact_mut(f)) {
-        product_row(raw, a.data(), &xs, r, o);
-    }
+    product_rows(raw, a.data(), &xs, f, rows.start, out);
 }
 
 /// $(A X) W_i$ for several small $W_i$ ($F \times C_i$) without holding
@@ -303,11 +346,7 @@ pub fn spmm_times<T: Scalar>(
             let r0 = b * ROW_BLOCK;
             let r1 = (r0 + ROW_BLOCK).min(n);
             let mut ax = vec![T::zero(); (r1 - r0) * f];
-            if f > 0 {
-                for (r, o) in (r0..r1).zip(ax.chunks_exact_mut(f)) {
-                    product_row(raw, a.data(), &xs, r, o);
-                }
-            }
+            product_rows(raw, a.data(), &xs, f, r0, &mut ax);
             for ((piece, w), ws) in pieces.iter_mut().zip(ws).zip(&wss) {
                 rows::rows_times(&ax, f, ws, w.ncols(), None, false, piece);
             }
@@ -375,32 +414,35 @@ pub fn spmm_many<T: Scalar>(a: CsMatView<T>, xs: &[ArrayView2<T>]) -> Vec<Array2
             pieces.iter_mut().for_each(|p| p.fill(T::zero()));
             let r0 = b * ROW_BLOCK;
             let r1 = (r0 + ROW_BLOCK).min(n);
-            for r in r0..r1 {
-                product_row_many(raw, a.data(), &inputs, &widths, r, r - r0, &mut pieces);
-            }
+            product_rows_many(raw, a.data(), &inputs, &widths, r0..r1, &mut pieces);
         });
     outs
 }
 
 super::simd_levels! {
-/// Row `r` of every $A X_i$ ([`spmm_many`]) into row `local` of `outs[i]`:
-/// the stored entries in index order, as [`product_row`] does for one.
-fn product_row_many<'a, T: Scalar>(
+/// Rows `rows` of every $A X_i$ ([`spmm_many`]) into `outs[i]` (that block's
+/// rows, zeroed): the stored entries in index order, as [`product_rows`]
+/// does for one. Called once per block of rows (one choice of SIMD level
+/// per block).
+fn product_rows_many<'a, T: Scalar>(
     raw: RawCsr<'a, T>,
     vals: &[T],
     inputs: &[&[T]],
     widths: &[usize],
-    r: usize,
-    local: usize,
+    rows: std::ops::Range<usize>,
     outs: &mut [&mut [T]],
 ) {
-    for e in raw.range(r) {
-        for (x, &w) in inputs.iter().zip(widths) {
-            raw.prefetch_column_row(e, x, w);
-        }
-        let (c, v) = (raw.indices[e], vals[e]);
-        for ((x, &w), o) in inputs.iter().zip(widths).zip(outs.iter_mut()) {
-            rows::axpy(&mut o[local * w..(local + 1) * w], v, &x[c * w..(c + 1) * w]);
+    let r0 = rows.start;
+    for r in rows {
+        let local = r - r0;
+        for e in raw.range(r) {
+            for (x, &w) in inputs.iter().zip(widths) {
+                raw.prefetch_column_row(e, x, w);
+            }
+            let (c, v) = (raw.indices[e], vals[e]);
+            for ((x, &w), o) in inputs.iter().zip(widths).zip(outs.iter_mut()) {
+                rows::axpy(&mut o[local * w..(local + 1) * w], v, &x[c * w..(c + 1) * w]);
+            }
         }
     }
 }
