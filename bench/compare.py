@@ -49,6 +49,7 @@ bench-env/pyg and bench-env/spk, the defaults of --pyg-python / --spk-python).
 """
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -363,7 +364,40 @@ def machine_info():
                     info["ram_bytes"] = int(line.split()[1]) * 1024
     except OSError:
         pass
+    info.update(memory_policy())
     return info
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def memory_policy():
+    """How this machine backs fresh memory, which every output pays for on its
+    first touch: the transparent-huge-page mode, and whether the guest hands
+    freed memory back to its hypervisor (virtio-balloon free page reporting,
+    feature bit 5, with the kernel's page_reporting parameters). Read-only."""
+    out = {}
+    thp = read_text("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp and "[" in thp:
+        out["thp"] = thp[thp.index("[") + 1:thp.index("]")]
+    reporting = None
+    for feats in glob.glob("/sys/bus/virtio/drivers/virtio_balloon/virtio*/features"):
+        bits = read_text(feats) or ""
+        reporting = bool(reporting) or (len(bits) > 5 and bits[5] == "1")
+    if reporting is not None:
+        out["free_page_reporting"] = reporting
+        params = {}
+        for name in ("page_reporting_order", "min_free_ms"):
+            v = read_text(f"/sys/module/page_reporting/parameters/{name}")
+            if v is not None:
+                params[name] = v
+        out["page_reporting"] = params
+    return out
 
 
 def versions(a):
@@ -649,6 +683,20 @@ def report(a, run_id):
       f"{m.get('Thread(s) per core', '?')} thread per core)"
       + (f", hypervisor {m['Hypervisor vendor']}" if m.get("Hypervisor vendor") else ""))
     w(f"- RAM: {fmt_bytes(m.get('ram_bytes'))}; {m.get('platform', '')}")
+    if "thp" in m or "free_page_reporting" in m:
+        parts = []
+        if "thp" in m:
+            parts.append(f"transparent huge pages `{m['thp']}`")
+        if m.get("free_page_reporting"):
+            pr = m.get("page_reporting", {})
+            detail = ", ".join(f"{k} {v}" for k, v in pr.items())
+            parts.append("the hypervisor's free page reporting **on** (virtio-balloon"
+                         + (f"; {detail}" if detail else "") + "): memory the guest frees is "
+                         "handed back to the host, and its next first touch faults in the "
+                         "host as well (see the README on fresh outputs)")
+        elif "free_page_reporting" in m:
+            parts.append("virtio-balloon present, free page reporting off")
+        w("- fresh memory: " + "; ".join(parts))
     w(f"- graphpool {v.get('graphpool')} built by {v.get('rustc')}")
     w(f"- PyG: torch {v.get('torch')}, torch_geometric {v.get('torch_geometric')}; "
       f"tgp: torch-geometric-pool {v.get('torch-geometric-pool')} "
