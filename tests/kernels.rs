@@ -6,12 +6,12 @@ mod common;
 use common::with_threads;
 use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
 use graphpool::kernels::sparse::{
-    block_diag, gcn_filter, induced_subgraph, spgemm, spmm, spmm_many, spmm_rows, spmm_t,
-    symmetric_graphs, transpose,
+    block_diag, block_diag_owned, gcn_filter, induced_subgraph, spgemm, spmm, spmm_many, spmm_rows,
+    spmm_t, symmetric_graphs, transpose,
 };
 use graphpool::proptest::{batches, BatchShape};
 use graphpool::Segments;
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, ShapeBuilder};
 use proptest::prelude::*;
 use sprs::{CsMat, TriMat};
 
@@ -106,6 +106,26 @@ proptest! {
         assert_valid_csr(&gcn_filter(a.view()).matrix, "gcn_filter")?;
         let blocks = Array2::from_shape_fn((n / 50 * k, k), |(i, j)| (i * 3 + j) as f64);
         assert_valid_csr(&block_diag(blocks.view()), "block_diag")?;
+    }
+}
+
+proptest! {
+    /// block_diag_owned is block_diag whatever the layout of the blocks it
+    /// is given: standard (its buffer becomes the values as it is),
+    /// column-major, or a slice that starts past its buffer's first element
+    /// (both copied).
+    #[test]
+    fn block_diag_owned_equals_block_diag_in_every_layout(b in 0usize..6, k in 0usize..5, seed in 0u64..100) {
+        let v = |i: usize, j: usize| ((i * 7 + j * 3) as u64 + seed) as f64 / 5.0;
+        let standard = Array2::from_shape_fn((b * k, k), |(i, j)| v(i, j));
+        let want = block_diag(standard.view());
+        assert_valid_csr(&want, "block_diag")?;
+        prop_assert_eq!(&block_diag_owned(standard), &want);
+        let column_major = Array2::from_shape_fn((b * k, k).f(), |(i, j)| v(i, j));
+        prop_assert_eq!(&block_diag_owned(column_major), &want);
+        let mut shifted = Array2::from_shape_fn((b * k + 1, k), |(i, j)| if i == 0 { -1.0 } else { v(i - 1, j) });
+        shifted.slice_collapse(ndarray::s![1.., ..]);
+        prop_assert_eq!(&block_diag_owned(shifted), &want);
     }
 }
 

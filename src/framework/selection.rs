@@ -8,8 +8,9 @@ use crate::batch::Segments;
 use crate::kernels::for_each_node_row;
 use crate::kernels::segment::{segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp};
 use crate::kernels::sparse::{
-    block_diag, induced_subgraph, scatter_values, spgemm, spgemm_vjp_a, spgemm_vjp_b, spmm,
-    spmm_vjp_values, spmm_vjp_x, symmetric_graphs, transpose, Induced, Transposed,
+    block_diag, block_diag_owned, induced_subgraph, scatter_values, spgemm, spgemm_vjp_a,
+    spgemm_vjp_b, spmm, spmm_vjp_values, spmm_vjp_x, symmetric_graphs, transpose, Induced,
+    Transposed,
 };
 use crate::scalar::Scalar;
 
@@ -284,6 +285,13 @@ impl<T: Scalar> DenseAssignment<T> {
     /// The block-diagonal CSR matrix of stacked $K \times K$ blocks.
     pub fn blocks_to_csr(blocks: ArrayView2<T>) -> CsMat<T> {
         block_diag(blocks)
+    }
+
+    /// [`DenseAssignment::blocks_to_csr`] of blocks given by value: their
+    /// buffer becomes the matrix's values without a copy
+    /// ([`crate::kernels::sparse::block_diag_owned`]).
+    pub fn blocks_into_csr(blocks: Array2<T>) -> CsMat<T> {
+        block_diag_owned(blocks)
     }
 
     /// Reduce index: $B$ graphs of $K$ nodes.

@@ -70,7 +70,7 @@ pub trait SrcPool<T: Scalar> {
             Selection::Subset(s) => s.connect(batch.a().view()).matrix,
             Selection::Dense(s) => {
                 let (blocks, _) = s.connect_blocks(batch.a().view(), batch.segments());
-                DenseAssignment::blocks_to_csr(blocks.view())
+                DenseAssignment::blocks_into_csr(blocks)
             }
             Selection::Sparse(s) => s.connect(batch.a().view()).0,
         }

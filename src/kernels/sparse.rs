@@ -844,8 +844,43 @@ pub(crate) fn csr_by_construction<T: Scalar>(
 /// zeros included, so that the data vector is the blocks flattened row-major
 /// (the gradient of the stored values reshapes back to the blocks).
 pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
-    let k = blocks.ncols();
-    let n = blocks.nrows();
+    let (n, k) = blocks.dim();
+    let data: Vec<T> = rows::fresh_copy_slice(&rows::row_major(&blocks));
+    block_diag_with_data(n, k, data)
+}
+
+/// [`block_diag`] of blocks given by value: their buffer becomes the
+/// matrix's data vector as it is (the blocks flattened row-major are the
+/// data), so nothing is copied when they are in standard layout; in any
+/// other layout they are copied as [`block_diag`] does. The same matrix.
+///
+/// ```
+/// use graphpool::kernels::sparse::{block_diag, block_diag_owned};
+/// use ndarray::array;
+/// let blocks = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]];
+/// let m = block_diag_owned(blocks.clone());
+/// assert_eq!(m, block_diag(blocks.view()));
+/// assert_eq!(m.to_dense()[[3, 2]], 7.0);
+/// ```
+pub fn block_diag_owned<T: Scalar>(blocks: Array2<T>) -> CsMat<T> {
+    let (n, k) = blocks.dim();
+    if !blocks.is_standard_layout() {
+        return block_diag(blocks.view());
+    }
+    let (data, offset) = blocks.into_raw_vec_and_offset();
+    let start = offset.unwrap_or(0);
+    let data = if start == 0 && data.len() == n * k {
+        data
+    } else {
+        rows::fresh_copy_slice(&data[start..start + n * k])
+    };
+    block_diag_with_data(n, k, data)
+}
+
+/// The block-diagonal structure of $n / k$ dense $k \times k$ blocks around
+/// `data` (the blocks flattened row-major, $n k$ values).
+fn block_diag_with_data<T: Scalar>(n: usize, k: usize, data: Vec<T>) -> CsMat<T> {
+    debug_assert_eq!(data.len(), n * k);
     let indptr: Vec<usize> = (0..=n).map(|r| r * k).collect();
     // row r holds the columns of its block, (r / k) k .. (r / k) k + k; rows
     // filled in parallel into fresh memory
@@ -858,7 +893,6 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
             }
         });
     }
-    let data: Vec<T> = rows::fresh_copy_slice(&rows::row_major(&blocks));
     csr_by_construction((n, n), indptr, indices, data)
 }
 

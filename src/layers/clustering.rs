@@ -618,7 +618,7 @@ impl<T: Scalar> DenseClustering<T> {
         } = outputs;
         Some(Outputs {
             x_out,
-            a_out: DenseAssignment::blocks_to_csr(blocks.view()),
+            a_out: DenseAssignment::blocks_into_csr(blocks),
             values: per_graph.into_iter().map(Array1::from).collect(),
             s,
             saved: keep.then_some(Saved::Runs(states)),

@@ -566,8 +566,7 @@ impl<T: Scalar> DiffPool<T> {
             Some(runs) => self.forward_runs(batch, &runs, keep)?,
             None => self.forward_whole(batch, keep)?,
         };
-        let a_out = DenseAssignment::blocks_to_csr(blocks.view());
-        drop(blocks);
+        let a_out = DenseAssignment::blocks_into_csr(blocks);
         let losses = self.losses_from(segs, &norms, &entropies);
         let assignment = DenseAssignment { s };
         let out_segments = assignment.reduce_index(segs);

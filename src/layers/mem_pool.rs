@@ -430,7 +430,7 @@ impl<T: Scalar> MemPooling<T> {
             }
             MemAdjacency::Coarsened => {
                 let (blocks, cache) = s.connect_blocks(batch.a().view(), batch.segments());
-                (DenseAssignment::blocks_to_csr(blocks.view()), Some(cache))
+                (DenseAssignment::blocks_into_csr(blocks), Some(cache))
             }
         }
     }
