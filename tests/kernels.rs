@@ -111,9 +111,10 @@ proptest! {
 
 proptest! {
     /// block_diag_owned is block_diag whatever the layout of the blocks it
-    /// is given: standard (its buffer becomes the values as it is),
-    /// column-major, or a slice that starts past its buffer's first element
-    /// (both copied).
+    /// is given: standard (its buffer becomes the values), a slice that
+    /// starts past its buffer's first element (moved to the front, as
+    /// fresh_matrix's cache-line-aligned blocks are), or column-major
+    /// (copied).
     #[test]
     fn block_diag_owned_equals_block_diag_in_every_layout(b in 0usize..6, k in 0usize..5, seed in 0u64..100) {
         let v = |i: usize, j: usize| ((i * 7 + j * 3) as u64 + seed) as f64 / 5.0;
@@ -126,6 +127,9 @@ proptest! {
         let mut shifted = Array2::from_shape_fn((b * k + 1, k), |(i, j)| if i == 0 { -1.0 } else { v(i - 1, j) });
         shifted.slice_collapse(ndarray::s![1.., ..]);
         prop_assert_eq!(&block_diag_owned(shifted), &want);
+        let mut aligned = graphpool::kernels::rows::fresh_matrix::<f64>(b * k, k);
+        aligned.assign(&Array2::from_shape_fn((b * k, k), |(i, j)| v(i, j)));
+        prop_assert_eq!(&block_diag_owned(aligned), &want);
     }
 }
 

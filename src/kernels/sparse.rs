@@ -850,9 +850,11 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
 }
 
 /// [`block_diag`] of blocks given by value: their buffer becomes the
-/// matrix's data vector as it is (the blocks flattened row-major are the
-/// data), so nothing is copied when they are in standard layout; in any
-/// other layout they are copied as [`block_diag`] does. The same matrix.
+/// matrix's data vector (the blocks flattened row-major are the data), so
+/// no new buffer is allocated when they are in standard layout: blocks that
+/// start past their buffer's first entry ([`rows::fresh_matrix`] aligns its
+/// rows to a cache line) are moved to its front. In any other layout they
+/// are copied as [`block_diag`] does. The same matrix.
 ///
 /// ```
 /// use graphpool::kernels::sparse::{block_diag, block_diag_owned};
@@ -867,13 +869,11 @@ pub fn block_diag_owned<T: Scalar>(blocks: Array2<T>) -> CsMat<T> {
     if !blocks.is_standard_layout() {
         return block_diag(blocks.view());
     }
-    let (data, offset) = blocks.into_raw_vec_and_offset();
+    let (mut data, offset) = blocks.into_raw_vec_and_offset();
+    // standard layout: the n k entries lie in order from the first one
     let start = offset.unwrap_or(0);
-    let data = if start == 0 && data.len() == n * k {
-        data
-    } else {
-        rows::fresh_copy_slice(&data[start..start + n * k])
-    };
+    data.copy_within(start..start + n * k, 0);
+    data.truncate(n * k);
     block_diag_with_data(n, k, data)
 }
 
