@@ -862,7 +862,8 @@ pub fn block_diag<T: Scalar>(blocks: ArrayView2<T>) -> CsMat<T> {
 /// let blocks = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]];
 /// let m = block_diag_owned(blocks.clone());
 /// assert_eq!(m, block_diag(blocks.view()));
-/// assert_eq!(m.to_dense()[[3, 2]], 7.0);
+/// assert_eq!(m.get(3, 2), Some(&7.0)); // block 1, row 1, column 0
+/// assert_eq!(m.get(3, 0), None); // outside the blocks: not stored
 /// ```
 pub fn block_diag_owned<T: Scalar>(blocks: Array2<T>) -> CsMat<T> {
     let (n, k) = blocks.dim();
