@@ -873,7 +873,9 @@ pub fn block_diag_owned<T: Scalar>(blocks: Array2<T>) -> CsMat<T> {
     let (mut data, offset) = blocks.into_raw_vec_and_offset();
     // standard layout: the n k entries lie in order from the first one
     let start = offset.unwrap_or(0);
-    data.copy_within(start..start + n * k, 0);
+    if start > 0 {
+        data.copy_within(start..start + n * k, 0);
+    }
     data.truncate(n * k);
     block_diag_with_data(n, k, data)
 }
