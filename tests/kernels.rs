@@ -717,15 +717,42 @@ fn segment_vjps_broadcast_rows_and_split_ties() {
     }
     let m = segment_max(x.view(), &seg);
     let gx = segment_extremum_vjp(x.view(), &seg, m.view(), grad.view());
-    for g in 0..4 {
+    assert_max_vjp_splits_ties(&x, &seg, &m, &grad, &gx);
+    // f32 and a width past one vector of lanes (and not a multiple of it):
+    // the SIMD tie count and fill, their remainders, and the minimum too
+    let x = Array2::from_shape_fn((n, 37), |(i, j)| ((i * 7 + j * 3) % 5) as f32 - 2.0);
+    let grad = Array2::from_shape_fn((4, 37), |(g, j)| (g * 37 + j) as f32 * 0.25 + 1.0);
+    for (m, which) in [
+        (segment_max(x.view(), &seg), "max"),
+        (
+            graphpool::kernels::segment::segment_min(x.view(), &seg),
+            "min",
+        ),
+    ] {
+        let gx = segment_extremum_vjp(x.view(), &seg, m.view(), grad.view());
+        assert!(gx.iter().any(|&v| v != 0.0), "{which}");
+        assert_max_vjp_splits_ties(&x, &seg, &m, &grad, &gx);
+    }
+}
+
+/// Every entry of `gx` is `grad[g, j]` divided by the number of nodes of
+/// graph `g` whose feature `j` equals `m[g, j]` for such a node, else 0.
+fn assert_max_vjp_splits_ties<T: graphpool::Scalar + std::fmt::Debug>(
+    x: &Array2<T>,
+    seg: &Segments,
+    m: &Array2<T>,
+    grad: &Array2<T>,
+    gx: &Array2<T>,
+) {
+    for g in 0..seg.num_graphs() {
         let r = seg.range(g);
-        for j in 0..3 {
+        for j in 0..x.ncols() {
             let ties = r.clone().filter(|&i| x[[i, j]] == m[[g, j]]).count();
             for i in r.clone() {
                 let want = if x[[i, j]] == m[[g, j]] {
-                    grad[[g, j]] / ties as f64
+                    grad[[g, j]] / T::from_count(ties)
                 } else {
-                    0.0
+                    T::zero()
                 };
                 assert_eq!(gx[[i, j]], want, "graph {g} node {i} feature {j}");
             }

@@ -130,6 +130,33 @@ impl Extremum {
     }
 }
 
+simd_levels! {
+/// `acc[j] += 1` for every row of `rows` (row-major, `m.len()` columns)
+/// whose entry `j` equals `m[j]`: the ties of an extremum, counted exactly.
+/// Compiled for each SIMD level and chosen at run time.
+fn count_equal<T: Scalar>(rows: &[T], m: &[T], acc: &mut [usize]) {
+    if m.is_empty() {
+        return;
+    }
+    for row in rows.chunks_exact(m.len()) {
+        for ((c, &v), &m) in acc.iter_mut().zip(row).zip(m) {
+            *c += usize::from(v == m);
+        }
+    }
+}
+}
+
+simd_levels! {
+/// `out[j] = share[j]` where `x[j] == m[j]`, else 0: one node's row of the
+/// gradient of an extremum. Compiled for each SIMD level and chosen at run
+/// time (selects only: the same bits at every level).
+fn share_where_equal<T: Scalar>(x: &[T], m: &[T], share: &[T], out: &mut [T]) {
+    for (((o, &v), &m), &s) in out.iter_mut().zip(x).zip(m).zip(share) {
+        *o = if v == m { s } else { T::zero() };
+    }
+}
+}
+
 /// Segment max or min per feature, shape $B \times F$; 0 for an empty graph.
 ///
 /// Each graph (or each piece of [`super::CHUNK`] nodes of a larger graph)
@@ -192,14 +219,7 @@ pub fn segment_extremum_vjp<T: Scalar>(
         x,
         segments,
         f,
-        |g, rows, acc: &mut [usize]| {
-            let m = &os[g * f..(g + 1) * f];
-            for row in rows.chunks_exact(f) {
-                for ((c, &v), &m) in acc.iter_mut().zip(row).zip(m) {
-                    *c += usize::from(v == m);
-                }
-            }
-        },
+        |g, rows, acc: &mut [usize]| count_equal(rows, &os[g * f..(g + 1) * f], acc),
         |acc, next| {
             for (c, &d) in acc.iter_mut().zip(next) {
                 *c += d;
@@ -207,24 +227,35 @@ pub fn segment_extremum_vjp<T: Scalar>(
         },
         |_, _| {},
     );
-    let cs = counts.as_slice().expect("fresh array");
+    // each tied node's share of the gradient, once per graph and feature
+    // (the division every tied entry would otherwise repeat: the same bits)
     let gs = rows::row_major(&grad);
+    let mut shares: Vec<T> = rows::fresh_vec(counts.len());
+    shares
+        .par_chunks_mut(super::ROW_BLOCK)
+        .zip(
+            counts
+                .as_slice()
+                .expect("fresh array")
+                .par_chunks(super::ROW_BLOCK),
+        )
+        .zip(gs.par_chunks(super::ROW_BLOCK))
+        .for_each(|((s, c), d)| {
+            for ((s, &c), &d) in s.iter_mut().zip(c).zip(d) {
+                // a graph's extremum is attained (c >= 1) unless the graph
+                // is empty, whose share no node reads
+                *s = if c == 0 {
+                    T::zero()
+                } else {
+                    d / T::from_count(c)
+                };
+            }
+        });
+    drop(counts);
     let xs = rows::row_major(&x);
     fill_node_rows(segments, f, |g, n, row| {
         let r = g * f..(g + 1) * f;
-        let it = row
-            .iter_mut()
-            .zip(&xs[n * f..(n + 1) * f])
-            .zip(&os[r.clone()])
-            .zip(&gs[r.clone()])
-            .zip(&cs[r]);
-        for ((((o, &v), &m), &d), &c) in it {
-            *o = if v == m {
-                d / T::from_count(c)
-            } else {
-                T::zero()
-            };
-        }
+        share_where_equal(&xs[n * f..(n + 1) * f], &os[r.clone()], &shares[r], row);
     })
 }
 
