@@ -699,7 +699,9 @@ fn segment_reductions_follow_the_documented_order_bit_for_bit() {
 /// too.
 #[test]
 fn segment_vjps_broadcast_rows_and_split_ties() {
-    use graphpool::kernels::segment::{segment_extremum_vjp, segment_mean_vjp, segment_sum_vjp};
+    use graphpool::kernels::segment::{
+        segment_extremum_vjp, segment_mean_vjp, segment_min, segment_sum_vjp,
+    };
     let sizes = [3usize, 0, 5_000, 1];
     let seg = Segments::from_sizes(&sizes);
     let n = seg.num_nodes();
@@ -717,27 +719,24 @@ fn segment_vjps_broadcast_rows_and_split_ties() {
     }
     let m = segment_max(x.view(), &seg);
     let gx = segment_extremum_vjp(x.view(), &seg, m.view(), grad.view());
-    assert_max_vjp_splits_ties(&x, &seg, &m, &grad, &gx);
+    assert_extremum_vjp_splits_ties(&x, &seg, &m, &grad, &gx);
     // f32 and a width past one vector of lanes (and not a multiple of it):
     // the SIMD tie count and fill, their remainders, and the minimum too
     let x = Array2::from_shape_fn((n, 37), |(i, j)| ((i * 7 + j * 3) % 5) as f32 - 2.0);
     let grad = Array2::from_shape_fn((4, 37), |(g, j)| (g * 37 + j) as f32 * 0.25 + 1.0);
     for (m, which) in [
         (segment_max(x.view(), &seg), "max"),
-        (
-            graphpool::kernels::segment::segment_min(x.view(), &seg),
-            "min",
-        ),
+        (segment_min(x.view(), &seg), "min"),
     ] {
         let gx = segment_extremum_vjp(x.view(), &seg, m.view(), grad.view());
         assert!(gx.iter().any(|&v| v != 0.0), "{which}");
-        assert_max_vjp_splits_ties(&x, &seg, &m, &grad, &gx);
+        assert_extremum_vjp_splits_ties(&x, &seg, &m, &grad, &gx);
     }
 }
 
 /// Every entry of `gx` is `grad[g, j]` divided by the number of nodes of
 /// graph `g` whose feature `j` equals `m[g, j]` for such a node, else 0.
-fn assert_max_vjp_splits_ties<T: graphpool::Scalar + std::fmt::Debug>(
+fn assert_extremum_vjp_splits_ties<T: graphpool::Scalar + std::fmt::Debug>(
     x: &Array2<T>,
     seg: &Segments,
     m: &Array2<T>,

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::rows::{self, add_row};
 use super::{
-    fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, reduce_chunked,
-    reduce_segment_rows,
+    fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, map_rows,
+    reduce_chunked, reduce_segment_rows,
 };
 use crate::batch::Segments;
 use crate::scalar::Scalar;
@@ -230,27 +230,16 @@ pub fn segment_extremum_vjp<T: Scalar>(
     // each tied node's share of the gradient, once per graph and feature
     // (the division every tied entry would otherwise repeat: the same bits)
     let gs = rows::row_major(&grad);
-    let mut shares: Vec<T> = rows::fresh_vec(counts.len());
-    shares
-        .par_chunks_mut(super::ROW_BLOCK)
-        .zip(
-            counts
-                .as_slice()
-                .expect("fresh array")
-                .par_chunks(super::ROW_BLOCK),
-        )
-        .zip(gs.par_chunks(super::ROW_BLOCK))
-        .for_each(|((s, c), d)| {
-            for ((s, &c), &d) in s.iter_mut().zip(c).zip(d) {
-                // a graph's extremum is attained (c >= 1) unless the graph
-                // is empty, whose share no node reads
-                *s = if c == 0 {
-                    T::zero()
-                } else {
-                    d / T::from_count(c)
-                };
-            }
-        });
+    let cs = counts.as_slice().expect("fresh array");
+    let shares: Vec<T> = map_rows(cs.len(), |i| {
+        // a graph's extremum is attained (c >= 1) unless the graph is
+        // empty, whose share no node reads
+        if cs[i] == 0 {
+            T::zero()
+        } else {
+            gs[i] / T::from_count(cs[i])
+        }
+    });
     drop(counts);
     let xs = rows::row_major(&x);
     fill_node_rows(segments, f, |g, n, row| {
