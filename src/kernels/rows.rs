@@ -204,6 +204,13 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
     match f {
         16 => outer_sum_fixed::<T, 16, 4>(s, k, y, out),
         32 => outer_sum_fixed::<T, 32, 2>(s, k, y, out),
+        // four rows of 64 sums fill half of AVX-512's 32 registers in
+        // f32; with AVX2's 16 (or in f64) they would spill
+        64 if std::mem::size_of::<T>() == 4
+            && multiversion::target::target_cfg_f!(target_feature = "avx512f") =>
+        {
+            outer_sum_fixed::<T, 64, 4>(s, k, y, out)
+        }
         64 => outer_sum_fixed::<T, 64, 1>(s, k, y, out),
         _ => {
             for (sn, yn) in s.chunks_exact(k).zip(y.chunks_exact(f)) {
