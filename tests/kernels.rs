@@ -1531,3 +1531,37 @@ fn sigmoid_gives_the_two_sided_formula_bit_for_bit() {
         assert_eq!(v64[i].to_bits(), two_sided(x64).to_bits(), "f64 at {x64:e}");
     }
 }
+
+/// `first_non_finite_in` (a branch-free pass compiled per SIMD level, then
+/// the position) and the parallel `first_non_finite` find the earliest NaN
+/// or infinity wherever it sits: inside a vector, in the remainder, across
+/// blocks, with a second bad value after it.
+#[test]
+fn first_non_finite_finds_the_earliest_nan_or_infinity_at_every_position() {
+    use graphpool::kernels::rows::{first_non_finite, first_non_finite_in};
+    fn check<T: graphpool::Scalar>(len: usize, positions: impl Iterator<Item = usize>) {
+        let clean: Vec<T> = (0..len).map(|i| T::c(i as f64 * 0.5 - 3.0)).collect();
+        assert_eq!(first_non_finite_in(&clean), None, "len {len}");
+        assert_eq!(first_non_finite(&clean), None, "len {len}");
+        for p in positions {
+            for bad in [T::nan(), T::infinity(), T::neg_infinity()] {
+                let mut v = clean.clone();
+                v[p] = bad;
+                if p + 3 < len {
+                    v[p + 3] = T::nan();
+                }
+                assert_eq!(first_non_finite_in(&v), Some(p), "len {len} at {p}");
+                assert_eq!(first_non_finite(&v), Some(p), "len {len} at {p}");
+            }
+        }
+    }
+    for len in 0..70 {
+        check::<f32>(len, 0..len);
+        check::<f64>(len, 0..len);
+    }
+    // past one block of the parallel scan (2^14 entries)
+    let len = 40_000;
+    let at = [0, 15, 16, 16_383, 16_384, 16_385, 32_767, 39_999];
+    check::<f32>(len, at.into_iter());
+    check::<f64>(len, at.into_iter());
+}

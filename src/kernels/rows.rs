@@ -510,11 +510,19 @@ pub fn first_non_finite<T: Scalar>(x: &[T]) -> Option<usize> {
 /// ```
 #[inline]
 pub fn first_non_finite_in<T: Scalar>(block: &[T]) -> Option<usize> {
-    if block.iter().fold(false, |bad, v| bad | !v.is_finite()) {
+    if any_non_finite(block) {
         block.iter().position(|v| !v.is_finite())
     } else {
         None
     }
+}
+
+simd_levels! {
+/// Whether `block` holds a NaN or an infinity: the branch-free pass of
+/// [`first_non_finite_in`], compiled for each SIMD level.
+fn any_non_finite<T: Scalar>(block: &[T]) -> bool {
+    block.iter().fold(false, |bad, v| bad | !v.is_finite())
+}
 }
 
 /// The first non-finite entry of an array in logical (row-major) order, as
