@@ -358,12 +358,16 @@ fn new_kernels_are_thread_count_independent() {
 /// `segment_top_k` keeps exactly the first `count(n)` nodes of each graph
 /// in the order of `segment_argsort_desc` (score descending, ties by node
 /// index), returned in input order: many ties, negative zeros, empty
-/// graphs, graphs larger than a chunk (whose threshold a parallel radix
-/// selection finds), values spread over magnitudes and signs in `f32` and
-/// `f64`, counts from 0 to n; the same on 1 and 3 threads.
+/// graphs, graphs on both sides of each width the small graphs are ranked
+/// at by counting (16, 32, 64) and of the selection beyond, graphs larger
+/// than a chunk (whose threshold a parallel radix selection finds), values
+/// spread over magnitudes and signs in `f32` and `f64`, counts from 0 to
+/// n; the same on 1 and 3 threads.
 #[test]
 fn top_k_selection_equals_the_prefix_of_the_stable_sort() {
-    let sizes = [0usize, 1, 2, 7, 30, 0, 9_000, 50, 4_097, 3];
+    let sizes = [
+        0usize, 1, 2, 7, 30, 0, 9_000, 50, 4_097, 3, 16, 17, 32, 33, 64, 65, 100,
+    ];
     let seg = Segments::from_sizes(&sizes);
     let n = seg.num_nodes();
     // few distinct values: ties everywhere, -0.0 and 0.0 equal
