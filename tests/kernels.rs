@@ -1565,3 +1565,56 @@ fn first_non_finite_finds_the_earliest_nan_or_infinity_at_every_position() {
     check::<f32>(len, at.into_iter());
     check::<f64>(len, at.into_iter());
 }
+
+/// The induced subgraph over many blocks of kept rows (each block compacted
+/// on its own, then copied into place) against a plain filter of the stored
+/// entries: the same structure, values and source entries, rows of 0 to 24
+/// entries (empty rows and blocks whose kept rows keep nothing included),
+/// kept sets of every density, on 1, 2 and 3 threads.
+#[test]
+fn induced_subgraph_equals_a_plain_filter_over_many_row_blocks() {
+    let n = 5_000usize;
+    let mut tri = TriMat::new((n, n));
+    for r in 0..n {
+        // no entries at all in rows 1000..1100
+        let len = if (1_000..1_100).contains(&r) {
+            0
+        } else {
+            (r * 7) % 25
+        };
+        for t in 0..len {
+            let c = (r * 31 + t * 977) % n;
+            tri.add_triplet(r, c, (r * n + c) as f64);
+        }
+    }
+    let a: CsMat<f64> = tri.to_csr();
+    for keep_every in [1usize, 2, 3, 7] {
+        let kept: Vec<usize> = (0..n)
+            .filter(|&i| (i * 2_654_435_761) % keep_every == 0 || (1_000..1_050).contains(&i))
+            .collect();
+        let mut rank = vec![usize::MAX; n];
+        for (j, &k) in kept.iter().enumerate() {
+            rank[k] = j;
+        }
+        let (mut indptr, mut indices, mut data, mut source) = (vec![0], vec![], vec![], vec![]);
+        for &r in &kept {
+            for e in a.indptr().outer_inds_sz(r) {
+                let c = a.indices()[e];
+                if rank[c] != usize::MAX {
+                    indices.push(rank[c]);
+                    data.push(a.data()[e]);
+                    source.push(e);
+                }
+            }
+            indptr.push(indices.len());
+        }
+        for threads in [1, 2, 3] {
+            let got = with_threads(threads, || induced_subgraph(a.view(), &kept));
+            let what = format!("every {keep_every}, {threads} threads");
+            assert_eq!(got.matrix.indptr().raw_storage(), &indptr[..], "{what}");
+            assert_eq!(got.matrix.indices(), &indices[..], "{what}");
+            assert_eq!(got.matrix.data(), &data[..], "{what}");
+            assert_eq!(got.source, source, "{what}");
+        }
+    }
+}
