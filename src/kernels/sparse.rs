@@ -601,10 +601,12 @@ pub struct Induced<T: Scalar> {
 /// rows compacts their kept entries into a buffer of the block's (counting
 /// each row's as it goes), then the blocks are copied into place (no
 /// per-row allocation; a second pass over the input's rows, to count them
-/// first, cost more than the copy: 2.6 -> 1.6 ms for TopKPool's subgraph
-/// on `disjoint-small`, 2 threads). Membership and new indices come from a bitmap of
-/// the kept nodes with per-word ranks ($N/8$ bytes plus $N/16$ or $N/8$ for
-/// the ranks, cache-resident where an $N$-long index map would not be).
+/// first, cost more than the copy: 2.4 -> 1.6 ms for TopKPool's subgraph
+/// on `disjoint-small`, 2 threads). Membership and new indices come from a
+/// bitmap of the kept nodes with per-word ranks ($N/8$ bytes plus $N/16$ or
+/// $N/8$ for the ranks, cache-resident where an $N$-long index map would
+/// not be). Besides the result, the kept entries are held once more while
+/// the blocks are copied.
 ///
 /// `kept` must be sorted ascending without duplicates (as returned by
 /// [`crate::kernels::sort::segment_top_k`]).
@@ -713,7 +715,7 @@ fn compact_members<T: Scalar, const SOURCE: bool>(
         *c = p - before;
     }
     // cut to the kept entries, the rest given back while the other blocks
-    // run (a shrink in place: no copy)
+    // run (glibc's realloc shrinks in place, without a copy)
     oi.truncate(p);
     os.truncate(if SOURCE { p } else { 0 });
     od.truncate(p);
