@@ -111,30 +111,22 @@ impl<'a, T> RawCsr<'a, T> {
 
     /// Asks the CPU to start loading what a pass over the rows `order` (in
     /// that order) will read `ahead` rows after the `i`-th: the row pointer
-    /// of `order[i + 2 * ahead]` and the columns (and, if `values`, the
-    /// values) of `order[i + ahead]`. A pass over scattered rows of a few
-    /// entries each is latency-bound: each row's loop exit mispredicts,
-    /// which would otherwise leave every row waiting for its own loads (the
-    /// count of an induced subgraph of 10⁶ nodes and 10⁷ edges: 7.9-8.3 ms
+    /// of `order[i + 2 * ahead]` and the columns and values of
+    /// `order[i + ahead]`. A pass over scattered rows of a few entries each
+    /// is latency-bound: each row's loop exit mispredicts, which would
+    /// otherwise leave every row waiting for its own loads (the induced
+    /// subgraph's former counting pass, 10⁶ nodes and 10⁷ edges: 7.9-8.3 ms
     /// without, 5.7-6.2 ms with, [`ROWS_AHEAD`] rows ahead). A hint only:
     /// no effect on results.
     #[inline(always)]
-    pub(crate) fn prefetch_rows_ahead(
-        &self,
-        order: &[usize],
-        i: usize,
-        ahead: usize,
-        values: bool,
-    ) {
+    pub(crate) fn prefetch_rows_ahead(&self, order: &[usize], i: usize, ahead: usize) {
         if let Some(&far) = order.get(i + 2 * ahead) {
             rows::prefetch(&self.indptr[far..far + 1]);
         }
         if let Some(&near) = order.get(i + ahead) {
             let m = self.range(near);
             rows::prefetch(&self.indices[m.clone()]);
-            if values {
-                rows::prefetch(&self.data[m]);
-            }
+            rows::prefetch(&self.data[m]);
         }
     }
 
@@ -146,7 +138,7 @@ impl<'a, T> RawCsr<'a, T> {
     }
 }
 
-/// How many rows ahead the induced subgraph's passes ask
+/// How many rows ahead the induced subgraph's pass asks
 /// [`RawCsr::prefetch_rows_ahead`] for: rows of about ten entries (80 bytes
 /// of columns), so some 30 rows keep as many lines in flight as
 /// [`rows::PREFETCH_AHEAD`] rows of 64 `f32` do.
@@ -192,7 +184,7 @@ pub fn symmetric_graphs<T: Scalar>(a: CsMatView<T>, segments: &Segments) -> Vec<
         for (i, (&c, &v)) in cs[above..].iter().zip(&vs[above..]).enumerate() {
             // the mirror rows a few entries ahead (latency-bound lookups at
             // random rows): the rows named by the columns, in storage order
-            raw.prefetch_rows_ahead(raw.indices, e0 + above + i, rows::PREFETCH_AHEAD, true);
+            raw.prefetch_rows_ahead(raw.indices, e0 + above + i, rows::PREFETCH_AHEAD);
             let (mc, mv) = raw.row(c);
             match mc.binary_search(&r) {
                 Ok(i) if same(mv[i], v) => {}
@@ -701,7 +693,7 @@ fn compact_members<T: Scalar, const SOURCE: bool>(
     let mut od = vec![T::zero(); slots];
     let mut p = 0;
     for (i, (&r, c)) in rows.iter().zip(counts.iter_mut()).enumerate() {
-        raw.prefetch_rows_ahead(rows, i, ROWS_AHEAD, true);
+        raw.prefetch_rows_ahead(rows, i, ROWS_AHEAD);
         let before = p;
         for e in raw.range(r) {
             let (is_kept, col) = set.rank_or_next(raw.indices[e]);
