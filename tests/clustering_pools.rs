@@ -612,6 +612,58 @@ fn overflowing_logits_in_a_later_run_are_the_whole_batch_error() {
     assert_eq!(by_runs.to_string(), whole.to_string());
 }
 
+/// Three graphs pooled one run each (budget 3 nodes), with $S$ uniform
+/// (a zero MLP kernel) and $A = 0$.
+fn three_runs(x: Array2<f64>) -> (DisjointBatch<f64>, MinCutPool<f64>) {
+    let seg = graphpool::Segments::from_sizes(&[2, 2, 3]);
+    let b = DisjointBatch::new(x, CsMat::zero((7, 7)), seg).unwrap();
+    let mut l = MinCutPool::<f64>::new(1, 2, &[], Activation::Relu, 0).unwrap();
+    l.set_param("mlp.0.kernel", ndarray::arr2(&[[0.0, 0.0]]).into_dyn())
+        .unwrap();
+    (b, l.with_run_nodes(3))
+}
+
+/// A run whose pooled features overflow (the last graph's three nodes of
+/// 1.7e308, averaged with weights 1/2 into each cluster: 2.55e308) while
+/// its $S$ is finite: the runs scan what they write, and the error is the
+/// whole batch's, naming the row of the batch's $X'$.
+#[test]
+fn overflowing_pooled_x_in_a_later_run_is_the_whole_batch_error() {
+    let mut x = Array2::from_elem((7, 1), 1.0);
+    x.slice_mut(ndarray::s![4.., ..]).fill(1.7e308);
+    let (b, l) = three_runs(x);
+    let whole = l.clone().with_run_nodes(0).forward(&b).unwrap_err();
+    let by_runs = l.forward(&b).unwrap_err();
+    assert!(matches!(whole, PoolError::NonFinite { .. }));
+    assert!(whole.to_string().contains("(4, 0)"), "{whole}");
+    assert_eq!(by_runs.to_string(), whole.to_string());
+    // the same batch with finite features pools by runs as a whole
+    let (b, l) = three_runs(Array2::from_elem((7, 1), 1.0));
+    let whole = l.clone().with_run_nodes(0).forward(&b).unwrap().0;
+    assert_eq!(l.forward(&b).unwrap().0, whole);
+}
+
+/// A run whose gradient of $X$ overflows (the last graph's output
+/// gradient at `f64::MAX`, times features of 2, gives an infinite
+/// $\bar S$ and a NaN through the softmax VJP): the runs scan the rows of
+/// $\bar X$ as they copy them, and the error is the whole batch's, naming
+/// the batch's row.
+#[test]
+fn overflowing_x_gradient_in_a_later_run_is_the_whole_batch_error() {
+    let (b, l) = three_runs(Array2::from_elem((7, 1), 2.0));
+    let whole = l.clone().with_run_nodes(0);
+    let (y, cache) = l.forward(&b).unwrap();
+    let (_, whole_cache) = whole.forward(&b).unwrap();
+    let mut cot = y.random_cotangent(&mut rng_from_seed(3));
+    cot.x.slice_mut(ndarray::s![4.., ..]).fill(f64::MAX);
+    let want = whole.backward(&b, &whole_cache, &cot).unwrap_err();
+    let got = l.backward(&b, &cache, &cot).unwrap_err();
+    assert!(matches!(want, PoolError::NonFinite { .. }));
+    assert!(want.to_string().contains("gradient of x"), "{want}");
+    assert!(want.to_string().contains("(4, 0)"), "{want}");
+    assert_eq!(got.to_string(), want.to_string());
+}
+
 /// Many small graphs, more than [`graphpool::layers::RUN_NODES`] nodes
 /// together, so that the default budget pools them run by run: the whole
 /// batch's outputs and gradients of X and of the edge weights bit for bit,

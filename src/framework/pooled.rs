@@ -136,11 +136,7 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
     score: Option<&Array1<T>>,
     selection: &Selection<T>,
 ) -> Result<()> {
-    let overflow = |what: &str, index: String, value: T| PoolError::NonFinite {
-        what: format!("{layer} {what} (overflow: inputs, edge weights or parameters too large)"),
-        index,
-        value: value.to_string(),
-    };
+    let overflow = |what: &str, index: String, value: T| pooled_overflow(layer, what, index, value);
     // parallel, vectorised scans of the plain values (rows::first_non_finite)
     if let Some(e) = first_non_finite(a.data()) {
         return Err(overflow(
@@ -149,14 +145,7 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
             a.data()[e],
         ));
     }
-    if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
-        return Err(overflow(&format!("loss `{name}`"), "-".into(), v));
-    }
-    if let Some(score) = score {
-        if let Some((n, v)) = first_non_finite_entry(score) {
-            return Err(overflow("score", format!("node {n}"), v));
-        }
-    }
+    check_losses_and_score(layer, losses, score)?;
     let bad = match selection {
         Selection::Subset(s) => first_non_finite_entry(&s.gate),
         Selection::Dense(s) => first_non_finite_entry(&s.s),
@@ -168,7 +157,64 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
     Ok(())
 }
 
+/// The error for a pooled value (`what`, at `index`) that overflowed.
+fn pooled_overflow<T: Scalar>(layer: &str, what: &str, index: String, value: T) -> PoolError {
+    PoolError::NonFinite {
+        what: format!("{layer} {what} (overflow: inputs, edge weights or parameters too large)"),
+        index,
+        value: value.to_string(),
+    }
+}
+
+/// The part of [`check_pooled_finite`] that scans the losses and the score.
+fn check_losses_and_score<T: Scalar>(
+    layer: &str,
+    losses: &Losses<T>,
+    score: Option<&Array1<T>>,
+) -> Result<()> {
+    let overflow = |what: &str, index: String, value: T| pooled_overflow(layer, what, index, value);
+    if let Some((name, &v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(overflow(&format!("loss `{name}`"), "-".into(), v));
+    }
+    if let Some(score) = score {
+        if let Some((n, v)) = first_non_finite_entry(score) {
+            return Err(overflow("score", format!("node {n}"), v));
+        }
+    }
+    Ok(())
+}
+
 impl<T: Scalar> Pooled<T> {
+    /// [`Pooled::checked`] for the outputs of a dense-assignment pool (no
+    /// score) written run by run
+    /// ([`crate::framework::runs::DenseRunOutputs`]), whose runs scanned
+    /// $X'$, the pooled adjacency's values and the selection while they
+    /// were still in cache: when every run found them finite
+    /// (`written_finite`), only the losses are scanned here, so the outputs
+    /// are not read from memory a second time. Otherwise everything is
+    /// scanned as by [`Pooled::checked`], and the error names the batch's
+    /// first bad value.
+    pub(crate) fn checked_by_runs(
+        layer: &str,
+        written_finite: bool,
+        x: Array2<T>,
+        a: sprs::CsMat<T>,
+        segments: crate::batch::Segments,
+        selection: Selection<T>,
+        losses: Losses<T>,
+    ) -> Result<Self> {
+        if !written_finite {
+            return Self::checked(layer, x, a, segments, selection, None, losses);
+        }
+        check_losses_and_score(layer, &losses, None)?;
+        Ok(Self {
+            batch: DisjointBatch::new_unchecked(x, a, segments),
+            selection,
+            score: None,
+            losses,
+        })
+    }
+
     /// Builds a pool's result after [`check_pooled_finite`]: the parts come
     /// from a validated batch, so only finiteness can fail.
     pub(crate) fn checked(

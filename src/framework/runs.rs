@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::Result;
+use crate::framework::layer::finite_gradients_given_x;
 use crate::framework::Gradients;
 use crate::kernels::rows;
 use crate::nn::Params;
@@ -108,16 +109,19 @@ pub(crate) enum Saved<S> {
 }
 
 impl<S: Sync> Saved<S> {
-    /// The backward pass from the saved state of a layer with `k` pooled
-    /// rows per graph: `pass(batch, state, rows)` on the whole batch, or on
-    /// each run's batch through [`backward_by_runs`], with `rows` the
-    /// pooled rows whose output gradients are the batch's (or run's). The
-    /// gradients are not checked.
+    /// The backward pass from the saved state of `layer` (its name, for
+    /// errors), which has `k` pooled rows per graph: `pass(batch, state,
+    /// rows)` on the whole batch, or on each run's batch through
+    /// [`backward_by_runs`], with `rows` the pooled rows whose output
+    /// gradients are the batch's (or run's). The gradients are checked
+    /// ([`finite_gradients_given_x`]); run by run, each run scans its rows
+    /// of $\bar X$ as it copies them, so $\bar X$ is not read again.
     ///
     /// # Errors
-    /// Those of `pass`.
+    /// Those of `pass`; a non-finite gradient.
     pub(crate) fn backward<T, F>(
         &self,
+        layer: &str,
         batch: &DisjointBatch<T>,
         params: &Params<T>,
         k: usize,
@@ -127,28 +131,35 @@ impl<S: Sync> Saved<S> {
         T: Scalar,
         F: Fn(&DisjointBatch<T>, &S, Range<usize>) -> Result<Gradients<T>> + Sync,
     {
-        match self {
-            Saved::Whole(state) => pass(batch, state, 0..batch.num_graphs() * k),
+        let (gradients, x_first_bad) = match self {
+            Saved::Whole(state) => {
+                let g = pass(batch, state, 0..batch.num_graphs() * k)?;
+                let bad = rows::first_non_finite(&rows::row_major(&g.x.view()));
+                (g, bad)
+            }
             Saved::Runs(runs) => {
                 // known once for the batch, then carried over to every run
                 batch.symmetric_graphs();
                 backward_by_runs(batch, runs, params, |run, graphs, state| {
                     pass(run, state, graphs.start * k..graphs.end * k)
-                })
+                })?
             }
-        }
+        };
+        finite_gradients_given_x(layer, gradients, x_first_bad)
     }
 }
 
 /// The outputs of a dense-assignment pool (one $K \times K$ block and $K$
 /// pooled rows per graph), written run by run: $X'$ ($BK \times C$), the
 /// stacked blocks ($BK \times K$), $S$ ($N \times K$) and some per-graph
-/// values ($B$ each), all in fresh memory.
+/// values ($B$ each), all in fresh memory; `finite` if every run found its
+/// $X'$, blocks and $S$ finite as it wrote them ([`RunRows::fill`]).
 pub(crate) struct DenseRunOutputs<T: Scalar> {
     pub x_out: Array2<T>,
     pub blocks: Array2<T>,
     pub s: Array2<T>,
     pub per_graph: Vec<Vec<T>>,
+    pub finite: bool,
 }
 
 /// One run's rows of [`DenseRunOutputs`], filled by [`RunRows::fill`].
@@ -159,31 +170,47 @@ pub(crate) struct RunRows<'a, T> {
     per_graph: Vec<&'a mut [T]>,
 }
 
+/// What [`RunRows::fill`] found of the values it copied: whether $X'$, the
+/// blocks and $S$ are all finite. A run returns it to
+/// [`DenseRunOutputs::by_runs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct Filled {
+    finite: bool,
+}
+
 impl<T: Scalar> RunRows<'_, T> {
     /// Copies a run's $X'$, blocks, $S$ and per-graph values into its rows
-    /// of the batch's.
+    /// of the batch's, and scans the copies of $X'$, the blocks and $S$ for
+    /// a non-finite value while they are still in cache, so that the
+    /// batch's outputs need not be read again to be checked
+    /// ([`crate::framework::Pooled::checked_by_runs`]).
     pub(crate) fn fill(
         self,
         x_out: ArrayView2<'_, T>,
         blocks: ArrayView2<'_, T>,
         s: ArrayView2<'_, T>,
         per_graph: &[ArrayView1<'_, T>],
-    ) {
-        copy_rows(self.x_out, x_out);
-        copy_rows(self.blocks, blocks);
-        copy_rows(self.s, s);
+    ) -> Filled {
+        let mut finite = true;
+        for (dst, src) in [(self.x_out, x_out), (self.blocks, blocks), (self.s, s)] {
+            copy_rows(dst, src);
+            finite &= rows::first_non_finite_in(dst).is_none();
+        }
         for (o, v) in self.per_graph.into_iter().zip(per_graph) {
             o.copy_from_slice(&rows::row_major_1d(v));
         }
+        Filled { finite }
     }
 }
 
 impl<T: Scalar> DenseRunOutputs<T> {
     /// Pools every run of `runs` (graphs of `seg`) with `run`, in parallel:
     /// each gets its graphs and its rows of the outputs ($K$ clusters,
-    /// `width` pooled features, `per_graph` values per graph), and returns
-    /// the state it keeps, if any. The outputs and the kept states, in run
-    /// order; the first error of a run in run order otherwise.
+    /// `width` pooled features, `per_graph` values per graph), fills them
+    /// ([`RunRows::fill`]) and returns what the fill found with the state it
+    /// keeps, if any. The outputs and the kept states, in run order; the
+    /// first error of a run in run order otherwise.
     pub(crate) fn by_runs<S, E, F>(
         seg: &Segments,
         runs: &[Range<usize>],
@@ -195,7 +222,7 @@ impl<T: Scalar> DenseRunOutputs<T> {
     where
         S: Send,
         E: Send,
-        F: Fn(Range<usize>, RunRows<'_, T>) -> std::result::Result<Option<S>, E> + Sync,
+        F: Fn(Range<usize>, RunRows<'_, T>) -> std::result::Result<(Filled, Option<S>), E> + Sync,
     {
         let offsets = seg.offsets();
         let b = seg.num_graphs();
@@ -229,14 +256,17 @@ impl<T: Scalar> DenseRunOutputs<T> {
                 (r, rows)
             })
             .collect();
-        let results: Vec<std::result::Result<Option<S>, E>> = tasks
+        let results: Vec<std::result::Result<(Filled, Option<S>), E>> = tasks
             .into_par_iter()
             .map(|(r, rows)| run(r, rows))
             .collect();
         // the first error in run order, whatever the thread count
         let mut kept = Vec::with_capacity(runs.len());
+        let mut finite = true;
         for (r, result) in runs.iter().zip(results) {
-            if let Some(state) = result? {
+            let (filled, state) = result?;
+            finite &= filled.finite;
+            if let Some(state) = state {
                 kept.push((r.clone(), state));
             }
         }
@@ -246,6 +276,7 @@ impl<T: Scalar> DenseRunOutputs<T> {
                 blocks,
                 s,
                 per_graph: values,
+                finite,
             },
             kept,
         ))
@@ -256,7 +287,10 @@ impl<T: Scalar> DenseRunOutputs<T> {
 /// gradients from its own batch ([`DisjointBatch::graph_run`]), its graphs
 /// and its state, in parallel; their rows of $\bar X$ and entries of
 /// $\bar a$ are copied into the batch's, and their parameter gradients
-/// added in run order ([`sum_in_order`]). The gradients are not checked.
+/// added in run order ([`sum_in_order`]). The gradients are not checked,
+/// but each run scans its rows of $\bar X$ as it copies them: with the
+/// gradients, the flat row-major position of $\bar X$'s first non-finite
+/// entry, if any.
 ///
 /// # Errors
 /// The first error of a run, in run order.
@@ -265,7 +299,7 @@ fn backward_by_runs<T, S, F>(
     runs: &[(Range<usize>, S)],
     params: &Params<T>,
     run: F,
-) -> Result<Gradients<T>>
+) -> Result<(Gradients<T>, Option<usize>)>
 where
     T: Scalar,
     S: Sync,
@@ -288,24 +322,30 @@ where
         Some(e) => split_rows(e, 1, edge_counts),
         None => runs.iter().map(|_| Default::default()).collect(),
     };
-    let results: Vec<Result<Params<T>>> = runs
+    let results: Vec<Result<(Params<T>, Option<usize>)>> = runs
         .par_iter()
         .zip(gxs)
         .zip(es)
         .map(|(((r, state), gxo), eo)| {
             let g = run(&batch.graph_run(r.clone()), r.clone(), state)?;
             copy_rows(gxo, g.x.view());
+            let bad = rows::first_non_finite_in(gxo).map(|p| offsets[r.start] * f + p);
             if let Some(w) = &g.edge_weights {
                 eo.copy_from_slice(&rows::row_major_1d(&w.view()));
             }
-            Ok(g.params)
+            Ok((g.params, bad))
         })
         .collect();
     // the first error in run order, whatever the thread count
-    let parts = results.into_iter().collect::<Result<Vec<_>>>()?;
-    Ok(Gradients {
+    let (parts, bad): (Vec<_>, Vec<_>) = results
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let gradients = Gradients {
         x: gx,
         edge_weights: edges.map(Array1::from),
         params: sum_in_order(params, &parts)?,
-    })
+    };
+    Ok((gradients, bad.into_iter().flatten().next()))
 }

@@ -37,7 +37,7 @@ use rayon::prelude::*;
 
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, RUN_NODES};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
@@ -207,6 +207,9 @@ struct Outputs<T: Scalar> {
     values: Vec<Array1<T>>,
     s: Array2<T>,
     saved: Option<Saved<BatchState<T>>>,
+    /// Whether the runs found $X'$, the blocks and $S$ finite as they
+    /// wrote them ([`Pooled::checked_by_runs`]); `false` for the whole batch.
+    written_finite: bool,
 }
 
 /// What each auxiliary loss keeps for its VJP.
@@ -521,6 +524,7 @@ impl<T: Scalar> DenseClustering<T> {
             values,
             s,
             saved,
+            written_finite,
         } = match by_runs {
             Some(outputs) => outputs,
             None => self.forward_whole(batch, keep)?,
@@ -532,13 +536,13 @@ impl<T: Scalar> DenseClustering<T> {
         }
         let selection = DenseAssignment { s };
         let out_segments = selection.reduce_index(seg);
-        let pooled = Pooled::checked(
+        let pooled = Pooled::checked_by_runs(
             self.name,
+            written_finite,
             x_out,
             a_out,
             out_segments,
             Selection::Dense(selection),
-            None,
             losses,
         )?;
         let cache = saved.map(|saved| ClusteringCache {
@@ -569,6 +573,7 @@ impl<T: Scalar> DenseClustering<T> {
                 values,
                 s,
                 saved: Some(Saved::Whole(Box::new(state))),
+                written_finite: false,
             }
         } else {
             Outputs {
@@ -577,6 +582,7 @@ impl<T: Scalar> DenseClustering<T> {
                 values,
                 s: state.assignment.s,
                 saved: None,
+                written_finite: false,
             }
         })
     }
@@ -600,13 +606,13 @@ impl<T: Scalar> DenseClustering<T> {
             |r, rows| {
                 let fw = self.compute(&batch.graph_run(r))?;
                 let values: Vec<_> = fw.values.iter().map(|v| v.view()).collect();
-                rows.fill(
+                let filled = rows.fill(
                     fw.x_out.view(),
                     fw.state.out_blocks(&fw.blocks).view(),
                     fw.state.assignment.s.view(),
                     &values,
                 );
-                Ok::<_, PoolError>(keep.then_some(fw.state))
+                Ok::<_, PoolError>((filled, keep.then_some(fw.state)))
             },
         )
         .ok()?;
@@ -615,6 +621,7 @@ impl<T: Scalar> DenseClustering<T> {
             blocks,
             s,
             per_graph,
+            finite,
         } = outputs;
         Some(Outputs {
             x_out,
@@ -622,6 +629,7 @@ impl<T: Scalar> DenseClustering<T> {
             values: per_graph.into_iter().map(Array1::from).collect(),
             s,
             saved: keep.then_some(Saved::Runs(states)),
+            written_finite: finite,
         })
     }
 
@@ -1088,18 +1096,19 @@ impl<T: Scalar> DenseClustering<T> {
                 (lg != T::zero()).then(|| lg * inv_b)
             })
             .collect();
-        let gradients = cache
-            .saved
-            .backward(batch, &self.params, k, |part, state, rows| {
-                self.backward_state(
-                    part,
-                    state,
-                    grad.x.slice(s![rows.clone(), ..]),
-                    g_out.slice(s![rows, ..]),
-                    &loss_grads,
-                )
-            })?;
-        finite_gradients(self.name, gradients)
+        let gradients =
+            cache
+                .saved
+                .backward(self.name, batch, &self.params, k, |part, state, rows| {
+                    self.backward_state(
+                        part,
+                        state,
+                        grad.x.slice(s![rows.clone(), ..]),
+                        g_out.slice(s![rows, ..]),
+                        &loss_grads,
+                    )
+                })?;
+        Ok(gradients)
     }
 
     /// The backward pass of one batch (or run) from its saved state, the

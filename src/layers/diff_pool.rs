@@ -11,7 +11,7 @@ use sprs::CsMatView;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
-use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, RUN_NODES};
 use crate::framework::{
     DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
@@ -232,6 +232,9 @@ struct Outputs<T: Scalar> {
     norms: Vec<T>,
     entropies: Vec<T>,
     saved: Option<Saved<ForwardState<T>>>,
+    /// Whether the runs found $X'$, the blocks and $S$ finite as they
+    /// wrote them ([`Pooled::checked_by_runs`]); `false` for the whole batch.
+    written_finite: bool,
 }
 
 /// $S$, $X'$ and, when asked for, the pre-activation of $Z$
@@ -562,6 +565,7 @@ impl<T: Scalar> DiffPool<T> {
             norms,
             entropies,
             saved,
+            written_finite,
         } = match graph_runs(segs, self.run_nodes) {
             Some(runs) => self.forward_runs(batch, &runs, keep)?,
             None => self.forward_whole(batch, keep)?,
@@ -578,13 +582,13 @@ impl<T: Scalar> DiffPool<T> {
             stamp: self.stamp(),
         });
         Ok((
-            Pooled::checked(
+            Pooled::checked_by_runs(
                 "DiffPool",
+                written_finite,
                 x_out,
                 a_out,
                 out_segments,
                 Selection::Dense(assignment),
-                None,
                 losses,
             )?,
             cache,
@@ -614,6 +618,7 @@ impl<T: Scalar> DiffPool<T> {
             norms,
             entropies: fw.entropies.to_vec(),
             saved,
+            written_finite: false,
         })
     }
 
@@ -634,17 +639,18 @@ impl<T: Scalar> DiffPool<T> {
             2,
             |r, rows| {
                 let fw = self.compute(&batch.graph_run(r), keep)?;
-                rows.fill(
+                let filled = rows.fill(
                     fw.x_out.view(),
                     fw.blocks.view(),
                     fw.s.view(),
                     &[ArrayView1::from(&fw.link.norms), fw.entropies.view()],
                 );
-                Ok::<_, PoolError>(fw.z_pre.map(|z_pre| ForwardState {
+                let state = fw.z_pre.map(|z_pre| ForwardState {
                     filter: fw.filter,
                     forward: TakeOnce::new((fw.s, z_pre)),
                     link: fw.link,
-                }))
+                });
+                Ok::<_, PoolError>((filled, state))
             },
         )?;
         let DenseRunOutputs {
@@ -652,6 +658,7 @@ impl<T: Scalar> DiffPool<T> {
             blocks,
             s,
             mut per_graph,
+            finite,
         } = outputs;
         let entropies = per_graph.pop().expect("two values per graph");
         let norms = per_graph.pop().expect("two values per graph");
@@ -662,6 +669,7 @@ impl<T: Scalar> DiffPool<T> {
             norms,
             entropies,
             saved: keep.then_some(Saved::Runs(states)),
+            written_finite: finite,
         })
     }
 
@@ -996,18 +1004,19 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             link: grad.loss("link_pred") / denom,
             entropy: grad.loss("entropy") / denom,
         };
-        let gradients = cache
-            .saved
-            .backward(batch, &self.params, k, |part, state, rows| {
-                self.backward_state(
-                    part,
-                    state,
-                    grad.x.slice(s![rows.clone(), ..]),
-                    g_blocks.slice(s![rows, ..]),
-                    loss_grads,
-                )
-            })?;
-        finite_gradients("DiffPool", gradients)
+        let gradients =
+            cache
+                .saved
+                .backward("DiffPool", batch, &self.params, k, |part, state, rows| {
+                    self.backward_state(
+                        part,
+                        state,
+                        grad.x.slice(s![rows.clone(), ..]),
+                        g_blocks.slice(s![rows, ..]),
+                        loss_grads,
+                    )
+                })?;
+        Ok(gradients)
     }
 
     fn params(&self) -> &Params<T> {
