@@ -108,6 +108,11 @@ pub fn rows_times<T: Scalar>(
     }
     match c {
         8 if f > 0 => rows_times_fixed::<T, 8, 4>(x, f, w, bias, accumulate, out),
+        // eight rows of 16 sums: 8 AVX-512 registers in f32, 16 in f64; with
+        // AVX2's 16 they would spill
+        16 if f > 0 && multiversion::target::target_cfg_f!(target_feature = "avx512f") => {
+            rows_times_octs::<T, 16>(x, f, w, bias, accumulate, out)
+        }
         16 if f > 0 => rows_times_quads::<T, 16>(x, f, w, bias, accumulate, out),
         32 if f > 0 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
         // two rows of 64 sums fill half of AVX-512's 32 registers in f32;
@@ -224,6 +229,49 @@ fn rows_times_pairs<T: Scalar, const C: usize>(
 /// indices and stored the sums to the stack on every step: for $C = 16$
 /// this is 15 % faster in cache (300k rows of $F = 64$, one thread:
 /// 5.1 → 4.4 ms). The last rows (fewer than four) by [`rows_times_fixed`].
+/// [`rows_times`] for $C$ known at compile time, eight rows at a time:
+/// [`rows_times_quads`] with eight sums of $C$ (for $C = 16$ with AVX-512,
+/// whose 32 registers hold them: eight chains of additions instead of
+/// four). In cache, one thread, 300k rows of $F = 64$: 4.4 → 3.8 ms. The
+/// last rows (fewer than eight) by [`rows_times_quads`].
+#[inline(always)]
+fn rows_times_octs<T: Scalar, const C: usize>(
+    x: &[T],
+    f: usize,
+    w: &[T],
+    bias: Option<&[T]>,
+    accumulate: bool,
+    out: &mut [T],
+) {
+    let mut xb = x.chunks_exact(8 * f);
+    let mut ob = out.chunks_exact_mut(8 * C);
+    for (xs, os) in (&mut xb).zip(&mut ob) {
+        let [x0, x1, x2, x3, x4, x5, x6, x7]: [&[T]; 8] =
+            std::array::from_fn(|r| &xs[r * f..(r + 1) * f]);
+        let mut p = [[T::zero(); C]; 8];
+        let [p0, p1, p2, p3, p4, p5, p6, p7] = &mut p;
+        let xs = x0.iter().zip(x1).zip(x2).zip(x3);
+        let xs = xs.zip(x4.iter().zip(x5).zip(x6).zip(x7));
+        for (((((&a, &b), &c), &d), (((&e, &g), &h), &k)), wr) in xs.zip(w.chunks_exact(C)) {
+            let wr: &[T; C] = wr.try_into().expect("chunks of C");
+            for l in 0..C {
+                p0[l] += a * wr[l];
+                p1[l] += b * wr[l];
+                p2[l] += c * wr[l];
+                p3[l] += d * wr[l];
+                p4[l] += e * wr[l];
+                p5[l] += g * wr[l];
+                p6[l] += h * wr[l];
+                p7[l] += k * wr[l];
+            }
+        }
+        for (p, o) in p.iter_mut().zip(os.chunks_exact_mut(C)) {
+            finish_row(p, bias, accumulate, o);
+        }
+    }
+    rows_times_quads::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
+}
+
 #[inline(always)]
 fn rows_times_quads<T: Scalar, const C: usize>(
     x: &[T],
