@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::Result;
-use crate::framework::layer::finite_gradients_given_x;
+use crate::framework::layer::{finite_gradients, finite_gradients_given_x};
 use crate::framework::Gradients;
 use crate::kernels::rows;
 use crate::nn::Params;
@@ -114,8 +114,8 @@ impl<S: Sync> Saved<S> {
     /// rows)` on the whole batch, or on each run's batch through
     /// [`backward_by_runs`], with `rows` the pooled rows whose output
     /// gradients are the batch's (or run's). The gradients are checked
-    /// ([`finite_gradients_given_x`]); run by run, each run scans its rows
-    /// of $\bar X$ as it copies them, so $\bar X$ is not read again.
+    /// ([`finite_gradients`]); run by run, each run scans its rows of
+    /// $\bar X$ as it copies them, so $\bar X$ is not read again.
     ///
     /// # Errors
     /// Those of `pass`; a non-finite gradient.
@@ -131,21 +131,20 @@ impl<S: Sync> Saved<S> {
         T: Scalar,
         F: Fn(&DisjointBatch<T>, &S, Range<usize>) -> Result<Gradients<T>> + Sync,
     {
-        let (gradients, x_first_bad) = match self {
+        match self {
             Saved::Whole(state) => {
-                let g = pass(batch, state, 0..batch.num_graphs() * k)?;
-                let bad = rows::first_non_finite(&rows::row_major(&g.x.view()));
-                (g, bad)
+                finite_gradients(layer, pass(batch, state, 0..batch.num_graphs() * k)?)
             }
             Saved::Runs(runs) => {
                 // known once for the batch, then carried over to every run
                 batch.symmetric_graphs();
-                backward_by_runs(batch, runs, params, |run, graphs, state| {
-                    pass(run, state, graphs.start * k..graphs.end * k)
-                })?
+                let (gradients, x_first_bad) =
+                    backward_by_runs(batch, runs, params, |run, graphs, state| {
+                        pass(run, state, graphs.start * k..graphs.end * k)
+                    })?;
+                finite_gradients_given_x(layer, gradients, x_first_bad)
             }
-        };
-        finite_gradients_given_x(layer, gradients, x_first_bad)
+        }
     }
 }
 

@@ -220,15 +220,6 @@ fn rows_times_pairs<T: Scalar, const C: usize>(
     rows_times_fixed::<T, C, 1>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
 }
 
-/// [`rows_times`] for $C$ known at compile time, four rows at a time: the
-/// four rows' entries are read by iterators zipped with the rows of $W$
-/// (no index to check) and their sums kept in four separate arrays, which
-/// the compiler keeps in registers (four independent chains of additions;
-/// each row of $W$ loaded once for the four). [`rows_times_fixed`] with
-/// `R = 4` computes the same, but there the compiler checked the strided
-/// indices and stored the sums to the stack on every step: for $C = 16$
-/// this is 15 % faster in cache (300k rows of $F = 64$, one thread:
-/// 5.1 → 4.4 ms). The last rows (fewer than four) by [`rows_times_fixed`].
 /// [`rows_times`] for $C$ known at compile time, eight rows at a time:
 /// [`rows_times_quads`] with eight sums of $C$ (for $C = 16$ with AVX-512,
 /// whose 32 registers hold them: eight chains of additions instead of
@@ -272,6 +263,15 @@ fn rows_times_octs<T: Scalar, const C: usize>(
     rows_times_quads::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
 }
 
+/// [`rows_times`] for $C$ known at compile time, four rows at a time: the
+/// four rows' entries are read by iterators zipped with the rows of $W$
+/// (no index to check) and their sums kept in four separate arrays, which
+/// the compiler keeps in registers (four independent chains of additions;
+/// each row of $W$ loaded once for the four). [`rows_times_fixed`] with
+/// `R = 4` computes the same, but there the compiler checked the strided
+/// indices and stored the sums to the stack on every step: for $C = 16$
+/// this is 15 % faster in cache (300k rows of $F = 64$, one thread:
+/// 5.1 → 4.4 ms). The last rows (fewer than four) by [`rows_times_fixed`].
 #[inline(always)]
 fn rows_times_quads<T: Scalar, const C: usize>(
     x: &[T],
