@@ -107,13 +107,17 @@ pub fn rows_times<T: Scalar>(
         return;
     }
     match c {
-        8 if f > 0 => rows_times_fixed::<T, 8, 4>(x, f, w, bias, accumulate, out),
+        8 if f > 0 => rows_times_quads::<T, 8>(x, f, w, bias, accumulate, out),
         // eight rows of 16 sums: 8 AVX-512 registers in f32, 16 in f64; with
         // AVX2's 16 they would spill
         16 if f > 0 && multiversion::target::target_cfg_f!(target_feature = "avx512f") => {
             rows_times_octs::<T, 16>(x, f, w, bias, accumulate, out)
         }
         16 if f > 0 => rows_times_quads::<T, 16>(x, f, w, bias, accumulate, out),
+        // four rows of 32 sums: 8 AVX-512 registers in f32, 16 in f64
+        32 if f > 0 && multiversion::target::target_cfg_f!(target_feature = "avx512f") => {
+            rows_times_quads::<T, 32>(x, f, w, bias, accumulate, out)
+        }
         32 if f > 0 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
         // two rows of 64 sums fill half of AVX-512's 32 registers in f32;
         // with AVX2's 16 (or in f64) they would spill
@@ -141,9 +145,11 @@ pub fn rows_times<T: Scalar>(
 /// [`rows_times`] for $C$ known at compile time: `R` rows at a time, their
 /// sums in an array (`R` independent chains of additions hide their
 /// latency; each row of $W$ is loaded once for the `R` rows). For
-/// `R > 1` the compiler may keep part of the array on the stack:
-/// [`rows_times_quads`] and [`rows_times_pairs`] are faster where they
-/// apply.
+/// `R > 1` the compiler may keep part of the array on the stack or not
+/// vectorise at all, so it serves only the last rows of the kernels
+/// below (`R = 1`) and $C = 32$ without AVX-512 (`R = 2`):
+/// [`rows_times_quads`], [`rows_times_pairs`] and [`rows_times_octs`]
+/// take every other width with a register kernel.
 #[inline(always)]
 fn rows_times_fixed<T: Scalar, const C: usize, const R: usize>(
     x: &[T],
@@ -269,9 +275,10 @@ fn rows_times_octs<T: Scalar, const C: usize>(
 /// the compiler keeps in registers (four independent chains of additions;
 /// each row of $W$ loaded once for the four). [`rows_times_fixed`] with
 /// `R = 4` computes the same, but there the compiler checked the strided
-/// indices and stored the sums to the stack on every step: for $C = 16$
-/// this is 15 % faster in cache (300k rows of $F = 64$, one thread:
-/// 5.1 → 4.4 ms). The last rows (fewer than four) by [`rows_times_fixed`].
+/// indices and stored the sums to the stack on every step. In cache, 300k
+/// rows, one thread: $C = 16$ from $F = 64$ 5.1 → 4.4 ms; $C = 8$ from
+/// $F = 64$ 19.4 → 3.4 ms; $C = 32$ from $F = 64$ (against two rows)
+/// 8.5 → 5.9 ms. The last rows (fewer than four) by [`rows_times_fixed`].
 #[inline(always)]
 fn rows_times_quads<T: Scalar, const C: usize>(
     x: &[T],
