@@ -207,12 +207,7 @@ impl<T: Scalar> Pooled<T> {
             return Self::checked(layer, x, a, segments, selection, None, losses);
         }
         check_losses_and_score(layer, &losses, None)?;
-        Ok(Self {
-            batch: DisjointBatch::new_unchecked(x, a, segments),
-            selection,
-            score: None,
-            losses,
-        })
+        Ok(Self::assemble(x, a, segments, selection, None, losses))
     }
 
     /// Builds a pool's result after [`check_pooled_finite`]: the parts come
@@ -246,11 +241,23 @@ impl<T: Scalar> Pooled<T> {
         losses: Losses<T>,
     ) -> Result<Self> {
         check_pooled_finite(layer, &a, &losses, score.as_ref(), &selection)?;
-        Ok(Self {
+        Ok(Self::assemble(x, a, segments, selection, score, losses))
+    }
+
+    /// The result of [`Pooled::checked_after_x`] and [`Pooled::checked_by_runs`], once they have checked its parts.
+    fn assemble(
+        x: Array2<T>,
+        a: sprs::CsMat<T>,
+        segments: crate::batch::Segments,
+        selection: Selection<T>,
+        score: Option<Array1<T>>,
+        losses: Losses<T>,
+    ) -> Self {
+        Self {
             batch: DisjointBatch::new_unchecked(x, a, segments),
             selection,
             score,
             losses,
-        })
+        }
     }
 }

@@ -1096,19 +1096,17 @@ impl<T: Scalar> DenseClustering<T> {
                 (lg != T::zero()).then(|| lg * inv_b)
             })
             .collect();
-        let gradients =
-            cache
-                .saved
-                .backward(self.name, batch, &self.params, k, |part, state, rows| {
-                    self.backward_state(
-                        part,
-                        state,
-                        grad.x.slice(s![rows.clone(), ..]),
-                        g_out.slice(s![rows, ..]),
-                        &loss_grads,
-                    )
-                })?;
-        Ok(gradients)
+        cache
+            .saved
+            .backward(self.name, batch, &self.params, k, |part, state, rows| {
+                self.backward_state(
+                    part,
+                    state,
+                    grad.x.slice(s![rows.clone(), ..]),
+                    g_out.slice(s![rows, ..]),
+                    &loss_grads,
+                )
+            })
     }
 
     /// The backward pass of one batch (or run) from its saved state, the

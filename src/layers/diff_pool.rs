@@ -1004,19 +1004,17 @@ impl<T: Scalar> Layer<T> for DiffPool<T> {
             link: grad.loss("link_pred") / denom,
             entropy: grad.loss("entropy") / denom,
         };
-        let gradients =
-            cache
-                .saved
-                .backward("DiffPool", batch, &self.params, k, |part, state, rows| {
-                    self.backward_state(
-                        part,
-                        state,
-                        grad.x.slice(s![rows.clone(), ..]),
-                        g_blocks.slice(s![rows, ..]),
-                        loss_grads,
-                    )
-                })?;
-        Ok(gradients)
+        cache
+            .saved
+            .backward("DiffPool", batch, &self.params, k, |part, state, rows| {
+                self.backward_state(
+                    part,
+                    state,
+                    grad.x.slice(s![rows.clone(), ..]),
+                    g_blocks.slice(s![rows, ..]),
+                    loss_grads,
+                )
+            })
     }
 
     fn params(&self) -> &Params<T> {
