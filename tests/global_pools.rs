@@ -157,3 +157,55 @@ fn max_gradient_is_split_equally_among_ties() {
         0.0,
     );
 }
+
+/// GlobalSumPool and GlobalAvgPool check their output row by row as it is
+/// summed (no scan after it). The error must name the entry a scan of the
+/// whole output in order finds first, on one thread and on two, with the
+/// overflows in a graph summed in pieces of `kernels::CHUNK` nodes and in
+/// a later graph: here graph 2, feature 3 (two nodes of 3e38 in different
+/// pieces), before graph 3, feature 0.
+#[test]
+fn overflowing_sums_name_the_first_non_finite_entry_a_full_scan_finds() {
+    use graphpool::kernels::rows::first_non_finite_entry;
+    use graphpool::kernels::segment::{segment_mean, segment_sum};
+    use graphpool::kernels::CHUNK;
+    use graphpool::{batch::Segments, PoolError};
+
+    let seg = Segments::from_sizes(&[3, 0, 2 * CHUNK + 5, 2]);
+    let n = seg.num_nodes();
+    let f = 5;
+    let mut x = Array2::from_shape_fn((n, f), |(i, j)| ((i * 3 + j) % 7) as f32 - 3.0);
+    let big = seg.range(2);
+    x[[big.start + 1, 3]] = 3.0e38;
+    x[[big.start + CHUNK + 7, 3]] = 3.0e38;
+    let last = seg.range(3);
+    x[[last.start, 0]] = 3.0e38;
+    x[[last.start + 1, 0]] = 3.0e38;
+    let b = DisjointBatch::new(x.clone(), sprs::CsMat::zero((n, n)), seg.clone()).unwrap();
+    type Kernel = fn(ndarray::ArrayView2<f32>, &Segments) -> Array2<f32>;
+    let cases: [(&str, Kernel); 2] = [("sum", segment_sum), ("avg", segment_mean)];
+    for (name, kernel) in cases {
+        // the kernel's output, scanned in order
+        let (p, value) = first_non_finite_entry(&kernel(x.view(), &seg)).expect("an overflow");
+        assert_eq!((p / f, p % f), (2, 3), "{name}");
+        for threads in [1, 2] {
+            let got = with_threads(threads, || match name {
+                "sum" => GlobalSumPool.call(&b),
+                _ => GlobalAvgPool.call(&b),
+            });
+            match got {
+                Err(PoolError::NonFinite {
+                    index, value: v, ..
+                }) => {
+                    assert_eq!(
+                        index,
+                        format!("({}, {})", p / f, p % f),
+                        "{name}, {threads} threads"
+                    );
+                    assert_eq!(v, value.to_string(), "{name}");
+                }
+                other => panic!("{name}, {threads} threads: {other:?}"),
+            }
+        }
+    }
+}

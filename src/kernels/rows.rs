@@ -663,6 +663,55 @@ pub fn first_non_finite_in<T: Scalar>(block: &[T]) -> Option<usize> {
     }
 }
 
+/// The first non-finite entry (flat row-major index) of a matrix whose rows
+/// are written in parallel, recorded as each row is finished: the check
+/// reads a row while it is in cache instead of scanning the whole output
+/// again after it. The index kept is the smallest reported, so it is the
+/// one a scan in order would find, on any thread count.
+///
+/// ```
+/// use graphpool::kernels::rows::FirstNonFinite;
+/// let first = FirstNonFinite::new();
+/// first.check_row(3, &[1.0_f32, 2.0]);
+/// assert_eq!(first.get(), None);
+/// first.check_row(2, &[1.0_f32, f32::INFINITY]);
+/// first.check_row(1, &[f32::NAN, 0.0]);
+/// // rows of 2 values: row 1's first entry is flat index 2
+/// assert_eq!(first.get(), Some(2));
+/// ```
+#[derive(Debug)]
+pub struct FirstNonFinite(std::sync::atomic::AtomicUsize);
+
+impl FirstNonFinite {
+    /// Nothing recorded yet.
+    pub fn new() -> Self {
+        Self(std::sync::atomic::AtomicUsize::new(usize::MAX))
+    }
+
+    /// Records the first non-finite value of `row`, row `index` of a
+    /// matrix as wide as `row`, if it has one.
+    #[inline]
+    pub fn check_row<T: Scalar>(&self, index: usize, row: &[T]) {
+        if let Some(p) = first_non_finite_in(row) {
+            self.0
+                .fetch_min(index * row.len() + p, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The smallest flat index recorded, `None` if every checked row was
+    /// finite.
+    pub fn get(&self) -> Option<usize> {
+        let p = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        (p != usize::MAX).then_some(p)
+    }
+}
+
+impl Default for FirstNonFinite {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 simd_levels! {
 /// Whether `block` holds a NaN or an infinity: the branch-free pass of
 /// [`first_non_finite_in`], compiled for each SIMD level.

@@ -24,7 +24,35 @@ use crate::scalar::Scalar;
 /// ([`reduce_segment_rows`]): the same bits on any thread count and for a
 /// graph inside a batch as alone.
 pub fn segment_sum<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<T> {
-    reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |_, _| {})
+    segment_sum_checked(x, segments).0
+}
+
+/// [`segment_sum`] with the flat (row-major) index of the first non-finite
+/// entry of its output, found row by row as the rows are summed
+/// ([`rows::FirstNonFinite`]): the same result as scanning the output after
+/// it, without reading it again.
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::segment_sum_checked;
+/// use ndarray::array;
+///
+/// let seg = Segments::from_graph_ids(&[0, 1, 1], 2)?;
+/// let x = array![[1.0_f32, 2.0], [3.0e38, 1.0], [3.0e38, 1.0]];
+/// let (out, bad) = segment_sum_checked(x.view(), &seg);
+/// assert_eq!(out[[1, 0]], f32::INFINITY);
+/// assert_eq!(bad, Some(2)); // (graph 1, feature 0)
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+pub fn segment_sum_checked<T: Scalar>(
+    x: ArrayView2<T>,
+    segments: &Segments,
+) -> (Array2<T>, Option<usize>) {
+    let first = rows::FirstNonFinite::new();
+    let out = reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |g, row| {
+        first.check_row(g, row)
+    });
+    (out, first.get())
 }
 
 /// Segment sum of squares: $\mathrm{out}_{g} = \sum_{n \in g} x_n \odot x_n$,
@@ -82,12 +110,38 @@ pub fn segment_sum_vjp<T: Scalar>(grad: ArrayView2<T>, segments: &Segments) -> A
 /// Segment mean: $\mathrm{out}_g = \frac{1}{\max(n_g, 1)} \sum_{n \in g} x_n$
 /// (the sum of [`segment_sum`], then one division per entry).
 pub fn segment_mean<T: Scalar>(x: ArrayView2<T>, segments: &Segments) -> Array2<T> {
-    reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |g, row| {
+    segment_mean_checked(x, segments).0
+}
+
+/// [`segment_mean`] with the flat (row-major) index of the first
+/// non-finite entry of its output, found row by row as each row is
+/// finished (see [`segment_sum_checked`]).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::segment_mean_checked;
+/// use ndarray::array;
+///
+/// let seg = Segments::from_graph_ids(&[0, 0, 1], 2)?;
+/// let x = array![[1.0_f32, 3.0e38], [3.0, 3.0e38], [4.0, 1.0]];
+/// let (out, bad) = segment_mean_checked(x.view(), &seg);
+/// assert_eq!(out[[0, 0]], 2.0);
+/// assert_eq!(bad, Some(1)); // the sum of feature 1 overflows before the division
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+pub fn segment_mean_checked<T: Scalar>(
+    x: ArrayView2<T>,
+    segments: &Segments,
+) -> (Array2<T>, Option<usize>) {
+    let first = rows::FirstNonFinite::new();
+    let out = reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |g, row| {
         let n = T::from_count(segments.size(g).max(1));
-        for v in row {
+        for v in row.iter_mut() {
             *v /= n;
         }
-    })
+        first.check_row(g, row);
+    });
+    (out, first.get())
 }
 
 /// VJP of [`segment_mean`]: every node of graph $g$ receives $\bar{\mathrm{out}}_g / n_g$.

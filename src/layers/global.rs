@@ -1,19 +1,22 @@
 //! Global pools: one vector per graph by sum, mean or max over its nodes.
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 
-use crate::batch::{check_finite_2d, DisjointBatch};
+use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::check_grad_shape;
 use crate::framework::{Gradients, Layer};
 use crate::kernels::segment::{
-    segment_extremum_vjp, segment_max, segment_mean, segment_mean_vjp, segment_sum, segment_sum_vjp,
+    segment_extremum_vjp, segment_max, segment_mean_checked, segment_mean_vjp, segment_sum_checked,
+    segment_sum_vjp,
 };
 use crate::nn::Params;
 use crate::scalar::Scalar;
 
 /// Implements [`Layer`] for a parameterless global pool given its forward
-/// and its VJP (which may use the input and the forward's output).
+/// (the output and the flat index of its first non-finite entry, found as
+/// the rows are written) and its VJP (which may use the input and the
+/// forward's output).
 macro_rules! parameterless_global_pool {
     ($name:ident, $fwd:expr, $vjp:expr) => {
         impl<T: Scalar> Layer<T> for $name {
@@ -27,12 +30,22 @@ macro_rules! parameterless_global_pool {
 
             /// The forward pass without the copy of the output its cache is.
             fn call(&self, batch: &DisjointBatch<T>) -> Result<Array2<T>> {
-                let out = $fwd(batch.x().view(), batch.segments());
-                check_finite_2d(
-                    &out.view(),
-                    "pooled x (overflow: features too large for the float type)",
-                )?;
-                Ok(out)
+                let (out, bad) = $fwd(batch.x().view(), batch.segments());
+                match bad {
+                    None => Ok(out),
+                    Some(p) => {
+                        let f = out.ncols().max(1);
+                        Err(PoolError::NonFinite {
+                            what: "pooled x (overflow: features too large for the float type)"
+                                .into(),
+                            index: format!("({}, {})", p / f, p % f),
+                            value: out
+                                .iter()
+                                .nth(p)
+                                .map_or_else(String::new, |v| v.to_string()),
+                        })
+                    }
+                }
             }
 
             fn backward(
@@ -91,7 +104,7 @@ pub struct GlobalSumPool;
 
 parameterless_global_pool!(
     GlobalSumPool,
-    segment_sum,
+    segment_sum_checked,
     |b: &DisjointBatch<T>, _out: &Array2<T>, g: &Array2<T>| segment_sum_vjp(g.view(), b.segments())
 );
 
@@ -113,7 +126,7 @@ pub struct GlobalAvgPool;
 
 parameterless_global_pool!(
     GlobalAvgPool,
-    segment_mean,
+    segment_mean_checked,
     |b: &DisjointBatch<T>, _out: &Array2<T>, g: &Array2<T>| segment_mean_vjp(
         g.view(),
         b.segments()
@@ -140,7 +153,13 @@ pub struct GlobalMaxPool;
 
 parameterless_global_pool!(
     GlobalMaxPool,
-    segment_max,
+    // the max of finite values (a batch's features are checked when it is
+    // built) is one of them: the output needs no scan
+    |x: ArrayView2<T>, s: &Segments| {
+        let out = segment_max(x, s);
+        debug_assert!(crate::kernels::rows::first_non_finite_entry(&out).is_none());
+        (out, None)
+    },
     |b: &DisjointBatch<T>, out: &Array2<T>, g: &Array2<T>| {
         segment_extremum_vjp(b.x().view(), b.segments(), out.view(), g.view())
     }
