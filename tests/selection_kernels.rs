@@ -557,3 +557,92 @@ fn linear_score_selection_vjp_gives_the_bits_of_the_kernels_it_fuses() {
     assert!(want.1.is_some());
     assert_eq!(bits(with_threads(2, || fused(&grad))), want);
 }
+
+/// `linear_top_k_rows` (scores, selection, gates and gathered rows in one
+/// pass per run of small graphs) against the separate passes it fuses:
+/// the scores of `nn::matmul` with one column, `segment_top_k` of them,
+/// `gather_gated_rows_checked` with the same gate, bit for bit, in `f32`
+/// and `f64`, on 1 and 3 threads. The graphs straddle the widths ranked by
+/// counting (16, 32, 64) and the selection beyond (up to `CHUNK` nodes),
+/// with empty graphs and many tied scores (rows drawn from few patterns);
+/// a gate that doubles makes some rows overflow, and the first
+/// non-finite entry must be the separate gather's. A batch with a graph
+/// above `CHUNK` nodes, or without features, is left to the separate
+/// passes (`None`); a non-finite score is `check_scores`' error.
+#[test]
+fn fused_linear_top_k_gives_the_bits_of_the_separate_passes() {
+    // returns how many cases had an overflowing row
+    fn check<T: graphpool::Scalar>(scale: f64) -> usize {
+        let mut overflows = 0;
+        use graphpool::kernels::gather::gather_gated_rows_checked;
+        use graphpool::kernels::sort::{check_scores, linear_top_k_rows, segment_top_k};
+        use graphpool::nn::{matmul, Activation};
+        let sizes = [
+            0usize, 1, 2, 7, 30, 0, 50, 3, 16, 17, 32, 33, 64, 65, 100, 4_096, 12, 900,
+        ];
+        let seg = Segments::from_sizes(&sizes);
+        let (n, f) = (seg.num_nodes(), 6);
+        let x = Array2::from_shape_fn((n, f), |(i, j)| {
+            T::c((((i * 7919) % 5 + j * 3) % 7) as f64 * scale - 2.0)
+        });
+        let p: Vec<T> = (0..f).map(|j| T::c(0.5 - 0.25 * j as f64)).collect();
+        let pc = Array2::from_shape_vec((f, 1), p.clone()).unwrap();
+        type Gate<T> = fn(&mut [T]);
+        let gates: [(&str, Gate<T>); 2] = [
+            ("tanh", |g: &mut [T]| Activation::Tanh.apply_in_place(g)),
+            ("double", |g: &mut [T]| {
+                g.iter_mut().for_each(|v| *v *= T::c(2.0))
+            }),
+        ];
+        for frac in [0.0, 0.1, 0.5, 1.0] {
+            let count = |m: usize| ((m as f64) * frac).ceil() as usize;
+            for (name, gate) in gates {
+                let y = matmul(x.view(), pc.view(), None).remove_axis(ndarray::Axis(1));
+                let kept = segment_top_k(y.view(), &seg, count).unwrap();
+                let (rows, gate_values, bad) =
+                    gather_gated_rows_checked(x.view(), &kept, y.view(), gate);
+                overflows += usize::from(bad.is_some());
+                for t in [1, 3] {
+                    let got =
+                        with_threads(t, || linear_top_k_rows(x.view(), &p, &seg, count, gate))
+                            .unwrap()
+                            .expect("no graph above CHUNK");
+                    let what = format!("{name}, fraction {frac}, {t} threads");
+                    assert_eq!(got.scores, y, "{what}");
+                    assert_eq!(got.kept, kept, "{what}");
+                    assert_eq!(got.gate, gate_values, "{what}");
+                    assert_eq!(got.rows, rows, "{what}");
+                    assert_eq!(got.first_non_finite_row_entry, bad, "{what}");
+                }
+            }
+        }
+        // the separate passes' cases
+        let tanh = |g: &mut [T]| Activation::Tanh.apply_in_place(g);
+        let big = Segments::from_sizes(&[3, 4_097]);
+        let xb = Array2::from_elem((big.num_nodes(), f), T::one());
+        assert!(linear_top_k_rows(xb.view(), &p, &big, |m| m / 2, tanh)
+            .unwrap()
+            .is_none());
+        let x0 = Array2::<T>::zeros((n, 0));
+        assert!(linear_top_k_rows(x0.view(), &[], &seg, |m| m / 2, tanh)
+            .unwrap()
+            .is_none());
+        // a score that overflows, in a later graph
+        let mut xo = x.clone();
+        xo[[n - 10, 0]] = T::max_value();
+        xo[[n - 10, 1]] = T::max_value();
+        let p_up: Vec<T> = vec![T::c(4.0); f];
+        let pu = Array2::from_shape_vec((f, 1), p_up.clone()).unwrap();
+        let y = matmul(xo.view(), pu.view(), None).remove_axis(ndarray::Axis(1));
+        let want = check_scores(y.view()).unwrap_err();
+        let got = linear_top_k_rows(xo.view(), &p_up, &seg, |m| m / 2, tanh).unwrap_err();
+        assert_eq!(got.to_string(), want.to_string());
+        assert!(matches!(got, PoolError::NonFiniteScore { .. }));
+        overflows
+    }
+    assert_eq!(check::<f64>(1.0), 0);
+    assert_eq!(check::<f32>(1.0), 0);
+    // rows near the top of f32's range (scores still finite): the doubling
+    // gate overflows some
+    assert!(check::<f32>(0.5e37) > 0);
+}

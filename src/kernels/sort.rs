@@ -1,6 +1,6 @@
 //! Stable per-segment sorting and top-k selection under a total order.
 
-use ndarray::ArrayView1;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
 use super::CHUNK;
@@ -93,13 +93,7 @@ pub fn segment_top_k<T: Scalar>(
     let keys = score.as_slice().expect("standard layout");
     let b = segments.num_graphs();
     let offsets = segments.offsets();
-    // where each graph's kept nodes go in the output
-    let mut out_off = Vec::with_capacity(b + 1);
-    out_off.push(0usize);
-    for g in 0..b {
-        let n = segments.size(g);
-        out_off.push(out_off[g] + count(n).min(n));
-    }
+    let out_off = kept_offsets(segments, count);
     let mut kept = vec![0usize; out_off[b]];
     let items = super::segment_work(segments);
     // runs of small graphs: one task each, writing their own slice
@@ -130,17 +124,7 @@ pub fn segment_top_k<T: Scalar>(
             let k = out_off[g + 1] - out_off[g];
             let dst = &mut out[at..at + k];
             at += k;
-            let graph_keys = &keys[r.clone()];
-            match r.len() {
-                0..=16 => rank_top_k::<T, 16>(graph_keys, r.start, dst),
-                17..=32 => rank_top_k::<T, 32>(graph_keys, r.start, dst),
-                33..=RANK_MAX => rank_top_k::<T, RANK_MAX>(graph_keys, r.start, dst),
-                _ => {
-                    let t = kth_largest(graph_keys, k, &mut buf);
-                    let quota = ties_to_keep(graph_keys, k, t);
-                    write_kept(keys, r, t, quota, dst);
-                }
-            }
+            top_k_of_small_graph(&keys[r.clone()], r.start, dst, &mut buf);
         }
     });
     for (_, graphs, out) in large {
@@ -191,6 +175,184 @@ pub fn segment_top_k<T: Scalar>(
     // graphs are contiguous and ordered, so the concatenation is sorted
     debug_assert!(kept.windows(2).all(|w| w[0] < w[1]));
     Ok(kept)
+}
+
+/// Where each graph's kept nodes start in a selection's output (and their
+/// total, last): the running sum of `count(n_g)`, at most $n_g$ each.
+fn kept_offsets(segments: &Segments, count: impl Fn(usize) -> usize) -> Vec<usize> {
+    let b = segments.num_graphs();
+    let mut out_off = Vec::with_capacity(b + 1);
+    out_off.push(0usize);
+    for g in 0..b {
+        let n = segments.size(g);
+        out_off.push(out_off[g] + count(n).min(n));
+    }
+    out_off
+}
+
+/// The top `dst.len()` nodes of one graph of at most [`CHUNK`] nodes (its
+/// finite `keys`, its first node `first`), written ascending into `dst`:
+/// ranked by counting up to 64 nodes, else selected
+/// ([`segment_top_k`]'s choice for a graph of a run).
+fn top_k_of_small_graph<T: Scalar>(
+    keys: &[T],
+    first: usize,
+    dst: &mut [usize],
+    buf: &mut Vec<T::Ordered>,
+) {
+    match keys.len() {
+        0..=16 => rank_top_k::<T, 16>(keys, first, dst),
+        17..=32 => rank_top_k::<T, 32>(keys, first, dst),
+        33..=RANK_MAX => rank_top_k::<T, RANK_MAX>(keys, first, dst),
+        _ => {
+            let k = dst.len();
+            let t = kth_largest(keys, k, buf);
+            let quota = ties_to_keep(keys, k, t);
+            write_kept(keys, 0..keys.len(), t, quota, dst);
+            dst.iter_mut().for_each(|d| *d += first);
+        }
+    }
+}
+
+/// A selection by linear scores with its gated rows, from
+/// [`linear_top_k_rows`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredRows<T> {
+    /// Every node's score $y = X p$ ($N$).
+    pub scores: Array1<T>,
+    /// The kept nodes, ascending (as [`segment_top_k`] keeps them).
+    pub kept: Vec<usize>,
+    /// The kept nodes' gates, `gate` of their scores.
+    pub gate: Array1<T>,
+    /// The kept nodes' rows times their gates ($|\text{kept}| \times F$).
+    pub rows: Array2<T>,
+    /// The flat index of the first non-finite entry of `rows`, if any.
+    pub first_non_finite_row_entry: Option<usize>,
+}
+
+/// Scores, top-k, gates and gathered rows in one pass over each run of
+/// small graphs: $y_n = \langle x_n, p\rangle$ ([`super::rows::dot`], the
+/// bits of [`crate::nn::matmul`] with one column), the top `count(n_g)` of
+/// every graph ([`segment_top_k`]'s nodes), their gates `gate` of
+/// $y_{\text{kept}}$ and the rows $\text{gate}_j\, x_{\text{kept}_j}$
+/// (the bits of [`super::gather::gather_gated_rows_checked`]; `gate` must
+/// act entrywise). A run's rows ([`super::segment_work`]: about
+/// [`CHUNK`] nodes, 1 MiB at $F = 64$ `f32`) are read from memory once, for
+/// their scores, and gathered from cache; as separate passes the kept rows
+/// were read from memory a second time.
+///
+/// `None` when a graph has more than [`CHUNK`] nodes or $F = 0$: the
+/// separate passes handle those.
+///
+/// # Errors
+/// [`PoolError::NonFiniteScore`] for a NaN or infinite score, as
+/// [`check_scores`] names it.
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::sort::{keep_count, linear_top_k_rows, segment_top_k};
+/// use ndarray::array;
+///
+/// let seg = Segments::from_sizes(&[3, 2]);
+/// let x = array![[1.0_f64, 0.0], [0.0, 2.0], [3.0, 1.0], [-1.0, 0.0], [0.5, 0.5]];
+/// let p = [1.0, 1.0];
+/// let half = |v: &mut [f64]| v.iter_mut().for_each(|g| *g *= 0.5);
+/// let got = linear_top_k_rows(x.view(), &p, &seg, |n| keep_count(0.5, n), half)?.unwrap();
+/// assert_eq!(got.scores, array![1.0, 2.0, 4.0, -1.0, 1.0]);
+/// assert_eq!(got.kept, segment_top_k(got.scores.view(), &seg, |n| keep_count(0.5, n))?);
+/// assert_eq!(got.kept, vec![1, 2, 4]);
+/// assert_eq!(got.gate, array![1.0, 2.0, 0.5]);
+/// assert_eq!(got.rows, array![[0.0, 2.0], [6.0, 2.0], [0.25, 0.25]]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+pub fn linear_top_k_rows<T: Scalar>(
+    x: ArrayView2<T>,
+    p: &[T],
+    segments: &Segments,
+    count: impl Fn(usize) -> usize + Sync,
+    gate: impl Fn(&mut [T]) + Sync,
+) -> Result<Option<ScoredRows<T>>> {
+    use super::SegmentWork;
+    let (n, f) = x.dim();
+    debug_assert_eq!(p.len(), f);
+    if f == 0 || segments.ranges().any(|r| r.len() > CHUNK) {
+        return Ok(None);
+    }
+    let xs = super::rows::row_major(&x);
+    let b = segments.num_graphs();
+    let offsets = segments.offsets();
+    let out_off = kept_offsets(segments, count);
+    let m = out_off[b];
+    let mut scores: Vec<T> = super::rows::fresh_vec(n);
+    let mut kept: Vec<usize> = super::rows::fresh_vec(m);
+    let mut gates: Vec<T> = super::rows::fresh_vec(m);
+    let mut rows = super::rows::fresh_matrix::<T>(m, f);
+    // every run's slices of the four outputs
+    let mut tasks = Vec::new();
+    {
+        let (mut ys, mut ks, mut gs) = (&mut scores[..], &mut kept[..], &mut gates[..]);
+        let mut xo = rows.as_slice_mut().expect("standard layout");
+        for item in super::segment_work(segments) {
+            let SegmentWork::Graphs(graphs) = item else {
+                unreachable!("no graph above CHUNK nodes")
+            };
+            let nodes = offsets[graphs.start]..offsets[graphs.end];
+            let len = out_off[graphs.end] - out_off[graphs.start];
+            let (y, ty) = std::mem::take(&mut ys).split_at_mut(nodes.len());
+            let (k, tk) = std::mem::take(&mut ks).split_at_mut(len);
+            let (g, tg) = std::mem::take(&mut gs).split_at_mut(len);
+            let (o, to) = std::mem::take(&mut xo).split_at_mut(len * f);
+            (ys, ks, gs, xo) = (ty, tk, tg, to);
+            tasks.push((graphs, nodes, y, k, g, o));
+        }
+    }
+    // the first node with a non-finite score (the smallest reported)
+    let bad_score = std::sync::atomic::AtomicUsize::new(usize::MAX);
+    let first_bad = tasks
+        .into_par_iter()
+        .filter_map(|(graphs, nodes, y, k, g, o)| {
+            let base = nodes.start;
+            for (i, y) in y.iter_mut().enumerate() {
+                *y = super::rows::dot(&xs[(base + i) * f..(base + i + 1) * f], p);
+            }
+            if let Some(i) = super::rows::first_non_finite_in(y) {
+                bad_score.fetch_min(base + i, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+            let mut buf = Vec::new();
+            let mut at = 0;
+            for graph in graphs.clone() {
+                let r = segments.range(graph);
+                let dst = &mut k[at..at + out_off[graph + 1] - out_off[graph]];
+                at += dst.len();
+                top_k_of_small_graph(&y[r.start - base..r.end - base], r.start, dst, &mut buf);
+            }
+            for (g, &node) in g.iter_mut().zip(k.iter()) {
+                *g = y[node - base];
+            }
+            gate(g);
+            for (row, (&node, &g)) in o.chunks_exact_mut(f).zip(k.iter().zip(g.iter())) {
+                for (o, &v) in row.iter_mut().zip(&xs[node * f..(node + 1) * f]) {
+                    *o = g * v;
+                }
+            }
+            super::rows::first_non_finite_in(o).map(|e| out_off[graphs.start] * f + e)
+        })
+        .min();
+    let node = bad_score.into_inner();
+    if node != usize::MAX {
+        return Err(PoolError::NonFiniteScore {
+            node,
+            value: scores[node].to_string(),
+        });
+    }
+    Ok(Some(ScoredRows {
+        scores: Array1::from(scores),
+        kept,
+        gate: Array1::from(gates),
+        rows,
+        first_non_finite_row_entry: first_bad,
+    }))
 }
 
 /// The `k`-th largest of `keys` under [`Scalar::ordered`], or `None` when

@@ -4,7 +4,7 @@ use ndarray::{Array1, Array2, ArrayD, Axis};
 use sprs::CsMat;
 
 use super::selection_core::{
-    selection_builders, Gating, KeepRule, SelectionCore, SelectionPoolCache,
+    selection_builders, Gating, KeepRule, Scores, SelectionCore, SelectionPoolCache,
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
@@ -229,14 +229,16 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
         let (y, scorer) = self.scores(batch)?;
-        let (pooled, core) = self.core.forward("SAGPool", self.stamp(), batch, y)?;
+        let (pooled, core) = self
+            .core
+            .forward("SAGPool", self.stamp(), batch, Scores::Given(y))?;
         Ok((pooled, SagPoolCache { core, scorer }))
     }
 
     /// The forward pass without building the cache.
     fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
         let (y, _) = self.scores(batch)?;
-        self.core.pool("SAGPool", batch, y)
+        self.core.pool("SAGPool", batch, Scores::Given(y))
     }
 
     fn backward(

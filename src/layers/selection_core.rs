@@ -18,10 +18,10 @@ use crate::kernels::gather::{
 };
 use crate::kernels::rows::{fresh_copy_slice, fresh_vec};
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
-use crate::kernels::sort::{check_scores, keep_count, segment_top_k};
+use crate::kernels::sort::{check_scores, keep_count, linear_top_k_rows, segment_top_k};
 use crate::kernels::sparse::{induced_matrix, scatter_values, Induced};
 use crate::kernels::{map_nodes, ROW_BLOCK};
-use crate::nn::Activation;
+use crate::nn::{matmul, Activation};
 use crate::scalar::Scalar;
 use crate::Segments;
 
@@ -111,6 +111,17 @@ impl KeepRule {
     pub fn uses_softmax(self) -> bool {
         matches!(self, KeepRule::MinScore(_))
     }
+
+    /// How many nodes of a graph of `n` nodes a ratio or a count keeps
+    /// ([`keep_count`], or $\min(k, n)$); `None` for a minimum score, which
+    /// keeps by value.
+    fn count(self, n: usize) -> Option<usize> {
+        match self {
+            KeepRule::Ratio(r) => Some(keep_count(r, n)),
+            KeepRule::Count(k) => Some(k.min(n)),
+            KeepRule::MinScore(_) => None,
+        }
+    }
 }
 
 /// PyG's epsilon in `torch_geometric.utils.softmax`.
@@ -191,6 +202,27 @@ impl<T: Scalar> CoreGrads<'_, T> {
     }
 }
 
+/// The raw scores a selection pool ranks its nodes by.
+pub(crate) enum Scores<'a, T> {
+    /// Computed by the layer (SAGPool's graph convolution).
+    Given(Array1<T>),
+    /// $y = X p$ for a projection $p$ ($F$; TopKPool's): computed by the
+    /// core, in one pass with the selection and the gather when it can.
+    Linear(ArrayView1<'a, T>),
+}
+
+/// What a forward pass has after its selection and its gather: the raw
+/// scores, the kept nodes with their gates, the softmax of
+/// [`KeepRule::MinScore`], the gated rows and the flat index of their
+/// first non-finite entry.
+struct Gathered<T: Scalar> {
+    y: Array1<T>,
+    subset: Subset<T>,
+    softmax: Option<Array1<T>>,
+    x: Array2<T>,
+    first_bad_x: Option<usize>,
+}
+
 impl SelectionCore {
     pub(crate) fn new(keep: KeepRule, gating: Gating) -> Result<Self> {
         Ok(Self {
@@ -247,8 +279,10 @@ impl SelectionCore {
     ) -> Result<(Vec<usize>, Option<Array1<T>>)> {
         check_scores(y)?;
         match self.keep {
-            KeepRule::Ratio(r) => Ok((segment_top_k(y, segments, |n| keep_count(r, n))?, None)),
-            KeepRule::Count(k) => Ok((segment_top_k(y, segments, |n| k.min(n))?, None)),
+            KeepRule::Ratio(_) | KeepRule::Count(_) => {
+                let count = |n| self.keep.count(n).unwrap_or(n);
+                Ok((segment_top_k(y, segments, count)?, None))
+            }
             KeepRule::MinScore(min_score) => {
                 let s = segment_softmax(y, segments, T::c(PYG_SOFTMAX_EPS));
                 let smax = segment_max(s.view().insert_axis(Axis(1)), segments);
@@ -297,33 +331,110 @@ impl SelectionCore {
     }
 
     /// Select, reduce (gated features times the multiplier), connect
-    /// (induced subgraph) and reduce_index from the raw scores `y`: the
+    /// (induced subgraph) and reduce_index from the raw scores: the
     /// pooled result, and if `cache`, what a cache needs (the subset, the raw
     /// scores of the kept nodes, the softmax, the source of every pooled
     /// edge; without it, the sources, the kept raw scores and the copy of
     /// the subset are not formed).
+    ///
+    /// Linear scores $y = X p$ with a keep rule by ratio or count take one
+    /// pass over each run of small graphs for the scores, the selection,
+    /// the gates and the gathered rows ([`linear_top_k_rows`]); otherwise (a
+    /// minimum score, a graph above [`crate::kernels::CHUNK`] nodes, no
+    /// features) the scores come from [`matmul`] and the steps are
+    /// separate passes. The same result either way.
     #[allow(clippy::type_complexity)]
     fn run<T: Scalar>(
         &self,
         layer: &str,
         batch: &DisjointBatch<T>,
-        y: Array1<T>,
+        scores: Scores<'_, T>,
         cache: bool,
     ) -> Result<(
         Pooled<T>,
         Option<(Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>)>,
     )> {
+        let y = match scores {
+            Scores::Given(y) => y,
+            Scores::Linear(p) => {
+                if let Some(gathered) = self.fused_linear(batch, p)? {
+                    return self.finish_run(layer, batch, gathered, cache);
+                }
+                matmul(batch.x().view(), p.insert_axis(Axis(1)), None).remove_axis(Axis(1))
+            }
+        };
         let (kept, softmax) = self.choose(y.view(), batch.segments())?;
         // the gather computes the gates as it goes, and checks what it
         // writes: `x` is not scanned again below
         let (values, act) = self.gate_of(y.view(), softmax.as_ref());
-        let (mut x, gate, bad) =
+        let (x, gate, bad) =
             gather_gated_rows_checked(batch.x().view(), &kept, values, |g: &mut [T]| {
                 if let Some(act) = act {
                     act.apply_in_place(g);
                 }
             });
-        let subset = Subset { kept, gate };
+        let gathered = Gathered {
+            y,
+            subset: Subset { kept, gate },
+            softmax,
+            x,
+            first_bad_x: bad,
+        };
+        self.finish_run(layer, batch, gathered, cache)
+    }
+
+    /// The selection and the gather of linear scores $y = X p$ in one pass
+    /// ([`linear_top_k_rows`]), when the keep rule is a ratio or a count
+    /// and the batch allows it.
+    fn fused_linear<T: Scalar>(
+        &self,
+        batch: &DisjointBatch<T>,
+        p: ArrayView1<T>,
+    ) -> Result<Option<Gathered<T>>> {
+        if self.keep.uses_softmax() {
+            return Ok(None);
+        }
+        let p = p.as_standard_layout();
+        let act = self.gating.activation();
+        let fused = linear_top_k_rows(
+            batch.x().view(),
+            p.as_slice().expect("standard layout"),
+            batch.segments(),
+            |n| self.keep.count(n).unwrap_or(n),
+            |g| act.apply_in_place(g),
+        )?;
+        Ok(fused.map(|s| Gathered {
+            y: s.scores,
+            subset: Subset {
+                kept: s.kept,
+                gate: s.gate,
+            },
+            softmax: None,
+            x: s.rows,
+            first_bad_x: s.first_non_finite_row_entry,
+        }))
+    }
+
+    /// The rest of a forward pass after the selection and the gather:
+    /// the multiplier, reduce_index, connect, and the cache's parts.
+    #[allow(clippy::type_complexity)]
+    fn finish_run<T: Scalar>(
+        &self,
+        layer: &str,
+        batch: &DisjointBatch<T>,
+        gathered: Gathered<T>,
+        cache: bool,
+    ) -> Result<(
+        Pooled<T>,
+        Option<(Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>)>,
+    )> {
+        let Gathered {
+            y,
+            subset,
+            softmax,
+            mut x,
+            first_bad_x: bad,
+        } = gathered;
         if let Some(p) = bad {
             return Err(pooled_x_overflow(layer, &x, p));
         }
@@ -379,21 +490,34 @@ impl SelectionCore {
         &self,
         layer: &str,
         batch: &DisjointBatch<T>,
-        y: Array1<T>,
+        scores: Scores<'_, T>,
     ) -> Result<Pooled<T>> {
-        Ok(self.run(layer, batch, y, false)?.0)
+        Ok(self.run(layer, batch, scores, false)?.0)
     }
 
-    /// Select, reduce, connect and reduce_index from the raw scores `y`,
-    /// with the cache of the backward pass.
+    /// Select, reduce, connect and reduce_index from the raw scores, with
+    /// the cache of the backward pass.
     pub(crate) fn forward<T: Scalar>(
         &self,
         layer: &str,
         stamp: LayerStamp,
         batch: &DisjointBatch<T>,
-        y: Array1<T>,
+        scores: Scores<'_, T>,
     ) -> Result<(Pooled<T>, SelectionPoolCache<T>)> {
-        let (pooled, kept) = self.run(layer, batch, y, true)?;
+        let run = self.run(layer, batch, scores, true)?;
+        Ok(Self::with_cache(batch, stamp, run))
+    }
+
+    /// The pooled result and the cache of a run with a cache.
+    #[allow(clippy::type_complexity)]
+    fn with_cache<T: Scalar>(
+        batch: &DisjointBatch<T>,
+        stamp: LayerStamp,
+        (pooled, kept): (
+            Pooled<T>,
+            Option<(Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>)>,
+        ),
+    ) -> (Pooled<T>, SelectionPoolCache<T>) {
         let (subset, y_kept, softmax, source) = kept.expect("run with a cache");
         let x = pooled.batch.x();
         let cache = SelectionPoolCache {
@@ -406,7 +530,7 @@ impl SelectionCore {
             input: InputSignature::of(batch),
             stamp,
         };
-        Ok((pooled, cache))
+        (pooled, cache)
     }
 
     /// What every selection pool's backward pass starts with: the checks of

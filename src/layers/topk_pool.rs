@@ -3,7 +3,7 @@
 use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
 
 use super::selection_core::{
-    selection_builders, Gating, KeepRule, SelectionCore, SelectionPoolCache,
+    selection_builders, Gating, KeepRule, Scores, SelectionCore, SelectionPoolCache,
 };
 use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
@@ -139,14 +139,16 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
     type Cache = SelectionPoolCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
-        let y = self.scores(batch.x().view())?;
-        self.core.forward("TopKPool", self.stamp(), batch, y)
+        let (p, _) = self.projection(batch.num_features())?;
+        self.core
+            .forward("TopKPool", self.stamp(), batch, Scores::Linear(p.column(0)))
     }
 
     /// The forward pass without building the cache.
     fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
-        let y = self.scores(batch.x().view())?;
-        self.core.pool("TopKPool", batch, y)
+        let (p, _) = self.projection(batch.num_features())?;
+        self.core
+            .pool("TopKPool", batch, Scores::Linear(p.column(0)))
     }
 
     fn backward(
