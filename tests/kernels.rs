@@ -305,10 +305,11 @@ proptest! {
 
 /// `segment_column_sums` is `A^T v` (exact on integers) for a batch with a
 /// graph cut into pieces, gives each graph the bits it has alone, and the
-/// same bits on 1, 2 and 5 threads.
+/// same bits on 1, 2 and 5 threads; `segment_column_sums_then` adds its
+/// finishing term with the bits of a pass after the sums.
 #[test]
 fn segment_column_sums_are_per_graph_transpose_products() {
-    use graphpool::kernels::segment::segment_column_sums;
+    use graphpool::kernels::segment::{segment_column_sums, segment_column_sums_then};
     let sizes = [3usize, 0, 40_000, 1, 17, 5_000];
     let seg = Segments::from_sizes(&sizes);
     let n = seg.num_nodes();
@@ -378,6 +379,28 @@ fn segment_column_sums_are_per_graph_transpose_products() {
             |e, i, _| [ag.data()[e] * vg[i], 1.0],
         );
         assert_eq!(&got[r.clone()], &alone[..], "graph {g}");
+    }
+    // a finishing term per column, added in the task that summed it: the
+    // bits of a pass over the finished sums, on any thread count
+    let finish = |c: usize, slot: &mut [f64; 2]| {
+        slot[0] += v[c] * 0.75;
+        slot[1] *= 3.0;
+    };
+    let mut want = got.clone();
+    for (c, slot) in want.iter_mut().enumerate() {
+        finish(c, slot);
+    }
+    for th in [1, 2, 5] {
+        let then = with_threads(th, || {
+            segment_column_sums_then(
+                a.view(),
+                &seg,
+                |r| r % 5 == 2,
+                |e, r, _| [a.data()[e] * v[r], 1.0],
+                finish,
+            )
+        });
+        assert_eq!(then, want, "finish, {th} threads");
     }
 }
 

@@ -984,6 +984,40 @@ where
     V: Fn(usize, usize, usize) -> [T; W] + Sync,
     S: Fn(usize) -> bool + Sync,
 {
+    segment_column_sums_then(a, segments, skip_row, value, |_, _| {})
+}
+
+/// [`segment_column_sums`], then `finish(c, out_c)` on every column once its
+/// sums are complete, in the task that summed it while its sums are in
+/// cache (a term that must come after every stored entry's, such as an
+/// added diagonal). The same bits as a pass of `finish` over the result.
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_column_sums, segment_column_sums_then};
+/// use sprs::CsMat;
+/// let a = CsMat::new((3, 3), vec![0, 1, 2, 2], vec![1, 0], vec![2.0_f64, 3.0]);
+/// let seg = Segments::from_sizes(&[2, 1]);
+/// let plain = segment_column_sums(a.view(), &seg, |_| false, |e, _, _| [a.data()[e]]);
+/// assert_eq!(plain, vec![[3.0], [2.0], [0.0]]);
+/// let then = segment_column_sums_then(a.view(), &seg, |_| false, |e, _, _| [a.data()[e]], |c, s| {
+///     s[0] += c as f64
+/// });
+/// assert_eq!(then, vec![[3.0], [3.0], [2.0]]);
+/// ```
+pub fn segment_column_sums_then<T, const W: usize, V, S, Fi>(
+    a: sprs::CsMatView<T>,
+    segments: &Segments,
+    skip_row: S,
+    value: V,
+    finish: Fi,
+) -> Vec<[T; W]>
+where
+    T: Scalar,
+    V: Fn(usize, usize, usize) -> [T; W] + Sync,
+    S: Fn(usize) -> bool + Sync,
+    Fi: Fn(usize, &mut [T; W]) + Sync,
+{
     use rayon::prelude::*;
     let n = segments.num_nodes();
     debug_assert_eq!(a.rows(), n);
@@ -1038,6 +1072,9 @@ where
         acc.fill([T::zero(); W]);
         let c0 = nodes.start;
         sum_rows(nodes, c0, acc);
+        for (i, slot) in acc.iter_mut().enumerate() {
+            finish(c0 + i, slot);
+        }
     });
     for (nodes, acc) in large {
         let len = nodes.len().div_ceil(COLUMN_SUM_PIECES).max(super::CHUNK);
@@ -1064,6 +1101,7 @@ where
                             *s += v;
                         }
                     }
+                    finish(c0 + lo + i, slot);
                 }
             });
     }

@@ -6,7 +6,7 @@ use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis, Zip};
 use rayon::prelude::*;
 use sprs::{CsMat, CsMatView};
 
-use super::segment::segment_column_sums;
+use super::segment::{segment_column_sums, segment_column_sums_then};
 use super::{map_rows, rows, ROW_BLOCK};
 use crate::batch::Segments;
 use crate::error::PoolError;
@@ -1416,18 +1416,28 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
         }
     };
     let has_diagonal = |r: usize| diagonal_slot(raw.row(r).0, r).1;
-    let mut s = segment_column_sums(
+    // the added diagonal entries last, each column's as soon as its sums
+    // are complete (in the task that summed it)
+    let s = segment_column_sums_then(
         a,
         segments,
         |r| q[r] == T::zero(),
         |e, r, c| [b_of(e, r, c) * q[r]],
+        |r, slot| {
+            if q[r] != T::zero() && !has_diagonal(r) {
+                slot[0] += q[r];
+            }
+        },
     );
-    s.par_iter_mut().enumerate().for_each(|(r, slot)| {
-        if q[r] != T::zero() && !has_diagonal(r) {
-            slot[0] += q[r];
-        }
-    });
-    let gv = Array1::from_iter(s.iter().zip(u).map(|(s, &u)| u * s[0]));
+    let mut gv: Vec<T> = rows::fresh_vec(s.len());
+    gv.par_chunks_mut(ROW_BLOCK)
+        .zip(s.par_chunks(ROW_BLOCK).zip(u.par_chunks(ROW_BLOCK)))
+        .for_each(|(gv, (s, u))| {
+            for (o, (s, &u)) in gv.iter_mut().zip(s.iter().zip(u)) {
+                *o = u * s[0];
+            }
+        });
+    let gv = Array1::from(gv);
     if !edge_weights {
         return (gv, None);
     }

@@ -625,22 +625,18 @@ impl SelectionCore {
         let kept = &cache.subset.kept;
         let ggate = gather_scaled_rows_vjp_scale(batch.x().view(), kept, gx_out.view());
         let n = batch.num_nodes();
-        let mut gy = Array1::zeros(n);
-        match &cache.softmax {
+        let gy = match &cache.softmax {
             None => {
                 let act = self.gating.activation();
-                for (j, &node) in kept.iter().enumerate() {
-                    gy[node] = ggate[j] * act.derivative(cache.y_kept[j], cache.subset.gate[j]);
-                }
+                on_kept(n, kept, |j| {
+                    ggate[j] * act.derivative(cache.y_kept[j], cache.subset.gate[j])
+                })
             }
             Some(s) => {
-                let mut gs = Array1::zeros(n);
-                for (j, &node) in kept.iter().enumerate() {
-                    gs[node] = ggate[j];
-                }
-                gy = segment_softmax_vjp(s.view(), gs.view(), batch.segments());
+                let gs = on_kept(n, kept, |j| ggate[j]);
+                segment_softmax_vjp(s.view(), gs.view(), batch.segments())
             }
-        }
+        };
         Ok(CoreGrads {
             edge_weights,
             y: gy,
@@ -648,6 +644,24 @@ impl SelectionCore {
             cache,
         })
     }
+}
+
+/// An $N$-vector that is `value(j)` at the `j`-th kept node (`kept`
+/// ascending) and 0 elsewhere, written in parallel blocks of nodes (each
+/// entry computed on its own: the same bits on any thread count).
+fn on_kept<T: Scalar>(n: usize, kept: &[usize], value: impl Fn(usize) -> T + Sync) -> Array1<T> {
+    let mut out: Vec<T> = fresh_vec(n);
+    out.par_chunks_mut(ROW_BLOCK)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let lo = b * ROW_BLOCK;
+            let first = kept.partition_point(|&k| k < lo);
+            let last = kept.partition_point(|&k| k < lo + block.len());
+            for (j, &node) in kept.iter().enumerate().take(last).skip(first) {
+                block[node - lo] = value(j);
+            }
+        });
+    Array1::from(out)
 }
 
 /// The builder methods every selection pool shares (gating, keep rule,
