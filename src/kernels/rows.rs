@@ -852,9 +852,9 @@ pub fn fresh_copy_slice<T: Copy + Default + Send + Sync>(x: &[T]) -> Vec<T> {
 /// Bytes in a cache line: [`fresh_matrix`] starts its matrices on one.
 pub const CACHE_LINE: usize = 64;
 
-/// An $R \times C$ matrix of zeros (standard layout, in fresh memory not
-/// yet written, as from [`fresh_vec`]) whose first entry, if it has any,
-/// starts a [`CACHE_LINE`] (a huge page when the matrix is large).
+/// An $R \times C$ matrix of zeros (standard layout, from [`fresh_vec`],
+/// not yet written) whose first entry, if it has any, starts a
+/// [`CACHE_LINE`].
 ///
 /// The sparse products gather one row of an $N \times K$ matrix per stored
 /// entry ($A S$ reads row $j$ of $S$ for entry $(i, j)$). A large buffer from
@@ -862,18 +862,9 @@ pub const CACHE_LINE: usize = 64;
 /// $K = 16$ `f32` (64 bytes) would straddle two cache lines and each gather
 /// would fetch both; from a line boundary, every such row is one line. (On
 /// the 10⁷ entries of `single-1e6`, [`crate::kernels::sparse::spmm`] with
-/// $K = 16$ takes about half the time on an aligned $S$.)
-///
-/// A matrix of 4 MiB or more starts on a 2 MiB boundary instead, and the
-/// whole of it is advised for transparent huge pages (see [`fresh_vec`]):
-/// from the allocator's address only its 2 MiB-aligned middle could be,
-/// and the partial huge page at its start took up to 511 faults of 4 KiB
-/// (MinCutPool's forward+backward on disjoint-small, 21 passes with the
-/// warm-up: 132-149 thousand faults before, 103-120 thousand after, three
-/// processes each; the time moved less than the host's noise). The matrix owns its padding before its first entry (at
-/// most one line, or just under 2 MiB of address space that is never
-/// touched, so never resident): an ndarray array may start inside its
-/// buffer.
+/// $K = 16$ takes about half the time on an aligned $S$.) The matrix owns
+/// at most one line of padding before its first entry: an ndarray array
+/// may start inside its buffer.
 ///
 /// ```
 /// use graphpool::kernels::rows::{fresh_matrix, CACHE_LINE};
@@ -881,30 +872,20 @@ pub const CACHE_LINE: usize = 64;
 /// assert_eq!(s.dim(), (1000, 16));
 /// assert_eq!(s.as_ptr() as usize % CACHE_LINE, 0);
 /// assert!(s.iter().all(|&v| v == 0.0));
-/// let big = fresh_matrix::<f32>(1 << 16, 16); // 4 MiB
-/// assert_eq!(big.as_ptr() as usize % (2 << 20), 0);
-/// assert!(big.iter().all(|&v| v == 0.0));
 /// ```
 pub fn fresh_matrix<T: Copy + Default>(rows: usize, cols: usize) -> Array2<T> {
     let len = rows * cols;
     let size = std::mem::size_of::<T>().max(1);
-    // a large matrix starts on a huge page, a small one on a line
-    let align = if len * size >= HUGE_PAGES_FROM {
-        HUGE_PAGE
-    } else {
-        CACHE_LINE
-    };
-    let pad = align / size;
-    let data = vec![T::default(); len + pad];
-    let off = data.as_ptr() as usize % align;
-    // the allocation is aligned to T, so the gap to the boundary is a
-    // whole number of entries when T's size divides the alignment
+    let pad = CACHE_LINE / size;
+    let data = fresh_vec::<T>(len + pad);
+    let off = data.as_ptr() as usize % CACHE_LINE;
+    // the allocation is aligned to T, so the gap to the next line is a
+    // whole number of entries when T's size divides the line
     let start = if off == 0 || !off.is_multiple_of(size) {
         0
     } else {
-        ((align - off) / size).min(pad)
+        ((CACHE_LINE - off) / size).min(pad)
     };
-    advise_huge_pages(&data[start..start + len]);
     Array1::from_vec(data)
         .slice_move(s![start..start + len])
         .into_shape_with_order((rows, cols))
@@ -976,9 +957,6 @@ pub fn align_to_cache_line<T: Scalar>(x: Array2<T>) -> Array2<T> {
 /// From how many bytes a fresh buffer asks for transparent huge pages.
 const HUGE_PAGES_FROM: usize = 4 << 20;
 
-/// Bytes in a transparent huge page (x86-64, aarch64 with 4 KiB pages).
-const HUGE_PAGE: usize = 2 << 20;
-
 /// Calls `f` with a scratch slice of `len` zeros: on the stack up to
 /// [`SMALL_COLS`] values (no allocation for a row of a narrow matrix), else
 /// on the heap.
@@ -1012,7 +990,7 @@ pub fn fresh_vec<T: Copy + Default>(len: usize) -> Vec<T> {
 fn advise_huge_pages<T>(v: &[T]) {
     #[cfg(target_os = "linux")]
     {
-        const HUGE: usize = HUGE_PAGE;
+        const HUGE: usize = 2 << 20;
         let bytes = std::mem::size_of_val(v);
         if bytes < HUGE_PAGES_FROM {
             return;
