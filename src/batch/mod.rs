@@ -607,14 +607,22 @@ pub(crate) fn check_finite_2d<T: Scalar>(x: &ArrayView2<T>, what: &str) -> Resul
     let values = crate::kernels::rows::row_major(x);
     match crate::kernels::rows::first_non_finite(&values) {
         None => Ok(()),
-        Some(i) => {
-            let (r, c) = (i / x.ncols(), i % x.ncols());
-            Err(PoolError::NonFinite {
-                what: what.into(),
-                index: format!("({r}, {c})"),
-                value: values[i].to_string(),
-            })
-        }
+        Some(i) => Err(non_finite_at(what, x, i)),
+    }
+}
+
+/// The [`PoolError::NonFinite`] naming entry `flat` (row-major position)
+/// of `x`, which `what` describes.
+pub(crate) fn non_finite_at<T: Scalar>(
+    what: impl Into<String>,
+    x: &ArrayView2<T>,
+    flat: usize,
+) -> PoolError {
+    let (r, c) = (flat / x.ncols().max(1), flat % x.ncols().max(1));
+    PoolError::NonFinite {
+        what: what.into(),
+        index: format!("({r}, {c})"),
+        value: x.get((r, c)).map_or_else(String::new, |v| v.to_string()),
     }
 }
 

@@ -114,12 +114,11 @@ impl<T: Scalar> Differentiable<T> for Pooled<T> {
 /// The error for a pooled feature matrix whose entry at flat position `p`
 /// (row-major) overflowed.
 pub(crate) fn pooled_x_overflow<T: Scalar>(layer: &str, x: &Array2<T>, p: usize) -> PoolError {
-    let c = x.ncols().max(1);
-    PoolError::NonFinite {
-        what: format!("{layer} pooled x (overflow: inputs, edge weights or parameters too large)"),
-        index: format!("({}, {})", p / c, p % c),
-        value: x.iter().nth(p).map_or_else(String::new, |v| v.to_string()),
-    }
+    crate::batch::non_finite_at(
+        format!("{layer} pooled x (overflow: inputs, edge weights or parameters too large)"),
+        &x.view(),
+        p,
+    )
 }
 
 /// Checks that everything a pool is about to return besides its features

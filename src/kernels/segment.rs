@@ -48,11 +48,7 @@ pub fn segment_sum_checked<T: Scalar>(
     x: ArrayView2<T>,
     segments: &Segments,
 ) -> (Array2<T>, Option<usize>) {
-    let first = rows::FirstNonFinite::new();
-    let out = reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |g, row| {
-        first.check_row(g, row)
-    });
-    (out, first.get())
+    sum_rows_checked(x, segments, |_, _| {})
 }
 
 /// Segment sum of squares: $\mathrm{out}_{g} = \sum_{n \in g} x_n \odot x_n$,
@@ -133,12 +129,26 @@ pub fn segment_mean_checked<T: Scalar>(
     x: ArrayView2<T>,
     segments: &Segments,
 ) -> (Array2<T>, Option<usize>) {
-    let first = rows::FirstNonFinite::new();
-    let out = reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |g, row| {
+    sum_rows_checked(x, segments, |g, row| {
         let n = T::from_count(segments.size(g).max(1));
         for v in row.iter_mut() {
             *v /= n;
         }
+    })
+}
+
+/// Each graph's rows summed ([`reduce_segment_rows`] with [`sum_rows`]),
+/// `finish(g, row)` applied to graph `g`'s row, then the row checked
+/// ([`rows::FirstNonFinite`]): the output and the flat index of its first
+/// non-finite entry.
+fn sum_rows_checked<T: Scalar>(
+    x: ArrayView2<T>,
+    segments: &Segments,
+    finish: impl Fn(usize, &mut [T]) + Sync,
+) -> (Array2<T>, Option<usize>) {
+    let first = rows::FirstNonFinite::new();
+    let out = reduce_segment_rows(x, segments, x.ncols(), sum_rows, add_row, |g, row| {
+        finish(g, row);
         first.check_row(g, row);
     });
     (out, first.get())

@@ -21,11 +21,16 @@ pub fn check_scores<T: Scalar>(scores: ArrayView1<T>) -> Result<()> {
         return Ok(());
     }
     match scores.iter().position(|v| !v.is_finite()) {
-        Some(node) => Err(PoolError::NonFiniteScore {
-            node,
-            value: scores[node].to_string(),
-        }),
+        Some(node) => Err(non_finite_score(node, scores[node])),
         None => Ok(()),
+    }
+}
+
+/// The [`PoolError::NonFiniteScore`] of `node`, whose score is `value`.
+fn non_finite_score<T: Scalar>(node: usize, value: T) -> PoolError {
+    PoolError::NonFiniteScore {
+        node,
+        value: value.to_string(),
     }
 }
 
@@ -341,10 +346,7 @@ pub fn linear_top_k_rows<T: Scalar>(
         .min();
     let node = bad_score.into_inner();
     if node != usize::MAX {
-        return Err(PoolError::NonFiniteScore {
-            node,
-            value: scores[node].to_string(),
-        });
+        return Err(non_finite_score(node, scores[node]));
     }
     Ok(Some(ScoredRows {
         scores: Array1::from(scores),

@@ -2,7 +2,7 @@
 
 use ndarray::{Array2, ArrayView2};
 
-use crate::batch::{DisjointBatch, Segments};
+use crate::batch::{non_finite_at, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::check_grad_shape;
 use crate::framework::{Gradients, Layer};
@@ -33,18 +33,11 @@ macro_rules! parameterless_global_pool {
                 let (out, bad) = $fwd(batch.x().view(), batch.segments());
                 match bad {
                     None => Ok(out),
-                    Some(p) => {
-                        let f = out.ncols().max(1);
-                        Err(PoolError::NonFinite {
-                            what: "pooled x (overflow: features too large for the float type)"
-                                .into(),
-                            index: format!("({}, {})", p / f, p % f),
-                            value: out
-                                .iter()
-                                .nth(p)
-                                .map_or_else(String::new, |v| v.to_string()),
-                        })
-                    }
+                    Some(p) => Err(non_finite_at(
+                        "pooled x (overflow: features too large for the float type)",
+                        &out.view(),
+                        p,
+                    )),
                 }
             }
 
