@@ -852,9 +852,10 @@ pub fn fresh_copy_slice<T: Copy + Default + Send + Sync>(x: &[T]) -> Vec<T> {
 /// Bytes in a cache line: [`fresh_matrix`] starts its matrices on one.
 pub const CACHE_LINE: usize = 64;
 
-/// An $R \times C$ matrix of zeros (standard layout, from [`fresh_vec`],
-/// not yet written) whose first entry, if it has any, starts a
-/// [`CACHE_LINE`].
+/// An $R \times C$ matrix of zeros (standard layout, in fresh memory not
+/// yet written, as from [`fresh_vec`]) whose first entry, if it has any,
+/// starts a [`CACHE_LINE`], or a huge page when the matrix is one the
+/// allocator maps on its own ([`MAPPED_FROM`] bytes or more).
 ///
 /// The sparse products gather one row of an $N \times K$ matrix per stored
 /// entry ($A S$ reads row $j$ of $S$ for entry $(i, j)$). A large buffer from
@@ -862,35 +863,72 @@ pub const CACHE_LINE: usize = 64;
 /// $K = 16$ `f32` (64 bytes) would straddle two cache lines and each gather
 /// would fetch both; from a line boundary, every such row is one line. (On
 /// the 10⁷ entries of `single-1e6`, [`crate::kernels::sparse::spmm`] with
-/// $K = 16$ takes about half the time on an aligned $S$.) The matrix owns
-/// at most one line of padding before its first entry: an ndarray array
-/// may start inside its buffer.
+/// $K = 16$ takes about half the time on an aligned $S$.)
+///
+/// From [`MAPPED_FROM`] bytes on, glibc's `malloc` serves every request
+/// with a mapping of its own, which starts 16 bytes past a page, so only
+/// the 2 MiB-aligned middle of it could be backed by huge pages: the
+/// partial huge pages at either end took up to 511 page faults of 4 KiB
+/// each (about 700 of the thousand faults of a TopKPool forward pass on
+/// disjoint-small, for its 38 MB of pooled rows). Such a matrix starts on
+/// a 2 MiB boundary instead, and its length is rounded up to whole huge
+/// pages, all advised for them: the buffer grows by at most 4 MiB of
+/// address space, of which only the rounding past its last entry (under
+/// 2 MiB) is ever touched, by the kernel, in the last huge page. A smaller
+/// matrix is not padded that way: glibc may serve it from its heap, where
+/// `calloc` writes zeros over the whole buffer, padding included. The
+/// matrix owns its padding before its first entry: an ndarray array may
+/// start inside its buffer.
 ///
 /// ```
-/// use graphpool::kernels::rows::{fresh_matrix, CACHE_LINE};
+/// use graphpool::kernels::rows::{fresh_matrix, CACHE_LINE, MAPPED_FROM};
 /// let s = fresh_matrix::<f32>(1000, 16);
 /// assert_eq!(s.dim(), (1000, 16));
 /// assert_eq!(s.as_ptr() as usize % CACHE_LINE, 0);
 /// assert!(s.iter().all(|&v| v == 0.0));
+/// let big = fresh_matrix::<f32>(MAPPED_FROM / 64 + 3, 16);
+/// assert_eq!(big.as_ptr() as usize % (2 << 20), 0);
+/// assert!(big.iter().all(|&v| v == 0.0));
 /// ```
 pub fn fresh_matrix<T: Copy + Default>(rows: usize, cols: usize) -> Array2<T> {
     let len = rows * cols;
     let size = std::mem::size_of::<T>().max(1);
-    let pad = CACHE_LINE / size;
-    let data = fresh_vec::<T>(len + pad);
-    let off = data.as_ptr() as usize % CACHE_LINE;
-    // the allocation is aligned to T, so the gap to the next line is a
-    // whole number of entries when T's size divides the line
+    let bytes = len * size;
+    // a matrix the allocator maps on its own starts on a huge page and
+    // covers whole ones; a smaller one starts on a line
+    let (align, tail) = if bytes >= MAPPED_FROM && HUGE_PAGE.is_multiple_of(size) {
+        (
+            HUGE_PAGE,
+            (bytes.next_multiple_of(HUGE_PAGE) - bytes) / size,
+        )
+    } else {
+        (CACHE_LINE, 0)
+    };
+    let pad = align / size;
+    let data = vec![T::default(); len + pad + tail];
+    let off = data.as_ptr() as usize % align;
+    // the allocation is aligned to T, so the gap to the boundary is a
+    // whole number of entries when T's size divides the alignment
     let start = if off == 0 || !off.is_multiple_of(size) {
         0
     } else {
-        ((CACHE_LINE - off) / size).min(pad)
+        ((align - off) / size).min(pad)
     };
+    advise_huge_pages(&data[start..start + len + tail]);
     Array1::from_vec(data)
         .slice_move(s![start..start + len])
         .into_shape_with_order((rows, cols))
         .expect("rows * cols entries")
 }
+
+/// From how many bytes glibc's `malloc` always serves a request with a
+/// mapping of its own (`DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit targets:
+/// its dynamic threshold never rises above it); [`fresh_matrix`] puts such
+/// matrices on huge pages whole.
+pub const MAPPED_FROM: usize = 32 << 20;
+
+/// Bytes in a transparent huge page (x86-64, aarch64 with 4 KiB pages).
+const HUGE_PAGE: usize = 2 << 20;
 
 /// `x` with its first entry on a [`CACHE_LINE`], in standard layout: the
 /// same shape and values, moved within its own buffer when it does not
@@ -990,7 +1028,7 @@ pub fn fresh_vec<T: Copy + Default>(len: usize) -> Vec<T> {
 fn advise_huge_pages<T>(v: &[T]) {
     #[cfg(target_os = "linux")]
     {
-        const HUGE: usize = 2 << 20;
+        const HUGE: usize = HUGE_PAGE;
         let bytes = std::mem::size_of_val(v);
         if bytes < HUGE_PAGES_FROM {
             return;
