@@ -646,3 +646,90 @@ fn fused_linear_top_k_gives_the_bits_of_the_separate_passes() {
     // gate overflows some
     assert!(check::<f32>(0.5e37) > 0);
 }
+
+#[test]
+fn gcn_scored_top_k_gives_the_bits_of_the_separate_passes() {
+    // SAGPool's fused pass (`scored_top_k_rows` with `gcn_scores_of_run`)
+    // against the passes it replaces: `matmul` with one column for X w,
+    // `gcn_spmv_with` for the scores, `segment_top_k` and
+    // `gather_gated_rows_checked`, compared with `==`
+    fn check<T: graphpool::Scalar>() {
+        use graphpool::kernels::gather::gather_gated_rows_checked;
+        use graphpool::kernels::sort::{check_scores, scored_top_k_rows, segment_top_k};
+        use graphpool::kernels::sparse::{gcn_deg_inv_sqrt, gcn_scores_of_run, gcn_spmv_with};
+        use graphpool::nn::{matmul, Activation};
+        // graphs straddling every width the selection is done at, with
+        // empty, single-node and edgeless ones
+        let sizes = [
+            0usize, 1, 2, 7, 30, 0, 50, 3, 16, 17, 32, 33, 64, 65, 100, 4_096, 12, 900,
+        ];
+        let seg = Segments::from_sizes(&sizes);
+        let (n, f) = (seg.num_nodes(), 5);
+        let mut tri = TriMat::new((n, n));
+        for (g, r) in seg.ranges().enumerate() {
+            let m = r.len();
+            if m < 2 || g == 3 {
+                continue; // graph 3 (7 nodes) is edgeless
+            }
+            for i in 0..m {
+                for step in [1, 3, 7] {
+                    let j = (i * 5 + step) % m;
+                    if i != j || step == 7 {
+                        // a few self-loops too (step 7 with m = 7)
+                        tri.add_triplet(r.start + i, r.start + j, T::c(0.5 + ((i + j) % 4) as f64));
+                    }
+                }
+            }
+        }
+        let a: CsMat<T> = tri.to_csr();
+        let x = Array2::from_shape_fn((n, f), |(i, j)| {
+            T::c((((i * 7919) % 5 + j * 3) % 7) as f64 - 2.5)
+        });
+        let w: Vec<T> = (0..f).map(|j| T::c(0.75 - 0.3 * j as f64)).collect();
+        let wc = Array2::from_shape_vec((f, 1), w.clone()).unwrap();
+        let u = gcn_deg_inv_sqrt(a.view());
+        let us = u.as_slice().unwrap();
+        let xs = x.as_slice().unwrap();
+        let score = |nodes, y: &mut [T], v: &mut [T]| {
+            gcn_scores_of_run(a.view(), us, xs, f, &w, nodes, y, v)
+        };
+        let tanh = |g: &mut [T]| Activation::Tanh.apply_in_place(g);
+        let xw = matmul(x.view(), wc.view(), None).remove_axis(ndarray::Axis(1));
+        let y = gcn_spmv_with(a.view(), u.view(), xw.view());
+        for frac in [0.0, 0.1, 0.5, 1.0] {
+            let count = |m: usize| ((m as f64) * frac).ceil() as usize;
+            let kept = segment_top_k(y.view(), &seg, count).unwrap();
+            let (rows, gate, bad) = gather_gated_rows_checked(x.view(), &kept, y.view(), tanh);
+            for t in [1, 2, 5] {
+                let got = with_threads(t, || {
+                    scored_top_k_rows(x.view(), &seg, true, score, count, tanh)
+                })
+                .unwrap()
+                .expect("no graph above CHUNK");
+                let what = format!("fraction {frac}, {t} threads");
+                assert_eq!(got.node_values, xw, "{what}");
+                assert_eq!(got.scores, y, "{what}");
+                assert_eq!(got.kept, kept, "{what}");
+                assert_eq!(got.gate, gate, "{what}");
+                assert_eq!(got.rows, rows, "{what}");
+                assert_eq!(got.first_non_finite_row_entry, bad, "{what}");
+            }
+        }
+        // a score that overflows (a huge row in the 900-node graph): the
+        // error of `check_scores` on the separate passes' scores
+        let mut xo = x.clone();
+        xo[[n - 10, 0]] = T::max_value();
+        xo[[n - 10, 1]] = T::max_value();
+        let xos = xo.as_slice().unwrap();
+        let big = |nodes, y: &mut [T], v: &mut [T]| {
+            gcn_scores_of_run(a.view(), us, xos, f, &w, nodes, y, v)
+        };
+        let xw = matmul(xo.view(), wc.view(), None).remove_axis(ndarray::Axis(1));
+        let want = check_scores(gcn_spmv_with(a.view(), u.view(), xw.view()).view()).unwrap_err();
+        let got = scored_top_k_rows(xo.view(), &seg, true, big, |m| m / 2, tanh).unwrap_err();
+        assert_eq!(got.to_string(), want.to_string());
+        assert!(matches!(got, PoolError::NonFiniteScore { .. }));
+    }
+    check::<f64>();
+    check::<f32>();
+}

@@ -3,6 +3,8 @@
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
+use std::ops::Range;
+
 use super::CHUNK;
 use crate::batch::Segments;
 use crate::error::{PoolError, Result};
@@ -219,12 +221,15 @@ fn top_k_of_small_graph<T: Scalar>(
     }
 }
 
-/// A selection by linear scores with its gated rows, from
-/// [`linear_top_k_rows`].
+/// A selection by scores with its gated rows, from [`linear_top_k_rows`]
+/// or [`scored_top_k_rows`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredRows<T> {
-    /// Every node's score $y = X p$ ($N$).
+    /// Every node's score ($N$).
     pub scores: Array1<T>,
+    /// A value per node the scorer wrote beside the score ($N$, e.g.
+    /// SAGPool's $X w$), or empty when none was asked for.
+    pub node_values: Array1<T>,
     /// The kept nodes, ascending (as [`segment_top_k`] keeps them).
     pub kept: Vec<usize>,
     /// The kept nodes' gates, `gate` of their scores.
@@ -237,17 +242,8 @@ pub struct ScoredRows<T> {
 
 /// Scores, top-k, gates and gathered rows in one pass over each run of
 /// small graphs: $y_n = \langle x_n, p\rangle$ ([`super::rows::dot`], the
-/// bits of [`crate::nn::matmul`] with one column), the top `count(n_g)` of
-/// every graph ([`segment_top_k`]'s nodes), their gates `gate` of
-/// $y_{\text{kept}}$ and the rows $\text{gate}_j\, x_{\text{kept}_j}$
-/// (the bits of [`super::gather::gather_gated_rows_checked`]; `gate` must
-/// act entrywise). A run's rows ([`super::segment_work`]: about
-/// [`CHUNK`] nodes, 1 MiB at $F = 64$ `f32`) are read from memory once, for
-/// their scores, and gathered from cache; as separate passes the kept rows
-/// were read from memory a second time.
-///
-/// `None` when a graph has more than [`CHUNK`] nodes or $F = 0$: the
-/// separate passes handle those.
+/// bits of [`crate::nn::matmul`] with one column), then as
+/// [`scored_top_k_rows`].
 ///
 /// # Errors
 /// [`PoolError::NonFiniteScore`] for a NaN or infinite score, as
@@ -277,9 +273,71 @@ pub fn linear_top_k_rows<T: Scalar>(
     count: impl Fn(usize) -> usize + Sync,
     gate: impl Fn(&mut [T]) + Sync,
 ) -> Result<Option<ScoredRows<T>>> {
+    debug_assert_eq!(p.len(), x.ncols());
+    let xs = super::rows::row_major(&x);
+    let f = x.ncols();
+    let score = |nodes: Range<usize>, y: &mut [T], _: &mut [T]| {
+        for (n, y) in nodes.zip(y.iter_mut()) {
+            *y = super::rows::dot(&xs[n * f..(n + 1) * f], p);
+        }
+    };
+    scored_top_k_rows(x, segments, false, score, count, gate)
+}
+
+/// Scores, top-k, gates and gathered rows in one pass over each run of
+/// small graphs: `score(nodes, y, values)` writes the run's scores $y$
+/// (and, if `with_values`, a value per node beside them) from the run's
+/// nodes alone; then the top `count(n_g)` of every graph
+/// ([`segment_top_k`]'s nodes), their gates `gate` of $y_{\text{kept}}$
+/// and the rows $\text{gate}_j\, x_{\text{kept}_j}$ (the bits of
+/// [`super::gather::gather_gated_rows_checked`]; `gate` must act
+/// entrywise). A run's rows ([`super::segment_work`]: about [`CHUNK`]
+/// nodes, 1 MiB at $F = 64$ `f32`), read for their scores, are gathered
+/// from cache; as separate passes the kept rows were read from memory a
+/// second time. The scores are checked run by run, before the run's
+/// selection.
+///
+/// `None` when a graph has more than [`CHUNK`] nodes or $F = 0$: the
+/// separate passes handle those.
+///
+/// # Errors
+/// [`PoolError::NonFiniteScore`] for a NaN or infinite score, as
+/// [`check_scores`] names it (the first such node of the batch).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::sort::{keep_count, scored_top_k_rows};
+/// use ndarray::array;
+///
+/// // scores: each node's first feature minus the one before it in its graph
+/// let seg = Segments::from_sizes(&[3, 2]);
+/// let x = array![[1.0_f64, 0.0], [4.0, 2.0], [3.0, 1.0], [-1.0, 0.0], [0.5, 0.5]];
+/// let offsets = seg.offsets().to_vec();
+/// let score = |nodes: std::ops::Range<usize>, y: &mut [f64], v: &mut [f64]| {
+///     for (i, n) in nodes.enumerate() {
+///         let first = offsets.contains(&n);
+///         v[i] = x[[n, 0]];
+///         y[i] = if first { x[[n, 0]] } else { x[[n, 0]] - x[[n - 1, 0]] };
+///     }
+/// };
+/// let got = scored_top_k_rows(x.view(), &seg, true, score, |n| keep_count(0.5, n), |_| {})?
+///     .unwrap();
+/// assert_eq!(got.scores, array![1.0, 3.0, -1.0, -1.0, 1.5]);
+/// assert_eq!(got.node_values, x.column(0));
+/// assert_eq!(got.kept, vec![0, 1, 4]);
+/// assert_eq!(got.rows, array![[1.0, 0.0], [12.0, 6.0], [0.75, 0.75]]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+pub fn scored_top_k_rows<T: Scalar>(
+    x: ArrayView2<T>,
+    segments: &Segments,
+    with_values: bool,
+    score: impl Fn(Range<usize>, &mut [T], &mut [T]) + Sync,
+    count: impl Fn(usize) -> usize + Sync,
+    gate: impl Fn(&mut [T]) + Sync,
+) -> Result<Option<ScoredRows<T>>> {
     use super::SegmentWork;
     let (n, f) = x.dim();
-    debug_assert_eq!(p.len(), f);
     if f == 0 || segments.ranges().any(|r| r.len() > CHUNK) {
         return Ok(None);
     }
@@ -289,13 +347,15 @@ pub fn linear_top_k_rows<T: Scalar>(
     let out_off = kept_offsets(segments, count);
     let m = out_off[b];
     let mut scores: Vec<T> = super::rows::fresh_vec(n);
+    let mut values: Vec<T> = super::rows::fresh_vec(if with_values { n } else { 0 });
     let mut kept: Vec<usize> = super::rows::fresh_vec(m);
     let mut gates: Vec<T> = super::rows::fresh_vec(m);
     let mut rows = super::rows::fresh_matrix::<T>(m, f);
-    // every run's slices of the four outputs
+    // every run's slices of the five outputs
     let mut tasks = Vec::new();
     {
-        let (mut ys, mut ks, mut gs) = (&mut scores[..], &mut kept[..], &mut gates[..]);
+        let (mut ys, mut vs) = (&mut scores[..], &mut values[..]);
+        let (mut ks, mut gs) = (&mut kept[..], &mut gates[..]);
         let mut xo = rows.as_slice_mut().expect("standard layout");
         for item in super::segment_work(segments) {
             let SegmentWork::Graphs(graphs) = item else {
@@ -304,22 +364,22 @@ pub fn linear_top_k_rows<T: Scalar>(
             let nodes = offsets[graphs.start]..offsets[graphs.end];
             let len = out_off[graphs.end] - out_off[graphs.start];
             let (y, ty) = std::mem::take(&mut ys).split_at_mut(nodes.len());
+            let (v, tv) =
+                std::mem::take(&mut vs).split_at_mut(if with_values { nodes.len() } else { 0 });
             let (k, tk) = std::mem::take(&mut ks).split_at_mut(len);
             let (g, tg) = std::mem::take(&mut gs).split_at_mut(len);
             let (o, to) = std::mem::take(&mut xo).split_at_mut(len * f);
-            (ys, ks, gs, xo) = (ty, tk, tg, to);
-            tasks.push((graphs, nodes, y, k, g, o));
+            (ys, vs, ks, gs, xo) = (ty, tv, tk, tg, to);
+            tasks.push((graphs, nodes, y, v, k, g, o));
         }
     }
     // the first node with a non-finite score (the smallest reported)
     let bad_score = std::sync::atomic::AtomicUsize::new(usize::MAX);
     let first_bad = tasks
         .into_par_iter()
-        .filter_map(|(graphs, nodes, y, k, g, o)| {
+        .filter_map(|(graphs, nodes, y, v, k, g, o)| {
             let base = nodes.start;
-            for (i, y) in y.iter_mut().enumerate() {
-                *y = super::rows::dot(&xs[(base + i) * f..(base + i + 1) * f], p);
-            }
+            score(nodes, y, v);
             if let Some(i) = super::rows::first_non_finite_in(y) {
                 bad_score.fetch_min(base + i, std::sync::atomic::Ordering::Relaxed);
                 return None;
@@ -350,6 +410,7 @@ pub fn linear_top_k_rows<T: Scalar>(
     }
     Ok(Some(ScoredRows {
         scores: Array1::from(scores),
+        node_values: Array1::from(values),
         kept,
         gate: Array1::from(gates),
         rows,

@@ -1356,9 +1356,64 @@ pub fn gcn_spmv_with<T: Scalar>(a: CsMatView<T>, u: ArrayView1<T>, v: ArrayView1
         v.as_slice().expect("standard layout"),
     );
     let p: Vec<T> = us.par_iter().zip(vs).map(|(&u, &v)| u * v).collect();
-    Array1::from(map_rows(a.rows(), |r| {
-        us[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p[c])
-    }))
+    Array1::from(map_rows(a.rows(), |r| gcn_row(raw, us, r, |c| p[c])))
+}
+
+/// Row $r$ of [`gcn_spmv_with`]: $u_r \sum_c b_{rc}\, p_c$ with
+/// $p_c = u_c v_c$ given by `p`.
+#[inline(always)]
+fn gcn_row<T: Scalar>(raw: RawCsr<'_, T>, u: &[T], r: usize, p: impl Fn(usize) -> T) -> T {
+    u[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p(c))
+}
+
+/// SAGPool's scores on one run of whole graphs (`nodes`, every entry of
+/// their rows of $A$ within them): $v = X w$ on the run's rows
+/// ([`crate::kernels::rows::dot`] of each row of the row-major `x` ($N \times F$)
+/// with `w`, the bits of [`crate::nn::matmul`] with one column) into `xw`,
+/// then $y = \hat A v$ on them into `y`, the bits of [`gcn_spmv_with`]
+/// (`u` = $\hat D^{-1/2}$ of the whole batch, [`gcn_deg_inv_sqrt`]). A
+/// scorer for [`crate::kernels::sort::scored_top_k_rows`].
+///
+/// ```
+/// use graphpool::kernels::sparse::{gcn_deg_inv_sqrt, gcn_scores_of_run, gcn_spmv_with};
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// // two graphs: nodes 0-1 joined, node 2 alone
+/// let a = CsMat::new((3, 3), vec![0, 1, 2, 2], vec![1, 0], vec![3.0_f64, 3.0]);
+/// let x = array![[1.0, 2.0], [0.5, -1.0], [4.0, 1.0]];
+/// let w = [1.0, 0.5];
+/// let u = gcn_deg_inv_sqrt(a.view());
+/// let (mut y, mut xw) = (vec![0.0; 3], vec![0.0; 3]);
+/// let xs = x.as_slice().unwrap();
+/// gcn_scores_of_run(a.view(), u.as_slice().unwrap(), xs, 2, &w, 0..2, &mut y[..2], &mut xw[..2]);
+/// gcn_scores_of_run(a.view(), u.as_slice().unwrap(), xs, 2, &w, 2..3, &mut y[2..], &mut xw[2..]);
+/// assert_eq!(xw, vec![2.0, 0.0, 4.5]);
+/// assert_eq!(y, gcn_spmv_with(a.view(), u.view(), ndarray::arr1(&xw).view()).to_vec());
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn gcn_scores_of_run<T: Scalar>(
+    a: CsMatView<T>,
+    u: &[T],
+    x: &[T],
+    f: usize,
+    w: &[T],
+    nodes: std::ops::Range<usize>,
+    y: &mut [T],
+    xw: &mut [T],
+) {
+    let raw = RawCsr::new(&a);
+    let base = nodes.start;
+    for (n, v) in nodes.clone().zip(xw.iter_mut()) {
+        *v = crate::kernels::rows::dot(&x[n * f..(n + 1) * f], w);
+    }
+    let p: Vec<T> = nodes
+        .clone()
+        .zip(xw.iter())
+        .map(|(c, &v)| u[c] * v)
+        .collect();
+    for (r, y) in nodes.zip(y.iter_mut()) {
+        *y = gcn_row(raw, u, r, |c| p[c - base]);
+    }
 }
 
 /// VJP of [`gcn_spmv`]: given $\bar y$, returns

@@ -198,6 +198,35 @@ impl<T: Scalar> SAGPool<T> {
         Ok(w)
     }
 
+    /// `pool` (the core's forward pass or pool) on this layer's scores, with
+    /// the scorer's cache. The graph convolution's scores are left to the
+    /// core ([`Scores::Gcn`]), which computes them in one pass with the
+    /// selection and the gather when it can.
+    fn with_scores<R>(
+        &self,
+        batch: &DisjointBatch<T>,
+        pool: impl FnOnce(Scores<'_, T>) -> Result<R>,
+    ) -> Result<(R, ScorerCache<T>)> {
+        match self.scorer {
+            SagScorer::Gcn => {
+                let w = self.kernel(KERNEL, batch.num_features())?;
+                let u = batch.gcn_deg_inv_sqrt();
+                let mut xw = None;
+                let out = pool(Scores::Gcn {
+                    w: w.column(0),
+                    u: u.view(),
+                    xw: &mut xw,
+                })?;
+                let xw = xw.expect("the core leaves X w for the cache");
+                Ok((out, ScorerCache::Gcn(Box::new((u.clone(), xw)))))
+            }
+            SagScorer::GraphConv => {
+                let (y, scorer) = self.scores(batch)?;
+                Ok((pool(Scores::Given(y))?, scorer))
+            }
+        }
+    }
+
     fn scores(&self, batch: &DisjointBatch<T>) -> Result<(Array1<T>, ScorerCache<T>)> {
         let x = batch.x().view();
         let f = x.ncols();
@@ -228,17 +257,18 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
     type Cache = SagPoolCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
-        let (y, scorer) = self.scores(batch)?;
-        let (pooled, core) = self
-            .core
-            .forward("SAGPool", self.stamp(), batch, Scores::Given(y))?;
+        let stamp = self.stamp();
+        let ((pooled, core), scorer) = self.with_scores(batch, |scores| {
+            self.core.forward("SAGPool", stamp, batch, scores)
+        })?;
         Ok((pooled, SagPoolCache { core, scorer }))
     }
 
     /// The forward pass without building the cache.
     fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
-        let (y, _) = self.scores(batch)?;
-        self.core.pool("SAGPool", batch, Scores::Given(y))
+        let (pooled, _) =
+            self.with_scores(batch, |scores| self.core.pool("SAGPool", batch, scores))?;
+        Ok(pooled)
     }
 
     fn backward(

@@ -16,10 +16,14 @@ use crate::kernels::gather::{
     gather_gated_rows_checked, gather_scaled_rows_vjp_scale, linear_score_selection_vjp,
     scatter_scaled_rows_plus_checked, weighted_row_sum,
 };
-use crate::kernels::rows::{fresh_copy_slice, fresh_vec};
+use crate::kernels::rows::{fresh_copy_slice, fresh_vec, row_major};
 use crate::kernels::segment::{segment_max, segment_softmax, segment_softmax_vjp};
-use crate::kernels::sort::{check_scores, keep_count, linear_top_k_rows, segment_top_k};
-use crate::kernels::sparse::{induced_matrix, scatter_values, Induced};
+use crate::kernels::sort::{
+    check_scores, keep_count, linear_top_k_rows, scored_top_k_rows, segment_top_k, ScoredRows,
+};
+use crate::kernels::sparse::{
+    gcn_scores_of_run, gcn_spmv_with, induced_matrix, scatter_values, Induced,
+};
 use crate::kernels::{map_nodes, ROW_BLOCK};
 use crate::nn::{matmul, Activation};
 use crate::scalar::Scalar;
@@ -209,6 +213,15 @@ pub(crate) enum Scores<'a, T> {
     /// $y = X p$ for a projection $p$ ($F$; TopKPool's): computed by the
     /// core, in one pass with the selection and the gather when it can.
     Linear(ArrayView1<'a, T>),
+    /// $y = \hat A (X w)$ for a kernel $w$ ($F$), with $\hat D^{-1/2}$ given
+    /// as `u` (SAGPool's graph convolution): computed by the core, in one
+    /// pass with the selection and the gather when it can; $X w$ is left in
+    /// `xw` for the backward pass.
+    Gcn {
+        w: ArrayView1<'a, T>,
+        u: ArrayView1<'a, T>,
+        xw: &'a mut Option<Array1<T>>,
+    },
 }
 
 /// What a forward pass has after its selection and its gather: the raw
@@ -357,10 +370,38 @@ impl SelectionCore {
         let y = match scores {
             Scores::Given(y) => y,
             Scores::Linear(p) => {
-                if let Some(gathered) = self.fused_linear(batch, p)? {
+                if let Some((gathered, _)) = self.fused(batch, |x, seg, count, gate| {
+                    let p = p.as_standard_layout();
+                    linear_top_k_rows(x, p.as_slice().expect("standard"), seg, count, gate)
+                })? {
                     return self.finish_run(layer, batch, gathered, cache);
                 }
                 matmul(batch.x().view(), p.insert_axis(Axis(1)), None).remove_axis(Axis(1))
+            }
+            Scores::Gcn { w, u, xw } => {
+                let (ws, us) = (w.as_standard_layout(), u.as_standard_layout());
+                let (ws, us) = (
+                    ws.as_slice().expect("standard"),
+                    us.as_slice().expect("standard"),
+                );
+                let a = batch.a().view();
+                let fused = self.fused(batch, |x, seg, count, gate| {
+                    let f = x.ncols();
+                    let xv = x.view();
+                    let xs = row_major(&xv);
+                    let score = |nodes, y: &mut [T], v: &mut [T]| {
+                        gcn_scores_of_run(a, us, &xs, f, ws, nodes, y, v)
+                    };
+                    scored_top_k_rows(x, seg, true, score, count, gate)
+                })?;
+                if let Some((gathered, v)) = fused {
+                    *xw = Some(v);
+                    return self.finish_run(layer, batch, gathered, cache);
+                }
+                let v = matmul(batch.x().view(), w.insert_axis(Axis(1)), None).remove_axis(Axis(1));
+                let y = gcn_spmv_with(a, u, v.view());
+                *xw = Some(v);
+                y
             }
         };
         let (kept, softmax) = self.choose(y.view(), batch.segments())?;
@@ -383,35 +424,46 @@ impl SelectionCore {
         self.finish_run(layer, batch, gathered, cache)
     }
 
-    /// The selection and the gather of linear scores $y = X p$ in one pass
-    /// ([`linear_top_k_rows`]), when the keep rule is a ratio or a count
-    /// and the batch allows it.
-    fn fused_linear<T: Scalar>(
+    /// The scores, the selection and the gather in one pass over each run
+    /// of small graphs (`pass`: [`linear_top_k_rows`] or
+    /// [`scored_top_k_rows`], given $X$, the segments, the keep count and
+    /// the gate), when the keep rule is a ratio or a count and the batch
+    /// allows it; with the values the scorer wrote beside the scores.
+    fn fused<T: Scalar, P>(
         &self,
         batch: &DisjointBatch<T>,
-        p: ArrayView1<T>,
-    ) -> Result<Option<Gathered<T>>> {
+        pass: P,
+    ) -> Result<Option<(Gathered<T>, Array1<T>)>>
+    where
+        P: FnOnce(
+            ArrayView2<T>,
+            &Segments,
+            &(dyn Fn(usize) -> usize + Sync),
+            &(dyn Fn(&mut [T]) + Sync),
+        ) -> Result<Option<ScoredRows<T>>>,
+    {
         if self.keep.uses_softmax() {
             return Ok(None);
         }
-        let p = p.as_standard_layout();
         let act = self.gating.activation();
-        let fused = linear_top_k_rows(
+        let fused = pass(
             batch.x().view(),
-            p.as_slice().expect("standard layout"),
             batch.segments(),
-            |n| self.keep.count(n).unwrap_or(n),
-            |g| act.apply_in_place(g),
+            &|n| self.keep.count(n).unwrap_or(n),
+            &|g: &mut [T]| act.apply_in_place(g),
         )?;
-        Ok(fused.map(|s| Gathered {
-            y: s.scores,
-            subset: Subset {
-                kept: s.kept,
-                gate: s.gate,
-            },
-            softmax: None,
-            x: s.rows,
-            first_bad_x: s.first_non_finite_row_entry,
+        Ok(fused.map(|s| {
+            let gathered = Gathered {
+                y: s.scores,
+                subset: Subset {
+                    kept: s.kept,
+                    gate: s.gate,
+                },
+                softmax: None,
+                x: s.rows,
+                first_bad_x: s.first_non_finite_row_entry,
+            };
+            (gathered, s.node_values)
         }))
     }
 
