@@ -53,6 +53,29 @@ pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
     lane_sum(a, b, |x, y| x * y)
 }
 
+simd_levels! {
+/// `out[i]` $= \langle x_{\text{first} + i}, w\rangle$ ([`dot`]) for the
+/// rows `first..first + out.len()` of the row-major `x` ($\cdot \times F$,
+/// $F$ = `w.len()`): the scores of a run of rows. Compiled for each SIMD
+/// level; [`dot`]'s fixed partial sums give the same bits on every one.
+///
+/// ```
+/// use graphpool::kernels::rows::{dot, dot_rows};
+/// let x = [1.0_f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let mut out = [0.0; 2];
+/// dot_rows(&x, &[0.5, -1.0], 1, &mut out);
+/// assert_eq!(out, [dot(&x[2..4], &[0.5, -1.0]), dot(&x[4..6], &[0.5, -1.0])]);
+/// assert_eq!(out, [-2.5, -3.5]);
+/// ```
+pub fn dot_rows<T: Scalar>(x: &[T], w: &[T], first: usize, out: &mut [T]) {
+    let f = w.len();
+    for (i, o) in out.iter_mut().enumerate() {
+        let n = first + i;
+        *o = dot(&x[n * f..(n + 1) * f], w);
+    }
+}
+}
+
 /// $o \leftarrow o + w\,x$ entrywise.
 #[inline]
 pub fn axpy<T: Scalar>(o: &mut [T], w: T, x: &[T]) {

@@ -241,7 +241,7 @@ pub struct ScoredRows<T> {
 }
 
 /// Scores, top-k, gates and gathered rows in one pass over each run of
-/// small graphs: $y_n = \langle x_n, p\rangle$ ([`super::rows::dot`], the
+/// small graphs: $y_n = \langle x_n, p\rangle$ ([`super::rows::dot_rows`], the
 /// bits of [`crate::nn::matmul`] with one column), then as
 /// [`scored_top_k_rows`].
 ///
@@ -275,11 +275,8 @@ pub fn linear_top_k_rows<T: Scalar>(
 ) -> Result<Option<ScoredRows<T>>> {
     debug_assert_eq!(p.len(), x.ncols());
     let xs = super::rows::row_major(&x);
-    let f = x.ncols();
     let score = |nodes: Range<usize>, y: &mut [T], _: &mut [T]| {
-        for (n, y) in nodes.zip(y.iter_mut()) {
-            *y = super::rows::dot(&xs[n * f..(n + 1) * f], p);
-        }
+        super::rows::dot_rows(&xs, p, nodes.start, y)
     };
     scored_top_k_rows(x, segments, false, score, count, gate)
 }

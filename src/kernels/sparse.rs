@@ -1368,8 +1368,8 @@ fn gcn_row<T: Scalar>(raw: RawCsr<'_, T>, u: &[T], r: usize, p: impl Fn(usize) -
 
 /// SAGPool's scores on one run of whole graphs (`nodes`, every entry of
 /// their rows of $A$ within them): $v = X w$ on the run's rows
-/// ([`crate::kernels::rows::dot`] of each row of the row-major `x` ($N \times F$)
-/// with `w`, the bits of [`crate::nn::matmul`] with one column) into `xw`,
+/// ([`crate::kernels::rows::dot_rows`] on the row-major `x` ($N \times F$),
+/// the bits of [`crate::nn::matmul`] with one column) into `xw`,
 /// then $y = \hat A v$ on them into `y`, the bits of [`gcn_spmv_with`]
 /// (`u` = $\hat D^{-1/2}$ of the whole batch, [`gcn_deg_inv_sqrt`]). A
 /// scorer for [`crate::kernels::sort::scored_top_k_rows`].
@@ -1403,9 +1403,8 @@ pub fn gcn_scores_of_run<T: Scalar>(
 ) {
     let raw = RawCsr::new(&a);
     let base = nodes.start;
-    for (n, v) in nodes.clone().zip(xw.iter_mut()) {
-        *v = crate::kernels::rows::dot(&x[n * f..(n + 1) * f], w);
-    }
+    debug_assert_eq!(w.len(), f);
+    crate::kernels::rows::dot_rows(x, w, base, xw);
     let p: Vec<T> = nodes
         .clone()
         .zip(xw.iter())
