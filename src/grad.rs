@@ -159,7 +159,7 @@ where
     let h = opts.eps;
     // features
     for ((r, c), &v) in batch.x().indexed_iter() {
-        let mut xp = batch.x().clone();
+        let mut xp = batch.x().to_owned();
         xp[[r, c]] = v + h;
         let lp = loss(layer, &batch.with_x(xp.clone())?)?;
         xp[[r, c]] = v - h;

@@ -107,7 +107,7 @@ fn good() -> DisjointBatch<f64> {
 
 fn batch_constructors(m: &mut Matrix) {
     let b = good();
-    let (x, a) = (b.x().clone(), b.a().clone());
+    let (x, a) = (b.x().to_owned(), b.a().clone());
     let seg = b.segments().clone();
     let ids = b.graph_ids();
 
@@ -1029,15 +1029,16 @@ fn other_batches(b: &DisjointBatch<f64>) -> Vec<(&'static str, DisjointBatch<f64
     let extra = DisjointBatch::stack(&graphs).unwrap();
     let n = b.num_nodes();
     let edgeless =
-        DisjointBatch::new(b.x().clone(), CsMat::zero((n, n)), b.segments().clone()).unwrap();
+        DisjointBatch::new(b.x().to_owned(), CsMat::zero((n, n)), b.segments().clone()).unwrap();
     let wider = b
         .with_x(ndarray::concatenate![
             ndarray::Axis(1),
-            b.x().clone(),
+            b.x().to_owned(),
             Array2::zeros((n, 1))
         ])
         .unwrap();
-    let merged = DisjointBatch::from_offsets(b.x().clone(), b.a().clone(), vec![0, 3, 5]).unwrap();
+    let merged =
+        DisjointBatch::from_offsets(b.x().to_owned(), b.a().clone(), vec![0, 3, 5]).unwrap();
     // (kind, batch, whether even a layer that never reads A must refuse it)
     vec![
         ("backward batch with an extra graph", extra, true),
@@ -1076,7 +1077,7 @@ fn layer_cases<L>(
         let wide = b
             .with_x(ndarray::concatenate![
                 ndarray::Axis(1),
-                b.x().clone(),
+                b.x().to_owned(),
                 Array2::ones((n, 2))
             ])
             .unwrap();

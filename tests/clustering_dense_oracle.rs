@@ -92,7 +92,7 @@ fn oracle(
     act: Activation,
     b: &DisjointBatch<f64>,
 ) -> Oracle {
-    let s_all = mlp(params, hidden, act, b.x());
+    let s_all = mlp(params, hidden, act, &b.x().to_owned());
     let mut xs = Vec::new();
     let mut a_blocks = Vec::new();
     let mut per_graph: BTreeMap<String, Vec<f64>> = BTreeMap::new();

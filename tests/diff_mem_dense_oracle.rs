@@ -132,7 +132,11 @@ fn s_of(p: &Pooled<f64>) -> &Array2<f64> {
     }
 }
 
-fn assert_close(what: &str, got: &Array2<f64>, want: &Array2<f64>) -> Result<(), TestCaseError> {
+fn assert_close(
+    what: &str,
+    got: &ndarray::ArrayRef2<f64>,
+    want: &ndarray::ArrayRef2<f64>,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.shape(), want.shape(), "{}", what);
     for (g, w) in got.iter().zip(want.iter()) {
         prop_assert!(

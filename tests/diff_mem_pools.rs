@@ -78,7 +78,7 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
     (a - b).abs() <= tol * (1.0 + a.abs().max(b.abs()))
 }
 
-fn all_close(a: &Array2<f64>, b: &Array2<f64>, tol: f64) -> bool {
+fn all_close(a: &ndarray::ArrayRef2<f64>, b: &ndarray::ArrayRef2<f64>, tol: f64) -> bool {
     a.shape() == b.shape() && a.iter().zip(b.iter()).all(|(&u, &v)| close(u, v, tol))
 }
 

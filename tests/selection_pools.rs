@@ -152,7 +152,7 @@ proptest! {
         for (name, pool) in selection_pools(b.num_features(), ratio) {
             let once = pool(&b);
             let re = DisjointBatch::new(
-                once.batch.x().clone(), once.batch.a().clone(), once.batch.segments().clone(),
+                once.batch.x().to_owned(), once.batch.a().clone(), once.batch.segments().clone(),
             );
             prop_assert!(re.is_ok(), "{}: pooled batch invalid: {:?}", name, re.err());
             let twice = pool(&once.batch);
@@ -529,7 +529,7 @@ proptest! {
         for (name, pool) in lapools() {
             let once = pool.call(&b).unwrap();
             let re = DisjointBatch::new(
-                once.batch.x().clone(), once.batch.a().clone(), once.batch.segments().clone(),
+                once.batch.x().to_owned(), once.batch.a().clone(), once.batch.segments().clone(),
             );
             prop_assert!(re.is_ok(), "{}: pooled batch invalid: {:?}", name, re.err());
             let twice = pool.call(&once.batch).unwrap();

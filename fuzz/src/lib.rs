@@ -312,7 +312,7 @@ fn with_extra_graph<T: Scalar>(b: &DisjointBatch<T>) -> DisjointBatch<T> {
 /// The batch without its edges (same nodes, graphs and features).
 fn without_edges<T: Scalar>(b: &DisjointBatch<T>) -> DisjointBatch<T> {
     let n = b.num_nodes();
-    DisjointBatch::new(b.x().clone(), CsMat::zero((n, n)), b.segments().clone())
+    DisjointBatch::new(b.x().to_owned(), CsMat::zero((n, n)), b.segments().clone())
         .expect("an edgeless copy of a valid batch")
 }
 
@@ -383,7 +383,7 @@ impl<T: Scalar> Output<T> for Pooled<T> {
             Selection::Dense(s) => assert!(all_finite(s.s.iter())),
             Selection::Sparse(s) => assert!(all_finite(s.s.data().iter())),
         }
-        let again = DisjointBatch::new(b.x().clone(), b.a().clone(), b.segments().clone());
+        let again = DisjointBatch::new(b.x().to_owned(), b.a().clone(), b.segments().clone());
         assert!(again.is_ok(), "pooled batch invalid: {again:?}");
     }
     fn wrong_grads(&self) -> Vec<PooledGrad<T>> {
@@ -637,7 +637,7 @@ pub fn batch_construction(data: &[u8]) {
 }
 
 fn check_batch(b: &DisjointBatch<f64>) {
-    let again = DisjointBatch::new(b.x().clone(), b.a().clone(), b.segments().clone());
+    let again = DisjointBatch::new(b.x().to_owned(), b.a().clone(), b.segments().clone());
     assert_eq!(again.as_ref(), Ok(b));
     let parts = b.split();
     if b.num_graphs() > 0 {
@@ -680,7 +680,7 @@ fn check_batch(b: &DisjointBatch<f64>) {
         ));
     }
     if !b.x().is_empty() {
-        let mut x = b.x().clone();
+        let mut x = b.x().to_owned();
         x[[0, 0]] = f64::INFINITY;
         assert!(matches!(b.with_x(x), Err(PoolError::NonFinite { .. })));
     }

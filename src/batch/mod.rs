@@ -7,7 +7,7 @@ pub use segments::{SegmentChunk, Segments};
 
 use std::sync::Arc;
 
-use ndarray::{s, Array2, ArrayView2};
+use ndarray::{s, ArcArray2, Array2, ArrayView2};
 use sprs::{CsMat, CsMatView};
 
 use crate::error::{PoolError, Result};
@@ -42,8 +42,10 @@ use crate::scalar::Scalar;
 #[derive(Debug, PartialEq)]
 pub struct DisjointBatch<T: Scalar> {
     /// Starts on a cache line ([`rows::align_to_cache_line`]; every
-    /// constructor goes through [`DisjointBatch::assemble`]).
-    x: Array2<T>,
+    /// constructor goes through [`DisjointBatch::assemble`]). Shared, so
+    /// that a run of its graphs ([`DisjointBatch::graph_run`]) is a window
+    /// on the same rows rather than a copy of them.
+    x: ArcArray2<T>,
     a: CsMat<T>,
     segments: Segments,
     /// Whether backward passes differentiate the edge weights
@@ -109,7 +111,7 @@ impl<T: Scalar> DisjointBatch<T> {
         derived: Derived<T>,
     ) -> Self {
         Self {
-            x: rows::align_to_cache_line(x),
+            x: rows::align_to_cache_line(x).into_shared(),
             a,
             segments,
             edge_weight_grad,
@@ -276,7 +278,8 @@ impl<T: Scalar> DisjointBatch<T> {
     /// The consecutive graphs `graphs` of the batch as a batch of their own
     /// (node ids shifted to start at 0), for a layer that pools a batch of
     /// small graphs run by run ([`crate::framework::runs`]): their rows of
-    /// `x` and `a` are copied, and what is already known of the batch's
+    /// `x` shared (a window on the batch's, no copy), those of `a` copied
+    /// (their column ids shifted), and what is already known of the batch's
     /// per-graph symmetry flags and GCN filter is carried over (the run's
     /// slice of them: the same values the run would compute).
     ///
@@ -285,7 +288,8 @@ impl<T: Scalar> DisjointBatch<T> {
     pub(crate) fn graph_run(&self, graphs: std::ops::Range<usize>) -> Self {
         let offsets = self.segments.offsets();
         let nodes = offsets[graphs.start]..offsets[graphs.end];
-        let x = self.x.slice(s![nodes.clone(), ..]).to_owned();
+        // the run's rows of the shared x, not a copy of them
+        let x = self.x.clone().slice_move(s![nodes.clone(), ..]);
         let a = csr_block(&self.a, nodes.clone());
         let segments = Segments::from_offsets_unchecked(
             offsets[graphs.start..=graphs.end]
@@ -304,7 +308,13 @@ impl<T: Scalar> DisjointBatch<T> {
                 deg_inv_sqrt: f.deg_inv_sqrt.slice(s![nodes]).to_owned(),
             }));
         }
-        Self::assemble(x, a, segments, self.edge_weight_grad, derived)
+        Self {
+            x,
+            a,
+            segments,
+            edge_weight_grad: self.edge_weight_grad,
+            derived,
+        }
     }
 
     /// A batch with the same graphs and new features (same number of rows; any width).
@@ -523,8 +533,13 @@ impl<T: Scalar> DisjointBatch<T> {
     /// it is not ([`rows::align_to_cache_line`], within its own buffer, no
     /// second copy), so that the sparse products' gathers of its rows read
     /// whole cache lines.
+    ///
+    /// The rows are held in shared storage (an [`ArcArray2`]): the layers
+    /// that pool a batch of small graphs run by run see each run's rows as
+    /// a window on the batch's, not a copy. Read it as any ndarray array
+    /// (`view()`, indexing, iteration); `to_owned()` gives an [`Array2`].
     #[inline]
-    pub fn x(&self) -> &Array2<T> {
+    pub fn x(&self) -> &ArcArray2<T> {
         &self.x
     }
     /// Adjacency, $N \times N$ CSR.
@@ -558,7 +573,7 @@ impl<T: Scalar> DisjointBatch<T> {
     }
     /// Takes the batch apart.
     pub fn into_parts(self) -> (Array2<T>, CsMat<T>, Segments) {
-        (self.x, self.a, self.segments)
+        (self.x.into_owned(), self.a, self.segments)
     }
 }
 
@@ -722,7 +737,7 @@ impl<T: Scalar> DisjointBatch<T> {
         let graphs: Vec<_> = order.iter().map(|&g| self.graph(g)).collect();
         let mut out = Self::stack(&graphs)?;
         if graphs.is_empty() {
-            out.x = Array2::zeros((0, self.num_features()));
+            out.x = Array2::zeros((0, self.num_features())).into_shared();
         }
         Ok(out.with_edge_weight_grad(self.edge_weight_grad))
     }

@@ -68,8 +68,8 @@ pub trait Differentiable<T: Scalar> {
 
 pub(crate) fn pair_arrays<T: Scalar, D: Dimension>(
     what: &str,
-    y: &ndarray::Array<T, D>,
-    g: &ndarray::Array<T, D>,
+    y: &ndarray::ArrayRef<T, D>,
+    g: &ndarray::ArrayRef<T, D>,
 ) -> Result<T> {
     if y.shape() != g.shape() {
         return Err(PoolError::GradientShape {
@@ -84,7 +84,7 @@ pub(crate) fn pair_arrays<T: Scalar, D: Dimension>(
 }
 
 pub(crate) fn random_like<T: Scalar, D: Dimension>(
-    y: &ndarray::Array<T, D>,
+    y: &ndarray::ArrayRef<T, D>,
     rng: &mut ParamRng,
 ) -> ndarray::Array<T, D> {
     y.map(|_| T::c(rng.random_range(-1.0..=1.0)))

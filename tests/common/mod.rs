@@ -70,8 +70,8 @@ pub fn assert_gradients<L: Layer<f64> + Clone>(layer: &L, batch: &DisjointBatch<
 
 /// Asserts two arrays are equal within an absolute tolerance.
 pub fn assert_close<D: ndarray::Dimension>(
-    a: &ndarray::Array<f64, D>,
-    b: &ndarray::Array<f64, D>,
+    a: &ndarray::ArrayRef<f64, D>,
+    b: &ndarray::ArrayRef<f64, D>,
     tol: f64,
 ) {
     assert_eq!(a.shape(), b.shape(), "shapes differ");
