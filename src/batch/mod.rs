@@ -41,10 +41,11 @@ use crate::scalar::Scalar;
 /// ```
 #[derive(Debug, PartialEq)]
 pub struct DisjointBatch<T: Scalar> {
-    /// Starts on a cache line ([`rows::align_to_cache_line`]; every
+    /// Starts on a cache line ([`rows::align_to_cache_line`]; every public
     /// constructor goes through [`DisjointBatch::assemble`]). Shared, so
-    /// that a run of its graphs ([`DisjointBatch::graph_run`]) is a window
-    /// on the same rows rather than a copy of them.
+    /// that a run of its graphs ([`DisjointBatch::graph_run`], internal) is
+    /// a window on the same rows rather than a copy of them; a window
+    /// starts where its first row does.
     x: ArcArray2<T>,
     a: CsMat<T>,
     segments: Segments,
@@ -529,7 +530,7 @@ impl<T: Scalar> DisjointBatch<T> {
     }
 
     /// Node features, $N \times F$, in standard layout with the first entry
-    /// on a cache line: every constructor (and `clone`) moves `x` there if
+    /// on a cache line: every public constructor (and `clone`) moves `x` there if
     /// it is not ([`rows::align_to_cache_line`], within its own buffer, no
     /// second copy), so that the sparse products' gathers of its rows read
     /// whole cache lines.

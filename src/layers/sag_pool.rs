@@ -12,7 +12,7 @@ use crate::framework::layer::{finite_gradients_given_x, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
 use crate::kernels::gather::weighted_row_sum;
 use crate::kernels::reduce_chunked;
-use crate::kernels::sparse::{gcn_spmv_vjp_opt, gcn_spmv_with, spmm, transpose};
+use crate::kernels::sparse::{gcn_spmv_vjp_opt, spmm, transpose};
 use crate::nn::{matmul, rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
@@ -221,24 +221,8 @@ impl<T: Scalar> SAGPool<T> {
                 Ok((out, ScorerCache::Gcn(Box::new((u.clone(), xw)))))
             }
             SagScorer::GraphConv => {
-                let (y, scorer) = self.scores(batch)?;
-                Ok((pool(Scores::Given(y))?, scorer))
-            }
-        }
-    }
-
-    fn scores(&self, batch: &DisjointBatch<T>) -> Result<(Array1<T>, ScorerCache<T>)> {
-        let x = batch.x().view();
-        let f = x.ncols();
-        match self.scorer {
-            SagScorer::Gcn => {
-                let w = self.kernel(KERNEL, f)?;
-                let xw = matmul(x, w, None).remove_axis(Axis(1));
-                let u = batch.gcn_deg_inv_sqrt();
-                let y = gcn_spmv_with(batch.a().view(), u.view(), xw.view());
-                Ok((y, ScorerCache::Gcn(Box::new((u.clone(), xw)))))
-            }
-            SagScorer::GraphConv => {
+                let x = batch.x().view();
+                let f = x.ncols();
                 let w_rel = self.kernel(REL_KERNEL, f)?;
                 let w_root = self.kernel(ROOT_KERNEL, f)?;
                 let b = self.params.vector(REL_BIAS)?;
@@ -246,7 +230,8 @@ impl<T: Scalar> SAGPool<T> {
                 let pt = transpose(pattern(batch.a()).view()).matrix;
                 let mut y = spmm(pt.view(), xr.view());
                 y += &matmul(x, w_root, Some(b));
-                Ok((y.remove_axis(Axis(1)), ScorerCache::GraphConv))
+                let out = pool(Scores::Given(y.remove_axis(Axis(1))))?;
+                Ok((out, ScorerCache::GraphConv))
             }
         }
     }
@@ -347,7 +332,7 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
 
 impl<T: Scalar> SrcPool<T> for SAGPool<T> {
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
-        let (y, _) = self.scores(batch)?;
+        let (y, _) = self.with_scores(batch, |scores| Ok(scores.by_separate_passes(batch)))?;
         let (subset, _) = self.core.select(y.view(), batch.segments())?;
         Ok((Selection::Subset(subset), Some(y)))
     }

@@ -224,6 +224,26 @@ pub(crate) enum Scores<'a, T> {
     },
 }
 
+impl<T: Scalar> Scores<'_, T> {
+    /// The raw scores by separate passes: [`matmul`] for $X p$ or $X w$,
+    /// then for the graph convolution [`gcn_spmv_with`], leaving $X w$ in
+    /// `xw`. The bits of the one-pass forms, for any batch; what the
+    /// layers' SRC `select` and the forward pass's fallback compute.
+    pub(crate) fn by_separate_passes(self, batch: &DisjointBatch<T>) -> Array1<T> {
+        let x = batch.x().view();
+        match self {
+            Scores::Given(y) => y,
+            Scores::Linear(p) => matmul(x, p.insert_axis(Axis(1)), None).remove_axis(Axis(1)),
+            Scores::Gcn { w, u, xw } => {
+                let v = matmul(x, w.insert_axis(Axis(1)), None).remove_axis(Axis(1));
+                let y = gcn_spmv_with(batch.a().view(), u, v.view());
+                *xw = Some(v);
+                y
+            }
+        }
+    }
+}
+
 /// What a forward pass has after its selection and its gather: the raw
 /// scores, the kept nodes with their gates, the softmax of
 /// [`KeepRule::MinScore`], the gated rows and the flat index of their
@@ -354,29 +374,28 @@ impl SelectionCore {
     /// pass over each run of small graphs for the scores, the selection,
     /// the gates and the gathered rows ([`linear_top_k_rows`]); otherwise (a
     /// minimum score, a graph above [`crate::kernels::CHUNK`] nodes, no
-    /// features) the scores come from [`matmul`] and the steps are
-    /// separate passes. The same result either way.
+    /// features) the scores come from [`Scores::by_separate_passes`] and
+    /// the steps are separate passes. The same result either way.
     #[allow(clippy::type_complexity)]
     fn run<T: Scalar>(
         &self,
         layer: &str,
         batch: &DisjointBatch<T>,
-        scores: Scores<'_, T>,
+        mut scores: Scores<'_, T>,
         cache: bool,
     ) -> Result<(
         Pooled<T>,
         Option<(Subset<T>, Array1<T>, Option<Array1<T>>, Vec<usize>)>,
     )> {
-        let y = match scores {
-            Scores::Given(y) => y,
+        let fused = match &mut scores {
+            Scores::Given(_) => None,
             Scores::Linear(p) => {
-                if let Some((gathered, _)) = self.fused(batch, |x, seg, count, gate| {
-                    let p = p.as_standard_layout();
-                    linear_top_k_rows(x, p.as_slice().expect("standard"), seg, count, gate)
-                })? {
-                    return self.finish_run(layer, batch, gathered, cache);
-                }
-                matmul(batch.x().view(), p.insert_axis(Axis(1)), None).remove_axis(Axis(1))
+                let p = p.as_standard_layout();
+                let p = p.as_slice().expect("standard");
+                self.fused(batch, |x, seg, count, gate| {
+                    linear_top_k_rows(x, p, seg, count, gate)
+                })?
+                .map(|(gathered, _)| gathered)
             }
             Scores::Gcn { w, u, xw } => {
                 let (ws, us) = (w.as_standard_layout(), u.as_standard_layout());
@@ -394,16 +413,16 @@ impl SelectionCore {
                     };
                     scored_top_k_rows(x, seg, true, score, count, gate)
                 })?;
-                if let Some((gathered, v)) = fused {
-                    *xw = Some(v);
-                    return self.finish_run(layer, batch, gathered, cache);
-                }
-                let v = matmul(batch.x().view(), w.insert_axis(Axis(1)), None).remove_axis(Axis(1));
-                let y = gcn_spmv_with(a, u, v.view());
-                *xw = Some(v);
-                y
+                fused.map(|(gathered, v)| {
+                    **xw = Some(v);
+                    gathered
+                })
             }
         };
+        if let Some(gathered) = fused {
+            return self.finish_run(layer, batch, gathered, cache);
+        }
+        let y = scores.by_separate_passes(batch);
         let (kept, softmax) = self.choose(y.view(), batch.segments())?;
         // the gather computes the gates as it goes, and checks what it
         // writes: `x` is not scanned again below

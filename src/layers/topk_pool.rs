@@ -1,6 +1,6 @@
 //! TopKPool (gPool): keep the nodes with the largest projection score.
 
-use ndarray::{Array1, Array2, ArrayD, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayD, Axis};
 
 use super::selection_core::{
     selection_builders, Gating, KeepRule, Scores, SelectionCore, SelectionPoolCache,
@@ -9,7 +9,7 @@ use crate::batch::DisjointBatch;
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{finite_gradients_given_x, LayerStamp};
 use crate::framework::{Gradients, Layer, Pooled, PooledGrad, Selection, SrcPool};
-use crate::nn::{matmul, rng_from_seed, Initializer, Params};
+use crate::nn::{rng_from_seed, Initializer, Params};
 use crate::scalar::Scalar;
 
 /// Spektral's `K.l2_normalize` floor on $\|p\|^2$.
@@ -127,11 +127,6 @@ impl<T: Scalar> TopKPool<T> {
         let norm = sq.max(T::c(L2_NORMALIZE_EPS)).sqrt();
         Ok((p.mapv(|v| v / norm), Some(norm)))
     }
-
-    fn scores(&self, x: ArrayView2<T>) -> Result<Array1<T>> {
-        let (p, _) = self.projection(x.ncols())?;
-        Ok(matmul(x, p.view(), None).remove_axis(Axis(1)))
-    }
 }
 
 impl<T: Scalar> Layer<T> for TopKPool<T> {
@@ -207,7 +202,8 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
 
 impl<T: Scalar> SrcPool<T> for TopKPool<T> {
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
-        let y = self.scores(batch.x().view())?;
+        let (p, _) = self.projection(batch.num_features())?;
+        let y = Scores::Linear(p.column(0)).by_separate_passes(batch);
         let (subset, _) = self.core.select(y.view(), batch.segments())?;
         Ok((Selection::Subset(subset), Some(y)))
     }
