@@ -825,7 +825,7 @@ fn rough(len: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
     use graphpool::kernels::rows::{outer_sum, rows_times, SMALL_COLS};
-    // the widths with a register kernel (8, 16, 32, 64) and others around them
+    // the widths with a register kernel (1, 8, 16, 32, 64) and others around them
     for &c in &[
         0usize, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100,
     ] {

@@ -130,6 +130,9 @@ pub fn rows_times<T: Scalar>(
         return;
     }
     match c {
+        // one column (DMoNPool's S d and its VJP): eight rows' sums at a
+        // time, eight independent chains of additions
+        1 if f > 0 => rows_times_octs::<T, 1>(x, f, w, bias, accumulate, out),
         8 if f > 0 => rows_times_quads::<T, 8>(x, f, w, bias, accumulate, out),
         // eight rows of 16 sums: 8 AVX-512 registers in f32, 16 in f64; with
         // AVX2's 16 they would spill
@@ -252,8 +255,9 @@ fn rows_times_pairs<T: Scalar, const C: usize>(
 /// [`rows_times`] for $C$ known at compile time, eight rows at a time:
 /// [`rows_times_quads`] with eight sums of $C$ (for $C = 16$ with AVX-512,
 /// whose 32 registers hold them: eight chains of additions instead of
-/// four). In cache, one thread, 300k rows of $F = 64$: 4.4 → 3.8 ms. The
-/// last rows (fewer than eight) by [`rows_times_quads`].
+/// four; in cache, one thread, 300k rows of $F = 64$: 4.4 → 3.8 ms; and
+/// for $C = 1$, eight scalar sums). The last rows (fewer than eight) by
+/// [`rows_times_quads`].
 #[inline(always)]
 fn rows_times_octs<T: Scalar, const C: usize>(
     x: &[T],
