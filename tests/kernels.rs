@@ -1517,6 +1517,72 @@ fn paired_streamed_dense_backward_equals_two_streamed_passes_bit_for_bit() {
     }
 }
 
+/// The backward passes through an activation, with the activation chosen
+/// once outside a vectorised loop, give the bits of the per-entry formulas
+/// for every activation: `vjp` those of `grad * derivative(x, y)` with
+/// `y = apply(x)`, and `grad_from_output_in_place` (where the derivative is
+/// a function of the output) those of `grad * derivative_from_output(y)`,
+/// over values of every magnitude and sign, zeros, infinities and NaN, and
+/// gradients with zeros and infinities among them.
+#[test]
+fn activation_backward_kernels_give_the_per_entry_bits_for_every_activation() {
+    use graphpool::nn::Activation;
+    use graphpool::Scalar;
+    use ndarray::ArrayView2;
+    fn check<T: Scalar + std::fmt::Debug>(vs: &[T], gs: &[T], bits: impl Fn(T) -> u64) {
+        let n = vs.len();
+        for act in Activation::ALL {
+            let ys: Vec<T> = vs.iter().map(|&x| act.apply(x)).collect();
+            let view = |v: &[T]| ArrayView2::from_shape((1, n), v).unwrap().to_owned();
+            let got = act.vjp(view(vs).view(), view(&ys).view(), view(gs).view());
+            for (i, &v) in got.iter().enumerate() {
+                let want = gs[i] * act.derivative(vs[i], ys[i]);
+                assert_eq!(bits(v), bits(want), "vjp {act:?} at x = {:?}", vs[i]);
+            }
+            if act.derivative_from_output_only() {
+                // the values as outputs
+                let mut got = vs.to_vec();
+                act.grad_from_output_in_place(&mut got, gs);
+                for ((&y, &g), &v) in vs.iter().zip(gs).zip(&got) {
+                    let want = g * act.derivative_from_output(y);
+                    assert_eq!(bits(v), bits(want), "{act:?} at y = {y:?}, grad = {g:?}");
+                }
+            }
+        }
+    }
+    let mut vs: Vec<f32> = (0..50_000u32)
+        .map(|i| f32::from_bits(i.wrapping_mul(85_837) & 0x7fff_ffff))
+        .filter(|v| v.is_finite())
+        .flat_map(|v| [v, -v])
+        .collect();
+    vs.extend([
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ]);
+    // gradients of every sign and size, with zeros and infinities, at
+    // positions that are no multiple of a vector's width
+    let gs: Vec<f32> = (0..vs.len())
+        .map(|i| match i % 37 {
+            0 => 0.0,
+            1 => -0.0,
+            2 => f32::INFINITY,
+            k => (k as f32 - 18.5) * 0.731,
+        })
+        .collect();
+    check(&vs, &gs, |v: f32| u64::from(v.to_bits()));
+    let (vs64, gs64): (Vec<f64>, Vec<f64>) = vs
+        .iter()
+        .zip(&gs)
+        .map(|(&v, &g)| (f64::from(v), f64::from(g)))
+        .unzip();
+    check(&vs64, &gs64, f64::to_bits);
+}
+
 /// The sigmoid is one formula per side, 1/(1 + e^-x) for x >= 0 and
 /// e^x/(1 + e^x) below (no overflow on either): its branch-free form gives
 /// those bits, entry by entry and in a vectorised loop, over a sweep of

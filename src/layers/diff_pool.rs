@@ -736,9 +736,7 @@ impl<T: Scalar> DiffPool<T> {
             let mut z = z_pre;
             act.forward_inplace(&mut z);
             let gs = segment_matmul_tn_vjp_in_place(s, &mut z, segs, g_x, |row, dy| {
-                for (o, &d) in row.iter_mut().zip(dy) {
-                    *o = d * act.derivative_from_output(*o);
-                }
+                act.grad_from_output_in_place(row, dy)
             });
             (gs, z)
         } else {
