@@ -156,13 +156,13 @@ pub fn rows_times<T: Scalar>(
         64 if f > 0 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
         _ => {
             // one row's sums at a time
-            with_scratch(c, |p: &mut [T]| {
-                for (i, o) in out.chunks_exact_mut(c).enumerate() {
-                    // F = 0: empty sums, 0 (+ bias)
-                    row_times(&x[i * f..(i + 1) * f], w, p);
-                    finish_row(p, bias, accumulate, o);
-                }
-            })
+            let mut scratch = ScratchRow::new();
+            let p = scratch.zeros(c);
+            for (i, o) in out.chunks_exact_mut(c).enumerate() {
+                // F = 0: empty sums, 0 (+ bias)
+                row_times(&x[i * f..(i + 1) * f], w, p);
+                finish_row(p, bias, accumulate, o);
+            }
         }
     }
 }
@@ -1027,16 +1027,55 @@ pub fn align_to_cache_line<T: Scalar>(x: Array2<T>) -> Array2<T> {
 /// From how many bytes a fresh buffer asks for transparent huge pages.
 const HUGE_PAGES_FROM: usize = 4 << 20;
 
-/// Calls `f` with a scratch slice of `len` zeros: on the stack up to
-/// [`SMALL_COLS`] values (no allocation for a row of a narrow matrix), else
-/// on the heap.
-#[inline]
-pub fn with_scratch<T: Scalar, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
-    if len <= SMALL_COLS {
-        let mut stack = [T::zero(); SMALL_COLS];
-        f(&mut stack[..len])
-    } else {
-        f(&mut vec![T::zero(); len])
+/// A scratch row: a slice of zeros on the stack up to [`SMALL_COLS`]
+/// values (no allocation for a row of a narrow matrix), else on the heap.
+/// Taken in the kernel's own body rather than through a closure: a closure
+/// in a kernel compiled for a SIMD level is compiled apart, at the
+/// baseline level (DiffPool's entropy rows ran as 128-bit SSE2 code, at
+/// 4 ns per value, through such a closure).
+///
+/// ```
+/// use graphpool::kernels::rows::{ScratchRow, SMALL_COLS};
+/// let mut scratch = ScratchRow::<f32>::new();
+/// assert_eq!(scratch.zeros(3), &[0.0; 3]);
+/// let wide = scratch.zeros(SMALL_COLS + 1);
+/// wide[0] = 1.0;
+/// assert_eq!(wide.len(), SMALL_COLS + 1);
+/// assert_eq!(scratch.zeros(SMALL_COLS + 1)[0], 0.0);
+/// ```
+pub struct ScratchRow<T> {
+    stack: [T; SMALL_COLS],
+    heap: Vec<T>,
+}
+
+impl<T: Scalar> ScratchRow<T> {
+    /// An empty scratch row (nothing allocated yet).
+    #[inline(always)]
+    pub fn new() -> Self {
+        Self {
+            stack: [T::zero(); SMALL_COLS],
+            heap: Vec::new(),
+        }
+    }
+
+    /// `len` zeros, on the stack up to [`SMALL_COLS`], else on the heap.
+    #[inline(always)]
+    pub fn zeros(&mut self, len: usize) -> &mut [T] {
+        if len <= SMALL_COLS {
+            let row = &mut self.stack[..len];
+            row.fill(T::zero());
+            row
+        } else {
+            self.heap.clear();
+            self.heap.resize(len, T::zero());
+            &mut self.heap
+        }
+    }
+}
+
+impl<T: Scalar> Default for ScratchRow<T> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -2549,15 +2549,15 @@ pub(crate) fn segment_edge_l1_vjp_opt<T: Scalar>(
         }
         match (&t, &traw) {
             (Some(t), Some(traw)) => {
-                rows::with_scratch(k, |incoming: &mut [T]| {
-                    for te in traw.range(r) {
-                        traw.prefetch_column_row(te, &ss, k);
-                        add(incoming, si, traw.indices[te], w[t.source[te]]);
-                    }
-                    for (o, &v) in out.iter_mut().zip(incoming.iter()) {
-                        *o += v;
-                    }
-                });
+                let mut scratch = rows::ScratchRow::new();
+                let incoming = scratch.zeros(k);
+                for te in traw.range(r) {
+                    traw.prefetch_column_row(te, &ss, k);
+                    add(incoming, si, traw.indices[te], w[t.source[te]]);
+                }
+                for (o, &v) in out.iter_mut().zip(incoming.iter()) {
+                    *o += v;
+                }
             }
             _ => {
                 for o in out.iter_mut() {

@@ -24,7 +24,7 @@ use crate::kernels::segment::{
 use crate::kernels::sparse::{
     map_entries, sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
-use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
+use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK, ROW_BLOCK};
 use crate::nn::{
     matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
     Activation, Initializer, Params,
@@ -904,12 +904,53 @@ impl<T: Scalar> DiffPool<T> {
 
 /// $\frac{1}{n_g}\sum_{n\in g} -\sum_k s_{nk}\ln(s_{nk}+\varepsilon)$ per graph (0 for an empty graph).
 fn entropy_per_graph<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T) -> Array1<T> {
-    let h = Array1::from(map_nodes(segs, |_, n| {
-        s.row(n)
-            .iter()
-            .fold(T::zero(), |acc, &v| acc - v * (v + eps).ln())
-    }));
+    let k = s.ncols();
+    let ss = row_major(&s);
+    // every node's entry is written below (0 if K = 0)
+    let mut h: Vec<T> = rows::fresh_vec(s.nrows());
+    if k > 0 {
+        h.par_chunks_mut(ROW_BLOCK)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let lo = b * ROW_BLOCK;
+                entropy_rows(&ss[lo * k..(lo + out.len()) * k], k, eps, out);
+            });
+    }
+    let h = Array1::from(h);
     segment_mean(h.view().insert_axis(Axis(1)), segs).remove_axis(Axis(1))
+}
+
+crate::kernels::simd_levels! {
+/// Each row's $-\sum_k s_k \ln(s_k + \varepsilon)$ of a block of rows of
+/// $S$ (`s`, `k` > 0 wide) into `out`: the row's logarithms first, in a
+/// loop of their own so that it vectorises ([`Scalar::ln_vectorizable`]),
+/// then the sum from 0 in column order.
+fn entropy_rows<T: Scalar>(s: &[T], k: usize, eps: T, out: &mut [T]) {
+    let mut scratch = rows::ScratchRow::new();
+    let logs = scratch.zeros(k);
+    for (row, o) in s.chunks_exact(k).zip(out.iter_mut()) {
+        for (l, &v) in logs.iter_mut().zip(row) {
+            *l = (v + eps).ln_vectorizable();
+        }
+        *o = row
+            .iter()
+            .zip(logs.iter())
+            .fold(T::zero(), |acc, (&v, &l)| acc - v * l);
+    }
+}
+}
+
+crate::kernels::simd_levels! {
+/// Rows of [`entropy_vjp`]: $-c_n (\ln(s + \varepsilon) + s / (s +
+/// \varepsilon))$ for each entry of a block of rows of $S$ (`k` > 0 wide),
+/// $c_n$ the row's entry of `coef`.
+fn entropy_vjp_rows<T: Scalar>(s: &[T], k: usize, eps: T, coef: &[T], out: &mut [T]) {
+    for ((o, row), &c) in out.chunks_exact_mut(k).zip(s.chunks_exact(k)).zip(coef) {
+        for (o, &v) in o.iter_mut().zip(row) {
+            *o = -c * ((v + eps).ln_vectorizable() + v / (v + eps));
+        }
+    }
+}
 }
 
 /// The sparse link-prediction terms of $\lVert A_g - S_gS_g^\top\rVert_F$,
@@ -1098,13 +1139,22 @@ fn link_vjp<T: Scalar>(
 /// VJP of the mean over nodes of each graph of $-\sum_k s\ln(s+\varepsilon)$,
 /// each graph's mean weighted by `scale`.
 fn entropy_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T, scale: T) -> Array2<T> {
-    let mut gs = crate::kernels::rows::zeros(s.nrows(), s.ncols());
-    crate::kernels::for_each_node_row(gs.view_mut(), segs, |g, n, mut row| {
-        let c = scale / T::from_count(segs.size(g).max(1));
-        Zip::from(&mut row).and(&s.row(n)).for_each(|o, &v| {
-            *o = -c * ((v + eps).ln() + v / (v + eps));
-        });
-    });
+    let k = s.ncols();
+    // every row is written below
+    let mut gs = rows::fresh_matrix(s.nrows(), k);
+    if k > 0 {
+        let coef = map_nodes(segs, |g, _| scale / T::from_count(segs.size(g).max(1)));
+        let ss = row_major(&s);
+        gs.as_slice_mut()
+            .expect("fresh matrices are standard layout")
+            .par_chunks_mut(ROW_BLOCK * k)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let lo = b * ROW_BLOCK;
+                let rows = lo..lo + out.len() / k;
+                entropy_vjp_rows(&ss[lo * k..rows.end * k], k, eps, &coef[rows], out);
+            });
+    }
     gs
 }
 
