@@ -129,43 +129,100 @@ pub fn rows_times<T: Scalar>(
     if c == 0 {
         return;
     }
-    match c {
-        // one column (DMoNPool's S d and its VJP): eight rows' sums at a
-        // time, eight independent chains of additions
-        1 if f > 0 => rows_times_octs::<T, 1>(x, f, w, bias, accumulate, out),
-        8 if f > 0 => rows_times_quads::<T, 8>(x, f, w, bias, accumulate, out),
-        // eight rows of 16 sums: 8 AVX-512 registers in f32, 16 in f64; with
-        // AVX2's 16 they would spill
-        16 if f > 0 && multiversion::target::target_cfg_f!(target_feature = "avx512f") => {
-            rows_times_octs::<T, 16>(x, f, w, bias, accumulate, out)
-        }
-        16 if f > 0 => rows_times_quads::<T, 16>(x, f, w, bias, accumulate, out),
-        // four rows of 32 sums: 8 AVX-512 registers in f32, 16 in f64
-        32 if f > 0 && multiversion::target::target_cfg_f!(target_feature = "avx512f") => {
-            rows_times_quads::<T, 32>(x, f, w, bias, accumulate, out)
-        }
-        32 if f > 0 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
-        // two rows of 64 sums fill half of AVX-512's 32 registers in f32;
-        // with AVX2's 16 (or in f64) they would spill
-        64 if f > 0
-            && std::mem::size_of::<T>() == 4
-            && multiversion::target::target_cfg_f!(target_feature = "avx512f") =>
-        {
-            rows_times_pairs::<T, 64>(x, f, w, bias, accumulate, out)
-        }
-        64 if f > 0 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
-        _ => {
-            // one row's sums at a time
-            let mut scratch = ScratchRow::new();
-            let p = scratch.zeros(c);
-            for (i, o) in out.chunks_exact_mut(c).enumerate() {
-                // F = 0: empty sums, 0 (+ bias)
-                row_times(&x[i * f..(i + 1) * f], w, p);
-                finish_row(p, bias, accumulate, o);
-            }
-        }
+    // a constant of each SIMD level's copy
+    let avx512 = multiversion::target::target_cfg_f!(target_feature = "avx512f");
+    if register_kernel(x, f, w, c, bias, accumulate, out, avx512) {
+        return;
+    }
+    if f > 0 && c < SMALL_COLS {
+        padded_rows_times(x, f, w, c, bias, accumulate, out, avx512);
+        return;
+    }
+    // one row's sums at a time
+    let mut scratch = ScratchRow::new();
+    let p = scratch.zeros(c);
+    for (i, o) in out.chunks_exact_mut(c).enumerate() {
+        // F = 0: empty sums, 0 (+ bias)
+        row_times(&x[i * f..(i + 1) * f], w, p);
+        finish_row(p, bias, accumulate, o);
     }
 }
+}
+
+/// [`rows_times`] by a register kernel when there is one for `c` (and
+/// $F > 0$); `false`, with `out` untouched, otherwise. `avx512`: whether
+/// the SIMD level has AVX-512's 32 vector registers.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn register_kernel<T: Scalar>(
+    x: &[T],
+    f: usize,
+    w: &[T],
+    c: usize,
+    bias: Option<&[T]>,
+    accumulate: bool,
+    out: &mut [T],
+    avx512: bool,
+) -> bool {
+    match c {
+        _ if f == 0 => return false,
+        // one column (DMoNPool's S d and its VJP): eight rows' sums at a
+        // time, eight independent chains of additions
+        1 => rows_times_octs::<T, 1>(x, f, w, bias, accumulate, out),
+        8 => rows_times_quads::<T, 8>(x, f, w, bias, accumulate, out),
+        // eight rows of 16 sums: 8 AVX-512 registers in f32, 16 in f64; with
+        // AVX2's 16 they would spill
+        16 if avx512 => rows_times_octs::<T, 16>(x, f, w, bias, accumulate, out),
+        16 => rows_times_quads::<T, 16>(x, f, w, bias, accumulate, out),
+        // four rows of 32 sums: 8 AVX-512 registers in f32, 16 in f64
+        32 if avx512 => rows_times_quads::<T, 32>(x, f, w, bias, accumulate, out),
+        32 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
+        // two rows of 64 sums fill half of AVX-512's 32 registers in f32;
+        // with AVX2's 16 (or in f64) they would spill
+        64 if std::mem::size_of::<T>() == 4 && avx512 => {
+            rows_times_pairs::<T, 64>(x, f, w, bias, accumulate, out)
+        }
+        64 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
+        _ => return false,
+    }
+    true
+}
+
+/// [`rows_times`] for a width $C$ between the register kernels' (below
+/// [`SMALL_COLS`], $F > 0$): the product at the next kernel's width
+/// (8, 16, 32 or 64) with $W$ padded by columns of zeros, a block of rows
+/// at a time, then each row's first $C$ sums finished (bias, accumulate)
+/// into `out`. Every output column is its own sum, in the same order, so
+/// the padding leaves the bits of the $C$ real ones. For $C = 10$ (a
+/// MinCutPool with ten clusters on `disjoint-small`), one row at a time
+/// through a loop of runtime width took 60 % of the forward pass.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn padded_rows_times<T: Scalar>(
+    x: &[T],
+    f: usize,
+    w: &[T],
+    c: usize,
+    bias: Option<&[T]>,
+    accumulate: bool,
+    out: &mut [T],
+    avx512: bool,
+) {
+    const BLOCK: usize = 64;
+    let wide = c.next_power_of_two().max(8);
+    let mut wp = vec![T::zero(); f * wide];
+    for (dst, src) in wp.chunks_exact_mut(wide).zip(w.chunks_exact(c)) {
+        dst[..c].copy_from_slice(src);
+    }
+    let mut sums = vec![T::zero(); BLOCK * wide];
+    for (xb, ob) in x.chunks(BLOCK * f).zip(out.chunks_mut(BLOCK * c)) {
+        let sums = &mut sums[..ob.len() / c * wide];
+        let done = register_kernel(xb, f, &wp, wide, None, false, sums, avx512);
+        debug_assert!(done, "a register kernel for every padded width");
+        for (p, o) in sums.chunks_exact_mut(wide).zip(ob.chunks_exact_mut(c)) {
+            finish_row(&mut p[..c], bias, accumulate, o);
+        }
+    }
 }
 
 /// [`rows_times`] for $C$ known at compile time: `R` rows at a time, their
