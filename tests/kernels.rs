@@ -883,6 +883,37 @@ fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
     }
 }
 
+/// `outer_sum` at the widths it pads to a register kernel's (F below 64,
+/// not 16, 32 or 64) gives the documented row-order sums bit for bit, over
+/// more rows than one padded block holds (the sums continue from block to
+/// block), with K from 1 to past 64.
+#[test]
+fn padded_outer_sums_follow_the_documented_order_bit_for_bit() {
+    use graphpool::kernels::rows::outer_sum;
+    for &f in &[1usize, 5, 10, 15, 17, 31, 33, 63] {
+        for &k in &[1usize, 3, 10, 16, 70] {
+            for rows in [67usize, 600] {
+                let (s, y) = (rough(rows * k, 8 + k as u64), rough(rows * f, 9 + f as u64));
+                let mut out = rough(k * f, 10);
+                outer_sum(&s, k, &y, f, &mut out);
+                for kk in 0..k {
+                    for j in 0..f {
+                        let mut p = 0.0f32;
+                        for n in 0..rows {
+                            p += s[n * k + kk] * y[n * f + j];
+                        }
+                        assert_eq!(
+                            out[kk * f + j].to_bits(),
+                            p.to_bits(),
+                            "F {f} K {k} rows {rows}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The plain row-by-row softmax that `softmax_rows_slice` documents: the
 /// maximum folded from -inf, the exponentials added from 0, in column order.
 fn softmax_row_by_row<T: graphpool::Scalar>(x: &mut [T], k: usize) {

@@ -436,26 +436,65 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
     if k == 0 || f == 0 {
         return;
     }
+    // a constant of each SIMD level's copy
+    let avx512 = multiversion::target::target_cfg_f!(target_feature = "avx512f");
+    if outer_register_kernel(s, k, y, f, out, avx512) {
+        return;
+    }
+    if f < SMALL_COLS {
+        // a width between the register kernels': Y's rows padded with
+        // zeros to the next kernel's width, a block at a time, the padded
+        // sums continued from block to block (each entry is its own sum,
+        // in row order: the C real ones keep their bits); for K = F = 10
+        // (MinCutPool's S^T A S with ten clusters) the loop of runtime
+        // width took a quarter of the forward+backward pass
+        const BLOCK: usize = 256;
+        let wide = f.next_power_of_two().max(16);
+        let mut padded = vec![T::zero(); k * wide];
+        let mut yp = vec![T::zero(); BLOCK * wide];
+        for (sb, yb) in s.chunks(BLOCK * k).zip(y.chunks(BLOCK * f)) {
+            let yp = &mut yp[..yb.len() / f * wide];
+            for (dst, src) in yp.chunks_exact_mut(wide).zip(yb.chunks_exact(f)) {
+                dst[..f].copy_from_slice(src);
+            }
+            let done = outer_register_kernel(sb, k, yp, wide, &mut padded, avx512);
+            debug_assert!(done, "a register kernel for every padded width");
+        }
+        for (o, p) in out.chunks_exact_mut(f).zip(padded.chunks_exact(wide)) {
+            o.copy_from_slice(&p[..f]);
+        }
+        return;
+    }
+    for (sn, yn) in s.chunks_exact(k).zip(y.chunks_exact(f)) {
+        for (&v, o) in sn.iter().zip(out.chunks_exact_mut(f)) {
+            axpy(o, v, yn);
+        }
+    }
+}
+}
+
+/// [`outer_sum`]'s sums added to `out` by a register kernel when there is
+/// one for `f`; `false`, with `out` untouched, otherwise. `avx512`: whether
+/// the SIMD level has AVX-512's 32 vector registers.
+#[inline(always)]
+fn outer_register_kernel<T: Scalar>(
+    s: &[T],
+    k: usize,
+    y: &[T],
+    f: usize,
+    out: &mut [T],
+    avx512: bool,
+) -> bool {
     match f {
         16 => outer_sum_fixed::<T, 16, 4>(s, k, y, out),
         32 => outer_sum_fixed::<T, 32, 2>(s, k, y, out),
         // four rows of 64 sums fill half of AVX-512's 32 registers in
         // f32; with AVX2's 16 (or in f64) they would spill
-        64 if std::mem::size_of::<T>() == 4
-            && multiversion::target::target_cfg_f!(target_feature = "avx512f") =>
-        {
-            outer_sum_fixed::<T, 64, 4>(s, k, y, out)
-        }
+        64 if std::mem::size_of::<T>() == 4 && avx512 => outer_sum_fixed::<T, 64, 4>(s, k, y, out),
         64 => outer_sum_fixed::<T, 64, 1>(s, k, y, out),
-        _ => {
-            for (sn, yn) in s.chunks_exact(k).zip(y.chunks_exact(f)) {
-                for (&v, o) in sn.iter().zip(out.chunks_exact_mut(f)) {
-                    axpy(o, v, yn);
-                }
-            }
-        }
+        _ => return false,
     }
-}
+    true
 }
 
 /// [`outer_sum`] for $F$ known at compile time: `R` output rows at a time,
