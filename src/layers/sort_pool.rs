@@ -1,6 +1,6 @@
 //! SortPool: the k nodes with the largest last feature, per graph.
 
-use ndarray::{s, Array3, Axis};
+use ndarray::Array3;
 use rayon::prelude::*;
 
 use crate::batch::DisjointBatch;
@@ -8,6 +8,7 @@ use crate::error::{PoolError, Result};
 use crate::framework::layer::{
     check_grad_shape, finite_gradients, zero_edge_grad, InputSignature, LayerStamp,
 };
+use crate::framework::runs::split_rows;
 use crate::framework::{Gradients, Layer};
 use crate::kernels::sort::segment_argsort_desc;
 use crate::nn::Params;
@@ -95,12 +96,15 @@ impl<T: Scalar> Layer<T> for SortPool {
             idx.truncate(self.k);
         }
         let mut out = Array3::zeros((batch.num_graphs(), self.k, f));
-        out.axis_iter_mut(Axis(0))
-            .into_par_iter()
+        let xv = x.view();
+        let xs = crate::kernels::rows::row_major(&xv);
+        out.as_slice_mut()
+            .expect("a new array is standard layout")
+            .par_chunks_mut(self.k.max(1) * f)
             .zip(kept.par_iter())
-            .for_each(|(mut block, idx)| {
-                for (j, &n) in idx.iter().enumerate() {
-                    block.row_mut(j).assign(&x.row(n));
+            .for_each(|(block, idx)| {
+                for (row, &n) in block.chunks_exact_mut(f).zip(idx) {
+                    row.copy_from_slice(&xs[n * f..(n + 1) * f]);
                 }
             });
         let out_shape = [batch.num_graphs(), self.k, f];
@@ -126,11 +130,29 @@ impl<T: Scalar> Layer<T> for SortPool {
         cache.stamp.check(stamp, "SortPool")?;
         cache.input.check(batch)?;
         check_grad_shape("pooled x", &cache.out_shape, grad)?;
-        let mut gx = crate::kernels::rows::zeros(batch.num_nodes(), batch.num_features());
-        for (g, idx) in cache.kept.iter().enumerate() {
-            for (j, &n) in idx.iter().enumerate() {
-                gx.row_mut(n).assign(&grad.slice(s![g, j, ..]));
-            }
+        // each graph's kept rows get their rows of the gradient, the rest
+        // keep the fresh matrix's zeros: in parallel over the graphs, whose
+        // rows are disjoint
+        let (n, f) = (batch.num_nodes(), batch.num_features());
+        let mut gx = crate::kernels::rows::fresh_matrix(n, f);
+        if f > 0 {
+            let offsets = batch.segments().offsets();
+            let grad = grad.as_standard_layout();
+            let gs = grad.as_slice().expect("standard layout");
+            let k = cache.out_shape[1];
+            let sizes = offsets.windows(2).map(|w| w[1] - w[0]);
+            let blocks = split_rows(gx.as_slice_mut().expect("standard"), f, sizes);
+            blocks
+                .into_par_iter()
+                .zip(cache.kept.par_iter())
+                .enumerate()
+                .for_each(|(g, (rows, idx))| {
+                    for (j, &node) in idx.iter().enumerate() {
+                        let r = (node - offsets[g]) * f;
+                        let from = (g * k + j) * f;
+                        rows[r..r + f].copy_from_slice(&gs[from..from + f]);
+                    }
+                });
         }
         finite_gradients(
             "SortPool",
