@@ -97,6 +97,13 @@ pub trait Scalar:
     type Ordered: Ord + Copy + Send + Sync;
 }
 
+/// $\ln 2$ in two parts (fdlibm's `ln2_hi`, `ln2_lo`), for the range
+/// reductions of [`exp_f32`] and [`ln_f32`]: the high part has 32
+/// significant bits (trailing zeros), so $k \ln 2_{\mathrm{hi}}$ is exact
+/// for every exponent $k$ they meet.
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+
 /// $e^x$ for `f32`, computed in `f64` and rounded once to `f32`.
 ///
 /// With $k = \mathrm{round}(x \log_2 e)$ and $r = x - k \ln 2$ (Cody and
@@ -136,10 +143,6 @@ pub fn exp_f32(x: f32) -> f32 {
 fn exp_in_f64(x: f64) -> f64 {
     // 1.5 * 2^52: adding it rounds to an integer held in the low bits
     const SHIFT: f64 = 6_755_399_441_055_744.0;
-    // ln 2 in two parts (fdlibm's ln2_hi, ln2_lo): the high part has 32
-    // significant bits
-    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     // 1 / i!, i = 12 down to 2
     const C: [f64; 11] = [
         1.0 / 479_001_600.0,
@@ -203,9 +206,6 @@ fn exp_in_f64(x: f64) -> f64 {
 /// ```
 #[inline(always)]
 pub fn ln_f32(x: f32) -> f32 {
-    // fdlibm's ln2_hi (trailing zeros: k * LN2_HI is exact) and ln2_lo
-    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
     // 2 / (2i + 1), i = 9 down to 1 (the leading 2 apart)
     const C: [f64; 9] = [
         2.0 / 19.0,
