@@ -24,7 +24,7 @@ use crate::kernels::segment::{
 use crate::kernels::sparse::{
     map_entries, sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
 };
-use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK, ROW_BLOCK};
+use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
     matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
     Activation, Initializer, Params,
@@ -906,18 +906,13 @@ impl<T: Scalar> DiffPool<T> {
 fn entropy_per_graph<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T) -> Array1<T> {
     let k = s.ncols();
     let ss = row_major(&s);
-    // every node's entry is written below (0 if K = 0)
-    let mut h: Vec<T> = rows::fresh_vec(s.nrows());
-    if k > 0 {
-        h.par_chunks_mut(ROW_BLOCK)
-            .enumerate()
-            .for_each(|(b, out)| {
-                let lo = b * ROW_BLOCK;
-                entropy_rows(&ss[lo * k..(lo + out.len()) * k], k, eps, out);
-            });
-    }
-    let h = Array1::from(h);
-    segment_mean(h.view().insert_axis(Axis(1)), segs).remove_axis(Axis(1))
+    // one entry per node (0 if K = 0), by blocks of rows
+    let h = rows::build_row_blocks(s.nrows(), 1, |lo, out| {
+        if k > 0 {
+            entropy_rows(&ss[lo * k..(lo + out.len()) * k], k, eps, out);
+        }
+    });
+    segment_mean(h.view(), segs).remove_axis(Axis(1))
 }
 
 crate::kernels::simd_levels! {
@@ -1140,22 +1135,13 @@ fn link_vjp<T: Scalar>(
 /// each graph's mean weighted by `scale`.
 fn entropy_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T, scale: T) -> Array2<T> {
     let k = s.ncols();
-    // every row is written below
-    let mut gs = rows::fresh_matrix(s.nrows(), k);
-    if k > 0 {
-        let coef = map_nodes(segs, |g, _| scale / T::from_count(segs.size(g).max(1)));
-        let ss = row_major(&s);
-        gs.as_slice_mut()
-            .expect("fresh matrices are standard layout")
-            .par_chunks_mut(ROW_BLOCK * k)
-            .enumerate()
-            .for_each(|(b, out)| {
-                let lo = b * ROW_BLOCK;
-                let rows = lo..lo + out.len() / k;
-                entropy_vjp_rows(&ss[lo * k..rows.end * k], k, eps, &coef[rows], out);
-            });
-    }
-    gs
+    let coef = map_nodes(segs, |g, _| scale / T::from_count(segs.size(g).max(1)));
+    let ss = row_major(&s);
+    // by blocks of rows (no call for K = 0)
+    rows::build_row_blocks(s.nrows(), k, |lo, out| {
+        let rows = lo..lo + out.len() / k;
+        entropy_vjp_rows(&ss[lo * k..rows.end * k], k, eps, &coef[rows], out);
+    })
 }
 
 impl<T: Scalar> SrcPool<T> for DiffPool<T> {

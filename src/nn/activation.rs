@@ -268,47 +268,15 @@ impl Activation {
 /// select across the vector, not a branch per entry).
 macro_rules! per_activation {
     ($act:expr, $a:ident => $body:expr) => {
+        per_activation!(@each $act, $a, $body,
+            Linear Relu Tanh Sigmoid Elu Selu Softplus Softsign Swish Exponential)
+    };
+    (@each $act:expr, $a:ident, $body:expr, $($variant:ident)*) => {
         match $act {
-            Activation::Linear => {
-                const $a: Activation = Activation::Linear;
+            $(Activation::$variant => {
+                const $a: Activation = Activation::$variant;
                 $body
-            }
-            Activation::Relu => {
-                const $a: Activation = Activation::Relu;
-                $body
-            }
-            Activation::Tanh => {
-                const $a: Activation = Activation::Tanh;
-                $body
-            }
-            Activation::Sigmoid => {
-                const $a: Activation = Activation::Sigmoid;
-                $body
-            }
-            Activation::Elu => {
-                const $a: Activation = Activation::Elu;
-                $body
-            }
-            Activation::Selu => {
-                const $a: Activation = Activation::Selu;
-                $body
-            }
-            Activation::Softplus => {
-                const $a: Activation = Activation::Softplus;
-                $body
-            }
-            Activation::Softsign => {
-                const $a: Activation = Activation::Softsign;
-                $body
-            }
-            Activation::Swish => {
-                const $a: Activation = Activation::Swish;
-                $body
-            }
-            Activation::Exponential => {
-                const $a: Activation = Activation::Exponential;
-                $body
-            }
+            })*
         }
     };
 }
