@@ -491,6 +491,42 @@ fn row_kernels_equal_plain_loops() {
     assert_eq!(xtc, x.t().dot(&c.column(0)));
 }
 
+/// The gates' gradient takes ndarray's `dot` bits at every width (its
+/// eight partial sums, then the remainder), on `f32` values that round, over
+/// more kept rows than a block, on 1 and 3 threads.
+#[test]
+fn gather_scaled_rows_vjp_scale_gives_ndarray_dot_bits_at_every_width() {
+    use graphpool::kernels::gather::gather_scaled_rows_vjp_scale;
+    let n = 3_000usize;
+    let kept: Vec<usize> = (0..n).filter(|i| i % 3 != 1).collect();
+    for f in [1usize, 5, 8, 15, 16, 17, 31, 64, 70] {
+        let x = Array2::from_shape_fn((n, f), |(i, j)| {
+            ((i * 31 + j * 17) % 101) as f32 / 7.3 - 6.1
+        });
+        let grad = Array2::from_shape_fn((kept.len(), f), |(j, c)| {
+            ((j * 13 + c * 5) % 29) as f32 / 11.0 - 1.2
+        });
+        let got = with_threads(1, || {
+            gather_scaled_rows_vjp_scale(x.view(), &kept, grad.view())
+        });
+        assert_eq!(
+            with_threads(3, || gather_scaled_rows_vjp_scale(
+                x.view(),
+                &kept,
+                grad.view()
+            )),
+            got
+        );
+        for (j, &i) in kept.iter().enumerate() {
+            assert_eq!(
+                got[j].to_bits(),
+                grad.row(j).dot(&x.row(i)).to_bits(),
+                "F = {f}, row {j}"
+            );
+        }
+    }
+}
+
 #[test]
 fn linear_score_selection_vjp_gives_the_bits_of_the_kernels_it_fuses() {
     use graphpool::kernels::gather::{

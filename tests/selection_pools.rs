@@ -238,6 +238,50 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// SAGPool's backward pass gathers $\hat A^\top \bar y$ row by row when
+    /// every graph of the batch is symmetric
+    /// ([`DisjointBatch::symmetric_graphs`]) and scatters it by columns
+    /// otherwise. In a batch that mixes directed and undirected graphs (the
+    /// scatter), each graph's gradients of `x` and of its edge weights are,
+    /// bit for bit, those of the graph alone (the gather, for an undirected
+    /// one).
+    #[test]
+    fn sag_gradients_in_a_batch_of_directed_and_undirected_graphs_are_each_graphs_own(
+        b in batches(BatchShape { directed: 0.5, ..shape() }),
+        ratio in 0.1f64..=1.0,
+        sigmoid in any::<bool>(),
+    ) {
+        use graphpool::framework::{Differentiable, PooledGrad};
+        use ndarray::s;
+        let l = SAGPool::<f64>::new(b.num_features(), ratio, 3).unwrap().with_sigmoid_gating(sigmoid);
+        let (y, cache) = l.forward(&b).unwrap();
+        let cot = y.random_cotangent(&mut graphpool::nn::rng_from_seed(11));
+        let g = l.backward(&b, &cache, &cot).unwrap();
+        let (ip, pooled_ip) = (b.a().indptr(), y.batch.a().indptr());
+        let (ip, pooled_ip) = (ip.raw_storage(), pooled_ip.raw_storage());
+        for (i, nodes) in b.segments().ranges().enumerate() {
+            let (x, a) = b.graph(i);
+            let alone = DisjointBatch::single(x, a).unwrap();
+            let (ya, ca) = l.forward(&alone).unwrap();
+            let rows = y.batch.segments().range(i);
+            let mut cot_a = PooledGrad::zeros(&ya);
+            cot_a.x.assign(&cot.x.slice(s![rows.clone(), ..]));
+            cot_a.edge_weights.assign(&cot.edge_weights.slice(s![pooled_ip[rows.start]..pooled_ip[rows.end]]));
+            let ga = l.backward(&alone, &ca, &cot_a).unwrap();
+            let what = format!("graph {i} (symmetric: {})", alone.symmetric_graphs()[0]);
+            prop_assert_eq!(ga.x.view(), g.x.slice(s![nodes.clone(), ..]), "x, {}", what);
+            prop_assert_eq!(
+                ga.edge_weights.as_ref().unwrap().view(),
+                g.edge_weights.as_ref().unwrap().slice(s![ip[nodes.start]..ip[nodes.end]]),
+                "edge weights, {}", what
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------- edge cases and options
 
 fn path3() -> DisjointBatch<f64> {

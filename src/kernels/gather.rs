@@ -153,7 +153,19 @@ fn gather_rows_scaled_by<T: Scalar>(
 
 /// VJP of [`gather_scaled_rows`] with respect to the scales:
 /// $\bar{\mathrm{scale}}_j = \langle x_{\text{kept}_j}, \bar O_j\rangle$
-/// (ndarray's `dot`, in parallel over the kept rows).
+/// ([`dot`](super::rows::dot): ndarray's `dot`'s bits), in parallel over
+/// fixed blocks of [`ROW_BLOCK`] kept rows, each block by [`kept_dots`]
+/// (compiled for each SIMD level).
+///
+/// ```
+/// use graphpool::kernels::gather::gather_scaled_rows_vjp_scale;
+/// use ndarray::array;
+/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// let grad = array![[1.0, -1.0], [0.5, 0.5]];
+/// let g = gather_scaled_rows_vjp_scale(x.view(), &[0, 2], grad.view());
+/// assert_eq!(g, array![-1.0, 5.5]);
+/// assert_eq!(g[1], x.row(2).dot(&grad.row(1)));
+/// ```
 pub fn gather_scaled_rows_vjp_scale<T: Scalar>(
     x: ArrayView2<T>,
     kept: &[usize],
@@ -161,15 +173,34 @@ pub fn gather_scaled_rows_vjp_scale<T: Scalar>(
 ) -> Array1<T> {
     let f = x.ncols();
     let (xs, gs) = (row_major(&x), row_major(&grad));
-    let dots: Vec<T> = kept
-        .par_iter()
+    let mut dots: Vec<T> = super::rows::fresh_vec(kept.len());
+    dots.par_chunks_mut(ROW_BLOCK)
         .enumerate()
-        .map(|(j, &n)| {
-            super::rows::prefetch_row_ahead(&xs, f, kept, j);
-            aview1(&gs[j * f..(j + 1) * f]).dot(&aview1(&xs[n * f..(n + 1) * f]))
-        })
-        .collect();
+        .for_each(|(b, out)| kept_dots(&xs, &gs, f, kept, b * ROW_BLOCK, out));
     Array1::from(dots)
+}
+
+super::simd_levels! {
+/// `out[i]` $= \langle \bar O_j, x_{\text{kept}_j}\rangle$ for
+/// $j$ = `first + i` ([`dot`](super::rows::dot)), from the row-major `xs`
+/// ($\cdot \times F$) and `gs` (the kept rows' gradients, $F$ = `f`),
+/// the rows of $X$ prefetched ahead: a block of
+/// [`gather_scaled_rows_vjp_scale`]. The bits of `dot` at every SIMD level.
+pub fn kept_dots<T: Scalar>(
+    xs: &[T],
+    gs: &[T],
+    f: usize,
+    kept: &[usize],
+    first: usize,
+    out: &mut [T],
+) {
+    for (i, o) in out.iter_mut().enumerate() {
+        let j = first + i;
+        super::rows::prefetch_row_ahead(xs, f, kept, j);
+        let n = kept[j];
+        *o = super::rows::dot(&gs[j * f..(j + 1) * f], &xs[n * f..(n + 1) * f]);
+    }
+}
 }
 
 /// The gradient of $X$ ($N \times F$, `n` rows) of a subset selection whose

@@ -1415,6 +1415,64 @@ pub fn gcn_scores_of_run<T: Scalar>(
     }
 }
 
+/// $\bar v = \hat A^\top \bar y$ of [`gcn_spmv_vjp`] for a symmetric $A$
+/// whose graphs are each summed whole (at most [`CHUNK`](super::CHUNK)
+/// nodes), with the column sums $S$ if `keep_sums`. There
+/// $S_c = \sum_r b_{rc}\, q_r$ over the stored entries $(r, c)$ in row order
+/// ($b = A + I$, $q_r = \bar y_r u_r$), then $q_c$ where row $c$ stores no
+/// diagonal entry, and $\bar v_c = u_c S_c$. With $A = A^\top$ (same
+/// pattern, same values bit for bit), column $c$'s entries in row order are
+/// row $c$'s in column order with the same values, so $S_c$ is gathered
+/// from row $c$ alone: parallel over fixed blocks of rows, each sum in a
+/// register, no scatter, and $q$ computed where it is read. The scatter
+/// skips the rows with $q_r = 0$; here every term is added, without a
+/// branch on $q_r$ (half the nodes of a selection, at random): $b q_r$ is
+/// then $\pm 0$ ($b$ is finite, as the batch's weights are), and a sum
+/// that starts at $+0$ is never $-0$, so adding it changes no bit. The
+/// terms are the same, added in the same order, so the bits are those of
+/// [`crate::kernels::segment::segment_column_sums_then`] (which adds the
+/// pieces of a larger graph's sums in an order of its own).
+fn gcn_vjp_by_rows<T: Scalar>(
+    raw: RawCsr<'_, T>,
+    gy: &[T],
+    u: &[T],
+    keep_sums: bool,
+) -> (Vec<T>, Option<Vec<[T; 1]>>) {
+    let n = raw.rows;
+    let mut gv: Vec<T> = rows::fresh_vec(n);
+    let mut sums: Vec<[T; 1]> = if keep_sums {
+        rows::fresh_vec(n)
+    } else {
+        Vec::new()
+    };
+    let mut sum_blocks: Vec<&mut [[T; 1]]> = sums.chunks_mut(ROW_BLOCK).collect();
+    sum_blocks.resize_with(n.div_ceil(ROW_BLOCK), Default::default);
+    gv.par_chunks_mut(ROW_BLOCK)
+        .zip(sum_blocks)
+        .enumerate()
+        .for_each(|(b, (gv, sums))| {
+            for (i, o) in gv.iter_mut().enumerate() {
+                let c = b * ROW_BLOCK + i;
+                let (cols, vals) = raw.row(c);
+                let mut acc = T::zero();
+                let mut diagonal = false;
+                for (&r, &w) in cols.iter().zip(vals) {
+                    let b = if r == c { w + T::one() } else { w };
+                    acc += b * (gy[r] * u[r]);
+                    diagonal |= r == c;
+                }
+                if !diagonal {
+                    acc += gy[c] * u[c];
+                }
+                *o = u[c] * acc;
+                if let Some(slot) = sums.get_mut(i) {
+                    *slot = [acc];
+                }
+            }
+        });
+    (gv, keep_sums.then_some(sums))
+}
+
 /// VJP of [`gcn_spmv`]: given $\bar y$, returns
 /// $(\bar v = \hat A^\top \bar y,\ \bar a)$, the latter aligned with
 /// `a.data()`, through $\hat A$'s values and the degrees as in
@@ -1434,18 +1492,22 @@ pub fn gcn_spmv_vjp<T: Scalar>(
     grad: ArrayView1<T>,
     segments: &Segments,
 ) -> (Array1<T>, Array1<T>) {
-    let (gv, ga) = gcn_spmv_vjp_opt(a, deg_inv_sqrt, v, grad, segments, true);
+    let (gv, ga) = gcn_spmv_vjp_opt(a, deg_inv_sqrt, v, grad, (segments, None), true);
     (gv, ga.unwrap_or_else(|| Array1::zeros(a.nnz())))
 }
 
 /// [`gcn_spmv_vjp`], with $\bar a$ (the second sweep over the entries)
-/// only if `edge_weights`; $\bar v$ is the same either way.
+/// only if `edge_weights`; $\bar v$ is the same either way. With
+/// `symmetric` (the batch's [`crate::DisjointBatch::symmetric_graphs`]),
+/// the column sums $S$ of a batch whose graphs are all symmetric and
+/// summed whole ([`gcn_column_sums_by_rows`]) are gathered row by row
+/// instead of scattered: the same bits.
 pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
     a: CsMatView<T>,
     deg_inv_sqrt: ArrayView1<T>,
     v: ArrayView1<T>,
     grad: ArrayView1<T>,
-    segments: &Segments,
+    (segments, symmetric): (&Segments, Option<&[bool]>),
     edge_weights: bool,
 ) -> (Array1<T>, Option<Array1<T>>) {
     let raw = RawCsr::new(&a);
@@ -1460,7 +1522,6 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
         v.as_slice().expect("standard layout"),
         gy.as_slice().expect("standard layout"),
     );
-    let q: Vec<T> = gy.par_iter().zip(u).map(|(&g, &u)| g * u).collect();
     // the value of A + I at A's entry e = (r, c)
     let b_of = |e: usize, r: usize, c: usize| {
         if c == r {
@@ -1470,31 +1531,39 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
         }
     };
     let has_diagonal = |r: usize| diagonal_slot(raw.row(r).0, r).1;
-    // the added diagonal entries last, each column's as soon as its sums
-    // are complete (in the task that summed it)
-    let s = segment_column_sums_then(
-        a,
-        segments,
-        |r| q[r] == T::zero(),
-        |e, r, c| [b_of(e, r, c) * q[r]],
-        |r, slot| {
-            if q[r] != T::zero() && !has_diagonal(r) {
-                slot[0] += q[r];
-            }
-        },
-    );
-    let mut gv: Vec<T> = rows::fresh_vec(s.len());
-    gv.par_chunks_mut(ROW_BLOCK)
-        .zip(s.par_chunks(ROW_BLOCK).zip(u.par_chunks(ROW_BLOCK)))
-        .for_each(|(gv, (s, u))| {
-            for (o, (s, &u)) in gv.iter_mut().zip(s.iter().zip(u)) {
-                *o = u * s[0];
-            }
-        });
+    let by_rows = symmetric.is_some_and(|sym| sym.iter().all(|&s| s))
+        && (0..segments.num_graphs()).all(|g| segments.size(g) <= super::CHUNK);
+    let (gv, s) = if by_rows {
+        gcn_vjp_by_rows(raw, gy, u, edge_weights)
+    } else {
+        let q: Vec<T> = gy.par_iter().zip(u).map(|(&g, &u)| g * u).collect();
+        // the added diagonal entries last, each column's as soon as its
+        // sums are complete (in the task that summed it)
+        let s = segment_column_sums_then(
+            a,
+            segments,
+            |r| q[r] == T::zero(),
+            |e, r, c| [b_of(e, r, c) * q[r]],
+            |r, slot| {
+                if q[r] != T::zero() && !has_diagonal(r) {
+                    slot[0] += q[r];
+                }
+            },
+        );
+        let mut gv: Vec<T> = rows::fresh_vec(s.len());
+        gv.par_chunks_mut(ROW_BLOCK)
+            .zip(s.par_chunks(ROW_BLOCK).zip(u.par_chunks(ROW_BLOCK)))
+            .for_each(|(gv, (s, u))| {
+                for (o, (s, &u)) in gv.iter_mut().zip(s.iter().zip(u)) {
+                    *o = u * s[0];
+                }
+            });
+        (gv, Some(s))
+    };
     let gv = Array1::from(gv);
-    if !edge_weights {
+    let Some(s) = s.filter(|_| edge_weights) else {
         return (gv, None);
-    }
+    };
     let p: Vec<T> = v.par_iter().zip(u).map(|(&v, &u)| v * u).collect();
     let half = T::c(0.5);
     let mut out: Vec<T> = rows::fresh_vec(a.nnz());
@@ -1518,7 +1587,7 @@ pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
                 let gu = gy[r] * acc + v[r] * s[r][0];
                 let gd = -half * u[r] * u[r] * u[r] * gu;
                 for e in es {
-                    dst[e - off] = T::zero() + (q[r] * p[aidx[e]] + gd);
+                    dst[e - off] = T::zero() + ((gy[r] * u[r]) * p[aidx[e]] + gd);
                 }
             }
         });

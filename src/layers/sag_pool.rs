@@ -281,7 +281,7 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
                     deg_inv_sqrt.view(),
                     xw.view(),
                     core.y.view(),
-                    batch.segments(),
+                    (batch.segments(), Some(batch.symmetric_graphs())),
                     edge_weights.is_some(),
                 );
                 if let (Some(edge_weights), Some(g_a)) = (&mut edge_weights, g_a) {
