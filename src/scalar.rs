@@ -93,6 +93,26 @@ pub trait Scalar:
     /// assert_eq!(2.5_f64.ln_vectorizable(), 2.5_f64.ln());
     /// ```
     fn ln_vectorizable(self) -> Self;
+    /// Replaces the leading whole blocks of 16 rows of `x` (rows of `k`
+    /// columns) by their softmax with a kernel written for this type and
+    /// CPU, if there is one, and returns how many entries it replaced (0
+    /// if none). [`crate::kernels::rows::softmax_rows_slice`] calls it
+    /// first and does the rest; the bits are those of its portable path.
+    /// For `f32` with AVX-512 and $k \in \{16, 32, 48, 64\}$: the blocks
+    /// are transposed in registers. For `f64`: none.
+    ///
+    /// ```
+    /// use graphpool::Scalar;
+    /// let mut x = vec![0.0_f32; 16 * 16 + 16];
+    /// let done = f32::softmax_row_blocks(&mut x, 16);
+    /// assert!(done == 0 || done == 16 * 16);
+    /// assert!(x[..done].iter().all(|&v| v == 1.0 / 16.0));
+    /// assert_eq!(f64::softmax_row_blocks(&mut [0.0; 32], 16), 0);
+    /// ```
+    fn softmax_row_blocks(x: &mut [Self], k: usize) -> usize {
+        let _ = (x, k);
+        0
+    }
     /// The totally ordered wrapper, `OrderedFloat<Self>`.
     type Ordered: Ord + Copy + Send + Sync;
 }
@@ -323,6 +343,9 @@ impl Scalar for f32 {
     #[inline(always)]
     fn ln_vectorizable(self) -> Self {
         ln_f32(self)
+    }
+    fn softmax_row_blocks(x: &mut [Self], k: usize) -> usize {
+        crate::kernels::softmax_simd::softmax_row_blocks_f32(x, k)
     }
 }
 

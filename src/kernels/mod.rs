@@ -41,6 +41,7 @@ pub(crate) use simd_levels;
 pub mod gather;
 pub mod rows;
 pub mod segment;
+pub(crate) mod softmax_simd;
 pub mod sort;
 pub mod sparse;
 

@@ -649,6 +649,9 @@ simd_levels! {
 /// 64 columns the rows go [`SOFTMAX_LANES`] at a time, transposed into a
 /// scratch block, and every step runs across the rows (one vector lane per
 /// row, the same operations in the same order per row as row by row).
+/// A type may take whole blocks with a kernel of its own first
+/// ([`Scalar::softmax_row_blocks`]: `f32` rows of 16, 32, 48 or 64 columns
+/// on a CPU with AVX-512, transposed in registers), with the same bits.
 ///
 /// ```
 /// use graphpool::kernels::rows::softmax_rows_slice;
@@ -661,7 +664,9 @@ pub fn softmax_rows_slice<T: Scalar>(x: &mut [T], k: usize) {
     if k == 0 {
         return;
     }
-    let mut rest = x;
+    // the blocks a kernel written for the type and CPU takes, if any
+    let done = T::softmax_row_blocks(x, k);
+    let mut rest = &mut x[done..];
     if k <= SOFTMAX_BLOCK_COLS {
         let mut scratch = [[T::zero(); SOFTMAX_LANES]; SOFTMAX_BLOCK_COLS];
         let mut blocks = rest.chunks_exact_mut(SOFTMAX_LANES * k);
