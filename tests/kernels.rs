@@ -1782,3 +1782,27 @@ fn induced_subgraph_equals_a_plain_filter_over_many_row_blocks() {
         }
     }
 }
+
+/// `rows::sum` has the bits of ndarray's `sum` of a contiguous array at
+/// every length (eight partial sums, then the remainder), in `f32` and
+/// `f64`, on values that round.
+#[test]
+fn row_sum_has_ndarray_sum_bits_at_every_length() {
+    use graphpool::kernels::rows::sum;
+    for len in 0..70usize {
+        let a: Vec<f32> = (0..len)
+            .map(|i| ((i * 37 + len) % 23) as f32 / 7.1 - 1.3)
+            .collect();
+        assert_eq!(
+            sum(&a).to_bits(),
+            ndarray::aview1(&a).sum().to_bits(),
+            "f32 length {len}"
+        );
+        let b: Vec<f64> = a.iter().map(|&v| f64::from(v) / 3.3).collect();
+        assert_eq!(
+            sum(&b).to_bits(),
+            ndarray::aview1(&b).sum().to_bits(),
+            "f64 length {len}"
+        );
+    }
+}

@@ -53,6 +53,21 @@ pub fn dot<T: Scalar>(a: &[T], b: &[T]) -> T {
     lane_sum(a, b, |x, y| x * y)
 }
 
+/// $\sum_j a_j$ in ndarray's order for a contiguous array (its `sum`,
+/// through `unrolled_fold`): the order of [`dot`], eight interleaved
+/// partial sums then the remaining entries. Inlined into its caller, where
+/// ndarray's `sum` is a call per slice.
+///
+/// ```
+/// use graphpool::kernels::rows::sum;
+/// let a: Vec<f32> = (0..19).map(|i| 1.0 / (i as f32 + 3.0)).collect();
+/// assert_eq!(sum(&a), ndarray::aview1(&a).sum());
+/// ```
+#[inline]
+pub fn sum<T: Scalar>(a: &[T]) -> T {
+    lane_sum(a, a, |x, _| x)
+}
+
 simd_levels! {
 /// `out[i]` $= \langle x_{\text{first} + i}, w\rangle$ ([`dot`]) for the
 /// rows `first..first + out.len()` of the row-major `x` ($\cdot \times F$,

@@ -836,8 +836,9 @@ pub fn normalize_blocks<T: Scalar>(blocks: ArrayView2<T>, eps: T) -> NormalizedB
     let rows = blocks.nrows();
     let src = super::rows::row_major(&blocks);
     // one pass per block over contiguous slices, into fresh memory: Z's row
-    // i (copied, diagonal entry 0), its sum d_i (ndarray's sum of a
-    // contiguous row, as `sum_axis` forms it), D_i, then Z_ij / D_i / D_j
+    // i (copied, diagonal entry 0), its sum d_i (in ndarray's order for a
+    // contiguous row, as `sum_axis` forms it: rows::sum), D_i, then
+    // Z_ij / D_i / D_j
     let mut out = super::rows::fresh_matrix(rows, k);
     let mut degrees = vec![T::zero(); rows];
     let mut denominators = vec![T::zero(); rows];
@@ -857,7 +858,7 @@ pub fn normalize_blocks<T: Scalar>(blocks: ArrayView2<T>, eps: T) -> NormalizedB
                 {
                     row.copy_from_slice(from);
                     row[i] = T::zero();
-                    *d = ndarray::aview1(row).sum();
+                    *d = super::rows::sum(row);
                     *q = d.max(T::zero()).sqrt() + eps;
                 }
                 for (row, &qi) in ob.chunks_exact_mut(k).zip(qb.iter()) {
