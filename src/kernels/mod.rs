@@ -295,6 +295,68 @@ where
         .for_each(|(item, block)| f(item.graph, item.nodes, block));
 }
 
+/// [`for_each_segment_block`] with a scratch vector per rayon task
+/// (`for_each_init`), handed to `f` with the block: a kernel that needs a
+/// temporary per graph (a transposed block, a row of products) grows one
+/// buffer and reuses it instead of allocating one per graph. Its contents
+/// are left from the previous graph: `f` must write what it reads.
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::{for_each_segment_block_with_scratch, scratch_slice};
+/// let segs = Segments::from_sizes(&[2, 3]);
+/// let mut out = ndarray::Array2::<f64>::zeros((5, 2));
+/// for_each_segment_block_with_scratch(out.view_mut(), &segs, |scratch, g, nodes, mut block| {
+///     // a per-graph temporary, written before it is read
+///     let t = scratch_slice(scratch, nodes.len());
+///     t.iter_mut().zip(nodes.clone()).for_each(|(v, n)| *v = (10 * g + n) as f64);
+///     for (mut row, &v) in block.rows_mut().into_iter().zip(t.iter()) {
+///         row.fill(v);
+///     }
+/// });
+/// assert_eq!(out.column(0).to_vec(), vec![0.0, 1.0, 12.0, 13.0, 14.0]);
+/// ```
+pub fn for_each_segment_block_with_scratch<T, F>(
+    out: ndarray::ArrayViewMut2<'_, T>,
+    segments: &Segments,
+    f: F,
+) where
+    T: Send + Sync + Copy + Default,
+    F: Fn(&mut Vec<T>, usize, Range<usize>, ndarray::ArrayViewMut2<'_, T>) + Sync,
+{
+    debug_assert_eq!(out.nrows(), segments.num_nodes());
+    let mut pieces = Vec::with_capacity(segments.num_graphs());
+    let mut rest = out;
+    for item in segments.chunks(ROW_BLOCK) {
+        let (head, tail) = rest.split_at(ndarray::Axis(0), item.nodes.len());
+        pieces.push((item, head));
+        rest = tail;
+    }
+    pieces
+        .into_par_iter()
+        .for_each_init(Vec::new, |scratch, (item, block)| {
+            f(scratch, item.graph, item.nodes, block)
+        });
+}
+
+/// A scratch slice of `len` entries from `scratch`, grown (with
+/// `T::default()`) if it is shorter; the entries already there are left as
+/// they are, for a caller that writes them all before reading them.
+///
+/// ```
+/// use graphpool::kernels::scratch_slice;
+/// let mut v = vec![7.0_f32; 2];
+/// assert_eq!(scratch_slice(&mut v, 3), &[7.0, 7.0, 0.0]);
+/// assert_eq!(scratch_slice(&mut v, 1).len(), 1);
+/// assert_eq!(v.len(), 3);
+/// ```
+pub fn scratch_slice<T: Copy + Default>(scratch: &mut Vec<T>, len: usize) -> &mut [T] {
+    if scratch.len() < len {
+        scratch.resize(len, T::default());
+    }
+    &mut scratch[..len]
+}
+
 /// A work item of [`reduce_segment_rows`], see [`segment_work`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentWork {

@@ -10,8 +10,8 @@ use rayon::prelude::*;
 
 use super::rows::{self, add_row};
 use super::{
-    fill_node_rows, for_each_graph_block, for_each_segment_block, map_nodes, map_rows,
-    reduce_chunked, reduce_segment_rows,
+    fill_node_rows, for_each_graph_block, for_each_segment_block,
+    for_each_segment_block_with_scratch, map_nodes, map_rows, reduce_chunked, reduce_segment_rows,
 };
 use crate::batch::Segments;
 use crate::scalar::Scalar;
@@ -446,10 +446,11 @@ where
     if !y.is_standard_layout() {
         *y = y.as_standard_layout().into_owned();
     }
-    for_each_segment_block(y.view_mut(), segments, |g, nodes, mut block| {
+    for_each_segment_block_with_scratch(y.view_mut(), segments, |scratch, g, nodes, mut block| {
         let yb = block.as_slice_mut().expect("row blocks are contiguous");
-        let mut dy = vec![T::zero(); yb.len()];
-        nn_piece(&ss, k, &gr, f, g, nodes, &mut dy);
+        // every entry written by the product
+        let dy = super::scratch_slice(scratch, yb.len());
+        nn_piece(&ss, k, &gr, f, g, nodes, dy);
         for (row, d) in yb.chunks_exact_mut(f).zip(dy.chunks_exact(f)) {
             post(row, d);
         }
@@ -472,9 +473,10 @@ fn vjp_of_s<T: Scalar>(
     // every row is written once (the graphs cover the nodes): fresh memory
     let mut gs = rows::fresh_matrix(y.nrows(), k);
     let (ys, gr) = (rows::row_major(&y), rows::row_major(&grad));
-    for_each_segment_block(gs.view_mut(), segments, |g, nodes, mut block| {
+    for_each_segment_block_with_scratch(gs.view_mut(), segments, |scratch, g, nodes, mut block| {
         let og = &gr[g * k * f..(g + 1) * k * f];
-        let mut ogt = vec![T::zero(); f * k];
+        // every entry written by the transpose
+        let ogt = super::scratch_slice(scratch, f * k);
         for (j, orow) in og.chunks_exact(f).enumerate() {
             for (i, &v) in orow.iter().enumerate() {
                 ogt[i * k + j] = v;
@@ -482,7 +484,7 @@ fn vjp_of_s<T: Scalar>(
         }
         let out = block.as_slice_mut().expect("row blocks are contiguous");
         let yb = &ys[nodes.start * f..nodes.end * f];
-        rows::rows_times(yb, f, &ogt, k, None, false, out);
+        rows::rows_times(yb, f, ogt, k, None, false, out);
     });
     gs
 }
