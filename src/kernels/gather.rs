@@ -114,17 +114,8 @@ fn gather_rows_scaled_by<T: Scalar>(
             *s = scale_of(first + i);
         }
         finish(block_scales);
-        for (i, (row, &g)) in block
-            .chunks_exact_mut(f.max(1))
-            .zip(block_scales.iter())
-            .enumerate()
-        {
-            let (j, n) = (first + i, kept[first + i]);
-            super::rows::prefetch_row_ahead(&xs, f, kept, j);
-            for (o, &v) in row.iter_mut().zip(&xs[n * f..(n + 1) * f]) {
-                *o = g * v;
-            }
-        }
+        let nodes = &kept[first..first + rows];
+        super::rows::scaled_rows(&xs, f, nodes, block_scales, (kept, first), block);
         first_non_finite_in(block).map(|p| b * ROW_BLOCK * f + p)
     };
     let first_bad = if f == 0 {

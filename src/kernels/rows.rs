@@ -69,6 +69,43 @@ pub fn sum<T: Scalar>(a: &[T]) -> T {
 }
 
 simd_levels! {
+/// Row $i$ of `out` (rows of $F$ = `f`) set to $g_i\, x_{n_i}$ for the
+/// nodes $n$ = `nodes` and scales $g$ = `scales` (one product per entry),
+/// from the row-major `x`: a selection's gated rows. Each source row is
+/// prefetched [`PREFETCH_AHEAD`] rows ahead (`ahead`: the whole list of
+/// nodes and this block's position in it). Compiled for each SIMD level;
+/// one multiplication per entry, so every level gives the same bits.
+///
+/// ```
+/// use graphpool::kernels::rows::scaled_rows;
+/// let x = [1.0_f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let mut out = [0.0; 4];
+/// scaled_rows(&x, 2, &[2, 0], &[0.5, -1.0], (&[2, 0], 0), &mut out);
+/// assert_eq!(out, [2.5, 3.0, -1.0, -2.0]);
+/// ```
+pub fn scaled_rows<T: Scalar>(
+    x: &[T],
+    f: usize,
+    nodes: &[usize],
+    scales: &[T],
+    ahead: (&[usize], usize),
+    out: &mut [T],
+) {
+    let (list, first) = ahead;
+    for (i, (row, (&n, &g))) in out
+        .chunks_exact_mut(f.max(1))
+        .zip(nodes.iter().zip(scales))
+        .enumerate()
+    {
+        prefetch_row_ahead(x, f, list, first + i);
+        for (o, &v) in row.iter_mut().zip(&x[n * f..(n + 1) * f]) {
+            *o = g * v;
+        }
+    }
+}
+}
+
+simd_levels! {
 /// `out[i]` $= \langle x_{\text{first} + i}, w\rangle$ ([`dot`]) for the
 /// rows `first..first + out.len()` of the row-major `x` ($\cdot \times F$,
 /// $F$ = `w.len()`): the scores of a run of rows. Compiled for each SIMD

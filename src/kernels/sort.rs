@@ -393,11 +393,7 @@ pub fn scored_top_k_rows<T: Scalar>(
                 *g = y[node - base];
             }
             gate(g);
-            for (row, (&node, &g)) in o.chunks_exact_mut(f).zip(k.iter().zip(g.iter())) {
-                for (o, &v) in row.iter_mut().zip(&xs[node * f..(node + 1) * f]) {
-                    *o = g * v;
-                }
-            }
+            super::rows::scaled_rows(&xs, f, k, g, (k, 0), o);
             super::rows::first_non_finite_in(o).map(|e| out_off[graphs.start] * f + e)
         })
         .min();
