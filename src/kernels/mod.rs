@@ -282,6 +282,17 @@ where
     T: Send + Sync,
     F: Fn(usize, Range<usize>, ndarray::ArrayViewMut2<'_, T>) + Sync,
 {
+    segment_pieces(out, segments)
+        .into_par_iter()
+        .for_each(|(item, block)| f(item.graph, item.nodes, block));
+}
+
+/// The pieces of [`for_each_segment_block`]: each graph's chunks of
+/// [`ROW_BLOCK`] rows, with their rows of `out`.
+fn segment_pieces<'a, T>(
+    out: ndarray::ArrayViewMut2<'a, T>,
+    segments: &Segments,
+) -> Vec<(crate::batch::SegmentChunk, ndarray::ArrayViewMut2<'a, T>)> {
     debug_assert_eq!(out.nrows(), segments.num_nodes());
     let mut pieces = Vec::with_capacity(segments.num_graphs());
     let mut rest = out;
@@ -291,8 +302,6 @@ where
         rest = tail;
     }
     pieces
-        .into_par_iter()
-        .for_each(|(item, block)| f(item.graph, item.nodes, block));
 }
 
 /// [`for_each_segment_block`] with a scratch vector per rayon task
@@ -324,15 +333,7 @@ pub fn for_each_segment_block_with_scratch<T, F>(
     T: Send + Sync + Copy + Default,
     F: Fn(&mut Vec<T>, usize, Range<usize>, ndarray::ArrayViewMut2<'_, T>) + Sync,
 {
-    debug_assert_eq!(out.nrows(), segments.num_nodes());
-    let mut pieces = Vec::with_capacity(segments.num_graphs());
-    let mut rest = out;
-    for item in segments.chunks(ROW_BLOCK) {
-        let (head, tail) = rest.split_at(ndarray::Axis(0), item.nodes.len());
-        pieces.push((item, head));
-        rest = tail;
-    }
-    pieces
+    segment_pieces(out, segments)
         .into_par_iter()
         .for_each_init(Vec::new, |scratch, (item, block)| {
             f(scratch, item.graph, item.nodes, block)
