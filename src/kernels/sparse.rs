@@ -1457,8 +1457,9 @@ fn gcn_vjp_by_rows<T: Scalar>(
                 let mut acc = T::zero();
                 let mut diagonal = false;
                 for (&r, &w) in cols.iter().zip(vals) {
-                    let b = if r == c { w + T::one() } else { w };
-                    acc += b * (gy[r] * u[r]);
+                    // the value of A + I at (c, r)
+                    let a_plus_i = if r == c { w + T::one() } else { w };
+                    acc += a_plus_i * (gy[r] * u[r]);
                     diagonal |= r == c;
                 }
                 if !diagonal {
@@ -1500,7 +1501,7 @@ pub fn gcn_spmv_vjp<T: Scalar>(
 /// only if `edge_weights`; $\bar v$ is the same either way. With
 /// `symmetric` (the batch's [`crate::DisjointBatch::symmetric_graphs`]),
 /// the column sums $S$ of a batch whose graphs are all symmetric and
-/// summed whole ([`gcn_column_sums_by_rows`]) are gathered row by row
+/// summed whole ([`gcn_vjp_by_rows`]) are gathered row by row
 /// instead of scattered: the same bits.
 pub(crate) fn gcn_spmv_vjp_opt<T: Scalar>(
     a: CsMatView<T>,
