@@ -865,20 +865,29 @@ fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
                 let (s, y) = (rough(rows * c, 5), rough(rows * f, 6));
                 let mut out = rough(c * f, 7); // overwritten
                 outer_sum(&s, c, &y, f, &mut out);
-                for k in 0..c {
-                    for j in 0..f {
-                        let mut p = 0.0f32;
-                        for n in 0..rows {
-                            p += s[n * c + k] * y[n * f + j];
-                        }
-                        assert_eq!(
-                            out[k * f + j].to_bits(),
-                            p.to_bits(),
-                            "K {c} F {f} ({k}, {j})"
-                        );
-                    }
-                }
+                assert_outer_sums_in_row_order(&s, &y, (rows, c, f), &out, &format!("K {c} F {f}"));
             }
+        }
+    }
+}
+
+/// `out` ($K \times F$) is, bit for bit, $S^\top Y$ with each entry summed
+/// over the rows in order from $+0$ (`outer_sum`'s documented order), for
+/// $S$ (`rows` $\times K$) and $Y$ (`rows` $\times F$).
+fn assert_outer_sums_in_row_order(
+    s: &[f32],
+    y: &[f32],
+    (rows, k, f): (usize, usize, usize),
+    out: &[f32],
+    what: &str,
+) {
+    for kk in 0..k {
+        for j in 0..f {
+            let mut p = 0.0f32;
+            for n in 0..rows {
+                p += s[n * k + kk] * y[n * f + j];
+            }
+            assert_eq!(out[kk * f + j].to_bits(), p.to_bits(), "{what} ({kk}, {j})");
         }
     }
 }
@@ -896,19 +905,13 @@ fn padded_outer_sums_follow_the_documented_order_bit_for_bit() {
                 let (s, y) = (rough(rows * k, 8 + k as u64), rough(rows * f, 9 + f as u64));
                 let mut out = rough(k * f, 10);
                 outer_sum(&s, k, &y, f, &mut out);
-                for kk in 0..k {
-                    for j in 0..f {
-                        let mut p = 0.0f32;
-                        for n in 0..rows {
-                            p += s[n * k + kk] * y[n * f + j];
-                        }
-                        assert_eq!(
-                            out[kk * f + j].to_bits(),
-                            p.to_bits(),
-                            "F {f} K {k} rows {rows}"
-                        );
-                    }
-                }
+                assert_outer_sums_in_row_order(
+                    &s,
+                    &y,
+                    (rows, k, f),
+                    &out,
+                    &format!("F {f} K {k} rows {rows}"),
+                );
             }
         }
     }
