@@ -1786,6 +1786,34 @@ fn induced_subgraph_equals_a_plain_filter_over_many_row_blocks() {
     }
 }
 
+/// `rows::column_sums` has the bits of ndarray's `sum_axis(Axis(0))` on
+/// values that round, in `f32` and `f64`, for matrices of 0 to 40 rows and
+/// 0, 1, 3 and 16 columns, standard and transposed (left to ndarray).
+#[test]
+fn column_sums_have_ndarray_sum_axis_bits() {
+    use graphpool::kernels::rows::column_sums;
+    fn check<T: graphpool::Scalar>() {
+        for n in 0..40usize {
+            for c in [0usize, 1, 3, 16] {
+                let g = Array2::from_shape_fn((n, c), |(i, j)| {
+                    T::c(((i * 37 + j * 11 + n) % 23) as f64 / 7.1 - 1.3)
+                });
+                for m in [g.view(), g.t()] {
+                    let want: Vec<_> = m
+                        .sum_axis(ndarray::Axis(0))
+                        .iter()
+                        .map(|v| v.to_string())
+                        .collect();
+                    let got: Vec<_> = column_sums(m).iter().map(|v| v.to_string()).collect();
+                    assert_eq!(got, want, "{n} x {c}");
+                }
+            }
+        }
+    }
+    check::<f32>();
+    check::<f64>();
+}
+
 /// `rows::sum` has the bits of ndarray's `sum` of a contiguous array at
 /// every length (eight partial sums, then the remainder), in `f32` and
 /// `f64`, on values that round.

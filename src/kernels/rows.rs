@@ -793,6 +793,37 @@ pub(crate) fn add_row<T: Scalar>(acc: &mut [T], row: &[T]) {
     }
 }
 
+/// $\sum_n g_n$, the sum of the rows of `g` ($N \times C$ → $C$), with
+/// the bits of ndarray's `sum_axis(Axis(0))`: for a matrix in standard
+/// layout ndarray adds the rows into zeros one at a time, as here, but
+/// through an array addition per row, whose overhead dominates short rows
+/// (the bias gradients of the clustering pools' MLPs, rows of $K = 16$);
+/// other layouts, and a column whose stride is below the row stride (which
+/// ndarray sums as one lane, in [`dot`]'s order), are left to ndarray.
+///
+/// ```
+/// use graphpool::kernels::rows::column_sums;
+/// use ndarray::{array, Axis};
+/// let g = array![[1.0_f32, 2.0], [0.1, 0.2], [3.0, -1.0]];
+/// assert_eq!(column_sums(g.view()), g.sum_axis(Axis(0)));
+/// assert_eq!(column_sums(g.t()), g.t().sum_axis(Axis(0)));
+/// ```
+pub fn column_sums<T: Scalar>(g: ndarray::ArrayView2<'_, T>) -> ndarray::Array1<T> {
+    // ndarray sums along its least-strided axis (the last on a tie) by
+    // lanes, in another order: only where that is axis 1 does it add rows
+    let [s0, s1] = [g.stride_of(ndarray::Axis(0)), g.stride_of(ndarray::Axis(1))];
+    let (Some(flat), true) = (g.as_slice(), s0.unsigned_abs() >= s1.unsigned_abs()) else {
+        return g.sum_axis(ndarray::Axis(0));
+    };
+    let mut acc = vec![T::zero(); g.ncols()];
+    if !acc.is_empty() {
+        for row in flat.chunks_exact(acc.len()) {
+            add_row(&mut acc, row);
+        }
+    }
+    ndarray::Array1::from(acc)
+}
+
 /// $a \mathrel{+}= b$ entrywise, in parallel over fixed blocks when both are
 /// in standard layout (else ndarray's serial `+=`): the same bits either
 /// way, one addition per entry. For the sums of $N \times K$ (or

@@ -14,7 +14,7 @@ use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
 };
-use crate::kernels::rows::{row_major, row_major_1d};
+use crate::kernels::rows::{column_sums, row_major, row_major_1d};
 use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
 use crate::kernels::simd_levels;
 use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked_rows, ROW_BLOCK};
@@ -902,7 +902,7 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                 // gkey = 2 (colsum(gd) key - gd^T x)
                 let xc = x.slice(s![nodes.clone(), ..]);
                 let gk_part = xc.t().dot(&gd);
-                let col_part = gd.sum_axis(Axis(0));
+                let col_part = column_sums(gd.view());
                 if f > 0 {
                     let gd_keys = matmul(gd.view(), keys.view(), None);
                     let gds = gd.as_slice().expect("fresh array");

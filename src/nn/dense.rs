@@ -148,7 +148,7 @@ pub fn matmul_vjp_params<T: Scalar>(
         |r| {
             let xs = x.slice(s![r.clone(), ..]);
             let gs = grad.slice(s![r, ..]);
-            (transpose_times(xs, gs), gs.sum_axis(Axis(0)))
+            (transpose_times(xs, gs), rows::column_sums(gs))
         },
         |(a, b), (c2, d)| (a + c2, b + d),
     )
@@ -246,7 +246,7 @@ where
 /// of $X$ and of $\bar Z$: $(X_r^\top \bar Z_r,\ \sum_{n \in r} \bar Z_n)$
 /// (the streamed backward passes add these up in chunk order).
 fn params_piece<T: Scalar>(xs: ArrayView2<T>, g: &Array2<T>) -> (Array2<T>, Array1<T>) {
-    (transpose_times(xs, g.view()), g.sum_axis(Axis(0)))
+    (transpose_times(xs, g.view()), rows::column_sums(g.view()))
 }
 
 /// [`dense_backward_streamed`] for two dense layers that read the same
