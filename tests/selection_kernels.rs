@@ -602,13 +602,15 @@ fn linear_score_selection_vjp_gives_the_bits_of_the_kernels_it_fuses() {
 /// counting (16, 32, 64) and the selection beyond (up to `CHUNK` nodes),
 /// with empty graphs and many tied scores (rows drawn from few patterns);
 /// a gate that doubles makes some rows overflow, and the first
-/// non-finite entry must be the separate gather's. A batch with a graph
+/// non-finite entry must be the separate gather's. Rows of 6 and of 300
+/// features, so that runs of small graphs close at [`CHUNK`] nodes and at
+/// `FUSED_RUN_BYTES` of rows. A batch with a graph
 /// above `CHUNK` nodes, or without features, is left to the separate
 /// passes (`None`); a non-finite score is `check_scores`' error.
 #[test]
 fn fused_linear_top_k_gives_the_bits_of_the_separate_passes() {
     // returns how many cases had an overflowing row
-    fn check<T: graphpool::Scalar>(scale: f64) -> usize {
+    fn check<T: graphpool::Scalar>(scale: f64, f: usize) -> usize {
         let mut overflows = 0;
         use graphpool::kernels::gather::gather_gated_rows_checked;
         use graphpool::kernels::sort::{check_scores, linear_top_k_rows, segment_top_k};
@@ -617,7 +619,7 @@ fn fused_linear_top_k_gives_the_bits_of_the_separate_passes() {
             0usize, 1, 2, 7, 30, 0, 50, 3, 16, 17, 32, 33, 64, 65, 100, 4_096, 12, 900,
         ];
         let seg = Segments::from_sizes(&sizes);
-        let (n, f) = (seg.num_nodes(), 6);
+        let n = seg.num_nodes();
         let x = Array2::from_shape_fn((n, f), |(i, j)| {
             T::c((((i * 7919) % 5 + j * 3) % 7) as f64 * scale - 2.0)
         });
@@ -676,11 +678,17 @@ fn fused_linear_top_k_gives_the_bits_of_the_separate_passes() {
         assert!(matches!(got, PoolError::NonFiniteScore { .. }));
         overflows
     }
-    assert_eq!(check::<f64>(1.0), 0);
-    assert_eq!(check::<f32>(1.0), 0);
-    // rows near the top of f32's range (scores still finite): the doubling
-    // gate overflows some
-    assert!(check::<f32>(0.5e37) > 0);
+    // F = 6: runs of up to CHUNK nodes; F = 300: runs closed at
+    // FUSED_RUN_BYTES of rows (109 nodes in f64, 218 in f32), so graphs of
+    // 900 and 4,096 nodes make runs of their own and small graphs share runs
+    // cut at other places
+    // (the large scale: scores still finite in f32, but the doubling gate
+    // times a row overflows some rows)
+    for (f, large) in [(6, 0.5e37), (300, 1e20)] {
+        assert_eq!(check::<f64>(1.0, f), 0);
+        assert_eq!(check::<f32>(1.0, f), 0);
+        assert!(check::<f32>(large, f) > 0);
+    }
 }
 
 #[test]

@@ -387,6 +387,13 @@ pub enum SegmentWork {
 /// threads and for a graph inside a batch as alone; grouping many small
 /// graphs per task keeps the per-task overhead off batches of tiny graphs.
 pub fn segment_work(segments: &Segments) -> Vec<SegmentWork> {
+    segment_work_of(segments, CHUNK)
+}
+
+/// [`segment_work`] with runs of small graphs closed at `run_nodes` nodes
+/// (or graphs) instead of [`CHUNK`]; graphs above `CHUNK` nodes are still
+/// cut into pieces of `CHUNK`.
+pub(crate) fn segment_work_of(segments: &Segments, run_nodes: usize) -> Vec<SegmentWork> {
     let offsets = segments.offsets();
     let b = segments.num_graphs();
     let mut items = Vec::with_capacity(segments.num_nodes() / CHUNK + 2);
@@ -407,7 +414,7 @@ pub fn segment_work(segments: &Segments) -> Vec<SegmentWork> {
                 s = e;
             }
             run = g + 1;
-        } else if offsets[g + 1] - offsets[run] >= CHUNK || g + 1 - run >= CHUNK {
+        } else if offsets[g + 1] - offsets[run] >= run_nodes || g + 1 - run >= run_nodes {
             items.push(SegmentWork::Graphs(run..g + 1));
             run = g + 1;
         }

@@ -240,6 +240,15 @@ pub struct ScoredRows<T> {
     pub first_non_finite_row_entry: Option<usize>,
 }
 
+/// The rows of $X$ a run of [`scored_top_k_rows`] reads (256 KiB): small
+/// enough to stay in a core's L2 cache (1 MiB on the host of
+/// BENCHMARKS.md) from the scores to the gather, beside the run's output.
+/// Runs of [`CHUNK`] nodes (1 MiB at $F = 64$ `f32`) spilled: TopKPool's
+/// forward pass on disjoint-small took 6.15-6.23 ms (medians, freed memory
+/// kept), against 5.32-5.37 with runs of 1,024 nodes and 5.32-5.45 with
+/// 2,048.
+pub const FUSED_RUN_BYTES: usize = 256 << 10;
+
 /// Scores, top-k, gates and gathered rows in one pass over each run of
 /// small graphs: $y_n = \langle x_n, p\rangle$ ([`super::rows::dot_rows`], the
 /// bits of [`crate::nn::matmul`] with one column), then as
@@ -288,11 +297,12 @@ pub fn linear_top_k_rows<T: Scalar>(
 /// ([`segment_top_k`]'s nodes), their gates `gate` of $y_{\text{kept}}$
 /// and the rows $\text{gate}_j\, x_{\text{kept}_j}$ (the bits of
 /// [`super::gather::gather_gated_rows_checked`]; `gate` must act
-/// entrywise). A run's rows ([`super::segment_work`]: about [`CHUNK`]
-/// nodes, 1 MiB at $F = 64$ `f32`), read for their scores, are gathered
-/// from cache; as separate passes the kept rows were read from memory a
-/// second time. The scores are checked run by run, before the run's
-/// selection.
+/// entrywise). A run's rows ([`super::segment_work`], runs closed at
+/// [`FUSED_RUN_BYTES`] of rows: 1,024 nodes at $F = 64$ `f32`), read for
+/// their scores, are gathered from the core's own cache; as separate
+/// passes the kept rows were read from memory a second time. The scores
+/// are checked run by run, before the run's selection. The runs do not
+/// change the result, only where it is computed.
 ///
 /// `None` when a graph has more than [`CHUNK`] nodes or $F = 0$: the
 /// separate passes handle those.
@@ -354,7 +364,8 @@ pub fn scored_top_k_rows<T: Scalar>(
         let (mut ys, mut vs) = (&mut scores[..], &mut values[..]);
         let (mut ks, mut gs) = (&mut kept[..], &mut gates[..]);
         let mut xo = rows.as_slice_mut().expect("standard layout");
-        for item in super::segment_work(segments) {
+        let run_nodes = (FUSED_RUN_BYTES / (f * std::mem::size_of::<T>())).clamp(1, CHUNK);
+        for item in super::segment_work_of(segments, run_nodes) {
             let SegmentWork::Graphs(graphs) = item else {
                 unreachable!("no graph above CHUNK nodes")
             };
