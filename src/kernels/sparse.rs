@@ -686,7 +686,7 @@ super::simd_levels! {
 /// average a cache line of columns or more: shorter rows lie close enough
 /// for the hardware's prefetch, and the hints cost more than they save
 /// (TopKPool's subgraph, one thread: `disjoint-small`, 3.6 entries a row,
-/// 1.79 ms without them against 2.03 ms with; `single-1e6`, 10 a row,
+/// 1.59 ms without them against 1.73-1.78 ms with; `single-1e6`, 10 a row,
 /// 11.8 ms with against 16.1 ms without).
 fn compact_members<T: Scalar, const SOURCE: bool>(
     set: &RankedBitmap,
@@ -713,9 +713,10 @@ fn compact_members<T: Scalar, const SOURCE: bool>(
         let range = raw.range(r);
         let start = range.start;
         for (e, (&col, &v)) in raw.indices[range.clone()].iter().zip(&raw.data[range]).enumerate() {
-            // a stored column is below the matrix's columns, which the
-            // bitmap covers (`induced`)
-            let (is_kept, new) = set.rank_or_next_unchecked(col);
+            // SAFETY: a stored column is below the matrix's columns (a CSR
+            // invariant), which the bitmap covers (`induced` builds it over
+            // `max(rows, cols)`)
+            let (is_kept, new) = unsafe { set.rank_or_next_unchecked(col) };
             // SAFETY: `p` counts the kept entries of the entries visited
             // before this one, at most the `slots` stored entries of `rows`
             // less one: below the capacity of every buffer (`ss`'s when
@@ -794,10 +795,13 @@ impl RankedBitmap {
     }
 
     /// Whether `i` is a member, and the number of members before it (its
-    /// position among them if it is one), without a branch. `i` must be
-    /// below the `n` the bitmap was built for.
+    /// position among them if it is one), without a branch or a bounds
+    /// check.
+    ///
+    /// # Safety
+    /// `i` must be below the `n` the bitmap was built for.
     #[inline]
-    fn rank_or_next_unchecked(&self, i: usize) -> (bool, usize) {
+    unsafe fn rank_or_next_unchecked(&self, i: usize) -> (bool, usize) {
         debug_assert!(i / 64 < self.words.len());
         // SAFETY: the caller's `i < n` gives `i / 64 < n.div_ceil(64)`, the
         // length of `words` and of `ranks`
