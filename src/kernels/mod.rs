@@ -396,7 +396,7 @@ pub fn segment_work(segments: &Segments) -> Vec<SegmentWork> {
 pub(crate) fn segment_work_of(segments: &Segments, run_nodes: usize) -> Vec<SegmentWork> {
     let offsets = segments.offsets();
     let b = segments.num_graphs();
-    let mut items = Vec::with_capacity(segments.num_nodes() / CHUNK + 2);
+    let mut items = Vec::with_capacity(segments.num_nodes() / run_nodes.max(1) + 2);
     let mut run = 0;
     for g in 0..b {
         let r = segments.range(g);
