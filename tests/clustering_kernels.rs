@@ -321,3 +321,79 @@ fn clustering_kernels_are_identical_on_any_thread_count() {
         assert_eq!(with_threads(th, run), base, "{th} threads");
     }
 }
+
+/// The plain zero-diagonal normalisation of one block, entry by entry:
+/// $Z$ = the block with its diagonal set to $+0$, $d_i$ = ndarray's sum of
+/// $Z$'s contiguous row $i$, $D_i = \sqrt{\max(d_i, 0)} + \varepsilon$ and
+/// $Z_{ij} / D_i / D_j$.
+fn plain_normalized<T: graphpool::Scalar>(
+    block: &Array2<T>,
+    eps: T,
+) -> (Array2<T>, Vec<T>, Vec<T>) {
+    let k = block.nrows();
+    let mut z = block.to_owned();
+    for i in 0..k {
+        z[[i, i]] = T::zero();
+    }
+    let d: Vec<T> = (0..k).map(|i| z.row(i).sum()).collect();
+    let q: Vec<T> = d.iter().map(|&d| d.max(T::zero()).sqrt() + eps).collect();
+    let out = Array2::from_shape_fn((k, k), |(i, j)| z[[i, j]] / q[i] / q[j]);
+    (out, d, q)
+}
+
+fn same_bits<T: graphpool::Scalar>(a: T, b: T) -> bool {
+    a.to_f64().unwrap().to_bits() == b.to_f64().unwrap().to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn check_normalized_bits<T: graphpool::Scalar>(k: usize, b: usize, eps: T, seed: u64) {
+    // values that round (thirds, sevenths) of both signs, so that degrees
+    // are sometimes negative and a different order of additions shows; a
+    // non-finite diagonal entry, which Z replaces by +0
+    let blocks = Array2::from_shape_fn((b * k, k), |(r, j)| {
+        let h = (r as u64 * 131 + j as u64 * 71 + seed * 977) % 1013;
+        if r % k == j && h.is_multiple_of(5) {
+            return [T::nan(), T::infinity(), T::neg_infinity()][(h % 3) as usize];
+        }
+        T::c((h as f64 - 300.0) / 3.0 + (h % 7) as f64 / 7.0)
+    });
+    for threads in [1, 3] {
+        let nb = with_threads(threads, || normalize_blocks(blocks.view(), eps));
+        for g in 0..b {
+            let block = blocks.slice(ndarray::s![g * k..(g + 1) * k, ..]).to_owned();
+            let (out, d, q) = plain_normalized(&block, eps);
+            for i in 0..k {
+                let r = g * k + i;
+                assert!(
+                    same_bits(nb.degrees[r], d[i]),
+                    "d, block {g} row {i} (k = {k})"
+                );
+                assert!(
+                    same_bits(nb.denominators[r], q[i]),
+                    "D, block {g} row {i} (k = {k})"
+                );
+                for j in 0..k {
+                    assert!(
+                        same_bits(nb.out[[r, j]], out[[i, j]]),
+                        "block {g} ({i}, {j}) (k = {k}, {threads} threads): {:?} vs {:?}",
+                        nb.out[[r, j]],
+                        out[[i, j]]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn normalized_blocks_have_the_bits_of_the_plain_formula_at_every_width() {
+    // widths below, at and past a vector of f32 and f64 and ndarray's
+    // eight partial sums; more blocks than one work item (64 blocks)
+    for k in [1, 2, 3, 7, 8, 9, 16, 17, 24, 33] {
+        for (b, seed) in [(0, 0), (1, 1), (5, 2), (70, 3), (130, 4)] {
+            for eps in [1e-7, 1e-15, 0.0] {
+                check_normalized_bits::<f32>(k, b, eps as f32, seed);
+                check_normalized_bits::<f64>(k, b, eps, seed);
+            }
+        }
+    }
+}

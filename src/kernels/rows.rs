@@ -41,6 +41,29 @@ pub(crate) fn lane_sum<T: Scalar>(a: &[T], b: &[T], t: impl Fn(T, T) -> T) -> T 
     sum
 }
 
+/// $\sum_j t(j, a_j)$ in the order of [`lane_sum`] (so with `t(j, v) = v`
+/// the bits of [`sum`]): for a term that depends on the entry's position.
+#[inline(always)]
+pub(crate) fn lane_sum_indexed<T: Scalar>(a: &[T], t: impl Fn(usize, T) -> T) -> T {
+    let mut p = [T::zero(); 8];
+    let mut ca = a.chunks_exact(8);
+    for (c, x) in (&mut ca).enumerate() {
+        for l in 0..8 {
+            p[l] += t(8 * c + l, x[l]);
+        }
+    }
+    let mut sum = T::zero();
+    sum += p[0] + p[4];
+    sum += p[1] + p[5];
+    sum += p[2] + p[6];
+    sum += p[3] + p[7];
+    let done = a.len() - ca.remainder().len();
+    for (j, &x) in ca.remainder().iter().enumerate() {
+        sum += t(done + j, x);
+    }
+    sum
+}
+
 /// $\langle a, b\rangle$ of two slices of the same length, in ndarray's
 /// order (its `unrolled_dot`, so the bits equal `ArrayView1::dot`'s on
 /// contiguous rows): eight interleaved partial sums $p_0..p_7$ (entry $j$
