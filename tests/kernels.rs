@@ -1837,3 +1837,48 @@ fn row_sum_has_ndarray_sum_bits_at_every_length() {
         );
     }
 }
+
+#[test]
+fn spmm_and_row_sums_give_the_bits_of_spmm_and_row_sums() {
+    use graphpool::kernels::sparse::{row_sums, spmm_and_row_sums};
+    // more rows than one ROW_BLOCK, rows with no entries, non-integer
+    // values; every width with a register path (8, 16, 32, 64), others
+    // around them, and none
+    let full = random_sparse(2500, 2500, 4, 11);
+    let mut tri = TriMat::new((2500, 2500));
+    for (&v, (r, c)) in full.iter() {
+        if r % 5 != 0 {
+            tri.add_triplet(r, c, v);
+        }
+    }
+    let a: CsMat<f64> = tri.to_csr();
+    let a32: CsMat<f32> = a.map(|&v| v as f32);
+    for f in [0, 1, 3, 8, 9, 16, 32, 33, 64] {
+        let x = Array2::from_shape_fn((2500, f), |(i, j)| {
+            ((i * 7 + j * 13) % 29) as f64 / 9.0 - 1.5
+        });
+        let x32 = x.mapv(|v| v as f32);
+        for threads in [1, 2, 5] {
+            let (ax, d) = with_threads(threads, || spmm_and_row_sums(a.view(), x.view()));
+            let same = ax
+                .iter()
+                .zip(spmm(a.view(), x.view()).iter())
+                .all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "A X, F = {f}, {threads} threads");
+            let want: Vec<u64> = row_sums(a.view()).iter().map(|v| v.to_bits()).collect();
+            let got: Vec<u64> = d.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "row sums, F = {f}, {threads} threads");
+            let (ax, d) = with_threads(threads, || spmm_and_row_sums(a32.view(), x32.view()));
+            let same = ax
+                .iter()
+                .zip(spmm(a32.view(), x32.view()).iter())
+                .all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "f32 A X, F = {f}, {threads} threads");
+            let same = d
+                .iter()
+                .zip(row_sums(a32.view()).iter())
+                .all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "f32 row sums, F = {f}, {threads} threads");
+        }
+    }
+}

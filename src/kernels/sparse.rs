@@ -227,17 +227,60 @@ fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array
     let f = x.ncols();
     let xs = rows::row_major(&x);
     rows::build_row_blocks(raw.rows, f, |first, block| {
-        product_rows(raw, vals, &xs, f, first, block)
+        product_rows(raw, vals, &xs, f, first, block, &mut [])
     })
+}
+
+/// [`spmm`]`(a, x)` and [`row_sums`]`(a)` in one pass over the stored
+/// entries of $A$: a row's weighted degree is summed as its entries are
+/// read for $A X$. The same bits as the two calls (each degree is its
+/// row's values added in index order from $+0$), for about the cost of the
+/// product alone: on rows of a few entries each, what a pass costs is the
+/// row loop's mispredicted exits, which the two now share.
+///
+/// ```
+/// use graphpool::kernels::sparse::{row_sums, spmm, spmm_and_row_sums};
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// let a = CsMat::new((3, 3), vec![0, 2, 3, 3], vec![1, 2, 0], vec![2.0_f64, 1.0, 0.5]);
+/// let x = array![[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]];
+/// let (ax, d) = spmm_and_row_sums(a.view(), x.view());
+/// assert_eq!(ax, spmm(a.view(), x.view()));
+/// assert_eq!(d, row_sums(a.view()));
+/// assert_eq!(d.to_vec(), vec![3.0, 0.5, 0.0]);
+/// ```
+pub fn spmm_and_row_sums<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> (Array2<T>, Array1<T>) {
+    debug_assert_eq!(a.cols(), x.nrows());
+    let f = x.ncols();
+    if f == 0 {
+        return (Array2::zeros((a.rows(), 0)), row_sums(a));
+    }
+    let raw = RawCsr::new(&a);
+    let xs = rows::row_major(&x);
+    let mut out = rows::fresh_matrix(raw.rows, f);
+    let mut sums: Vec<T> = rows::fresh_vec(raw.rows);
+    out.as_slice_mut()
+        .expect("fresh matrices are standard layout")
+        .par_chunks_mut(ROW_BLOCK * f)
+        .zip(sums.par_chunks_mut(ROW_BLOCK))
+        .enumerate()
+        .for_each(|(b, (block, sb))| {
+            // zeroed first, as `rows::build_row_blocks` does for `spmm`
+            block.iter_mut().for_each(|v| *v = T::zero());
+            product_rows(raw, a.data(), &xs, f, b * ROW_BLOCK, block, sb);
+        });
+    (out, Array1::from(sums))
 }
 
 super::simd_levels! {
 /// Rows `first..` of $A X$ into `out` (zeroed, whole rows of $F$ = `f`
 /// entries; `xs` the rows of $X$): each row's stored entries added in index
 /// order, each entry its own multiply and add, so the same bits at every
-/// SIMD level. Called once per block of rows, so that the SIMD level is
-/// chosen once per block, not once per row. For $F \in \{8, 16, 32, 64\}$
-/// a row's sum is kept in registers ([`product_row_fixed`]).
+/// SIMD level. If `sums` is not empty, each row's sum of values (from
+/// $+0$, in index order: [`row_sums`]' bits) into it, one per row of `out`.
+/// Called once per block of rows, so that the SIMD level is chosen once
+/// per block, not once per row. For $F \in \{8, 16, 32, 64\}$ a row's sum
+/// is kept in registers ([`product_row_fixed`]).
 fn product_rows<'a, T: Scalar>(
     raw: RawCsr<'a, T>,
     vals: &[T],
@@ -245,22 +288,35 @@ fn product_rows<'a, T: Scalar>(
     f: usize,
     first: usize,
     out: &mut [T],
+    sums: &mut [T],
 ) {
     if f == 0 {
         return;
     }
+    let want = !sums.is_empty();
+    let mut sums = sums.iter_mut();
+    let mut put = |d: T| {
+        if want {
+            if let Some(slot) = sums.next() {
+                *slot = d;
+            }
+        }
+    };
     let rows = out.chunks_exact_mut(f).enumerate().map(|(j, o)| (first + j, o));
     match f {
-        8 => rows.for_each(|(r, o)| product_row_fixed::<T, 8>(raw, vals, xs, r, o)),
-        16 => rows.for_each(|(r, o)| product_row_fixed::<T, 16>(raw, vals, xs, r, o)),
-        32 => rows.for_each(|(r, o)| product_row_fixed::<T, 32>(raw, vals, xs, r, o)),
-        64 => rows.for_each(|(r, o)| product_row_fixed::<T, 64>(raw, vals, xs, r, o)),
+        8 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 8>(raw, vals, xs, r, o))),
+        16 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 16>(raw, vals, xs, r, o))),
+        32 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 32>(raw, vals, xs, r, o))),
+        64 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 64>(raw, vals, xs, r, o))),
         _ => rows.for_each(|(r, o)| {
+            let mut d = T::zero();
             for e in raw.range(r) {
                 raw.prefetch_column_row(e, xs, f);
                 let c = raw.indices[e];
+                d += vals[e];
                 rows::axpy(o, vals[e], &xs[c * f..(c + 1) * f]);
             }
+            put(d);
         }),
     }
 }
@@ -271,6 +327,7 @@ fn product_rows<'a, T: Scalar>(
 /// `[T; W]` (registers) instead of `out`, so an entry's add does not wait
 /// for the previous one's store. Each entry is still its own multiply and
 /// add, in index order, from `+0`: the bits of accumulating into `out`.
+/// Returns the row's sum of values, added in the same order from `+0`.
 #[inline(always)]
 fn product_row_fixed<T: Scalar, const W: usize>(
     raw: RawCsr<'_, T>,
@@ -278,17 +335,20 @@ fn product_row_fixed<T: Scalar, const W: usize>(
     xs: &[T],
     r: usize,
     out: &mut [T],
-) {
+) -> T {
     let mut acc = [T::zero(); W];
+    let mut d = T::zero();
     for e in raw.range(r) {
         raw.prefetch_column_row(e, xs, W);
         let c = raw.indices[e];
         let v = vals[e];
+        d += v;
         for (a, &x) in acc.iter_mut().zip(&xs[c * W..(c + 1) * W]) {
             *a += v * x;
         }
     }
     out.copy_from_slice(&acc);
+    d
 }
 
 /// Rows `rows` of $A X$ into `out` (`rows.len()` $\times F$, row-major,
@@ -305,7 +365,7 @@ pub fn spmm_rows<T: Scalar>(
     let raw = RawCsr::new(&a);
     let xs = rows::row_major(&x);
     out.fill(T::zero());
-    product_rows(raw, a.data(), &xs, f, rows.start, out);
+    product_rows(raw, a.data(), &xs, f, rows.start, out, &mut []);
 }
 
 /// $(A X) W_i$ for several small $W_i$ ($F \times C_i$) without holding
@@ -338,7 +398,7 @@ pub fn spmm_times<T: Scalar>(
             let r0 = b * ROW_BLOCK;
             let r1 = (r0 + ROW_BLOCK).min(n);
             let mut ax = vec![T::zero(); (r1 - r0) * f];
-            product_rows(raw, a.data(), &xs, f, r0, &mut ax);
+            product_rows(raw, a.data(), &xs, f, r0, &mut ax, &mut []);
             for ((piece, w), ws) in pieces.iter_mut().zip(ws).zip(&wss) {
                 rows::rows_times(&ax, f, ws, w.ncols(), None, false, piece);
             }

@@ -50,6 +50,7 @@ use crate::kernels::segment::{
 };
 use crate::kernels::sparse::{
     row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,
+    spmm_and_row_sums,
 };
 use crate::kernels::{map_nodes, reduce_segment_rows, rows};
 use crate::nn::{
@@ -646,25 +647,34 @@ impl<T: Scalar> DenseClustering<T> {
         } else {
             (x_pre, None)
         };
-        // a total-variation loss reads every edge's rows of S as A S does:
-        // both in one pass
-        let (blocks, connect, edge_l1) = if self.losses.iter().any(|(_, l)| l.needs_edge_l1()) {
-            let (a_s, tv) = spmm_and_edge_l1(a, assignment.s.view(), seg);
-            let (blocks, connect) = assignment.connect_blocks_from(DenseConnectCache { a_s }, seg);
-            (blocks, connect, Some(tv))
-        } else {
-            let (blocks, connect) = assignment.connect_blocks(a, seg);
-            (blocks, connect, None)
-        };
+        // a total-variation loss reads every edge's rows of S as A S does,
+        // and the degrees are sums over the entries A S reads: each formed
+        // in the same pass as A S
+        let needs_degrees = self.losses.iter().any(|(_, l)| l.needs_degrees());
+        let (blocks, connect, edge_l1, degrees) =
+            if self.losses.iter().any(|(_, l)| l.needs_edge_l1()) {
+                let (a_s, tv) = spmm_and_edge_l1(a, assignment.s.view(), seg);
+                let (blocks, connect) =
+                    assignment.connect_blocks_from(DenseConnectCache { a_s }, seg);
+                (
+                    blocks,
+                    connect,
+                    Some(tv),
+                    needs_degrees.then(|| row_sums(a)),
+                )
+            } else if needs_degrees {
+                let (a_s, d) = spmm_and_row_sums(a, assignment.s.view());
+                let (blocks, connect) =
+                    assignment.connect_blocks_from(DenseConnectCache { a_s }, seg);
+                (blocks, connect, None, Some(d))
+            } else {
+                let (blocks, connect) = assignment.connect_blocks(a, seg);
+                (blocks, connect, None, None)
+            };
         let normalized = self
             .post
             .normalize_eps
             .map(|eps| normalize_blocks(blocks.view(), T::c(eps)));
-        let degrees = self
-            .losses
-            .iter()
-            .any(|(_, l)| l.needs_degrees())
-            .then(|| row_sums(a));
         let inputs = LossInputs {
             batch,
             s: &assignment.s,
@@ -714,7 +724,14 @@ impl<T: Scalar> DenseClustering<T> {
         match loss {
             AuxLoss::CutRatio => {
                 let trace = traces(blocks, k, b);
-                let per_node = Array1::from(map_nodes(seg, |_, n| d[n] * s.row(n).dot(&s.row(n))));
+                // s_n . s_n on row-major slices: ndarray's dot on contiguous
+                // rows, bit for bit, without a view and a call per node
+                let s_view = s.view();
+                let s_rows = rows::row_major(&s_view);
+                let per_node = Array1::from(map_nodes(seg, |_, n| {
+                    let sn = &s_rows[n * k..(n + 1) * k];
+                    d[n] * rows::dot(sn, sn)
+                }));
                 let den =
                     segment_sum(per_node.view().insert_axis(Axis(1)), seg).remove_axis(Axis(1));
                 let values = Zip::from(&trace).and(&den).map_collect(|&t, &q| {
@@ -892,8 +909,12 @@ impl<T: Scalar> DenseClustering<T> {
                     row.scaled_add(f, &s.row(n));
                 });
                 if cot.edges.is_some() {
-                    let gd =
-                        Array1::from(map_nodes(seg, |g, n| g_den[g] * s.row(n).dot(&s.row(n))));
+                    let s_view = s.view();
+                    let s_rows = rows::row_major(&s_view);
+                    let gd = Array1::from(map_nodes(seg, |g, n| {
+                        let sn = &s_rows[n * k..(n + 1) * k];
+                        g_den[g] * rows::dot(sn, sn)
+                    }));
                     cot.degrees += &gd;
                 }
             }
