@@ -829,11 +829,13 @@ fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
     for &c in &[
         0usize, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100,
     ] {
-        // more than one tile of outer_sum; 67 = 8 * 8 + 3 and 71 = 8 * 8 + 4 + 3
-        // rows reach every remainder path of rows_times' 8-, 4- and 2-row kernels
+        // more than one tile of outer_sum; 65, 66, 67 and 71 rows reach every
+        // remainder path of rows_times' 8-, 4- and 2-row kernels (66 = 8 * 8 +
+        // 2 ends in the 2-row kernel, 67 = 8 * 8 + 3 in a block of eight with
+        // five repeated rows, 71 = 8 * 8 + 4 + 3 in the 4-row one)
         for (&f, rows) in [0usize, 1, 5, 16, 64, 70]
             .iter()
-            .flat_map(|f| [(f, 67usize), (f, 71)])
+            .flat_map(|f| [(f, 65usize), (f, 66), (f, 67), (f, 71)])
         {
             let (x, w) = (rough(rows * f, 1 + c as u64), rough(f * c, 2 + f as u64));
             let bias = rough(c, 3);

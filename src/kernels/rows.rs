@@ -388,8 +388,9 @@ fn rows_times_pairs<T: Scalar, const C: usize>(
 /// [`rows_times_quads`] with eight sums of $C$ (for $C = 16$ with AVX-512,
 /// whose 32 registers hold them: eight chains of additions instead of
 /// four; in cache, one thread, 300k rows of $F = 64$: 4.4 → 3.8 ms; and
-/// for $C = 1$, eight scalar sums). The last rows (fewer than eight) by
-/// [`rows_times_quads`].
+/// for $C = 1$, eight scalar sums). The last rows (fewer than eight): from
+/// [`OCT_PAD_FROM`] on, as a block of eight whose missing rows repeat the
+/// last one; otherwise by [`rows_times_quads`].
 #[inline(always)]
 fn rows_times_octs<T: Scalar, const C: usize>(
     x: &[T],
@@ -407,30 +408,58 @@ fn rows_times_octs<T: Scalar, const C: usize>(
         if let Some(ahead) = x.get((i + 2) * 8 * f..(i + 3) * 8 * f) {
             prefetch(ahead);
         }
-        let [x0, x1, x2, x3, x4, x5, x6, x7]: [&[T]; 8] =
-            std::array::from_fn(|r| &xs[r * f..(r + 1) * f]);
-        let mut p = [[T::zero(); C]; 8];
-        let [p0, p1, p2, p3, p4, p5, p6, p7] = &mut p;
-        let xs = x0.iter().zip(x1).zip(x2).zip(x3);
-        let xs = xs.zip(x4.iter().zip(x5).zip(x6).zip(x7));
-        for (((((&a, &b), &c), &d), (((&e, &g), &h), &k)), wr) in xs.zip(w.chunks_exact(C)) {
-            let wr: &[T; C] = wr.try_into().expect("chunks of C");
-            for l in 0..C {
-                p0[l] += a * wr[l];
-                p1[l] += b * wr[l];
-                p2[l] += c * wr[l];
-                p3[l] += d * wr[l];
-                p4[l] += e * wr[l];
-                p5[l] += g * wr[l];
-                p6[l] += h * wr[l];
-                p7[l] += k * wr[l];
-            }
-        }
+        let mut p = oct_sums::<T, C>(std::array::from_fn(|r| &xs[r * f..(r + 1) * f]), w);
         for (p, o) in p.iter_mut().zip(os.chunks_exact_mut(C)) {
             finish_row(p, bias, accumulate, o);
         }
     }
-    rows_times_quads::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
+    let (xr, or) = (xb.remainder(), ob.into_remainder());
+    let rows = or.len() / C;
+    if rows >= OCT_PAD_FROM {
+        // the last rows summed eight at a time too (a graph of 30 nodes
+        // ends in 6 rows), the missing ones standing in for by the last
+        // row: their sums are dropped, and a row's sums do not depend on
+        // the other rows
+        let mut p = oct_sums::<T, C>(
+            std::array::from_fn(|r| &xr[r.min(rows - 1) * f..(r.min(rows - 1) + 1) * f]),
+            w,
+        );
+        for (p, o) in p.iter_mut().zip(or.chunks_exact_mut(C)) {
+            finish_row(p, bias, accumulate, o);
+        }
+        return;
+    }
+    rows_times_quads::<T, C>(xr, f, w, bias, accumulate, or);
+}
+
+/// The fewest last rows (of fewer than eight) that [`rows_times_octs`]
+/// sums as a block of eight rather than four and fewer at a time.
+const OCT_PAD_FROM: usize = 3;
+
+/// The sums of eight rows `xs` (of $F$ entries each) times $W$ ($F \times
+/// C$): row $r$'s $p_r = \sum_j x_{rj} W_j$, each entry its own multiply
+/// and add in order of $j$ from $+0$ (the bits of [`row_times`]).
+#[inline(always)]
+fn oct_sums<T: Scalar, const C: usize>(xs: [&[T]; 8], w: &[T]) -> [[T; C]; 8] {
+    let [x0, x1, x2, x3, x4, x5, x6, x7] = xs;
+    let mut p = [[T::zero(); C]; 8];
+    let [p0, p1, p2, p3, p4, p5, p6, p7] = &mut p;
+    let xs = x0.iter().zip(x1).zip(x2).zip(x3);
+    let xs = xs.zip(x4.iter().zip(x5).zip(x6).zip(x7));
+    for (((((&a, &b), &c), &d), (((&e, &g), &h), &k)), wr) in xs.zip(w.chunks_exact(C)) {
+        let wr: &[T; C] = wr.try_into().expect("chunks of C");
+        for l in 0..C {
+            p0[l] += a * wr[l];
+            p1[l] += b * wr[l];
+            p2[l] += c * wr[l];
+            p3[l] += d * wr[l];
+            p4[l] += e * wr[l];
+            p5[l] += g * wr[l];
+            p6[l] += h * wr[l];
+            p7[l] += k * wr[l];
+        }
+    }
+    p
 }
 
 /// [`rows_times`] for $C$ known at compile time, four rows at a time: the
