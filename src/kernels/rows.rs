@@ -545,6 +545,16 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
     if outer_register_kernel(s, k, y, f, out, avx512) {
         return;
     }
+    if f == 1 {
+        // one column (DMoNPool's S^T d): the K sums side by side, one row
+        // of S at a time
+        for (sn, &yn) in s.chunks_exact(k).zip(y) {
+            for (o, &v) in out.iter_mut().zip(sn) {
+                *o += v * yn;
+            }
+        }
+        return;
+    }
     if f < SMALL_COLS {
         // a width between the register kernels': Y's rows padded with
         // zeros to the next kernel's width, a block at a time, the padded
@@ -555,7 +565,8 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
         const BLOCK: usize = 256;
         let wide = f.next_power_of_two().max(16);
         let mut padded = vec![T::zero(); k * wide];
-        let mut yp = vec![T::zero(); BLOCK * wide];
+        // a block of padded rows, no more than there are rows
+        let mut yp = vec![T::zero(); BLOCK.min(y.len() / f) * wide];
         for (sb, yb) in s.chunks(BLOCK * k).zip(y.chunks(BLOCK * f)) {
             let yp = &mut yp[..yb.len() / f * wide];
             for (dst, src) in yp.chunks_exact_mut(wide).zip(yb.chunks_exact(f)) {
