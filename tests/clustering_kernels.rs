@@ -397,3 +397,90 @@ fn normalized_blocks_have_the_bits_of_the_plain_formula_at_every_width() {
         }
     }
 }
+
+/// [`normalize_blocks_vjp`] entry by entry as its documentation states it
+/// (`f64`): $\bar D_i = -\frac{1}{D_i}\sum_j(\bar O_{ij}\mathrm{out}_{ij} +
+/// \bar O_{ji}\mathrm{out}_{ji})$, the terms added over $j$ in order from
+/// $+0$, $\bar d_i = \bar D_i / (2\sqrt{d_i})$ (0 where $d_i \le 0$), and
+/// $[i \ne j](\bar O_{ij} / (D_i D_j) + \bar d_i) + \mathrm{direct}_{ij}$.
+fn plain_normalized_vjp<T: graphpool::Scalar>(
+    nb: &graphpool::kernels::segment::NormalizedBlocks<T>,
+    grad: &Array2<T>,
+    direct: &Array2<T>,
+    g: usize,
+) -> Array2<f64> {
+    let k = grad.ncols();
+    let w = |v: T| v.to_f64().unwrap();
+    let at = |m: &Array2<T>, i: usize, j: usize| w(m[[g * k + i, j]]);
+    let den = |i: usize| w(nb.denominators[g * k + i]);
+    let gd: Vec<f64> = (0..k)
+        .map(|i| {
+            let mut acc = 0.0;
+            for j in 0..k {
+                acc += at(grad, i, j) * at(&nb.out, i, j) + at(grad, j, i) * at(&nb.out, j, i);
+            }
+            let g_den = -acc / den(i);
+            let d = w(nb.degrees[g * k + i]);
+            if d > 0.0 {
+                g_den / (2.0 * d.sqrt())
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Array2::from_shape_fn((k, k), |(i, j)| {
+        let through = if i != j {
+            at(grad, i, j) / (den(i) * den(j)) + gd[i]
+        } else {
+            0.0
+        };
+        through + at(direct, i, j)
+    })
+}
+
+/// Whether a degree was not positive.
+fn check_normalized_vjp_bits<T: graphpool::Scalar>(k: usize, b: usize, seed: u64) -> bool {
+    let value = |r: usize, j: usize, salt: u64| {
+        let h = (r as u64 * 131 + j as u64 * 71 + seed * 977 + salt * 389) % 1013;
+        T::c((h as f64 - 300.0) / 3.0 + (h % 7) as f64 / 7.0)
+    };
+    // negative entries, so that some degrees are not positive
+    let blocks = Array2::from_shape_fn((b * k, k), |(r, j)| value(r, j, 0));
+    let grad = Array2::from_shape_fn((b * k, k), |(r, j)| value(r, j, 1) / T::c(50.0));
+    let direct = Array2::from_shape_fn((b * k, k), |(r, j)| value(r, j, 2) / T::c(90.0));
+    let nb = normalize_blocks(blocks.view(), T::c(1e-7));
+    for threads in [1, 3] {
+        let gc = with_threads(threads, || {
+            normalize_blocks_vjp(&nb, grad.view(), direct.view())
+        });
+        for g in 0..b {
+            let want = plain_normalized_vjp(&nb, &grad, &direct, g);
+            for i in 0..k {
+                for j in 0..k {
+                    let got = gc[[g * k + i, j]];
+                    assert!(
+                        got.to_bits() == want[[i, j]].to_bits()
+                            || (got.is_nan() && want[[i, j]].is_nan()),
+                        "block {g} ({i}, {j}) (k = {k}, {threads} threads): {got:?} vs {:?}",
+                        want[[i, j]]
+                    );
+                }
+            }
+        }
+    }
+    nb.degrees.iter().any(|&d| d <= T::zero())
+}
+
+#[test]
+fn normalize_blocks_vjp_has_the_bits_of_the_plain_formula_at_every_width() {
+    // widths below, at and past a vector of f64 and f32; more blocks than
+    // one work item (64 blocks)
+    let mut non_positive = false;
+    for k in [1, 2, 3, 7, 8, 9, 16, 17, 33] {
+        for (b, seed) in [(0, 0), (1, 1), (5, 2), (70, 3), (130, 4)] {
+            non_positive |= check_normalized_vjp_bits::<f32>(k, b, seed);
+            non_positive |= check_normalized_vjp_bits::<f64>(k, b, seed);
+        }
+    }
+    assert!(non_positive, "a non-positive degree is covered");
+}

@@ -928,7 +928,6 @@ pub fn normalize_blocks_vjp<T: Scalar>(
     direct: ArrayView2<T>,
 ) -> Array2<f64> {
     let k = norm.out.ncols();
-    let wide = |v: T| v.to_f64().unwrap_or(f64::NAN);
     // every entry is written once: fresh memory; per block, in parallel,
     // on contiguous slices
     let mut gc = super::rows::fresh_matrix(norm.out.nrows(), k);
@@ -943,43 +942,102 @@ pub fn normalize_blocks_vjp<T: Scalar>(
     );
     let (den_view, deg_view) = (norm.denominators.view(), norm.degrees.view());
     let (dens, degs) = (rows::row_major_1d(&den_view), rows::row_major_1d(&deg_view));
+    let inputs = BlocksVjpInputs {
+        k,
+        out: &outs,
+        grad: &gos,
+        direct: &dirs,
+        den: &dens,
+        deg: &degs,
+    };
     gc.as_slice_mut()
         .expect("fresh matrices are standard layout")
-        .par_chunks_mut(k * k)
+        .par_chunks_mut(NORMALIZE_GROUP * k * k)
         .enumerate()
-        .for_each(|(g, block)| {
-            let r = g * k * k..(g + 1) * k * k;
-            let (out, go, direct) = (&outs[r.clone()], &gos[r.clone()], &dirs[r]);
-            let (den, deg) = (&dens[g * k..(g + 1) * k], &degs[g * k..(g + 1) * k]);
-            let gd: Vec<f64> = (0..k)
-                .map(|i| {
-                    let mut acc = 0.0;
-                    for j in 0..k {
-                        acc += wide(go[i * k + j]) * wide(out[i * k + j])
-                            + wide(go[j * k + i]) * wide(out[j * k + i]);
-                    }
-                    let g_den = -acc / wide(den[i]);
-                    let d = wide(deg[i]);
-                    if d > 0.0 {
-                        g_den / (2.0 * d.sqrt())
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            for (i, row) in block.chunks_exact_mut(k).enumerate() {
-                for (j, v) in row.iter_mut().enumerate() {
-                    let ij = i * k + j;
-                    let through_norm = if i != j {
-                        wide(go[ij]) / (wide(den[i]) * wide(den[j])) + gd[i]
-                    } else {
-                        0.0
-                    };
-                    *v = through_norm + wide(direct[ij]);
-                }
-            }
+        .for_each_init(Vec::new, |scratch, (c, blocks)| {
+            normalize_group_vjp(&inputs, c * NORMALIZE_GROUP, blocks, scratch);
         });
     gc
+}
+
+/// The inputs of [`normalize_blocks_vjp`] as row-major slices: the
+/// normalised blocks, their gradient, the direct gradient, and every pooled
+/// node's $D_i$ and $d_i$.
+struct BlocksVjpInputs<'a, T> {
+    k: usize,
+    out: &'a [T],
+    grad: &'a [T],
+    direct: &'a [T],
+    den: &'a [T],
+    deg: &'a [T],
+}
+
+simd_levels! {
+/// [`normalize_blocks_vjp`] of the blocks `first..` into `gc` (whole
+/// $k \times k$ blocks, `f64`), block by block: the products
+/// $p_{ij} = \bar O_{ij}\,\mathrm{out}_{ij}$ and their transpose into
+/// `scratch`, then every row's
+/// $\sum_j (p_{ij} + p_{ji})$ (added over $j$ in order from $+0$), $\bar D_i$
+/// and $\bar d_i$ side by side, then every entry. The same operations in the
+/// same order per value as one row at a time (an addition's operands are
+/// taken in either order, which gives the same sum), at every SIMD level.
+/// The former loop read $p_{ji}$ down a column and added one row's terms
+/// in one chain: 470 ns a block of 16 in cache, one thread.
+fn normalize_group_vjp<T: Scalar>(
+    inputs: &BlocksVjpInputs<'_, T>,
+    first: usize,
+    gc: &mut [f64],
+    scratch: &mut Vec<f64>,
+) {
+    let k = inputs.k;
+    let kk = k * k;
+    let wide = |v: T| v.to_f64().unwrap_or(f64::NAN);
+    let scratch = super::scratch_slice(scratch, 2 * kk + k);
+    let (p, rest) = scratch.split_at_mut(kk);
+    let (pt, gd) = rest.split_at_mut(kk);
+    for (c, block) in gc.chunks_exact_mut(kk).enumerate() {
+        let g = first + c;
+        let r = g * kk..(g + 1) * kk;
+        let (out, go, direct) = (&inputs.out[r.clone()], &inputs.grad[r.clone()], &inputs.direct[r]);
+        let (den, deg) = (&inputs.den[g * k..(g + 1) * k], &inputs.deg[g * k..(g + 1) * k]);
+        for ((pv, &o), &v) in p.iter_mut().zip(out).zip(go) {
+            *pv = wide(v) * wide(o);
+        }
+        for (i, prow) in p.chunks_exact(k).enumerate() {
+            for (j, &v) in prow.iter().enumerate() {
+                pt[j * k + i] = v;
+            }
+        }
+        gd.fill(0.0);
+        for (prow, ptrow) in p.chunks_exact(k).zip(pt.chunks_exact(k)) {
+            // row j of p holds p_ji, row j of pt holds p_ij, for every i
+            for ((acc, &pji), &pij) in gd.iter_mut().zip(prow).zip(ptrow) {
+                *acc += pij + pji;
+            }
+        }
+        for ((acc, &dn), &dg) in gd.iter_mut().zip(den).zip(deg) {
+            let g_den = -*acc / wide(dn);
+            let d = wide(dg);
+            *acc = if d > 0.0 { g_den / (2.0 * d.sqrt()) } else { 0.0 };
+        }
+        for (i, ((row, gorow), drow)) in block
+            .chunks_exact_mut(k)
+            .zip(go.chunks_exact(k))
+            .zip(direct.chunks_exact(k))
+            .enumerate()
+        {
+            let (di, gdi) = (wide(den[i]), gd[i]);
+            for (j, ((v, &gv), &dv)) in row.iter_mut().zip(gorow).zip(drow).enumerate() {
+                let through_norm = if i != j {
+                    wide(gv) / (di * wide(den[j])) + gdi
+                } else {
+                    0.0
+                };
+                *v = through_norm + wide(dv);
+            }
+        }
+    }
+}
 }
 
 /// Whether every entry of each stacked $K \times K$ block stays below
