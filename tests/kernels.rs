@@ -1098,19 +1098,30 @@ proptest! {
     }
 }
 
+/// [`random_sparse`] ($n \times n$) with every row whose index is a
+/// multiple of `empty_every` emptied.
+fn random_sparse_with_empty_rows(
+    n: usize,
+    per_row: usize,
+    seed: u64,
+    empty_every: usize,
+) -> CsMat<f64> {
+    let full = random_sparse(n, n, per_row, seed);
+    let mut tri = TriMat::new((n, n));
+    for (&v, (r, c)) in full.iter() {
+        if r % empty_every != 0 {
+            tri.add_triplet(r, c, v);
+        }
+    }
+    tri.to_csr()
+}
+
 #[test]
 fn row_sums_equal_spmm_with_a_column_of_ones_bit_for_bit() {
     use graphpool::kernels::sparse::row_sums;
     // non-integer values, so that a different order of additions shows;
     // more rows than one ROW_BLOCK, and rows with no entries
-    let full = random_sparse(9000, 9000, 5, 3);
-    let mut tri = TriMat::new((9000, 9000));
-    for (&v, (r, c)) in full.iter() {
-        if r % 7 != 0 {
-            tri.add_triplet(r, c, v);
-        }
-    }
-    let a: CsMat<f64> = tri.to_csr();
+    let a = random_sparse_with_empty_rows(9000, 5, 3, 7);
     let ones = Array2::ones((a.cols(), 1));
     let reference = spmm(a.view(), ones.view()).column(0).to_owned();
     for threads in [1, 2, 5] {
@@ -1840,20 +1851,26 @@ fn row_sum_has_ndarray_sum_bits_at_every_length() {
     }
 }
 
+/// `spmm_and_row_sums(a, x)` has the bits of `spmm(a, x)` and
+/// `row_sums(a)`.
+fn assert_fused_degrees_bits<T: graphpool::Scalar>(a: &CsMat<T>, x: &Array2<T>, what: &str) {
+    use graphpool::kernels::sparse::{row_sums, spmm_and_row_sums};
+    let bits = |v: &T| v.to_f64().unwrap().to_bits();
+    let (ax, d) = spmm_and_row_sums(a.view(), x.view());
+    let want = spmm(a.view(), x.view());
+    assert!(ax.iter().map(bits).eq(want.iter().map(bits)), "A X, {what}");
+    assert!(
+        d.iter().map(bits).eq(row_sums(a.view()).iter().map(bits)),
+        "row sums, {what}"
+    );
+}
+
 #[test]
 fn spmm_and_row_sums_give_the_bits_of_spmm_and_row_sums() {
-    use graphpool::kernels::sparse::{row_sums, spmm_and_row_sums};
     // more rows than one ROW_BLOCK, rows with no entries, non-integer
     // values; every width with a register path (8, 16, 32, 64), others
     // around them, and none
-    let full = random_sparse(2500, 2500, 4, 11);
-    let mut tri = TriMat::new((2500, 2500));
-    for (&v, (r, c)) in full.iter() {
-        if r % 5 != 0 {
-            tri.add_triplet(r, c, v);
-        }
-    }
-    let a: CsMat<f64> = tri.to_csr();
+    let a = random_sparse_with_empty_rows(2500, 4, 11, 5);
     let a32: CsMat<f32> = a.map(|&v| v as f32);
     for f in [0, 1, 3, 8, 9, 16, 32, 33, 64] {
         let x = Array2::from_shape_fn((2500, f), |(i, j)| {
@@ -1861,26 +1878,9 @@ fn spmm_and_row_sums_give_the_bits_of_spmm_and_row_sums() {
         });
         let x32 = x.mapv(|v| v as f32);
         for threads in [1, 2, 5] {
-            let (ax, d) = with_threads(threads, || spmm_and_row_sums(a.view(), x.view()));
-            let same = ax
-                .iter()
-                .zip(spmm(a.view(), x.view()).iter())
-                .all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(same, "A X, F = {f}, {threads} threads");
-            let want: Vec<u64> = row_sums(a.view()).iter().map(|v| v.to_bits()).collect();
-            let got: Vec<u64> = d.iter().map(|v| v.to_bits()).collect();
-            assert_eq!(got, want, "row sums, F = {f}, {threads} threads");
-            let (ax, d) = with_threads(threads, || spmm_and_row_sums(a32.view(), x32.view()));
-            let same = ax
-                .iter()
-                .zip(spmm(a32.view(), x32.view()).iter())
-                .all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(same, "f32 A X, F = {f}, {threads} threads");
-            let same = d
-                .iter()
-                .zip(row_sums(a32.view()).iter())
-                .all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(same, "f32 row sums, F = {f}, {threads} threads");
+            let what = format!("F = {f}, {threads} threads");
+            with_threads(threads, || assert_fused_degrees_bits(&a, &x, &what));
+            with_threads(threads, || assert_fused_degrees_bits(&a32, &x32, &what));
         }
     }
 }
