@@ -1030,6 +1030,119 @@ fn streamed_dense_backward_equals_the_whole_gradient_products_bit_for_bit() {
     }
 }
 
+/// Graphs of 1-40 nodes with empty ones among them and one graph longer
+/// than a chunk, so that chunks and pieces start and end inside graphs.
+fn graphs_across_chunks() -> Segments {
+    let mut sizes = vec![0, 7, 30, 0, 0, 29];
+    sizes.extend((0..300).map(|i| 20 + i % 17));
+    sizes.extend([graphpool::kernels::CHUNK + 5, 0, 1, 33]);
+    sizes.extend((0..200).map(|i| 1 + i % 40));
+    sizes.push(0);
+    Segments::from_sizes(&sizes)
+}
+
+/// An `r` x `cols` matrix of [`rough`] values.
+fn rough_matrix(r: usize, cols: usize, seed: u64) -> Array2<f32> {
+    Array2::from_shape_vec((r, cols), rough(r * cols, seed)).unwrap()
+}
+
+/// `segment_matmul_tn_vjp_s_add_rows` and `segment_matmul_nn_add_rows`,
+/// called on consecutive pieces of rows (of a chunk, of 1,000 and of 37
+/// rows, so that pieces start and end inside graphs and around empty ones),
+/// add to each row the bits of the whole products' row
+/// (`segment_matmul_tn_vjp_s`, `segment_matmul_nn`): the result is
+/// `old + whole` entry by entry, at every width of the small products.
+#[test]
+fn products_added_by_pieces_of_rows_have_the_bits_of_the_whole_products() {
+    use graphpool::kernels::segment::{
+        segment_matmul_nn, segment_matmul_nn_add_rows, segment_matmul_tn_vjp_s,
+        segment_matmul_tn_vjp_s_add_rows,
+    };
+    let chunk = graphpool::kernels::CHUNK;
+    let segs = graphs_across_chunks();
+    let (n, b) = (segs.num_nodes(), segs.num_graphs());
+    let arr = rough_matrix;
+    let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (f, k) in [(64, 16), (3, 16), (16, 3), (100, 5), (1, 1), (0, 4), (5, 0)] {
+        let (y, s) = (arr(n, f, 1), arr(n, k, 2));
+        let (o, old_s, old_y) = (arr(b * k, f, 3), arr(n, k, 4), arr(n, f, 5));
+        let want_s = &old_s + &segment_matmul_tn_vjp_s(k, y.view(), &segs, o.view());
+        let want_y = &old_y + &segment_matmul_nn(s.view(), o.view(), &segs);
+        for piece in [chunk, 1000, 37] {
+            let (mut got_s, mut got_y) = (old_s.clone(), old_y.clone());
+            let (ys, ss, os) = (
+                y.as_slice().unwrap(),
+                s.as_slice().unwrap(),
+                o.as_slice().unwrap(),
+            );
+            let (gs, gy) = (got_s.as_slice_mut().unwrap(), got_y.as_slice_mut().unwrap());
+            for start in (0..n).step_by(piece) {
+                let r = start..(start + piece).min(n);
+                let out_s = &mut gs[r.start * k..r.end * k];
+                segment_matmul_tn_vjp_s_add_rows(ys, f, os, k, &segs, r.clone(), out_s);
+                let out_y = &mut gy[r.start * f..r.end * f];
+                segment_matmul_nn_add_rows(ss, k, os, f, &segs, r, out_y);
+            }
+            assert_eq!(
+                bits(&got_s),
+                bits(&want_s),
+                "S-bar, F {f} K {k}, pieces of {piece}"
+            );
+            assert_eq!(
+                bits(&got_y),
+                bits(&want_y),
+                "Y-bar, F {f} K {k}, pieces of {piece}"
+            );
+        }
+    }
+}
+
+/// `nn::dense_backward_streamed_into` with the other term $R = S O$ added
+/// chunk by chunk (`segment_matmul_nn_add_rows`, as the clustering pools'
+/// backward pass forms $\bar X$) gives the bits of $R$ formed whole
+/// (`segment_matmul_nn`) and then `dense_backward_streamed` into it: on
+/// every path of $\bar Z W^\top$ (F narrow, small, GEMM-wide), over graphs
+/// that cross the chunks' edges, empty graphs and one graph longer than a
+/// chunk, on 1 and 3 threads. It fails if a row's two terms are added in
+/// pieces, or if a piece reads another graph's block.
+#[test]
+fn streamed_backward_into_a_rest_formed_by_pieces_has_the_bits_of_the_rest_formed_whole() {
+    use graphpool::kernels::segment::{segment_matmul_nn, segment_matmul_nn_add_rows};
+    use graphpool::nn::{dense_backward_streamed, dense_backward_streamed_into};
+    let segs = graphs_across_chunks();
+    let (n, b) = (segs.num_nodes(), segs.num_graphs());
+    for (f, c, k) in [
+        (3, 8, 16),
+        (16, 8, 3),
+        (64, 16, 16),
+        (100, 7, 5),
+        (5, 100, 16),
+    ] {
+        let arr = rough_matrix;
+        let (x, w, g) = (arr(n, f, 1), arr(f, c, 2), arr(n, c, 3));
+        let (s, o) = (arr(n, k, 4), arr(b * k, f, 5));
+        let rows = |r: std::ops::Range<usize>| g.slice(ndarray::s![r, ..]).to_owned();
+        let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for threads in [1, 3] {
+            let ((gx, gw, gb), (whole, hw, hb)) = with_threads(threads, || {
+                let (ss, os) = (s.as_slice().unwrap(), o.as_slice().unwrap());
+                let into = dense_backward_streamed_into(x.view(), w.view(), rows, |r, mut out| {
+                    let out = out.as_slice_mut().unwrap();
+                    segment_matmul_nn_add_rows(ss, k, os, f, &segs, r, out);
+                });
+                let mut whole = segment_matmul_nn(s.view(), o.view(), &segs);
+                let (hw, hb) = dense_backward_streamed(x.view(), w.view(), rows, &mut whole);
+                (into, (whole, hw, hb))
+            });
+            let what = format!("F {f} C {c} K {k}, {threads} threads");
+            assert_eq!(bits(&gx), bits(&whole), "gx, {what}");
+            assert_eq!(bits(&gw), bits(&hw), "gW, {what}");
+            let bits1 = |a: &Array1<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits1(&gb), bits1(&hb), "gb, {what}");
+        }
+    }
+}
+
 proptest! {
     /// Against the dense test: a graph is symmetric iff its dense block
     /// equals its transpose. Directed and undirected graphs are drawn, and

@@ -394,7 +394,7 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     segments: &Segments,
     grad: ArrayView2<T>,
 ) -> (Array2<T>, Array2<T>) {
-    let gs = vjp_of_s(s.ncols(), y, segments, grad);
+    let gs = segment_matmul_tn_vjp_s(s.ncols(), y, segments, grad);
     let gy = segment_matmul_nn(s, grad, segments);
     (gs, gy)
 }
@@ -437,7 +437,7 @@ where
     T: Scalar,
     P: Fn(&mut [T], &[T]) + Sync,
 {
-    let gs = vjp_of_s(s.ncols(), y.view(), segments, grad);
+    let gs = segment_matmul_tn_vjp_s(s.ncols(), y.view(), segments, grad);
     let (k, f) = (s.ncols(), y.ncols());
     if f == 0 {
         return gs;
@@ -450,7 +450,7 @@ where
         let yb = block.as_slice_mut().expect("row blocks are contiguous");
         // every entry written by the product
         let dy = super::scratch_slice(scratch, yb.len());
-        nn_piece(&ss, k, &gr, f, g, nodes, dy);
+        nn_piece(&ss, k, &gr, f, g, nodes, false, dy);
         for (row, d) in yb.chunks_exact_mut(f).zip(dy.chunks_exact(f)) {
             post(row, d);
         }
@@ -458,9 +458,25 @@ where
     gs
 }
 
-/// $\bar S_g = Y_g \bar O_g^\top$, one small product per fixed piece of a
-/// graph's rows (a row times $\bar O_g^\top$, [`rows::rows_times`]).
-fn vjp_of_s<T: Scalar>(
+/// The $\bar S$ half of [`segment_matmul_tn_vjp`] ($S$ of $K$ = `k`
+/// columns): $\bar S_g = Y_g \bar O_g^\top$, one small product per fixed
+/// piece of a graph's rows (a row times $\bar O_g^\top$,
+/// [`rows::rows_times`]). For a caller that forms $\bar Y = S \bar O$ in
+/// pieces along with other work ([`segment_matmul_nn_add_rows`]).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_matmul_tn_vjp, segment_matmul_tn_vjp_s};
+/// use ndarray::array;
+/// let segs = Segments::from_sizes(&[2, 1]);
+/// let s = array![[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]];
+/// let y = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// let grad = array![[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]];
+/// let gs = segment_matmul_tn_vjp_s(2, y.view(), &segs, grad.view());
+/// assert_eq!(gs, array![[1.0, 2.0], [3.0, 4.0], [10.0, 12.0]]);
+/// assert_eq!(gs, segment_matmul_tn_vjp(s.view(), y.view(), &segs, grad.view()).0);
+/// ```
+pub fn segment_matmul_tn_vjp_s<T: Scalar>(
     k: usize,
     y: ArrayView2<T>,
     segments: &Segments,
@@ -474,19 +490,109 @@ fn vjp_of_s<T: Scalar>(
     let mut gs = rows::fresh_matrix(y.nrows(), k);
     let (ys, gr) = (rows::row_major(&y), rows::row_major(&grad));
     for_each_segment_block_with_scratch(gs.view_mut(), segments, |scratch, g, nodes, mut block| {
-        let og = &gr[g * k * f..(g + 1) * k * f];
-        // every entry written by the transpose
-        let ogt = super::scratch_slice(scratch, f * k);
-        for (j, orow) in og.chunks_exact(f).enumerate() {
-            for (i, &v) in orow.iter().enumerate() {
-                ogt[i * k + j] = v;
-            }
-        }
         let out = block.as_slice_mut().expect("row blocks are contiguous");
-        let yb = &ys[nodes.start * f..nodes.end * f];
-        rows::rows_times(yb, f, ogt, k, None, false, out);
+        tn_vjp_s_piece(&ys, f, &gr, k, g, nodes, scratch, false, out);
     });
     gs
+}
+
+/// The rows `rows` of [`segment_matmul_tn_vjp_s`] added into `out` (those
+/// rows, row-major, $K$ = `k` columns): to row $n$ its product
+/// $y_n \bar O_{g(n)}^\top$, formed first and added once to the row's old
+/// value ([`rows::rows_times`] with `accumulate`), so each row's product has
+/// the bits of [`segment_matmul_tn_vjp_s`]'s row. `ys` is $Y$
+/// ($N \times F$, $F$ = `f`) and `gr` is $\bar O$ ($(BK) \times F$), both
+/// row-major. For a caller that forms $\bar S$ a piece of rows at a time
+/// along with other terms of the same rows (sequential: the caller runs
+/// the pieces in parallel).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_matmul_tn_vjp_s, segment_matmul_tn_vjp_s_add_rows};
+/// use ndarray::array;
+/// let segs = Segments::from_sizes(&[2, 0, 1]);
+/// let y = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// let grad = array![[1.0, 0.0], [0.0, 1.0], [9.0, 9.0], [9.0, 9.0], [2.0, 0.0], [0.0, 2.0]];
+/// let whole = segment_matmul_tn_vjp_s(2, y.view(), &segs, grad.view());
+/// // rows 1 and 2 (graphs 0 and 2) onto rows of ones
+/// let mut out = vec![1.0; 4];
+/// let (ys, gr) = (y.as_slice().unwrap(), grad.as_slice().unwrap());
+/// segment_matmul_tn_vjp_s_add_rows(ys, 2, gr, 2, &segs, 1..3, &mut out);
+/// assert_eq!(out, [1.0 + whole[[1, 0]], 1.0 + whole[[1, 1]], 1.0 + whole[[2, 0]], 1.0 + whole[[2, 1]]]);
+/// assert_eq!(out, [4.0, 5.0, 11.0, 13.0]);
+/// ```
+pub fn segment_matmul_tn_vjp_s_add_rows<T: Scalar>(
+    ys: &[T],
+    f: usize,
+    gr: &[T],
+    k: usize,
+    segments: &Segments,
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+) {
+    debug_assert_eq!(out.len(), rows.len() * k);
+    if k == 0 || f == 0 {
+        // empty sums: each row plus 0, as rows_times adds them
+        for o in out.iter_mut() {
+            *o += T::zero();
+        }
+        return;
+    }
+    let mut scratch = Vec::new();
+    for_each_graph_piece(segments, rows.clone(), |g, nodes| {
+        let piece = &mut out[(nodes.start - rows.start) * k..(nodes.end - rows.start) * k];
+        tn_vjp_s_piece(ys, f, gr, k, g, nodes, &mut scratch, true, piece);
+    });
+}
+
+/// `f(graph, nodes)` for the pieces of the graphs that hold the rows
+/// `rows`, in order (empty graphs skipped).
+fn for_each_graph_piece(
+    segments: &Segments,
+    rows: std::ops::Range<usize>,
+    mut f: impl FnMut(usize, std::ops::Range<usize>),
+) {
+    if rows.is_empty() {
+        return;
+    }
+    let mut g = segments.graph_of(rows.start);
+    let mut start = rows.start;
+    while start < rows.end {
+        let end = segments.range(g).end.min(rows.end);
+        if end > start {
+            f(g, start..end);
+        }
+        start = end;
+        g += 1;
+    }
+}
+
+/// Rows `nodes` (of graph `g`) of [`segment_matmul_tn_vjp_s`] into `out`
+/// (added to it with `accumulate`): $\bar O_g$ transposed into `scratch`,
+/// then the rows $y_n \bar O_g^\top$ ([`rows::rows_times`]); $F, K > 0$.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn tn_vjp_s_piece<T: Scalar>(
+    ys: &[T],
+    f: usize,
+    gr: &[T],
+    k: usize,
+    g: usize,
+    nodes: std::ops::Range<usize>,
+    scratch: &mut Vec<T>,
+    accumulate: bool,
+    out: &mut [T],
+) {
+    let og = &gr[g * k * f..(g + 1) * k * f];
+    // every entry written by the transpose
+    let ogt = super::scratch_slice(scratch, f * k);
+    for (j, orow) in og.chunks_exact(f).enumerate() {
+        for (i, &v) in orow.iter().enumerate() {
+            ogt[i * k + j] = v;
+        }
+    }
+    let yb = &ys[nodes.start * f..nodes.end * f];
+    rows::rows_times(yb, f, ogt, k, None, accumulate, out);
 }
 
 /// VJP of the per-graph Gram matrix $P_g = S_g^\top S_g$
@@ -567,12 +673,58 @@ fn segment_matmul_nn_into<T: Scalar>(
 ) {
     for_each_segment_block(out.view_mut(), segments, |g, nodes, mut block| {
         let out = block.as_slice_mut().expect("row blocks are contiguous");
-        nn_piece(ss, k, os, f, g, nodes, out);
+        nn_piece(ss, k, os, f, g, nodes, false, out);
     });
 }
 
-/// Rows `nodes` (of graph `g`) of [`segment_matmul_nn`] into `out`: the
-/// rows $s_n O_g$ ([`rows::rows_times`]), `ss` and `os` row-major.
+/// The rows `rows` of [`segment_matmul_nn`] added into `out` (those rows,
+/// row-major, $F$ = `f` columns): to row $n$ its product $s_n O_{g(n)}$,
+/// formed first and added once to the row's old value
+/// ([`rows::rows_times`] with `accumulate`), so each row's product has the
+/// bits of [`segment_matmul_nn`]'s row. `ss` is $S$ ($N \times K$, $K$ =
+/// `k`) and `os` is $O$ ($(BK) \times F$), both row-major. For a caller that
+/// forms $S O$ a piece of rows at a time along with other terms of the same
+/// rows, without the $N \times F$ matrix (sequential: the caller runs the
+/// pieces in parallel).
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_matmul_nn, segment_matmul_nn_add_rows};
+/// use ndarray::array;
+/// let segs = Segments::from_sizes(&[2, 0, 1]);
+/// let s = array![[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]];
+/// let o = array![[1.0, 2.0], [3.0, 4.0], [9.0, 9.0], [9.0, 9.0], [5.0, 6.0], [7.0, 8.0]];
+/// let whole = segment_matmul_nn(s.view(), o.view(), &segs);
+/// // rows 1 and 2 (graphs 0 and 2) onto rows of ones
+/// let mut out = vec![1.0; 4];
+/// let (ss, os) = (s.as_slice().unwrap(), o.as_slice().unwrap());
+/// segment_matmul_nn_add_rows(ss, 2, os, 2, &segs, 1..3, &mut out);
+/// assert_eq!(out, [1.0 + whole[[1, 0]], 1.0 + whole[[1, 1]], 1.0 + whole[[2, 0]], 1.0 + whole[[2, 1]]]);
+/// assert_eq!(out, [3.0, 4.0, 8.0, 9.0]);
+/// ```
+pub fn segment_matmul_nn_add_rows<T: Scalar>(
+    ss: &[T],
+    k: usize,
+    os: &[T],
+    f: usize,
+    segments: &Segments,
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+) {
+    debug_assert_eq!(out.len(), rows.len() * f);
+    if f == 0 {
+        return;
+    }
+    for_each_graph_piece(segments, rows.clone(), |g, nodes| {
+        let piece = &mut out[(nodes.start - rows.start) * f..(nodes.end - rows.start) * f];
+        nn_piece(ss, k, os, f, g, nodes, true, piece);
+    });
+}
+
+/// Rows `nodes` (of graph `g`) of [`segment_matmul_nn`] into `out` (added
+/// to it with `accumulate`): the rows $s_n O_g$ ([`rows::rows_times`]),
+/// `ss` and `os` row-major.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn nn_piece<T: Scalar>(
     ss: &[T],
@@ -581,11 +733,12 @@ fn nn_piece<T: Scalar>(
     f: usize,
     g: usize,
     nodes: std::ops::Range<usize>,
+    accumulate: bool,
     out: &mut [T],
 ) {
     let og = &os[g * k * f..(g + 1) * k * f];
     let sb = &ss[nodes.start * k..nodes.end * k];
-    rows::rows_times(sb, k, og, f, None, false, out);
+    rows::rows_times(sb, k, og, f, None, accumulate, out);
 }
 
 /// The `rank(n_g)`-th largest value of every column of $S$ within every graph

@@ -32,7 +32,7 @@
 
 use std::ops::Range;
 
-use ndarray::{s, Array1, Array2, ArrayD, Axis, Zip};
+use ndarray::{s, Array1, Array2, ArrayD, ArrayViewMut2, Axis, Zip};
 use rayon::prelude::*;
 
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
@@ -45,8 +45,9 @@ use crate::framework::{
 use crate::kernels::rows::add_row;
 use crate::kernels::segment::{
     blocks_fit, normalize_blocks, normalize_blocks_vjp, segment_gram_vjp, segment_kth_largest,
-    segment_kth_largest_vjp_add, segment_matmul_tn, segment_matmul_tn_vjp, segment_sum,
-    segment_sum_squares, segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
+    segment_kth_largest_vjp_add, segment_matmul_nn_add_rows, segment_matmul_tn,
+    segment_matmul_tn_vjp, segment_matmul_tn_vjp_s_add_rows, segment_sum, segment_sum_squares,
+    segment_sum_vjp, NormalizedBlocks, SegmentKthLargest,
 };
 use crate::kernels::sparse::{
     row_sums, row_sums_vjp, segment_edge_l1_vjp_opt, segment_nnz, spmm_and_edge_l1,
@@ -1186,7 +1187,15 @@ impl<T: Scalar> DenseClustering<T> {
             .as_ref()
             .map(|(pre, out)| Activation::Selu.vjp(pre.view(), out.view(), g_x));
         let g_x_pre = g_selu.as_ref().map_or(g_x, |g| g.view());
-        let (gs_reduce, mut gx) = state.assignment.reduce_vjp(batch.x().view(), seg, g_x_pre);
+        // its two terms, S-bar's (X X'-bar^T per graph) and X-bar's (S X'-bar
+        // per graph), are formed chunk by chunk below, where the MLP's
+        // backward pass reads the same rows of X and writes the same rows
+        // of X-bar, instead of as two arrays written whole and read back
+        let x_view = batch.x().view();
+        let f = x_view.ncols();
+        let s_view = s.view();
+        let (x_rows, s_rows) = (rows::row_major(&x_view), rows::row_major(&s_view));
+        let g_rows = rows::row_major(&g_x_pre);
         // connect
         let (gs_connect, ga_connect) = state.assignment.connect_blocks_vjp_opt(
             a,
@@ -1218,7 +1227,8 @@ impl<T: Scalar> DenseClustering<T> {
         let g_logits = |r: std::ops::Range<usize>| {
             let piece = s![r.clone(), ..];
             let mut gs = cot.s.slice(piece).to_owned();
-            gs += &gs_reduce.slice(piece);
+            let out = gs.as_slice_mut().expect("a fresh array");
+            segment_matmul_tn_vjp_s_add_rows(&x_rows, f, &g_rows, k, seg, r.clone(), out);
             gs += &gs_connect.slice(piece);
             let mut g = softmax_rows_vjp(s.slice(piece), gs.view());
             for w in &wide {
@@ -1227,13 +1237,17 @@ impl<T: Scalar> DenseClustering<T> {
             g
         };
         let mut params = self.params.zeros_like();
-        self.mlp.backward_streamed_acc(
+        let reduce_x = |r: std::ops::Range<usize>, mut out: ArrayViewMut2<'_, T>| {
+            let out = out.as_slice_mut().expect("row chunks of a fresh matrix");
+            segment_matmul_nn_add_rows(&s_rows, k, &g_rows, f, seg, r, out);
+        };
+        let gx = self.mlp.backward_streamed_into(
             &self.params,
             batch.x().view(),
             &state.mlp,
             g_logits,
             &mut params,
-            &mut gx,
+            reduce_x,
         )?;
         Ok(Gradients {
             x: gx,

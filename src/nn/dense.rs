@@ -175,7 +175,26 @@ pub(crate) fn transpose_times<T: Scalar>(x: ArrayView2<T>, g: ArrayView2<T>) -> 
 pub(crate) fn matmul_acc_piece<T: Scalar>(
     x: ArrayView2<T>,
     w: ArrayView2<T>,
+    out: ArrayViewMut2<T>,
+) {
+    matmul_piece(x, w, out, true);
+}
+
+/// Whether [`matmul_piece`] forms each entry's product before it touches
+/// the entry (and then adds it once to the old value when accumulating):
+/// the paths other than the GEMM's, which adds its product into `out` in
+/// pieces of the inner dimension.
+fn forms_products_first<T>(w: &ArrayView2<T>, out: &ArrayViewMut2<T>) -> bool {
+    w.ncols() <= NARROW_COLS || (w.ncols() <= rows::SMALL_COLS && out.is_standard_layout())
+}
+
+/// `out = X W`, or `out += X W` with `accumulate`, for a piece of rows as
+/// [`matmul_acc_piece`] takes it.
+fn matmul_piece<T: Scalar>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
     mut out: ArrayViewMut2<T>,
+    accumulate: bool,
 ) {
     if w.ncols() <= NARROW_COLS {
         let wt = w.t().as_standard_layout().into_owned();
@@ -185,7 +204,8 @@ pub(crate) fn matmul_acc_piece<T: Scalar>(
             let xr = xr.as_standard_layout();
             let xr = xr.as_slice().expect("standard layout");
             for (j, o) in o.iter_mut().enumerate() {
-                *o += rows::dot(xr, &ws[j * f..(j + 1) * f]);
+                let v = rows::dot(xr, &ws[j * f..(j + 1) * f]);
+                *o = if accumulate { *o + v } else { v };
             }
         }
         return;
@@ -195,14 +215,42 @@ pub(crate) fn matmul_acc_piece<T: Scalar>(
             // the rows of `small_product` (a row's bits do not depend on
             // the block it falls in)
             let (xs, ws) = (rows::row_major(&x), rows::row_major(&w));
-            rows::rows_times(&xs, x.ncols(), &ws, w.ncols(), None, true, os);
+            rows::rows_times(&xs, x.ncols(), &ws, w.ncols(), None, accumulate, os);
             return;
         }
     }
+    let beta = if accumulate { T::one() } else { T::zero() };
     for (b, mut block) in out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK).enumerate() {
         let r0 = b * ROW_BLOCK;
         let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
-        ndarray::linalg::general_mat_mul(T::one(), &xb, &w, T::one(), &mut block);
+        ndarray::linalg::general_mat_mul(T::one(), &xb, &w, beta, &mut block);
+    }
+}
+
+/// `out = R + X W` for a piece of rows as [`matmul_acc_piece`] takes it,
+/// where `add_rest(out)` adds to every entry its term of $R$, formed on
+/// its own and added once to the entry's value (as [`rows::rows_times`]
+/// with `accumulate` adds): the values of writing $R$ into `out` and then
+/// calling [`matmul_acc_piece`]. Where the product is formed before it is
+/// added, it is written first and $R$ added to it, the two terms of each
+/// sum swapped (IEEE addition commutes; only a NaN's payload could differ
+/// if both terms were NaN); on the GEMM's path $R$ comes first.
+fn matmul_plus_piece<T, A>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    mut out: ArrayViewMut2<T>,
+    add_rest: A,
+) where
+    T: Scalar,
+    A: FnOnce(ArrayViewMut2<T>),
+{
+    if forms_products_first(&w, &out) {
+        matmul_piece(x, w, out.view_mut(), false);
+        add_rest(out);
+    } else {
+        out.fill(T::zero());
+        add_rest(out.view_mut());
+        matmul_piece(x, w, out, true);
     }
 }
 
@@ -240,6 +288,61 @@ where
         },
         |(a, b), (c, d)| (a + c, b + d),
     )
+}
+
+/// [`dense_backward_streamed`] into a fresh $\bar X = R + \bar Z W^\top$
+/// whose other term $R$ ($N \times F$) is formed chunk by chunk too:
+/// `add_rest(rows, out)` adds the rows `rows` of $R$ into `out` (those rows
+/// of $\bar X$), each entry's term formed on its own and added once to it,
+/// as [`rows::rows_times`] with `accumulate` adds. Returns
+/// $(\bar X, \bar W, \bar b)$ with the values of writing $R$ into `gx` and
+/// calling [`dense_backward_streamed`] (the two terms of each entry's sum
+/// may be swapped: IEEE addition commutes). $R$ is never held whole: each
+/// chunk's rows of $\bar X$ are written once and finished while they are in
+/// cache, instead of $R$ written to memory and read back.
+///
+/// ```
+/// use graphpool::nn::{dense_backward_streamed, dense_backward_streamed_into};
+/// use ndarray::{array, s};
+/// let x = array![[1.0, 2.0], [3.0, -1.0], [0.5, 0.0]];
+/// let w = array![[1.0, 0.5, 0.0], [2.0, -1.0, 1.0]];
+/// let g = array![[1.0, 0.0, 2.0], [0.0, -1.0, 1.0], [2.0, 1.0, 0.0]];
+/// let rest = array![[0.25, -4.0], [1.0, 2.0], [-3.0, 0.5]];
+/// let (gx, gw, gb) = dense_backward_streamed_into(
+///     x.view(),
+///     w.view(),
+///     |r| g.slice(s![r, ..]).to_owned(),
+///     |r, mut out| out += &rest.slice(s![r, ..]),
+/// );
+/// let mut whole = rest.clone();
+/// let (hw, hb) = dense_backward_streamed(x.view(), w.view(), |r| g.slice(s![r, ..]).to_owned(), &mut whole);
+/// assert_eq!((gx, gw, gb), (whole, hw, hb));
+/// ```
+pub fn dense_backward_streamed_into<T, G, A>(
+    x: ArrayView2<T>,
+    w: ArrayView2<T>,
+    grad_pre: G,
+    add_rest: A,
+) -> (Array2<T>, Array2<T>, Array1<T>)
+where
+    T: Scalar,
+    G: Fn(Range<usize>) -> Array2<T> + Sync,
+    A: Fn(Range<usize>, ArrayViewMut2<'_, T>) + Sync,
+{
+    // every entry written by the chunk that holds it
+    let mut gx = rows::fresh_matrix(x.nrows(), x.ncols());
+    let wt = w.t();
+    let (gw, gb) = reduce_chunked_rows(
+        &mut gx,
+        |r, gx_rows| {
+            let g = grad_pre(r.clone());
+            debug_assert_eq!(g.dim(), (r.len(), w.ncols()));
+            matmul_plus_piece(g.view(), wt, gx_rows, |out| add_rest(r.clone(), out));
+            params_piece(x.slice(s![r, ..]), &g)
+        },
+        |(a, b), (c, d)| (a + c, b + d),
+    );
+    (gx, gw, gb)
 }
 
 /// One chunk's share of a dense layer's parameter gradients, from its rows
@@ -508,6 +611,32 @@ impl Dense {
         let w = params.matrix(&self.kernel_name())?;
         let (gw, gb) = dense_backward_streamed(x, w.view(), grad_pre, gx);
         self.accumulate_param_grads(grads, gw, gb)
+    }
+
+    /// [`Dense::backward_streamed_acc`] into a fresh $\bar x = R + \bar Z W^\top$
+    /// whose term $R$ `add_rest(rows, out)` adds chunk by chunk
+    /// ([`dense_backward_streamed_into`]): returns $\bar x$, with the values
+    /// of [`Dense::backward_streamed_acc`] on a `gx` holding $R$.
+    ///
+    /// # Errors
+    /// Parameter look-up errors only.
+    pub fn backward_streamed_into<T, G, A>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        grad_pre: G,
+        grads: &mut Params<T>,
+        add_rest: A,
+    ) -> Result<Array2<T>>
+    where
+        T: Scalar,
+        G: Fn(Range<usize>) -> Array2<T> + Sync,
+        A: Fn(Range<usize>, ArrayViewMut2<'_, T>) + Sync,
+    {
+        let w = params.matrix(&self.kernel_name())?;
+        let (gx, gw, gb) = dense_backward_streamed_into(x, w.view(), grad_pre, add_rest);
+        self.accumulate_param_grads(grads, gw, gb)?;
+        Ok(gx)
     }
 
     /// Adds $\bar W$ (and $\bar b$ when the layer has a bias) into `grads`.

@@ -1,7 +1,7 @@
 //! The multi-layer perceptron that computes cluster logits in the
 //! dense-assignment pools (MinCut, DMoN, JustBalance, AsymCheegerCut).
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use super::{Activation, Dense, DenseCache, ParamRng, Params};
 use crate::error::Result;
@@ -206,5 +206,63 @@ impl Mlp {
         }
         let g = grad_out(0..x.nrows());
         self.backward_acc(params, x, cache, g.view(), grads, gx)
+    }
+
+    /// [`Mlp::backward_streamed_acc`] into a fresh $\bar x = R + {}$ the
+    /// MLP's input gradient, whose term $R$ `add_rest(rows, out)` adds chunk
+    /// by chunk, each entry's term formed on its own and added once to it
+    /// (as [`crate::kernels::rows::rows_times`] with `accumulate` adds).
+    /// Returns $\bar x$ with the values of [`Mlp::backward_streamed_acc`] on
+    /// a `gx` holding $R$. With one layer $R$ is never held whole
+    /// ([`crate::nn::dense_backward_streamed_into`]); with hidden layers it
+    /// is formed first and the layers' gradients added into it.
+    ///
+    /// ```
+    /// use graphpool::nn::{rng_from_seed, Activation, Mlp, Params};
+    /// use ndarray::{array, s};
+    /// for hidden in [vec![], vec![3]] {
+    ///     let mlp = Mlp::new(&hidden, Activation::Relu, 2, 2);
+    ///     let mut params = Params::default();
+    ///     mlp.init_params(&mut params, &mut rng_from_seed(0));
+    ///     let x = array![[1.0_f64, 2.0], [0.5, -1.0], [0.0, 3.0]];
+    ///     let g = array![[1.0, 0.0], [0.0, 1.0], [-2.0, 0.5]];
+    ///     let rest = array![[0.5, -1.0], [2.0, 0.25], [-3.0, 1.0]];
+    ///     let cache = mlp.forward(&params, x.view())?;
+    ///     let (mut g1, mut g2) = (params.zeros_like(), params.zeros_like());
+    ///     let mut gx1 = rest.clone();
+    ///     let pieces = |r| g.slice(s![r, ..]).to_owned();
+    ///     mlp.backward_streamed_acc(&params, x.view(), &cache, pieces, &mut g1, &mut gx1)?;
+    ///     let add_rest = |r, mut out: ndarray::ArrayViewMut2<f64>| out += &rest.slice(s![r, ..]);
+    ///     let gx2 = mlp.backward_streamed_into(&params, x.view(), &cache, pieces, &mut g2, add_rest)?;
+    ///     assert_eq!((g1, gx1), (g2, gx2));
+    /// }
+    /// # Ok::<(), graphpool::PoolError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Parameter look-up errors only.
+    pub fn backward_streamed_into<T, G, A>(
+        &self,
+        params: &Params<T>,
+        x: ArrayView2<T>,
+        cache: &MlpCache<T>,
+        grad_out: G,
+        grads: &mut Params<T>,
+        add_rest: A,
+    ) -> Result<Array2<T>>
+    where
+        T: Scalar,
+        G: Fn(std::ops::Range<usize>) -> Array2<T> + Sync,
+        A: Fn(std::ops::Range<usize>, ArrayViewMut2<'_, T>) + Sync,
+    {
+        if let [layer] = &self.layers[..] {
+            return layer.backward_streamed_into(params, x, grad_out, grads, add_rest);
+        }
+        // R first (each entry 0 plus its term), then the layers' gradient
+        let mut gx = crate::kernels::rows::fresh_matrix(x.nrows(), x.ncols());
+        crate::kernels::reduce_chunked_rows(&mut gx, &add_rest, |(), ()| ());
+        let g = grad_out(0..x.nrows());
+        self.backward_acc(params, x, cache, g.view(), grads, &mut gx)?;
+        Ok(gx)
     }
 }

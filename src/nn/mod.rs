@@ -9,8 +9,8 @@ pub(crate) mod params;
 
 pub use activation::{softmax_rows, softmax_rows_in_place, softmax_rows_vjp, Activation};
 pub use dense::{
-    dense_backward_streamed, dense_pair_backward_streamed, matmul, matmul_acc, matmul_vjp,
-    matmul_vjp_params, Dense, DenseCache, NARROW_COLS,
+    dense_backward_streamed, dense_backward_streamed_into, dense_pair_backward_streamed, matmul,
+    matmul_acc, matmul_vjp, matmul_vjp_params, Dense, DenseCache, NARROW_COLS,
 };
 pub(crate) use dense::{matmul_acc_piece, transpose_times};
 pub use init::{rng_from_seed, Initializer, ParamRng};
