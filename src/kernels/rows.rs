@@ -30,14 +30,23 @@ pub(crate) fn lane_sum<T: Scalar>(a: &[T], b: &[T], t: impl Fn(T, T) -> T) -> T 
             p[l] += t(x[l], y[l]);
         }
     }
+    let mut sum = fold_lanes(p);
+    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
+        sum += t(x, y);
+    }
+    sum
+}
+
+/// The eight partial sums of [`lane_sum`] and [`lane_sum_indexed`] folded
+/// in [`dot`]'s order, from $+0$: $(p_0 + p_4)$, then $(p_1 + p_5)$,
+/// $(p_2 + p_6)$, $(p_3 + p_7)$.
+#[inline(always)]
+fn fold_lanes<T: Scalar>(p: [T; 8]) -> T {
     let mut sum = T::zero();
     sum += p[0] + p[4];
     sum += p[1] + p[5];
     sum += p[2] + p[6];
     sum += p[3] + p[7];
-    for (&x, &y) in ca.remainder().iter().zip(cb.remainder()) {
-        sum += t(x, y);
-    }
     sum
 }
 
@@ -52,11 +61,7 @@ pub(crate) fn lane_sum_indexed<T: Scalar>(a: &[T], t: impl Fn(usize, T) -> T) ->
             p[l] += t(8 * c + l, x[l]);
         }
     }
-    let mut sum = T::zero();
-    sum += p[0] + p[4];
-    sum += p[1] + p[5];
-    sum += p[2] + p[6];
-    sum += p[3] + p[7];
+    let mut sum = fold_lanes(p);
     let done = a.len() - ca.remainder().len();
     for (j, &x) in ca.remainder().iter().enumerate() {
         sum += t(done + j, x);
