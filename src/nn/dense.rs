@@ -189,41 +189,42 @@ fn forms_products_first<T>(w: &ArrayView2<T>, out: &ArrayViewMut2<T>) -> bool {
 }
 
 /// `out = X W`, or `out += X W` with `accumulate`, for a piece of rows as
-/// [`matmul_acc_piece`] takes it.
+/// [`matmul_acc_piece`] takes it; only `out += X W` where the GEMM adds the
+/// product ([`forms_products_first`] is false).
 fn matmul_piece<T: Scalar>(
     x: ArrayView2<T>,
     w: ArrayView2<T>,
     mut out: ArrayViewMut2<T>,
     accumulate: bool,
 ) {
-    if w.ncols() <= NARROW_COLS {
-        let wt = w.t().as_standard_layout().into_owned();
-        let ws = wt.as_slice().expect("standard layout");
-        let f = x.ncols();
-        for (xr, mut o) in x.outer_iter().zip(out.outer_iter_mut()) {
-            let xr = xr.as_standard_layout();
-            let xr = xr.as_slice().expect("standard layout");
-            for (j, o) in o.iter_mut().enumerate() {
-                let v = rows::dot(xr, &ws[j * f..(j + 1) * f]);
-                *o = if accumulate { *o + v } else { v };
+    if forms_products_first(&w, &out) {
+        if w.ncols() <= NARROW_COLS {
+            let wt = w.t().as_standard_layout().into_owned();
+            let ws = wt.as_slice().expect("standard layout");
+            let f = x.ncols();
+            for (xr, mut o) in x.outer_iter().zip(out.outer_iter_mut()) {
+                let xr = xr.as_standard_layout();
+                let xr = xr.as_slice().expect("standard layout");
+                for (j, o) in o.iter_mut().enumerate() {
+                    let v = rows::dot(xr, &ws[j * f..(j + 1) * f]);
+                    *o = if accumulate { *o + v } else { v };
+                }
             }
+        } else {
+            // the rows of `small_product` (a row's bits do not depend on
+            // the block it falls in)
+            let os = out.as_slice_mut().expect("standard layout");
+            let (xs, ws) = (rows::row_major(&x), rows::row_major(&w));
+            rows::rows_times(&xs, x.ncols(), &ws, w.ncols(), None, accumulate, os);
         }
         return;
     }
-    if w.ncols() <= rows::SMALL_COLS {
-        if let Some(os) = out.as_slice_mut() {
-            // the rows of `small_product` (a row's bits do not depend on
-            // the block it falls in)
-            let (xs, ws) = (rows::row_major(&x), rows::row_major(&w));
-            rows::rows_times(&xs, x.ncols(), &ws, w.ncols(), None, accumulate, os);
-            return;
-        }
-    }
-    let beta = if accumulate { T::one() } else { T::zero() };
+    // the GEMM's path only accumulates: `matmul_plus_piece` puts R first
+    debug_assert!(accumulate, "the GEMM's path adds into `out`");
     for (b, mut block) in out.axis_chunks_iter_mut(Axis(0), ROW_BLOCK).enumerate() {
         let r0 = b * ROW_BLOCK;
         let xb = x.slice(s![r0..r0 + block.nrows(), ..]);
-        ndarray::linalg::general_mat_mul(T::one(), &xb, &w, beta, &mut block);
+        ndarray::linalg::general_mat_mul(T::one(), &xb, &w, T::one(), &mut block);
     }
 }
 
