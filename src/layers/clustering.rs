@@ -725,14 +725,7 @@ impl<T: Scalar> DenseClustering<T> {
         match loss {
             AuxLoss::CutRatio => {
                 let trace = traces(blocks, k, b);
-                // s_n . s_n on row-major slices: ndarray's dot on contiguous
-                // rows, bit for bit, without a view and a call per node
-                let s_view = s.view();
-                let s_rows = rows::row_major(&s_view);
-                let per_node = Array1::from(map_nodes(seg, |_, n| {
-                    let sn = &s_rows[n * k..(n + 1) * k];
-                    d[n] * rows::dot(sn, sn)
-                }));
+                let per_node = scaled_self_dots(s, seg, |_, n| d[n]);
                 let den =
                     segment_sum(per_node.view().insert_axis(Axis(1)), seg).remove_axis(Axis(1));
                 let values = Zip::from(&trace).and(&den).map_collect(|&t, &q| {
@@ -910,13 +903,7 @@ impl<T: Scalar> DenseClustering<T> {
                     row.scaled_add(f, &s.row(n));
                 });
                 if cot.edges.is_some() {
-                    let s_view = s.view();
-                    let s_rows = rows::row_major(&s_view);
-                    let gd = Array1::from(map_nodes(seg, |g, n| {
-                        let sn = &s_rows[n * k..(n + 1) * k];
-                        g_den[g] * rows::dot(sn, sn)
-                    }));
-                    cot.degrees += &gd;
+                    cot.degrees += &scaled_self_dots(s, seg, |g, _| g_den[g]);
                 }
             }
             (AuxLoss::Orthogonality, AuxCache::Orthogonality { gram, norms }) => {
@@ -1255,6 +1242,24 @@ impl<T: Scalar> DenseClustering<T> {
             params,
         })
     }
+}
+
+/// $c(g, n)\, (s_n \cdot s_n)$ for every node $n$ (of graph $g$): the cut
+/// ratio's per-node terms and their gradient. The dot products run on
+/// row-major slices, ndarray's `dot` on contiguous rows bit for bit,
+/// without a view and a call per node.
+fn scaled_self_dots<T: Scalar>(
+    s: &Array2<T>,
+    seg: &Segments,
+    c: impl Fn(usize, usize) -> T + Sync,
+) -> Array1<T> {
+    let k = s.ncols();
+    let s_view = s.view();
+    let s_rows = rows::row_major(&s_view);
+    Array1::from(map_nodes(seg, |g, n| {
+        let sn = &s_rows[n * k..(n + 1) * k];
+        c(g, n) * rows::dot(sn, sn)
+    }))
 }
 
 /// Adds `f(graph, node, row)` into every row of `out` (row-parallel).
