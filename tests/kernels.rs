@@ -1050,12 +1050,12 @@ fn rough_matrix(r: usize, cols: usize, seed: u64) -> Array2<f32> {
 /// called on consecutive pieces of rows (of a chunk, of 1,000 and of 37
 /// rows, so that pieces start and end inside graphs and around empty ones),
 /// add to each row the bits of the whole products' row
-/// (`segment_matmul_tn_vjp_s`, `segment_matmul_nn`): the result is
+/// (`segment_matmul_tn_vjp`'s $\bar S$, `segment_matmul_nn`): the result is
 /// `old + whole` entry by entry, at every width of the small products.
 #[test]
 fn products_added_by_pieces_of_rows_have_the_bits_of_the_whole_products() {
     use graphpool::kernels::segment::{
-        segment_matmul_nn, segment_matmul_nn_add_rows, segment_matmul_tn_vjp_s,
+        segment_matmul_nn, segment_matmul_nn_add_rows, segment_matmul_tn_vjp,
         segment_matmul_tn_vjp_s_add_rows,
     };
     let chunk = graphpool::kernels::CHUNK;
@@ -1066,7 +1066,7 @@ fn products_added_by_pieces_of_rows_have_the_bits_of_the_whole_products() {
     for (f, k) in [(64, 16), (3, 16), (16, 3), (100, 5), (1, 1), (0, 4), (5, 0)] {
         let (y, s) = (arr(n, f, 1), arr(n, k, 2));
         let (o, old_s, old_y) = (arr(b * k, f, 3), arr(n, k, 4), arr(n, f, 5));
-        let want_s = &old_s + &segment_matmul_tn_vjp_s(k, y.view(), &segs, o.view());
+        let want_s = &old_s + &segment_matmul_tn_vjp(s.view(), y.view(), &segs, o.view()).0;
         let want_y = &old_y + &segment_matmul_nn(s.view(), o.view(), &segs);
         for piece in [chunk, 1000, 37] {
             let (mut got_s, mut got_y) = (old_s.clone(), old_y.clone());

@@ -394,7 +394,7 @@ pub fn segment_matmul_tn_vjp<T: Scalar>(
     segments: &Segments,
     grad: ArrayView2<T>,
 ) -> (Array2<T>, Array2<T>) {
-    let gs = segment_matmul_tn_vjp_s(s.ncols(), y, segments, grad);
+    let gs = vjp_of_s(s.ncols(), y, segments, grad);
     let gy = segment_matmul_nn(s, grad, segments);
     (gs, gy)
 }
@@ -437,7 +437,7 @@ where
     T: Scalar,
     P: Fn(&mut [T], &[T]) + Sync,
 {
-    let gs = segment_matmul_tn_vjp_s(s.ncols(), y.view(), segments, grad);
+    let gs = vjp_of_s(s.ncols(), y.view(), segments, grad);
     let (k, f) = (s.ncols(), y.ncols());
     if f == 0 {
         return gs;
@@ -458,25 +458,9 @@ where
     gs
 }
 
-/// The $\bar S$ half of [`segment_matmul_tn_vjp`] ($S$ of $K$ = `k`
-/// columns): $\bar S_g = Y_g \bar O_g^\top$, one small product per fixed
-/// piece of a graph's rows (a row times $\bar O_g^\top$,
-/// [`rows::rows_times`]). For a caller that forms $\bar Y = S \bar O$ in
-/// pieces along with other work ([`segment_matmul_nn_add_rows`]).
-///
-/// ```
-/// use graphpool::batch::Segments;
-/// use graphpool::kernels::segment::{segment_matmul_tn_vjp, segment_matmul_tn_vjp_s};
-/// use ndarray::array;
-/// let segs = Segments::from_sizes(&[2, 1]);
-/// let s = array![[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]];
-/// let y = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
-/// let grad = array![[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]];
-/// let gs = segment_matmul_tn_vjp_s(2, y.view(), &segs, grad.view());
-/// assert_eq!(gs, array![[1.0, 2.0], [3.0, 4.0], [10.0, 12.0]]);
-/// assert_eq!(gs, segment_matmul_tn_vjp(s.view(), y.view(), &segs, grad.view()).0);
-/// ```
-pub fn segment_matmul_tn_vjp_s<T: Scalar>(
+/// $\bar S_g = Y_g \bar O_g^\top$, one small product per fixed piece of a
+/// graph's rows (a row times $\bar O_g^\top$, [`rows::rows_times`]).
+fn vjp_of_s<T: Scalar>(
     k: usize,
     y: ArrayView2<T>,
     segments: &Segments,
@@ -496,11 +480,11 @@ pub fn segment_matmul_tn_vjp_s<T: Scalar>(
     gs
 }
 
-/// The rows `rows` of [`segment_matmul_tn_vjp_s`] added into `out` (those
+/// The rows `rows` of [`segment_matmul_tn_vjp`]'s $\bar S$ added into `out` (those
 /// rows, row-major, $K$ = `k` columns): to row $n$ its product
 /// $y_n \bar O_{g(n)}^\top$, formed first and added once to the row's old
 /// value ([`rows::rows_times`] with `accumulate`), so each row's product has
-/// the bits of [`segment_matmul_tn_vjp_s`]'s row. `ys` is $Y$
+/// the bits of that row of $\bar S$. `ys` is $Y$
 /// ($N \times F$, $F$ = `f`) and `gr` is $\bar O$ ($(BK) \times F$), both
 /// row-major. For a caller that forms $\bar S$ a piece of rows at a time
 /// along with other terms of the same rows (sequential: the caller runs
@@ -508,12 +492,13 @@ pub fn segment_matmul_tn_vjp_s<T: Scalar>(
 ///
 /// ```
 /// use graphpool::batch::Segments;
-/// use graphpool::kernels::segment::{segment_matmul_tn_vjp_s, segment_matmul_tn_vjp_s_add_rows};
+/// use graphpool::kernels::segment::{segment_matmul_tn_vjp, segment_matmul_tn_vjp_s_add_rows};
 /// use ndarray::array;
 /// let segs = Segments::from_sizes(&[2, 0, 1]);
+/// let s = array![[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]];
 /// let y = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
 /// let grad = array![[1.0, 0.0], [0.0, 1.0], [9.0, 9.0], [9.0, 9.0], [2.0, 0.0], [0.0, 2.0]];
-/// let whole = segment_matmul_tn_vjp_s(2, y.view(), &segs, grad.view());
+/// let (whole, _) = segment_matmul_tn_vjp(s.view(), y.view(), &segs, grad.view());
 /// // rows 1 and 2 (graphs 0 and 2) onto rows of ones
 /// let mut out = vec![1.0; 4];
 /// let (ys, gr) = (y.as_slice().unwrap(), grad.as_slice().unwrap());
@@ -567,7 +552,7 @@ fn for_each_graph_piece(
     }
 }
 
-/// Rows `nodes` (of graph `g`) of [`segment_matmul_tn_vjp_s`] into `out`
+/// Rows `nodes` (of graph `g`) of [`vjp_of_s`] into `out`
 /// (added to it with `accumulate`): $\bar O_g$ transposed into `scratch`,
 /// then the rows $y_n \bar O_g^\top$ ([`rows::rows_times`]); $F, K > 0$.
 #[allow(clippy::too_many_arguments)]
