@@ -6,6 +6,7 @@
 //! split the batch's outputs into the runs' rows, and add the runs'
 //! parameter gradients in run order.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
@@ -161,29 +162,37 @@ pub(crate) struct DenseRunOutputs<T: Scalar> {
     pub finite: bool,
 }
 
-/// One run's rows of [`DenseRunOutputs`], filled by [`RunRows::fill`].
+/// One run's rows of [`DenseRunOutputs`], not yet written: [`RunRows::fill`]
+/// writes every one of them.
 pub(crate) struct RunRows<'a, T> {
-    x_out: &'a mut [T],
-    blocks: &'a mut [T],
-    s: &'a mut [T],
-    per_graph: Vec<&'a mut [T]>,
+    graphs: Range<usize>,
+    x_out: &'a mut [MaybeUninit<T>],
+    blocks: &'a mut [MaybeUninit<T>],
+    s: &'a mut [MaybeUninit<T>],
+    per_graph: Vec<&'a mut [MaybeUninit<T>]>,
 }
 
 /// What [`RunRows::fill`] found of the values it copied: whether $X'$, the
-/// blocks and $S$ are all finite. A run returns it to
-/// [`DenseRunOutputs::by_runs`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// blocks and $S$ are all finite, and the run (its graphs) whose rows it
+/// wrote. A run returns it to [`DenseRunOutputs::by_runs`], which takes it
+/// as the proof that the run's rows are written.
+#[derive(Debug, PartialEq, Eq)]
 #[must_use]
 pub(crate) struct Filled {
+    graphs: Range<usize>,
     finite: bool,
 }
 
 impl<T: Scalar> RunRows<'_, T> {
-    /// Copies a run's $X'$, blocks, $S$ and per-graph values into its rows
-    /// of the batch's, and scans the copies of $X'$, the blocks and $S$ for
-    /// a non-finite value while they are still in cache, so that the
-    /// batch's outputs need not be read again to be checked
+    /// Writes a run's $X'$, blocks, $S$ and per-graph values into its rows
+    /// of the batch's, every one of them, and scans $X'$, the blocks and
+    /// $S$ for a non-finite value while they are still in cache, so that
+    /// the batch's outputs need not be read again to be checked
     /// ([`crate::framework::Pooled::checked_by_runs`]).
+    ///
+    /// # Panics
+    /// If a value's shape is not that of the run's rows (a bug of the
+    /// layer, not of its input).
     pub(crate) fn fill(
         self,
         x_out: ArrayView2<'_, T>,
@@ -191,15 +200,24 @@ impl<T: Scalar> RunRows<'_, T> {
         s: ArrayView2<'_, T>,
         per_graph: &[ArrayView1<'_, T>],
     ) -> Filled {
+        assert_eq!(
+            per_graph.len(),
+            self.per_graph.len(),
+            "one value per graph each"
+        );
         let mut finite = true;
         for (dst, src) in [(self.x_out, x_out), (self.blocks, blocks), (self.s, s)] {
-            copy_rows(dst, src);
-            finite &= rows::first_non_finite_in(dst).is_none();
+            let src = rows::row_major(&src);
+            finite &= rows::first_non_finite_in(&src).is_none();
+            rows::write_slice(dst, &src);
         }
-        for (o, v) in self.per_graph.into_iter().zip(per_graph) {
-            o.copy_from_slice(&rows::row_major_1d(v));
+        for (dst, src) in self.per_graph.into_iter().zip(per_graph) {
+            rows::write_slice(dst, &rows::row_major_1d(src));
         }
-        Filled { finite }
+        Filled {
+            graphs: self.graphs,
+            finite,
+        }
     }
 }
 
@@ -225,14 +243,29 @@ impl<T: Scalar> DenseRunOutputs<T> {
     {
         let offsets = seg.offsets();
         let b = seg.num_graphs();
-        let mut x_out = rows::fresh_matrix::<T>(b * k, width);
-        let mut blocks = rows::fresh_matrix::<T>(b * k, k);
-        let mut s = rows::fresh_matrix::<T>(seg.num_nodes(), k);
-        let mut values: Vec<Vec<T>> = (0..per_graph).map(|_| rows::fresh_vec(b)).collect();
+        // the runs cover the graphs in order, so that their rows cover the
+        // outputs: every entry is written by the run whose rows hold it
+        let mut next = 0;
+        for r in runs {
+            assert_eq!(r.start, next, "consecutive runs");
+            assert!(r.start <= r.end, "a run of graphs in order");
+            next = r.end;
+        }
+        assert_eq!(next, b, "runs that cover the batch");
+        // not zeroed (by `calloc`, on this thread, when the allocator
+        // recycles a buffer of its heap): every entry is written below
+        let mut x_out = rows::unwritten_matrix::<T>(b * k, width);
+        // at the start of its buffer, so that the blocks become the pooled
+        // adjacency's values without being moved
+        // ([`crate::kernels::sparse::block_diag_owned`])
+        let mut blocks = rows::unwritten_vec::<T>(b * k * k);
+        let mut s = rows::unwritten_matrix::<T>(seg.num_nodes(), k);
+        let mut values: Vec<Vec<MaybeUninit<T>>> =
+            (0..per_graph).map(|_| rows::unwritten_vec(b)).collect();
         let graphs = || runs.iter().map(|r| r.len());
         let nodes = runs.iter().map(|r| offsets[r.end] - offsets[r.start]);
         let xs = split_rows(x_out.as_slice_mut().expect("standard"), k * width, graphs());
-        let bs = split_rows(blocks.as_slice_mut().expect("standard"), k * k, graphs());
+        let bs = split_rows(&mut blocks, k * k, graphs());
         let ss = split_rows(s.as_slice_mut().expect("standard"), k, nodes);
         let mut vs: Vec<_> = values
             .iter_mut()
@@ -247,6 +280,7 @@ impl<T: Scalar> DenseRunOutputs<T> {
             .map(|(((r, x_out), blocks), s)| {
                 let per_graph = vs.iter_mut().map(|v| v.next().expect("one per run"));
                 let rows = RunRows {
+                    graphs: r.clone(),
                     x_out,
                     blocks,
                     s,
@@ -264,11 +298,29 @@ impl<T: Scalar> DenseRunOutputs<T> {
         let mut finite = true;
         for (r, result) in runs.iter().zip(results) {
             let (filled, state) = result?;
+            // a `Filled` is made only by `RunRows::fill`, which writes
+            // every one of its run's rows
+            assert_eq!(&filled.graphs, r, "each run fills its own rows");
             finite &= filled.finite;
             if let Some(state) = state {
                 kept.push((r.clone(), state));
             }
         }
+        // SAFETY: the runs cover the graphs (asserted above), so their rows
+        // cover every entry of the outputs, and each run returned the
+        // `Filled` of its own rows, that is, wrote every one of them
+        let (x_out, s, blocks, values) = unsafe {
+            (
+                x_out.assume_init(),
+                s.assume_init(),
+                rows::assume_written(blocks),
+                values
+                    .into_iter()
+                    .map(|v| rows::assume_written(v))
+                    .collect(),
+            )
+        };
+        let blocks = Array2::from_shape_vec((b * k, k), blocks).expect("b k rows of k entries");
         Ok((
             Self {
                 x_out,

@@ -9,6 +9,7 @@
 //! the same bits on every call and every thread.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 use ndarray::{s, Array1, Array2, ArrayView2};
 use rayon::prelude::*;
@@ -1175,8 +1176,28 @@ pub const CACHE_LINE: usize = 64;
 /// assert!(big.iter().all(|&v| v == 0.0));
 /// ```
 pub fn fresh_matrix<T: Copy + Default>(rows: usize, cols: usize) -> Array2<T> {
+    // `vec!` of zeros takes zeroed memory from the allocator (see
+    // `fresh_vec`)
+    aligned_matrix(rows, cols, |len| vec![T::default(); len])
+}
+
+/// [`fresh_matrix`]'s layout (a cache line or, when the allocator maps it
+/// on its own, a huge page before its first entry) without its zeros: for
+/// an output whose every entry is written before it is read, so that a
+/// buffer the allocator recycles from its heap is not first zeroed, on one
+/// thread, by `calloc`. [`ndarray::ArrayBase::assume_init`] once written.
+pub(crate) fn unwritten_matrix<T: Copy>(rows: usize, cols: usize) -> Array2<MaybeUninit<T>> {
+    aligned_matrix(rows, cols, unwritten_vec_unadvised)
+}
+
+/// A standard-layout $R \times C$ matrix over a buffer of `alloc(n)`
+/// entries ($n \ge RC$): the buffer is padded so that the first entry
+/// starts a [`CACHE_LINE`], or a huge page when the matrix is one the
+/// allocator maps on its own ([`MAPPED_FROM`] bytes or more), whose
+/// length is then rounded up to whole huge pages, all advised for them.
+fn aligned_matrix<E>(rows: usize, cols: usize, alloc: impl FnOnce(usize) -> Vec<E>) -> Array2<E> {
     let len = rows * cols;
-    let size = std::mem::size_of::<T>().max(1);
+    let size = std::mem::size_of::<E>().max(1);
     let bytes = len * size;
     // a matrix the allocator maps on its own starts on a huge page and
     // covers whole ones; a smaller one starts on a line
@@ -1189,10 +1210,10 @@ pub fn fresh_matrix<T: Copy + Default>(rows: usize, cols: usize) -> Array2<T> {
         (CACHE_LINE, 0)
     };
     let pad = align / size;
-    let data = vec![T::default(); len + pad + tail];
+    let data = alloc(len + pad + tail);
     let off = data.as_ptr() as usize % align;
-    // the allocation is aligned to T, so the gap to the boundary is a
-    // whole number of entries when T's size divides the alignment
+    // the allocation is aligned to E, so the gap to the boundary is a
+    // whole number of entries when E's size divides the alignment
     let start = if off == 0 || !off.is_multiple_of(size) {
         0
     } else {
@@ -1345,6 +1366,50 @@ pub fn fresh_vec<T: Copy + Default>(len: usize) -> Vec<T> {
     let v = vec![T::default(); len];
     advise_huge_pages(&v);
     v
+}
+
+/// [`fresh_vec`] without its zeros: `len` entries not yet written, for an
+/// output whose every entry is written before it is read (a buffer the
+/// allocator recycles from its heap is then not zeroed first, on one
+/// thread, by `calloc`). [`assume_written`] once written.
+pub(crate) fn unwritten_vec<T>(len: usize) -> Vec<MaybeUninit<T>> {
+    let v = unwritten_vec_unadvised(len);
+    advise_huge_pages(&v);
+    v
+}
+
+fn unwritten_vec_unadvised<T>(len: usize) -> Vec<MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: the `len` entries lie in the capacity just allocated, and a
+    // `MaybeUninit` needs no initialisation
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// The entries of `v`, in place, once every one has been written.
+///
+/// # Safety
+/// Every entry of `v` is initialised.
+pub(crate) unsafe fn assume_written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    let (ptr, len, cap) = (v.as_mut_ptr(), v.len(), v.capacity());
+    // SAFETY: `MaybeUninit<T>` has `T`'s size and alignment, so the
+    // allocation is one of `cap` `T`s, of which the first `len` are
+    // initialised (the caller's promise); `v` no longer owns it
+    unsafe { Vec::from_raw_parts(ptr.cast::<T>(), len, cap) }
+}
+
+/// Writes `src` into `dst`, entry for entry (a copy of the bytes).
+///
+/// # Panics
+/// If the two have different lengths.
+pub(crate) fn write_slice<T: Copy>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    assert_eq!(dst.len(), src.len(), "a slice written whole");
+    // SAFETY: both hold `src.len()` entries of `T`'s layout and, one
+    // borrowed mutably and the other shared, cannot overlap
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<T>(), src.len());
+    }
 }
 
 /// `madvise(MADV_HUGEPAGE)` on the 2 MiB-aligned part of a large buffer.
