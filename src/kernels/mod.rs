@@ -189,15 +189,17 @@ where
     R: Copy + Default + Send + Sync,
     F: Fn(usize) -> R + Sync,
 {
-    let mut out: Vec<R> = rows::fresh_vec(n);
+    // not zeroed first: every entry is written below
+    let mut out = rows::unwritten_vec::<R>(n);
     out.par_chunks_mut(ROW_BLOCK)
         .enumerate()
         .for_each(|(b, block)| {
             for (i, o) in block.iter_mut().enumerate() {
-                *o = f(b * ROW_BLOCK + i);
+                o.write(f(b * ROW_BLOCK + i));
             }
         });
-    out
+    // SAFETY: the blocks cover `out`, and every entry of each was written
+    unsafe { rows::assume_written(out) }
 }
 
 /// Calls `f(graph, node)` for every node, in parallel over fixed blocks of
@@ -210,8 +212,9 @@ where
 {
     let n = segments.num_nodes();
     let offsets = segments.offsets();
-    // written in place, block by block (no per-block vectors to join)
-    let mut out: Vec<R> = rows::fresh_vec(n);
+    // written in place, block by block (no per-block vectors to join), and
+    // not zeroed first: every entry is written below
+    let mut out = rows::unwritten_vec::<R>(n);
     out.par_chunks_mut(ROW_BLOCK)
         .enumerate()
         .for_each(|(b, block)| {
@@ -222,10 +225,11 @@ where
                 while node >= offsets[g + 1] {
                     g += 1;
                 }
-                *o = f(g, node);
+                o.write(f(g, node));
             }
         });
-    out
+    // SAFETY: the blocks cover `out`, and every entry of each was written
+    unsafe { rows::assume_written(out) }
 }
 
 /// Calls `f(graph, node, row)` for every row of `out` (one row per node), in

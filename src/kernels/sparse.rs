@@ -988,18 +988,22 @@ pub fn block_diag_owned<T: Scalar>(blocks: Array2<T>) -> CsMat<T> {
 /// `data` (the blocks flattened row-major, $n k$ values).
 fn block_diag_with_data<T: Scalar>(n: usize, k: usize, data: Vec<T>) -> CsMat<T> {
     debug_assert_eq!(data.len(), n * k);
-    let indptr: Vec<usize> = (0..=n).map(|r| r * k).collect();
-    // row r holds the columns of its block, (r / k) k .. (r / k) k + k; rows
-    // filled in parallel into fresh memory
-    let mut indices: Vec<usize> = rows::fresh_vec(n * k);
+    // the row pointers and the columns, both filled in parallel into fresh
+    // memory: row r holds the columns of its block, (r / k) k .. (r / k) k + k
+    let indptr: Vec<usize> = map_rows(n + 1, |r| r * k);
+    // not zeroed first: every entry is written below
+    let mut indices = rows::unwritten_vec::<usize>(n * k);
     if k > 0 {
         indices.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
             let base = r / k * k;
             for (j, c) in row.iter_mut().enumerate() {
-                *c = base + j;
+                c.write(base + j);
             }
         });
     }
+    // SAFETY: the rows of `k` entries cover `indices` (empty when k = 0),
+    // and every entry of each was written
+    let indices = unsafe { rows::assume_written(indices) };
     csr_by_construction((n, n), indptr, indices, data)
 }
 
