@@ -164,7 +164,7 @@ impl<T: Scalar> Layer<T> for GlobalAttentionPool<T> {
 
     /// The forward pass without a cache (the forward pass keeps none of its
     /// arrays either): the attention branch is computed a block of
-    /// [`ROW_BLOCK`](crate::kernels::ROW_BLOCK) rows at a time and
+    /// [`ROW_BLOCK`] rows at a time and
     /// multiplied into the features, so one $N \times C$ matrix is held.
     fn call(&self, batch: &DisjointBatch<T>) -> Result<Array2<T>> {
         let x = batch.x().view();

@@ -348,7 +348,7 @@ impl<T: Scalar> DiffPool<T> {
     /// so that every step reads what the previous one wrote while it is
     /// still in cache. A batch with a graph larger than `nodes`, or that
     /// fits in one run, is pooled whole; `nodes = 0` pools every batch
-    /// whole. Default [`RUN_NODES`](crate::layers::RUN_NODES).
+    /// whole. Default [`RUN_NODES`].
     ///
     /// The outputs, losses and gradients of $X$ and of the edge weights
     /// are the whole batch's, bit for bit, whatever the budget (every one
