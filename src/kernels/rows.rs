@@ -1378,12 +1378,9 @@ pub(crate) fn unwritten_vec<T>(len: usize) -> Vec<MaybeUninit<T>> {
     v
 }
 
+/// `len` entries not yet written (`malloc`, not `calloc`).
 fn unwritten_vec_unadvised<T>(len: usize) -> Vec<MaybeUninit<T>> {
-    let mut v = Vec::with_capacity(len);
-    // SAFETY: the `len` entries lie in the capacity just allocated, and a
-    // `MaybeUninit` needs no initialisation
-    unsafe { v.set_len(len) };
-    v
+    Box::<[T]>::new_uninit_slice(len).into_vec()
 }
 
 /// The entries of `v`, in place, once every one has been written.
@@ -1399,7 +1396,9 @@ pub(crate) unsafe fn assume_written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(ptr.cast::<T>(), len, cap) }
 }
 
-/// Writes `src` into `dst`, entry for entry (a copy of the bytes).
+/// Writes `src` into `dst`, entry for entry (a copy of the bytes): the
+/// standard library's `<[MaybeUninit<T>]>::write_copy_of_slice`, stable
+/// only from Rust 1.93, above this crate's `rust-version` (1.89).
 ///
 /// # Panics
 /// If the two have different lengths.
