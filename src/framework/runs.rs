@@ -166,10 +166,58 @@ pub(crate) struct DenseRunOutputs<T: Scalar> {
 /// writes every one of them.
 pub(crate) struct RunRows<'a, T> {
     graphs: Range<usize>,
-    x_out: &'a mut [MaybeUninit<T>],
+    /// `None` once taken by [`RunRows::x_rows`]
+    x_out: Option<&'a mut [MaybeUninit<T>]>,
+    /// where the run's rows of $X'$ start, to recognise them when written
+    x_at: usize,
     blocks: &'a mut [MaybeUninit<T>],
     s: &'a mut [MaybeUninit<T>],
     per_graph: Vec<&'a mut [MaybeUninit<T>]>,
+}
+
+/// A run's rows of $X'$ (row-major, not yet written), taken from its
+/// [`RunRows`] for a kernel to write in place ([`XRows::write`]).
+pub(crate) struct XRows<'a, T>(&'a mut [MaybeUninit<T>]);
+
+impl<'a, T: Scalar> XRows<'a, T> {
+    /// Writes the rows with `write`, which gets them unwritten and returns
+    /// them written (a kernel's `_into` form: an initialised slice can only
+    /// come from writing every entry), and scans them for a non-finite
+    /// value while they are in cache.
+    ///
+    /// # Panics
+    /// If `write` returns other memory than the rows it got (a bug).
+    pub(crate) fn write(
+        self,
+        write: impl FnOnce(&'a mut [MaybeUninit<T>]) -> &'a mut [T],
+    ) -> XWritten {
+        let (at, len) = (self.0.as_ptr() as usize, self.0.len());
+        let rows = write(self.0);
+        assert!(
+            rows.as_ptr() as usize == at && rows.len() == len,
+            "X' written into its own rows"
+        );
+        XWritten {
+            at,
+            finite: rows::first_non_finite_in(rows).is_none(),
+        }
+    }
+}
+
+/// The proof that a run's rows of $X'$ are written ([`XRows::write`]),
+/// with whether they are all finite.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct XWritten {
+    at: usize,
+    finite: bool,
+}
+
+/// A run's $X'$ for [`RunRows::fill`]: values to copy into its rows, or
+/// the proof that they were written in place.
+pub(crate) enum RunX<'v, T> {
+    Values(ArrayView2<'v, T>),
+    Written(XWritten),
 }
 
 /// What [`RunRows::fill`] found of the values it copied: whether $X'$, the
@@ -183,19 +231,31 @@ pub(crate) struct Filled {
     finite: bool,
 }
 
-impl<T: Scalar> RunRows<'_, T> {
-    /// Writes a run's $X'$, blocks, $S$ and per-graph values into its rows
-    /// of the batch's, every one of them, and scans $X'$, the blocks and
-    /// $S$ for a non-finite value while they are still in cache, so that
-    /// the batch's outputs need not be read again to be checked
-    /// ([`crate::framework::Pooled::checked_by_runs`]).
+impl<'a, T: Scalar> RunRows<'a, T> {
+    /// The run's rows of $X'$, for the run to write in place (then
+    /// [`RunRows::fill`] gets [`RunX::Written`]): no copy of the run's own,
+    /// and each block is written while the run's $S$ and $X$ are in cache.
     ///
     /// # Panics
-    /// If a value's shape is not that of the run's rows (a bug of the
-    /// layer, not of its input).
+    /// If they were taken already (a bug).
+    pub(crate) fn x_rows(&mut self) -> XRows<'a, T> {
+        XRows(self.x_out.take().expect("X' rows taken once"))
+    }
+
+    /// Writes a run's $X'$ (unless [`RunX::Written`] in place through
+    /// [`RunRows::x_rows`]), blocks, $S$ and per-graph
+    /// values into its rows of the batch's, every one of them, and scans
+    /// $X'$, the blocks and $S$ for a non-finite value while they are still
+    /// in cache, so that the batch's outputs need not be read again to be
+    /// checked ([`crate::framework::Pooled::checked_by_runs`]).
+    ///
+    /// # Panics
+    /// If a value's shape is not that of the run's rows, or $X'$ is
+    /// neither given nor written in this run's rows (bugs of the layer, not
+    /// of its input).
     pub(crate) fn fill(
         self,
-        x_out: ArrayView2<'_, T>,
+        x_out: RunX<'_, T>,
         blocks: ArrayView2<'_, T>,
         s: ArrayView2<'_, T>,
         per_graph: &[ArrayView1<'_, T>],
@@ -206,7 +266,19 @@ impl<T: Scalar> RunRows<'_, T> {
             "one value per graph each"
         );
         let mut finite = true;
-        for (dst, src) in [(self.x_out, x_out), (self.blocks, blocks), (self.s, s)] {
+        match (self.x_out, x_out) {
+            (Some(dst), RunX::Values(src)) => {
+                let src = rows::row_major(&src);
+                finite &= rows::first_non_finite_in(&src).is_none();
+                rows::write_slice(dst, &src);
+            }
+            (None, RunX::Written(w)) => {
+                assert_eq!(w.at, self.x_at, "X' written into this run's rows");
+                finite &= w.finite;
+            }
+            _ => panic!("X' neither given nor written in place"),
+        }
+        for (dst, src) in [(self.blocks, blocks), (self.s, s)] {
             let src = rows::row_major(&src);
             finite &= rows::first_non_finite_in(&src).is_none();
             rows::write_slice(dst, &src);
@@ -281,7 +353,8 @@ impl<T: Scalar> DenseRunOutputs<T> {
                 let per_graph = vs.iter_mut().map(|v| v.next().expect("one per run"));
                 let rows = RunRows {
                     graphs: r.clone(),
-                    x_out,
+                    x_at: x_out.as_ptr() as usize,
+                    x_out: Some(x_out),
                     blocks,
                     s,
                     per_graph: per_graph.collect(),

@@ -121,6 +121,17 @@ impl<T: Scalar> DenseAssignment<T> {
         segment_matmul_tn(self.s.view(), x, segments)
     }
 
+    /// [`DenseAssignment::reduce`] written into `out` ($BK \times F$
+    /// entries, row-major, not yet written), returned written.
+    pub(crate) fn reduce_into<'o>(
+        &self,
+        x: ArrayView2<T>,
+        segments: &Segments,
+        out: &'o mut [std::mem::MaybeUninit<T>],
+    ) -> &'o mut [T] {
+        crate::kernels::segment::segment_matmul_tn_into(self.s.view(), x, segments, out)
+    }
+
     /// VJP of [`DenseAssignment::reduce`]: $(\bar S, \bar X)$.
     pub fn reduce_vjp(
         &self,

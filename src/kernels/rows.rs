@@ -1396,6 +1396,28 @@ pub(crate) unsafe fn assume_written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(ptr.cast::<T>(), len, cap) }
 }
 
+/// `dst` with every entry set to 0, as the initialised slice it now is:
+/// for an output written in place by a kernel that takes `&mut [T]` (and
+/// overwrites it), zeroed a piece at a time just before, while in cache.
+pub(crate) fn zeroed_in_place<T: Scalar>(dst: &mut [MaybeUninit<T>]) -> &mut [T] {
+    for d in dst.iter_mut() {
+        d.write(T::zero());
+    }
+    // SAFETY: every entry was written just above
+    unsafe { assume_written_slice(dst) }
+}
+
+/// The entries of `v`, in place, once every one has been written (the
+/// slice form of [`assume_written`]).
+///
+/// # Safety
+/// Every entry of `v` is initialised.
+pub(crate) unsafe fn assume_written_slice<T>(v: &mut [MaybeUninit<T>]) -> &mut [T] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s size and alignment, and every
+    // entry is initialised (the caller's promise)
+    unsafe { &mut *(v as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
 /// Writes `src` into `dst`, entry for entry (a copy of the bytes): the
 /// standard library's `<[MaybeUninit<T>]>::write_copy_of_slice`, stable
 /// only from Rust 1.93, above this crate's `rust-version` (1.89).

@@ -4,14 +4,16 @@
 //! Conventions for an empty graph (documented contract): its sum, mean, max
 //! and min are 0 (the mean divides by $\max(n, 1)$); its softmax is empty.
 
+use std::mem::MaybeUninit;
+
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 
 use rayon::prelude::*;
 
 use super::rows::{self, add_row};
 use super::{
-    fill_node_rows, for_each_graph_block, for_each_segment_block,
-    for_each_segment_block_with_scratch, map_nodes, map_rows, reduce_chunked, reduce_segment_rows,
+    fill_node_rows, for_each_segment_block, for_each_segment_block_with_scratch, map_nodes,
+    map_rows, reduce_chunked, reduce_segment_rows, CHUNK,
 };
 use crate::batch::Segments;
 use crate::scalar::Scalar;
@@ -352,38 +354,71 @@ pub fn segment_matmul_tn<T: Scalar>(
     y: ArrayView2<T>,
     segments: &Segments,
 ) -> Array2<T> {
+    let mut out = rows::unwritten_matrix::<T>(segments.num_graphs() * s.ncols(), y.ncols());
+    segment_matmul_tn_into(s, y, segments, out.as_slice_mut().expect("standard"));
+    // SAFETY: segment_matmul_tn_into writes every entry of the slice it
+    // gets (it returns the whole of it initialised)
+    unsafe { out.assume_init() }
+}
+
+/// [`segment_matmul_tn`] written into `out` (its $(B K) \times F$ entries,
+/// row-major, not yet written), returned written: for a caller whose
+/// result goes straight into a larger output (a run's rows of the
+/// batch's $X'$). Each block is zeroed just before its sums, while in
+/// cache.
+///
+/// # Panics
+/// If `out` does not have $B K F$ entries.
+pub(crate) fn segment_matmul_tn_into<'o, T: Scalar>(
+    s: ArrayView2<T>,
+    y: ArrayView2<T>,
+    segments: &Segments,
+    out: &'o mut [MaybeUninit<T>],
+) -> &'o mut [T] {
     let (k, f) = (s.ncols(), y.ncols());
-    // every block is assigned once: fresh memory, first written
-    let rows_out = segments.num_graphs() * k;
-    let mut out = rows::fresh_matrix(rows_out, f);
-    let (ss, ys) = (rows::row_major(&s), rows::row_major(&y));
-    for_each_graph_block(out.view_mut(), k, |g, mut block| {
-        let r = reduce_chunked(
-            segments.range(g),
-            |chunk| {
-                // S_c^T Y_c on slices, rows of the chunk in order
-                let mut p = vec![T::zero(); k * f];
-                rows::outer_sum(
-                    &ss[chunk.start * k..chunk.end * k],
-                    k,
-                    &ys[chunk.start * f..chunk.end * f],
-                    f,
-                    &mut p,
+    assert_eq!(out.len(), segments.num_graphs() * k * f, "B K F entries");
+    if k * f > 0 {
+        let (ss, ys) = (rows::row_major(&s), rows::row_major(&y));
+        out.par_chunks_mut(k * f)
+            .enumerate()
+            .for_each(|(g, block)| {
+                let block = rows::zeroed_in_place(block);
+                let nodes = segments.range(g);
+                if nodes.len() <= CHUNK {
+                    // one chunk: its sums straight into the block (the chunk's
+                    // product as below, without a vector of its own and a copy)
+                    let (s_rows, y_rows) = (
+                        &ss[nodes.start * k..nodes.end * k],
+                        &ys[nodes.start * f..nodes.end * f],
+                    );
+                    rows::outer_sum(s_rows, k, y_rows, f, block);
+                    return;
+                }
+                let r = reduce_chunked(
+                    nodes,
+                    |chunk| {
+                        // S_c^T Y_c on slices, rows of the chunk in order
+                        let mut p = vec![T::zero(); k * f];
+                        rows::outer_sum(
+                            &ss[chunk.start * k..chunk.end * k],
+                            k,
+                            &ys[chunk.start * f..chunk.end * f],
+                            f,
+                            &mut p,
+                        );
+                        p
+                    },
+                    |mut a, b| {
+                        add_row(&mut a, &b);
+                        a
+                    },
                 );
-                p
-            },
-            |mut a, b| {
-                add_row(&mut a, &b);
-                a
-            },
-        );
-        if f > 0 {
-            for (mut o, r) in block.rows_mut().into_iter().zip(r.chunks_exact(f)) {
-                o.assign(&ndarray::aview1(r));
-            }
-        }
-    });
-    out
+                block.copy_from_slice(&r);
+            });
+    }
+    // SAFETY: `out` is empty (K F = 0) or cut into B blocks of K F entries
+    // (its length, asserted above), each zeroed before anything else
+    unsafe { rows::assume_written_slice(out) }
 }
 
 /// VJP of [`segment_matmul_tn`]: with $\bar O_g$ the gradient of block $g$,

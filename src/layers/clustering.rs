@@ -38,7 +38,9 @@ use rayon::prelude::*;
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
-use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, RUN_NODES};
+use crate::framework::runs::{
+    graph_runs, DenseRunOutputs, RunX, Saved, XRows, XWritten, RUN_NODES,
+};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
@@ -191,13 +193,21 @@ impl<T: Scalar> BatchState<T> {
 }
 
 /// The forward pass of one batch (or run of graphs), before its outputs
-/// are assembled: $X'$, the raw blocks $S_g^\top A_g S_g$ stacked, each
-/// loss's per-graph values and the state the backward pass reads.
+/// are assembled: $X'$ (or the proof that it was written into the rows the
+/// caller gave), the raw blocks $S_g^\top A_g S_g$ stacked, each loss's
+/// per-graph values and the state the backward pass reads.
 struct Forward<T: Scalar> {
-    x_out: Array2<T>,
+    x_out: XOut<T>,
     blocks: Array2<T>,
     values: Vec<Array1<T>>,
     state: BatchState<T>,
+}
+
+/// A forward pass's $X'$: its own, or written into a run's rows of the
+/// batch's.
+enum XOut<T> {
+    Own(Array2<T>),
+    Written(XWritten),
 }
 
 /// A forward pass's outputs, before they are checked and assembled into
@@ -564,7 +574,10 @@ impl<T: Scalar> DenseClustering<T> {
             blocks,
             values,
             state,
-        } = self.compute(batch)?;
+        } = self.compute(batch, None)?;
+        let XOut::Own(x_out) = x_out else {
+            unreachable!("no rows given for X'")
+        };
         let a_out = DenseAssignment::blocks_to_csr(state.out_blocks(&blocks).view());
         Ok(if keep {
             // the output's copy in fresh memory, written in parallel
@@ -605,11 +618,18 @@ impl<T: Scalar> DenseClustering<T> {
             self.k,
             batch.num_features(),
             self.losses.len(),
-            |r, rows| {
-                let fw = self.compute(&batch.graph_run(r))?;
+            |r, mut rows| {
+                // X' straight into the batch's rows, unless an activation
+                // follows the reduce (DMoNPool's SELU keeps its input)
+                let x_rows = (!self.post.selu_x).then(|| rows.x_rows());
+                let fw = self.compute(&batch.graph_run(r), x_rows)?;
                 let values: Vec<_> = fw.values.iter().map(|v| v.view()).collect();
+                let x = match fw.x_out {
+                    XOut::Own(ref x) => RunX::Values(x.view()),
+                    XOut::Written(w) => RunX::Written(w),
+                };
                 let filled = rows.fill(
-                    fw.x_out.view(),
+                    x,
                     fw.state.out_blocks(&fw.blocks).view(),
                     fw.state.assignment.s.view(),
                     &values,
@@ -635,18 +655,33 @@ impl<T: Scalar> DenseClustering<T> {
         })
     }
 
-    /// Select, reduce, connect and the losses of one batch (or run).
-    fn compute(&self, batch: &DisjointBatch<T>) -> Result<Forward<T>> {
+    /// Select, reduce, connect and the losses of one batch (or run); $X'$
+    /// written into `x_rows` if given ($BK \times F$, row-major, and only
+    /// when no activation follows the reduce), else returned.
+    fn compute(
+        &self,
+        batch: &DisjointBatch<T>,
+        x_rows: Option<XRows<'_, T>>,
+    ) -> Result<Forward<T>> {
         let seg = batch.segments();
         let a = batch.a().view();
         let (mlp, s) = self.select(batch.x().view())?;
         let assignment = DenseAssignment { s };
-        let x_pre = assignment.reduce(batch.x().view(), seg);
-        let (x_out, selu) = if self.post.selu_x {
-            let out = Activation::Selu.forward(x_pre.view());
-            (out.clone(), Some((x_pre, out)))
-        } else {
-            (x_pre, None)
+        let (x_out, selu) = match x_rows {
+            Some(rows) if !self.post.selu_x => {
+                let x = batch.x().view();
+                let w = rows.write(|out| assignment.reduce_into(x, seg, out));
+                (XOut::Written(w), None)
+            }
+            _ => {
+                let x_pre = assignment.reduce(batch.x().view(), seg);
+                if self.post.selu_x {
+                    let out = Activation::Selu.forward(x_pre.view());
+                    (XOut::Own(out.clone()), Some((x_pre, out)))
+                } else {
+                    (XOut::Own(x_pre), None)
+                }
+            }
         };
         // a total-variation loss reads every edge's rows of S as A S does,
         // and the degrees are sums over the entries A S reads: each formed

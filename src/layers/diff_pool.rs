@@ -12,7 +12,7 @@ use sprs::CsMatView;
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
-use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, RUN_NODES};
+use crate::framework::runs::{graph_runs, DenseRunOutputs, RunX, Saved, RUN_NODES};
 use crate::framework::{
     DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
 };
@@ -640,7 +640,7 @@ impl<T: Scalar> DiffPool<T> {
             |r, rows| {
                 let fw = self.compute(&batch.graph_run(r), keep)?;
                 let filled = rows.fill(
-                    fw.x_out.view(),
+                    RunX::Values(fw.x_out.view()),
                     fw.blocks.view(),
                     fw.s.view(),
                     &[ArrayView1::from(&fw.link.norms), fw.entropies.view()],
