@@ -130,13 +130,14 @@ const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// Waite's two-part $\ln 2$, so $k \ln 2_{\mathrm{hi}}$ is exact),
 /// $|r| \le \tfrac12 \ln 2$ and
 /// $$e^x = 2^k \sum_{i=0}^{12} \frac{r^i}{i!},$$
-/// the sum mostly by Estrin's scheme (see `exp_in_f64`). Its relative error is about $10^{-15}$
-/// (truncation $|r|^{13}/13! < 2 \cdot 10^{-16}$, plus the `f64`
-/// roundings), so the single rounding to `f32` gives the correctly rounded
-/// $e^x$ unless the exact value lies within about $10^{-8}$ ULP of a tie
-/// between two `f32` (where the result is within $0.5 + 10^{-8}$ ULP). $x$ is first clamped to
-/// $[-150, 100]$: below, $e^x$ rounds to 0 in `f32`; above, to $+\infty$.
-/// NaN stays NaN. Subnormal results are rounded once, by the conversion.
+/// the sum mostly by Estrin's scheme (see `exp_in_f64`). Its relative
+/// error is about $10^{-15}$ (truncation $|r|^{13}/13! < 2 \cdot 10^{-16}$,
+/// plus the `f64` roundings), so the single rounding to `f32` gives the
+/// correctly rounded $e^x$ unless the exact value lies within about
+/// $10^{-8}$ ULP of a tie between two `f32` (where the result is within
+/// $0.5 + 10^{-8}$ ULP). $x$ is first clamped to $[-150, 100]$: below,
+/// $e^x$ rounds to 0 in `f32`; above, to $+\infty$. NaN stays NaN.
+/// Subnormal results are rounded once, by the conversion.
 ///
 /// Only additions, multiplications and bit operations: no table, no
 /// branch, no fused multiply-add (Rust does not contract), so a loop over
@@ -165,11 +166,11 @@ pub fn exp_f32(x: f32) -> f32 {
 /// $c_i + c_{i+1} r$, then pairs of pairs with $r^2$, $r^4$ and $r^8$, so
 /// that the longest chain of dependent operations after the reduction is
 /// 10 long instead of Horner's 27 (with 16 `f64` lanes per AVX2 column of
-/// a softmax, Horner's rule kept the exponentials waiting on latency). The roundings differ from
-/// Horner's in the last bits of the `f64` value, but the `f32` results of
-/// [`exp_f32`] and [`tanh_f32`] are the same for every one of the $2^{32}$
-/// `f32` inputs (compared exhaustively, see the test
-/// `exp_and_tanh_are_horners_for_every_f32`).
+/// a softmax, Horner's rule kept the exponentials waiting on latency). The
+/// roundings differ from Horner's in the last bits of the `f64` value, but
+/// the `f32` results of [`exp_f32`] and [`tanh_f32`] are the same for
+/// every one of the $2^{32}$ `f32` inputs (compared exhaustively, see the
+/// test `exp_and_tanh_are_horners_for_every_f32`).
 #[inline(always)]
 fn exp_in_f64(x: f64) -> f64 {
     // 1.5 * 2^52: adding it rounds to an integer held in the low bits

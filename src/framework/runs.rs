@@ -265,20 +265,19 @@ impl<'a, T: Scalar> RunRows<'a, T> {
             self.per_graph.len(),
             "one value per graph each"
         );
-        let mut finite = true;
-        match (self.x_out, x_out) {
-            (Some(dst), RunX::Values(src)) => {
-                let src = rows::row_major(&src);
-                finite &= rows::first_non_finite_in(&src).is_none();
-                rows::write_slice(dst, &src);
-            }
+        // X' copied with the blocks and S, or already written and scanned
+        let (x_copy, mut finite) = match (self.x_out, x_out) {
+            (Some(dst), RunX::Values(src)) => (Some((dst, src)), true),
             (None, RunX::Written(w)) => {
                 assert_eq!(w.at, self.x_at, "X' written into this run's rows");
-                finite &= w.finite;
+                (None, w.finite)
             }
             _ => panic!("X' neither given nor written in place"),
-        }
-        for (dst, src) in [(self.blocks, blocks), (self.s, s)] {
+        };
+        for (dst, src) in x_copy
+            .into_iter()
+            .chain([(self.blocks, blocks), (self.s, s)])
+        {
             let src = rows::row_major(&src);
             finite &= rows::first_non_finite_in(&src).is_none();
             rows::write_slice(dst, &src);
