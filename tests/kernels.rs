@@ -824,7 +824,7 @@ fn rough(len: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
-    use graphpool::kernels::rows::{outer_sum, rows_times, SMALL_COLS};
+    use graphpool::kernels::rows::{outer_sum, SMALL_COLS};
     // the widths with a register kernel (1, 8, 16, 32, 64) and others around them
     for &c in &[
         0usize, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100,
@@ -838,36 +838,57 @@ fn small_products_follow_the_documented_order_bit_for_bit_at_every_width() {
             .flat_map(|f| [(f, 65usize), (f, 66), (f, 67), (f, 71)])
         {
             let (x, w) = (rough(rows * f, 1 + c as u64), rough(f * c, 2 + f as u64));
-            let bias = rough(c, 3);
-            let old = rough(rows * c, 4);
-            for (with_bias, accumulate) in [(false, false), (true, false), (false, true)] {
-                let mut out = old.clone();
-                let b = with_bias.then_some(&bias[..]);
-                rows_times(&x, f, &w, c, b, accumulate, &mut out);
-                for r in 0..rows {
-                    for j in 0..c {
-                        let mut p = 0.0f32;
-                        for t in 0..f {
-                            p += x[r * f + t] * w[t * c + j];
-                        }
-                        if with_bias {
-                            p += bias[j];
-                        }
-                        let want = if accumulate { old[r * c + j] + p } else { p };
-                        assert_eq!(
-                            out[r * c + j].to_bits(),
-                            want.to_bits(),
-                            "c {c} f {f} ({r}, {j})"
-                        );
-                    }
-                }
-            }
+            assert_rows_times_in_order(&x, &w, (rows, f, c));
+            // in f64 too: its own register kernels (slabs of 16 columns
+            // without AVX-512), on values of full f64 mantissas (a product
+            // of two f32 values would be exact, and fused or not alike)
+            let wide = |v: &[f32]| v.iter().map(|&a| f64::from(a) / 3.0).collect::<Vec<_>>();
+            assert_rows_times_in_order(&wide(&x), &wide(&w), (rows, f, c));
             // outer_sum: S (rows x c) transposed times Y (rows x f), c <= 64 as K
             if c <= SMALL_COLS {
                 let (s, y) = (rough(rows * c, 5), rough(rows * f, 6));
                 let mut out = rough(c * f, 7); // overwritten
                 outer_sum(&s, c, &y, f, &mut out);
                 assert_outer_sums_in_row_order(&s, &y, (rows, c, f), &out, &format!("K {c} F {f}"));
+            }
+        }
+    }
+}
+
+/// `rows_times` of `x` (`rows` $\times F$) and `w` ($F \times C$), with
+/// and without a bias and accumulating, gives bit for bit each entry's sum
+/// over $F$ in order from $+0$, plus the bias, added once to the old value.
+fn assert_rows_times_in_order<T: graphpool::Scalar + std::fmt::Debug>(
+    x: &[T],
+    w: &[T],
+    (rows, f, c): (usize, usize, usize),
+) {
+    use graphpool::kernels::rows::rows_times;
+    let bias: Vec<T> = rough(c, 3).into_iter().map(|v| T::c(v.into())).collect();
+    let old: Vec<T> = rough(rows * c, 4)
+        .into_iter()
+        .map(|v| T::c(v.into()))
+        .collect();
+    for (with_bias, accumulate) in [(false, false), (true, false), (false, true)] {
+        let mut out = old.clone();
+        let b = with_bias.then_some(&bias[..]);
+        rows_times(x, f, w, c, b, accumulate, &mut out);
+        for r in 0..rows {
+            for j in 0..c {
+                let mut p = T::zero();
+                for t in 0..f {
+                    p += x[r * f + t] * w[t * c + j];
+                }
+                if with_bias {
+                    p += bias[j];
+                }
+                let want = if accumulate { old[r * c + j] + p } else { p };
+                // the same sign, exponent and mantissa: the same bits
+                assert_eq!(
+                    num_traits::Float::integer_decode(out[r * c + j]),
+                    num_traits::Float::integer_decode(want),
+                    "c {c} f {f} ({r}, {j})"
+                );
             }
         }
     }

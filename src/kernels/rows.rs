@@ -257,13 +257,22 @@ fn register_kernel<T: Scalar>(
         16 => rows_times_quads::<T, 16>(x, f, w, bias, accumulate, out),
         // four rows of 32 sums: 8 AVX-512 registers in f32, 16 in f64
         32 if avx512 => rows_times_quads::<T, 32>(x, f, w, bias, accumulate, out),
-        32 => rows_times_fixed::<T, 32, 2>(x, f, w, bias, accumulate, out),
+        // two rows of 32 sums in 8 AVX2 registers in f32; in f64, in slabs
+        // of 16
+        32 if std::mem::size_of::<T>() == 4 => {
+            rows_times_pairs::<T, 32>(x, f, w, bias, accumulate, out)
+        }
+        32 => rows_times_slabs::<T, 32, 16>(x, f, w, bias, accumulate, out),
         // two rows of 64 sums fill half of AVX-512's 32 registers in f32;
         // with AVX2's 16 (or in f64) they would spill
         64 if std::mem::size_of::<T>() == 4 && avx512 => {
             rows_times_pairs::<T, 64>(x, f, w, bias, accumulate, out)
         }
-        64 => rows_times_fixed::<T, 64, 1>(x, f, w, bias, accumulate, out),
+        // otherwise two rows in slabs of 32 sums (`f32`) or 16 (`f64`)
+        64 if std::mem::size_of::<T>() == 4 => {
+            rows_times_slabs::<T, 64, 32>(x, f, w, bias, accumulate, out)
+        }
+        64 => rows_times_slabs::<T, 64, 16>(x, f, w, bias, accumulate, out),
         _ => return false,
     }
     true
@@ -306,16 +315,16 @@ fn padded_rows_times<T: Scalar>(
     }
 }
 
-/// [`rows_times`] for $C$ known at compile time: `R` rows at a time, their
-/// sums in an array (`R` independent chains of additions hide their
-/// latency; each row of $W$ is loaded once for the `R` rows). For
-/// `R > 1` the compiler may keep part of the array on the stack or not
-/// vectorise at all, so it serves only the last rows of the kernels
-/// below (`R = 1`) and $C = 32$ without AVX-512 (`R = 2`):
-/// [`rows_times_quads`], [`rows_times_pairs`] and [`rows_times_octs`]
-/// take every other width with a register kernel.
+/// [`rows_times`] for $C$ known at compile time, one row at a time: the
+/// row's entries read by an iterator zipped with the rows of $W$ (no index
+/// to check), its $C$ sums in registers. It serves the last rows of the
+/// kernels below; [`rows_times_quads`], [`rows_times_pairs`],
+/// [`rows_times_octs`] and [`rows_times_slabs`] take every width with a
+/// register kernel. (A version indexed by `j` kept the sums on the stack:
+/// the check of the index is an exit from the loop, so the compiler
+/// stored the sums on every step.)
 #[inline(always)]
-fn rows_times_fixed<T: Scalar, const C: usize, const R: usize>(
+fn rows_times_one<T: Scalar, const C: usize>(
     x: &[T],
     f: usize,
     w: &[T],
@@ -323,44 +332,66 @@ fn rows_times_fixed<T: Scalar, const C: usize, const R: usize>(
     accumulate: bool,
     out: &mut [T],
 ) {
-    let mut xb = x.chunks_exact(R * f);
-    let mut ob = out.chunks_exact_mut(R * C);
-    for (xs, os) in (&mut xb).zip(&mut ob) {
-        let mut p = [[T::zero(); C]; R];
-        for (j, wr) in w.chunks_exact(C).enumerate() {
-            let wr: &[T; C] = wr.try_into().expect("chunks of C");
-            let xv: [T; R] = std::array::from_fn(|r| xs[r * f + j]);
-            #[allow(clippy::needless_range_loop)]
-            for r in 0..R {
-                for l in 0..C {
-                    p[r][l] += xv[r] * wr[l];
-                }
-            }
-        }
-        for (p, o) in p.iter_mut().zip(os.chunks_exact_mut(C)) {
-            finish_row(p, bias, accumulate, o);
-        }
-    }
-    for (xr, o) in xb
-        .remainder()
-        .chunks_exact(f)
-        .zip(ob.into_remainder().chunks_exact_mut(C))
-    {
+    for (xr, o) in x.chunks_exact(f).zip(out.chunks_exact_mut(C)) {
         let mut p = [T::zero(); C];
         for (&xv, wr) in xr.iter().zip(w.chunks_exact(C)) {
-            for (p, &wv) in p.iter_mut().zip(wr) {
-                *p += xv * wv;
+            let wr: &[T; C] = wr.try_into().expect("chunks of C");
+            for l in 0..C {
+                p[l] += xv * wr[l];
             }
         }
         finish_row(&mut p, bias, accumulate, o);
     }
 }
 
+/// [`rows_times`] for $C$ known at compile time, two rows at a time and
+/// their columns in slabs of `H` ($H$ divides $C$): for each slab, the two
+/// rows' $2H$ sums stay in registers while the two rows are read along
+/// $W$'s slab, so each vector of $W$ is loaded once for both rows. For
+/// $C = 64$ in `f32` with AVX2 ($H = 32$: eight of its 16 registers), where
+/// two rows of 64 sums would spill and one row loads all of $W$ again for
+/// each row. Every output entry is the same sum in the same order, so the
+/// slabs leave the bits of one row at a time. An odd last row by
+/// [`rows_times_one`].
+#[inline(always)]
+fn rows_times_slabs<T: Scalar, const C: usize, const H: usize>(
+    x: &[T],
+    f: usize,
+    w: &[T],
+    bias: Option<&[T]>,
+    accumulate: bool,
+    out: &mut [T],
+) {
+    debug_assert_eq!(C % H, 0);
+    let mut xb = x.chunks_exact(2 * f);
+    let mut ob = out.chunks_exact_mut(2 * C);
+    for (xs, os) in (&mut xb).zip(&mut ob) {
+        let (x0, x1) = xs.split_at(f);
+        let (o0, o1) = os.split_at_mut(C);
+        for h in (0..C).step_by(H) {
+            let mut p0 = [T::zero(); H];
+            let mut p1 = [T::zero(); H];
+            for ((wr, &a), &b) in w.chunks_exact(C).zip(x0).zip(x1) {
+                let wr: &[T; H] = wr[h..h + H].try_into().expect("a slab of H");
+                for l in 0..H {
+                    p0[l] += a * wr[l];
+                    p1[l] += b * wr[l];
+                }
+            }
+            let bias = bias.map(|b| &b[h..h + H]);
+            finish_row(&mut p0, bias, accumulate, &mut o0[h..h + H]);
+            finish_row(&mut p1, bias, accumulate, &mut o1[h..h + H]);
+        }
+    }
+    rows_times_one::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
+}
+
 /// [`rows_times`] for $C$ known at compile time, two rows at a time: like
 /// [`rows_times_quads`] with two sums of $C$ (for $C = 64$ in `f32` with
-/// AVX-512, where four would not fit in the registers). Against one row
-/// at a time, 30 % faster in cache (300k rows of $F = 16$, one thread:
-/// 7.2 → 5.1 ms). An odd last row by [`rows_times_fixed`].
+/// AVX-512, where four would not fit in the registers, and $C = 32$ in
+/// `f32` with AVX2). Against one row at a time, 30 % faster in cache (300k
+/// rows of $F = 16$, one thread: 7.2 → 5.1 ms). An odd last row by
+/// [`rows_times_one`].
 #[inline(always)]
 fn rows_times_pairs<T: Scalar, const C: usize>(
     x: &[T],
@@ -387,7 +418,7 @@ fn rows_times_pairs<T: Scalar, const C: usize>(
         finish_row(&mut p0, bias, accumulate, o0);
         finish_row(&mut p1, bias, accumulate, o1);
     }
-    rows_times_fixed::<T, C, 1>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
+    rows_times_one::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
 }
 
 /// [`rows_times`] for $C$ known at compile time, eight rows at a time:
@@ -472,12 +503,13 @@ fn oct_sums<T: Scalar, const C: usize>(xs: [&[T]; 8], w: &[T]) -> [[T; C]; 8] {
 /// four rows' entries are read by iterators zipped with the rows of $W$
 /// (no index to check) and their sums kept in four separate arrays, which
 /// the compiler keeps in registers (four independent chains of additions;
-/// each row of $W$ loaded once for the four). [`rows_times_fixed`] with
-/// `R = 4` computes the same, but there the compiler checked the strided
-/// indices and stored the sums to the stack on every step. In cache, 300k
-/// rows, one thread: $C = 16$ from $F = 64$ 5.1 → 4.4 ms; $C = 8$ from
-/// $F = 64$ 19.4 → 3.4 ms; $C = 32$ from $F = 64$ (against two rows)
-/// 8.5 → 5.9 ms. The last rows (fewer than four) by [`rows_times_fixed`].
+/// each row of $W$ loaded once for the four). An array of four rows' sums
+/// indexed by row and `j` computes the same, but there the compiler
+/// checked the strided indices and stored the sums to the stack on every
+/// step. In cache, 300k rows, one thread: $C = 16$ from $F = 64$
+/// 5.1 → 4.4 ms; $C = 8$ from $F = 64$ 19.4 → 3.4 ms; $C = 32$ from
+/// $F = 64$ (against two rows) 8.5 → 5.9 ms. The last rows (fewer than
+/// four) by [`rows_times_one`].
 #[inline(always)]
 fn rows_times_quads<T: Scalar, const C: usize>(
     x: &[T],
@@ -513,7 +545,7 @@ fn rows_times_quads<T: Scalar, const C: usize>(
             finish_row(p, bias, accumulate, o);
         }
     }
-    rows_times_fixed::<T, C, 1>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
+    rows_times_one::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
 }
 
 /// `o = p (+ bias)`, or `o += p (+ bias)` when `accumulate`.
