@@ -213,11 +213,22 @@ pub(crate) struct XWritten {
     finite: bool,
 }
 
-/// A run's $X'$ for [`RunRows::fill`]: values to copy into its rows, or
-/// the proof that they were written in place.
-pub(crate) enum RunX<'v, T> {
-    Values(ArrayView2<'v, T>),
+/// A forward pass's $X'$: its own (a whole batch's, or a run's that
+/// [`RunRows::fill`] copies into its rows), or the proof that it was
+/// written in place into a run's rows ([`RunRows::x_rows`]).
+pub(crate) enum XOut<T> {
+    Own(Array2<T>),
     Written(XWritten),
+}
+
+impl<T> XOut<T> {
+    /// $X'$ when it is the pass's own; `None` once written in place.
+    pub(crate) fn into_own(self) -> Option<Array2<T>> {
+        match self {
+            XOut::Own(x) => Some(x),
+            XOut::Written(_) => None,
+        }
+    }
 }
 
 /// What [`RunRows::fill`] found of the values it copied: whether $X'$, the
@@ -233,7 +244,7 @@ pub(crate) struct Filled {
 
 impl<'a, T: Scalar> RunRows<'a, T> {
     /// The run's rows of $X'$, for the run to write in place (then
-    /// [`RunRows::fill`] gets [`RunX::Written`]): no copy of the run's own,
+    /// [`RunRows::fill`] gets [`XOut::Written`]): no copy of the run's own,
     /// and each block is written while the run's $S$ and $X$ are in cache.
     ///
     /// # Panics
@@ -242,7 +253,7 @@ impl<'a, T: Scalar> RunRows<'a, T> {
         XRows(self.x_out.take().expect("X' rows taken once"))
     }
 
-    /// Writes a run's $X'$ (unless [`RunX::Written`] in place through
+    /// Writes a run's $X'$ (unless [`XOut::Written`] in place through
     /// [`RunRows::x_rows`]), blocks, $S$ and per-graph
     /// values into its rows of the batch's, every one of them, and scans
     /// $X'$, the blocks and $S$ for a non-finite value while they are still
@@ -255,7 +266,7 @@ impl<'a, T: Scalar> RunRows<'a, T> {
     /// of its input).
     pub(crate) fn fill(
         self,
-        x_out: RunX<'_, T>,
+        x_out: XOut<T>,
         blocks: ArrayView2<'_, T>,
         s: ArrayView2<'_, T>,
         per_graph: &[ArrayView1<'_, T>],
@@ -266,15 +277,16 @@ impl<'a, T: Scalar> RunRows<'a, T> {
             "one value per graph each"
         );
         // X' copied with the blocks and S, or already written and scanned
-        let (x_copy, mut finite) = match (self.x_out, x_out) {
-            (Some(dst), RunX::Values(src)) => (Some((dst, src)), true),
-            (None, RunX::Written(w)) => {
+        let (x_dst, x_own, mut finite) = match (self.x_out, x_out) {
+            (Some(dst), XOut::Own(src)) => (Some(dst), Some(src), true),
+            (None, XOut::Written(w)) => {
                 assert_eq!(w.at, self.x_at, "X' written into this run's rows");
-                (None, w.finite)
+                (None, None, w.finite)
             }
             _ => panic!("X' neither given nor written in place"),
         };
-        for (dst, src) in x_copy
+        for (dst, src) in x_dst
+            .zip(x_own.as_ref().map(|x| x.view()))
             .into_iter()
             .chain([(self.blocks, blocks), (self.s, s)])
         {

@@ -38,9 +38,7 @@ use rayon::prelude::*;
 use crate::batch::{check_finite_2d, DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
-use crate::framework::runs::{
-    graph_runs, DenseRunOutputs, RunX, Saved, XRows, XWritten, RUN_NODES,
-};
+use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, XOut, XRows, RUN_NODES};
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Losses, Pooled, PooledGrad, Selection,
 };
@@ -201,13 +199,6 @@ struct Forward<T: Scalar> {
     blocks: Array2<T>,
     values: Vec<Array1<T>>,
     state: BatchState<T>,
-}
-
-/// A forward pass's $X'$: its own, or written into a run's rows of the
-/// batch's.
-enum XOut<T> {
-    Own(Array2<T>),
-    Written(XWritten),
 }
 
 /// A forward pass's outputs, before they are checked and assembled into
@@ -575,9 +566,7 @@ impl<T: Scalar> DenseClustering<T> {
             values,
             state,
         } = self.compute(batch, None)?;
-        let XOut::Own(x_out) = x_out else {
-            unreachable!("no rows given for X'")
-        };
+        let x_out = x_out.into_own().expect("no rows given for X'");
         let a_out = DenseAssignment::blocks_to_csr(state.out_blocks(&blocks).view());
         Ok(if keep {
             // the output's copy in fresh memory, written in parallel
@@ -624,12 +613,8 @@ impl<T: Scalar> DenseClustering<T> {
                 let x_rows = (!self.post.selu_x).then(|| rows.x_rows());
                 let fw = self.compute(&batch.graph_run(r), x_rows)?;
                 let values: Vec<_> = fw.values.iter().map(|v| v.view()).collect();
-                let x = match fw.x_out {
-                    XOut::Own(ref x) => RunX::Values(x.view()),
-                    XOut::Written(w) => RunX::Written(w),
-                };
                 let filled = rows.fill(
-                    x,
+                    fw.x_out,
                     fw.state.out_blocks(&fw.blocks).view(),
                     fw.state.assignment.s.view(),
                     &values,

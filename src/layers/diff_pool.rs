@@ -2,6 +2,7 @@
 //! clusters of its own graph, with the link-prediction and entropy losses,
 //! all in sparse per-graph form.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use sprs::CsMatView;
 use crate::batch::{DisjointBatch, Segments};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
-use crate::framework::runs::{graph_runs, DenseRunOutputs, RunX, Saved, RUN_NODES};
+use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, XOut, XRows, RUN_NODES};
 use crate::framework::{
     DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
 };
@@ -206,7 +207,8 @@ struct ForwardState<T: Scalar> {
 /// One batch's (or run's) forward pass, before its outputs are assembled.
 struct Forward<T: Scalar> {
     s: Array2<T>,
-    x_out: Array2<T>,
+    /// Its own, or written into the rows of a run given for it.
+    x_out: XOut<T>,
     /// $S_g^\top A_g S_g$, stacked.
     blocks: Array2<T>,
     entropies: Array1<T>,
@@ -237,9 +239,9 @@ struct Outputs<T: Scalar> {
     written_finite: bool,
 }
 
-/// $S$, $X'$ and, when asked for, the pre-activation of $Z$
-/// ([`DiffPool::assign_and_pool`]).
-type AssignedAndPooled<T> = (Array2<T>, Array2<T>, Option<Array2<T>>);
+/// $S$, $X'$ (written in the rows it was given) and, when asked for, the
+/// pre-activation of $Z$ ([`DiffPool::assign_and_pool_into`]).
+type AssignedAndPooled<'o, T> = (Array2<T>, &'o mut [T], Option<Array2<T>>);
 
 /// A value that the first backward pass with a cache takes and then
 /// overwrites (a second backward pass with the same cache forms it again).
@@ -464,15 +466,23 @@ impl<T: Scalar> DiffPool<T> {
     /// result is the unfused one's, bit for bit, on any thread count. With
     /// `keep_z` each piece also writes its rows of the pre-activation
     /// $\hat A X W_{\text{emb}}$ into an $N \times C$ matrix, for the cache.
-    fn assign_and_pool(
+    ///
+    /// $X'$ is written into `out` ($BK \times C$ entries, row-major, not
+    /// yet written: a run's rows of the batch's, or a matrix of its own)
+    /// and returned written, each graph's block zeroed by its first piece
+    /// just before its sums. `weights`: $W_{\text{pool}}$ and
+    /// $W_{\text{emb}}$.
+    ///
+    /// # Panics
+    /// If `out` does not have $BKC$ entries.
+    fn assign_and_pool_into<'o>(
         &self,
         filter: &GcnFilter<T>,
-        x: ArrayView2<T>,
-        segs: &Segments,
+        (x, segs): (ArrayView2<T>, &Segments),
+        (w_pool, w_emb): (ArrayView2<T>, ArrayView2<T>),
         keep_z: bool,
-    ) -> Result<AssignedAndPooled<T>> {
-        let w_pool = self.params.matrix(KERNEL_POOL)?;
-        let w_emb = self.params.matrix(KERNEL_EMB)?;
+        out: &'o mut [MaybeUninit<T>],
+    ) -> AssignedAndPooled<'o, T> {
         let (wp, we) = (row_major(&w_pool), row_major(&w_emb));
         let (n, f) = x.dim();
         let (k, c) = (w_pool.ncols(), w_emb.ncols());
@@ -495,9 +505,9 @@ impl<T: Scalar> DiffPool<T> {
             act.apply_in_place(&mut z);
             rows::outer_sum(s_rows, k, &z, c, part);
         };
+        assert_eq!(out.len(), b * k * c, "B K C entries of X'");
         let mut s = rows::fresh_matrix(n, k);
         let mut z_pre = keep_z.then(|| rows::fresh_matrix(n, c));
-        let mut x_out = rows::fresh_matrix(b * k, c);
         // the pieces in node order (an empty graph has one, empty); a
         // graph's first piece writes its block of X', the others return a
         // partial
@@ -509,7 +519,7 @@ impl<T: Scalar> DiffPool<T> {
                 Some(z) => z.as_slice_mut().expect("fresh matrix"),
                 None => &mut [],
             };
-            let mut out_rest = x_out.as_slice_mut().expect("fresh matrix");
+            let mut out_rest = &mut *out;
             for item in segs.chunks(CHUNK) {
                 let block = (item.nodes.start == offsets[item.graph]).then(|| {
                     let (block, tail) = std::mem::take(&mut out_rest).split_at_mut(k * c);
@@ -523,12 +533,14 @@ impl<T: Scalar> DiffPool<T> {
                 z_rest = tail;
                 tasks.push((item.graph, item.nodes, rows, z_rows, block));
             }
+            // every graph's block goes to its first piece, which writes it
+            assert!(out_rest.is_empty(), "a first piece for every graph");
         }
         let partials: Vec<(usize, Option<Vec<T>>)> = tasks
             .into_par_iter()
             .map(|(g, nodes, rows, z_rows, block)| match block {
                 Some(block) => {
-                    piece(nodes, rows, z_rows, block);
+                    piece(nodes, rows, z_rows, rows::zeroed_in_place(block));
                     (g, None)
                 }
                 None => {
@@ -538,13 +550,15 @@ impl<T: Scalar> DiffPool<T> {
                 }
             })
             .collect();
-        let out = x_out.as_slice_mut().expect("fresh matrix");
+        // SAFETY: the blocks cover `out` (asserted above), and each was
+        // zeroed in place by its graph's first piece before its sums
+        let out = unsafe { rows::assume_written_slice(out) };
         for (g, part) in partials {
             if let Some(part) = part {
                 add_row(&mut out[g * k * c..(g + 1) * k * c], &part);
             }
         }
-        Ok((s, x_out, z_pre))
+        (s, out, z_pre)
     }
 
     /// The forward pass, with its cache when `keep`: whole, or run by run
@@ -597,7 +611,7 @@ impl<T: Scalar> DiffPool<T> {
 
     /// The whole batch's forward pass.
     fn forward_whole(&self, batch: &DisjointBatch<T>, keep: bool) -> Result<Outputs<T>> {
-        let fw = self.compute(batch, keep)?;
+        let fw = self.compute(batch, keep, None)?;
         let norms = fw.link.norms.clone();
         let (s, saved) = match fw.z_pre {
             Some(z_pre) => {
@@ -612,7 +626,7 @@ impl<T: Scalar> DiffPool<T> {
             None => (fw.s, None),
         };
         Ok(Outputs {
-            x_out: fw.x_out,
+            x_out: fw.x_out.into_own().expect("no rows given for X'"),
             blocks: fw.blocks,
             s,
             norms,
@@ -637,10 +651,11 @@ impl<T: Scalar> DiffPool<T> {
             self.k,
             self.channels,
             2,
-            |r, rows| {
-                let fw = self.compute(&batch.graph_run(r), keep)?;
+            |r, mut rows| {
+                // X' straight into the batch's rows
+                let fw = self.compute(&batch.graph_run(r), keep, Some(rows.x_rows()))?;
                 let filled = rows.fill(
-                    RunX::Values(fw.x_out.view()),
+                    fw.x_out,
                     fw.blocks.view(),
                     fw.s.view(),
                     &[ArrayView1::from(&fw.link.norms), fw.entropies.view()],
@@ -675,11 +690,45 @@ impl<T: Scalar> DiffPool<T> {
 
     /// $S$, $X'$, the blocks $S_g^\top A_g S_g$, the per-graph entropies and
     /// link terms of one batch (or run), and the pre-activation of $Z$ if
-    /// `keep`.
-    fn compute(&self, batch: &DisjointBatch<T>, keep: bool) -> Result<Forward<T>> {
+    /// `keep`; $X'$ written into `x_rows` if given (a run's rows of the
+    /// batch's), else returned.
+    fn compute(
+        &self,
+        batch: &DisjointBatch<T>,
+        keep: bool,
+        x_rows: Option<XRows<'_, T>>,
+    ) -> Result<Forward<T>> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let filter = Arc::clone(batch.gcn_filter());
-        let (s, x_out, z_pre) = self.assign_and_pool(&filter, x, segs, keep)?;
+        let weights = (
+            self.params.matrix(KERNEL_POOL)?,
+            self.params.matrix(KERNEL_EMB)?,
+        );
+        let mut assigned = None;
+        let x_out = match x_rows {
+            Some(rows) => XOut::Written(rows.write(|out| {
+                let (s, x_out, z_pre) =
+                    self.assign_and_pool_into(&filter, (x, segs), weights, keep, out);
+                assigned = Some((s, z_pre));
+                x_out
+            })),
+            None => {
+                let mut x_out =
+                    rows::unwritten_matrix::<T>(segs.num_graphs() * self.k, weights.1.ncols());
+                let (s, _, z_pre) = self.assign_and_pool_into(
+                    &filter,
+                    (x, segs),
+                    weights,
+                    keep,
+                    x_out.as_slice_mut().expect("standard"),
+                );
+                assigned = Some((s, z_pre));
+                // SAFETY: assign_and_pool_into writes every entry of the
+                // slice it gets (it returns the whole of it initialised)
+                XOut::Own(unsafe { x_out.assume_init() })
+            }
+        };
+        let (s, z_pre) = assigned.expect("S formed with X'");
         let assignment = DenseAssignment { s };
         // A S, for the connect step and the link loss, is formed again by
         // the backward pass
