@@ -364,8 +364,28 @@ def machine_info():
                     info["ram_bytes"] = int(line.split()[1]) * 1024
     except OSError:
         pass
+    info["simd"] = simd_level()
     info.update(memory_policy())
     return info
+
+
+def simd_level():
+    """The widest x86-64 vector extension the CPU reports (which of graphpool's
+    kernels run: AVX-512 has kernels of its own, e.g. the f32 softmax), or None
+    off x86-64 or without /proc/cpuinfo."""
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    break
+    except OSError:
+        return None
+    for name, need in (("AVX-512", "avx512f"), ("AVX2", "avx2"), ("SSE4.1", "sse4_1")):
+        if need in flags:
+            return name
+    return "SSE2" if "sse2" in flags else None
 
 
 def read_text(path):
@@ -681,7 +701,8 @@ def report(a, run_id):
     w(f"- CPU: {m.get('Model name', '?')}, {m.get('CPU(s)', '?')} CPUs "
       f"({m.get('Core(s) per socket', '?')} cores per socket × {m.get('Socket(s)', '?')}, "
       f"{m.get('Thread(s) per core', '?')} thread per core)"
-      + (f", hypervisor {m['Hypervisor vendor']}" if m.get("Hypervisor vendor") else ""))
+      + (f", hypervisor {m['Hypervisor vendor']}" if m.get("Hypervisor vendor") else "")
+      + (f"; widest SIMD: {m['simd']}" if m.get("simd") else ""))
     w(f"- RAM: {fmt_bytes(m.get('ram_bytes'))}; {m.get('platform', '')}")
     if "thp" in m or "free_page_reporting" in m:
         parts = []
