@@ -260,13 +260,13 @@ fn register_kernel<T: Scalar>(
         // two rows of 32 sums in 8 AVX2 registers in f32; in f64, in slabs
         // of 16
         32 if std::mem::size_of::<T>() == 4 => {
-            rows_times_pairs::<T, 32>(x, f, w, bias, accumulate, out)
+            rows_times_slabs::<T, 32, 32>(x, f, w, bias, accumulate, out)
         }
         32 => rows_times_slabs::<T, 32, 16>(x, f, w, bias, accumulate, out),
         // two rows of 64 sums fill half of AVX-512's 32 registers in f32;
         // with AVX2's 16 (or in f64) they would spill
         64 if std::mem::size_of::<T>() == 4 && avx512 => {
-            rows_times_pairs::<T, 64>(x, f, w, bias, accumulate, out)
+            rows_times_slabs::<T, 64, 64>(x, f, w, bias, accumulate, out)
         }
         // otherwise two rows in slabs of 32 sums (`f32`) or 16 (`f64`)
         64 if std::mem::size_of::<T>() == 4 => {
@@ -318,11 +318,11 @@ fn padded_rows_times<T: Scalar>(
 /// [`rows_times`] for $C$ known at compile time, one row at a time: the
 /// row's entries read by an iterator zipped with the rows of $W$ (no index
 /// to check), its $C$ sums in registers. It serves the last rows of the
-/// kernels below; [`rows_times_quads`], [`rows_times_pairs`],
-/// [`rows_times_octs`] and [`rows_times_slabs`] take every width with a
-/// register kernel. (A version indexed by `j` kept the sums on the stack:
-/// the check of the index is an exit from the loop, so the compiler
-/// stored the sums on every step.)
+/// kernels below; [`rows_times_quads`], [`rows_times_octs`] and
+/// [`rows_times_slabs`] take every width with a register kernel. (A
+/// version indexed by `j` kept the sums on the stack: the check of the
+/// index is an exit from the loop, so the compiler stored the sums on
+/// every step.)
 #[inline(always)]
 fn rows_times_one<T: Scalar, const C: usize>(
     x: &[T],
@@ -347,12 +347,15 @@ fn rows_times_one<T: Scalar, const C: usize>(
 /// [`rows_times`] for $C$ known at compile time, two rows at a time and
 /// their columns in slabs of `H` ($H$ divides $C$): for each slab, the two
 /// rows' $2H$ sums stay in registers while the two rows are read along
-/// $W$'s slab, so each vector of $W$ is loaded once for both rows. For
-/// $C = 64$ in `f32` with AVX2 ($H = 32$: eight of its 16 registers), where
-/// two rows of 64 sums would spill and one row loads all of $W$ again for
-/// each row. Every output entry is the same sum in the same order, so the
-/// slabs leave the bits of one row at a time. An odd last row by
-/// [`rows_times_one`].
+/// $W$'s slab, so each vector of $W$ is loaded once for both rows. With
+/// $H = C$, two whole rows ($C = 64$ in `f32` with AVX-512, where four
+/// would not fit in the registers, and $C = 32$ in `f32` with AVX2; against
+/// one row at a time, 30 % faster in cache: 300k rows of $F = 16$, one
+/// thread, 7.2 → 5.1 ms). With $H < C$, for $C = 64$ in `f32` with AVX2
+/// ($H = 32$: eight of its 16 registers), where two rows of 64 sums would
+/// spill and one row loads all of $W$ again for each row. Every output
+/// entry is the same sum in the same order, so the slabs leave the bits of
+/// one row at a time. An odd last row by [`rows_times_one`].
 #[inline(always)]
 fn rows_times_slabs<T: Scalar, const C: usize, const H: usize>(
     x: &[T],
@@ -382,41 +385,6 @@ fn rows_times_slabs<T: Scalar, const C: usize, const H: usize>(
             finish_row(&mut p0, bias, accumulate, &mut o0[h..h + H]);
             finish_row(&mut p1, bias, accumulate, &mut o1[h..h + H]);
         }
-    }
-    rows_times_one::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
-}
-
-/// [`rows_times`] for $C$ known at compile time, two rows at a time: like
-/// [`rows_times_quads`] with two sums of $C$ (for $C = 64$ in `f32` with
-/// AVX-512, where four would not fit in the registers, and $C = 32$ in
-/// `f32` with AVX2). Against one row at a time, 30 % faster in cache (300k
-/// rows of $F = 16$, one thread: 7.2 → 5.1 ms). An odd last row by
-/// [`rows_times_one`].
-#[inline(always)]
-fn rows_times_pairs<T: Scalar, const C: usize>(
-    x: &[T],
-    f: usize,
-    w: &[T],
-    bias: Option<&[T]>,
-    accumulate: bool,
-    out: &mut [T],
-) {
-    let mut xb = x.chunks_exact(2 * f);
-    let mut ob = out.chunks_exact_mut(2 * C);
-    for (xs, os) in (&mut xb).zip(&mut ob) {
-        let (x0, x1) = xs.split_at(f);
-        let mut p0 = [T::zero(); C];
-        let mut p1 = [T::zero(); C];
-        for ((wr, &a), &b) in w.chunks_exact(C).zip(x0).zip(x1) {
-            let wr: &[T; C] = wr.try_into().expect("chunks of C");
-            for l in 0..C {
-                p0[l] += a * wr[l];
-                p1[l] += b * wr[l];
-            }
-        }
-        let (o0, o1) = os.split_at_mut(C);
-        finish_row(&mut p0, bias, accumulate, o0);
-        finish_row(&mut p1, bias, accumulate, o1);
     }
     rows_times_one::<T, C>(xb.remainder(), f, w, bias, accumulate, ob.into_remainder());
 }
