@@ -186,19 +186,15 @@ impl<'a, T: Scalar> XRows<'a, T> {
     /// value while they are in cache.
     ///
     /// # Panics
-    /// If `write` returns other memory than the rows it got (a bug).
+    /// If `write` returns other memory than the rows it got (a bug;
+    /// [`rows::write_whole`]).
     pub(crate) fn write(
         self,
         write: impl FnOnce(&'a mut [MaybeUninit<T>]) -> &'a mut [T],
     ) -> XWritten {
-        let (at, len) = (self.0.as_ptr() as usize, self.0.len());
-        let rows = write(self.0);
-        assert!(
-            rows.as_ptr() as usize == at && rows.len() == len,
-            "X' written into its own rows"
-        );
+        let rows = rows::write_whole(self.0, write);
         XWritten {
-            at,
+            at: rows.as_ptr() as usize,
             finite: rows::first_non_finite_in(rows).is_none(),
         }
     }
@@ -221,7 +217,21 @@ pub(crate) enum XOut<T> {
     Written(XWritten),
 }
 
-impl<T> XOut<T> {
+impl<T: Scalar> XOut<T> {
+    /// $X'$ ($R \times C$) written by `write` (a kernel's `_into` form) into
+    /// `x_rows` if given (a run's rows of the batch's, [`XRows::write`]),
+    /// else into a matrix of its own ([`rows::written_matrix`]).
+    pub(crate) fn write(
+        x_rows: Option<XRows<'_, T>>,
+        (r, c): (usize, usize),
+        write: impl FnOnce(&mut [MaybeUninit<T>]) -> &mut [T],
+    ) -> Self {
+        match x_rows {
+            Some(rows) => XOut::Written(rows.write(write)),
+            None => XOut::Own(rows::written_matrix(r, c, write)),
+        }
+    }
+
     /// $X'$ when it is the pass's own; `None` once written in place.
     pub(crate) fn into_own(self) -> Option<Array2<T>> {
         match self {

@@ -1396,6 +1396,40 @@ pub(crate) unsafe fn assume_written<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     unsafe { Vec::from_raw_parts(ptr.cast::<T>(), len, cap) }
 }
 
+/// `dst` written whole by `write`, which gets it unwritten and must return
+/// it written (a kernel's `_into` form: safe code can only produce an
+/// initialised `&mut [T]` by writing every entry of it).
+///
+/// # Panics
+/// If `write` returns other memory than `dst` (a bug of the kernel).
+pub(crate) fn write_whole<'a, T>(
+    dst: &'a mut [MaybeUninit<T>],
+    write: impl FnOnce(&'a mut [MaybeUninit<T>]) -> &'a mut [T],
+) -> &'a mut [T] {
+    let (at, len) = (dst.as_ptr() as usize, dst.len());
+    let written = write(dst);
+    assert!(
+        written.as_ptr() as usize == at && written.len() == len,
+        "a kernel returns the whole slice it got, written"
+    );
+    written
+}
+
+/// An [`unwritten_matrix`] ($R \times C$) written by `write` through
+/// [`write_whole`]: the `_into` form of a kernel turned into one that
+/// returns its own matrix.
+pub(crate) fn written_matrix<T: Copy>(
+    rows: usize,
+    cols: usize,
+    write: impl FnOnce(&mut [MaybeUninit<T>]) -> &mut [T],
+) -> Array2<T> {
+    let mut out = unwritten_matrix::<T>(rows, cols);
+    write_whole(out.as_slice_mut().expect("standard layout"), write);
+    // SAFETY: `write_whole` returned the whole of the matrix's entries as
+    // an initialised slice, so every one was written
+    unsafe { out.assume_init() }
+}
+
 /// `dst` with every entry set to 0, as the initialised slice it now is:
 /// for an output written in place by a kernel that takes `&mut [T]` (and
 /// overwrites it), zeroed a piece at a time just before, while in cache.

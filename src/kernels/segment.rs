@@ -354,11 +354,9 @@ pub fn segment_matmul_tn<T: Scalar>(
     y: ArrayView2<T>,
     segments: &Segments,
 ) -> Array2<T> {
-    let mut out = rows::unwritten_matrix::<T>(segments.num_graphs() * s.ncols(), y.ncols());
-    segment_matmul_tn_into(s, y, segments, out.as_slice_mut().expect("standard"));
-    // SAFETY: segment_matmul_tn_into writes every entry of the slice it
-    // gets (it returns the whole of it initialised)
-    unsafe { out.assume_init() }
+    rows::written_matrix(segments.num_graphs() * s.ncols(), y.ncols(), |out| {
+        segment_matmul_tn_into(s, y, segments, out)
+    })
 }
 
 /// [`segment_matmul_tn`] written into `out` (its $(B K) \times F$ entries,

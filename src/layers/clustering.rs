@@ -652,21 +652,15 @@ impl<T: Scalar> DenseClustering<T> {
         let a = batch.a().view();
         let (mlp, s) = self.select(batch.x().view())?;
         let assignment = DenseAssignment { s };
-        let (x_out, selu) = match x_rows {
-            Some(rows) if !self.post.selu_x => {
-                let x = batch.x().view();
-                let w = rows.write(|out| assignment.reduce_into(x, seg, out));
-                (XOut::Written(w), None)
-            }
-            _ => {
-                let x_pre = assignment.reduce(batch.x().view(), seg);
-                if self.post.selu_x {
-                    let out = Activation::Selu.forward(x_pre.view());
-                    (XOut::Own(out.clone()), Some((x_pre, out)))
-                } else {
-                    (XOut::Own(x_pre), None)
-                }
-            }
+        let x = batch.x().view();
+        let (x_out, selu) = if self.post.selu_x {
+            let x_pre = assignment.reduce(x, seg);
+            let out = Activation::Selu.forward(x_pre.view());
+            (XOut::Own(out.clone()), Some((x_pre, out)))
+        } else {
+            let shape = (seg.num_graphs() * self.k, x.ncols());
+            let x_out = XOut::write(x_rows, shape, |out| assignment.reduce_into(x, seg, out));
+            (x_out, None)
         };
         // a total-variation loss reads every edge's rows of S as A S does,
         // and the degrees are sums over the entries A S reads: each formed

@@ -705,29 +705,13 @@ impl<T: Scalar> DiffPool<T> {
             self.params.matrix(KERNEL_EMB)?,
         );
         let mut assigned = None;
-        let x_out = match x_rows {
-            Some(rows) => XOut::Written(rows.write(|out| {
-                let (s, x_out, z_pre) =
-                    self.assign_and_pool_into(&filter, (x, segs), weights, keep, out);
-                assigned = Some((s, z_pre));
-                x_out
-            })),
-            None => {
-                let mut x_out =
-                    rows::unwritten_matrix::<T>(segs.num_graphs() * self.k, weights.1.ncols());
-                let (s, _, z_pre) = self.assign_and_pool_into(
-                    &filter,
-                    (x, segs),
-                    weights,
-                    keep,
-                    x_out.as_slice_mut().expect("standard"),
-                );
-                assigned = Some((s, z_pre));
-                // SAFETY: assign_and_pool_into writes every entry of the
-                // slice it gets (it returns the whole of it initialised)
-                XOut::Own(unsafe { x_out.assume_init() })
-            }
-        };
+        let bk_c = (segs.num_graphs() * self.k, weights.1.ncols());
+        let x_out = XOut::write(x_rows, bk_c, |out| {
+            let (s, x_out, z_pre) =
+                self.assign_and_pool_into(&filter, (x, segs), weights, keep, out);
+            assigned = Some((s, z_pre));
+            x_out
+        });
         let (s, z_pre) = assigned.expect("S formed with X'");
         let assignment = DenseAssignment { s };
         // A S, for the connect step and the link loss, is formed again by
