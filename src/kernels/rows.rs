@@ -533,22 +533,85 @@ fn finish_row<T: Scalar>(p: &mut [T], bias: Option<&[T]>, accumulate: bool, o: &
     }
 }
 
-simd_levels! {
 /// $O = S^\top Y = \sum_n s_n y_n^\top$ for the rows of $S$ ($R \times K$,
 /// row-major `s`) and $Y$ ($R \times F$, row-major `y`): entry $(k, j)$ of
 /// `out` ($K \times F$, overwritten) is $0 + s_{0k} y_{0j} + s_{1k} y_{1j} +
 /// \dots$, the rows added in order. Compiled for each SIMD level and chosen
 /// at run time; each output entry is its own sum (kept in registers for
 /// $F \in \{16, 32, 64\}$), so every level gives the same bits.
+///
+/// ```
+/// use graphpool::kernels::rows::outer_sum;
+/// // S: 2 x 2, Y: 2 x 3
+/// let (s, y) = ([1.0_f32, 2.0, 3.0, 4.0], [1.0_f32, 0.0, -1.0, 2.0, 1.0, 0.0]);
+/// let mut out = [f32::NAN; 6];
+/// outer_sum(&s, 2, &y, 3, &mut out);
+/// assert_eq!(out, [7.0, 3.0, -1.0, 10.0, 4.0, -2.0]);
+/// ```
+///
+/// # Panics
+/// If `out` does not have $K F$ entries.
 pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T]) {
-    debug_assert_eq!(out.len(), k * f);
-    out.fill(T::zero());
+    // SAFETY: the kernel writes only values of `T` into the view (every
+    // entry, initialised entries staying initialised)
+    let out = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
+    outer_sum_into(s, k, y, f, out);
+}
+
+/// [`outer_sum`] written into `out` ($K F$ entries, not yet written, or
+/// written and overwritten), returned written: the register kernels store
+/// their sums without zeros written first, so an output block of a larger
+/// matrix is written once (the first touch of fresh pages included).
+pub(crate) fn outer_sum_into<'o, T: Scalar>(
+    s: &[T],
+    k: usize,
+    y: &[T],
+    f: usize,
+    out: &'o mut [MaybeUninit<T>],
+) -> &'o mut [T] {
+    assert_eq!(out.len(), k * f, "K F entries");
+    if outer_sum_written(s, k, y, f, out) {
+        // SAFETY: `outer_sum_written` returned true: it wrote every entry
+        return unsafe { assume_written_slice(out) };
+    }
+    let out = zeroed_in_place(out);
+    outer_sum_add(s, k, y, f, out);
+    out
+}
+
+simd_levels! {
+/// [`outer_sum`]'s sums written into every entry of `out` by a register
+/// kernel, its sums started from zeros in registers (the bits of zeros
+/// written first and added to), when there is one for `f` and $S$ has a
+/// row; `false`, with `out` untouched, otherwise.
+fn outer_sum_written<T: Scalar>(
+    s: &[T],
+    k: usize,
+    y: &[T],
+    f: usize,
+    out: &mut [MaybeUninit<T>],
+) -> bool {
+    // a tile, which writes every entry, only if there is a row
+    if k == 0 || f == 0 || s.len() < k || y.len() < f {
+        return false;
+    }
+    let avx512 = multiversion::target::target_cfg_f!(target_feature = "avx512f");
+    outer_register_kernel(s, k, y, f, out, false, avx512)
+}
+}
+
+simd_levels! {
+/// [`outer_sum`]'s sums added to `out` ($K \times F$, written), each entry
+/// its own sum continued in row order.
+fn outer_sum_add<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T]) {
     if k == 0 || f == 0 {
         return;
     }
     // a constant of each SIMD level's copy
     let avx512 = multiversion::target::target_cfg_f!(target_feature = "avx512f");
-    if outer_register_kernel(s, k, y, f, out, avx512) {
+    // SAFETY: the kernel writes only values of `T` into the view
+    let out_view = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
+    if outer_register_kernel(s, k, y, f, out_view, true, avx512) {
         return;
     }
     if f == 1 {
@@ -570,7 +633,11 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
         // width took a quarter of the forward+backward pass
         const BLOCK: usize = 256;
         let wide = f.next_power_of_two().max(16);
+        // the sums continue from `out`'s values
         let mut padded = vec![T::zero(); k * wide];
+        for (p, o) in padded.chunks_exact_mut(wide).zip(out.chunks_exact(f)) {
+            p[..f].copy_from_slice(o);
+        }
         // a block of padded rows, no more than there are rows
         let mut yp = vec![T::zero(); BLOCK.min(y.len() / f) * wide];
         for (sb, yb) in s.chunks(BLOCK * k).zip(y.chunks(BLOCK * f)) {
@@ -578,7 +645,9 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
             for (dst, src) in yp.chunks_exact_mut(wide).zip(yb.chunks_exact(f)) {
                 dst[..f].copy_from_slice(src);
             }
-            let done = outer_register_kernel(sb, k, yp, wide, &mut padded, avx512);
+            // SAFETY: the kernel writes only values of `T` into the view
+            let pv = unsafe { &mut *(padded.as_mut_slice() as *mut [T] as *mut [MaybeUninit<T>]) };
+            let done = outer_register_kernel(sb, k, yp, wide, pv, true, avx512);
             debug_assert!(done, "a register kernel for every padded width");
         }
         for (o, p) in out.chunks_exact_mut(f).zip(padded.chunks_exact(wide)) {
@@ -594,25 +663,30 @@ pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
 }
 }
 
-/// [`outer_sum`]'s sums added to `out` by a register kernel when there is
-/// one for `f`; `false`, with `out` untouched, otherwise. `avx512`: whether
-/// the SIMD level has AVX-512's 32 vector registers.
+/// [`outer_sum`]'s sums by a register kernel when there is one for `f`:
+/// added to `out` if `written`, else written into it (each sum started
+/// from zeros in registers; every entry written if $S$ has a row);
+/// `false`, with `out` untouched, otherwise. `avx512`: whether the SIMD
+/// level has AVX-512's 32 vector registers.
 #[inline(always)]
 fn outer_register_kernel<T: Scalar>(
     s: &[T],
     k: usize,
     y: &[T],
     f: usize,
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
+    written: bool,
     avx512: bool,
 ) -> bool {
     match f {
-        16 => outer_sum_fixed::<T, 16, 4>(s, k, y, out),
-        32 => outer_sum_fixed::<T, 32, 2>(s, k, y, out),
+        16 => outer_sum_fixed::<T, 16, 4>(s, k, y, out, written),
+        32 => outer_sum_fixed::<T, 32, 2>(s, k, y, out, written),
         // four rows of 64 sums fill half of AVX-512's 32 registers in
         // f32; with AVX2's 16 (or in f64) they would spill
-        64 if std::mem::size_of::<T>() == 4 && avx512 => outer_sum_fixed::<T, 64, 4>(s, k, y, out),
-        64 => outer_sum_fixed::<T, 64, 1>(s, k, y, out),
+        64 if std::mem::size_of::<T>() == 4 && avx512 => {
+            outer_sum_fixed::<T, 64, 4>(s, k, y, out, written)
+        }
+        64 => outer_sum_fixed::<T, 64, 1>(s, k, y, out, written),
         _ => return false,
     }
     true
@@ -621,22 +695,40 @@ fn outer_register_kernel<T: Scalar>(
 /// [`outer_sum`] for $F$ known at compile time: `R` output rows at a time,
 /// their sums in registers (independent chains of additions) while a tile
 /// of rows of $Y$, small enough to stay in L1, passes by; a row's sums
-/// continue from tile to tile, in order.
+/// continue from tile to tile, in order. The sums start from `out` if
+/// `written`, else from zeros (and `out` is written by the first tile).
 #[inline(always)]
 fn outer_sum_fixed<T: Scalar, const F: usize, const R: usize>(
     s: &[T],
     k: usize,
     y: &[T],
-    out: &mut [T],
+    out: &mut [MaybeUninit<T>],
+    mut written: bool,
 ) {
     const TILE: usize = 64;
+    // the sums of rows of `out` continued over a tile: loaded if written,
+    // stored after
+    let load = |acc: &mut [T; F], o: &[MaybeUninit<T>], written: bool| {
+        if written {
+            for (a, o) in acc.iter_mut().zip(o) {
+                // SAFETY: `o` was written (by the caller, or by an
+                // earlier tile)
+                *a = unsafe { o.assume_init() };
+            }
+        }
+    };
+    let store = |acc: &[T; F], o: &mut [MaybeUninit<T>]| {
+        for (o, &a) in o.iter_mut().zip(acc) {
+            o.write(a);
+        }
+    };
     for (st, yt) in s.chunks(TILE * k).zip(y.chunks(TILE * F)) {
         let mut groups = out.chunks_exact_mut(R * F);
         let mut c0 = 0;
         for o in &mut groups {
             let mut acc = [[T::zero(); F]; R];
             for (a, o) in acc.iter_mut().zip(o.chunks_exact(F)) {
-                a.copy_from_slice(o);
+                load(a, o, written);
             }
             for (sn, yn) in st.chunks_exact(k).zip(yt.chunks_exact(F)) {
                 let yn: &[T; F] = yn.try_into().expect("chunks of F");
@@ -649,21 +741,22 @@ fn outer_sum_fixed<T: Scalar, const F: usize, const R: usize>(
                 }
             }
             for (a, o) in acc.iter().zip(o.chunks_exact_mut(F)) {
-                o.copy_from_slice(a);
+                store(a, o);
             }
             c0 += R;
         }
         for (c, o) in groups.into_remainder().chunks_exact_mut(F).enumerate() {
             let mut acc = [T::zero(); F];
-            acc.copy_from_slice(o);
+            load(&mut acc, o, written);
             for (sn, yn) in st.chunks_exact(k).zip(yt.chunks_exact(F)) {
                 let v = sn[c0 + c];
                 for (a, &yv) in acc.iter_mut().zip(yn) {
                     *a += v * yv;
                 }
             }
-            o.copy_from_slice(&acc);
+            store(&acc, o);
         }
+        written = true;
     }
 }
 

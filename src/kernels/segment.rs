@@ -362,8 +362,8 @@ pub fn segment_matmul_tn<T: Scalar>(
 /// [`segment_matmul_tn`] written into `out` (its $(B K) \times F$ entries,
 /// row-major, not yet written), returned written: for a caller whose
 /// result goes straight into a larger output (a run's rows of the
-/// batch's $X'$). Each block is zeroed just before its sums, while in
-/// cache.
+/// batch's $X'$). Each block is written once, by its sums
+/// ([`rows::outer_sum_into`]: no zeros written first).
 ///
 /// # Panics
 /// If `out` does not have $B K F$ entries.
@@ -380,7 +380,6 @@ pub(crate) fn segment_matmul_tn_into<'o, T: Scalar>(
         out.par_chunks_mut(k * f)
             .enumerate()
             .for_each(|(g, block)| {
-                let block = rows::zeroed_in_place(block);
                 let nodes = segments.range(g);
                 if nodes.len() <= CHUNK {
                     // one chunk: its sums straight into the block (the chunk's
@@ -389,7 +388,7 @@ pub(crate) fn segment_matmul_tn_into<'o, T: Scalar>(
                         &ss[nodes.start * k..nodes.end * k],
                         &ys[nodes.start * f..nodes.end * f],
                     );
-                    rows::outer_sum(s_rows, k, y_rows, f, block);
+                    rows::outer_sum_into(s_rows, k, y_rows, f, block);
                     return;
                 }
                 let r = reduce_chunked(
@@ -411,11 +410,12 @@ pub(crate) fn segment_matmul_tn_into<'o, T: Scalar>(
                         a
                     },
                 );
-                block.copy_from_slice(&r);
+                rows::write_slice(block, &r);
             });
     }
     // SAFETY: `out` is empty (K F = 0) or cut into B blocks of K F entries
-    // (its length, asserted above), each zeroed before anything else
+    // (its length, asserted above), each written whole above (by
+    // `outer_sum_into` or `write_slice`)
     unsafe { rows::assume_written_slice(out) }
 }
 

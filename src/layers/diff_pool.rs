@@ -490,7 +490,10 @@ impl<T: Scalar> DiffPool<T> {
         let fm = filter.matrix.view();
         let act = self.activation;
         // rows `nodes`: their rows of S into `s_rows`, S_p^T Z_p into `part`
-        let piece = |nodes: Range<usize>, s_rows: &mut [T], z_rows: &mut [T], part: &mut [T]| {
+        let piece = |nodes: Range<usize>,
+                     s_rows: &mut [T],
+                     z_rows: &mut [T],
+                     part: &mut [MaybeUninit<T>]| {
             let m = nodes.len();
             let mut fx = vec![T::zero(); m * f];
             spmm_rows(fm, x, nodes, &mut fx);
@@ -503,7 +506,7 @@ impl<T: Scalar> DiffPool<T> {
             // the pre-activation kept for the backward pass when asked
             z_rows.copy_from_slice(&z[..z_rows.len()]);
             act.apply_in_place(&mut z);
-            rows::outer_sum(s_rows, k, &z, c, part);
+            rows::outer_sum_into(s_rows, k, &z, c, part);
         };
         assert_eq!(out.len(), b * k * c, "B K C entries of X'");
         let mut s = rows::fresh_matrix(n, k);
@@ -540,18 +543,19 @@ impl<T: Scalar> DiffPool<T> {
             .into_par_iter()
             .map(|(g, nodes, rows, z_rows, block)| match block {
                 Some(block) => {
-                    piece(nodes, rows, z_rows, rows::zeroed_in_place(block));
+                    piece(nodes, rows, z_rows, block);
                     (g, None)
                 }
                 None => {
-                    let mut part = vec![T::zero(); k * c];
+                    let mut part = vec![MaybeUninit::uninit(); k * c];
                     piece(nodes, rows, z_rows, &mut part);
-                    (g, Some(part))
+                    // SAFETY: `outer_sum_into` wrote every entry of `part`
+                    (g, Some(unsafe { rows::assume_written(part) }))
                 }
             })
             .collect();
         // SAFETY: the blocks cover `out` (asserted above), and each was
-        // zeroed in place by its graph's first piece before its sums
+        // written whole by its graph's first piece (`outer_sum_into`)
         let out = unsafe { rows::assume_written_slice(out) };
         for (g, part) in partials {
             if let Some(part) = part {
