@@ -958,7 +958,8 @@ fn softmax_row_by_row<T: graphpool::Scalar>(x: &mut [T], k: usize) {
 /// `softmax_rows_slice` gives the row-by-row bits whether a row goes
 /// through the across-the-rows blocks (16 rows, up to 64 columns; for `f32`
 /// rows of 16, 32, 48 or 64 on a CPU with AVX-512, the kernel that
-/// transposes them in registers) or the remainder, on rough values and on the special ones (NaN, infinities,
+/// transposes them in registers, and on a CPU with AVX2 only, for rows of
+/// 8, 16, ..., 64, the same kernel by blocks of 8 rows) or the remainder, on rough values and on the special ones (NaN, infinities,
 /// signed zeros, huge and tied values), in `f32` and `f64`. A NaN result
 /// is compared as NaN: Rust leaves the sign and payload of a NaN that an
 /// operation returns unspecified (LLVM may swap the operands of an
@@ -979,8 +980,10 @@ fn softmax_rows_give_the_row_by_row_bits_in_blocks_and_remainders() {
         1.0,
         1.0,
     ];
-    for k in [1usize, 2, 3, 7, 16, 17, 32, 33, 48, 63, 64, 65, 70] {
-        for rows in [0usize, 1, 15, 16, 17, 31, 32, 40] {
+    for k in [
+        1usize, 2, 3, 7, 8, 16, 17, 24, 32, 33, 40, 48, 56, 63, 64, 65, 70,
+    ] {
+        for rows in [0usize, 1, 7, 8, 9, 15, 16, 17, 31, 32, 40] {
             let mut x = rough(rows * k, (k * 100 + rows) as u64);
             // a sprinkling of special values, and whole rows of them
             for (i, v) in x.iter_mut().enumerate() {
