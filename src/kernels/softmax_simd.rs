@@ -125,43 +125,65 @@ mod x86 {
     /// AVX2 (and AVX): 8 lanes.
     pub(super) struct Avx2;
 
+    /// The loads, stores and lane-by-lane arithmetic of an impl of
+    /// [`Lanes`]: one intrinsic each (the caller's CPU has the
+    /// extension).
+    macro_rules! lanes_arithmetic {
+        ($l:literal, $v:ty, $load:ident, $store:ident, $splat:ident,
+         $max:ident, $sub:ident, $add:ident, $div:ident) => {
+            type V = $v;
+            #[inline(always)]
+            unsafe fn load(p: &[f32; $l]) -> $v {
+                // SAFETY: `$l` values at `p`; the CPU has the extension
+                // (caller)
+                unsafe { $load(p.as_ptr()) }
+            }
+            #[inline(always)]
+            unsafe fn store(p: &mut [f32; $l], v: $v) {
+                // SAFETY: `$l` values at `p`; the CPU has the extension
+                // (caller)
+                unsafe { $store(p.as_mut_ptr(), v) }
+            }
+            #[inline(always)]
+            unsafe fn splat(v: f32) -> $v {
+                // SAFETY: the CPU has the extension (caller)
+                unsafe { $splat(v) }
+            }
+            #[inline(always)]
+            unsafe fn max(a: $v, b: $v) -> $v {
+                // SAFETY: the CPU has the extension (caller)
+                unsafe { $max(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn sub(a: $v, b: $v) -> $v {
+                // SAFETY: the CPU has the extension (caller)
+                unsafe { $sub(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn add(a: $v, b: $v) -> $v {
+                // SAFETY: the CPU has the extension (caller)
+                unsafe { $add(a, b) }
+            }
+            #[inline(always)]
+            unsafe fn div(a: $v, b: $v) -> $v {
+                // SAFETY: the CPU has the extension (caller)
+                unsafe { $div(a, b) }
+            }
+        };
+    }
+
     impl Lanes<16> for Avx512 {
-        type V = __m512;
-        #[inline(always)]
-        unsafe fn load(p: &[f32; 16]) -> __m512 {
-            // SAFETY: 16 values at `p`; the CPU has AVX-512F (caller)
-            unsafe { _mm512_loadu_ps(p.as_ptr()) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: &mut [f32; 16], v: __m512) {
-            // SAFETY: 16 values at `p`; the CPU has AVX-512F (caller)
-            unsafe { _mm512_storeu_ps(p.as_mut_ptr(), v) }
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> __m512 {
-            // SAFETY: the CPU has AVX-512F (caller)
-            unsafe { _mm512_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn max(a: __m512, b: __m512) -> __m512 {
-            // SAFETY: the CPU has AVX-512F (caller)
-            unsafe { _mm512_max_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
-            // SAFETY: the CPU has AVX-512F (caller)
-            unsafe { _mm512_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m512, b: __m512) -> __m512 {
-            // SAFETY: the CPU has AVX-512F (caller)
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn div(a: __m512, b: __m512) -> __m512 {
-            // SAFETY: the CPU has AVX-512F (caller)
-            unsafe { _mm512_div_ps(a, b) }
-        }
+        lanes_arithmetic!(
+            16,
+            __m512,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_set1_ps,
+            _mm512_max_ps,
+            _mm512_sub_ps,
+            _mm512_add_ps,
+            _mm512_div_ps
+        );
         /// 32-bit, then 64-bit interleaves within 128-bit lanes, then two
         /// exchanges of 128-bit lanes.
         #[inline(always)]
@@ -209,42 +231,17 @@ mod x86 {
     }
 
     impl Lanes<8> for Avx2 {
-        type V = __m256;
-        #[inline(always)]
-        unsafe fn load(p: &[f32; 8]) -> __m256 {
-            // SAFETY: 8 values at `p`; the CPU has AVX (caller)
-            unsafe { _mm256_loadu_ps(p.as_ptr()) }
-        }
-        #[inline(always)]
-        unsafe fn store(p: &mut [f32; 8], v: __m256) {
-            // SAFETY: 8 values at `p`; the CPU has AVX (caller)
-            unsafe { _mm256_storeu_ps(p.as_mut_ptr(), v) }
-        }
-        #[inline(always)]
-        unsafe fn splat(v: f32) -> __m256 {
-            // SAFETY: the CPU has AVX (caller)
-            unsafe { _mm256_set1_ps(v) }
-        }
-        #[inline(always)]
-        unsafe fn max(a: __m256, b: __m256) -> __m256 {
-            // SAFETY: the CPU has AVX (caller)
-            unsafe { _mm256_max_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
-            // SAFETY: the CPU has AVX (caller)
-            unsafe { _mm256_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: __m256, b: __m256) -> __m256 {
-            // SAFETY: the CPU has AVX (caller)
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn div(a: __m256, b: __m256) -> __m256 {
-            // SAFETY: the CPU has AVX (caller)
-            unsafe { _mm256_div_ps(a, b) }
-        }
+        lanes_arithmetic!(
+            8,
+            __m256,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_set1_ps,
+            _mm256_max_ps,
+            _mm256_sub_ps,
+            _mm256_add_ps,
+            _mm256_div_ps
+        );
         /// 32-bit interleaves, then 64-bit shuffles within 128-bit lanes,
         /// then an exchange of 128-bit lanes.
         #[inline(always)]
