@@ -552,10 +552,8 @@ fn finish_row<T: Scalar>(p: &mut [T], bias: Option<&[T]>, accumulate: bool, o: &
 /// # Panics
 /// If `out` does not have $K F$ entries.
 pub fn outer_sum<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T]) {
-    // SAFETY: the kernel writes only values of `T` into the view (every
-    // entry, initialised entries staying initialised)
-    let out = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
-    outer_sum_into(s, k, y, f, out);
+    // SAFETY: `outer_sum_into` writes only values of `T`
+    outer_sum_into(s, k, y, f, unsafe { as_unwritten(out) });
 }
 
 /// [`outer_sum`] written into `out` ($K F$ entries, not yet written, or
@@ -609,9 +607,8 @@ fn outer_sum_add<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
     }
     // a constant of each SIMD level's copy
     let avx512 = multiversion::target::target_cfg_f!(target_feature = "avx512f");
-    // SAFETY: the kernel writes only values of `T` into the view
-    let out_view = unsafe { &mut *(out as *mut [T] as *mut [MaybeUninit<T>]) };
-    if outer_register_kernel(s, k, y, f, out_view, true, avx512) {
+    // SAFETY: the register kernels write only values of `T`
+    if outer_register_kernel(s, k, y, f, unsafe { as_unwritten(out) }, true, avx512) {
         return;
     }
     if f == 1 {
@@ -645,8 +642,8 @@ fn outer_sum_add<T: Scalar>(s: &[T], k: usize, y: &[T], f: usize, out: &mut [T])
             for (dst, src) in yp.chunks_exact_mut(wide).zip(yb.chunks_exact(f)) {
                 dst[..f].copy_from_slice(src);
             }
-            // SAFETY: the kernel writes only values of `T` into the view
-            let pv = unsafe { &mut *(padded.as_mut_slice() as *mut [T] as *mut [MaybeUninit<T>]) };
+            // SAFETY: the register kernels write only values of `T`
+            let pv = unsafe { as_unwritten(&mut padded) };
             let done = outer_register_kernel(sb, k, yp, wide, pv, true, avx512);
             debug_assert!(done, "a register kernel for every padded width");
         }
@@ -1543,6 +1540,18 @@ pub(crate) unsafe fn assume_written_slice<T>(v: &mut [MaybeUninit<T>]) -> &mut [
     // SAFETY: `MaybeUninit<T>` has `T`'s size and alignment, and every
     // entry is initialised (the caller's promise)
     unsafe { &mut *(v as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// A written slice seen as one that may be unwritten, for a kernel's
+/// `_into` form to overwrite (the inverse of [`assume_written_slice`]).
+///
+/// # Safety
+/// Nothing may write an uninitialised value through the view: `v` must be
+/// whole and initialised again once the view is gone.
+pub(crate) unsafe fn as_unwritten<T>(v: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s size and alignment; what is
+    // written through the view is initialised (the caller's promise)
+    unsafe { &mut *(v as *mut [T] as *mut [MaybeUninit<T>]) }
 }
 
 /// Writes `src` into `dst`, entry for entry (a copy of the bytes): the
