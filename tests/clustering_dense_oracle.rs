@@ -243,8 +243,8 @@ fn compare(name: &str, got: &Pooled<f64>, want: &Oracle) -> Result<(), TestCaseE
         .sum();
     prop_assert_eq!(outside, 0.0);
     let s = match &got.selection {
-        Selection::Dense(d) => &d.s,
-        _ => unreachable!(),
+        Some(Selection::Dense(d)) => &d.s,
+        other => panic!("{name}: the pools under test return S, got {other:?}"),
     };
     for (u, v) in s.iter().zip(want.s.iter()) {
         prop_assert!(close(*u, *v), "{name} S: {u} vs {v}");
@@ -272,19 +272,19 @@ proptest! {
     ) {
         let f = b.num_features();
         let act = Activation::Relu;
-        let l = MinCutPool::<f64>::new(f, K, &[5], act, 11).unwrap();
+        let l = MinCutPool::<f64>::new(f, K, &[5], act, 11).unwrap().with_return_selection(true);
         compare("mincut", &l.call(&b).unwrap(), &oracle(Which::MinCut(1e-7), l.params(), 1, act, &b))?;
         let l = l.with_variant(MinCutVariant::Pyg);
         compare("mincut_pyg", &l.call(&b).unwrap(), &oracle(Which::MinCut(1e-15), l.params(), 1, act, &b))?;
-        let l = DMoNPool::<f64>::new(f, K, &[5], act, 0.25, 12).unwrap();
+        let l = DMoNPool::<f64>::new(f, K, &[5], act, 0.25, 12).unwrap().with_return_selection(true);
         compare("dmon", &l.call(&b).unwrap(), &oracle(Which::DMoNSpektral(0.25), l.params(), 1, act, &b))?;
-        let l = DMoNPool::<f64>::new(f, K, &[5], Activation::Linear, 0.25, 13).unwrap().with_variant(DMoNVariant::Pyg);
+        let l = DMoNPool::<f64>::new(f, K, &[5], Activation::Linear, 0.25, 13).unwrap().with_return_selection(true).with_variant(DMoNVariant::Pyg);
         compare("dmon_pyg", &l.call(&b).unwrap(), &oracle(Which::DMoNPyg, l.params(), 1, Activation::Linear, &b))?;
         for norm in [false, true] {
-            let l = JustBalancePool::<f64>::new(f, K, &[], act, norm, 14).unwrap();
+            let l = JustBalancePool::<f64>::new(f, K, &[], act, norm, 14).unwrap().with_return_selection(true);
             compare("just_balance", &l.call(&b).unwrap(), &oracle(Which::JustBalance(norm), l.params(), 0, act, &b))?;
         }
-        let l = AsymCheegerCutPool::<f64>::new(f, K, &[5], act, 0.6, 1.7, 15).unwrap();
+        let l = AsymCheegerCutPool::<f64>::new(f, K, &[5], act, 0.6, 1.7, 15).unwrap().with_return_selection(true);
         compare("asym_cheeger", &l.call(&b).unwrap(), &oracle(Which::AsymCheeger(0.6, 1.7), l.params(), 1, act, &b))?;
     }
 }

@@ -31,45 +31,67 @@ fn boxed<L: Layer<f64, Output = Pooled<f64>> + Send + Sync + 'static>(l: L) -> P
     Box::new(move |b| l.call(b).expect("the pool runs"))
 }
 
-/// Every layer and variant, by name, with K clusters.
+/// Every layer and variant, by name, with K clusters, returning S.
 fn all_pools(f: usize) -> Vec<(&'static str, Pool)> {
     let act = Activation::Tanh;
     vec![
         (
             "mincut",
-            boxed(MinCutPool::new(f, K, &[4], act, 1).unwrap()),
+            boxed(
+                MinCutPool::new(f, K, &[4], act, 1)
+                    .unwrap()
+                    .with_return_selection(true),
+            ),
         ),
         (
             "mincut_pyg",
             boxed(
                 MinCutPool::new(f, K, &[], act, 2)
                     .unwrap()
-                    .with_variant(MinCutVariant::Pyg),
+                    .with_variant(MinCutVariant::Pyg)
+                    .with_return_selection(true),
             ),
         ),
         (
             "dmon",
-            boxed(DMoNPool::new(f, K, &[4], act, 0.3, 3).unwrap()),
+            boxed(
+                DMoNPool::new(f, K, &[4], act, 0.3, 3)
+                    .unwrap()
+                    .with_return_selection(true),
+            ),
         ),
         (
             "dmon_pyg",
             boxed(
                 DMoNPool::new(f, K, &[4], Activation::Linear, 0.3, 4)
                     .unwrap()
-                    .with_variant(DMoNVariant::Pyg),
+                    .with_variant(DMoNVariant::Pyg)
+                    .with_return_selection(true),
             ),
         ),
         (
             "just_balance",
-            boxed(JustBalancePool::new(f, K, &[4], act, false, 5).unwrap()),
+            boxed(
+                JustBalancePool::new(f, K, &[4], act, false, 5)
+                    .unwrap()
+                    .with_return_selection(true),
+            ),
         ),
         (
             "just_balance_normalized",
-            boxed(JustBalancePool::new(f, K, &[], act, true, 6).unwrap()),
+            boxed(
+                JustBalancePool::new(f, K, &[], act, true, 6)
+                    .unwrap()
+                    .with_return_selection(true),
+            ),
         ),
         (
             "asym_cheeger",
-            boxed(AsymCheegerCutPool::new(f, K, &[4], act, 0.7, 1.3, 7).unwrap()),
+            boxed(
+                AsymCheegerCutPool::new(f, K, &[4], act, 0.7, 1.3, 7)
+                    .unwrap()
+                    .with_return_selection(true),
+            ),
         ),
     ]
 }
@@ -84,7 +106,7 @@ fn shape() -> BatchShape {
 }
 
 fn assignment(p: &Pooled<f64>) -> &Array2<f64> {
-    match &p.selection {
+    match p.selection.as_ref().expect("the pools under test return S") {
         Selection::Dense(d) => &d.s,
         other => panic!("expected a dense selection, got {other:?}"),
     }
@@ -189,11 +211,24 @@ proptest! {
         let b = b.with_edge_weight_grad(edge_grad);
         let f = b.num_features();
 
+        // with and without S returned (Spektral's return_selection): the
+        // same bits but for S, which is there exactly when asked for
         macro_rules! check {
             ($name:literal, $l:expr) => {{
-                let by_runs = $l.with_run_nodes(budget);
-                let whole = $l.with_run_nodes(0);
-                assert_run_by_run($name, || forward_backward(&by_runs, &b), || forward_backward(&whole, &b));
+                let mut plain = None;
+                for ret in [false, true] {
+                    let l = $l.with_return_selection(ret);
+                    let by_runs = l.clone().with_run_nodes(budget);
+                    let whole = l.with_run_nodes(0);
+                    assert_run_by_run($name, || forward_backward(&by_runs, &b), || forward_backward(&whole, &b));
+                    let (mut y, g) = forward_backward(&by_runs, &b);
+                    prop_assert_eq!(y.selection.is_some(), ret, "{}", $name);
+                    y.selection = None;
+                    match &plain {
+                        None => plain = Some((y, g)),
+                        Some(p) => prop_assert!(p == &(y, g), "{}: S changes other outputs", $name),
+                    }
+                }
             }};
         }
         let act = Activation::Tanh;

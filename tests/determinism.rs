@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{all_layers, with_threads, Out};
+use common::{all_layers, all_layers_with, with_threads, Out};
 use graphpool::framework::{Gradients, Selection};
 use graphpool::kernels::{CHUNK, ROW_BLOCK};
 use graphpool::nn::rng_from_seed;
@@ -80,12 +80,13 @@ fn bits<T: Scalar>(out: &Out<T>, g: &Gradients<T>) -> Vec<u64> {
             b.extend(p.losses.values().map(f));
             b.extend(p.score.iter().flatten().map(f));
             match &p.selection {
-                Selection::Subset(s) => {
+                None => {}
+                Some(Selection::Subset(s)) => {
                     b.extend(s.kept.iter().map(|&k| k as u64));
                     b.extend(s.gate.iter().map(f));
                 }
-                Selection::Dense(s) => b.extend(s.s.iter().map(f)),
-                Selection::Sparse(s) => {
+                Some(Selection::Dense(s)) => b.extend(s.s.iter().map(f)),
+                Some(Selection::Sparse(s)) => {
                     b.extend(s.leaders.iter().map(|&k| k as u64));
                     b.extend(s.s.data().iter().map(f));
                 }
@@ -149,4 +150,37 @@ fn call_returns_exactly_the_forward_output_for_every_layer() {
     }
     check_call::<f64>();
     check_call::<f32>();
+}
+
+/// Spektral's `return_selection`: every SRC pool returns its selection
+/// exactly when asked for (not by default), and its pooled batch, score,
+/// losses and gradients are the same bits either way, on 1 and 3 threads,
+/// in `f64` and `f32`.
+#[test]
+fn returning_the_selection_or_not_changes_no_other_bit_of_any_layer() {
+    fn check_flag<T: Scalar>() {
+        let b = batch::<T>();
+        let asked = all_layers_with::<T>(F, K, true);
+        let plain = all_layers_with::<T>(F, K, false);
+        for ((name, with), (_, without)) in asked.iter().zip(&plain) {
+            for t in [1, 3] {
+                let both = |run: &common::Run<T>| {
+                    with_threads(t, || run.both(&b)).unwrap_or_else(|e| panic!("{name}: {e}"))
+                };
+                let (mut out, g) = both(with);
+                let (bare, g_bare) = both(without);
+                if let (Out::Pooled(p), Out::Pooled(q)) = (&mut out, &bare) {
+                    assert!(p.selection.is_some(), "{name}: selection asked for");
+                    assert!(q.selection.is_none(), "{name}: selection by default");
+                    p.selection = None;
+                }
+                assert!(
+                    bits(&out, &g) == bits(&bare, &g_bare),
+                    "{name}: the selection flag changes other outputs ({t} threads)"
+                );
+            }
+        }
+    }
+    check_flag::<f64>();
+    check_flag::<f32>();
 }

@@ -126,7 +126,7 @@ fn mem_dense(pool: &MemPooling<f64>, x: &Array2<f64>, a: &Array2<f64>) -> Alone 
 }
 
 fn s_of(p: &Pooled<f64>) -> &Array2<f64> {
-    match &p.selection {
+    match p.selection.as_ref().expect("the pools under test return S") {
         Selection::Dense(d) => &d.s,
         other => panic!("expected a dense assignment, got {other:?}"),
     }
@@ -214,7 +214,7 @@ proptest! {
         let f = b.num_features();
         for act in [Activation::Linear, Activation::Relu] {
             let variant = if pyg { DiffPoolVariant::Pyg } else { DiffPoolVariant::Spektral };
-            let pool = DiffPool::<f64>::new(f, k, Some(3), act, k as u64).unwrap().with_variant(variant);
+            let pool = DiffPool::<f64>::new(f, k, Some(3), act, k as u64).unwrap().with_variant(variant).with_return_selection(true);
             let y = pool.call(&b).unwrap();
             check(&b, &y, k, true, |x, a| diffpool_dense(&pool, act, x, a, pyg))?;
         }
@@ -223,7 +223,7 @@ proptest! {
     #[test]
     fn mem_pooling_equals_the_dense_per_graph_computation(b in batches(shape()), k in 1usize..5, heads in 1usize..7, tau in prop_oneof![Just(1.0f64), 0.2f64..3.0]) {
         let f = b.num_features();
-        let pool = MemPooling::<f64>::new(f, 2, heads, k, tau, heads as u64).unwrap();
+        let pool = MemPooling::<f64>::new(f, 2, heads, k, tau, heads as u64).unwrap().with_return_selection(true);
         let y = pool.call(&b).unwrap();
         check(&b, &y, k, false, |x, a| mem_dense(&pool, x, a))?;
         let pool = pool.with_adjacency(MemAdjacency::Coarsened);

@@ -22,14 +22,20 @@ const K: usize = 3;
 
 /// Every configuration under test, by name.
 fn all_pools(f: usize) -> Vec<(&'static str, Pool)> {
-    let diff_relu = DiffPool::<f64>::new(f, K, None, Activation::Relu, 3).unwrap();
+    let diff_relu = DiffPool::<f64>::new(f, K, None, Activation::Relu, 3)
+        .unwrap()
+        .with_return_selection(true);
     let diff_pyg = DiffPool::<f64>::new(f, K, Some(2), Activation::Tanh, 4)
         .unwrap()
-        .with_variant(DiffPoolVariant::Pyg);
-    let mem = MemPooling::<f64>::new(f, 2, 2, K, 1.0, 5).unwrap();
+        .with_variant(DiffPoolVariant::Pyg)
+        .with_return_selection(true);
+    let mem = MemPooling::<f64>::new(f, 2, 2, K, 1.0, 5)
+        .unwrap()
+        .with_return_selection(true);
     let mem_coarsened = MemPooling::<f64>::new(f, 3, 1, K, 0.5, 6)
         .unwrap()
-        .with_adjacency(MemAdjacency::Coarsened);
+        .with_adjacency(MemAdjacency::Coarsened)
+        .with_return_selection(true);
     vec![
         (
             "mem_pooling",
@@ -60,7 +66,7 @@ fn shape() -> BatchShape {
 }
 
 fn s_of(p: &Pooled<f64>) -> &Array2<f64> {
-    match &p.selection {
+    match p.selection.as_ref().expect("the pools under test return S") {
         Selection::Dense(d) => &d.s,
         other => panic!("expected a dense assignment, got {other:?}"),
     }
@@ -150,9 +156,22 @@ proptest! {
             ("pyg_tanh", DiffPool::<f64>::new(f, K, Some(2), Activation::Tanh, 4).unwrap().with_variant(DiffPoolVariant::Pyg)),
             ("softplus", DiffPool::<f64>::new(f, K, Some(3), Activation::Softplus, 5).unwrap()),
         ] {
-            let by_runs = l.clone().with_run_nodes(budget);
-            let whole = l.with_run_nodes(0);
-            assert_run_by_run(name, || forward_backward(&by_runs, &b), || forward_backward(&whole, &b));
+            // with and without S returned (Spektral's return_selection): the
+            // same bits but for S, which is there exactly when asked for
+            let mut plain = None;
+            for ret in [false, true] {
+                let l = l.clone().with_return_selection(ret);
+                let by_runs = l.clone().with_run_nodes(budget);
+                let whole = l.with_run_nodes(0);
+                assert_run_by_run(name, || forward_backward(&by_runs, &b), || forward_backward(&whole, &b));
+                let (mut y, g) = forward_backward(&by_runs, &b);
+                prop_assert_eq!(y.selection.is_some(), ret, "{}", name);
+                y.selection = None;
+                match &plain {
+                    None => plain = Some((y, g)),
+                    Some(p) => prop_assert!(p == &(y, g), "{}: S changes other outputs", name),
+                }
+            }
         }
     }
 
@@ -202,7 +221,11 @@ where
     let y = l.call(b).unwrap();
     let (sel, score) = l.select(b).unwrap();
     prop_assert!(score.is_none());
-    prop_assert_eq!(&sel, &y.selection);
+    // the selection is returned exactly when the layer says so
+    prop_assert_eq!(
+        y.selection.as_ref(),
+        SrcPool::return_selection(l).then_some(&sel)
+    );
     prop_assert_eq!(&l.reduce(b, &sel), y.batch.x());
     prop_assert_eq!(&l.connect(b, &sel), y.batch.a());
     prop_assert_eq!(&l.reduce_index(b, &sel), y.batch.segments());
@@ -217,8 +240,13 @@ proptest! {
     #[test]
     fn src_steps_compose_to_the_forward_pass(b in batches(shape())) {
         let f = b.num_features();
-        src_agrees_with_forward(&DiffPool::<f64>::new(f, K, Some(2), Activation::Relu, 1).unwrap(), &b)?;
-        src_agrees_with_forward(&MemPooling::<f64>::new(f, 2, 2, K, 1.0, 2).unwrap(), &b)?;
+        // each with and without its selection returned
+        for ret in [false, true] {
+            let diff = DiffPool::<f64>::new(f, K, Some(2), Activation::Relu, 1).unwrap();
+            src_agrees_with_forward(&diff.with_return_selection(ret), &b)?;
+            let mem = MemPooling::<f64>::new(f, 2, 2, K, 1.0, 2).unwrap();
+            src_agrees_with_forward(&mem.with_return_selection(ret), &b)?;
+        }
         src_agrees_with_forward(
             &MemPooling::<f64>::new(f, 2, 2, K, 0.5, 3).unwrap().with_adjacency(MemAdjacency::Coarsened),
             &b,
@@ -283,7 +311,9 @@ fn nodes_far_from_every_key_and_small_temperatures_give_finite_assignments() {
     });
     let b = DisjointBatch::single(x, sprs::CsMat::zero((4, 4))).unwrap();
     for tau in [0.01, 1.0, 100.0] {
-        let pool = MemPooling::<f64>::new(2, 2, 2, K, tau, 1).unwrap();
+        let pool = MemPooling::<f64>::new(2, 2, 2, K, tau, 1)
+            .unwrap()
+            .with_return_selection(true);
         let (y, cache) = pool.forward(&b).unwrap();
         assert!(
             s_of(&y).iter().all(|v| v.is_finite() && *v >= 0.0),

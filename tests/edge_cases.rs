@@ -92,7 +92,11 @@ fn check_empty_graphs<T: Scalar>(name: &str, out: &Out<T>) {
         Out::Pooled(p) => {
             let seg = p.batch.segments();
             assert_eq!(seg.num_graphs(), 7, "{name}: one pooled graph per graph");
-            match &p.selection {
+            match p
+                .selection
+                .as_ref()
+                .expect("all_layers returns the selection")
+            {
                 Selection::Subset(_) | Selection::Sparse(_) => {
                     for g in EMPTY {
                         assert_eq!(seg.size(g), 0, "{name}: graph {g}");
@@ -159,10 +163,18 @@ fn single_node_graphs_keep_their_node_and_isolated_nodes_lead_themselves() {
     assert_eq!(y.row(1), b.x().row(0));
     // selection pools keep the single node of graph 1 (node 0)
     for p in [
-        TopKPool::<f64>::new(F, 0.1, 1).unwrap().call(&b).unwrap(),
-        SAGPool::<f64>::new(F, 0.1, 2).unwrap().call(&b).unwrap(),
+        TopKPool::<f64>::new(F, 0.1, 1)
+            .unwrap()
+            .with_return_selection(true)
+            .call(&b)
+            .unwrap(),
+        SAGPool::<f64>::new(F, 0.1, 2)
+            .unwrap()
+            .with_return_selection(true)
+            .call(&b)
+            .unwrap(),
     ] {
-        let Selection::Subset(sub) = &p.selection else {
+        let Some(Selection::Subset(sub)) = &p.selection else {
             panic!()
         };
         assert!(sub.kept.contains(&0));

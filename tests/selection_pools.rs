@@ -19,16 +19,23 @@ use sprs::{CsMat, TriMat};
 /// A pool as a function of the batch.
 type Pool = Box<dyn Fn(&DisjointBatch<f64>) -> Pooled<f64> + Send + Sync>;
 
-/// Every score-based selection pool configuration, by name.
+/// Every score-based selection pool configuration, by name, returning
+/// its selection.
 fn selection_pools(f: usize, ratio: f64) -> Vec<(&'static str, Pool)> {
-    let topk = TopKPool::<f64>::new(f, ratio, 1).unwrap();
+    let topk = TopKPool::<f64>::new(f, ratio, 1)
+        .unwrap()
+        .with_return_selection(true);
     let topk_sig = TopKPool::<f64>::new(f, ratio, 2)
         .unwrap()
-        .with_sigmoid_gating(true);
-    let sag = SAGPool::<f64>::new(f, ratio, 3).unwrap();
+        .with_sigmoid_gating(true)
+        .with_return_selection(true);
+    let sag = SAGPool::<f64>::new(f, ratio, 3)
+        .unwrap()
+        .with_return_selection(true);
     let sag_gc = SAGPool::<f64>::new_with_scorer(f, ratio, SagScorer::GraphConv, 4)
         .unwrap()
-        .with_gating(Gating::Sigmoid);
+        .with_gating(Gating::Sigmoid)
+        .with_return_selection(true);
     vec![
         (
             "topk",
@@ -50,7 +57,11 @@ fn selection_pools(f: usize, ratio: f64) -> Vec<(&'static str, Pool)> {
 }
 
 fn kept(p: &Pooled<f64>) -> Vec<usize> {
-    match &p.selection {
+    match p
+        .selection
+        .as_ref()
+        .expect("the pools under test return it")
+    {
         Selection::Subset(s) => s.kept.clone(),
         other => panic!("expected a subset, got {other:?}"),
     }
@@ -357,7 +368,8 @@ fn empty_single_node_and_edgeless_graphs_are_defined() {
 #[test]
 fn ties_are_broken_by_node_index() {
     let b = DisjointBatch::single(array![[1.0], [2.0], [2.0], [1.0]], CsMat::zero((4, 4))).unwrap();
-    let l = unit_kernel(TopKPool::<f64>::new(1, 0.25, 0).unwrap(), "kernel");
+    let l = unit_kernel(TopKPool::<f64>::new(1, 0.25, 0).unwrap(), "kernel")
+        .with_return_selection(true);
     assert_eq!(kept(&l.call(&b).unwrap()), vec![1]);
     let l = l.with_keep(KeepRule::Ratio(0.75)).unwrap();
     assert_eq!(kept(&l.call(&b).unwrap()), vec![0, 1, 2]);
@@ -366,7 +378,9 @@ fn ties_are_broken_by_node_index() {
 #[test]
 fn topk_pools_as_the_formula_says() {
     let b = path3();
-    let mut l = TopKPool::<f64>::new(1, 0.5, 0).unwrap();
+    let mut l = TopKPool::<f64>::new(1, 0.5, 0)
+        .unwrap()
+        .with_return_selection(true);
     l.set_param("kernel", ArrayD::from_elem(IxDyn(&[1, 1]), -2.0))
         .unwrap();
     // y = -x: nodes 0 (y=-1) and 2 (y=-2) kept
@@ -387,6 +401,7 @@ fn count_rule_keeps_min_k_n_like_pyg_integer_ratio() {
     )
     .unwrap();
     let l = unit_kernel(TopKPool::<f64>::new(1, 0.5, 0).unwrap(), "kernel")
+        .with_return_selection(true)
         .with_keep(KeepRule::Count(2))
         .unwrap();
     let p = l.call(&b).unwrap();
@@ -397,6 +412,7 @@ fn count_rule_keeps_min_k_n_like_pyg_integer_ratio() {
 fn min_score_rule_keeps_softmax_above_threshold_and_gates_with_it() {
     let b = DisjointBatch::single(array![[0.0], [1.0], [3.0]], CsMat::zero((3, 3))).unwrap();
     let l = unit_kernel(TopKPool::<f64>::new(1, 0.5, 0).unwrap(), "kernel")
+        .with_return_selection(true)
         .with_keep(KeepRule::MinScore(0.1))
         .unwrap();
     let p = l.call(&b).unwrap();
@@ -456,9 +472,11 @@ fn src_select_matches_the_layer() {
     let b = path3();
     let l = SAGPool::<f64>::new(1, 0.5, 9).unwrap();
     let (sel, score) = l.select(&b).unwrap();
-    let p = l.call(&b).unwrap();
-    assert_eq!(sel, p.selection);
+    let p = l.clone().with_return_selection(true).call(&b).unwrap();
+    assert_eq!(Some(sel), p.selection);
     assert_eq!(score, p.score);
+    // by default, as Spektral, the selection is not returned
+    assert_eq!(l.call(&b).unwrap().selection, None);
 }
 
 // ---------------------------------------------------------------- LaPool
@@ -468,13 +486,13 @@ use graphpool::layers::LaPool;
 
 fn lapools() -> Vec<(&'static str, LaPool)> {
     vec![
-        ("lapool", LaPool::new(false)),
-        ("lapool_spr", LaPool::new(true)),
+        ("lapool", LaPool::new(false).with_return_selection(true)),
+        ("lapool_spr", LaPool::new(true).with_return_selection(true)),
     ]
 }
 
 fn assignment(p: &Pooled<f64>) -> graphpool::framework::SparseAssignment<f64> {
-    match &p.selection {
+    match p.selection.as_ref().expect("the pools under test return S") {
         Selection::Sparse(s) => s.clone(),
         other => panic!("expected a sparse assignment, got {other:?}"),
     }
@@ -635,13 +653,25 @@ fn lapool_beta_is_the_inverse_weighted_path_length() {
     let b = weighted_path();
     let leaders = LaPool::new(true).leaders(&b).unwrap();
     assert_eq!(leaders, vec![3]);
-    let s = assignment(&LaPool::new(true).call(&b).unwrap()).s;
+    let s = assignment(
+        &LaPool::new(true)
+            .with_return_selection(true)
+            .call(&b)
+            .unwrap(),
+    )
+    .s;
     // one leader: the softmax is 1, so S = beta = 1 / dist(i, 3)
     let want = [1.0 / 3.5, 1.0 / 2.5, 1.0 / 0.5, 1.0];
     for (i, w) in want.iter().enumerate() {
         assert!((s.get(i, 0).copied().unwrap() - w).abs() < 1e-15, "row {i}");
     }
-    let s = assignment(&LaPool::new(false).call(&b).unwrap()).s;
+    let s = assignment(
+        &LaPool::new(false)
+            .with_return_selection(true)
+            .call(&b)
+            .unwrap(),
+    )
+    .s;
     assert!(s.data().iter().all(|&v| v == 1.0));
 }
 
@@ -653,7 +683,10 @@ fn lapool_unreachable_leaders_get_zero_weight_and_isolated_nodes_lead() {
     t.add_triplet(1, 0, 1.0);
     let x = array![[1.0, 0.0], [3.0, 1.0], [0.0, 1.0]];
     let b = DisjointBatch::single(x, t.to_csr()).unwrap();
-    let p = LaPool::new(true).call(&b).unwrap();
+    let p = LaPool::new(true)
+        .with_return_selection(true)
+        .call(&b)
+        .unwrap();
     let s = assignment(&p);
     // 0 and 1 tie (|w (x0 - x1)| both ways): both lead, as does 2
     assert_eq!(s.leaders, vec![0, 1, 2]);
@@ -665,7 +698,12 @@ fn lapool_unreachable_leaders_get_zero_weight_and_isolated_nodes_lead() {
     }
     let x = array![[1.0, 0.0], [-3.0, 1.0], [0.0, 1.0], [0.5, 0.5]];
     let b = DisjointBatch::single(x, t.to_csr()).unwrap();
-    let s = assignment(&LaPool::new(true).call(&b).unwrap());
+    let s = assignment(
+        &LaPool::new(true)
+            .with_return_selection(true)
+            .call(&b)
+            .unwrap(),
+    );
     assert_eq!(s.leaders, vec![1, 3]);
     // node 0 reaches leader 1 (dist 1) but not the isolated leader 3
     assert_eq!(s.s.get(0, 1).copied(), Some(0.0));
@@ -720,11 +758,16 @@ fn lapool_empty_and_single_node_graphs_are_defined() {
 #[test]
 fn lapool_src_select_matches_the_layer() {
     let b = weighted_path();
-    let (sel, score) = SrcPool::<f64>::select(&LaPool::default(), &b).unwrap();
-    let p = LaPool::default().call(&b).unwrap();
-    assert_eq!(sel, p.selection);
+    let l = LaPool::default().with_return_selection(true);
+    let (sel, score) = SrcPool::<f64>::select(&l, &b).unwrap();
+    let p = l.call(&b).unwrap();
+    assert_eq!(Some(sel), p.selection);
     assert_eq!(score, None);
-    assert_eq!(SrcPool::<f64>::pool(&LaPool::default(), &b).unwrap(), p);
+    assert_eq!(SrcPool::<f64>::pool(&l, &b).unwrap(), p);
+    // by default, as Spektral, the selection is not returned
+    let plain = LaPool::default().call(&b).unwrap();
+    assert_eq!(plain.selection, None);
+    assert_eq!(SrcPool::<f64>::pool(&LaPool::default(), &b).unwrap(), plain);
 }
 
 /// An all-ones output gradient.

@@ -22,7 +22,8 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
                 0,
             )?;
             load_weights(case, &mut l)?;
-            l.call(batch)?
+            // the cases hold S: asked for, as the references were
+            l.with_return_selection(true).call(batch)?
         }
         "MemPooling" => {
             let mut l = MemPooling::new(
@@ -34,7 +35,8 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
                 0,
             )?;
             load_weights(case, &mut l)?;
-            l.call(batch)?
+            // the cases hold S: asked for, as the references were
+            l.with_return_selection(true).call(batch)?
         }
         other => return Err(RunError::NotImplemented(other.into())),
     };
@@ -44,7 +46,7 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
 /// Every output of a dense-assignment pool: x, a (dense), i, s, losses.
 fn got_from(p: &Pooled<f32>) -> Got {
     let s = match &p.selection {
-        Selection::Dense(d) => Some(d.s.mapv(f64::from).into_dyn()),
+        Some(Selection::Dense(d)) => Some(d.s.mapv(f64::from).into_dyn()),
         _ => None,
     };
     Got {

@@ -14,7 +14,8 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
             let mut l = TopKPool::new(f, cfg_f64(case, "ratio", 0.5), 0)?
                 .with_sigmoid_gating(cfg_bool(case, "sigmoid_gating", false));
             load_weights(case, &mut l)?;
-            l.call(batch)?
+            // the cases hold S: asked for, as the references were
+            l.with_return_selection(true).call(batch)?
         }
         "SAGPool" => {
             let scorer = match cfg_str(case, "scorer") {
@@ -29,9 +30,12 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
             let mut l = SAGPool::new_with_scorer(f, cfg_f64(case, "ratio", 0.5), scorer, 0)?
                 .with_sigmoid_gating(cfg_bool(case, "sigmoid_gating", false));
             load_weights(case, &mut l)?;
-            l.call(batch)?
+            // the cases hold S: asked for, as the references were
+            l.with_return_selection(true).call(batch)?
         }
-        "LaPool" => LaPool::new(cfg_bool(case, "shortest_path_reg", true)).call(batch)?,
+        "LaPool" => LaPool::new(cfg_bool(case, "shortest_path_reg", true))
+            .with_return_selection(true)
+            .call(batch)?,
         other => return Err(RunError::NotImplemented(other.into())),
     };
     Ok(outputs(&pooled))
@@ -40,7 +44,11 @@ pub fn run(case: &Case, batch: &DisjointBatch<f32>) -> Result<Got, RunError> {
 /// The case's outputs from a pooled batch: `s` is the sorted kept indices
 /// for a subset, the dense N x L assignment for a sparse one.
 fn outputs(p: &Pooled<f32>) -> Got {
-    let s = match &p.selection {
+    let s = match p
+        .selection
+        .as_ref()
+        .expect("every layer here returns its selection")
+    {
         Selection::Subset(s) => Array1::from_iter(s.kept.iter().map(|&n| n as f64)).into_dyn(),
         Selection::Sparse(s) => sparse_to_dense(&s.s).into_dyn(),
         Selection::Dense(s) => s.s.mapv(f64::from).into_dyn(),

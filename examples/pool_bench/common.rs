@@ -166,14 +166,16 @@ impl BenchOutput for Pooled<f32> {
     fn footprint(&self, parts: &mut Vec<(String, u64)>) {
         batch_footprint("pooled_", &self.batch, parts);
         match &self.selection {
-            Selection::Subset(s) => {
+            // not returned by default (Spektral's return_selection)
+            None => {}
+            Some(Selection::Subset(s)) => {
                 parts.push(("selection_kept".into(), s.kept.len() as u64 * USIZE));
                 parts.push(("selection_gate".into(), s.gate.len() as u64 * F32));
             }
-            Selection::Dense(d) => {
+            Some(Selection::Dense(d)) => {
                 parts.push(("selection_s".into(), d.s.len() as u64 * F32));
             }
-            Selection::Sparse(s) => {
+            Some(Selection::Sparse(s)) => {
                 let m = s.s.view();
                 parts.push(("selection_s_indptr".into(), m.indptr().len() as u64 * USIZE));
                 parts.push(("selection_s_indices".into(), m.nnz() as u64 * USIZE));

@@ -375,13 +375,14 @@ impl<T: Scalar> Output<T> for Pooled<T> {
             assert!(all_finite(s.iter()), "non-finite score {s}");
         }
         match &self.selection {
-            Selection::Subset(s) => {
+            None => {}
+            Some(Selection::Subset(s)) => {
                 assert!(all_finite(s.gate.iter()));
                 assert_eq!(s.kept.len(), b.num_nodes());
                 assert!(s.kept.windows(2).all(|w| w[0] < w[1]));
             }
-            Selection::Dense(s) => assert!(all_finite(s.s.iter())),
-            Selection::Sparse(s) => assert!(all_finite(s.s.data().iter())),
+            Some(Selection::Dense(s)) => assert!(all_finite(s.s.iter())),
+            Some(Selection::Sparse(s)) => assert!(all_finite(s.s.data().iter())),
         }
         let again = DisjointBatch::new(b.x().to_owned(), b.a().clone(), b.segments().clone());
         assert!(again.is_ok(), "pooled batch invalid: {again:?}");
@@ -530,7 +531,8 @@ where
     };
     assert_eq!(l.pool(b).expect("pool succeeds where forward does"), y);
     let (sel, score) = l.select(b).expect("select succeeds where forward does");
-    assert_eq!(sel, y.selection);
+    // the selection is returned exactly when the layer says so
+    assert_eq!(y.selection.as_ref(), l.return_selection().then_some(&sel));
     assert_eq!(score, y.score);
     assert_eq!(&l.reduce_index(b, &sel), y.batch.segments());
     let x = l.reduce(b, &sel);
@@ -866,7 +868,9 @@ fn selection_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &SelectionConfig, moder
         !valid_ratio(ratio),
         "TopKPool",
     ) {
-        let l = scaled(l.with_gating(gating), c.param_scale.0);
+        // half the inputs (by seed) ask for the selection
+        let l =
+            scaled(l.with_gating(gating), c.param_scale.0).with_return_selection(c.seed % 2 == 1);
         exercise(&l, b, ctx);
         exercise_src(&l, b);
         if let Some(l) = built(
@@ -892,7 +896,9 @@ fn selection_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &SelectionConfig, moder
         !valid_ratio(ratio),
         "SAGPool",
     ) {
-        let l = scaled(l.with_gating(gating), c.param_scale.0);
+        // half the inputs (by seed) ask for the selection
+        let l =
+            scaled(l.with_gating(gating), c.param_scale.0).with_return_selection(c.seed % 2 == 1);
         exercise(&l, b, ctx);
         exercise_src(&l, b);
         if let Some(l) = built(
@@ -908,7 +914,7 @@ fn selection_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &SelectionConfig, moder
             }
         }
     }
-    let l = LaPool::new(c.shortest_path_reg);
+    let l = LaPool::new(c.shortest_path_reg).with_return_selection(c.seed % 2 == 1);
     let ctx = Ctx {
         width_ok: true,
         ..ctx
@@ -1178,10 +1184,12 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
     let (a, bb) = (c.coeff_a.0, c.coeff_b.0);
     let p = c.param_scale.0;
     let budget = run_budget(c.run_nodes);
+    // half the inputs (by seed) ask for S (Spektral's return_selection)
+    let ret = c.seed % 2 == 1;
     // every layer pooled run by run, checked against the whole batch
     macro_rules! by_runs {
         ($l:expr) => {{
-            let l = $l.with_run_nodes(budget);
+            let l = $l.with_run_nodes(budget).with_return_selection(ret);
             runs_match_whole(&l, &l.clone().with_run_nodes(0), b);
             l
         }};
@@ -1350,8 +1358,10 @@ fn diff_mem_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &DiffMemConfig, moderate
         k == 0 || channels_opt == Some(0),
         "DiffPool",
     ) {
+        // half the inputs (by seed) ask for S (Spektral's return_selection)
         let l = scaled(l.with_variant(variant), c.param_scale.0)
-            .with_run_nodes(run_budget(c.run_nodes));
+            .with_run_nodes(run_budget(c.run_nodes))
+            .with_return_selection(c.seed % 2 == 1);
         runs_match_whole(&l, &l.clone().with_run_nodes(0), b);
         exercise(&l, b, ctx);
         exercise_src(&l, b);
@@ -1369,7 +1379,8 @@ fn diff_mem_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &DiffMemConfig, moderate
         channels == 0 || heads == 0 || k == 0 || !tau_ok,
         "MemPooling",
     ) {
-        let l = scaled(l.with_adjacency(adjacency), c.param_scale.0);
+        let l = scaled(l.with_adjacency(adjacency), c.param_scale.0)
+            .with_return_selection(c.seed % 2 == 1);
         exercise(&l, b, ctx);
         exercise_src(&l, b);
     }

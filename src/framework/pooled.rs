@@ -24,8 +24,12 @@ pub type Losses<T> = BTreeMap<String, T>;
 pub struct Pooled<T: Scalar> {
     /// The pooled graphs.
     pub batch: DisjointBatch<T>,
-    /// How input nodes map to output nodes (Spektral's `return_selection`).
-    pub selection: Selection<T>,
+    /// How input nodes map to output nodes, when the layer was asked for it
+    /// (`with_return_selection(true)`, Spektral's `return_selection`); `None`
+    /// by default, as in Spektral, whose pools return $S$ only when asked.
+    /// A dense assignment is $N \times K$: not returning it spares writing
+    /// (and holding) that much on every call.
+    pub selection: Option<Selection<T>>,
     /// The raw score of every input node for the selection pools (TopK, SAG); `None` otherwise.
     pub score: Option<Array1<T>>,
     /// Auxiliary losses by name.
@@ -133,7 +137,7 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
     a: &sprs::CsMat<T>,
     losses: &Losses<T>,
     score: Option<&Array1<T>>,
-    selection: &Selection<T>,
+    selection: Option<&Selection<T>>,
 ) -> Result<()> {
     let overflow = |what: &str, index: String, value: T| pooled_overflow(layer, what, index, value);
     // parallel, vectorised scans of the plain values (rows::first_non_finite)
@@ -145,11 +149,11 @@ pub(crate) fn check_pooled_finite<T: Scalar>(
         ));
     }
     check_losses_and_score(layer, losses, score)?;
-    let bad = match selection {
+    let bad = selection.and_then(|selection| match selection {
         Selection::Subset(s) => first_non_finite_entry(&s.gate),
         Selection::Dense(s) => first_non_finite_entry(&s.s),
         Selection::Sparse(s) => first_non_finite(s.s.data()).map(|p| (p, s.s.data()[p])),
-    };
+    });
     if let Some((i, v)) = bad {
         return Err(overflow("selection", format!("flat index {i}"), v));
     }
@@ -199,7 +203,7 @@ impl<T: Scalar> Pooled<T> {
         x: Array2<T>,
         a: sprs::CsMat<T>,
         segments: crate::batch::Segments,
-        selection: Selection<T>,
+        selection: Option<Selection<T>>,
         losses: Losses<T>,
     ) -> Result<Self> {
         if !written_finite {
@@ -216,7 +220,7 @@ impl<T: Scalar> Pooled<T> {
         x: Array2<T>,
         a: sprs::CsMat<T>,
         segments: crate::batch::Segments,
-        selection: Selection<T>,
+        selection: Option<Selection<T>>,
         score: Option<Array1<T>>,
         losses: Losses<T>,
     ) -> Result<Self> {
@@ -235,11 +239,11 @@ impl<T: Scalar> Pooled<T> {
         x: Array2<T>,
         a: sprs::CsMat<T>,
         segments: crate::batch::Segments,
-        selection: Selection<T>,
+        selection: Option<Selection<T>>,
         score: Option<Array1<T>>,
         losses: Losses<T>,
     ) -> Result<Self> {
-        check_pooled_finite(layer, &a, &losses, score.as_ref(), &selection)?;
+        check_pooled_finite(layer, &a, &losses, score.as_ref(), selection.as_ref())?;
         Ok(Self::assemble(x, a, segments, selection, score, losses))
     }
 
@@ -248,7 +252,7 @@ impl<T: Scalar> Pooled<T> {
         x: Array2<T>,
         a: sprs::CsMat<T>,
         segments: crate::batch::Segments,
-        selection: Selection<T>,
+        selection: Option<Selection<T>>,
         score: Option<Array1<T>>,
         losses: Losses<T>,
     ) -> Self {

@@ -151,13 +151,13 @@ impl<S: Sync> Saved<S> {
 
 /// The outputs of a dense-assignment pool (one $K \times K$ block and $K$
 /// pooled rows per graph), written run by run: $X'$ ($BK \times C$), the
-/// stacked blocks ($BK \times K$), $S$ ($N \times K$) and some per-graph
-/// values ($B$ each), all in fresh memory; `finite` if every run found its
+/// stacked blocks ($BK \times K$), $S$ ($N \times K$, when asked for) and
+/// some per-graph values ($B$ each), all in fresh memory; `finite` if every run found its
 /// $X'$, blocks and $S$ finite as it wrote them ([`RunRows::fill`]).
 pub(crate) struct DenseRunOutputs<T: Scalar> {
     pub x_out: Array2<T>,
     pub blocks: Array2<T>,
-    pub s: Array2<T>,
+    pub s: Option<Array2<T>>,
     pub per_graph: Vec<Vec<T>>,
     pub finite: bool,
 }
@@ -171,7 +171,8 @@ pub(crate) struct RunRows<'a, T> {
     /// where the run's rows of $X'$ start, to recognise them when written
     x_at: usize,
     blocks: &'a mut [MaybeUninit<T>],
-    s: &'a mut [MaybeUninit<T>],
+    /// `None` when the batch's $S$ is not returned
+    s: Option<&'a mut [MaybeUninit<T>]>,
     per_graph: Vec<&'a mut [MaybeUninit<T>]>,
 }
 
@@ -264,7 +265,7 @@ impl<'a, T: Scalar> RunRows<'a, T> {
     }
 
     /// Writes a run's $X'$ (unless [`XOut::Written`] in place through
-    /// [`RunRows::x_rows`]), blocks, $S$ and per-graph
+    /// [`RunRows::x_rows`]), blocks, $S$ (when returned) and per-graph
     /// values into its rows of the batch's, every one of them, and scans
     /// $X'$, the blocks and $S$ for a non-finite value while they are still
     /// in cache, so that the batch's outputs need not be read again to be
@@ -298,7 +299,8 @@ impl<'a, T: Scalar> RunRows<'a, T> {
         for (dst, src) in x_dst
             .zip(x_own.as_ref().map(|x| x.view()))
             .into_iter()
-            .chain([(self.blocks, blocks), (self.s, s)])
+            .chain([(self.blocks, blocks)])
+            .chain(self.s.map(|dst| (dst, s)))
         {
             let src = rows::row_major(&src);
             finite &= rows::first_non_finite_in(&src).is_none();
@@ -317,7 +319,8 @@ impl<'a, T: Scalar> RunRows<'a, T> {
 impl<T: Scalar> DenseRunOutputs<T> {
     /// Pools every run of `runs` (graphs of `seg`) with `run`, in parallel:
     /// each gets its graphs and its rows of the outputs ($K$ clusters,
-    /// `width` pooled features, `per_graph` values per graph), fills them
+    /// `width` pooled features, `per_graph` values per graph, $S$ if
+    /// `with_s`), fills them
     /// ([`RunRows::fill`]) and returns what the fill found with the state it
     /// keeps, if any. The outputs and the kept states, in run order; the
     /// first error of a run in run order otherwise.
@@ -327,6 +330,7 @@ impl<T: Scalar> DenseRunOutputs<T> {
         k: usize,
         width: usize,
         per_graph: usize,
+        with_s: bool,
         run: F,
     ) -> std::result::Result<(Self, RunStates<S>), E>
     where
@@ -352,14 +356,16 @@ impl<T: Scalar> DenseRunOutputs<T> {
         // adjacency's values without being moved
         // ([`crate::kernels::sparse::block_diag_owned`])
         let mut blocks = rows::unwritten_vec::<T>(b * k * k);
-        let mut s = rows::unwritten_matrix::<T>(seg.num_nodes(), k);
+        let mut s = with_s.then(|| rows::unwritten_matrix::<T>(seg.num_nodes(), k));
         let mut values: Vec<Vec<MaybeUninit<T>>> =
             (0..per_graph).map(|_| rows::unwritten_vec(b)).collect();
         let graphs = || runs.iter().map(|r| r.len());
         let nodes = runs.iter().map(|r| offsets[r.end] - offsets[r.start]);
         let xs = split_rows(x_out.as_slice_mut().expect("standard"), k * width, graphs());
         let bs = split_rows(&mut blocks, k * k, graphs());
-        let ss = split_rows(s.as_slice_mut().expect("standard"), k, nodes);
+        let mut ss = s
+            .as_mut()
+            .map(|s| split_rows(s.as_slice_mut().expect("standard"), k, nodes).into_iter());
         let mut vs: Vec<_> = values
             .iter_mut()
             .map(|v| split_rows(v, 1, graphs()).into_iter())
@@ -369,8 +375,8 @@ impl<T: Scalar> DenseRunOutputs<T> {
             .cloned()
             .zip(xs)
             .zip(bs)
-            .zip(ss)
-            .map(|(((r, x_out), blocks), s)| {
+            .map(|((r, x_out), blocks)| {
+                let s = ss.as_mut().map(|ss| ss.next().expect("one per run"));
                 let per_graph = vs.iter_mut().map(|v| v.next().expect("one per run"));
                 let rows = RunRows {
                     graphs: r.clone(),
@@ -406,7 +412,7 @@ impl<T: Scalar> DenseRunOutputs<T> {
         let (x_out, s, blocks, values) = unsafe {
             (
                 x_out.assume_init(),
-                s.assume_init(),
+                s.map(|s| s.assume_init()),
                 rows::assume_written(blocks),
                 values
                     .into_iter()

@@ -46,6 +46,7 @@ use crate::scalar::Scalar;
 /// let b = DisjointBatch::from_graph_ids(array![[1.0], [2.0], [3.0]], CsMat::zero((3, 3)), &[0, 0, 1], 2)?;
 /// let p = FirstNode.pool(&b)?;
 /// assert_eq!(p.batch.x(), &array![[1.0], [3.0]]);
+/// assert!(p.selection.is_none()); // FirstNode keeps the default return_selection
 /// # Ok::<(), graphpool::PoolError>(())
 /// ```
 pub trait SrcPool<T: Scalar> {
@@ -93,6 +94,13 @@ pub trait SrcPool<T: Scalar> {
         Ok(Losses::new())
     }
 
+    /// Whether [`SrcPool::pool`] returns the selection in
+    /// [`Pooled::selection`] (Spektral's `return_selection`): `false` unless
+    /// the layer says otherwise, as in Spektral.
+    fn return_selection(&self) -> bool {
+        false
+    }
+
     /// Select, reduce, connect and reduce_index in one pass.
     ///
     /// # Errors
@@ -105,7 +113,7 @@ pub trait SrcPool<T: Scalar> {
         let losses = self.losses(batch, &selection)?;
         Ok(Pooled {
             batch: DisjointBatch::new_unchecked(x, a, segments),
-            selection,
+            selection: self.return_selection().then_some(selection),
             score,
             losses,
         })

@@ -156,6 +156,9 @@ pub(crate) struct DenseClustering<T: Scalar> {
     losses: Vec<(&'static str, AuxLoss)>,
     /// The node budget of a run ([`graph_runs`]); 0: every batch whole.
     run_nodes: usize,
+    /// Whether [`Pooled::selection`] holds $S$ (Spektral's
+    /// `return_selection`; `false` by default).
+    pub(crate) return_selection: bool,
 }
 
 /// Saved state of a dense-assignment clustering pool's forward pass
@@ -208,7 +211,8 @@ struct Outputs<T: Scalar> {
     x_out: Array2<T>,
     a_out: sprs::CsMat<T>,
     values: Vec<Array1<T>>,
-    s: Array2<T>,
+    /// $S$ when returned ([`DenseClustering::return_selection`])
+    s: Option<Array2<T>>,
     saved: Option<Saved<BatchState<T>>>,
     /// Whether the runs found $X'$, the blocks and $S$ finite as they
     /// wrote them ([`Pooled::checked_by_runs`]); `false` for the whole batch.
@@ -442,6 +446,7 @@ impl<T: Scalar> DenseClustering<T> {
             post,
             losses,
             run_nodes: RUN_NODES,
+            return_selection: false,
         })
     }
 
@@ -537,15 +542,14 @@ impl<T: Scalar> DenseClustering<T> {
         for (&(name, _), v) in self.losses.iter().zip(&values) {
             losses.insert(name.to_string(), mean(v));
         }
-        let selection = DenseAssignment { s };
-        let out_segments = selection.reduce_index(seg);
+        let out_segments = Segments::uniform(seg.num_graphs(), self.k);
         let pooled = Pooled::checked_by_runs(
             self.name,
             written_finite,
             x_out,
             a_out,
             out_segments,
-            Selection::Dense(selection),
+            s.map(|s| Selection::Dense(DenseAssignment { s })),
             losses,
         )?;
         let cache = saved.map(|saved| ClusteringCache {
@@ -570,7 +574,9 @@ impl<T: Scalar> DenseClustering<T> {
         let a_out = DenseAssignment::blocks_to_csr(state.out_blocks(&blocks).view());
         Ok(if keep {
             // the output's copy in fresh memory, written in parallel
-            let s = rows::fresh_copy(state.assignment.s.view());
+            let s = self
+                .return_selection
+                .then(|| rows::fresh_copy(state.assignment.s.view()));
             Outputs {
                 x_out,
                 a_out,
@@ -584,7 +590,7 @@ impl<T: Scalar> DenseClustering<T> {
                 x_out,
                 a_out,
                 values,
-                s: state.assignment.s,
+                s: self.return_selection.then_some(state.assignment.s),
                 saved: None,
                 written_finite: false,
             }
@@ -607,6 +613,7 @@ impl<T: Scalar> DenseClustering<T> {
             self.k,
             batch.num_features(),
             self.losses.len(),
+            self.return_selection,
             |r, mut rows| {
                 // X' straight into the batch's rows, unless an activation
                 // follows the reduce (DMoNPool's SELU keeps its input)
@@ -1335,6 +1342,8 @@ macro_rules! clustering_layer {
             pub fn run_nodes(&self) -> usize {
                 self.inner.run_nodes()
             }
+
+            $crate::layers::return_selection_methods!($example, inner.return_selection);
         }
 
         impl<T: $crate::scalar::Scalar> $crate::framework::Layer<T> for $name<T> {

@@ -173,6 +173,9 @@ pub struct DiffPool<T: Scalar> {
     params: Params<T>,
     /// The node budget of a run ([`DiffPool::with_run_nodes`]).
     run_nodes: usize,
+    /// Whether [`Pooled::selection`] holds $S$
+    /// ([`DiffPool::with_return_selection`]).
+    return_selection: bool,
 }
 
 /// Saved state of [`DiffPool`]'s forward pass: the batch's, or each run's
@@ -230,7 +233,8 @@ struct LossGrads<T> {
 struct Outputs<T: Scalar> {
     x_out: Array2<T>,
     blocks: Array2<T>,
-    s: Array2<T>,
+    /// $S$ when returned ([`DiffPool::with_return_selection`])
+    s: Option<Array2<T>>,
     norms: Vec<T>,
     entropies: Vec<T>,
     saved: Option<Saved<ForwardState<T>>>,
@@ -335,6 +339,7 @@ impl<T: Scalar> DiffPool<T> {
             variant: DiffPoolVariant::Spektral,
             params,
             run_nodes: RUN_NODES,
+            return_selection: false,
         })
     }
 
@@ -388,6 +393,11 @@ impl<T: Scalar> DiffPool<T> {
     pub fn run_nodes(&self) -> usize {
         self.run_nodes
     }
+
+    super::return_selection_methods!(
+        "DiffPool::<f64>::new(4, 2, None, Activation::Relu, 0)?",
+        return_selection
+    );
 
     /// Clusters per graph $K$.
     pub fn k(&self) -> usize {
@@ -590,8 +600,7 @@ impl<T: Scalar> DiffPool<T> {
         };
         let a_out = DenseAssignment::blocks_into_csr(blocks);
         let losses = self.losses_from(segs, &norms, &entropies);
-        let assignment = DenseAssignment { s };
-        let out_segments = assignment.reduce_index(segs);
+        let out_segments = Segments::uniform(segs.num_graphs(), self.k);
         let cache = saved.map(|saved| DiffPoolCache {
             saved,
             out_x_shape: [x_out.nrows(), x_out.ncols()],
@@ -606,7 +615,7 @@ impl<T: Scalar> DiffPool<T> {
                 x_out,
                 a_out,
                 out_segments,
-                Selection::Dense(assignment),
+                s.map(|s| Selection::Dense(DenseAssignment { s })),
                 losses,
             )?,
             cache,
@@ -619,15 +628,17 @@ impl<T: Scalar> DiffPool<T> {
         let norms = fw.link.norms.clone();
         let (s, saved) = match fw.z_pre {
             Some(z_pre) => {
-                // the cache's copy of S in fresh memory, written in parallel
+                // the cache keeps S; the output, when it returns S, gets a
+                // copy in fresh memory, written in parallel
+                let s = self.return_selection.then(|| rows::fresh_copy(fw.s.view()));
                 let state = ForwardState {
                     filter: fw.filter,
-                    forward: TakeOnce::new((rows::fresh_copy(fw.s.view()), z_pre)),
+                    forward: TakeOnce::new((fw.s, z_pre)),
                     link: fw.link,
                 };
-                (fw.s, Some(Saved::Whole(Box::new(state))))
+                (s, Some(Saved::Whole(Box::new(state))))
             }
-            None => (fw.s, None),
+            None => (self.return_selection.then_some(fw.s), None),
         };
         Ok(Outputs {
             x_out: fw.x_out.into_own().expect("no rows given for X'"),
@@ -655,6 +666,7 @@ impl<T: Scalar> DiffPool<T> {
             self.k,
             self.channels,
             2,
+            self.return_selection,
             |r, mut rows| {
                 // X' straight into the batch's rows
                 let fw = self.compute(&batch.graph_run(r), keep, Some(rows.x_rows()))?;
@@ -1182,6 +1194,10 @@ fn entropy_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T, scale: T) -
 }
 
 impl<T: Scalar> SrcPool<T> for DiffPool<T> {
+    fn return_selection(&self) -> bool {
+        self.return_selection
+    }
+
     /// $S = \operatorname{softmax}(\hat A X W_{\text{pool}})$.
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;

@@ -37,7 +37,8 @@ use crate::Segments;
 /// per leader in node order), sparse: row $i$ stores one entry per leader
 /// of its graph (a leader's row only its own 1). $X'$ is $L \times F$, $A'$
 /// is $L \times L$ block-diagonal CSR, the pooled segments hold the leaders
-/// of each graph. [`Pooled::selection`] is the [`Selection::Sparse`] $S$.
+/// of each graph. [`Pooled::selection`] is the [`Selection::Sparse`] $S$ when
+/// asked for ([`LaPool::with_return_selection`]), `None` by default.
 /// Memory is $O(\mathrm{nnz} + N F + \sum_g n_g L_g)$: no $N \times N$ matrix,
 /// shortest paths are Dijkstra runs from each leader on the CSR (Spektral
 /// densifies $A$ and runs scipy on all pairs).
@@ -90,6 +91,9 @@ use crate::Segments;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LaPool {
     shortest_path_reg: bool,
+    /// Whether [`Pooled::selection`] holds $S$
+    /// ([`LaPool::with_return_selection`]).
+    return_selection: bool,
 }
 
 impl Default for LaPool {
@@ -97,6 +101,7 @@ impl Default for LaPool {
     fn default() -> Self {
         Self {
             shortest_path_reg: true,
+            return_selection: false,
         }
     }
 }
@@ -130,13 +135,18 @@ struct Select<T: Scalar> {
 impl LaPool {
     /// LaPool with or without the shortest-path regularisation $\beta$.
     pub fn new(shortest_path_reg: bool) -> Self {
-        Self { shortest_path_reg }
+        Self {
+            shortest_path_reg,
+            return_selection: false,
+        }
     }
 
     /// Whether $\beta = 1/\mathrm{dist}$ is applied.
     pub fn shortest_path_reg(&self) -> bool {
         self.shortest_path_reg
     }
+
+    super::return_selection_methods!("LaPool::default()", return_selection);
 
     /// The leaders of every graph, ascending: nodes whose Laplacian signal
     /// $v_i = \|(LX)_i\|_2$ is at least that of every stored neighbour.
@@ -284,8 +294,9 @@ impl<T: Scalar> Layer<T> for LaPool {
             });
         }
         let segments: Segments = assignment.reduce_index(batch.segments());
+        let returned = self.return_selection.then(|| assignment.clone());
         let cache = LaPoolCache {
-            assignment: assignment.clone(),
+            assignment,
             cos: sel.cos,
             soft: sel.soft,
             beta: sel.beta,
@@ -301,7 +312,7 @@ impl<T: Scalar> Layer<T> for LaPool {
             x,
             a,
             segments,
-            Selection::Sparse(assignment),
+            returned.map(Selection::Sparse),
             None,
             Losses::new(),
         )?;
@@ -385,6 +396,10 @@ impl<T: Scalar> Layer<T> for LaPool {
 }
 
 impl<T: Scalar> SrcPool<T> for LaPool {
+    fn return_selection(&self) -> bool {
+        self.return_selection
+    }
+
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         Ok((
             Selection::Sparse(LaPool::select(self, batch)?.assignment),

@@ -138,6 +138,9 @@ pub struct MemPooling<T: Scalar> {
     tau: T,
     adjacency: MemAdjacency,
     params: Params<T>,
+    /// Whether [`Pooled::selection`] holds $S$
+    /// ([`MemPooling::with_return_selection`]).
+    return_selection: bool,
 }
 
 /// Saved state of [`MemPooling`]'s forward pass.
@@ -229,6 +232,7 @@ impl<T: Scalar> MemPooling<T> {
             tau: T::c(tau),
             adjacency: MemAdjacency::Edgeless,
             params,
+            return_selection: false,
         })
     }
 
@@ -237,6 +241,11 @@ impl<T: Scalar> MemPooling<T> {
         self.adjacency = adjacency;
         self
     }
+
+    super::return_selection_methods!(
+        "MemPooling::<f64>::new(4, 3, 2, 2, 1.0, 0)?",
+        return_selection
+    );
 
     /// Clusters per graph $K$.
     pub fn k(&self) -> usize {
@@ -384,8 +393,15 @@ impl<T: Scalar> MemPooling<T> {
         losses.insert("kl".into(), kl);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        let cache = keep.then(|| MemPoolingCache {
-            assignment: assignment.clone(),
+        // S for the cache, the output, both (a copy) or neither
+        let (cached, returned) = match (keep, self.return_selection) {
+            (true, true) => (Some(assignment.clone()), Some(assignment)),
+            (true, false) => (Some(assignment), None),
+            (false, true) => (None, Some(assignment)),
+            (false, false) => (None, None),
+        };
+        let cache = cached.map(|assignment| MemPoolingCache {
+            assignment,
             colsum,
             connect,
             out_x_shape,
@@ -398,7 +414,7 @@ impl<T: Scalar> MemPooling<T> {
             x_out,
             a_out,
             out_segments,
-            Selection::Dense(assignment),
+            returned.map(Selection::Dense),
             None,
             losses,
         )?;
@@ -960,6 +976,10 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
 }
 
 impl<T: Scalar> SrcPool<T> for MemPooling<T> {
+    fn return_selection(&self) -> bool {
+        self.return_selection
+    }
+
     /// $S = \operatorname{softmax}\big(\sum_h w_h S^{(h)}\big)$.
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;

@@ -45,7 +45,7 @@ pub enum SagScorer {
 /// Selection, gating and connection are exactly [`super::TopKPool`]'s (the
 /// same core): kept nodes in input order, ties by node index, induced
 /// subgraph in CSR, [`Pooled::score`] the raw $y$, [`Pooled::selection`] a
-/// [`Selection::Subset`].
+/// [`Selection::Subset`] when asked for ([`SAGPool::with_return_selection`]).
 ///
 /// Differences from the references, documented:
 /// * Spektral normalises with $a_{ij} / (\sqrt{d_i} + 10^{-7}) / (\sqrt{d_j} + 10^{-7})$;
@@ -124,7 +124,7 @@ fn pattern<T: Scalar>(a: &CsMat<T>) -> CsMat<T> {
     )
 }
 
-selection_builders!(SAGPool);
+selection_builders!(SAGPool, "SAGPool::<f64>::new(4, 0.5, 0)?");
 
 impl<T: Scalar> SAGPool<T> {
     /// A pool with Spektral's GCN scorer keeping `ratio` of the nodes of
@@ -331,6 +331,10 @@ impl<T: Scalar> Layer<T> for SAGPool<T> {
 }
 
 impl<T: Scalar> SrcPool<T> for SAGPool<T> {
+    fn return_selection(&self) -> bool {
+        self.core.return_selection
+    }
+
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         let (y, _) = self.with_scores(batch, |scores| Ok(scores.by_separate_passes(batch)))?;
         let (subset, _) = self.core.select(y.view(), batch.segments())?;

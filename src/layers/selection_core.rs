@@ -139,6 +139,9 @@ pub(crate) struct SelectionCore {
     pub(crate) keep: KeepRule,
     pub(crate) gating: Gating,
     pub(crate) multiplier: f64,
+    /// Whether [`Pooled::selection`] holds the kept nodes and gates
+    /// (Spektral's `return_selection`; `false` by default).
+    pub(crate) return_selection: bool,
 }
 
 /// Saved state of a selection pool's forward pass ([`super::TopKPool`],
@@ -262,6 +265,7 @@ impl SelectionCore {
             keep: keep.validate()?,
             gating,
             multiplier: 1.0,
+            return_selection: false,
         })
     }
 
@@ -527,29 +531,41 @@ impl SelectionCore {
                 source: Vec::new(),
             }
         };
-        let kept = cache.then(|| {
+        let y_kept = cache.then(|| {
             let mut y_kept = fresh_vec(subset.kept.len());
             y_kept
                 .par_iter_mut()
                 .zip(&subset.kept)
                 .for_each(|(o, &n)| *o = y[n]);
-            let copy = Subset {
-                kept: fresh_copy_slice(&subset.kept),
-                gate: Array1::from(fresh_copy_slice(
-                    subset
-                        .gate
-                        .as_slice()
-                        .expect("a fresh vector is contiguous"),
-                )),
-            };
-            (copy, Array1::from(y_kept), softmax, source)
+            Array1::from(y_kept)
         });
+        // the subset for the cache, the output, both (a copy) or neither
+        let (cached, returned) = match (cache, self.return_selection) {
+            (true, true) => {
+                let copy = Subset {
+                    kept: fresh_copy_slice(&subset.kept),
+                    gate: Array1::from(fresh_copy_slice(
+                        subset
+                            .gate
+                            .as_slice()
+                            .expect("a fresh vector is contiguous"),
+                    )),
+                };
+                (Some(copy), Some(subset))
+            }
+            (true, false) => (Some(subset), None),
+            (false, true) => (None, Some(subset)),
+            (false, false) => (None, None),
+        };
+        let kept = cached
+            .zip(y_kept)
+            .map(|(subset, y_kept)| (subset, y_kept, softmax, source));
         let pooled = Pooled::checked_after_x(
             layer,
             x,
             matrix,
             segments,
-            Selection::Subset(subset),
+            returned.map(Selection::Subset),
             Some(y),
             Losses::new(),
         )?;
@@ -738,7 +754,7 @@ fn on_kept<T: Scalar>(n: usize, kept: &[usize], value: impl Fn(usize) -> T + Syn
 /// The builder methods every selection pool shares (gating, keep rule,
 /// multiplier), implemented once on the pool's `core: SelectionCore`.
 macro_rules! selection_builders {
-    ($pool:ident) => {
+    ($pool:ident, $example:expr) => {
         impl<T: Scalar> $pool<T> {
             /// Uses `gating` ($\tanh$ or $\sigma$) for the kept features.
             pub fn with_gating(mut self, gating: Gating) -> Self {
@@ -759,6 +775,8 @@ macro_rules! selection_builders {
                 self.core.keep = keep.validate()?;
                 Ok(self)
             }
+
+            $crate::layers::return_selection_methods!($example, core.return_selection);
 
             /// PyG's `multiplier`: the pooled features are scaled by `m`.
             ///

@@ -26,9 +26,10 @@ const L2_NORMALIZE_EPS: f64 = 1e-12;
 /// Shapes: $X$ $N \times F$ → $X'$ $K \times F$ with $K = \sum_g k_g$; $A'$ is
 /// the induced subgraph (CSR, never densified); the pooled segments hold the
 /// kept nodes of each graph. [`Pooled::selection`] is a [`Selection::Subset`]
-/// (kept indices in input order, and their gates) and [`Pooled::score`] the
-/// raw $y$ of every input node: Spektral's `return_selection` and
-/// `return_score` are always on.
+/// (kept indices in input order, and their gates) when asked for
+/// ([`TopKPool::with_return_selection`], Spektral's `return_selection`;
+/// `None` by default, as there), and [`Pooled::score`] the raw $y$ of every
+/// input node (PyG's `score`, always returned).
 ///
 /// * Kept nodes keep their input order (Spektral's `tf.sort(s)`; PyG returns
 ///   them graph by graph in descending score order).
@@ -75,7 +76,7 @@ pub struct TopKPool<T: Scalar> {
     params: Params<T>,
 }
 
-selection_builders!(TopKPool);
+selection_builders!(TopKPool, "TopKPool::<f64>::new(4, 0.5, 0)?");
 
 impl<T: Scalar> TopKPool<T> {
     /// A pool keeping `ratio` of the nodes of each graph, tanh gating, for
@@ -201,6 +202,10 @@ impl<T: Scalar> Layer<T> for TopKPool<T> {
 }
 
 impl<T: Scalar> SrcPool<T> for TopKPool<T> {
+    fn return_selection(&self) -> bool {
+        self.core.return_selection
+    }
+
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         let (p, _) = self.projection(batch.num_features())?;
         let y = Scores::Linear(p.column(0)).by_separate_passes(batch);

@@ -215,8 +215,20 @@ where
 }
 
 /// Every layer of the crate (and every variant with its own code path),
-/// for `f` input features, `k` clusters / kept nodes, by name.
+/// for `f` input features, `k` clusters / kept nodes, by name; the SRC
+/// pools return their selection, so that it is checked too.
 pub fn all_layers<T: Scalar>(f: usize, k: usize) -> Vec<(&'static str, Run<T>)> {
+    all_layers_with(f, k, true)
+}
+
+/// [`all_layers`], the SRC pools returning their selection if
+/// `return_selection` (Spektral's flag; the layers' default is not to).
+#[allow(dead_code)]
+pub fn all_layers_with<T: Scalar>(
+    f: usize,
+    k: usize,
+    return_selection: bool,
+) -> Vec<(&'static str, Run<T>)> {
     let rows = Out::Rows as fn(Array2<T>) -> Out<T>;
     let pooled = Out::Pooled as fn(Pooled<T>) -> Out<T>;
     let act = Activation::Tanh;
@@ -235,7 +247,12 @@ pub fn all_layers<T: Scalar>(f: usize, k: usize) -> Vec<(&'static str, Run<T>)> 
         ("SortPool", run(SortPool::new(k + 1).unwrap(), Out::Sorted)),
         (
             "TopKPool",
-            run(TopKPool::<T>::new(f, 0.5, 3).unwrap(), pooled),
+            run(
+                TopKPool::<T>::new(f, 0.5, 3)
+                    .unwrap()
+                    .with_return_selection(return_selection),
+                pooled,
+            ),
         ),
         (
             "TopKPool(min_score)",
@@ -245,67 +262,105 @@ pub fn all_layers<T: Scalar>(f: usize, k: usize) -> Vec<(&'static str, Run<T>)> 
                     .with_keep(KeepRule::MinScore(0.2))
                     .unwrap()
                     .with_multiplier(2.0)
-                    .unwrap(),
+                    .unwrap()
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
         (
             "SAGPool",
-            run(SAGPool::<T>::new(f, 0.5, 4).unwrap(), pooled),
+            run(
+                SAGPool::<T>::new(f, 0.5, 4)
+                    .unwrap()
+                    .with_return_selection(return_selection),
+                pooled,
+            ),
         ),
         (
             "SAGPool(GraphConv)",
             run(
-                SAGPool::<T>::new_with_scorer(f, 0.7, SagScorer::GraphConv, 5).unwrap(),
+                SAGPool::<T>::new_with_scorer(f, 0.7, SagScorer::GraphConv, 5)
+                    .unwrap()
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
-        ("LaPool", run(LaPool::new(true), pooled)),
-        ("LaPool(no reg)", run(LaPool::new(false), pooled)),
+        (
+            "LaPool",
+            run(
+                LaPool::new(true).with_return_selection(return_selection),
+                pooled,
+            ),
+        ),
+        (
+            "LaPool(no reg)",
+            run(
+                LaPool::new(false).with_return_selection(return_selection),
+                pooled,
+            ),
+        ),
         (
             "MinCutPool",
-            run(MinCutPool::<T>::new(f, k, &[4], act, 6).unwrap(), pooled),
+            run(
+                MinCutPool::<T>::new(f, k, &[4], act, 6)
+                    .unwrap()
+                    .with_return_selection(return_selection),
+                pooled,
+            ),
         ),
         (
             "MinCutPool(PyG)",
             run(
                 MinCutPool::<T>::new(f, k, &[], act, 7)
                     .unwrap()
-                    .with_variant(MinCutVariant::Pyg),
+                    .with_variant(MinCutVariant::Pyg)
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
         (
             "DMoNPool",
-            run(DMoNPool::<T>::new(f, k, &[4], act, 0.3, 8).unwrap(), pooled),
+            run(
+                DMoNPool::<T>::new(f, k, &[4], act, 0.3, 8)
+                    .unwrap()
+                    .with_return_selection(return_selection),
+                pooled,
+            ),
         ),
         (
             "DMoNPool(PyG)",
             run(
                 DMoNPool::<T>::new(f, k, &[], Activation::Relu, 0.3, 9)
                     .unwrap()
-                    .with_variant(DMoNVariant::Pyg),
+                    .with_variant(DMoNVariant::Pyg)
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
         (
             "JustBalancePool",
             run(
-                JustBalancePool::<T>::new(f, k, &[4], act, true, 10).unwrap(),
+                JustBalancePool::<T>::new(f, k, &[4], act, true, 10)
+                    .unwrap()
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
         (
             "AsymCheegerCutPool",
             run(
-                AsymCheegerCutPool::<T>::new(f, k.max(2), &[4], act, 0.7, 1.3, 11).unwrap(),
+                AsymCheegerCutPool::<T>::new(f, k.max(2), &[4], act, 0.7, 1.3, 11)
+                    .unwrap()
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
         (
             "DiffPool",
             run(
-                DiffPool::<T>::new(f, k, Some(3), Activation::Relu, 12).unwrap(),
+                DiffPool::<T>::new(f, k, Some(3), Activation::Relu, 12)
+                    .unwrap()
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
@@ -314,20 +369,27 @@ pub fn all_layers<T: Scalar>(f: usize, k: usize) -> Vec<(&'static str, Run<T>)> 
             run(
                 DiffPool::<T>::new(f, k, None, Activation::Tanh, 13)
                     .unwrap()
-                    .with_variant(DiffPoolVariant::Pyg),
+                    .with_variant(DiffPoolVariant::Pyg)
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
         (
             "MemPooling",
-            run(MemPooling::<T>::new(f, 3, 2, k, 1.0, 14).unwrap(), pooled),
+            run(
+                MemPooling::<T>::new(f, 3, 2, k, 1.0, 14)
+                    .unwrap()
+                    .with_return_selection(return_selection),
+                pooled,
+            ),
         ),
         (
             "MemPooling(coarsened)",
             run(
                 MemPooling::<T>::new(f, 3, 1, k, 0.5, 15)
                     .unwrap()
-                    .with_adjacency(MemAdjacency::Coarsened),
+                    .with_adjacency(MemAdjacency::Coarsened)
+                    .with_return_selection(return_selection),
                 pooled,
             ),
         ),
