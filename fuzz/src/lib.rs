@@ -868,9 +868,8 @@ fn selection_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &SelectionConfig, moder
         !valid_ratio(ratio),
         "TopKPool",
     ) {
-        // half the inputs (by seed) ask for the selection
-        let l =
-            scaled(l.with_gating(gating), c.param_scale.0).with_return_selection(c.seed % 2 == 1);
+        let l = scaled(l.with_gating(gating), c.param_scale.0)
+            .with_return_selection(asks_for_selection(c.seed));
         exercise(&l, b, ctx);
         exercise_src(&l, b);
         if let Some(l) = built(
@@ -896,9 +895,8 @@ fn selection_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &SelectionConfig, moder
         !valid_ratio(ratio),
         "SAGPool",
     ) {
-        // half the inputs (by seed) ask for the selection
-        let l =
-            scaled(l.with_gating(gating), c.param_scale.0).with_return_selection(c.seed % 2 == 1);
+        let l = scaled(l.with_gating(gating), c.param_scale.0)
+            .with_return_selection(asks_for_selection(c.seed));
         exercise(&l, b, ctx);
         exercise_src(&l, b);
         if let Some(l) = built(
@@ -914,7 +912,7 @@ fn selection_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &SelectionConfig, moder
             }
         }
     }
-    let l = LaPool::new(c.shortest_path_reg).with_return_selection(c.seed % 2 == 1);
+    let l = LaPool::new(c.shortest_path_reg).with_return_selection(asks_for_selection(c.seed));
     let ctx = Ctx {
         width_ok: true,
         ..ctx
@@ -1168,6 +1166,13 @@ fn runs_match_whole<T: Scalar, L: Layer<T, Output = Pooled<T>>>(
     }
 }
 
+/// Whether a layer built from `seed` asks for its selection (Spektral's
+/// `return_selection`): half the inputs do, without a field of its own, so
+/// the inputs' byte layout (and the saved corpus) stays as it was.
+fn asks_for_selection(seed: u64) -> bool {
+    seed % 2 == 1
+}
+
 fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, moderate: bool) {
     let f = b.num_features();
     let (fin, width_ok) = in_features(f, c.width);
@@ -1184,8 +1189,7 @@ fn clustering_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &ClusteringConfig, mod
     let (a, bb) = (c.coeff_a.0, c.coeff_b.0);
     let p = c.param_scale.0;
     let budget = run_budget(c.run_nodes);
-    // half the inputs (by seed) ask for S (Spektral's return_selection)
-    let ret = c.seed % 2 == 1;
+    let ret = asks_for_selection(c.seed);
     // every layer pooled run by run, checked against the whole batch
     macro_rules! by_runs {
         ($l:expr) => {{
@@ -1358,10 +1362,9 @@ fn diff_mem_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &DiffMemConfig, moderate
         k == 0 || channels_opt == Some(0),
         "DiffPool",
     ) {
-        // half the inputs (by seed) ask for S (Spektral's return_selection)
         let l = scaled(l.with_variant(variant), c.param_scale.0)
             .with_run_nodes(run_budget(c.run_nodes))
-            .with_return_selection(c.seed % 2 == 1);
+            .with_return_selection(asks_for_selection(c.seed));
         runs_match_whole(&l, &l.clone().with_run_nodes(0), b);
         exercise(&l, b, ctx);
         exercise_src(&l, b);
@@ -1380,7 +1383,7 @@ fn diff_mem_pools_t<T: Scalar>(b: &DisjointBatch<T>, c: &DiffMemConfig, moderate
         "MemPooling",
     ) {
         let l = scaled(l.with_adjacency(adjacency), c.param_scale.0)
-            .with_return_selection(c.seed % 2 == 1);
+            .with_return_selection(asks_for_selection(c.seed));
         exercise(&l, b, ctx);
         exercise_src(&l, b);
     }

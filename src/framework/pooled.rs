@@ -125,6 +125,23 @@ pub(crate) fn pooled_x_overflow<T: Scalar>(layer: &str, x: &Array2<T>, p: usize)
     )
 }
 
+/// A value the forward pass may both keep in its cache (`keep`) and return
+/// (`output`, Spektral's `return_selection`): moved to whichever takes it,
+/// and `copy`'d only when both do. `(cached, returned)`.
+pub(crate) fn cached_and_returned<V>(
+    keep: bool,
+    output: bool,
+    v: V,
+    copy: impl FnOnce(&V) -> V,
+) -> (Option<V>, Option<V>) {
+    match (keep, output) {
+        (true, true) => (Some(copy(&v)), Some(v)),
+        (true, false) => (Some(v), None),
+        (false, true) => (None, Some(v)),
+        (false, false) => (None, None),
+    }
+}
+
 /// Checks that everything a pool is about to return besides its features
 /// is finite: pooled edge weights, losses, scores and the selection's
 /// values. With finite inputs they can only fail to be through overflow

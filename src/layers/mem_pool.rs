@@ -10,6 +10,7 @@ use crate::error::{PoolError, Result};
 use crate::framework::layer::{
     check_pooled_grad, finite_gradients, zero_edge_grad, InputSignature, LayerStamp,
 };
+use crate::framework::pooled::cached_and_returned;
 use crate::framework::{
     DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
     SrcPool,
@@ -393,13 +394,8 @@ impl<T: Scalar> MemPooling<T> {
         losses.insert("kl".into(), kl);
         let out_x_shape = [x_out.nrows(), x_out.ncols()];
         let out_nnz = a_out.nnz();
-        // S for the cache, the output, both (a copy) or neither
-        let (cached, returned) = match (keep, self.return_selection) {
-            (true, true) => (Some(assignment.clone()), Some(assignment)),
-            (true, false) => (Some(assignment), None),
-            (false, true) => (None, Some(assignment)),
-            (false, false) => (None, None),
-        };
+        let (cached, returned) =
+            cached_and_returned(keep, self.return_selection, assignment, Clone::clone);
         let cache = cached.map(|assignment| MemPoolingCache {
             assignment,
             colsum,

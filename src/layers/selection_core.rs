@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
-use crate::framework::pooled::pooled_x_overflow;
+use crate::framework::pooled::{cached_and_returned, pooled_x_overflow};
 use crate::framework::{Losses, Pooled, PooledGrad, Selection, Subset};
 use crate::kernels::gather::{
     gather_gated_rows_checked, gather_scaled_rows_vjp_scale, linear_score_selection_vjp,
@@ -539,24 +539,17 @@ impl SelectionCore {
                 .for_each(|(o, &n)| *o = y[n]);
             Array1::from(y_kept)
         });
-        // the subset for the cache, the output, both (a copy) or neither
-        let (cached, returned) = match (cache, self.return_selection) {
-            (true, true) => {
-                let copy = Subset {
-                    kept: fresh_copy_slice(&subset.kept),
-                    gate: Array1::from(fresh_copy_slice(
-                        subset
-                            .gate
-                            .as_slice()
-                            .expect("a fresh vector is contiguous"),
-                    )),
-                };
-                (Some(copy), Some(subset))
-            }
-            (true, false) => (Some(subset), None),
-            (false, true) => (None, Some(subset)),
-            (false, false) => (None, None),
-        };
+        // the cache's copy, when both keep the subset, in fresh memory
+        let (cached, returned) =
+            cached_and_returned(cache, self.return_selection, subset, |subset| Subset {
+                kept: fresh_copy_slice(&subset.kept),
+                gate: Array1::from(fresh_copy_slice(
+                    subset
+                        .gate
+                        .as_slice()
+                        .expect("a fresh vector is contiguous"),
+                )),
+            });
         let kept = cached
             .zip(y_kept)
             .map(|(subset, y_kept)| (subset, y_kept, softmax, source));
