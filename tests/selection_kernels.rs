@@ -9,9 +9,10 @@ use common::with_threads;
 use graphpool::framework::SparseAssignment;
 use graphpool::kernels::row_norms;
 use graphpool::kernels::sparse::{
-    cosine_at, cosine_at_vjp, laplacian_row_norms, laplacian_spmm, laplacian_spmm_vjp_values,
-    laplacian_spmm_vjp_x, row_softmax, row_softmax_vjp, spgemm, spgemm_vjp_a, spgemm_vjp_b,
-    undirected_path_lengths, undirected_path_lengths_vjp,
+    cosine_at, cosine_at_vjp, cosine_at_vjp_acc, gather_at, laplacian_row_norms, laplacian_spmm,
+    laplacian_spmm_vjp_values, laplacian_spmm_vjp_x, row_softmax, row_softmax_vjp, spgemm,
+    spgemm_t_vjp_b, spgemm_vjp_a, spgemm_vjp_b, transpose, undirected_path_lengths,
+    undirected_path_lengths_vjp,
 };
 use graphpool::{PoolError, Segments};
 use ndarray::{Array1, Array2};
@@ -135,6 +136,41 @@ proptest! {
         let want_b: Vec<f64> = b.iter().map(|(_, (k, j))| gb_dense[[k, j]]).collect();
         prop_assert!(close(ga.as_slice().unwrap(), &want_a, 1e-12));
         prop_assert!(close(gb.as_slice().unwrap(), &want_b, 1e-12));
+    }
+
+    #[test]
+    fn spgemm_t_vjp_b_is_the_gathered_product_bit_for_bit_on_any_thread_count(
+        (a, b, g) in (1usize..9, 1usize..9, 1usize..9).prop_flat_map(|(n, k, m)| {
+            (sparse(n, k, 0.5), sparse(k, m, 0.5), sparse(n, m, 0.5))
+        })
+    ) {
+        // A^T G sampled at B's pattern, without A^T G held: the values of
+        // forming it and gathering, bit for bit
+        let at = transpose(a.view()).matrix;
+        let want = gather_at(spgemm(at.view(), g.view()).view(), b.view());
+        for threads in [1, 3] {
+            let got = with_threads(threads, || spgemm_t_vjp_b(at.view(), b.view(), g.view()));
+            prop_assert_eq!(&got, &want);
+            let through_a = with_threads(threads, || spgemm_vjp_b(a.view(), b.view(), g.view()));
+            prop_assert_eq!(&through_a, &want);
+        }
+    }
+
+    #[test]
+    fn cosine_vjp_with_the_callers_transpose_equals_forming_it(
+        (p, x, y, g) in (1usize..7, 1usize..7, 1usize..4).prop_flat_map(|(n, m, f)| {
+            (sparse(n, m, 0.6), matrix(n, f), matrix(m, f), proptest::collection::vec(-1.0f64..1.0, n * m))
+        })
+    ) {
+        let c = cosine_at(p.view(), x.view(), y.view());
+        let g = Array1::from(g[..p.nnz()].to_vec());
+        let t = transpose(p.view());
+        let mut gx_formed = Array2::ones(x.raw_dim());
+        let mut gx_given = gx_formed.clone();
+        let gy_formed = cosine_at_vjp_acc((p.view(), None), x.view(), y.view(), c.view(), g.view(), &mut gx_formed);
+        let gy_given = cosine_at_vjp_acc((p.view(), Some(&t)), x.view(), y.view(), c.view(), g.view(), &mut gx_given);
+        prop_assert_eq!(gy_given, gy_formed);
+        prop_assert_eq!(gx_given, gx_formed);
     }
 
     #[test]

@@ -8,9 +8,9 @@ use crate::batch::Segments;
 use crate::kernels::for_each_node_row;
 use crate::kernels::segment::{segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp};
 use crate::kernels::sparse::{
-    block_diag, block_diag_owned, induced_subgraph, scatter_values, spgemm, spgemm_vjp_a,
-    spgemm_vjp_b, spmm, spmm_vjp_values, spmm_vjp_x, symmetric_graphs, transpose, Induced,
-    Transposed,
+    block_diag, block_diag_owned, induced_subgraph, scatter_values, spgemm, spgemm_t_vjp_b,
+    spgemm_vjp_a, spgemm_vjp_b, spmm, spmm_vjp_values, spmm_vjp_x, symmetric_graphs, transpose,
+    Induced, Transposed,
 };
 use crate::scalar::Scalar;
 
@@ -396,14 +396,15 @@ impl<T: Scalar> SparseAssignment<T> {
         grad: ArrayView1<T>,
         edge_weights: bool,
     ) -> (Array1<T>, Option<Array1<T>>) {
-        let g = with_values(&cache.pooled, grad.to_vec());
-        // A' = S^T B
-        let g_st = spgemm_vjp_a(cache.st.matrix.view(), cache.a_s.view(), g.view());
-        let g_b_vals = spgemm_vjp_b(cache.st.matrix.view(), cache.a_s.view(), g.view());
-        let g_b = with_values(&cache.a_s, g_b_vals.to_vec());
+        let grad = grad.as_standard_layout();
+        let g = with_values(&cache.pooled, grad.as_slice().expect("standard layout"));
+        // A' = S^T B: the transpose of S^T is S itself
+        let g_st = spgemm_vjp_a(cache.st.matrix.view(), cache.a_s.view(), g);
+        let g_b_vals = spgemm_t_vjp_b(self.s.view(), cache.a_s.view(), g);
+        let g_b = with_values(&cache.a_s, g_b_vals.as_slice().expect("fresh vector"));
         // B = A S
-        let ga = edge_weights.then(|| spgemm_vjp_a(a, self.s.view(), g_b.view()));
-        let mut gs = spgemm_vjp_b(a, self.s.view(), g_b.view());
+        let ga = edge_weights.then(|| spgemm_vjp_a(a, self.s.view(), g_b));
+        let mut gs = spgemm_vjp_b(a, self.s.view(), g_b);
         for (e, &src) in cache.st.source.iter().enumerate() {
             gs[src] += g_st[e];
         }
@@ -420,11 +421,21 @@ impl<T: Scalar> SparseAssignment<T> {
     }
 }
 
-/// The structure of `m` with new stored values.
-fn with_values<T: Scalar>(m: &CsMat<T>, values: Vec<T>) -> CsMat<T> {
-    let ip = m.indptr();
-    let ip = ip.raw_storage();
-    let base = ip[0];
-    let indptr: Vec<usize> = ip.iter().map(|p| p - base).collect();
-    CsMat::new(m.shape(), indptr, m.indices().to_vec(), values)
+/// The structure of `m` with new stored values, borrowed: a view, no copy.
+///
+/// # Panics
+/// If `values` does not hold one value per stored entry of `m`.
+fn with_values<'a, T: Scalar>(m: &'a CsMat<T>, values: &'a [T]) -> CsMatView<'a, T> {
+    assert_eq!(values.len(), m.nnz(), "one value per stored entry");
+    // SAFETY: the structure is that of `m`, a valid CSR matrix, and
+    // `values` has one value per stored entry (asserted)
+    unsafe {
+        CsMatView::new_unchecked(
+            sprs::CompressedStorage::CSR,
+            m.shape(),
+            m.indptr().into_raw_storage(),
+            m.indices(),
+            values,
+        )
+    }
 }

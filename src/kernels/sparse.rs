@@ -1007,56 +1007,107 @@ fn block_diag_with_data<T: Scalar>(n: usize, k: usize, data: Vec<T>) -> CsMat<T>
     csr_by_construction((n, n), indptr, indices, data)
 }
 
+/// Row `r` of $A B$ into the dense accumulator `acc` (Gustavson's step):
+/// each column reached is marked in `seen` and listed in `touched` (in order
+/// of first touch) and starts at 0; the terms are added in the order of
+/// $A$'s row entries, then of $B$'s. The caller reads the touched columns,
+/// then clears `seen` and `touched`.
+#[inline]
+fn accumulate_row<T: Scalar>(
+    a: &CsMatView<T>,
+    b: &CsMatView<T>,
+    r: usize,
+    acc: &mut [T],
+    seen: &mut [bool],
+    touched: &mut Vec<usize>,
+) {
+    let (ak, av) = row_parts(a, r);
+    for (&k, &w) in ak.iter().zip(av) {
+        let (bc, bv) = row_parts(b, k);
+        for (&c, &v) in bc.iter().zip(bv) {
+            if !seen[c] {
+                seen[c] = true;
+                touched.push(c);
+                acc[c] = T::zero();
+            }
+            acc[c] += w * v;
+        }
+    }
+}
+
+/// A dense accumulator over `m` columns for [`accumulate_row`], one per
+/// rayon task.
+fn accumulator<T: Scalar>(m: usize) -> (Vec<T>, Vec<bool>, Vec<usize>) {
+    (vec![T::zero(); m], vec![false; m], Vec::new())
+}
+
 /// Row-parallel sparse × sparse product $A B$ (Gustavson's algorithm with a
-/// dense accumulator per thread, touched columns sorted per row). Each
+/// dense accumulator per task, touched columns sorted per row). Each
 /// output entry is summed in the order of $A$'s row entries, so the result
 /// does not depend on the thread count.
+///
+/// Two passes: the first counts each row's columns, the second writes
+/// every block of [`ROW_BLOCK`] rows straight into its part of the result,
+/// so that nothing but the result is held (no per-row lists to join).
 pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
     debug_assert_eq!(a.cols(), b.rows());
-    let m = b.cols();
-    let rows: Vec<Vec<(usize, T)>> = (0..a.rows())
+    let (n, m) = (a.rows(), b.cols());
+    // pass 1: the number of columns of each row of A B
+    let counts: Vec<usize> = (0..n)
         .into_par_iter()
         .map_init(
-            || (vec![T::zero(); m], vec![false; m], Vec::new()),
-            |(acc, seen, touched), r| {
-                let (ak, av) = row_parts(&a, r);
-                for (&k, &w) in ak.iter().zip(av) {
-                    let (bc, bv) = row_parts(&b, k);
-                    for (&c, &v) in bc.iter().zip(bv) {
+            || (vec![false; m], Vec::new()),
+            |(seen, touched), r| {
+                for &k in row_parts(&a, r).0 {
+                    for &c in row_parts(&b, k).0 {
                         if !seen[c] {
                             seen[c] = true;
                             touched.push(c);
-                            acc[c] = T::zero();
                         }
-                        acc[c] += w * v;
                     }
                 }
-                touched.sort_unstable();
-                let out: Vec<(usize, T)> = touched
-                    .iter()
-                    .map(|&c| {
-                        seen[c] = false;
-                        (c, acc[c])
-                    })
-                    .collect();
-                touched.clear();
-                out
+                let len = touched.len();
+                touched.drain(..).for_each(|c| seen[c] = false);
+                len
             },
         )
         .collect();
-    let mut indptr = Vec::with_capacity(a.rows() + 1);
+    let mut indptr = Vec::with_capacity(n + 1);
     indptr.push(0);
-    let nnz: usize = rows.iter().map(Vec::len).sum();
-    let mut indices = Vec::with_capacity(nnz);
-    let mut data = Vec::with_capacity(nnz);
-    for row in rows {
-        for (c, v) in row {
-            indices.push(c);
-            data.push(v);
-        }
-        indptr.push(indices.len());
+    for c in counts {
+        indptr.push(indptr[indptr.len() - 1] + c);
     }
-    csr_by_construction((a.rows(), b.cols()), indptr, indices, data)
+    let nnz = indptr[n];
+    let mut indices: Vec<usize> = rows::fresh_vec(nnz);
+    let mut data: Vec<T> = rows::fresh_vec(nnz);
+    // pass 2: each block of rows writes its own part of the result
+    let mut pieces = Vec::with_capacity(n.div_ceil(ROW_BLOCK));
+    let (mut ri, mut rd) = (&mut indices[..], &mut data[..]);
+    for r0 in (0..n).step_by(ROW_BLOCK) {
+        let rows = r0..(r0 + ROW_BLOCK).min(n);
+        let len = indptr[rows.end] - indptr[r0];
+        let (pi, ti) = std::mem::take(&mut ri).split_at_mut(len);
+        let (pd, td) = std::mem::take(&mut rd).split_at_mut(len);
+        pieces.push((rows, pi, pd));
+        (ri, rd) = (ti, td);
+    }
+    pieces.into_par_iter().for_each_init(
+        || accumulator(m),
+        |(acc, seen, touched), (rows, pi, pd)| {
+            let mut k = 0;
+            for r in rows {
+                accumulate_row(&a, &b, r, acc, seen, touched);
+                touched.sort_unstable();
+                for c in touched.drain(..) {
+                    seen[c] = false;
+                    pi[k] = c;
+                    pd[k] = acc[c];
+                    k += 1;
+                }
+            }
+        },
+    );
+    csr_by_construction((n, m), indptr, indices, data)
 }
 
 /// The GCN filter $\hat A = \hat D^{-1/2} (A + I) \hat D^{-1/2}$ with
@@ -1787,12 +1838,43 @@ pub fn spgemm_vjp_a<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>, grad: CsMatView
 
 /// VJP of [`spgemm`] $C = A B$ with respect to the stored values of $B$:
 /// $\bar b_{kj} = \sum_i a_{ik} \bar c_{ij} = (A^\top \bar C)_{kj}$, aligned
-/// with `b.data()`.
+/// with `b.data()`. Transposes $A$, then [`spgemm_t_vjp_b`].
 pub fn spgemm_vjp_b<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>, grad: CsMatView<T>) -> Array1<T> {
     debug_assert_eq!((a.rows(), b.cols()), grad.shape());
-    let at = transpose(a).matrix;
-    let atg = spgemm(at.view(), grad);
-    gather_at(atg.view(), b)
+    spgemm_t_vjp_b(transpose(a).matrix.view(), b, grad)
+}
+
+/// [`spgemm_vjp_b`] given $A^\top$ (`at`, CSR, sorted indices) instead of
+/// $A$: row $k$ of $A^\top \bar C$ is accumulated as in [`spgemm`] and
+/// read at the stored columns of row $k$ of $B$ (0 where it has no
+/// entry), block of rows by block of rows, without ever holding
+/// $A^\top \bar C$ (whose structure can be far larger than $B$'s). The
+/// values are those of `gather_at(spgemm(at, grad), b)`, bit for bit.
+pub fn spgemm_t_vjp_b<T: Scalar>(
+    at: CsMatView<T>,
+    b: CsMatView<T>,
+    grad: CsMatView<T>,
+) -> Array1<T> {
+    debug_assert_eq!((at.cols(), at.rows()), (grad.rows(), b.rows()));
+    debug_assert_eq!(b.cols(), grad.cols());
+    let raw = RawCsr::new(&b);
+    let cols = b.indices();
+    let mut vals: Vec<T> = rows::fresh_vec(b.nnz());
+    raw.entry_blocks(&mut vals).into_par_iter().for_each_init(
+        || accumulator(grad.cols()),
+        |(acc, seen, touched), (rows, out)| {
+            let base = raw.rows_range(rows.clone()).start;
+            for k in rows {
+                accumulate_row(&at, &grad, k, acc, seen, touched);
+                for e in raw.range(k) {
+                    let c = cols[e];
+                    out[e - base] = if seen[c] { acc[c] } else { T::zero() };
+                }
+                touched.drain(..).for_each(|c| seen[c] = false);
+            }
+        },
+    );
+    Array1::from(vals)
 }
 
 /// Softmax over the stored entries of each row of `m`:
@@ -1915,27 +1997,39 @@ pub fn cosine_at_vjp<T: Scalar>(
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array2<T>) {
     let mut gx = rows::zeros(x.nrows(), x.ncols());
-    let gy = cosine_at_vjp_into(pattern, x, y, c, grad, &mut gx, false);
+    let gy = cosine_at_vjp_into((pattern, None), x, y, c, grad, &mut gx, false);
     (gx, gy)
 }
 
 /// [`cosine_at_vjp`] that adds $\bar X$ into `gx` (each row's gradient,
 /// formed whole, added once: the bits of `gx += &cosine_at_vjp(..).0`)
 /// and returns $\bar Y$; no $N \times F$ temporary, and the unit rows of
-/// `x` are formed row by row, never all at once.
+/// `x` are formed row by row, never all at once. `transposed`: the
+/// [`transpose`] of `pattern` when the caller holds it already (only its
+/// structure and `source` are read), else it is formed here.
+///
+/// # Panics
+/// If `transposed` is not of `pattern`'s transposed shape and nnz.
 pub fn cosine_at_vjp_acc<T: Scalar>(
-    pattern: CsMatView<T>,
+    (pattern, transposed): (CsMatView<T>, Option<&Transposed<T>>),
     x: ArrayView2<T>,
     y: ArrayView2<T>,
     c: ArrayView1<T>,
     grad: ArrayView1<T>,
     gx: &mut Array2<T>,
 ) -> Array2<T> {
-    cosine_at_vjp_into(pattern, x, y, c, grad, gx, true)
+    if let Some(t) = transposed {
+        assert_eq!(
+            (t.matrix.shape(), t.source.len()),
+            ((pattern.cols(), pattern.rows()), pattern.nnz()),
+            "the transpose of the pattern"
+        );
+    }
+    cosine_at_vjp_into((pattern, transposed), x, y, c, grad, gx, true)
 }
 
 fn cosine_at_vjp_into<T: Scalar>(
-    pattern: CsMatView<T>,
+    (pattern, transposed): (CsMatView<T>, Option<&Transposed<T>>),
     x: ArrayView2<T>,
     y: ArrayView2<T>,
     c: ArrayView1<T>,
@@ -1982,7 +2076,14 @@ fn cosine_at_vjp_into<T: Scalar>(
                 }
             }
         });
-    let t = transpose(pattern);
+    let formed;
+    let t = match transposed {
+        Some(t) => t,
+        None => {
+            formed = transpose(pattern);
+            &formed
+        }
+    };
     let tip = t.matrix.indptr();
     let tip = tip.raw_storage();
     let tidx = t.matrix.indices();
@@ -2165,11 +2266,17 @@ struct UndirectedLengths {
     nbr: Vec<usize>,
     len: Vec<f64>,
     /// The stored entries of `a` that attain the length (one or two; a
-    /// second slot of `usize::MAX` when only one does).
+    /// second slot of `usize::MAX` when only one does), for the VJP; empty
+    /// when not asked for.
     src: Vec<[usize; 2]>,
 }
 
-fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, PoolError> {
+/// The [`UndirectedLengths`] of `a`, with the sources of each length if
+/// `with_sources` (the VJP's need; the lengths alone take half the memory).
+fn undirected_lengths<T: Scalar>(
+    a: CsMatView<T>,
+    with_sources: bool,
+) -> Result<UndirectedLengths, PoolError> {
     let n = a.rows();
     let raw = RawCsr::new(&a);
     for r in 0..n {
@@ -2252,7 +2359,7 @@ fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, P
     let mut g = UndirectedLengths {
         nbr: vec![0; m],
         len: vec![0.0; m],
-        src: vec![[usize::MAX; 2]; m],
+        src: vec![[usize::MAX; 2]; if with_sources { m } else { 0 }],
         indptr,
     };
     {
@@ -2264,7 +2371,7 @@ fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, P
             let k = g.indptr[r1] - g.indptr[r0];
             let (a1, b1) = std::mem::take(&mut nbr).split_at_mut(k);
             let (a2, b2) = std::mem::take(&mut len).split_at_mut(k);
-            let (a3, b3) = std::mem::take(&mut src).split_at_mut(k);
+            let (a3, b3) = std::mem::take(&mut src).split_at_mut(if with_sources { k } else { 0 });
             pieces.push((r0..r1, a1, a2, a3));
             (nbr, len, src) = (b1, b2, b3);
         }
@@ -2274,7 +2381,9 @@ fn undirected_lengths<T: Scalar>(a: CsMatView<T>) -> Result<UndirectedLengths, P
                 merge_row(u, &mut |v, l, s| {
                     nb[k] = v;
                     ln[k] = l;
-                    sr[k] = s;
+                    if let Some(slot) = sr.get_mut(k) {
+                        *slot = s;
+                    }
                     k += 1;
                 });
             }
@@ -2346,7 +2455,7 @@ pub fn undirected_path_lengths<T: Scalar>(
     segments: &Segments,
     sources: &[usize],
 ) -> Result<Vec<Vec<f64>>, PoolError> {
-    let g = undirected_lengths(a)?;
+    let g = undirected_lengths(a, false)?;
     Ok(sources
         .par_iter()
         .map(|&s| dijkstra(&g, segments.range(segments.graph_of(s)), s, false).0)
@@ -2370,7 +2479,7 @@ pub fn undirected_path_lengths_vjp<T: Scalar>(
     sources: &[usize],
     grad: &[Vec<f64>],
 ) -> Result<Array1<T>, PoolError> {
-    let g = undirected_lengths(a)?;
+    let g = undirected_lengths(a, true)?;
     let raw = RawCsr::new(&a);
     // sources of each graph (sources need not be sorted)
     let mut by_graph: Vec<Vec<usize>> = vec![Vec::new(); segments.num_graphs()];

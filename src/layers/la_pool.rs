@@ -7,6 +7,7 @@ use sprs::CsMat;
 use crate::batch::{check_finite_2d, DisjointBatch};
 use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, finite_gradients, InputSignature, LayerStamp};
+use crate::framework::pooled::cached_and_returned;
 use crate::framework::{
     Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SparseAssignment, SparseConnectCache,
     SrcPool,
@@ -183,6 +184,21 @@ impl LaPool {
         for g in 0..segments.num_graphs() {
             lead_off[g + 1] += lead_off[g];
         }
+        let graph_start: Vec<usize> = leaders
+            .iter()
+            .map(|&l| segments.range(segments.graph_of(l)).start)
+            .collect();
+        // the path lengths before S: their search structure is freed
+        // before S and its values are formed
+        let dist = if self.shortest_path_reg {
+            Some(undirected_path_lengths(
+                batch.a().view(),
+                segments,
+                &leaders,
+            )?)
+        } else {
+            None
+        };
         // the pattern of S: one entry per leader of the row's graph, a
         // leader's row only its own column
         let mut indptr = Vec::with_capacity(n + 1);
@@ -212,19 +228,10 @@ impl LaPool {
         let x = batch.x().view();
         let x_leaders = x.select(Axis(0), &leaders);
         let cos = cosine_at(s.view(), x, x_leaders.view());
+        drop(x_leaders);
         s.data_mut().iter_mut().zip(&cos).for_each(|(d, &c)| *d = c);
         let soft = row_softmax(s.view());
-        let graph_start: Vec<usize> = leaders
-            .iter()
-            .map(|&l| segments.range(segments.graph_of(l)).start)
-            .collect();
-        let beta = if self.shortest_path_reg {
-            let dist = undirected_path_lengths(batch.a().view(), segments, &leaders)?;
-            let beta = beta_values(&s, &col_of, &dist, &graph_start);
-            Some(Array1::from(beta))
-        } else {
-            None
-        };
+        let beta = dist.map(|dist| Array1::from(beta_values(&s, &col_of, &dist, &graph_start)));
         match &beta {
             Some(b) => Zip::from(s.data_mut())
                 .and(&soft)
@@ -243,6 +250,61 @@ impl LaPool {
             beta,
             graph_start,
         })
+    }
+
+    /// The forward pass, with its cache when `keep`.
+    fn run<T: Scalar>(
+        &self,
+        batch: &DisjointBatch<T>,
+        keep: bool,
+    ) -> Result<(Pooled<T>, Option<LaPoolCache<T>>)> {
+        let sel = self.select(batch)?;
+        let assignment = sel.assignment;
+        // what only the backward pass reads
+        let saved = keep.then_some((sel.cos, sel.soft, sel.beta, sel.graph_start));
+        let x = assignment.reduce(batch.x().view());
+        check_finite_2d(&x.view(), "pooled x (overflow in S^T X)")?;
+        let (a, connect) = assignment.connect(batch.a().view());
+        let connect = keep.then_some(connect);
+        if let Some(p) = a.data().iter().position(|v| !v.is_finite()) {
+            return Err(PoolError::NonFinite {
+                what: "pooled adjacency (overflow in S^T A S)".into(),
+                index: format!("entry {p}"),
+                value: a.data()[p].to_string(),
+            });
+        }
+        let segments: Segments = assignment.reduce_index(batch.segments());
+        let x_shape = [x.nrows(), x.ncols()];
+        let nnz = a.nnz();
+        let (kept, returned) =
+            cached_and_returned(keep, self.return_selection, assignment, Clone::clone);
+        let cache = match (kept, saved, connect) {
+            (Some(assignment), Some((cos, soft, beta, graph_start)), Some(connect)) => {
+                Some(LaPoolCache {
+                    assignment,
+                    cos,
+                    soft,
+                    beta,
+                    graph_start,
+                    connect,
+                    x_shape,
+                    nnz,
+                    input: InputSignature::of(batch),
+                    stamp: LayerStamp::of("LaPool", &self.shortest_path_reg, T::no_params()),
+                })
+            }
+            _ => None,
+        };
+        let pooled = Pooled::checked(
+            "LaPool",
+            x,
+            a,
+            segments,
+            returned.map(Selection::Sparse),
+            None,
+            Losses::new(),
+        )?;
+        Ok((pooled, cache))
     }
 }
 
@@ -281,42 +343,14 @@ impl<T: Scalar> Layer<T> for LaPool {
     type Cache = LaPoolCache<T>;
 
     fn forward(&self, batch: &DisjointBatch<T>) -> Result<(Pooled<T>, Self::Cache)> {
-        let sel = self.select(batch)?;
-        let assignment = sel.assignment;
-        let x = assignment.reduce(batch.x().view());
-        check_finite_2d(&x.view(), "pooled x (overflow in S^T X)")?;
-        let (a, connect) = assignment.connect(batch.a().view());
-        if let Some(p) = a.data().iter().position(|v| !v.is_finite()) {
-            return Err(PoolError::NonFinite {
-                what: "pooled adjacency (overflow in S^T A S)".into(),
-                index: format!("entry {p}"),
-                value: a.data()[p].to_string(),
-            });
-        }
-        let segments: Segments = assignment.reduce_index(batch.segments());
-        let returned = self.return_selection.then(|| assignment.clone());
-        let cache = LaPoolCache {
-            assignment,
-            cos: sel.cos,
-            soft: sel.soft,
-            beta: sel.beta,
-            graph_start: sel.graph_start,
-            connect,
-            x_shape: [x.nrows(), x.ncols()],
-            nnz: a.nnz(),
-            input: InputSignature::of(batch),
-            stamp: LayerStamp::of("LaPool", &self.shortest_path_reg, T::no_params()),
-        };
-        let pooled = Pooled::checked(
-            "LaPool",
-            x,
-            a,
-            segments,
-            returned.map(Selection::Sparse),
-            None,
-            Losses::new(),
-        )?;
-        Ok((pooled, cache))
+        let (pooled, cache) = self.run(batch, true)?;
+        Ok((pooled, cache.expect("a cache when asked")))
+    }
+
+    /// The forward pass without its cache: the softmax's inputs and outputs
+    /// and the connect step's products are freed as soon as they are used.
+    fn call(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
+        Ok(self.run(batch, false)?.0)
     }
 
     fn backward(
@@ -345,7 +379,8 @@ impl<T: Scalar> Layer<T> for LaPool {
         let g_cos = row_softmax_vjp(asg.s.view(), cache.soft.view(), g_soft.view());
         let x_leaders = x.select(Axis(0), &asg.leaders);
         let g_leaders = cosine_at_vjp_acc(
-            asg.s.view(),
+            // the connect step's transpose of S has S's pattern
+            (asg.s.view(), Some(&cache.connect.st)),
             x,
             x_leaders.view(),
             cache.cos.view(),
