@@ -653,25 +653,22 @@ fn lapool_beta_is_the_inverse_weighted_path_length() {
     let b = weighted_path();
     let leaders = LaPool::new(true).leaders(&b).unwrap();
     assert_eq!(leaders, vec![3]);
-    let s = assignment(
-        &LaPool::new(true)
-            .with_return_selection(true)
-            .call(&b)
-            .unwrap(),
-    )
-    .s;
+    let s_of = |reg: bool| {
+        assignment(
+            &LaPool::new(reg)
+                .with_return_selection(true)
+                .call(&b)
+                .unwrap(),
+        )
+        .s
+    };
+    let s = s_of(true);
     // one leader: the softmax is 1, so S = beta = 1 / dist(i, 3)
     let want = [1.0 / 3.5, 1.0 / 2.5, 1.0 / 0.5, 1.0];
     for (i, w) in want.iter().enumerate() {
         assert!((s.get(i, 0).copied().unwrap() - w).abs() < 1e-15, "row {i}");
     }
-    let s = assignment(
-        &LaPool::new(false)
-            .with_return_selection(true)
-            .call(&b)
-            .unwrap(),
-    )
-    .s;
+    let s = s_of(false);
     assert!(s.data().iter().all(|&v| v == 1.0));
 }
 

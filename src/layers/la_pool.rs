@@ -265,7 +265,8 @@ impl LaPool {
         let x = assignment.reduce(batch.x().view());
         check_finite_2d(&x.view(), "pooled x (overflow in S^T X)")?;
         let (a, connect) = assignment.connect(batch.a().view());
-        let connect = keep.then_some(connect);
+        // the connect step's products go with the rest, or are freed here
+        let saved = saved.map(|values| (values, connect));
         if let Some(p) = a.data().iter().position(|v| !v.is_finite()) {
             return Err(PoolError::NonFinite {
                 what: "pooled adjacency (overflow in S^T A S)".into(),
@@ -278,23 +279,21 @@ impl LaPool {
         let nnz = a.nnz();
         let (kept, returned) =
             cached_and_returned(keep, self.return_selection, assignment, Clone::clone);
-        let cache = match (kept, saved, connect) {
-            (Some(assignment), Some((cos, soft, beta, graph_start)), Some(connect)) => {
-                Some(LaPoolCache {
-                    assignment,
-                    cos,
-                    soft,
-                    beta,
-                    graph_start,
-                    connect,
-                    x_shape,
-                    nnz,
-                    input: InputSignature::of(batch),
-                    stamp: LayerStamp::of("LaPool", &self.shortest_path_reg, T::no_params()),
-                })
+        let cache = kept.zip(saved).map(|(assignment, (values, connect))| {
+            let (cos, soft, beta, graph_start) = values;
+            LaPoolCache {
+                assignment,
+                cos,
+                soft,
+                beta,
+                graph_start,
+                connect,
+                x_shape,
+                nnz,
+                input: InputSignature::of(batch),
+                stamp: LayerStamp::of("LaPool", &self.shortest_path_reg, T::no_params()),
             }
-            _ => None,
-        };
+        });
         let pooled = Pooled::checked(
             "LaPool",
             x,
