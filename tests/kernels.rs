@@ -6,8 +6,8 @@ mod common;
 use common::with_threads;
 use graphpool::kernels::segment::{segment_matmul_tn, segment_max, segment_sum};
 use graphpool::kernels::sparse::{
-    block_diag, block_diag_owned, gcn_filter, induced_subgraph, spgemm, spmm, spmm_many, spmm_rows,
-    spmm_t, symmetric_graphs, transpose,
+    block_diag, block_diag_owned, gcn_deg_inv_sqrt, gcn_filter, induced_subgraph, spgemm, spmm,
+    spmm_many, spmm_rows, spmm_t, spmm_times, symmetric_graphs, transpose, GcnOperator,
 };
 use graphpool::proptest::{batches, BatchShape};
 use graphpool::Segments;
@@ -2110,4 +2110,141 @@ fn spmm_and_row_sums_give_the_bits_of_spmm_and_row_sums() {
             with_threads(threads, || assert_fused_degrees_bits(&a32, &x32, &what));
         }
     }
+}
+
+/// Every product of `GcnOperator` against the same product with the stored
+/// filter of `a`, bit for bit, on 1, 2 and 3 threads, at the widths with a
+/// fixed-width row kernel (8, 16, 64) and others.
+fn assert_gcn_operator_is_the_stored_filter(a: &CsMat<f64>, seed: u64) {
+    let bits = |m: &Array2<f64>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let stored = gcn_filter(a.view());
+    let fm = stored.matrix.view();
+    let u = gcn_deg_inv_sqrt(a.view());
+    let view = a.view();
+    let op = GcnOperator::new(&view, u.as_slice().unwrap()).unwrap();
+    let n = a.rows();
+    let rough = |cols: usize, salt: u64| {
+        Array2::from_shape_fn((n, cols), |(i, j)| {
+            ((i * 37 + j * 11) as f64 * 0.173 + (seed + salt) as f64 * 0.61).sin() * 3.0
+        })
+    };
+    let w = Array2::from_shape_fn((16, 5), |(i, j)| ((i * 5 + j) as f64 * 0.37).cos());
+    for f in [1usize, 3, 8, 16, 64] {
+        let (x, y) = (rough(f, 1), rough(2, 2));
+        let want = spmm(fm, x.view());
+        let want_t = spmm_t(fm, x.view());
+        for threads in [1, 2, 3] {
+            let (got, got_t, many) = with_threads(threads, || {
+                (
+                    op.spmm(x.view()),
+                    op.spmm_t(x.view()),
+                    op.spmm_many(&[x.view(), y.view()]),
+                )
+            });
+            assert_same_bits(
+                &bits(&got),
+                &bits(&want),
+                &format!("A X, F = {f}, {threads} threads"),
+            );
+            assert_same_bits(
+                &bits(&got_t),
+                &bits(&want_t),
+                &format!("A^T X, F = {f}, {threads} threads"),
+            );
+            let want_many = spmm_many(fm, &[x.view(), y.view()]);
+            for (g, v) in many.iter().zip(&want_many) {
+                assert_same_bits(&bits(g), &bits(v), &format!("spmm_many, F = {f}"));
+            }
+            // rows from inside a row block to past the next one
+            let rows = n / 3..n;
+            let mut part = vec![0.0; rows.len() * f];
+            op.spmm_rows(x.view(), rows.clone(), &mut part);
+            let mut want_part = vec![0.0; rows.len() * f];
+            spmm_rows(fm, x.view(), rows, &mut want_part);
+            assert!(
+                part.iter()
+                    .zip(&want_part)
+                    .all(|(p, q)| p.to_bits() == q.to_bits()),
+                "rows, F = {f}"
+            );
+        }
+    }
+    let x = rough(16, 3);
+    let got = with_threads(3, || {
+        op.spmm_times(
+            x.view(),
+            &[w.view(), w.column(0).insert_axis(ndarray::Axis(1))],
+        )
+    });
+    let want = spmm_times(
+        fm,
+        x.view(),
+        &[w.view(), w.column(0).insert_axis(ndarray::Axis(1))],
+    );
+    for (g, v) in got.iter().zip(&want) {
+        assert_same_bits(&bits(g), &bits(v), "spmm_times");
+    }
+}
+
+fn assert_same_bits(got: &[u64], want: &[u64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
+        panic!(
+            "{what}: entry {i} is {} instead of {}",
+            f64::from_bits(got[i]),
+            f64::from_bits(want[i])
+        );
+    }
+}
+
+#[test]
+fn gcn_operator_products_are_the_stored_filters_bit_for_bit_on_any_thread_count() {
+    // rough values: rows with and without a stored diagonal, a few empty
+    // rows, negative weights (degrees <= 0 give u = 0), beyond a row block
+    for (n, seed) in [(1usize, 1u64), (7, 2), (3000, 3)] {
+        let mut a = random_sparse_with_empty_rows(n, 5, seed, 17);
+        a.data_mut()
+            .iter_mut()
+            .enumerate()
+            .for_each(|(e, v)| *v = *v * 0.013 + (e % 3) as f64 * 0.5);
+        assert_gcn_operator_is_the_stored_filter(&a, seed);
+    }
+    // an empty matrix: the filter is the identity
+    assert_gcn_operator_is_the_stored_filter(&CsMat::zero((5, 5)), 4);
+}
+
+proptest! {
+    /// The same on small integer matrices: any pattern of diagonal entries,
+    /// zero and negative degrees.
+    #[test]
+    fn gcn_operator_products_are_the_stored_filters_bit_for_bit_on_small_matrices(
+        a in int_square(),
+        seed in 0u64..100,
+    ) {
+        assert_gcn_operator_is_the_stored_filter(&a, seed);
+    }
+}
+
+#[test]
+fn gcn_operator_refuses_a_mismatched_input_with_a_typed_error() {
+    use graphpool::PoolError;
+    let a = random_square(4, 1);
+    let u = gcn_deg_inv_sqrt(a.view());
+    let view = a.view();
+    assert!(matches!(
+        GcnOperator::new(&view, &u.as_slice().unwrap()[..3]),
+        Err(PoolError::ShapeMismatch { .. })
+    ));
+    let wide: CsMat<f64> = CsMat::zero((4, 5));
+    let wide_view = wide.view();
+    assert!(matches!(
+        GcnOperator::new(&wide_view, u.as_slice().unwrap()),
+        Err(PoolError::AdjacencyShape { .. })
+    ));
+    let csc = a.to_csc();
+    let csc_view = csc.view();
+    assert!(matches!(
+        GcnOperator::new(&csc_view, u.as_slice().unwrap()),
+        Err(PoolError::NotCsr)
+    ));
 }

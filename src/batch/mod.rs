@@ -12,7 +12,6 @@ use sprs::{CsMat, CsMatView};
 
 use crate::error::{PoolError, Result};
 use crate::kernels::rows;
-use crate::kernels::sparse::GcnFilter;
 use crate::scalar::Scalar;
 
 /// A batch of graphs in disjoint mode.
@@ -56,7 +55,7 @@ pub struct DisjointBatch<T: Scalar> {
     derived: Derived<T>,
 }
 
-/// [`DisjointBatch::symmetric_graphs`], [`DisjointBatch::gcn_filter`],
+/// [`DisjointBatch::symmetric_graphs`],
 /// [`DisjointBatch::gcn_deg_inv_sqrt`] and [`DisjointBatch::structure_hash`],
 /// each computed on first use and kept. Functions of `a` and the segments,
 /// so they take no part in equality; a batch derived with the same `a`
@@ -64,7 +63,6 @@ pub struct DisjointBatch<T: Scalar> {
 #[derive(Debug, Clone)]
 struct Derived<T: Scalar> {
     symmetric: std::sync::OnceLock<Vec<bool>>,
-    gcn: std::sync::OnceLock<Arc<GcnFilter<T>>>,
     gcn_degrees: std::sync::OnceLock<Arc<ndarray::Array1<T>>>,
     structure: std::sync::OnceLock<u64>,
 }
@@ -73,7 +71,6 @@ impl<T: Scalar> Default for Derived<T> {
     fn default() -> Self {
         Self {
             symmetric: std::sync::OnceLock::new(),
-            gcn: std::sync::OnceLock::new(),
             gcn_degrees: std::sync::OnceLock::new(),
             structure: std::sync::OnceLock::new(),
         }
@@ -281,7 +278,7 @@ impl<T: Scalar> DisjointBatch<T> {
     /// small graphs run by run ([`crate::framework::runs`]): their rows of
     /// `x` shared (a window on the batch's, no copy), those of `a` copied
     /// (their column ids shifted), and what is already known of the batch's
-    /// per-graph symmetry flags and GCN filter is carried over (the run's
+    /// per-graph symmetry flags and GCN degrees ($\hat D^{-1/2}$) is carried over (the run's
     /// slice of them: the same values the run would compute).
     ///
     /// # Panics
@@ -302,12 +299,11 @@ impl<T: Scalar> DisjointBatch<T> {
         if let Some(flags) = self.derived.symmetric.get() {
             let _ = derived.symmetric.set(flags[graphs].to_vec());
         }
-        if let Some(f) = self.derived.gcn.get() {
-            // a row of the filter is a function of its own graph alone
-            let _ = derived.gcn.set(Arc::new(GcnFilter {
-                matrix: csr_block(&f.matrix, nodes.clone()),
-                deg_inv_sqrt: f.deg_inv_sqrt.slice(s![nodes]).to_owned(),
-            }));
+        if let Some(u) = self.derived.gcn_degrees.get() {
+            // a node's degree is a function of its own row alone
+            let _ = derived
+                .gcn_degrees
+                .set(Arc::new(u.slice(s![nodes]).to_owned()));
         }
         Self {
             x,
@@ -428,34 +424,6 @@ impl<T: Scalar> DisjointBatch<T> {
         self.derived
             .symmetric
             .get_or_init(|| crate::kernels::sparse::symmetric_graphs(self.a.view(), &self.segments))
-    }
-
-    /// The GCN filter of `a`, $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$
-    /// ([`crate::kernels::sparse::gcn_filter`]), built on the first call and
-    /// kept with the batch (nnz + 2N values and indices, about the size of
-    /// `a`), as PyG's `GCNConv(cached=True)` keeps its normalised adjacency:
-    /// a model that runs several passes over one batch builds it once.
-    /// Batches derived from this one keep it when they keep `a`
-    /// ([`DisjointBatch::with_x`], clones).
-    ///
-    /// ```
-    /// use graphpool::DisjointBatch;
-    /// use ndarray::array;
-    /// use sprs::TriMat;
-    /// let mut t = TriMat::new((2, 2));
-    /// t.add_triplet(0, 1, 1.0_f64);
-    /// t.add_triplet(1, 0, 1.0);
-    /// let batch = DisjointBatch::single(array![[1.0], [2.0]], t.to_csr())?;
-    /// let f = batch.gcn_filter();
-    /// // degrees 2 with the self-loops: every value is 1/2
-    /// assert!(f.matrix.data().iter().all(|&v| (v - 0.5).abs() < 1e-12));
-    /// assert!(std::sync::Arc::ptr_eq(f, batch.gcn_filter()));
-    /// # Ok::<(), graphpool::PoolError>(())
-    /// ```
-    pub fn gcn_filter(&self) -> &Arc<GcnFilter<T>> {
-        self.derived
-            .gcn
-            .get_or_init(|| Arc::new(crate::kernels::sparse::gcn_filter(self.a.view())))
     }
 
     /// $\hat D^{-1/2}$ of $A + I$, one value per node

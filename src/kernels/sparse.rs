@@ -138,6 +138,65 @@ impl<'a, T> RawCsr<'a, T> {
     }
 }
 
+/// The entries of a square sparse operator, row by row in column order, as
+/// the product kernels read them: a stored CSR matrix ([`Stored`]), or the
+/// GCN filter of one formed entry by entry as it is read
+/// ([`GcnOperator`]). Each entry comes with a position in the structure's
+/// stored entries at or next to it, for the kernels' prefetching.
+pub(crate) trait RowEntries<T: Scalar>: Copy + Send + Sync {
+    /// The stored structure the entries are read from.
+    fn structure(&self) -> RawCsr<'_, T>;
+
+    /// `f(e, c, v)` for every entry $(r, c)$ of row `r`, columns ascending.
+    fn for_each_in_row(&self, r: usize, f: impl FnMut(usize, usize, T));
+
+    /// `f(r, c, e, v)` for every entry $(r, c)$ with `lo <= c < hi`, rows
+    /// ascending (within a row in any order: no two of a row's entries share
+    /// a column).
+    fn for_each_in_columns(&self, lo: usize, hi: usize, f: impl FnMut(usize, usize, usize, T));
+}
+
+/// A stored CSR matrix: the structure of `raw` with the values `vals`
+/// (aligned with its entries).
+#[derive(Clone, Copy)]
+pub(crate) struct Stored<'a, T> {
+    raw: RawCsr<'a, T>,
+    vals: &'a [T],
+}
+
+impl<'a, T> Stored<'a, T> {
+    /// The structure and values of `a`.
+    fn of(a: &'a CsMatView<'_, T>) -> Self {
+        Self::with_values(RawCsr::new(a), a.data())
+    }
+
+    /// The structure of `raw` with the values `vals`.
+    fn with_values(raw: RawCsr<'a, T>, vals: &'a [T]) -> Self {
+        debug_assert_eq!(raw.data.len(), vals.len());
+        Self { raw, vals }
+    }
+}
+
+impl<T: Scalar> RowEntries<T> for Stored<'_, T> {
+    #[inline(always)]
+    fn structure(&self) -> RawCsr<'_, T> {
+        self.raw
+    }
+
+    #[inline(always)]
+    fn for_each_in_row(&self, r: usize, mut f: impl FnMut(usize, usize, T)) {
+        for e in self.raw.range(r) {
+            f(e, self.raw.indices[e], self.vals[e]);
+        }
+    }
+
+    #[inline(always)]
+    fn for_each_in_columns(&self, lo: usize, hi: usize, mut f: impl FnMut(usize, usize, usize, T)) {
+        self.raw
+            .for_each_in_columns(lo, hi, |r, c, e| f(r, c, e, self.vals[e]));
+    }
+}
+
 /// How many rows ahead the induced subgraph's pass asks
 /// [`RawCsr::prefetch_rows_ahead`] for: rows of about ten entries (80 bytes
 /// of columns), so some 30 rows keep as many lines in flight as
@@ -219,15 +278,15 @@ pub fn symmetric_graphs<T: Scalar>(a: CsMatView<T>, segments: &Segments) -> Vec<
 /// sequential.)
 pub fn spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
     debug_assert_eq!(a.cols(), x.nrows());
-    product(RawCsr::new(&a), a.data(), x)
+    product(Stored::of(&a), x)
 }
 
-/// $A X$ for $A$ with the structure of `raw` and the values `vals`.
-fn product<T: Scalar>(raw: RawCsr<'_, T>, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
+/// $M X$ for the operator `m`'s entries.
+fn product<T: Scalar, M: RowEntries<T>>(m: M, x: ArrayView2<T>) -> Array2<T> {
     let f = x.ncols();
     let xs = rows::row_major(&x);
-    rows::build_row_blocks(raw.rows, f, |first, block| {
-        product_rows(raw, vals, &xs, f, first, block, &mut [])
+    rows::build_row_blocks(m.structure().rows, f, |first, block| {
+        product_rows(m, &xs, f, first, block, &mut [])
     })
 }
 
@@ -255,10 +314,9 @@ pub fn spmm_and_row_sums<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> (Array
     if f == 0 {
         return (Array2::zeros((a.rows(), 0)), row_sums(a));
     }
-    let raw = RawCsr::new(&a);
     let xs = rows::row_major(&x);
-    let mut out = rows::fresh_matrix(raw.rows, f);
-    let mut sums: Vec<T> = rows::fresh_vec(raw.rows);
+    let mut out = rows::fresh_matrix(a.rows(), f);
+    let mut sums: Vec<T> = rows::fresh_vec(a.rows());
     out.as_slice_mut()
         .expect("fresh matrices are standard layout")
         .par_chunks_mut(ROW_BLOCK * f)
@@ -267,23 +325,22 @@ pub fn spmm_and_row_sums<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> (Array
         .for_each(|(b, (block, sb))| {
             // zeroed first, as `rows::build_row_blocks` does for `spmm`
             block.iter_mut().for_each(|v| *v = T::zero());
-            product_rows(raw, a.data(), &xs, f, b * ROW_BLOCK, block, sb);
+            product_rows(Stored::of(&a), &xs, f, b * ROW_BLOCK, block, sb);
         });
     (out, Array1::from(sums))
 }
 
 super::simd_levels! {
-/// Rows `first..` of $A X$ into `out` (zeroed, whole rows of $F$ = `f`
-/// entries; `xs` the rows of $X$): each row's stored entries added in index
+/// Rows `first..` of $M X$ into `out` (zeroed, whole rows of $F$ = `f`
+/// entries; `xs` the rows of $X$): each row's entries added in column
 /// order, each entry its own multiply and add, so the same bits at every
 /// SIMD level. If `sums` is not empty, each row's sum of values (from
 /// $+0$, in index order: [`row_sums`]' bits) into it, one per row of `out`.
 /// Called once per block of rows, so that the SIMD level is chosen once
 /// per block, not once per row. For $F \in \{8, 16, 32, 64\}$ a row's sum
 /// is kept in registers ([`product_row_fixed`]).
-fn product_rows<'a, T: Scalar>(
-    raw: RawCsr<'a, T>,
-    vals: &[T],
+fn product_rows<T: Scalar, M: RowEntries<T>>(
+    m: M,
     xs: &[T],
     f: usize,
     first: usize,
@@ -304,18 +361,18 @@ fn product_rows<'a, T: Scalar>(
     };
     let rows = out.chunks_exact_mut(f).enumerate().map(|(j, o)| (first + j, o));
     match f {
-        8 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 8>(raw, vals, xs, r, o))),
-        16 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 16>(raw, vals, xs, r, o))),
-        32 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 32>(raw, vals, xs, r, o))),
-        64 => rows.for_each(|(r, o)| put(product_row_fixed::<T, 64>(raw, vals, xs, r, o))),
+        8 => rows.for_each(|(r, o)| put(product_row_fixed::<T, M, 8>(m, xs, r, o))),
+        16 => rows.for_each(|(r, o)| put(product_row_fixed::<T, M, 16>(m, xs, r, o))),
+        32 => rows.for_each(|(r, o)| put(product_row_fixed::<T, M, 32>(m, xs, r, o))),
+        64 => rows.for_each(|(r, o)| put(product_row_fixed::<T, M, 64>(m, xs, r, o))),
         _ => rows.for_each(|(r, o)| {
             let mut d = T::zero();
-            for e in raw.range(r) {
+            let raw = m.structure();
+            m.for_each_in_row(r, |e, c, v| {
                 raw.prefetch_column_row(e, xs, f);
-                let c = raw.indices[e];
-                d += vals[e];
-                rows::axpy(o, vals[e], &xs[c * f..(c + 1) * f]);
-            }
+                d += v;
+                rows::axpy(o, v, &xs[c * f..(c + 1) * f]);
+            });
             put(d);
         }),
     }
@@ -329,24 +386,22 @@ fn product_rows<'a, T: Scalar>(
 /// add, in index order, from `+0`: the bits of accumulating into `out`.
 /// Returns the row's sum of values, added in the same order from `+0`.
 #[inline(always)]
-fn product_row_fixed<T: Scalar, const W: usize>(
-    raw: RawCsr<'_, T>,
-    vals: &[T],
+fn product_row_fixed<T: Scalar, M: RowEntries<T>, const W: usize>(
+    m: M,
     xs: &[T],
     r: usize,
     out: &mut [T],
 ) -> T {
     let mut acc = [T::zero(); W];
     let mut d = T::zero();
-    for e in raw.range(r) {
+    let raw = m.structure();
+    m.for_each_in_row(r, |e, c, v| {
         raw.prefetch_column_row(e, xs, W);
-        let c = raw.indices[e];
-        let v = vals[e];
         d += v;
         for (a, &x) in acc.iter_mut().zip(&xs[c * W..(c + 1) * W]) {
             *a += v * x;
         }
-    }
+    });
     out.copy_from_slice(&acc);
     d
 }
@@ -360,12 +415,21 @@ pub fn spmm_rows<T: Scalar>(
     rows: std::ops::Range<usize>,
     out: &mut [T],
 ) {
+    product_rows_into(Stored::of(&a), x, rows, out);
+}
+
+/// Rows `rows` of $M X$ into `out` (overwritten).
+fn product_rows_into<T: Scalar, M: RowEntries<T>>(
+    m: M,
+    x: ArrayView2<T>,
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+) {
     let f = x.ncols();
     debug_assert_eq!(out.len(), rows.len() * f);
-    let raw = RawCsr::new(&a);
     let xs = rows::row_major(&x);
     out.fill(T::zero());
-    product_rows(raw, a.data(), &xs, f, rows.start, out, &mut []);
+    product_rows(m, &xs, f, rows.start, out, &mut []);
 }
 
 /// $(A X) W_i$ for several small $W_i$ ($F \times C_i$) without holding
@@ -383,8 +447,16 @@ pub fn spmm_times<T: Scalar>(
     ws: &[ArrayView2<T>],
 ) -> Vec<Array2<T>> {
     debug_assert_eq!(a.cols(), x.nrows());
-    let (n, f) = (a.rows(), x.ncols());
-    let raw = RawCsr::new(&a);
+    product_times(Stored::of(&a), x, ws)
+}
+
+/// [`spmm_times`] for the operator `m`.
+fn product_times<T: Scalar, M: RowEntries<T>>(
+    m: M,
+    x: ArrayView2<T>,
+    ws: &[ArrayView2<T>],
+) -> Vec<Array2<T>> {
+    let (n, f) = (m.structure().rows, x.ncols());
     let xs = rows::row_major(&x);
     let wss: Vec<_> = ws.iter().map(|w| rows::row_major(w).into_owned()).collect();
     let mut outs: Vec<Array2<T>> = ws
@@ -398,7 +470,7 @@ pub fn spmm_times<T: Scalar>(
             let r0 = b * ROW_BLOCK;
             let r1 = (r0 + ROW_BLOCK).min(n);
             let mut ax = vec![T::zero(); (r1 - r0) * f];
-            product_rows(raw, a.data(), &xs, f, r0, &mut ax, &mut []);
+            product_rows(m, &xs, f, r0, &mut ax, &mut []);
             for ((piece, w), ws) in pieces.iter_mut().zip(ws).zip(&wss) {
                 rows::rows_times(&ax, f, ws, w.ncols(), None, false, piece);
             }
@@ -452,8 +524,12 @@ fn row_blocks_of<T>(outs: &mut [Array2<T>], n: usize) -> Vec<Vec<&mut [T]>> {
 /// ```
 pub fn spmm_many<T: Scalar>(a: CsMatView<T>, xs: &[ArrayView2<T>]) -> Vec<Array2<T>> {
     debug_assert!(xs.iter().all(|x| x.nrows() == a.cols()));
-    let n = a.rows();
-    let raw = RawCsr::new(&a);
+    product_many(Stored::of(&a), xs)
+}
+
+/// [`spmm_many`] for the operator `m`.
+fn product_many<T: Scalar, M: RowEntries<T>>(m: M, xs: &[ArrayView2<T>]) -> Vec<Array2<T>> {
+    let n = m.structure().rows;
     let inputs: Vec<_> = xs.iter().map(|x| rows::row_major(x)).collect();
     let inputs: Vec<&[T]> = inputs.iter().map(|x| &x[..]).collect();
     let widths: Vec<usize> = xs.iter().map(|x| x.ncols()).collect();
@@ -466,36 +542,35 @@ pub fn spmm_many<T: Scalar>(a: CsMatView<T>, xs: &[ArrayView2<T>]) -> Vec<Array2
             pieces.iter_mut().for_each(|p| p.fill(T::zero()));
             let r0 = b * ROW_BLOCK;
             let r1 = (r0 + ROW_BLOCK).min(n);
-            product_rows_many(raw, a.data(), &inputs, &widths, r0..r1, &mut pieces);
+            product_rows_many(m, &inputs, &widths, r0..r1, &mut pieces);
         });
     outs
 }
 
 super::simd_levels! {
-/// Rows `rows` of every $A X_i$ ([`spmm_many`]) into `outs[i]` (that block's
-/// rows, zeroed): the stored entries in index order, as [`product_rows`]
+/// Rows `rows` of every $M X_i$ ([`spmm_many`]) into `outs[i]` (that block's
+/// rows, zeroed): the entries in column order, as [`product_rows`]
 /// does for one. Called once per block of rows (one choice of SIMD level
 /// per block).
-fn product_rows_many<'a, T: Scalar>(
-    raw: RawCsr<'a, T>,
-    vals: &[T],
+fn product_rows_many<T: Scalar, M: RowEntries<T>>(
+    m: M,
     inputs: &[&[T]],
     widths: &[usize],
     rows: std::ops::Range<usize>,
     outs: &mut [&mut [T]],
 ) {
     let r0 = rows.start;
+    let raw = m.structure();
     for r in rows {
         let local = r - r0;
-        for e in raw.range(r) {
+        m.for_each_in_row(r, |e, c, v| {
             for (x, &w) in inputs.iter().zip(widths) {
                 raw.prefetch_column_row(e, x, w);
             }
-            let (c, v) = (raw.indices[e], vals[e]);
             for ((x, &w), o) in inputs.iter().zip(widths).zip(outs.iter_mut()) {
                 rows::axpy(&mut o[local * w..(local + 1) * w], v, &x[c * w..(c + 1) * w]);
             }
-        }
+        });
     }
 }
 }
@@ -514,17 +589,17 @@ fn product_rows_many<'a, T: Scalar>(
 /// rows.
 pub fn spmm_t<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
     debug_assert_eq!(a.rows(), x.nrows());
-    product_t(RawCsr::new(&a), a.cols(), a.data(), x)
+    product_t(Stored::of(&a), a.cols(), x)
 }
 
-/// $A^\top X$ for $A$ ($\cdot \times m$) with the structure of `raw` and
-/// the values `vals`.
-fn product_t<T: Scalar>(raw: RawCsr<'_, T>, m: usize, vals: &[T], x: ArrayView2<T>) -> Array2<T> {
+/// $M^\top X$ for the operator `op` ($\cdot \times m$).
+fn product_t<T: Scalar, M: RowEntries<T>>(op: M, m: usize, x: ArrayView2<T>) -> Array2<T> {
     let f = x.ncols();
     let mut out = rows::zeros(m, f);
-    if f == 0 || m == 0 || vals.is_empty() {
+    if f == 0 || m == 0 {
         return out;
     }
+    let raw = op.structure();
     let xs = rows::row_major(&x);
     // one range of output rows per thread (the bits do not depend on the
     // ranges): every task reads the row structure, so fewer is cheaper;
@@ -539,7 +614,7 @@ fn product_t<T: Scalar>(raw: RawCsr<'_, T>, m: usize, vals: &[T], x: ArrayView2<
         .for_each(|(p, block)| {
             let lo = p * len;
             let hi = lo + block.len() / f;
-            raw.for_each_in_columns(lo, hi, |r, c, e| {
+            op.for_each_in_columns(lo, hi, |r, c, e, v| {
                 // the output row written PREFETCH_AHEAD entries from now, if ours
                 if let Some(&ahead) = raw.indices.get(e + rows::PREFETCH_AHEAD) {
                     if (lo..hi).contains(&ahead) {
@@ -547,7 +622,7 @@ fn product_t<T: Scalar>(raw: RawCsr<'_, T>, m: usize, vals: &[T], x: ArrayView2<
                     }
                 }
                 let o = &mut block[(c - lo) * f..(c - lo + 1) * f];
-                rows::axpy(o, vals[e], &xs[r * f..(r + 1) * f]);
+                rows::axpy(o, v, &xs[r * f..(r + 1) * f]);
             });
         });
     out
@@ -1128,6 +1203,8 @@ pub fn spgemm<T: Scalar>(a: CsMatView<T>, b: CsMatView<T>) -> CsMat<T> {
 /// $\hat A$ comes from are read back from $A$ itself when the VJP needs
 /// them ([`GcnFilter::vjp`] takes $A$), row $r$ of $\hat A$ being row $r$
 /// of $A$ with its diagonal entry merged or inserted in column order.
+/// Products with the filter do not need it stored: [`GcnOperator`] gives
+/// their bits from $A$ and $\hat D^{-1/2}$ alone.
 #[derive(Debug, Clone)]
 pub struct GcnFilter<T: Scalar> {
     /// $\hat A$, CSR, sorted indices; the structure of $A$ plus the diagonal.
@@ -1438,6 +1515,192 @@ fn fold_with_loop<T: Scalar, A>(
         acc = f(acc, c, b);
     }
     acc
+}
+
+/// The GCN filter $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$ of a square
+/// $A$ as an operator that is never stored: each entry
+/// $\hat a_{rc} = b_{rc}\,(u_r u_c)$ is formed as a product reads it, from
+/// $A$'s own structure and values ($b$ the values of $A + I$, row $r$ of
+/// $A$ with its diagonal merged or inserted in column order) and
+/// $u = \hat D^{-1/2}$ ([`gcn_deg_inv_sqrt`], $N$ values).
+///
+/// Every product is the same product with [`gcn_filter`]'s matrix, bit for
+/// bit, on any thread count: the entries come in the same order with the
+/// same rounding ($b_{rc}$ times the rounded $u_r u_c$, as [`gcn_filter`]
+/// normalises). What it saves is the stored filter: its values and a second
+/// copy of $A$'s structure with the diagonal (12 to 16 bytes per entry),
+/// for one more multiply and a gathered $u_c$ per entry read.
+///
+/// ```
+/// use graphpool::kernels::sparse::{gcn_deg_inv_sqrt, gcn_filter, spmm, GcnOperator};
+/// use ndarray::array;
+/// use sprs::CsMat;
+/// // 0 - 1 with weight 3, node 2 alone
+/// let a = CsMat::new((3, 3), vec![0, 1, 2, 2], vec![1, 0], vec![3.0_f64, 3.0]);
+/// let u = gcn_deg_inv_sqrt(a.view());
+/// let view = a.view();
+/// let op = GcnOperator::new(&view, u.as_slice().unwrap())?;
+/// let x = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]];
+/// assert_eq!(op.spmm(x.view()), spmm(gcn_filter(a.view()).matrix.view(), x.view()));
+/// // A + I = [[1, 3], [3, 1]] and [1]: u = (1/2, 1/2, 1)
+/// assert_eq!(op.spmm(x.view()).row(2).to_vec(), vec![5.0, 6.0]);
+/// # Ok::<(), graphpool::PoolError>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct GcnOperator<'a, T: Scalar> {
+    raw: RawCsr<'a, T>,
+    u: &'a [T],
+}
+
+impl<T: Scalar> std::fmt::Debug for GcnOperator<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcnOperator")
+            .field("rows", &self.raw.rows)
+            .field("stored_entries_of_a", &self.raw.data.len())
+            .finish()
+    }
+}
+
+impl<'a, T: Scalar> GcnOperator<'a, T> {
+    /// The filter of `a` (square, CSR) with `deg_inv_sqrt` its
+    /// $\hat D^{-1/2}$ ([`gcn_deg_inv_sqrt`]`(a)`, or a batch's
+    /// [`crate::DisjointBatch::gcn_deg_inv_sqrt`]).
+    ///
+    /// # Errors
+    /// [`PoolError::NotCsr`] if `a` is CSC, [`PoolError::AdjacencyShape`] if
+    /// it is not square, [`PoolError::ShapeMismatch`] if `deg_inv_sqrt` does
+    /// not have one value per row.
+    pub fn new(a: &'a CsMatView<'_, T>, deg_inv_sqrt: &'a [T]) -> Result<Self, PoolError> {
+        if !a.is_csr() {
+            return Err(PoolError::NotCsr);
+        }
+        if a.rows() != a.cols() {
+            return Err(PoolError::AdjacencyShape {
+                n: a.rows(),
+                rows: a.rows(),
+                cols: a.cols(),
+            });
+        }
+        if deg_inv_sqrt.len() != a.rows() {
+            return Err(PoolError::ShapeMismatch {
+                what: "deg_inv_sqrt of the GCN filter".into(),
+                expected: format!("{} values (one per row of a)", a.rows()),
+                got: format!("{} values", deg_inv_sqrt.len()),
+            });
+        }
+        Ok(Self {
+            raw: RawCsr::new(a),
+            u: deg_inv_sqrt,
+        })
+    }
+
+    /// $\hat A X$: [`spmm`] with the filter.
+    pub fn spmm(&self, x: ArrayView2<T>) -> Array2<T> {
+        debug_assert_eq!(self.raw.rows, x.nrows());
+        product(*self, x)
+    }
+
+    /// Rows `rows` of $\hat A X$ into `out` (`rows.len()` $\times F$,
+    /// row-major, overwritten): [`spmm_rows`] with the filter.
+    pub fn spmm_rows(&self, x: ArrayView2<T>, rows: std::ops::Range<usize>, out: &mut [T]) {
+        debug_assert_eq!(self.raw.rows, x.nrows());
+        product_rows_into(*self, x, rows, out);
+    }
+
+    /// $(\hat A X) W_i$ for each $W_i$ without holding $\hat A X$:
+    /// [`spmm_times`] with the filter.
+    pub fn spmm_times(&self, x: ArrayView2<T>, ws: &[ArrayView2<T>]) -> Vec<Array2<T>> {
+        debug_assert_eq!(self.raw.rows, x.nrows());
+        product_times(*self, x, ws)
+    }
+
+    /// $\hat A X_i$ for several $X_i$ in one pass: [`spmm_many`] with the
+    /// filter.
+    pub fn spmm_many(&self, xs: &[ArrayView2<T>]) -> Vec<Array2<T>> {
+        debug_assert!(xs.iter().all(|x| x.nrows() == self.raw.rows));
+        product_many(*self, xs)
+    }
+
+    /// $\hat A^\top X$: [`spmm_t`] with the filter.
+    pub fn spmm_t(&self, x: ArrayView2<T>) -> Array2<T> {
+        debug_assert_eq!(self.raw.rows, x.nrows());
+        product_t(*self, self.raw.rows, x)
+    }
+}
+
+impl<T: Scalar> GcnOperator<'_, T> {
+    /// The value of stored entry `e` = $(r, c)$ of $A$ off the diagonal,
+    /// from its value `b` and $u_r$ = `ur`; asks for the $u_c$ that
+    /// [`rows::PREFETCH_AHEAD`] entries on will read (a gather at random
+    /// nodes, like the rows of $X$ the product asks for).
+    #[inline(always)]
+    fn value(&self, e: usize, c: usize, b: T, ur: T) -> T {
+        rows::prefetch_row_ahead(self.u, 1, self.raw.indices, e);
+        b * (ur * self.u[c])
+    }
+}
+
+impl<T: Scalar> RowEntries<T> for GcnOperator<'_, T> {
+    #[inline(always)]
+    fn structure(&self) -> RawCsr<'_, T> {
+        self.raw
+    }
+
+    #[inline(always)]
+    fn for_each_in_row(&self, r: usize, mut f: impl FnMut(usize, usize, T)) {
+        let e0 = self.raw.range(r).start;
+        let (cols, vals) = self.raw.row(r);
+        let (slot, merged) = diagonal_slot(cols, r);
+        let ur = self.u[r];
+        for (k, (&c, &b)) in cols[..slot].iter().zip(&vals[..slot]).enumerate() {
+            f(e0 + k, c, self.value(e0 + k, c, b, ur));
+        }
+        let b = if merged {
+            vals[slot] + T::one()
+        } else {
+            T::one()
+        };
+        f(e0 + slot, r, b * (ur * ur));
+        let rest = slot + usize::from(merged);
+        for (k, (&c, &b)) in cols[rest..].iter().zip(&vals[rest..]).enumerate() {
+            f(e0 + rest + k, c, self.value(e0 + rest + k, c, b, ur));
+        }
+    }
+
+    #[inline(always)]
+    fn for_each_in_columns(&self, lo: usize, hi: usize, mut f: impl FnMut(usize, usize, usize, T)) {
+        for r in 0..self.raw.rows {
+            let e0 = self.raw.range(r).start;
+            let (cols, vals) = self.raw.row(r);
+            let diagonal = (lo..hi).contains(&r);
+            let reaches = matches!((cols.first(), cols.last()),
+                (Some(&first), Some(&last)) if last >= lo && first < hi);
+            if !reaches && !diagonal {
+                continue;
+            }
+            let ur = self.u[r];
+            let start = cols.partition_point(|&c| c < lo);
+            for (k, (&c, &b)) in cols[start..].iter().zip(&vals[start..]).enumerate() {
+                if c >= hi {
+                    break;
+                }
+                // the diagonal below: a row's entries go to distinct output rows
+                if c != r {
+                    let e = e0 + start + k;
+                    f(r, c, e, self.value(e, c, b, ur));
+                }
+            }
+            if diagonal {
+                let (slot, merged) = diagonal_slot(cols, r);
+                let b = if merged {
+                    vals[slot] + T::one()
+                } else {
+                    T::one()
+                };
+                f(r, r, e0 + slot, b * (ur * ur));
+            }
+        }
+    }
 }
 
 /// The GCN filter applied to a vector without building it (see
@@ -2603,10 +2866,10 @@ pub fn sddmm_vjp<T: Scalar>(
     grad: ArrayView1<T>,
 ) -> (Array2<T>, Array2<T>) {
     debug_assert_eq!(grad.len(), a.nnz());
-    let raw = RawCsr::new(&a);
     let g = rows::row_major_1d(&grad);
-    let gu = product(raw, &g, v);
-    let gv = product_t(raw, a.cols(), &g, u);
+    let m = Stored::with_values(RawCsr::new(&a), &g);
+    let gu = product(m, v);
+    let gv = product_t(m, a.cols(), u);
     (gu, gv)
 }
 

@@ -22,9 +22,7 @@ use crate::kernels::segment::{
     segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place,
     segment_mean, segment_sum,
 };
-use crate::kernels::sparse::{
-    map_entries, sddmm, sddmm_vjp, spmm_many, spmm_rows, spmm_t, spmm_times, GcnFilter, RawCsr,
-};
+use crate::kernels::sparse::{gcn_filter, map_entries, sddmm, sddmm_vjp, GcnOperator, RawCsr};
 use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
     matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
@@ -100,9 +98,10 @@ impl DiffPoolVariant {
 /// Differentiable Pooling*, NeurIPS 2018; Spektral `DiffPool`, PyG
 /// `dense_diff_pool`), sparse and per graph.
 ///
-/// With the GCN filter $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$ (built
-/// sparse, [`crate::kernels::sparse::gcn_filter`], once per batch and kept
-/// with it: [`DisjointBatch::gcn_filter`]):
+/// With the GCN filter $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$ (never
+/// stored: each entry is formed from $A$ as a product reads it,
+/// [`GcnOperator`], with $\hat D^{-1/2}$ computed once per batch and kept
+/// with it, [`DisjointBatch::gcn_deg_inv_sqrt`]):
 /// $$Z = \sigma(\hat A X W_{\text{emb}}), \qquad S = \operatorname{softmax}(\hat A X W_{\text{pool}}),$$
 /// $$X'_g = S_g^\top Z_g, \qquad A'_g = S_g^\top A_g S_g,$$
 /// where $S$ is $N \times K$ and row $n$ holds node $n$'s weights over the
@@ -189,8 +188,8 @@ pub struct DiffPoolCache<T: Scalar> {
     stamp: LayerStamp,
 }
 
-/// What the backward pass of one batch (or run) reads: its filter (the
-/// batch's, shared), $S$ and the pre-activation $\hat A X W_{\text{emb}}$
+/// What the backward pass of one batch (or run) reads: its filter's
+/// $\hat D^{-1/2}$ (the batch's, shared), $S$ and the pre-activation $\hat A X W_{\text{emb}}$
 /// of $Z$, and the loss terms. The first backward pass with the cache
 /// takes $S$ and the pre-activation out of it and overwrites them with
 /// their gradients (so they are never held twice); a second backward pass
@@ -200,7 +199,7 @@ pub struct DiffPoolCache<T: Scalar> {
 /// F$ gathered rows) and $\hat A X [W_{\text{pool}} \; W_{\text{emb}}]$.
 #[derive(Debug, Clone)]
 struct ForwardState<T: Scalar> {
-    filter: Arc<GcnFilter<T>>,
+    deg_inv_sqrt: Arc<Array1<T>>,
     /// $S$ and $\hat A X W_{\text{emb}}$ (the pre-activation of $Z$), for
     /// the first backward pass to take.
     forward: TakeOnce<(Array2<T>, Array2<T>)>,
@@ -218,7 +217,7 @@ struct Forward<T: Scalar> {
     link: LinkTerms<T>,
     /// The pre-activation of $Z$, when a cache is asked for.
     z_pre: Option<Array2<T>>,
-    filter: Arc<GcnFilter<T>>,
+    deg_inv_sqrt: Arc<Array1<T>>,
 }
 
 /// Each loss's gradient per graph: the batch's loss gradient over $B$.
@@ -351,7 +350,7 @@ impl<T: Scalar> DiffPool<T> {
 
     /// Pools a batch of small graphs run by run: in runs of consecutive
     /// whole graphs of at most `nodes` nodes together, each run as a batch
-    /// of its own (with its slice of the batch's GCN filter), in parallel,
+    /// of its own (with its slice of the batch's $\hat D^{-1/2}$), in parallel,
     /// so that every step reads what the previous one wrote while it is
     /// still in cache. A batch with a graph larger than `nodes`, or that
     /// fits in one run, is pooled whole; `nodes = 0` pools every batch
@@ -433,10 +432,10 @@ impl<T: Scalar> DiffPool<T> {
 
     /// The GCN passes with the kernels `names`: $(\hat A X) W$ for each, the
     /// filtered features formed block by block and never held whole
-    /// ([`spmm_times`]: one pass over $\hat A$ and $X$ for all kernels).
+    /// ([`GcnOperator::spmm_times`]: one pass over $\hat A$ and $X$ for all kernels).
     fn gnn(
         &self,
-        filter: &GcnFilter<T>,
+        filter: GcnOperator<T>,
         x: ArrayView2<T>,
         names: &[&str],
     ) -> Result<Vec<Array2<T>>> {
@@ -444,14 +443,14 @@ impl<T: Scalar> DiffPool<T> {
             .iter()
             .map(|n| self.params.matrix(n))
             .collect::<Result<Vec<_>>>()?;
-        Ok(spmm_times(filter.matrix.view(), x, &ws))
+        Ok(filter.spmm_times(x, &ws))
     }
 
     /// $S = \operatorname{softmax}(\hat A X W_{\text{pool}})$ and
     /// $\hat A X W_{\text{emb}}$ (the pre-activation of $Z$), in one pass.
     fn assign_and_embed(
         &self,
-        filter: &GcnFilter<T>,
+        filter: GcnOperator<T>,
         x: ArrayView2<T>,
     ) -> Result<(Array2<T>, Array2<T>)> {
         let mut outs = self.gnn(filter, x, &[KERNEL_POOL, KERNEL_EMB])?;
@@ -468,10 +467,10 @@ impl<T: Scalar> DiffPool<T> {
     /// The nodes are taken in the pieces of [`segment_matmul_tn`]
     /// ([`Segments::chunks`] of [`CHUNK`] nodes, counted from each graph's
     /// first node), in parallel: a piece forms its rows of $\hat A X$
-    /// ([`spmm_rows`]), writes its rows of $S$, keeps its rows of $Z$ in a
+    /// ([`GcnOperator::spmm_rows`]), writes its rows of $S$, keeps its rows of $Z$ in a
     /// scratch and reduces $S_p^\top Z_p$ ([`rows::outer_sum`]); a graph's
     /// pieces are then added in order. Every row of $S$ and $Z$ has the bits
-    /// of [`spmm_times`] (a row's product does not depend on its block) and
+    /// of [`GcnOperator::spmm_times`] (a row's product does not depend on its block) and
     /// $X'$ those of [`segment_matmul_tn`] (same pieces, same order), so the
     /// result is the unfused one's, bit for bit, on any thread count. With
     /// `keep_z` each piece also writes its rows of the pre-activation
@@ -487,7 +486,7 @@ impl<T: Scalar> DiffPool<T> {
     /// If `out` does not have $BKC$ entries.
     fn assign_and_pool_into<'o>(
         &self,
-        filter: &GcnFilter<T>,
+        filter: GcnOperator<T>,
         (x, segs): (ArrayView2<T>, &Segments),
         (w_pool, w_emb): (ArrayView2<T>, ArrayView2<T>),
         keep_z: bool,
@@ -497,7 +496,6 @@ impl<T: Scalar> DiffPool<T> {
         let (n, f) = x.dim();
         let (k, c) = (w_pool.ncols(), w_emb.ncols());
         let b = segs.num_graphs();
-        let fm = filter.matrix.view();
         let act = self.activation;
         // rows `nodes`: their rows of S into `s_rows`, S_p^T Z_p into `part`
         let piece = |nodes: Range<usize>,
@@ -506,7 +504,7 @@ impl<T: Scalar> DiffPool<T> {
                      part: &mut [MaybeUninit<T>]| {
             let m = nodes.len();
             let mut fx = vec![T::zero(); m * f];
-            spmm_rows(fm, x, nodes, &mut fx);
+            filter.spmm_rows(x, nodes, &mut fx);
             rows::rows_times(&fx, f, &wp, k, None, false, s_rows);
             rows::softmax_rows_slice(s_rows, k);
             let mut z = vec![T::zero(); m * c];
@@ -584,8 +582,8 @@ impl<T: Scalar> DiffPool<T> {
     ) -> Result<(Pooled<T>, Option<DiffPoolCache<T>>)> {
         self.check_input(batch)?;
         let segs = batch.segments();
-        // the batch's filter, kept with it (a run takes its slice)
-        batch.gcn_filter();
+        // the batch's filter normalisation, kept with it (a run takes its slice)
+        batch.gcn_deg_inv_sqrt();
         let Outputs {
             x_out,
             blocks,
@@ -632,7 +630,7 @@ impl<T: Scalar> DiffPool<T> {
                 // copy in fresh memory, written in parallel
                 let s = self.return_selection.then(|| rows::fresh_copy(fw.s.view()));
                 let state = ForwardState {
-                    filter: fw.filter,
+                    deg_inv_sqrt: fw.deg_inv_sqrt,
                     forward: TakeOnce::new((fw.s, z_pre)),
                     link: fw.link,
                 };
@@ -677,7 +675,7 @@ impl<T: Scalar> DiffPool<T> {
                     &[ArrayView1::from(&fw.link.norms), fw.entropies.view()],
                 );
                 let state = fw.z_pre.map(|z_pre| ForwardState {
-                    filter: fw.filter,
+                    deg_inv_sqrt: fw.deg_inv_sqrt,
                     forward: TakeOnce::new((fw.s, z_pre)),
                     link: fw.link,
                 });
@@ -715,7 +713,8 @@ impl<T: Scalar> DiffPool<T> {
         x_rows: Option<XRows<'_, T>>,
     ) -> Result<Forward<T>> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
-        let filter = Arc::clone(batch.gcn_filter());
+        let deg_inv_sqrt = Arc::clone(batch.gcn_deg_inv_sqrt());
+        let filter = GcnOperator::new(&a, as_slice(&deg_inv_sqrt))?;
         let weights = (
             self.params.matrix(KERNEL_POOL)?,
             self.params.matrix(KERNEL_EMB)?,
@@ -724,7 +723,7 @@ impl<T: Scalar> DiffPool<T> {
         let bk_c = (segs.num_graphs() * self.k, weights.1.ncols());
         let x_out = XOut::write(x_rows, bk_c, |out| {
             let (s, x_out, z_pre) =
-                self.assign_and_pool_into(&filter, (x, segs), weights, keep, out);
+                self.assign_and_pool_into(filter, (x, segs), weights, keep, out);
             assigned = Some((s, z_pre));
             x_out
         });
@@ -750,7 +749,7 @@ impl<T: Scalar> DiffPool<T> {
             entropies,
             link,
             z_pre,
-            filter,
+            deg_inv_sqrt,
         })
     }
 
@@ -767,6 +766,7 @@ impl<T: Scalar> DiffPool<T> {
         loss_grads: LossGrads<T>,
     ) -> Result<Gradients<T>> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
+        let filter = GcnOperator::new(&a, as_slice(&state.deg_inv_sqrt))?;
 
         // S and Z are not cached: formed again (the forward pass's bits).
         // X' = S_g^T Z_g: Z is used for S's gradient and the activation's,
@@ -775,7 +775,7 @@ impl<T: Scalar> DiffPool<T> {
         // that the two never coexist
         let (s, z_pre) = match state.forward.take() {
             Some(values) => values,
-            None => self.assign_and_embed(&state.filter, x)?,
+            None => self.assign_and_embed(filter, x)?,
         };
         let assignment = DenseAssignment { s };
         let s = assignment.s.view();
@@ -859,7 +859,6 @@ impl<T: Scalar> DiffPool<T> {
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
         let f = x.ncols();
-        let fm = state.filter.matrix.view();
         // E W_emb^T + P W_pool^T for a piece of rows, into `out`
         let back_project = |e: ArrayView2<T>, p: ArrayView2<T>, mut out: ArrayViewMut2<T>| {
             out.fill(T::zero());
@@ -876,18 +875,21 @@ impl<T: Scalar> DiffPool<T> {
                 },
                 |(), ()| (),
             );
-            let g_fvals = sddmm(fm, h.view(), x).to_vec();
-            *ga += &state.filter.vjp(a, &g_fvals);
+            // the filter stored for its values' VJP alone (only with
+            // edge-weight gradients): its entries are the operator's
+            let stored = gcn_filter(a);
+            let g_fvals = sddmm(stored.matrix.view(), h.view(), x).to_vec();
+            *ga += &stored.vjp(a, &g_fvals);
         }
         // a filter of symmetric graphs is symmetric bit for bit (see
         // kernels::sparse::gcn_filter): F^T G is then F G, the same bits,
         // as a gather (both products in one pass over F)
         let (u_e, u_p) = if all_symmetric {
-            let mut u = spmm_many(fm, &[g_zpre.view(), g_logits.view()]);
+            let mut u = filter.spmm_many(&[g_zpre.view(), g_logits.view()]);
             let u_p = u.pop().expect("two products");
             (u.pop().expect("two products"), u_p)
         } else {
-            (spmm_t(fm, g_zpre.view()), spmm_t(fm, g_logits.view()))
+            (filter.spmm_t(g_zpre.view()), filter.spmm_t(g_logits.view()))
         };
         drop(g_zpre);
         drop(g_logits);
@@ -1201,7 +1203,8 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     /// $S = \operatorname{softmax}(\hat A X W_{\text{pool}})$.
     fn select(&self, batch: &DisjointBatch<T>) -> Result<(Selection<T>, Option<Array1<T>>)> {
         self.check_input(batch)?;
-        let filter = batch.gcn_filter();
+        let a = batch.a().view();
+        let filter = GcnOperator::new(&a, as_slice(batch.gcn_deg_inv_sqrt()))?;
         let mut s = self
             .gnn(filter, batch.x().view(), &[KERNEL_POOL])?
             .pop()
@@ -1214,10 +1217,10 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     /// DiffPool only makes dense assignments: any other selection, or a batch
     /// that [`SrcPool::select`] rejects, gives 0 rows.
     fn reduce(&self, batch: &DisjointBatch<T>, selection: &Selection<T>) -> Array2<T> {
-        let filter = batch.gcn_filter();
+        let a = batch.a().view();
         let z = match self.check_input(batch) {
-            Ok(()) => self
-                .gnn(filter, batch.x().view(), &[KERNEL_EMB])
+            Ok(()) => GcnOperator::new(&a, as_slice(batch.gcn_deg_inv_sqrt()))
+                .and_then(|filter| self.gnn(filter, batch.x().view(), &[KERNEL_EMB]))
                 .ok()
                 .and_then(|mut z| z.pop()),
             // `select` rejects such a batch
@@ -1250,4 +1253,11 @@ impl<T: Scalar> SrcPool<T> for DiffPool<T> {
     fn pool(&self, batch: &DisjointBatch<T>) -> Result<Pooled<T>> {
         Ok(self.forward(batch)?.0)
     }
+}
+
+/// The values of a batch's $\hat D^{-1/2}$ ([`DisjointBatch::gcn_deg_inv_sqrt`]).
+fn as_slice<T: Scalar>(deg_inv_sqrt: &Array1<T>) -> &[T] {
+    deg_inv_sqrt
+        .as_slice()
+        .expect("the batch computes it in standard layout")
 }
