@@ -1265,10 +1265,10 @@ pub fn gcn_filter<T: Scalar>(a: CsMatView<T>) -> GcnFilter<T> {
             let mut p = 0;
             for (r, d) in rows.zip(dis.iter_mut()) {
                 let start = p;
-                for (_, c, b) in with_loop_row(raw, r) {
+                for_each_with_loop(raw, r, |_, c, b| {
                     (oi[p], ov[p]) = (c, b);
                     p += 1;
-                }
+                });
                 let deg: T = ov[start..p].iter().copied().sum();
                 *d = if deg > T::zero() {
                     T::one() / deg.sqrt()
@@ -1462,59 +1462,40 @@ impl<T: Scalar> GcnFilter<T> {
     }
 }
 
-/// The entries of row `r` of $A + I$ in column order, from row `r` of $A$:
-/// `(Some(e), c, b)` for $A$'s entry `e` (position in `a.data()`, with $+1$
-/// on the diagonal), `(None, r, 1)` for an added diagonal entry. The same
-/// sequence as the rows of [`GcnFilter::matrix`].
-fn with_loop_row<'a, T: Scalar>(
-    a: RawCsr<'a, T>,
-    r: usize,
-) -> impl Iterator<Item = (Option<usize>, usize, T)> + 'a {
-    let ((cols, vals), lo) = (a.row(r), a.range(r).start);
-    let (slot, merged) = diagonal_slot(cols, r);
-    let entry = move |k: usize| (Some(lo + k), cols[k], vals[k]);
-    let diag = if merged {
-        (Some(lo + slot), r, vals[slot] + T::one())
+/// The value of $A + I$ at row `r`'s diagonal, given [`diagonal_slot`]'s
+/// `(slot, merged)` for the row's values `vals`: $a_{rr} + 1$, or 1 where
+/// $A$ stores none.
+#[inline(always)]
+fn loop_value<T: Scalar>(vals: &[T], (slot, merged): (usize, bool)) -> T {
+    if merged {
+        vals[slot] + T::one()
     } else {
-        (None, r, T::one())
-    };
-    (0..slot)
-        .map(entry)
-        .chain(std::iter::once(diag))
-        .chain((slot + usize::from(merged)..cols.len()).map(entry))
+        T::one()
+    }
 }
 
-/// Folds row `r` of $A + I$ in column order (the order of
-/// [`with_loop_row`]) with `f(acc, column, value)`, on plain slices: the
-/// entries before the diagonal, the diagonal ($a_{rr} + 1$, or 1 where $A$
-/// stores none), the entries after it.
+/// Calls `f(e, c, b)` for every entry $(r, c)$ of row `r` of $A + I$ in
+/// column order, on plain slices: the entries of $A$ before the diagonal,
+/// the diagonal ([`loop_value`]), the entries after it; `b` the value of
+/// $A + I$ and `e` the position in $A$'s entries of the entry it comes
+/// from (for a diagonal $A$ does not store, of the entry it is inserted
+/// before). The sequence of the rows of [`GcnFilter::matrix`], and the one
+/// walk of a row of $A + I$ that the filter, its degrees, SAGPool's score
+/// and [`GcnOperator`] share.
 #[inline(always)]
-fn fold_with_loop<T: Scalar, A>(
-    a: RawCsr<'_, T>,
-    r: usize,
-    init: A,
-    mut f: impl FnMut(A, usize, T) -> A,
-) -> A {
+fn for_each_with_loop<T: Scalar>(a: RawCsr<'_, T>, r: usize, mut f: impl FnMut(usize, usize, T)) {
+    let e0 = a.range(r).start;
     let (cols, vals) = a.row(r);
-    let (slot, merged) = diagonal_slot(cols, r);
-    let mut acc = init;
-    for (&c, &b) in cols[..slot].iter().zip(&vals[..slot]) {
-        acc = f(acc, c, b);
+    let diagonal = diagonal_slot(cols, r);
+    let (slot, merged) = diagonal;
+    for (k, (&c, &b)) in cols[..slot].iter().zip(&vals[..slot]).enumerate() {
+        f(e0 + k, c, b);
     }
-    acc = f(
-        acc,
-        r,
-        if merged {
-            vals[slot] + T::one()
-        } else {
-            T::one()
-        },
-    );
+    f(e0 + slot, r, loop_value(vals, diagonal));
     let rest = slot + usize::from(merged);
-    for (&c, &b) in cols[rest..].iter().zip(&vals[rest..]) {
-        acc = f(acc, c, b);
+    for (k, (&c, &b)) in cols[rest..].iter().zip(&vals[rest..]).enumerate() {
+        f(e0 + rest + k, c, b);
     }
-    acc
 }
 
 /// The GCN filter $\hat A = \hat D^{-1/2}(A + I)\hat D^{-1/2}$ of a square
@@ -1629,8 +1610,9 @@ impl<'a, T: Scalar> GcnOperator<'a, T> {
 }
 
 impl<T: Scalar> GcnOperator<'_, T> {
-    /// The value of stored entry `e` = $(r, c)$ of $A$ off the diagonal,
-    /// from its value `b` and $u_r$ = `ur`; asks for the $u_c$ that
+    /// The filter's value at entry $(r, c)$ of $A + I$ (from entry `e` of
+    /// $A$, [`for_each_with_loop`]), from its value `b` and $u_r$ = `ur`:
+    /// $b\,(u_r u_c)$, the diagonal's included; asks for the $u_c$ that
     /// [`rows::PREFETCH_AHEAD`] entries on will read (a gather at random
     /// nodes, like the rows of $X$ the product asks for).
     #[inline(always)]
@@ -1648,23 +1630,8 @@ impl<T: Scalar> RowEntries<T> for GcnOperator<'_, T> {
 
     #[inline(always)]
     fn for_each_in_row(&self, r: usize, mut f: impl FnMut(usize, usize, T)) {
-        let e0 = self.raw.range(r).start;
-        let (cols, vals) = self.raw.row(r);
-        let (slot, merged) = diagonal_slot(cols, r);
         let ur = self.u[r];
-        for (k, (&c, &b)) in cols[..slot].iter().zip(&vals[..slot]).enumerate() {
-            f(e0 + k, c, self.value(e0 + k, c, b, ur));
-        }
-        let b = if merged {
-            vals[slot] + T::one()
-        } else {
-            T::one()
-        };
-        f(e0 + slot, r, b * (ur * ur));
-        let rest = slot + usize::from(merged);
-        for (k, (&c, &b)) in cols[rest..].iter().zip(&vals[rest..]).enumerate() {
-            f(e0 + rest + k, c, self.value(e0 + rest + k, c, b, ur));
-        }
+        for_each_with_loop(self.raw, r, |e, c, b| f(e, c, self.value(e, c, b, ur)));
     }
 
     #[inline(always)]
@@ -1691,13 +1658,9 @@ impl<T: Scalar> RowEntries<T> for GcnOperator<'_, T> {
                 }
             }
             if diagonal {
-                let (slot, merged) = diagonal_slot(cols, r);
-                let b = if merged {
-                    vals[slot] + T::one()
-                } else {
-                    T::one()
-                };
-                f(r, r, e0 + slot, b * (ur * ur));
+                let slot = diagonal_slot(cols, r);
+                let e = e0 + slot.0;
+                f(r, r, e, self.value(e, r, loop_value(vals, slot), ur));
             }
         }
     }
@@ -1744,7 +1707,8 @@ pub fn gcn_spmv<T: Scalar>(a: CsMatView<T>, v: ArrayView1<T>) -> GcnSpmv<T> {
 pub fn gcn_deg_inv_sqrt<T: Scalar>(a: CsMatView<T>) -> Array1<T> {
     let raw = RawCsr::new(&a);
     Array1::from(map_rows(a.rows(), |r| {
-        let d = fold_with_loop(raw, r, T::zero(), |d, _, b| d + b);
+        let mut d = T::zero();
+        for_each_with_loop(raw, r, |_, _, b| d += b);
         if d > T::zero() {
             T::one() / d.sqrt()
         } else {
@@ -1785,7 +1749,9 @@ pub fn gcn_spmv_with<T: Scalar>(a: CsMatView<T>, u: ArrayView1<T>, v: ArrayView1
 /// $p_c = u_c v_c$ given by `p`.
 #[inline(always)]
 fn gcn_row<T: Scalar>(raw: RawCsr<'_, T>, u: &[T], r: usize, p: impl Fn(usize) -> T) -> T {
-    u[r] * fold_with_loop(raw, r, T::zero(), |acc, c, b| acc + b * p(c))
+    let mut acc = T::zero();
+    for_each_with_loop(raw, r, |_, c, b| acc += b * p(c));
+    u[r] * acc
 }
 
 /// SAGPool's scores on one run of whole graphs (`nodes`, every entry of
