@@ -460,13 +460,14 @@ fn forward_and_backward_are_identical_on_any_thread_count_beyond_one_chunk() {
     }
 }
 
-/// DiffPool's cache hands the forward pass's S and Z pre-activation to the
-/// first backward pass (which overwrites them); a second backward pass with
-/// the same cache, or with a clone of it, forms them again: all give the
-/// same bits, on a graph cut into several pieces and with every activation
-/// kind (derivative from the output, over Z in place, or from its input).
+/// DiffPool's cache hands the forward pass's S, Z pre-activation and A S to
+/// the first backward pass (which overwrites the first two); a second
+/// backward pass with the same cache, or with a clone of it, forms them
+/// again: all give the same bits, on a graph cut into several pieces and
+/// with every activation kind (derivative from the output, over Z in place,
+/// or from its input).
 #[test]
-fn backward_passes_with_one_cache_are_identical_whether_they_take_or_form_s_and_z() {
+fn backward_passes_with_one_cache_are_identical_whether_they_take_or_form_s_z_and_a_s() {
     let b = batch_beyond_one_chunk();
     for (act, c) in [
         (Activation::Tanh, None),

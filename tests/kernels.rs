@@ -1121,6 +1121,81 @@ fn products_added_by_pieces_of_rows_have_the_bits_of_the_whole_products() {
     }
 }
 
+/// `segment_matmul_nn_combine` gives, entry by entry, `combine(old, q)`
+/// with $q$ the bits of `segment_matmul_nn`'s entry: adding $q$ once (the
+/// connect step's VJP) and $q + q$ (the link loss's Gram term), over graphs
+/// that cross the chunks' edges, empty graphs and one graph longer than a
+/// chunk, at every width of the small products, on 1, 2 and 3 threads.
+#[test]
+fn products_combined_into_an_array_have_the_bits_of_the_whole_products_added() {
+    use graphpool::kernels::segment::{segment_matmul_nn, segment_matmul_nn_combine};
+    let segs = graphs_across_chunks();
+    let (n, b) = (segs.num_nodes(), segs.num_graphs());
+    let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (f, k) in [
+        (16, 16),
+        (64, 16),
+        (3, 16),
+        (16, 3),
+        (100, 5),
+        (1, 1),
+        (0, 4),
+        (5, 0),
+    ] {
+        let (s, o, old) = (
+            rough_matrix(n, k, 1),
+            rough_matrix(b * k, f, 2),
+            rough_matrix(n, f, 3),
+        );
+        let whole = segment_matmul_nn(s.view(), o.view(), &segs);
+        let once = &old + &whole;
+        let twice = ndarray::Zip::from(&old)
+            .and(&whole)
+            .map_collect(|&o, &q| o + (q + q));
+        for threads in [1, 2, 3] {
+            let (got_once, got_twice) = with_threads(threads, || {
+                let (mut a, mut b) = (old.clone(), old.clone());
+                segment_matmul_nn_combine(s.view(), o.view(), &segs, &mut a, |o, q| *o += q);
+                segment_matmul_nn_combine(s.view(), o.view(), &segs, &mut b, |o, q| *o += q + q);
+                (a, b)
+            });
+            let what = format!("F {f} K {k}, {threads} threads");
+            assert_eq!(bits(&got_once), bits(&once), "old + q, {what}");
+            assert_eq!(bits(&got_twice), bits(&twice), "old + (q + q), {what}");
+        }
+    }
+}
+
+/// `softmax_rows_vjp_in_place` writes over the gradient the bits that
+/// `softmax_rows_vjp` returns, for rows of every width (0 included), and on
+/// 1 and 3 threads (a matrix of several row blocks).
+#[test]
+fn softmax_vjp_in_place_has_the_bits_of_the_softmax_vjp() {
+    use graphpool::nn::{softmax_rows, softmax_rows_vjp, softmax_rows_vjp_in_place};
+    let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (n, k) in [
+        (0, 4),
+        (5, 0),
+        (1, 1),
+        (3, 16),
+        (20_000, 16),
+        (7_001, 5),
+        (300, 64),
+    ] {
+        let s = softmax_rows(rough_matrix(n, k, 7).view());
+        let g = rough_matrix(n, k, 8);
+        let want = softmax_rows_vjp(s.view(), g.view());
+        for threads in [1, 3] {
+            let got = with_threads(threads, || {
+                let mut got = g.clone();
+                softmax_rows_vjp_in_place(s.view(), &mut got);
+                got
+            });
+            assert_eq!(bits(&got), bits(&want), "N {n} K {k}, {threads} threads");
+        }
+    }
+}
+
 /// `nn::dense_backward_streamed_into` with the other term $R = S O$ added
 /// chunk by chunk (`segment_matmul_nn_add_rows`, as the clustering pools'
 /// backward pass forms $\bar X$) gives the bits of $R$ formed whole

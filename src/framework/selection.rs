@@ -6,7 +6,9 @@ use sprs::{CsMat, CsMatView};
 
 use crate::batch::Segments;
 use crate::kernels::for_each_node_row;
-use crate::kernels::segment::{segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp};
+use crate::kernels::segment::{
+    segment_matmul_nn, segment_matmul_nn_combine, segment_matmul_tn, segment_matmul_tn_vjp,
+};
 use crate::kernels::sparse::{
     block_diag, block_diag_owned, induced_subgraph, scatter_values, spgemm, spgemm_t_vjp_b,
     spgemm_vjp_a, spgemm_vjp_b, spmm, spmm_vjp_values, spmm_vjp_x, symmetric_graphs, transpose,
@@ -253,20 +255,8 @@ impl<T: Scalar> DenseAssignment<T> {
         grad_blocks: ArrayView2<T>,
         edge_weights: bool,
     ) -> (Array2<T>, Option<Array1<T>>) {
-        let k = self.k();
         debug_assert_eq!(symmetric.len(), segments.num_graphs());
-        // (A S)_g times the block O_g^T, plus O_g for a symmetric graph
-        // every entry is assigned below
-        let mut both = crate::kernels::rows::fresh_matrix(grad_blocks.nrows(), k);
-        for (g, &sym) in symmetric.iter().enumerate() {
-            let rows = g * k..(g + 1) * k;
-            let og = grad_blocks.slice(s![rows.clone(), ..]);
-            let mut block = both.slice_mut(s![rows, ..]);
-            block.assign(&og.t());
-            if sym {
-                block += &og;
-            }
-        }
+        let both = Self::connect_factor(symmetric, grad_blocks);
         let mut gs = segment_matmul_nn(cache.a_s.view(), both.view(), segments);
         let general = symmetric.iter().any(|&sym| !sym);
         if !(general || edge_weights) {
@@ -291,6 +281,63 @@ impl<T: Scalar> DenseAssignment<T> {
             }
         }
         (gs, ga)
+    }
+
+    /// [`DenseAssignment::connect_blocks_vjp_opt`] with $\bar S$ added
+    /// into `gs` (the shape of $S$, standard layout) instead of returned:
+    /// `gs + term` row by row, the bits of adding the returned term. When
+    /// every graph is symmetric, $(A S)_g (\bar O_g^\top + \bar O_g)$ is
+    /// formed a piece of rows at a time and added
+    /// ([`segment_matmul_nn_combine`]): no $N \times K$ array of its own.
+    /// Returns $\bar a$ if `edge_weights`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn connect_blocks_vjp_add(
+        &self,
+        a: CsMatView<T>,
+        segments: &Segments,
+        symmetric: &[bool],
+        cache: &DenseConnectCache<T>,
+        grad_blocks: ArrayView2<T>,
+        edge_weights: bool,
+        gs: &mut Array2<T>,
+    ) -> Option<Array1<T>> {
+        debug_assert_eq!(symmetric.len(), segments.num_graphs());
+        if symmetric.iter().any(|&sym| !sym) {
+            let (term, ga) = self.connect_blocks_vjp_opt(
+                a,
+                segments,
+                symmetric,
+                cache,
+                grad_blocks,
+                edge_weights,
+            );
+            crate::kernels::rows::add_into(gs, &term);
+            return ga;
+        }
+        let both = Self::connect_factor(symmetric, grad_blocks);
+        segment_matmul_nn_combine(cache.a_s.view(), both.view(), segments, gs, |o, q| *o += q);
+        edge_weights.then(|| {
+            let g_as = segment_matmul_nn(self.s.view(), grad_blocks, segments);
+            spmm_vjp_values(a, self.s.view(), g_as.view())
+        })
+    }
+
+    /// The stacked $K \times K$ blocks $\bar O_g^\top$, plus $\bar O_g$
+    /// for a symmetric graph: what $(A S)_g$ multiplies in $\bar S$.
+    fn connect_factor(symmetric: &[bool], grad_blocks: ArrayView2<T>) -> Array2<T> {
+        let k = grad_blocks.ncols();
+        // every entry is assigned below
+        let mut both = crate::kernels::rows::fresh_matrix(grad_blocks.nrows(), k);
+        for (g, &sym) in symmetric.iter().enumerate() {
+            let rows = g * k..(g + 1) * k;
+            let og = grad_blocks.slice(s![rows.clone(), ..]);
+            let mut block = both.slice_mut(s![rows, ..]);
+            block.assign(&og.t());
+            if sym {
+                block += &og;
+            }
+        }
+        both
     }
 
     /// The block-diagonal CSR matrix of stacked $K \times K$ blocks.
@@ -437,5 +484,100 @@ fn with_values<'a, T: Scalar>(m: &'a CsMat<T>, values: &'a [T]) -> CsMatView<'a,
             m.indices(),
             values,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block-diagonal $A$ over `sizes`, each graph a ring with chords,
+    /// symmetric where `symmetric[g]` (mirrored weights) and directed
+    /// elsewhere, and a dense $S$ with rows that are not normalised.
+    fn graphs(
+        sizes: &[usize],
+        symmetric: &[bool],
+        k: usize,
+    ) -> (CsMat<f64>, Segments, Array2<f64>) {
+        let segs = Segments::from_sizes(sizes);
+        let n = segs.num_nodes();
+        let mut t = sprs::TriMat::new((n, n));
+        for (g, r) in segs.ranges().enumerate() {
+            let len = r.len();
+            for i in r.clone() {
+                for step in [1, 3] {
+                    if len > step {
+                        let j = r.start + (i - r.start + step) % len;
+                        let w = 0.25 + ((i * 7 + step) % 5) as f64 / 4.0;
+                        t.add_triplet(i, j, w);
+                        if symmetric[g] {
+                            t.add_triplet(j, i, w);
+                        }
+                    }
+                }
+            }
+        }
+        let s = Array2::from_shape_fn((n, k), |(i, j)| ((i * 5 + j * 3) % 11) as f64 / 7.0 - 0.6);
+        (t.to_csr(), segs, s)
+    }
+
+    /// `connect_blocks_vjp_add` leaves in the gradient it is given the bits
+    /// of `gs + term`, `term` the $\bar S$ that `connect_blocks_vjp_opt`
+    /// returns, and returns its $\bar a$: for batches of symmetric graphs
+    /// only (the term added a piece of rows at a time), of directed graphs
+    /// only and of both, with and without edge-weight gradients, with empty
+    /// and single-node graphs, and for $K = 0$.
+    #[test]
+    fn connect_vjp_added_into_a_gradient_has_the_bits_of_the_returned_term_added() {
+        let sizes = [5, 0, 1, 7, 3, 12];
+        for symmetric in [
+            [true; 6],
+            [false; 6],
+            [true, false, true, true, false, true],
+        ] {
+            for k in [3, 1, 0] {
+                let (a, segs, s) = graphs(&sizes, &symmetric, k);
+                let sel = DenseAssignment { s };
+                let (_, cache) = sel.connect_blocks(a.view(), &segs);
+                let b = segs.num_graphs();
+                let grad =
+                    Array2::from_shape_fn((b * k, k), |(i, j)| (i as f64 - 2.0 * j as f64) / 3.0);
+                let sym = symmetric_graphs(a.view(), &segs);
+                // an empty or single-node graph is symmetric either way
+                let expected: Vec<bool> = symmetric
+                    .iter()
+                    .zip(sizes)
+                    .map(|(&y, n)| y || n <= 1)
+                    .collect();
+                assert_eq!(sym, expected);
+                for edge_weights in [false, true] {
+                    let old =
+                        Array2::from_shape_fn(sel.s.dim(), |(i, j)| (i * j) as f64 / 9.0 - 1.0);
+                    let (term, ga) = sel.connect_blocks_vjp_opt(
+                        a.view(),
+                        &segs,
+                        &sym,
+                        &cache,
+                        grad.view(),
+                        edge_weights,
+                    );
+                    let mut got = old.clone();
+                    let got_ga = sel.connect_blocks_vjp_add(
+                        a.view(),
+                        &segs,
+                        &sym,
+                        &cache,
+                        grad.view(),
+                        edge_weights,
+                        &mut got,
+                    );
+                    let want = &old + &term;
+                    let bits = |m: &Array2<f64>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    let what = format!("{symmetric:?} K {k} edge weights {edge_weights}");
+                    assert_eq!(bits(&got), bits(&want), "S-bar, {what}");
+                    assert_eq!(got_ga, ga, "a-bar, {what}");
+                }
+            }
+        }
     }
 }

@@ -695,6 +695,60 @@ fn segment_matmul_nn_into<T: Scalar>(
     });
 }
 
+/// [`segment_matmul_nn`] combined into `out` ($N \times F$, the shape of
+/// the product) entry by entry: `combine(o, q)` with $q$ each entry of
+/// $s_n O_{g(n)}$, formed first (the bits of [`segment_matmul_nn`]'s row)
+/// in a scratch piece per task, never as an $N \times F$ array. For a
+/// backward pass that adds a term $S O$ (or $2\,S O$) into a gradient it
+/// already holds.
+///
+/// ```
+/// use graphpool::batch::Segments;
+/// use graphpool::kernels::segment::{segment_matmul_nn, segment_matmul_nn_combine};
+/// use ndarray::array;
+/// let segs = Segments::from_sizes(&[2, 1]);
+/// let s = array![[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]];
+/// let o = array![[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]];
+/// let mut out = array![[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]];
+/// segment_matmul_nn_combine(s.view(), o.view(), &segs, &mut out, |o, q| *o += q + q);
+/// let whole = segment_matmul_nn(s.view(), o.view(), &segs);
+/// assert_eq!(out, whole.mapv(|q| 1.0 + (q + q)));
+/// assert_eq!(out.row(1).to_vec(), vec![5.0, 7.0]);
+/// ```
+pub fn segment_matmul_nn_combine<T, C>(
+    s: ArrayView2<T>,
+    o: ArrayView2<T>,
+    segments: &Segments,
+    out: &mut Array2<T>,
+    combine: C,
+) where
+    T: Scalar,
+    C: Fn(&mut T, T) + Sync,
+{
+    debug_assert_eq!(out.dim(), (s.nrows(), o.ncols()));
+    let (k, f) = (s.ncols(), o.ncols());
+    if f == 0 {
+        return;
+    }
+    let (ss, os) = (rows::row_major(&s), rows::row_major(&o));
+    if !out.is_standard_layout() {
+        *out = out.as_standard_layout().into_owned();
+    }
+    for_each_segment_block_with_scratch(
+        out.view_mut(),
+        segments,
+        |scratch, g, nodes, mut block| {
+            let ob = block.as_slice_mut().expect("row blocks are contiguous");
+            // every entry written by the product
+            let q = super::scratch_slice(scratch, ob.len());
+            nn_piece(&ss, k, &os, f, g, nodes, false, q);
+            ob.iter_mut()
+                .zip(q.iter())
+                .for_each(|(o, &q)| combine(o, q));
+        },
+    );
+}
+
 /// The rows `rows` of [`segment_matmul_nn`] added into `out` (those rows,
 /// row-major, $F$ = `f` columns): to row $n$ its product $s_n O_{g(n)}$,
 /// formed first and added once to the row's old value

@@ -15,18 +15,19 @@ use crate::error::{PoolError, Result};
 use crate::framework::layer::{check_pooled_grad, InputSignature, LayerStamp};
 use crate::framework::runs::{graph_runs, DenseRunOutputs, Saved, XOut, XRows, RUN_NODES};
 use crate::framework::{
-    DenseAssignment, Gradients, Layer, Losses, Pooled, PooledGrad, Selection, SrcPool,
+    DenseAssignment, DenseConnectCache, Gradients, Layer, Losses, Pooled, PooledGrad, Selection,
+    SrcPool,
 };
 use crate::kernels::rows::{add_row, dot, row_major};
 use crate::kernels::segment::{
-    segment_matmul_nn, segment_matmul_tn, segment_matmul_tn_vjp, segment_matmul_tn_vjp_in_place,
-    segment_mean, segment_sum,
+    segment_matmul_nn_combine, segment_matmul_tn, segment_matmul_tn_vjp,
+    segment_matmul_tn_vjp_in_place, segment_mean, segment_sum,
 };
 use crate::kernels::sparse::{gcn_filter, map_entries, sddmm, sddmm_vjp, GcnOperator, RawCsr};
 use crate::kernels::{for_each_node_row, map_nodes, reduce_chunked_rows, rows, CHUNK};
 use crate::nn::{
-    matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, transpose_times,
-    Activation, Initializer, Params,
+    matmul_acc_piece, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp_in_place,
+    transpose_times, Activation, Initializer, Params,
 };
 use crate::scalar::Scalar;
 
@@ -189,22 +190,28 @@ pub struct DiffPoolCache<T: Scalar> {
 }
 
 /// What the backward pass of one batch (or run) reads: its filter's
-/// $\hat D^{-1/2}$ (the batch's, shared), $S$ and the pre-activation $\hat A X W_{\text{emb}}$
-/// of $Z$, and the loss terms. The first backward pass with the cache
-/// takes $S$ and the pre-activation out of it and overwrites them with
-/// their gradients (so they are never held twice); a second backward pass
-/// with the same cache forms them again from $\hat A$ and $X$ (one more
-/// pass, the same bits). Keeping them costs $N(K + C)$ values between the
-/// passes and saves the backward pass a product with $\hat A$ ($N \times
-/// F$ gathered rows) and $\hat A X [W_{\text{pool}} \; W_{\text{emb}}]$.
+/// $\hat D^{-1/2}$ (the batch's, shared), $S$, the pre-activation $\hat A X W_{\text{emb}}$
+/// of $Z$, $A S$, and the loss terms. The first backward pass with the
+/// cache takes $S$, the pre-activation and $A S$ out of it and overwrites
+/// the first two with their gradients (so they are never held twice); a
+/// second backward pass with the same cache forms them again from $\hat A$,
+/// $A$ and $X$ (more passes, the same bits). Keeping them costs $N(2K + C)$
+/// values between the passes and saves the backward pass a product with
+/// $\hat A$ ($N \times F$ gathered rows), $\hat A X [W_{\text{pool}} \;
+/// W_{\text{emb}}]$ and the product $A S$ ($N \times K$ gathered rows)
+/// that the connect step's VJP and the link loss's read.
 #[derive(Debug, Clone)]
 struct ForwardState<T: Scalar> {
     deg_inv_sqrt: Arc<Array1<T>>,
-    /// $S$ and $\hat A X W_{\text{emb}}$ (the pre-activation of $Z$), for
-    /// the first backward pass to take.
-    forward: TakeOnce<(Array2<T>, Array2<T>)>,
+    /// $S$, $\hat A X W_{\text{emb}}$ (the pre-activation of $Z$) and
+    /// $A S$, for the first backward pass to take.
+    forward: TakeOnce<Kept<T>>,
     link: LinkTerms<T>,
 }
+
+/// What a forward pass keeps for the first backward pass: $S$, the
+/// pre-activation of $Z$, and $A S$.
+type Kept<T> = (Array2<T>, Array2<T>, Array2<T>);
 
 /// One batch's (or run's) forward pass, before its outputs are assembled.
 struct Forward<T: Scalar> {
@@ -215,8 +222,8 @@ struct Forward<T: Scalar> {
     blocks: Array2<T>,
     entropies: Array1<T>,
     link: LinkTerms<T>,
-    /// The pre-activation of $Z$, when a cache is asked for.
-    z_pre: Option<Array2<T>>,
+    /// The pre-activation of $Z$ and $A S$, when a cache is asked for.
+    z_pre: Option<(Array2<T>, Array2<T>)>,
     deg_inv_sqrt: Arc<Array1<T>>,
 }
 
@@ -631,7 +638,7 @@ impl<T: Scalar> DiffPool<T> {
                 let s = self.return_selection.then(|| rows::fresh_copy(fw.s.view()));
                 let state = ForwardState {
                     deg_inv_sqrt: fw.deg_inv_sqrt,
-                    forward: TakeOnce::new((fw.s, z_pre)),
+                    forward: TakeOnce::new((fw.s, z_pre.0, z_pre.1)),
                     link: fw.link,
                 };
                 (s, Some(Saved::Whole(Box::new(state))))
@@ -676,7 +683,7 @@ impl<T: Scalar> DiffPool<T> {
                 );
                 let state = fw.z_pre.map(|z_pre| ForwardState {
                     deg_inv_sqrt: fw.deg_inv_sqrt,
-                    forward: TakeOnce::new((fw.s, z_pre)),
+                    forward: TakeOnce::new((fw.s, z_pre.0, z_pre.1)),
                     link: fw.link,
                 });
                 Ok::<_, PoolError>((filled, state))
@@ -729,8 +736,8 @@ impl<T: Scalar> DiffPool<T> {
         });
         let (s, z_pre) = assigned.expect("S formed with X'");
         let assignment = DenseAssignment { s };
-        // A S, for the connect step and the link loss, is formed again by
-        // the backward pass
+        // A S, for the connect step and the link loss, kept for the
+        // backward pass with the cache
         let (blocks, connect) = assignment.connect_blocks(a, segs);
         let s = assignment.s;
         let link = link_terms(
@@ -740,7 +747,7 @@ impl<T: Scalar> DiffPool<T> {
             segs,
             batch.edge_weight_grad(),
         );
-        drop(connect);
+        let z_pre = z_pre.map(|z| (z, connect.a_s));
         let entropies = entropy_per_graph(s.view(), segs, self.variant.entropy_eps());
         Ok(Forward {
             s,
@@ -773,11 +780,19 @@ impl<T: Scalar> DiffPool<T> {
         // and (for an activation whose derivative is a function of its
         // output) overwritten by the gradient of its pre-activation, so
         // that the two never coexist
-        let (s, z_pre) = match state.forward.take() {
-            Some(values) => values,
-            None => self.assign_and_embed(filter, x)?,
+        let (s, z_pre, a_s) = match state.forward.take() {
+            Some((s, z_pre, a_s)) => (s, z_pre, Some(a_s)),
+            None => {
+                let (s, z_pre) = self.assign_and_embed(filter, x)?;
+                (s, z_pre, None)
+            }
         };
         let assignment = DenseAssignment { s };
+        // A S as the forward pass kept it, or formed again (the same bits)
+        let connect = match a_s {
+            Some(a_s) => DenseConnectCache { a_s },
+            None => assignment.connect_cache(a),
+        };
         let s = assignment.s.view();
         let act = self.activation;
         let (mut gs, g_zpre) = if act.derivative_from_output_only() {
@@ -796,13 +811,10 @@ impl<T: Scalar> DiffPool<T> {
         // A' = S_g^T A_g S_g
         // the cache matches the batch's edge-weight setting (signature checked)
         let edge_grad = batch.edge_weight_grad();
-        let connect = assignment.connect_cache(a);
         let symmetric = batch.symmetric_graphs();
         let all_symmetric = symmetric.iter().all(|&y| y);
-        let (gs_connect, mut ga) =
-            assignment.connect_blocks_vjp_opt(a, segs, symmetric, &connect, g_blocks, edge_grad);
-        rows::add_into(&mut gs, &gs_connect);
-        drop(gs_connect);
+        let mut ga = assignment
+            .connect_blocks_vjp_add(a, segs, symmetric, &connect, g_blocks, edge_grad, &mut gs);
         // the link loss's edge term takes A S again when every graph is
         // symmetric (A^T S = A S)
         let a_s = if all_symmetric {
@@ -837,10 +849,7 @@ impl<T: Scalar> DiffPool<T> {
         drop(a_s);
         let g_ent = loss_grads.entropy;
         if g_ent != T::zero() {
-            rows::add_into(
-                &mut gs,
-                &entropy_vjp(s, segs, self.variant.entropy_eps(), g_ent),
-            );
+            entropy_vjp_add(s, segs, self.variant.entropy_eps(), g_ent, &mut gs);
         }
 
         // S = softmax((F X) W_pool), Z = act((F X) W_emb): with G_p, G_e
@@ -853,8 +862,8 @@ impl<T: Scalar> DiffPool<T> {
         // X's gradient, over U_e's own rows when C == F, so that it takes
         // no memory of its own. The filter's values get <H_i, X_j> with H =
         // G_e W_emb^T + G_p W_pool^T, formed only when they are asked for
-        let g_logits = softmax_rows_vjp(s, gs.view());
-        drop(gs);
+        let mut g_logits = gs;
+        softmax_rows_vjp_in_place(s, &mut g_logits);
         drop(assignment);
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
@@ -987,13 +996,13 @@ fn entropy_rows<T: Scalar>(s: &[T], k: usize, eps: T, out: &mut [T]) {
 }
 
 crate::kernels::simd_levels! {
-/// Rows of [`entropy_vjp`]: $-c_n (\ln(s + \varepsilon) + s / (s +
+/// Rows of [`entropy_vjp_add`]: $-c_n (\ln(s + \varepsilon) + s / (s +
 /// \varepsilon))$ for each entry of a block of rows of $S$ (`k` > 0 wide),
-/// $c_n$ the row's entry of `coef`.
+/// $c_n$ the row's entry of `coef`, added into `out`.
 fn entropy_vjp_rows<T: Scalar>(s: &[T], k: usize, eps: T, coef: &[T], out: &mut [T]) {
     for ((o, row), &c) in out.chunks_exact_mut(k).zip(s.chunks_exact(k)).zip(coef) {
         for (o, &v) in o.iter_mut().zip(row) {
-            *o = -c * ((v + eps).ln_vectorizable() + v / (v + eps));
+            *o += -c * ((v + eps).ln_vectorizable() + v / (v + eps));
         }
     }
 }
@@ -1150,8 +1159,9 @@ fn link_vjp<T: Scalar>(
         let p = edges.p;
         map_entries(a, |r, e, _| two * (w[e] - p[e]) * node_coef[r])
     });
-    // the edge term, then the Gram term, each added into `gs` and dropped:
-    // at most two N x K terms beside `gs`
+    // the edge term, then the Gram term, each added into `gs`: the Gram
+    // term a piece of rows at a time, the edge term from A S, or, for a
+    // directed batch, as two N x K terms (dropped after)
     match edges.a_s {
         Some(a_s) => {
             let four = two * two;
@@ -1177,19 +1187,26 @@ fn link_vjp<T: Scalar>(
         let c = two * coefs[g];
         block.mapv_inplace(|v| v * c);
     }
-    let sg = segment_matmul_nn(s, g_gram.view(), segs);
-    Zip::from(gs).and(&sg).par_for_each(|o, &q| *o += q + q);
+    segment_matmul_nn_combine(s, g_gram.view(), segs, gs, |o, q| *o += q + q);
     ga.map(Array1::from)
 }
 
 /// VJP of the mean over nodes of each graph of $-\sum_k s\ln(s+\varepsilon)$,
-/// each graph's mean weighted by `scale`.
-fn entropy_vjp<T: Scalar>(s: ArrayView2<T>, segs: &Segments, eps: T, scale: T) -> Array2<T> {
+/// each graph's mean weighted by `scale`, added into `gs` (the shape of
+/// $S$, standard layout) entry by entry: `gs + term`, the term's bits
+/// as if formed on its own, with no $N \times K$ array of its own.
+fn entropy_vjp_add<T: Scalar>(
+    s: ArrayView2<T>,
+    segs: &Segments,
+    eps: T,
+    scale: T,
+    gs: &mut Array2<T>,
+) {
     let k = s.ncols();
     let coef = map_nodes(segs, |g, _| scale / T::from_count(segs.size(g).max(1)));
     let ss = row_major(&s);
     // by blocks of rows (no call for K = 0)
-    rows::build_row_blocks(s.nrows(), k, |lo, out| {
+    rows::update_row_blocks(gs, |lo, out| {
         let rows = lo..lo + out.len() / k;
         entropy_vjp_rows(&ss[lo * k..rows.end * k], k, eps, &coef[rows], out);
     })

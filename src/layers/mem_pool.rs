@@ -20,7 +20,8 @@ use crate::kernels::segment::{segment_matmul_tn_vjp, segment_sum};
 use crate::kernels::simd_levels;
 use crate::kernels::{fill_node_rows, for_each_node_slice, reduce_chunked_rows, ROW_BLOCK};
 use crate::nn::{
-    matmul, matmul_vjp, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, Initializer, Params,
+    matmul, matmul_vjp, rng_from_seed, softmax_rows_in_place, softmax_rows_vjp_in_place,
+    Initializer, Params,
 };
 use crate::scalar::Scalar;
 use rayon::prelude::*;
@@ -840,16 +841,15 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                     expected: format!("{} = B * K * K values", b * k * k),
                     got: e.to_string(),
                 })?;
-            let (gs_c, ga_c) = cache.assignment.connect_blocks_vjp_opt(
+            ga = cache.assignment.connect_blocks_vjp_add(
                 batch.a().view(),
                 segs,
                 batch.symmetric_graphs(),
                 connect,
                 g_blocks,
                 batch.edge_weight_grad(),
+                &mut gs,
             );
-            crate::kernels::rows::add_into(&mut gs, &gs_c);
-            ga = ga_c;
         }
         // kl
         let g_kl = grad.loss("kl") / T::from_count(b.max(1));
@@ -857,8 +857,8 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
             kl_vjp_add(&mut gs, s, segs, &cache.colsum, g_kl);
         }
         // softmax over clusters, then the 1x1 convolution over heads
-        let gz = softmax_rows_vjp(s, gs.view());
-        drop(gs);
+        let mut gz = gs;
+        softmax_rows_vjp_in_place(s, &mut gz);
         let m = h * k;
         let f = x.ncols();
         let gzs = gz.as_slice().expect("fresh array");

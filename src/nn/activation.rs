@@ -350,10 +350,37 @@ pub fn softmax_rows_vjp<T: Scalar>(s: ArrayView2<T>, grad: ArrayView2<T>) -> Arr
     let k = s.ncols();
     let (ss, gs) = (rows::row_major(&s), rows::row_major(&grad));
     rows::build_rows(s.nrows(), k, |r, out| {
-        let (sr, gr) = (&ss[r * k..(r + 1) * k], &gs[r * k..(r + 1) * k]);
-        let d = rows::dot(gr, sr);
-        for ((o, &g), &sv) in out.iter_mut().zip(gr).zip(sr) {
-            *o = sv * (g - d);
-        }
+        out.copy_from_slice(&gs[r * k..(r + 1) * k]);
+        softmax_vjp_row(&ss[r * k..(r + 1) * k], out);
     })
+}
+
+/// [`softmax_rows_vjp`] written over the gradient `grad` (standard layout,
+/// the shape of $S$), the same bits: for a backward pass that does not
+/// read $\bar S$ again, no second $N \times K$ array.
+///
+/// ```
+/// use graphpool::nn::{softmax_rows, softmax_rows_vjp, softmax_rows_vjp_in_place};
+/// use ndarray::array;
+/// let s = softmax_rows(array![[0.0_f64, 1.0], [2.0, -1.0]].view());
+/// let mut g = array![[1.0, -2.0], [0.5, 3.0]];
+/// let expected = softmax_rows_vjp(s.view(), g.view());
+/// softmax_rows_vjp_in_place(s.view(), &mut g);
+/// assert_eq!(g, expected);
+/// ```
+pub fn softmax_rows_vjp_in_place<T: Scalar>(s: ArrayView2<T>, grad: &mut Array2<T>) {
+    debug_assert_eq!(s.dim(), grad.dim());
+    let k = s.ncols();
+    let ss = rows::row_major(&s);
+    rows::update_rows(grad, |r, g| softmax_vjp_row(&ss[r * k..(r + 1) * k], g));
+}
+
+/// One row of the softmax VJP, over the gradient `g`:
+/// $g \leftarrow s \odot (g - \langle g, s\rangle)$.
+#[inline]
+fn softmax_vjp_row<T: Scalar>(s: &[T], g: &mut [T]) {
+    let d = rows::dot(g, s);
+    for (o, &sv) in g.iter_mut().zip(s) {
+        *o = sv * (*o - d);
+    }
 }

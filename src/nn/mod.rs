@@ -7,7 +7,9 @@ mod init;
 mod mlp;
 pub(crate) mod params;
 
-pub use activation::{softmax_rows, softmax_rows_in_place, softmax_rows_vjp, Activation};
+pub use activation::{
+    softmax_rows, softmax_rows_in_place, softmax_rows_vjp, softmax_rows_vjp_in_place, Activation,
+};
 pub use dense::{
     dense_backward_streamed, dense_backward_streamed_into, dense_pair_backward_streamed, matmul,
     matmul_acc, matmul_vjp, matmul_vjp_params, Dense, DenseCache, NARROW_COLS,
