@@ -55,7 +55,8 @@ use crate::kernels::sparse::{
 };
 use crate::kernels::{map_nodes, reduce_segment_rows, rows};
 use crate::nn::{
-    rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, Activation, Mlp, MlpCache, Params,
+    rng_from_seed, softmax_rows_in_place, softmax_rows_vjp, softmax_rows_vjp_in_place, Activation,
+    Mlp, MlpCache, Params,
 };
 use crate::scalar::Scalar;
 
@@ -380,12 +381,12 @@ impl WideGraph {
         let g_s = self
             .g_s
             .slice(s![lo - self.nodes.start..hi - self.nodes.start, ..]);
-        let gs = gs.slice(local).map(wide) + g_s;
+        let mut gs = gs.slice(local).map(wide) + g_s;
         let s = s.slice(s![lo..hi, ..]).map(wide);
-        let out = softmax_rows_vjp(s.view(), gs.view());
+        softmax_rows_vjp_in_place(s.view(), &mut gs);
         g_logits
             .slice_mut(local)
-            .zip_mut_with(&out, |o, &v| *o = T::c(v));
+            .zip_mut_with(&gs, |o, &v| *o = T::c(v));
     }
 }
 

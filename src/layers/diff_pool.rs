@@ -223,7 +223,7 @@ struct Forward<T: Scalar> {
     entropies: Array1<T>,
     link: LinkTerms<T>,
     /// The pre-activation of $Z$ and $A S$, when a cache is asked for.
-    z_pre: Option<(Array2<T>, Array2<T>)>,
+    kept: Option<(Array2<T>, Array2<T>)>,
     deg_inv_sqrt: Arc<Array1<T>>,
 }
 
@@ -631,14 +631,14 @@ impl<T: Scalar> DiffPool<T> {
     fn forward_whole(&self, batch: &DisjointBatch<T>, keep: bool) -> Result<Outputs<T>> {
         let fw = self.compute(batch, keep, None)?;
         let norms = fw.link.norms.clone();
-        let (s, saved) = match fw.z_pre {
-            Some(z_pre) => {
+        let (s, saved) = match fw.kept {
+            Some((z_pre, a_s)) => {
                 // the cache keeps S; the output, when it returns S, gets a
                 // copy in fresh memory, written in parallel
                 let s = self.return_selection.then(|| rows::fresh_copy(fw.s.view()));
                 let state = ForwardState {
                     deg_inv_sqrt: fw.deg_inv_sqrt,
-                    forward: TakeOnce::new((fw.s, z_pre.0, z_pre.1)),
+                    forward: TakeOnce::new((fw.s, z_pre, a_s)),
                     link: fw.link,
                 };
                 (s, Some(Saved::Whole(Box::new(state))))
@@ -681,9 +681,9 @@ impl<T: Scalar> DiffPool<T> {
                     fw.s.view(),
                     &[ArrayView1::from(&fw.link.norms), fw.entropies.view()],
                 );
-                let state = fw.z_pre.map(|z_pre| ForwardState {
+                let state = fw.kept.map(|(z_pre, a_s)| ForwardState {
                     deg_inv_sqrt: fw.deg_inv_sqrt,
-                    forward: TakeOnce::new((fw.s, z_pre.0, z_pre.1)),
+                    forward: TakeOnce::new((fw.s, z_pre, a_s)),
                     link: fw.link,
                 });
                 Ok::<_, PoolError>((filled, state))
@@ -747,7 +747,7 @@ impl<T: Scalar> DiffPool<T> {
             segs,
             batch.edge_weight_grad(),
         );
-        let z_pre = z_pre.map(|z| (z, connect.a_s));
+        let kept = z_pre.map(|z_pre| (z_pre, connect.a_s));
         let entropies = entropy_per_graph(s.view(), segs, self.variant.entropy_eps());
         Ok(Forward {
             s,
@@ -755,7 +755,7 @@ impl<T: Scalar> DiffPool<T> {
             blocks,
             entropies,
             link,
-            z_pre,
+            kept,
             deg_inv_sqrt,
         })
     }
@@ -775,23 +775,20 @@ impl<T: Scalar> DiffPool<T> {
         let (x, a, segs) = (batch.x().view(), batch.a().view(), batch.segments());
         let filter = GcnOperator::new(&a, as_slice(&state.deg_inv_sqrt))?;
 
-        // S and Z are not cached: formed again (the forward pass's bits).
-        // X' = S_g^T Z_g: Z is used for S's gradient and the activation's,
-        // and (for an activation whose derivative is a function of its
-        // output) overwritten by the gradient of its pre-activation, so
-        // that the two never coexist
-        let (s, z_pre, a_s) = match state.forward.take() {
-            Some((s, z_pre, a_s)) => (s, z_pre, Some(a_s)),
+        // S, Z's pre-activation and A S as the forward pass kept them, or,
+        // once the first backward pass has taken them, formed again (the
+        // same bits). X' = S_g^T Z_g: Z is used for S's gradient and the
+        // activation's, and (for an activation whose derivative is a
+        // function of its output) overwritten by the gradient of its
+        // pre-activation, so that the two never coexist
+        let (assignment, z_pre, connect) = match state.forward.take() {
+            Some((s, z_pre, a_s)) => (DenseAssignment { s }, z_pre, DenseConnectCache { a_s }),
             None => {
                 let (s, z_pre) = self.assign_and_embed(filter, x)?;
-                (s, z_pre, None)
+                let assignment = DenseAssignment { s };
+                let connect = assignment.connect_cache(a);
+                (assignment, z_pre, connect)
             }
-        };
-        let assignment = DenseAssignment { s };
-        // A S as the forward pass kept it, or formed again (the same bits)
-        let connect = match a_s {
-            Some(a_s) => DenseConnectCache { a_s },
-            None => assignment.connect_cache(a),
         };
         let s = assignment.s.view();
         let act = self.activation;
