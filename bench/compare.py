@@ -4,7 +4,7 @@ torch-geometric-pool), on the same input files, in one run; writes
 BENCHMARKS.md at the repository root.
 
 Usage:
-  bench/compare.py [--quick] [--only LAYER,...] [--repeat 5] [--peer-repeat 3]
+  bench/compare.py [--quick] [--only LAYER,...] [--repeat 15] [--peer-repeat 3]
                    [--slow-repeat 1] [--timeout 300] [--pyg-python PATH]
                    [--spk-python PATH] [--workloads DIR] [--out DIR]
                    [--no-slow-peers] [--report-only [--run-id ID]] [--dry-run]
@@ -30,13 +30,21 @@ What a run does, in this order:
     (forward+backward time against N = 10^3..10^6, one panel per clustering
     pool; drawn with matplotlib by the pyg environment's python).
 
-Repeats: graphpool always runs --repeat timed runs (default 5) after its
+Repeats: graphpool always runs --repeat timed runs (default 15) after its
 warm-up. A peer runs --repeat when its expected run time (the shared
 reference medians in REFERENCE below) is under 1 s, --peer-repeat (default 3)
 when it is longer, and --slow-repeat (default 1) on the slow rows: tgp's
 clustering pools on disjoint-small (its sparse mode loops over the 10^4 graphs
 in Python: 3.4-14 s forward, 23-85 s forward+backward per run). The peers'
 scripts are unchanged copies (bench/peers/), each with one untimed warm-up.
+Why 15 and not 5: a process's first runs after its one warm-up are slower
+than the ones after them, for graphpool and the peers alike (the allocator's
+and the kernel's memory settling: e.g. graphpool DiffPool disjoint-small
+forward, three processes of 15 runs: the first five 72-116 ms, the last ten
+67-88 ms but for one of 208 ms; Spektral's median of 5 was 501 ms, of 15
+462 ms). With 5 the median sat inside that settling (that row: 77 ms in run
+26, 125 ms in run 27, the same code); with 15 it is the steady state a
+training loop sees.
 
 --quick: a smoke test of the whole pipeline on small inputs: single-1e6 is
 replaced by single-1e4, the global-1e6/1e7 rows and the slow rows are left
@@ -834,7 +842,10 @@ def report(a, run_id):
       "each); every layer: peak memory at most 2× its inputs plus outputs.\n")
     w("## How to read the tables\n")
     w("- Times are medians of the timed runs after one untimed warm-up; the speed-up is the "
-      "fastest (eligible) peer's median / graphpool's median, from this one run.")
+      "fastest (eligible) peer's median / graphpool's median, from this one run. A process's "
+      "first few runs are slower than its later ones (memory settling, for every library), so "
+      "the fast rows take 15 timed runs: the median is then the steady state a training loop "
+      "sees, not the settling.")
     w("- What a graphpool batch keeps between runs: the first backward pass that needs it (the "
       "warm-up) computes which graphs of the batch have a symmetric adjacency "
       "(`DisjointBatch::symmetric_graphs`, O(nnz log d), once per batch: about the time of "
@@ -899,7 +910,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test on small workloads")
     ap.add_argument("--only", help="comma-separated layer names (Spektral's)")
-    ap.add_argument("--repeat", type=int, default=None, help="graphpool's timed runs (5)")
+    ap.add_argument("--repeat", type=int, default=None, help="timed runs of graphpool, and of a peer when a run is expected under 1 s (15)")
     ap.add_argument("--peer-repeat", type=int, default=None,
                     help="a peer's timed runs when a run is expected over 1 s (3)")
     ap.add_argument("--slow-repeat", type=int, default=None,
@@ -921,7 +932,7 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="print the plan and its estimate")
     a = ap.parse_args()
     quick_defaults = dict(repeat=1, peer_repeat=1, slow_repeat=1, timeout=120.0)
-    full_defaults = dict(repeat=5, peer_repeat=3, slow_repeat=1, timeout=300.0)
+    full_defaults = dict(repeat=15, peer_repeat=3, slow_repeat=1, timeout=300.0)
     for k, v in (quick_defaults if a.quick else full_defaults).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
