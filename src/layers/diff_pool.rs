@@ -861,7 +861,10 @@ impl<T: Scalar> DiffPool<T> {
         // G_e W_emb^T + G_p W_pool^T, formed only when they are asked for
         let mut g_logits = gs;
         softmax_rows_vjp_in_place(s, &mut g_logits);
-        drop(assignment);
+        // S is not read again: its buffer (N x K) takes U_p below, unless
+        // the filter's values need H (N x F) first, which would then
+        // coexist with it
+        let spare_s = ga.is_none().then_some(assignment.s);
         let w_emb = self.params.matrix(KERNEL_EMB)?;
         let w_pool = self.params.matrix(KERNEL_POOL)?;
         let f = x.ncols();
@@ -891,10 +894,16 @@ impl<T: Scalar> DiffPool<T> {
         // kernels::sparse::gcn_filter): F^T G is then F G, the same bits,
         // as a gather (both products in one pass over F)
         let (u_e, u_p) = if all_symmetric {
-            let mut u = filter.spmm_many(&[g_zpre.view(), g_logits.view()]);
+            let (n, k) = g_logits.dim();
+            let outs = vec![
+                crate::kernels::rows::fresh_matrix(n, g_zpre.ncols()),
+                spare_s.unwrap_or_else(|| crate::kernels::rows::fresh_matrix(n, k)),
+            ];
+            let mut u = filter.spmm_many_over(&[g_zpre.view(), g_logits.view()], outs);
             let u_p = u.pop().expect("two products");
             (u.pop().expect("two products"), u_p)
         } else {
+            drop(spare_s);
             (filter.spmm_t(g_zpre.view()), filter.spmm_t(g_logits.view()))
         };
         drop(g_zpre);
