@@ -910,7 +910,9 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke test on small workloads")
     ap.add_argument("--only", help="comma-separated layer names (Spektral's)")
-    ap.add_argument("--repeat", type=int, default=None, help="timed runs of graphpool, and of a peer when a run is expected under 1 s (15)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="timed runs of graphpool, and of a peer when a run is expected "
+                         "under 1 s (15)")
     ap.add_argument("--peer-repeat", type=int, default=None,
                     help="a peer's timed runs when a run is expected over 1 s (3)")
     ap.add_argument("--slow-repeat", type=int, default=None,

@@ -896,8 +896,8 @@ impl<T: Scalar> DiffPool<T> {
         let (u_e, u_p) = if all_symmetric {
             let (n, k) = g_logits.dim();
             let outs = vec![
-                crate::kernels::rows::fresh_matrix(n, g_zpre.ncols()),
-                spare_s.unwrap_or_else(|| crate::kernels::rows::fresh_matrix(n, k)),
+                rows::fresh_matrix(n, g_zpre.ncols()),
+                spare_s.unwrap_or_else(|| rows::fresh_matrix(n, k)),
             ];
             let mut u = filter.spmm_many_over(&[g_zpre.view(), g_logits.view()], outs);
             let u_p = u.pop().expect("two products");
