@@ -140,12 +140,15 @@ proptest! {
     /// (8, 16, 32, 64) and at others, over several row blocks (up to 3,000
     /// rows): exactly the product on integers, summed entry by entry from the
     /// stored triplets; spmm_rows gives the same rows for any range, and
-    /// spmm_many the same matrices.
+    /// spmm_many the same matrices, also for two inputs of different widths
+    /// (whose pairs of register widths have a kernel of their own): the
+    /// bits of spmm of each on fractional values.
     #[test]
     fn spmm_is_exact_on_integers_at_every_width_and_row_block(
         n in 1usize..3000,
         seed in any::<u64>(),
         f in proptest::sample::select(vec![1usize, 5, 8, 16, 32, 64]),
+        g in proptest::sample::select(vec![3usize, 8, 16, 32, 64]),
         lo in 0usize..3000,
         len in 0usize..1500,
     ) {
@@ -166,6 +169,13 @@ proptest! {
         let many = spmm_many(a.view(), &[x.view(), want.view()]);
         prop_assert_eq!(&many[0], &got);
         prop_assert_eq!(&many[1], &spmm(a.view(), want.view()));
+        let y = Array2::from_shape_fn((n, g), |(i, j)| ((i * 5 + j) % 13) as f64 / 3.0 - 1.1);
+        let mixed = spmm_many(a.view(), &[x.view(), y.view()]);
+        prop_assert_eq!(&mixed[0], &got);
+        prop_assert_eq!(&mixed[1], &spmm(a.view(), y.view()));
+        let swapped = spmm_many(a.view(), &[y.view(), x.view()]);
+        prop_assert_eq!(&swapped[0], &mixed[1]);
+        prop_assert_eq!(&swapped[1], &got);
     }
 }
 
