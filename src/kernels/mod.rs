@@ -39,6 +39,7 @@ macro_rules! simd_levels {
 pub(crate) use simd_levels;
 
 pub mod gather;
+pub(crate) mod recycle;
 pub mod rows;
 pub mod segment;
 pub(crate) mod softmax_simd;

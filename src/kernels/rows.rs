@@ -1280,27 +1280,23 @@ pub(crate) fn unwritten_matrix<T: Copy>(rows: usize, cols: usize) -> Array2<Mayb
     aligned_matrix(rows, cols, unwritten_vec_unadvised)
 }
 
-/// A standard-layout $R \times C$ matrix over a buffer of `alloc(n)`
-/// entries ($n \ge RC$): the buffer is padded so that the first entry
-/// starts a [`CACHE_LINE`], or a huge page when the matrix is one the
-/// allocator maps on its own ([`MAPPED_FROM`] bytes or more), whose
-/// length is then rounded up to whole huge pages, all advised for them.
-fn aligned_matrix<E>(rows: usize, cols: usize, alloc: impl FnOnce(usize) -> Vec<E>) -> Array2<E> {
+/// A standard-layout $R \times C$ matrix over the buffer `alloc(n)`
+/// returns ($n \ge RC$ entries, or more: a longer buffer, such as one kept
+/// by [`super::recycle::Recycler`], is viewed in part): the buffer is
+/// padded so that the first entry starts a [`CACHE_LINE`], or a huge page
+/// when the matrix is one the allocator maps on its own ([`MAPPED_FROM`]
+/// bytes or more), whose length is then rounded up to whole huge pages,
+/// all advised for them.
+pub(crate) fn aligned_matrix<E>(
+    rows: usize,
+    cols: usize,
+    alloc: impl FnOnce(usize) -> Vec<E>,
+) -> Array2<E> {
     let len = rows * cols;
     let size = std::mem::size_of::<E>().max(1);
-    let bytes = len * size;
-    // a matrix the allocator maps on its own starts on a huge page and
-    // covers whole ones; a smaller one starts on a line
-    let (align, tail) = if bytes >= MAPPED_FROM && HUGE_PAGE.is_multiple_of(size) {
-        (
-            HUGE_PAGE,
-            (bytes.next_multiple_of(HUGE_PAGE) - bytes) / size,
-        )
-    } else {
-        (CACHE_LINE, 0)
-    };
+    let (align, tail) = aligned_layout::<E>(len);
     let pad = align / size;
-    let data = alloc(len + pad + tail);
+    let data = alloc(aligned_buffer_len::<E>(rows, cols));
     let off = data.as_ptr() as usize % align;
     // the allocation is aligned to E, so the gap to the boundary is a
     // whole number of entries when E's size divides the alignment
@@ -1314,6 +1310,30 @@ fn aligned_matrix<E>(rows: usize, cols: usize, alloc: impl FnOnce(usize) -> Vec<
         .slice_move(s![start..start + len])
         .into_shape_with_order((rows, cols))
         .expect("rows * cols entries")
+}
+
+/// The entries [`aligned_matrix`] asks its `alloc` for, for an
+/// $R \times C$ matrix: $RC$, its padding and its rounding.
+pub(crate) fn aligned_buffer_len<E>(rows: usize, cols: usize) -> usize {
+    let len = rows * cols;
+    let (align, tail) = aligned_layout::<E>(len);
+    len + align / std::mem::size_of::<E>().max(1) + tail
+}
+
+/// The alignment of an [`aligned_matrix`] of `len` entries (a cache line,
+/// or a huge page for one the allocator maps on its own) and the entries
+/// past its last that round it up to whole huge pages.
+fn aligned_layout<E>(len: usize) -> (usize, usize) {
+    let size = std::mem::size_of::<E>().max(1);
+    let bytes = len * size;
+    if bytes >= MAPPED_FROM && HUGE_PAGE.is_multiple_of(size) {
+        (
+            HUGE_PAGE,
+            (bytes.next_multiple_of(HUGE_PAGE) - bytes) / size,
+        )
+    } else {
+        (CACHE_LINE, 0)
+    }
 }
 
 /// From how many bytes glibc's `malloc` always serves a request with a

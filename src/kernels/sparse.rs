@@ -290,6 +290,25 @@ fn product<T: Scalar, M: RowEntries<T>>(m: M, x: ArrayView2<T>) -> Array2<T> {
     })
 }
 
+/// [`product`] written over `out` ($N \times F$, standard layout, any
+/// values): each block of rows zeroed just before its sums, as
+/// [`rows::build_row_blocks`] zeroes its fresh ones. The same bits.
+fn product_over<T: Scalar, M: RowEntries<T>>(
+    m: M,
+    x: ArrayView2<T>,
+    mut out: Array2<T>,
+) -> Array2<T> {
+    let f = x.ncols();
+    assert_eq!(out.dim(), (m.structure().rows, f), "an N x F output");
+    assert!(out.is_standard_layout(), "an output in standard layout");
+    let xs = rows::row_major(&x);
+    rows::update_row_blocks(&mut out, |first, block| {
+        block.fill(T::zero());
+        product_rows(m, &xs, f, first, block, &mut [])
+    });
+    out
+}
+
 /// [`spmm`]`(a, x)` and [`row_sums`]`(a)` in one pass over the stored
 /// entries of $A$: a row's weighted degree is summed as its entries are
 /// read for $A X$. The same bits as the two calls (each degree is its
@@ -564,6 +583,17 @@ fn product_many<T: Scalar, M: RowEntries<T>>(m: M, xs: &[ArrayView2<T>]) -> Vec<
         .map(|x| rows::fresh_matrix(n, x.ncols()))
         .collect();
     product_many_into(m, xs, outs)
+}
+
+/// [`spmm`] written over `out` ($N \times F$, standard layout, any
+/// values) and returned: a buffer the caller no longer needs serves
+/// instead of fresh memory. The same bits as [`spmm`].
+///
+/// # Panics
+/// If `out` is not $N \times F$ or not in standard layout.
+pub(crate) fn spmm_over<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>, out: Array2<T>) -> Array2<T> {
+    debug_assert_eq!(a.cols(), x.nrows());
+    product_over(Stored::of(&a), x, out)
 }
 
 /// [`product_many`] written into `outs` (one per input, $N \times$ its
