@@ -3,9 +3,9 @@
 //! A matrix of [`MAPPED_FROM`] bytes or more is a mapping of its own:
 //! glibc's `free` returns it to the kernel, and the next pass's matrix of
 //! the same shape is fresh memory again, which the kernel zeroes page by
-//! page on first touch (on `single-1e6`, DiffPool's forward and backward
-//! passes took about 790 MB of it per pass, and `clear_page_erms` was about
-//! a fifth of the samples). A [`Recycler`] keeps such buffers once a pass
+//! page on first touch (on `single-1e6`, a DiffPool forward and backward
+//! pass took about 720 MB of it, and the kernel's `clear_page_erms` was
+//! about a fifth of the samples of a profile). A [`Recycler`] keeps such buffers once a pass
 //! is done with them, and serves the next pass's matrices of at most their
 //! size from them ([`Recycler::take`]), in the layout
 //! [`rows::fresh_matrix`] gives. Smaller matrices are left to the
