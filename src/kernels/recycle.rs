@@ -5,10 +5,10 @@
 //! the same shape is fresh memory again, which the kernel zeroes page by
 //! page on first touch (on `single-1e6`, a DiffPool forward and backward
 //! pass took about 720 MB of it, and the kernel's `clear_page_erms` was
-//! about a fifth of the samples of a profile). A [`Recycler`] keeps such buffers once a pass
-//! is done with them, and serves the next pass's matrices of at most their
-//! size from them ([`Recycler::take`]), in the layout
-//! [`rows::fresh_matrix`] gives. Smaller matrices are left to the
+//! about a fifth of the samples of a profile). A [`Recycler`] keeps such
+//! buffers once a pass is done with them, and serves the next pass's
+//! matrices of at most their size from them ([`Recycler::take`]), in the
+//! layout [`rows::fresh_matrix`] gives. Smaller matrices are left to the
 //! allocator, whose heap recycles them already.
 //!
 //! A buffer it serves holds whatever its last pass left: only for a matrix
@@ -84,6 +84,13 @@ impl<T: Copy + Default> Recycler<T> {
         drop(kept);
         // longer than asked: the matrix views its first entries
         Some(rows::aligned_matrix(rows, cols, |_| v))
+    }
+
+    /// [`Recycler::take`], or else [`rows::fresh_matrix`] (zeros): for a
+    /// matrix whose every entry is written before it is read.
+    pub(crate) fn take_or_fresh(&self, rows: usize, cols: usize) -> Array2<T> {
+        self.take(rows, cols)
+            .unwrap_or_else(|| rows::fresh_matrix(rows, cols))
     }
 
     /// Keeps `m`'s buffer for a later [`Recycler::take`] if it is one of

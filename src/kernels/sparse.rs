@@ -281,18 +281,15 @@ pub fn spmm<T: Scalar>(a: CsMatView<T>, x: ArrayView2<T>) -> Array2<T> {
     product(Stored::of(&a), x)
 }
 
-/// $M X$ for the operator `m`'s entries.
+/// $M X$ for the operator `m`'s entries, in fresh memory.
 fn product<T: Scalar, M: RowEntries<T>>(m: M, x: ArrayView2<T>) -> Array2<T> {
-    let f = x.ncols();
-    let xs = rows::row_major(&x);
-    rows::build_row_blocks(m.structure().rows, f, |first, block| {
-        product_rows(m, &xs, f, first, block, &mut [])
-    })
+    product_over(m, x, rows::fresh_matrix(m.structure().rows, x.ncols()))
 }
 
-/// [`product`] written over `out` ($N \times F$, standard layout, any
-/// values): each block of rows zeroed just before its sums, as
-/// [`rows::build_row_blocks`] zeroes its fresh ones. The same bits.
+/// $M X$ written over `out` ($N \times F$, standard layout, any values):
+/// each block of [`ROW_BLOCK`] rows zeroed just before its sums, so a
+/// buffer the caller no longer needs serves as fresh memory does, with the
+/// same bits.
 fn product_over<T: Scalar, M: RowEntries<T>>(
     m: M,
     x: ArrayView2<T>,
@@ -642,8 +639,8 @@ super::simd_levels! {
 /// keep their rows' sums in registers ([`product_row_fixed_pair`]: on
 /// `single-1e6`, whose DiffPool backward pass forms products of 64 and 16
 /// columns so, a forward and backward pass took about 5% less time);
-/// others add into `outs`. Called once per
-/// block of rows (one choice of SIMD level per block).
+/// others add into `outs`. Called once per block of rows (one choice of
+/// SIMD level per block).
 fn product_rows_many<T: Scalar, M: RowEntries<T>>(
     m: M,
     inputs: &[&[T]],

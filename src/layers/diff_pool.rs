@@ -590,13 +590,8 @@ impl<T: Scalar> DiffPool<T> {
         assert_eq!(out.len(), b * k * c, "B K C entries of X'");
         // every entry of S and Z's pre-activation is written below: a
         // buffer kept from the last backward pass serves as well as fresh
-        let matrix = |r, c| {
-            self.recycler
-                .take(r, c)
-                .unwrap_or_else(|| rows::fresh_matrix(r, c))
-        };
-        let mut s = matrix(n, k);
-        let mut z_pre = keep_z.then(|| matrix(n, c));
+        let mut s = self.recycler.take_or_fresh(n, k);
+        let mut z_pre = keep_z.then(|| self.recycler.take_or_fresh(n, c));
         // the pieces in node order (an empty graph has one, empty); a
         // graph's first piece writes its block of X', the others return a
         // partial
@@ -809,11 +804,12 @@ impl<T: Scalar> DiffPool<T> {
         let assignment = DenseAssignment { s };
         // A S, for the connect step and the link loss, kept for the
         // backward pass with the cache
-        let connect = match self.recycler.take(a.rows(), self.k) {
-            Some(buffer) => DenseConnectCache {
-                a_s: spmm_over(a, assignment.s.view(), buffer),
-            },
-            None => assignment.connect_cache(a),
+        let connect = DenseConnectCache {
+            a_s: spmm_over(
+                a,
+                assignment.s.view(),
+                self.recycler.take_or_fresh(a.rows(), self.k),
+            ),
         };
         let (blocks, connect) = assignment.connect_blocks_from(connect, segs);
         let s = assignment.s;
@@ -1397,9 +1393,8 @@ mod tests {
             graphs: 1..=3,
             nodes: 0..=12,
             features: 4..=4,
-            edge_probability: 0.4,
-            weighted: true,
             directed: 0.3,
+            ..BatchShape::default()
         }
     }
 
