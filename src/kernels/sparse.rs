@@ -410,16 +410,22 @@ fn product_row_fixed_pair<T: Scalar, M: RowEntries<T>, const W1: usize, const W2
     let mut a1 = [T::zero(); W1];
     let mut a2 = [T::zero(); W2];
     let raw = m.structure();
-    m.for_each_in_row(r, |e, c, v| {
-        raw.prefetch_column_row(e, x1, W1);
-        raw.prefetch_column_row(e, x2, W2);
-        for (a, &x) in a1.iter_mut().zip(&x1[c * W1..(c + 1) * W1]) {
-            *a += v * x;
-        }
-        for (a, &x) in a2.iter_mut().zip(&x2[c * W2..(c + 1) * W2]) {
-            *a += v * x;
-        }
-    });
+    // inlined (as is each call of the walk), so that the sums stay in
+    // registers within the caller's SIMD level
+    m.for_each_in_row(
+        r,
+        #[inline(always)]
+        |e, c, v| {
+            raw.prefetch_column_row(e, x1, W1);
+            raw.prefetch_column_row(e, x2, W2);
+            for (a, &x) in a1.iter_mut().zip(&x1[c * W1..(c + 1) * W1]) {
+                *a += v * x;
+            }
+            for (a, &x) in a2.iter_mut().zip(&x2[c * W2..(c + 1) * W2]) {
+                *a += v * x;
+            }
+        },
+    );
     o1.copy_from_slice(&a1);
     o2.copy_from_slice(&a2);
 }
@@ -440,13 +446,17 @@ fn product_row_fixed<T: Scalar, M: RowEntries<T>, const W: usize>(
     let mut acc = [T::zero(); W];
     let mut d = T::zero();
     let raw = m.structure();
-    m.for_each_in_row(r, |e, c, v| {
-        raw.prefetch_column_row(e, xs, W);
-        d += v;
-        for (a, &x) in acc.iter_mut().zip(&xs[c * W..(c + 1) * W]) {
-            *a += v * x;
-        }
-    });
+    m.for_each_in_row(
+        r,
+        #[inline(always)]
+        |e, c, v| {
+            raw.prefetch_column_row(e, xs, W);
+            d += v;
+            for (a, &x) in acc.iter_mut().zip(&xs[c * W..(c + 1) * W]) {
+                *a += v * x;
+            }
+        },
+    );
     out.copy_from_slice(&acc);
     d
 }
@@ -1770,7 +1780,15 @@ impl<T: Scalar> RowEntries<T> for GcnOperator<'_, T> {
     #[inline(always)]
     fn for_each_in_row(&self, r: usize, mut f: impl FnMut(usize, usize, T)) {
         let ur = self.u[r];
-        for_each_with_loop(self.raw, r, |e, c, b| f(e, c, self.value(e, c, b, ur)));
+        // inlined at each of the walk's three call sites, so that a kernel's
+        // sums stay in its registers (a closure called three times is
+        // otherwise compiled apart, outside the caller's SIMD level)
+        for_each_with_loop(
+            self.raw,
+            r,
+            #[inline(always)]
+            |e, c, b| f(e, c, self.value(e, c, b, ur)),
+        );
     }
 
     #[inline(always)]
