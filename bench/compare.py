@@ -36,7 +36,12 @@ reference medians in REFERENCE below) is under 1 s, --peer-repeat (default 3)
 when it is longer, and --slow-repeat (default 1) on the slow rows: tgp's
 clustering pools on disjoint-small (its sparse mode loops over the 10^4 graphs
 in Python: 3.4-14 s forward, 23-85 s forward+backward per run). The peers'
-scripts are unchanged copies (bench/peers/), each with one untimed warm-up.
+scripts are copies (bench/peers/) with one change: every harness, graphpool's
+and the peers', warms up untimed for at least 0.5 s (and at least one run).
+With one warm-up run, a fast row still had its first 0.2-0.3 s of runs in its
+timed ones, up to 1.5x slower (graphpool JustBalancePool disjoint-small
+forward: 30-41 ms for the first 7 runs, then 21-26 ms), which a slow peer's
+one warm-up run had already absorbed.
 Why 15 and not 5: a process's first runs after its one warm-up are slower
 than the ones after them, for graphpool and the peers alike (the allocator's
 and the kernel's memory settling: e.g. graphpool DiffPool disjoint-small
@@ -743,7 +748,8 @@ def report(a, run_id):
     w(f"- timed runs per command: graphpool {meta['repeat']}; peers {meta['repeat']} "
       f"when a run is expected under 1 s, {meta['peer_repeat']} when longer, "
       f"{meta['slow_repeat']} for tgp's clustering pools on disjoint-small (23-85 s per "
-      f"forward+backward); each after one untimed warm-up; graphpool's all-ones "
+      f"forward+backward); each after untimed warm-up runs lasting at least 0.5 s (at "
+      f"least one; the same rule in every harness); graphpool's all-ones "
       f"output gradient built between its two passes, outside the timed span (PyTorch's "
       f"backward of a sum expands a scalar; Spektral's tape builds it in every run); "
       f"timeout {meta['timeout_s']:g} s per command\n")
@@ -841,7 +847,8 @@ def report(a, run_id):
       "4 GB peak RSS, on disjoint-small ≥ 5× the fastest peer (forward and forward+backward "
       "each); every layer: peak memory at most 2× its inputs plus outputs.\n")
     w("## How to read the tables\n")
-    w("- Times are medians of the timed runs after one untimed warm-up; the speed-up is the "
+    w("- Times are medians of the timed runs after at least 0.5 s of untimed warm-up runs "
+      "(at least one; every harness, graphpool's and the peers', the same rule); the speed-up is the "
       "fastest (eligible) peer's median / graphpool's median, from this one run. A process's "
       "first few runs are slower than its later ones (memory settling, for every library), so "
       "the fast rows take 15 timed runs: the median is then the steady state a training loop "

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-# Provenance: copied unchanged from the project's shared bench kit (shared/bench/pyg_reference.py, 2026-11-21).
+# Provenance: copied from the project's shared bench kit (shared/bench/pyg_reference.py, 2026-11-21);
+# one change since: the warm-up (WARM_UP_S below).
 """Time PyTorch Geometric's pooling layers on a workload folder written by
 make_workloads.py, so graphpool can be compared with it on the same inputs.
 
@@ -27,6 +28,22 @@ import time
 
 import numpy as np
 import torch
+
+
+# Changed from the shared kit (2026-11-26): the untimed warm-up runs until
+# WARM_UP_S seconds have passed (at least one run), the same rule as
+# graphpool's examples/pool_bench.rs. On the 2-core VM of the benches a
+# process's first 0.2-0.3 s of runs were up to 1.5x slower than the later
+# ones, which left a fast row's median, and not a slow one's, in that phase.
+WARM_UP_S = 0.5
+
+
+def warm_up(step):
+    """Untimed runs of `step`: at least one, and until WARM_UP_S have passed."""
+    t0 = time.perf_counter()
+    step()
+    while time.perf_counter() - t0 < WARM_UP_S:
+        step()
 
 
 def load(folder):
@@ -122,7 +139,7 @@ def main():
             else:
                 with torch.no_grad():
                     fn()
-        step()  # warm-up
+        warm_up(step)
         times = []
         for _ in range(a.repeat):
             t0 = time.perf_counter()
