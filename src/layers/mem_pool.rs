@@ -522,6 +522,78 @@ struct AssignBlock<'a, T: Scalar> {
 }
 
 simd_levels! {
+/// The backward pass's per-node work of a block of nodes: from the block's
+/// squared distances `d` and per-head weights `p` (rows of $HK$, as
+/// [`assign_block`] forms them) and the gradient `g` of the logits (rows
+/// of $K$), the gradient `gd` of the distances (rows of $HK$, overwritten)
+/// through each head's softmax of $u = -\alpha \ln(1 + d / \tau)$, and
+/// each head's $\sum_j g_j p_{hj}$ added into `acc` (the convolution's
+/// gradient), node by node in order. `terms`: the convolution's weights,
+/// $K$, $\alpha$, $\tau$. Compiled for every SIMD level (the loops run
+/// across a head's $K$ keys, each value its own sequence of operations),
+/// so the bits do not depend on the CPU.
+fn distance_grads_block<T: Scalar>(
+    d: &[T],
+    p: &[T],
+    g: &[T],
+    (conv, k, alpha, tau): (&[T], usize, T, T),
+    acc: &mut [T],
+    gd: &mut [T],
+) {
+    let m = conv.len() * k;
+    if m == 0 {
+        return;
+    }
+    let rows = gd.chunks_exact_mut(m).zip(d.chunks_exact(m)).zip(p.chunks_exact(m));
+    for (((row, d), ph), g) in rows.zip(g.chunks_exact(k)) {
+        for (a, ph) in acc.iter_mut().zip(ph.chunks_exact(k)) {
+            for (&gj, &pj) in g.iter().zip(ph) {
+                *a += gj * pj;
+            }
+        }
+        for (head, &w) in conv.iter().enumerate() {
+            let r = head * k..(head + 1) * k;
+            let (phh, dh) = (&ph[r.clone()], &d[r.clone()]);
+            let dot = g
+                .iter()
+                .zip(phh)
+                .fold(T::zero(), |a, (&gj, &pj)| a + w * gj * pj);
+            for (((o, &gj), &pj), &dj) in row[r].iter_mut().zip(g).zip(phh).zip(dh) {
+                let gu = pj * (w * gj - dot);
+                let dd = -alpha / (tau + dj);
+                *o = if dd.is_finite() { gu * dd } else { T::zero() };
+            }
+        }
+    }
+}
+}
+
+simd_levels! {
+/// $\bar X$'s share from the distances $d = \lVert x - \text{key}\rVert^2$
+/// for a block of nodes: each row of `out` ($F$ wide) gets
+/// $2\,(x \sum_j \bar d_j - \bar d K)$ added, from the rows of `gd`
+/// ($HK$ wide, summed in order from 0), of `gd_keys` $= \bar d K$ and of
+/// `x` (`(m, f)` = ($HK$, $F$)). Compiled for every SIMD level (the loop
+/// runs across the $F$ columns), so the bits do not depend on the CPU.
+fn distance_x_grads_block<T: Scalar>(
+    gd: &[T],
+    gd_keys: &[T],
+    x: &[T],
+    (m, f): (usize, usize),
+    out: &mut [T],
+) {
+    let two = T::c(2.0);
+    let rows = out.chunks_exact_mut(f).zip(x.chunks_exact(f)).zip(gd_keys.chunks_exact(f));
+    for (((o, xr), gk), gdr) in rows.zip(gd.chunks_exact(m)) {
+        let rs = gdr.iter().fold(T::zero(), |a, &v| a + v);
+        for ((o, &xv), &kv) in o.iter_mut().zip(xr).zip(gk) {
+            *o += two * (xv * rs - kv);
+        }
+    }
+}
+}
+
+simd_levels! {
 /// One block of nodes from `lo`: squared distances `db` and per-head
 /// weights `pb` (rows of $HK$), logits `lb` (rows of $K$). Compiled for
 /// every SIMD level the CPU may have and chosen at run time
@@ -884,32 +956,10 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                     assign_block(&ctx, nodes.start, &mut dc, &mut pc, &mut logits);
                 }
                 let mut gd = Array2::<T>::zeros((rows, m));
-                for (i, gdr) in gd.outer_iter_mut().enumerate() {
-                    let node = nodes.start + i;
-                    let (d, ph) = (&dc[i * m..(i + 1) * m], &pc[i * m..(i + 1) * m]);
-                    let g = &gzs[node * k..(node + 1) * k];
-                    for (a, row) in acc.iter_mut().zip(ph.chunks_exact(k)) {
-                        for (&gj, &pj) in g.iter().zip(row) {
-                            *a += gj * pj;
-                        }
-                    }
-                    // per-head softmax of u = -alpha ln(1 + d / tau): gradient of d
-                    let mut gdr = gdr;
-                    let row = gdr.as_slice_mut().expect("fresh array");
-                    for (head, &w) in conv.iter().enumerate() {
-                        let r = head * k..(head + 1) * k;
-                        let (phh, dh) = (&ph[r.clone()], &d[r.clone()]);
-                        let dot = g
-                            .iter()
-                            .zip(phh)
-                            .fold(T::zero(), |a, (&gj, &pj)| a + w * gj * pj);
-                        for (((o, &gj), &pj), &dj) in row[r].iter_mut().zip(g).zip(phh).zip(dh) {
-                            let gu = pj * (w * gj - dot);
-                            let dd = -alpha / (tau + dj);
-                            *o = if dd.is_finite() { gu * dd } else { T::zero() };
-                        }
-                    }
-                }
+                let g = &gzs[nodes.start * k..nodes.end * k];
+                let gds = gd.as_slice_mut().expect("fresh array");
+                let terms = (&conv[..], k, alpha, tau);
+                distance_grads_block(&dc, &pc, g, terms, acc.as_slice_mut().expect("fresh"), gds);
                 // d = |x - key|^2: gx = 2 (x * rowsum(gd) - gd K),
                 // gkey = 2 (colsum(gd) key - gd^T x)
                 let xc = x.slice(s![nodes.clone(), ..]);
@@ -919,16 +969,11 @@ impl<T: Scalar> Layer<T> for MemPooling<T> {
                     let gd_keys = matmul(gd.view(), keys.view(), None);
                     let gds = gd.as_slice().expect("fresh array");
                     let gks = gd_keys.as_slice().expect("fresh array");
-                    for (i, mut o) in gx_rows.outer_iter_mut().enumerate() {
-                        let node = nodes.start + i;
-                        let rs = gds[i * m..(i + 1) * m]
-                            .iter()
-                            .fold(T::zero(), |a, &v| a + v);
-                        let (xr, gk) = (&xs[node * f..(node + 1) * f], &gks[i * f..(i + 1) * f]);
-                        for ((o, &xv), &kv) in o.iter_mut().zip(xr).zip(gk) {
-                            *o += two * (xv * rs - kv);
-                        }
-                    }
+                    let xr = &xs[nodes.start * f..nodes.end * f];
+                    let out = gx_rows
+                        .as_slice_mut()
+                        .expect("rows of a standard-layout matrix");
+                    distance_x_grads_block(gds, gks, xr, (m, f), out);
                 }
                 (acc, gk_part, col_part)
             },
