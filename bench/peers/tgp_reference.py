@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # Provenance: copied from the project's shared bench kit (shared/bench/tgp_reference.py, 2026-11-21);
-# one change since: the warm-up (WARM_UP_S below).
+# one change since: the warm-up (warm_up.py, imported below).
 """Time torch-geometric-pool (tgp)'s poolers on a workload folder written by
 make_workloads.py, so graphpool can be compared with it on the same inputs.
 
@@ -41,6 +41,8 @@ import time
 import numpy as np
 import torch
 
+from warm_up import warm_up  # this folder's warm_up.py
+
 POOLERS = {
     "TopKPool": "TopkPooling",
     "SAGPool": "SAGPooling",
@@ -55,22 +57,6 @@ READOUTS = {"GlobalSumPool": "sum", "GlobalAvgPool": "mean", "GlobalMaxPool": "m
 
 class NotSupported(Exception):
     pass
-
-
-# Changed from the shared kit (2026-11-26): the untimed warm-up runs until
-# WARM_UP_S seconds have passed (at least one run), the same rule as
-# graphpool's examples/pool_bench.rs. On the 2-core VM of the benches a
-# process's first 0.2-0.3 s of runs were up to 1.5x slower than the later
-# ones, which left a fast row's median, and not a slow one's, in that phase.
-WARM_UP_S = 0.5
-
-
-def warm_up(step):
-    """Untimed runs of `step`: at least one, and until WARM_UP_S have passed."""
-    t0 = time.perf_counter()
-    step()
-    while time.perf_counter() - t0 < WARM_UP_S:
-        step()
 
 
 def load(folder):
