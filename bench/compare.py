@@ -42,9 +42,10 @@ With one warm-up run, a fast row still had its first 0.2-0.3 s of runs in its
 timed ones, up to 1.5x slower (graphpool JustBalancePool disjoint-small
 forward: 30-41 ms for the first 7 runs, then 21-26 ms), which a slow peer's
 one warm-up run had already absorbed.
-Why 15 and not 5: a process's first runs after its one warm-up are slower
-than the ones after them, for graphpool and the peers alike (the allocator's
-and the kernel's memory settling: e.g. graphpool DiffPool disjoint-small
+Why 15 and not 5 (measured when each harness warmed up with one run): a
+process's first runs after its warm-up are slower than the ones after them,
+for graphpool and the peers alike (the allocator's and the kernel's memory
+settling: e.g. graphpool DiffPool disjoint-small
 forward, three processes of 15 runs: the first five 72-116 ms, the last ten
 67-88 ms but for one of 208 ms; Spektral's median of 5 was 501 ms, of 15
 462 ms). With 5 the median sat inside that settling (that row: 77 ms in run
